@@ -1,0 +1,54 @@
+# oceanus — the commands people and CI both use.
+#   make run    the whole pipeline locally (redis-server child, collector, flusher -> DuckDB)
+#   make test   install what is missing, then the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: run test lint bench chaos soak loadtest system-deps venv clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,bench,lint]'
+	$(PY) -m tests.support.spatial
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian packages a fresh box may lack. Installed with apt when we are root;
+# otherwise one line says what to install.
+system-deps:
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "missing:$$missing — install with: sudo apt-get install -y$$missing" >&2; exit 1; \
+	  fi; \
+	fi
+
+run: system-deps $(STAMP)
+	$(VENV)/bin/oceanus dev
+
+test: system-deps $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check oceanus collector flusher bench tests loadtest
+	$(VENV)/bin/mypy oceanus collector flusher
+
+bench: system-deps $(STAMP)
+	$(PY) -m bench collector --seconds 10 --json
+	$(PY) -m bench flusher --rows 200000 --json
+	$(PY) -m bench memory --json
+
+clean:
+	rm -rf $(VENV) .oceanus .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,80 @@
+"""The one protocol every sink implements.
+
+The flusher claims a batch from Redis, hands it to ``Sink.write`` (in a worker
+thread: sinks are synchronous), and deletes the claim only once ``write``
+returned. A sink never sees Redis; what it needs to remember across a crash
+(a Storage Write API stream name and offset, a load job id) goes into the
+batch's :class:`WriteState`, which the flusher persists beside the claim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import msgspec
+
+from oceanus.config import StreamConfig
+
+
+class Batch(msgspec.Struct, frozen=True, kw_only=True):
+    """Rows of one stream, normalised to the stream's current columns.
+
+    ``rows[i][j]`` is the value of ``columns[j]`` as documented in
+    :mod:`oceanus.buffer` (event_id as 16 raw bytes, timestamps as int
+    microseconds, json as JSON text); a column the frame did not carry is None.
+    ``batch_id`` is stable for the life of the claim, across re-claims after a
+    crash: derive idempotency tokens (load job ids) from it.
+    """
+
+    stream: StreamConfig
+    batch_id: str
+    columns: tuple[str, ...]
+    rows: list[list[Any]]
+    #: Approximate encoded size, for request-size limits.
+    nbytes: int = 0
+
+
+class RowError(msgspec.Struct, frozen=True):
+    """One row the warehouse refused as invalid: it goes to the dead-letter list."""
+
+    index: int
+    reason: str
+
+
+class WriteResult(msgspec.Struct, frozen=True, kw_only=True):
+    written: int
+    rejected: tuple[RowError, ...] = ()
+
+
+class WriteState(Protocol):
+    """Small string map persisted in Redis beside the claimed batch."""
+
+    def get(self, key: str) -> str | None: ...
+
+    def set(self, **values: str) -> None: ...
+
+
+class Sink(Protocol):
+    """A warehouse. Implementations live in ``flusher/sinks/<name>.py``."""
+
+    name: str
+
+    def ensure_tables(self, streams: Sequence[StreamConfig]) -> list[str]:
+        """Create or migrate one table per stream; return what was changed, for humans.
+
+        Adding a field adds a NULLABLE column; a type change raises
+        :class:`oceanus.errors.ConfigError` naming the stream and column.
+        """
+        ...
+
+    def write(self, batch: Batch, state: WriteState) -> WriteResult:
+        """Write every row exactly once (per event_id) or raise.
+
+        Raises :class:`oceanus.errors.SinkError` (``retryable`` set) for
+        whole-batch failures and :class:`oceanus.errors.PayloadTooLarge` when
+        the batch must be split. Per-row refusals come back in ``rejected``.
+        """
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,344 @@
+"""``oceanus.toml``: frozen msgspec Structs, decoded once at start-up.
+
+The stream definitions are the single source of truth: the collector's
+validator, the warehouse schemas and ``/openapi.json`` are all derived from
+them. Every error names the key path (``streams.pageview.fields.sid.pattern``)
+so a start-up failure is one line a user can act on.
+
+Environment overrides: any scalar key outside ``streams`` can be set with
+``OCEANUS_<SECTION>_<KEY>`` (``OCEANUS_REDIS_URL``, ``OCEANUS_SINK_KIND``,
+``OCEANUS_SINK_DUCKDB_PATH``, ``OCEANUS_COLLECTOR_PORT``...). Values are parsed
+as TOML scalars when they look like one (``8080``, ``true``, ``["a","b"]``),
+else taken as strings.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+from msgspec import Meta, Struct
+
+from oceanus.errors import ConfigError
+
+PositiveInt = Annotated[int, Meta(gt=0)]
+NonNegInt = Annotated[int, Meta(ge=0)]
+PositiveFloat = Annotated[float, Meta(gt=0)]
+Name = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+
+FieldType = Literal["string", "int", "float", "bool", "timestamp", "json"]
+Transform = Literal["lowercase", "uppercase", "strip"]
+FieldFormat = Literal["email"]
+
+#: Columns every row carries, set by the collector (never by the client).
+SERVER_COLUMNS: tuple[str, ...] = ("event_id", "received_at", "ip", "ua", "device")
+#: The last column: unknown keys, kept as a JSON object.
+EXTRA_COLUMN = "extra"
+RESERVED_NAMES = frozenset((*SERVER_COLUMNS, EXTRA_COLUMN))
+
+# Largest request BigQuery's insertAll and Storage Write API accept.
+BIGQUERY_MAX_REQUEST_BYTES = 10_000_000
+
+
+class _Base(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class FieldConfig(_Base):
+    """One field of a stream."""
+
+    type: FieldType = "string"
+    required: bool = False
+    #: Characters for strings, encoded bytes for json.
+    max_length: PositiveInt | None = None
+    pattern: str | None = None
+    enum: tuple[str, ...] | None = None
+    min: float | None = None
+    max: float | None = None
+    transforms: tuple[Transform, ...] = ()
+    format: FieldFormat | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.pattern is not None:
+            if self.type != "string":
+                raise ValueError("`pattern` applies to string fields only")
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"`pattern` is not a valid regular expression: {exc}") from None
+        if self.enum is not None and self.type != "string":
+            raise ValueError("`enum` applies to string fields only")
+        if (self.min is not None or self.max is not None) and self.type not in ("int", "float"):
+            raise ValueError("`min`/`max` apply to int and float fields only")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError("`min` is greater than `max`")
+        if self.transforms and self.type != "string":
+            raise ValueError("`transforms` apply to string fields only")
+        if self.format is not None and self.type != "string":
+            raise ValueError("`format` applies to string fields only")
+
+
+class BatchConfig(_Base):
+    """Flush bounds of one stream; the flusher adapts the batch size inside them."""
+
+    max_rows: PositiveInt = 10_000
+    max_bytes: Annotated[int, Meta(gt=0, le=BIGQUERY_MAX_REQUEST_BYTES)] = 9_000_000
+    #: The latency promise: a lone event reaches the warehouse within this.
+    max_wait_s: PositiveFloat = 5.0
+    min_rows: PositiveInt = 100
+
+    def __post_init__(self) -> None:
+        if self.min_rows > self.max_rows:
+            raise ValueError("`min_rows` is greater than `max_rows`")
+
+
+class StreamConfig(_Base):
+    """One kind of data: a Redis list, a warehouse table, an endpoint."""
+
+    name: Name = "unnamed"
+    description: str = ""
+    fields: dict[str, FieldConfig] = {}
+    #: BigQuery clustering columns (at most 4), also the DuckDB sort hint.
+    clustering: tuple[str, ...] = ()
+    #: How the BigQuery sink writes this stream.
+    mode: Literal["insert_all", "storage_write", "load"] = "insert_all"
+    batch: BatchConfig = BatchConfig()
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Warehouse column order: server columns, the stream's fields, ``extra``."""
+        return (*SERVER_COLUMNS, *self.fields, EXTRA_COLUMN)
+
+
+class CollectorConfig(_Base):
+    host: str = "0.0.0.0"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8080
+    workers: PositiveInt = 1
+    #: Micro-batch bounds: one pipelined RPUSH per stream per batch.
+    batch_max_events: PositiveInt = 1024
+    batch_linger_ms: Annotated[float, Meta(ge=0)] = 1.0
+    max_body_bytes: PositiveInt = 1_048_576
+    max_decompressed_bytes: PositiveInt = 4_194_304
+    max_url_bytes: PositiveInt = 8192
+    max_batch_events: PositiveInt = 500
+    max_ua_length: PositiveInt = 512
+    max_extra_bytes: PositiveInt = 2048
+    max_extra_keys: PositiveInt = 32
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    cors_origins: tuple[str, ...] = ("*",)
+    spool_dir: str = ".oceanus/spool"
+    spool_max_bytes: PositiveInt = 1_073_741_824
+    drain_timeout_s: PositiveFloat = 10.0
+    #: Seconds a request body may take to arrive (slow-body defence).
+    body_timeout_s: PositiveFloat = 10.0
+    demo: bool = False
+    status_page: bool = False
+    status_token: str = ""
+
+
+class RedisConfig(_Base):
+    url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] = "oceanus"
+    pool_size: PositiveInt = 16
+    timeout_s: PositiveFloat = 2.0
+
+
+class FlusherConfig(_Base):
+    #: Loopback admin server: /metrics, /healthz, /readyz, /query.
+    admin_host: str = "127.0.0.1"
+    admin_port: Annotated[int, Meta(ge=0, le=65535)] = 9101
+    heartbeat_ttl_s: PositiveFloat = 30.0
+    drain_timeout_s: PositiveFloat = 25.0
+    retry_base_s: PositiveFloat = 0.5
+    retry_max_s: PositiveFloat = 60.0
+
+
+class DuckDBConfig(_Base):
+    path: str = ".oceanus/warehouse.duckdb"
+
+
+class BigQueryConfig(_Base):
+    project: str = ""
+    dataset: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_]{1,1024}$")] = "oceanus"
+    location: str = "US"
+    #: Empty: the real service, or ``BIGQUERY_EMULATOR_HOST`` when that is set.
+    api_endpoint: str = ""
+    grpc_endpoint: str = ""
+    max_rows_per_request: Annotated[int, Meta(gt=0, le=50_000)] = 500
+    max_request_bytes: Annotated[int, Meta(gt=0, le=BIGQUERY_MAX_REQUEST_BYTES)] = 9_000_000
+    timeout_s: PositiveFloat = 30.0
+    #: Load-job mode: one job per table at most this often (the daily quota is 1,500).
+    load_interval_s: PositiveFloat = 300.0
+
+
+class SinkConfig(_Base):
+    kind: Literal["duckdb", "bigquery"] = "duckdb"
+    duckdb: DuckDBConfig = DuckDBConfig()
+    bigquery: BigQueryConfig = BigQueryConfig()
+
+
+class Config(_Base):
+    collector: CollectorConfig = CollectorConfig()
+    redis: RedisConfig = RedisConfig()
+    flusher: FlusherConfig = FlusherConfig()
+    sink: SinkConfig = SinkConfig()
+    streams: dict[str, StreamConfig] = {}
+    #: Where this config came from (not a TOML key).
+    source: str = ""
+
+    def stream(self, name: str) -> StreamConfig | None:
+        return self.streams.get(name)
+
+
+REPO_CONFIG = Path(__file__).resolve().parent.parent / "oceanus.toml"
+
+_T = TypeVar("_T")
+
+
+def _convert(value: Any, type_: type[_T], path: str) -> _T:
+    try:
+        return msgspec.convert(value, type_)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_with_path(str(exc), path)) from None
+
+
+def _with_path(message: str, prefix: str) -> str:
+    """Rewrite msgspec's ``- at `$.x[0]``` into ``at `prefix.x[0]```."""
+    match = re.search(r" - at `\$(.*)`$", message)
+    if match:
+        where = (prefix + match.group(1)).lstrip(".")
+        return f"{where}: {message[: match.start()]}"
+    if prefix:
+        return f"{prefix.lstrip('.')}: {message}"
+    return message
+
+
+def _decode_stream(name: str, raw: Any) -> StreamConfig:
+    path = f"streams.{name}"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a table")
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", name):
+        raise ConfigError(f"{path}: stream names are lowercase letters, digits and _ (<= 63)")
+    raw_fields = raw.get("fields", {})
+    if not isinstance(raw_fields, dict):
+        raise ConfigError(f"{path}.fields: expected a table of fields")
+    fields: dict[str, FieldConfig] = {}
+    for fname, fraw in raw_fields.items():
+        fpath = f"{path}.fields.{fname}"
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", fname):
+            raise ConfigError(f"{fpath}: field names are lowercase letters, digits and _ (<= 63)")
+        if fname in RESERVED_NAMES:
+            raise ConfigError(f"{fpath}: `{fname}` is a column oceanus sets itself")
+        fields[fname] = _convert(fraw, FieldConfig, fpath)
+    rest = {k: v for k, v in raw.items() if k != "fields"}
+    rest["name"] = name
+    stream = _convert(rest, StreamConfig, path)
+    stream = msgspec.structs.replace(stream, fields=fields)
+    if not fields:
+        raise ConfigError(f"{path}.fields: a stream needs at least one field")
+    columns = set(stream.columns)
+    for i, col in enumerate(stream.clustering):
+        if col not in columns:
+            raise ConfigError(f"{path}.clustering[{i}]: `{col}` is not a column of the stream")
+    if len(stream.clustering) > 4:
+        raise ConfigError(f"{path}.clustering: BigQuery allows at most 4 clustering columns")
+    return stream
+
+
+def _env_paths(struct_type: type[Struct], prefix: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:
+    """Map ``OCEANUS_A_B`` names to key paths for every scalar key outside ``streams``."""
+    out: dict[str, tuple[str, ...]] = {}
+    for field in msgspec.structs.fields(struct_type):
+        if not prefix and field.name in ("streams", "source"):
+            continue
+        path = (*prefix, field.name)
+        ftype = field.type
+        if isinstance(ftype, type) and issubclass(ftype, Struct):
+            out.update(_env_paths(ftype, path))
+        else:
+            out["OCEANUS_" + "_".join(path).upper()] = path
+    return out
+
+
+#: Variables with the prefix that are not config keys.
+ENV_NOT_KEYS = frozenset({"OCEANUS_CONFIG", "OCEANUS_DATA_DIR", "OCEANUS_LOG_LEVEL"})
+
+
+def _parse_env_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    paths = _env_paths(Config)
+    for name, text in env.items():
+        if not name.startswith("OCEANUS_") or name in ENV_NOT_KEYS:
+            continue
+        path = paths.get(name)
+        if path is None:
+            raise ConfigError(f"{name}: not a configuration key (known: OCEANUS_REDIS_URL, ...)")
+        node = raw
+        for key in path[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{'.'.join(path)}: expected a table")
+            node = child
+        node[path[-1]] = _parse_env_value(text)
+
+
+def decode(raw: dict[str, Any], source: str = "") -> Config:
+    """Build a :class:`Config` from already-parsed TOML data."""
+    raw = dict(raw)
+    raw_streams = raw.pop("streams", {})
+    if not isinstance(raw_streams, dict):
+        raise ConfigError("streams: expected a table of streams ([streams.NAME])")
+    streams = {name: _decode_stream(name, body) for name, body in raw_streams.items()}
+    base = _convert(raw, Config, "")
+    if not streams:
+        raise ConfigError("streams: at least one stream must be defined")
+    return msgspec.structs.replace(base, streams=streams, source=source)
+
+
+def config_path(explicit: str | None = None, env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    if explicit:
+        return Path(explicit)
+    if env.get("OCEANUS_CONFIG"):
+        return Path(env["OCEANUS_CONFIG"])
+    if Path("oceanus.toml").exists():
+        return Path("oceanus.toml")
+    return REPO_CONFIG
+
+
+def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read, override from the environment, and validate. Raises :class:`ConfigError`."""
+    env = os.environ if env is None else env
+    p = config_path(os.fspath(path) if path is not None else None, env)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the config file ({exc.strerror})") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML ({exc})") from None
+    _apply_env(raw, env)
+    return decode(raw, source=str(p))
+
+
+def loads(text: str, env: Mapping[str, str] | None = None) -> Config:
+    """Decode TOML text (tests, the k8s ConfigMap check)."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML ({exc})") from None
+    _apply_env(raw, env or {})
+    return decode(raw, source="<string>")

@@ -1,0 +1,36 @@
+"""The small error hierarchy every oceanus component raises.
+
+Third-party exceptions are wrapped at the boundary into one of these, with a
+message a user can act on.
+"""
+
+from __future__ import annotations
+
+
+class OceanusError(Exception):
+    """Base class: anything oceanus raises on purpose."""
+
+
+class ConfigError(OceanusError):
+    """The configuration is invalid. The message names the key path."""
+
+
+class SinkError(OceanusError):
+    """A warehouse write failed.
+
+    ``retryable`` says whether the same batch may succeed later (5xx, 429,
+    timeouts, connection errors); ``reason`` is a short label with few values,
+    used as a metric label (``timeout``, ``throttled``, ``server``, ...).
+    """
+
+    def __init__(self, message: str, *, retryable: bool, reason: str = "error") -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.reason = reason
+
+
+class PayloadTooLarge(SinkError):
+    """The sink refused the request for its size; the flusher splits the batch."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False, reason="too_large")

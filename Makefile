@@ -50,5 +50,8 @@ bench: system-deps $(STAMP)
 	$(PY) -m bench flusher --rows 200000 --json
 	$(PY) -m bench memory --json
 
+loadtest: system-deps $(STAMP)
+	$(PY) -m loadtest.run --run-time $${LOADTEST_TIME:-30s}
+
 clean:
 	rm -rf $(VENV) .oceanus .pytest_cache .mypy_cache .ruff_cache

@@ -404,9 +404,10 @@ class BigQuerySink:
             view.description = f"{stream.name} with replayed rows removed: one row per event_id"
             self.client.create_table(view, exists_ok=True, retry=self.retry, timeout=self.timeout_s)
             return [f"created view {view_id}"]
-        if view.view_query is None:
+        if view.table_type != "VIEW":
             raise ConfigError(f"streams.{stream.name}: {view_id} exists and is not a view; drop or rename it")
-        if view.view_query.strip() != sql:
+        # A view whose text we cannot read back is left alone rather than rewritten on every sync.
+        if view.view_query is not None and view.view_query.strip() != sql:
             view.view_query = sql
             self.client.update_table(view, ["view_query"], retry=self.retry, timeout=self.timeout_s)
             return [f"updated view {view_id}"]

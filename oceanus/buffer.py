@@ -12,6 +12,15 @@ Keys (``P`` is ``redis.key_prefix``, default ``oceanus``)::
     P:state:{inflight key}       HASH   sink write state kept beside a claimed batch
     P:hb:{owner}                 STRING heartbeat of a flusher instance (TTL)
     P:dead:{stream}              LIST   rows the warehouse refused, with its reason
+    P:stats:{stream}:{minute}    HASH   collector counters for one UTC minute (``minute`` =
+                                        unix seconds // 60); fields ``accepted`` and
+                                        ``rejected`` (events); TTL STATS_TTL_S (48 h)
+    P:recent-errors              LIST   newest first, capped at RECENT_ERRORS_MAX items; each
+                                        item is JSON ``{"stream", "field", "rule", "at"}``
+                                        (``at`` unix seconds) -- never the payload
+
+Collectors write the stats and recent errors in the same pipeline as their
+RPUSH, once per micro-batch, never per event.
 
 Frame: one list item holds one collector micro-batch of one stream::
 
@@ -43,6 +52,11 @@ from typing import Any
 import msgspec
 
 FRAME_MAGIC = b"O1"
+#: Lifetime of one per-minute stats hash (48 h in seconds).
+STATS_TTL_S = 172_800
+#: Validation errors kept in ``P:recent-errors``.
+RECENT_ERRORS_MAX = 100
+
 #: zlib level 1: most of the ratio of level 6 on repetitive rows, several times faster.
 FRAME_ZLIB_LEVEL = 1
 
@@ -92,6 +106,13 @@ class Keys:
 
     def dead(self, stream: str) -> str:
         return f"{self.prefix}:dead:{stream}"
+
+    def stats(self, stream: str, minute: int) -> str:
+        """Per-minute counters of one stream (``minute`` = unix seconds // 60)."""
+        return f"{self.prefix}:stats:{stream}:{minute}"
+
+    def recent_errors(self) -> str:
+        return f"{self.prefix}:recent-errors"
 
     @staticmethod
     def owner_of(inflight_key: str) -> str:

@@ -1,0 +1,344 @@
+"""Per-stream validation, compiled once from the stream's config Struct.
+
+A :class:`StreamValidator` turns one event (query/form pairs, or a decoded JSON
+object) into the values of the stream's own fields plus the ``extra`` JSON text,
+or raises :class:`Invalid` naming the field and the rule. The server-set columns
+(``event_id``, ``received_at``, ``ip``, ``ua``, ``device``) are added by the app.
+
+Rules, in the order they are applied to one value:
+
+- transforms (``strip``, ``lowercase``, ``uppercase``, in the configured order);
+- type: query/form values are text and are parsed (``int``, ``float``, ``bool``
+  ``1/0/true/false``, ``timestamp`` ISO 8601 or unix seconds/milliseconds,
+  ``json`` a JSON text); JSON bodies must carry the matching JSON type (a
+  ``json`` field takes any JSON value, or a string holding JSON text);
+- ``required``: absent, null, or an empty string after the transforms;
+- ``max_length`` (characters; encoded bytes for ``json``), ``pattern``
+  (``re.search``), ``enum``, ``format = "email"``, ``min``/``max``.
+
+Unknown keys go to ``extra`` as one JSON object. It is bounded by
+``collector.max_extra_keys`` and ``collector.max_extra_bytes``; going over is a
+400 naming ``extra`` and the limit, never a silent drop, so a client that sends
+too much finds out at once.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote_plus
+
+import msgspec
+
+from oceanus.config import RESERVED_NAMES, CollectorConfig, FieldConfig, StreamConfig
+
+#: Cheap address check: something@domain.tld, no spaces, one @. Full RFC 5322
+#: parsing belongs to whoever mails the address, not to the beacon edge.
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$")
+
+_json_encode = msgspec.json.Encoder().encode
+_json_decode = msgspec.json.Decoder().decode
+
+_TRUE = frozenset(("1", "true", "yes", "on"))
+_FALSE = frozenset(("0", "false", "no", "off"))
+
+# Unix seconds below this, milliseconds above (1e11 s is the year 5138).
+_MS_THRESHOLD = 100_000_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class Invalid(ValueError):
+    """One event broke one rule of one field."""
+
+    __slots__ = ("field", "rule", "detail", "index")
+
+    def __init__(self, field: str, rule: str, detail: str, index: int | None = None) -> None:
+        super().__init__(f"{field}: {detail}")
+        self.field = field
+        self.rule = rule
+        self.detail = detail
+        self.index = index
+
+    def header(self) -> str:
+        """The ``X-Oceanus-Error`` value: field, rule, detail; latin-1 safe."""
+        text = f"{self.field}: {self.rule}: {self.detail}"
+        return text.encode("ascii", "backslashreplace").decode("ascii")
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"field": self.field, "rule": self.rule, "message": self.detail}
+        if self.index is not None:
+            out["index"] = self.index
+        return out
+
+
+Check = Callable[[Any, bool], Any]
+"""``check(value, from_text) -> stored value``; raises :class:`Invalid`."""
+
+
+def _transform(transforms: tuple[str, ...]) -> Callable[[str], str] | None:
+    funcs: list[Callable[[str], str]] = []
+    for t in transforms:
+        funcs.append({"strip": str.strip, "lowercase": str.lower, "uppercase": str.upper}[t])
+    if not funcs:
+        return None
+    if len(funcs) == 1:
+        return funcs[0]
+
+    def apply(v: str) -> str:
+        for f in funcs:
+            v = f(v)
+        return v
+
+    return apply
+
+
+def _string_check(name: str, f: FieldConfig) -> Check:
+    transform = _transform(f.transforms)
+    max_length = f.max_length
+    pattern = re.compile(f.pattern) if f.pattern is not None else None
+    enum = frozenset(f.enum) if f.enum is not None else None
+    enum_text = "|".join(f.enum) if f.enum is not None else ""
+    email = f.format == "email"
+    required = f.required
+
+    def check(v: Any, from_text: bool) -> Any:
+        if type(v) is not str:
+            raise Invalid(name, "type", f"expected a string, got {_json_type(v)}")
+        if transform is not None:
+            v = transform(v)
+        if not v:
+            if required:
+                raise Invalid(name, "required", "is required and may not be empty")
+            return v
+        if max_length is not None and len(v) > max_length:
+            raise Invalid(name, "max_length", f"longer than {max_length} characters")
+        if pattern is not None and pattern.search(v) is None:
+            raise Invalid(name, "pattern", f"does not match {pattern.pattern}")
+        if enum is not None and v not in enum:
+            raise Invalid(name, "enum", f"must be one of {enum_text}")
+        if email and EMAIL_RE.match(v) is None:
+            raise Invalid(name, "format", "is not an email address")
+        return v
+
+    return check
+
+
+def _range_check(name: str, f: FieldConfig) -> Callable[[float], None]:
+    lo, hi = f.min, f.max
+
+    def check(v: float) -> None:
+        if lo is not None and v < lo:
+            raise Invalid(name, "min", f"less than {lo:g}")
+        if hi is not None and v > hi:
+            raise Invalid(name, "max", f"greater than {hi:g}")
+
+    return check
+
+
+def _int_check(name: str, f: FieldConfig) -> Check:
+    in_range = _range_check(name, f)
+
+    def check(v: Any, from_text: bool) -> Any:
+        if from_text:
+            try:
+                v = int(v)
+            except ValueError:
+                raise Invalid(name, "type", "expected an integer") from None
+        elif type(v) is not int:
+            raise Invalid(name, "type", f"expected an integer, got {_json_type(v)}")
+        in_range(v)
+        return v
+
+    return check
+
+
+def _float_check(name: str, f: FieldConfig) -> Check:
+    in_range = _range_check(name, f)
+
+    def check(v: Any, from_text: bool) -> Any:
+        if from_text:
+            try:
+                v = float(v)
+            except ValueError:
+                raise Invalid(name, "type", "expected a number") from None
+        elif type(v) is int:
+            v = float(v)
+        elif type(v) is not float:
+            raise Invalid(name, "type", f"expected a number, got {_json_type(v)}")
+        if not math.isfinite(v):
+            raise Invalid(name, "type", "expected a finite number")
+        in_range(v)
+        return v
+
+    return check
+
+
+def _bool_check(name: str, f: FieldConfig) -> Check:
+    def check(v: Any, from_text: bool) -> Any:
+        if from_text:
+            low = v.lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise Invalid(name, "type", "expected a boolean (1/0/true/false)")
+        if type(v) is not bool:
+            raise Invalid(name, "type", f"expected a boolean, got {_json_type(v)}")
+        return v
+
+    return check
+
+
+def parse_timestamp(v: Any) -> int:
+    """ISO 8601 text or unix seconds/milliseconds -> int microseconds (UTC).
+
+    Raises ``ValueError``. Naive ISO times are taken as UTC.
+    """
+    if type(v) is str:
+        try:
+            number: float = float(v)
+        except ValueError:
+            dt = datetime.fromisoformat(v)
+            if dt.tzinfo is None:
+                dt = dt.replace(tzinfo=UTC)
+            delta = dt - _EPOCH
+            return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    elif type(v) is int or type(v) is float:
+        number = v
+    else:
+        raise ValueError("not a timestamp")
+    if not math.isfinite(number) or number < 0:
+        raise ValueError("not a timestamp")
+    if number >= _MS_THRESHOLD:
+        return round(number * 1_000)
+    return round(number * 1_000_000)
+
+
+def _timestamp_check(name: str, f: FieldConfig) -> Check:
+    def check(v: Any, from_text: bool) -> Any:
+        try:
+            return parse_timestamp(v)
+        except (ValueError, OverflowError):
+            raise Invalid(name, "type", "expected ISO 8601 or unix seconds/milliseconds") from None
+
+    return check
+
+
+def _json_check(name: str, f: FieldConfig) -> Check:
+    max_length = f.max_length
+
+    def check(v: Any, from_text: bool) -> Any:
+        if type(v) is str:
+            # Text (a query value, or a string in a JSON body): it must be JSON.
+            if max_length is not None and len(v) > max_length and len(v.encode()) > max_length:
+                raise Invalid(name, "max_length", f"longer than {max_length} bytes")
+            try:
+                _json_decode(v)
+            except msgspec.DecodeError:
+                raise Invalid(name, "type", "is not valid JSON text") from None
+            return v
+        text = _json_encode(v)
+        if max_length is not None and len(text) > max_length:
+            raise Invalid(name, "max_length", f"longer than {max_length} bytes")
+        return text.decode()
+
+    return check
+
+
+_BUILDERS: dict[str, Callable[[str, FieldConfig], Check]] = {
+    "string": _string_check,
+    "int": _int_check,
+    "float": _float_check,
+    "bool": _bool_check,
+    "timestamp": _timestamp_check,
+    "json": _json_check,
+}
+
+
+def _json_type(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, (int, float)):
+        return "a number"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, list):
+        return "an array"
+    return "an object"
+
+
+def parse_pairs(text: str) -> dict[str, str]:
+    """``a=1&b=x+y`` -> dict. Faster than ``parse_qsl`` on beacon query strings:
+    values without ``%`` or ``+`` are taken as they are. A repeated key keeps its
+    last value."""
+    out: dict[str, str] = {}
+    if not text:
+        return out
+    for part in text.split("&"):
+        if not part:
+            continue
+        key, _, value = part.partition("=")
+        if "%" in key or "+" in key:
+            key = unquote_plus(key)
+        if "%" in value or "+" in value:
+            value = unquote_plus(value)
+        out[key] = value
+    return out
+
+
+class StreamValidator:
+    """The compiled rules of one stream."""
+
+    __slots__ = ("name", "columns", "_fields", "_required", "_max_extra_keys", "_max_extra_bytes")
+
+    def __init__(self, stream: StreamConfig, collector: CollectorConfig) -> None:
+        self.name = stream.name
+        self.columns = stream.columns
+        self._fields: tuple[tuple[str, Check, bool, str], ...] = tuple(
+            (name, _BUILDERS[f.type](name, f), f.required, f.type) for name, f in stream.fields.items()
+        )
+        self._max_extra_keys = collector.max_extra_keys
+        self._max_extra_bytes = collector.max_extra_bytes
+
+    def values(self, event: dict[str, Any], from_text: bool) -> list[Any]:
+        """The stream's field values in column order, then ``extra``.
+
+        ``event`` is consumed (its known keys are popped). ``from_text`` says the
+        values are query/form text rather than typed JSON values.
+        """
+        out: list[Any] = []
+        append = out.append
+        pop = event.pop
+        for name, check, required, ftype in self._fields:
+            v = pop(name, None)
+            if v is None or (from_text and v == "" and ftype != "string"):
+                if required:
+                    raise Invalid(name, "required", "is required")
+                append(None)
+                continue
+            append(check(v, from_text))
+        if event:
+            append(self._extra(event))
+        else:
+            append(None)
+        return out
+
+    def _extra(self, event: dict[str, Any]) -> str:
+        if len(event) > self._max_extra_keys:
+            raise Invalid("extra", "max_extra_keys", f"more than {self._max_extra_keys} unknown keys")
+        for key in event:
+            if key in RESERVED_NAMES:
+                raise Invalid(key, "reserved", "is set by the server and may not be sent")
+        text = _json_encode(event)
+        if len(text) > self._max_extra_bytes:
+            raise Invalid("extra", "max_extra_bytes", f"unknown keys exceed {self._max_extra_bytes} bytes as JSON")
+        return text.decode()
+
+
+def compile_streams(streams: Iterable[StreamConfig], collector: CollectorConfig) -> dict[str, StreamValidator]:
+    return {s.name: StreamValidator(s, collector) for s in streams}

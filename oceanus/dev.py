@@ -1,0 +1,510 @@
+"""``oceanus dev``: the whole pipeline on one machine.
+
+Starts, in this order, a ``redis-server`` child (free loopback port, AOF on,
+data in ``DIR/redis``), the flusher writing to ``DIR/warehouse.duckdb``, and
+the collector on ``--port``; publishes ``DIR/dev.json`` for ``oceanus status``
+and ``oceanus query``; then waits for Ctrl-C / SIGTERM and stops them in the
+reverse order, each after the previous one has exited:
+
+1. collector: stops accepting, writes what it acknowledged to Redis;
+2. flusher: finishes or gives back the batch in hand;
+3. redis-server: SIGTERM, which Redis handles as SHUTDOWN (fsync the AOF).
+
+The next ``oceanus dev`` on the same directory replays the AOF, so whatever was
+still buffered (queued or claimed in flight) is flushed then.
+
+Redis runs with ``appendfsync always``: a 2xx from the collector means "in
+Redis", and only an fsync per write makes that survive a power cut. The
+collector pipelines one RPUSH per micro-batch, so the cost is one fsync per
+batch, not per event — negligible at the rates a laptop sees; ``everysec``
+would trade up to a second of acknowledged events for nothing we need here.
+
+Children run in their own session so that Ctrl-C in the terminal reaches only
+this process: otherwise the terminal would signal all of them at once and the
+order above would be lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+import msgspec
+
+from oceanus import config, devstate
+from oceanus.buffer import Keys
+from oceanus.errors import OceanusError
+
+REDIS_READY_TIMEOUT_S = 30.0
+FLUSHER_READY_TIMEOUT_S = 60.0
+COLLECTOR_READY_TIMEOUT_S = 60.0
+#: Added to a component's own drain budget before it is killed.
+STOP_GRACE_S = 10.0
+REDIS_STOP_TIMEOUT_S = 30.0
+SUPERVISE_INTERVAL_S = 0.25
+POLL_INTERVAL_S = 0.05
+
+
+class DevError(OceanusError):
+    """``oceanus dev`` cannot start; the message is one line a user can act on."""
+
+
+class _Stop:
+    """Signal state shared between the handlers and the main thread."""
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self.forced = threading.Event()
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested.is_set():
+            # A second Ctrl-C: stop waiting for drains. Nothing acknowledged is
+            # lost even then (Redis fsyncs every write; a killed flusher's batch
+            # is re-claimed on the next start), it only takes longer to resume.
+            self.forced.set()
+            print("\noceanus dev: forcing stop", file=sys.stderr, flush=True)
+        else:
+            self.requested.set()
+
+
+class Child:
+    """One supervised process, its output in a log file."""
+
+    def __init__(self, name: str, cmd: list[str], env: Mapping[str, str], log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 - lives as long as the child
+        try:
+            self.proc = subprocess.Popen(
+                cmd, env=dict(env), stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self._log.close()
+            raise DevError(f"cannot start {name} ({cmd[0]}): {exc.strerror}") from None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def last_log_line(self) -> str:
+        try:
+            lines = [ln for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            return ""
+        return lines[-1].strip() if lines else ""
+
+    def died_error(self, during: str) -> DevError:
+        detail = self.last_log_line()
+        return DevError(
+            f"{self.name} exited with code {self.proc.returncode} {during}"
+            + (f": {detail}" if detail else "")
+            + f" (log: {self.log_path})"
+        )
+
+    def stop(self, timeout: float, stop: _Stop) -> int | None:
+        """SIGTERM, wait up to ``timeout`` (less if forced), then SIGKILL."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while self.alive() and time.monotonic() < deadline and not stop.forced.is_set():
+                try:
+                    self.proc.wait(timeout=SUPERVISE_INTERVAL_S)
+                except subprocess.TimeoutExpired:
+                    pass
+            if self.alive():
+                print(f"oceanus dev: {self.name} did not stop in time; killing it", file=sys.stderr, flush=True)
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_port(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # SO_REUSEADDR: a port left in TIME_WAIT by the previous run is free; a listener is not.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise DevError(
+                f"port {port} is in use ({exc.strerror}); stop what listens there or choose another with --port"
+            ) from None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def prepare_data_dir(data_dir: Path) -> None:
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        for sub in (devstate.REDIS_DIR, devstate.SPOOL_DIR, devstate.LOG_DIR):
+            (data_dir / sub).mkdir(exist_ok=True)
+        probe = data_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise DevError(
+            f"data dir {data_dir} is not writable ({exc.strerror}); choose another with --data-dir"
+        ) from None
+
+
+def check_not_running(data_dir: Path) -> None:
+    """Two stacks on one directory would share an AOF and a DuckDB file: refuse."""
+    info = devstate.read_dev_info(data_dir)
+    if info is not None:
+        raise DevError(f"oceanus dev (pid {info.pid}) is already running on {data_dir}; stop it first")
+    try:
+        stale = msgspec.json.decode((data_dir / devstate.DEV_FILE).read_bytes(), type=devstate.DevInfo)
+    except (OSError, msgspec.DecodeError):
+        return
+    # The supervisor was killed (kill -9) but its children, in their own
+    # sessions, may have survived it.
+    for name, pid in (("redis-server", stale.redis_pid), ("collector", stale.collector_pid),
+                      ("flusher", stale.flusher_pid)):
+        if devstate.pid_alive(pid):
+            raise DevError(
+                f"a {name} (pid {pid}) from an earlier oceanus dev still runs on {data_dir}; stop it with: kill {pid}"
+            )
+    (data_dir / devstate.DEV_FILE).unlink(missing_ok=True)
+
+
+def redis_binary() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise DevError(
+            "redis-server is not installed; install it with: sudo apt-get install -y redis-server (or run make run)"
+        )
+    return binary
+
+
+# --------------------------------------------------------------------------- start-up
+
+
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def wait_until(child: Child, check: Callable[[], bool], timeout: float, what: str, stop: _Stop) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if not child.alive():
+            raise child.died_error("during start-up")
+        if stop.requested.is_set():
+            raise DevError(f"interrupted while waiting for {what}")
+        if time.monotonic() > deadline:
+            raise DevError(f"{what} not ready after {timeout:.0f}s (log: {child.log_path})")
+        time.sleep(POLL_INTERVAL_S)
+
+
+def redis_ping(port: int) -> bool:
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
+    try:
+        # While the AOF is replayed Redis answers LOADING: not ready yet.
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def start_redis(data_dir: Path, env: Mapping[str, str], stop: _Stop) -> tuple[Child, int]:
+    port = free_port()
+    redis_dir = data_dir / devstate.REDIS_DIR
+    cmd = [
+        redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--protected-mode", "yes",
+        "--dir", str(redis_dir), "--appendonly", "yes", "--appendfsync", "always",
+        # The AOF is the only persistence: RDB snapshots would add fork pauses for nothing.
+        "--save", "", "--daemonize", "no", "--logfile", "",
+    ]
+    child = Child("redis-server", cmd, env, data_dir / devstate.LOG_DIR / "redis.log")
+    wait_until(child, lambda: redis_ping(port), REDIS_READY_TIMEOUT_S, "redis-server", stop)
+    return child, port
+
+
+def python_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "oceanus.cli", *args]
+
+
+def flusher_admin_url(duckdb_path: Path, pid: int) -> str | None:
+    info = devstate.read_flusher_info(duckdb_path)
+    if info is None or info.pid != pid:
+        return None
+    return info.admin_url if http_ok(info.admin_url + "/healthz") else None
+
+
+def child_env(data_dir: Path, redis_url: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "OCEANUS_REDIS_URL": redis_url,
+        "OCEANUS_SINK_KIND": "duckdb",
+        "OCEANUS_SINK_DUCKDB_PATH": str(devstate.warehouse_path(data_dir)),
+        "OCEANUS_COLLECTOR_SPOOL_DIR": str((data_dir / devstate.SPOOL_DIR).resolve()),
+        # 0: the flusher picks a free port and publishes it in its discovery file.
+        "OCEANUS_FLUSHER_ADMIN_PORT": "0",
+        "OCEANUS_COLLECTOR_DEMO": "true",
+        "OCEANUS_COLLECTOR_STATUS_PAGE": "true",
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+# --------------------------------------------------------------------------- banner
+
+
+def _sample_string(name: str, field: config.FieldConfig) -> str:
+    import re
+
+    if field.enum:
+        return field.enum[0]
+    if field.format == "email":
+        return "ada@example.com"
+    candidates = ["0123abcd", "view", "demo", "12345", "03-1234-5678"]
+    if field.pattern is None:
+        return "u123" if name.endswith("id") else "demo"
+    for cand in candidates:
+        if re.search(field.pattern, cand) and (field.max_length is None or len(cand) <= field.max_length):
+            return cand
+    return "demo"
+
+
+def sample_value(name: str, field: config.FieldConfig) -> object:
+    """A value the collector accepts for ``field``, for the printed examples."""
+    if field.type == "int":
+        low = field.min if field.min is not None else 0
+        return int(max(low, min(42, field.max if field.max is not None else 42)))
+    if field.type == "float":
+        return 1.5
+    if field.type == "bool":
+        return True
+    if field.type == "timestamp":
+        return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    if field.type == "json":
+        return {"k": 1}
+    return _sample_string(name, field)
+
+
+def example_fields(stream: config.StreamConfig) -> dict[str, object]:
+    """The required fields, or the first field when none is required."""
+    names = [n for n, f in stream.fields.items() if f.required] or list(stream.fields)[:1]
+    out = {n: sample_value(n, stream.fields[n]) for n in names}
+    if stream.name == "pageview" and "evt" in out:
+        out["evt"] = "view"
+    return out
+
+
+def banner(cfg: config.Config, data_dir: Path, collector_url: str, redis_url: str, admin_url: str,
+           default_data_dir: bool, default_port: bool) -> str:
+    from urllib.parse import urlencode
+
+    dd = "" if default_data_dir else f" --data-dir {shlex.quote(str(data_dir))}"
+    url_opt = "" if default_port else f" --url {collector_url}"
+    streams = list(cfg.streams.values())
+    first = streams[0]
+    pixel = f"{collector_url}/b/{first.name}?" + urlencode(
+        {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in example_fields(first).items()}
+    )
+    lines = [
+        f"oceanus dev: running (data in {data_dir}; Ctrl-C stops everything cleanly)",
+        f"  collector  {collector_url}",
+        f"  flusher    -> {devstate.warehouse_path(data_dir)}  (admin {admin_url})",
+        f"  redis      {redis_url}  (AOF in {data_dir / devstate.REDIS_DIR})",
+        f"  logs       {data_dir / devstate.LOG_DIR}/",
+        "",
+        f"Pixel URL:  {pixel}",
+        "",
+        "Send events:",
+        f"  curl -sS -o /dev/null -w '%{{http_code}}\\n' {shlex.quote(pixel)}",
+    ]
+    for stream in streams:
+        body = msgspec.json.encode(example_fields(stream)).decode()
+        lines.append(
+            f"  curl -sS -X POST {collector_url}/e/{stream.name} -H 'content-type: application/json' "
+            f"-d {shlex.quote(body)}"
+        )
+    lines += [
+        f"  curl -sS {collector_url}/readyz; curl -sS {collector_url}/metrics | grep ^oceanus_events",
+        "",
+        "Then:",
+        f"  oceanus demo{url_opt} --events 1000     # realistic traffic, a few invalid requests",
+        f"  oceanus status{dd}                       # rows stored, backlog, lag per stream",
+        f"  oceanus query{dd} \"SELECT evt, count(*) AS n FROM {first.name}_dedup GROUP BY ALL\""
+        if first.name == "pageview" else f"  oceanus query{dd} \"SELECT count(*) FROM {first.name}_dedup\"",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- run
+
+
+def buffered_frames(redis_port: int, cfg: config.Config) -> int:
+    """Frames still in Redis (queued or claimed), for the goodbye line."""
+    import redis
+
+    keys = Keys(cfg.redis.key_prefix)
+    client = redis.Redis(host="127.0.0.1", port=redis_port, socket_timeout=2.0)
+    try:
+        total = 0
+        for name in cfg.streams:
+            total += int(client.llen(keys.queue(name)))
+            for key in client.smembers(keys.inflight_index(name)):
+                total += int(client.llen(key))
+        return total
+    except redis.RedisError:
+        return -1
+    finally:
+        client.close()
+
+
+class Stack:
+    """The three children, started and stopped in order."""
+
+    def __init__(self, cfg: config.Config, data_dir: Path, port: int, config_file: Path, stop: _Stop) -> None:
+        self.cfg = cfg
+        self.data_dir = data_dir
+        self.port = port
+        self.config_file = config_file
+        self.stop = stop
+        self.redis: Child | None = None
+        self.flusher: Child | None = None
+        self.collector: Child | None = None
+        self.redis_port = 0
+        self.admin_url = ""
+
+    def children(self) -> list[Child]:
+        return [c for c in (self.redis, self.flusher, self.collector) if c is not None]
+
+    def start(self) -> devstate.DevInfo:
+        self.redis, self.redis_port = start_redis(self.data_dir, os.environ, self.stop)
+        redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+        env = child_env(self.data_dir, redis_url)
+        duckdb_path = devstate.warehouse_path(self.data_dir)
+        logs = self.data_dir / devstate.LOG_DIR
+        self.flusher = Child("flusher", python_cmd("flusher", "--config", str(self.config_file)), env,
+                             logs / "flusher.log")
+        flusher = self.flusher
+        admin: list[str] = []
+
+        def flusher_ready() -> bool:
+            url = flusher_admin_url(duckdb_path, flusher.pid)
+            if url:
+                admin.append(url)
+            return bool(url)
+
+        wait_until(flusher, flusher_ready, FLUSHER_READY_TIMEOUT_S, "flusher", self.stop)
+        self.collector = Child(
+            "collector",
+            python_cmd("collector", "--config", str(self.config_file), "--host", "127.0.0.1", "--port", str(self.port)),
+            env, logs / "collector.log",
+        )
+        collector_url = f"http://127.0.0.1:{self.port}"
+        wait_until(self.collector, lambda: http_ok(collector_url + "/readyz"), COLLECTOR_READY_TIMEOUT_S,
+                   "collector", self.stop)
+        info = devstate.DevInfo(
+            pid=os.getpid(), config=str(self.config_file), data_dir=str(self.data_dir.resolve()),
+            collector_url=collector_url, collector_pid=self.collector.pid, flusher_pid=flusher.pid,
+            redis_url=redis_url, redis_pid=self.redis.pid, key_prefix=self.cfg.redis.key_prefix,
+            duckdb_path=str(duckdb_path), spool_dir=env["OCEANUS_COLLECTOR_SPOOL_DIR"], started_at=time.time(),
+        )
+        devstate.write_dev_info(self.data_dir, info)
+        self.admin_url = admin[-1]
+        return info
+
+    def supervise(self) -> Child | None:
+        """Wait for a stop signal; return the child that died on its own, if one did."""
+        while not self.stop.requested.wait(SUPERVISE_INTERVAL_S):
+            for child in self.children():
+                if not child.alive():
+                    return child
+        return None
+
+    def shutdown(self) -> None:
+        say = _say
+        if self.collector is not None:
+            say("stopping the collector (writing what it acknowledged to Redis)...")
+            self.collector.stop(self.cfg.collector.drain_timeout_s + STOP_GRACE_S, self.stop)
+        if self.flusher is not None:
+            say("stopping the flusher (finishing the batch in hand)...")
+            self.flusher.stop(self.cfg.flusher.drain_timeout_s + STOP_GRACE_S, self.stop)
+        if self.redis is not None:
+            left = buffered_frames(self.redis_port, self.cfg) if self.redis.alive() else -1
+            say("stopping redis-server (fsync of the AOF)...")
+            self.redis.stop(REDIS_STOP_TIMEOUT_S, self.stop)
+            if left > 0:
+                say(f"{left} frame(s) still buffered in Redis; the next oceanus dev on {self.data_dir} flushes them")
+
+
+def _say(text: str) -> None:
+    print(f"oceanus dev: {text}", file=sys.stderr, flush=True)
+
+
+def main(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir)
+    config_file = config.config_path(args.config).resolve()
+    # Validate with exactly the environment the children will see, so a bad
+    # key fails here in one line rather than in a child's log.
+    cfg = config.load(config_file, env=child_env(data_dir, "redis://127.0.0.1:6379/0"))
+    redis_binary()
+    prepare_data_dir(data_dir)
+    check_not_running(data_dir)
+    port = int(args.port)
+    if port == 0:
+        port = free_port()
+    check_port("127.0.0.1", port)
+
+    stop = _Stop()
+    previous = {sig: signal.signal(sig, stop.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stack = Stack(cfg, data_dir, port, config_file, stop)
+    died: Child | None = None
+    try:
+        try:
+            info = stack.start()
+        except DevError as exc:
+            _say(str(exc))
+            return 2
+        print(banner(cfg, data_dir, info.collector_url, info.redis_url, stack.admin_url,
+                     default_data_dir=args.data_dir == ".oceanus", default_port=int(args.port) == 8080), flush=True)
+        died = stack.supervise()
+        if died is not None:
+            _say(died.died_error("unexpectedly").args[0])
+        else:
+            _say("stopping")
+    finally:
+        stack.shutdown()
+        devstate.remove_dev_info(data_dir, os.getpid())
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    _say("stopped")
+    return 1 if died is not None else 0

@@ -1,0 +1,112 @@
+"""The files through which ``oceanus dev``, ``status`` and ``query`` find each other.
+
+``oceanus dev`` keeps everything under one data directory (default ``.oceanus/``)::
+
+    DIR/dev.json                   ports and pids of the running stack (removed on a clean stop)
+    DIR/redis/                     redis-server's AOF and log
+    DIR/spool/                     the collector's disk spool
+    DIR/logs/{collector,flusher}.log
+    DIR/warehouse.duckdb           the DuckDB warehouse
+    DIR/warehouse.duckdb.flusher.json
+                                   written by the flusher while it holds DuckDB's
+                                   single-writer lock: {"pid", "admin_url"}
+
+``status`` and ``query`` read ``dev.json`` when it is there and fall back to the
+file layout above when it is not (the stack is stopped).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import msgspec
+
+DEV_FILE = "dev.json"
+WAREHOUSE_FILE = "warehouse.duckdb"
+REDIS_DIR = "redis"
+SPOOL_DIR = "spool"
+LOG_DIR = "logs"
+#: Suffix the flusher adds to the DuckDB path for its discovery file.
+FLUSHER_FILE_SUFFIX = ".flusher.json"
+
+
+class DevInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """What a running ``oceanus dev`` publishes in ``DIR/dev.json``."""
+
+    pid: int
+    config: str
+    data_dir: str
+    collector_url: str
+    collector_pid: int
+    flusher_pid: int
+    redis_url: str
+    redis_pid: int
+    key_prefix: str
+    duckdb_path: str
+    spool_dir: str
+    started_at: float
+
+
+class FlusherInfo(msgspec.Struct, frozen=True):
+    """The flusher's discovery file beside the DuckDB file."""
+
+    pid: int
+    admin_url: str
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        # EPERM: the process exists but belongs to someone else.
+        return exc.errno == errno.EPERM
+    return True
+
+
+def warehouse_path(data_dir: Path) -> Path:
+    return (data_dir / WAREHOUSE_FILE).resolve()
+
+
+def flusher_file(duckdb_path: Path) -> Path:
+    return duckdb_path.with_name(duckdb_path.name + FLUSHER_FILE_SUFFIX)
+
+
+def write_dev_info(data_dir: Path, info: DevInfo) -> None:
+    path = data_dir / DEV_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_bytes(msgspec.json.format(msgspec.json.encode(info)) + b"\n")
+    # rename is atomic: a concurrent `oceanus status` never reads half a file.
+    os.replace(tmp, path)
+
+
+def read_dev_info(data_dir: Path) -> DevInfo | None:
+    """The running stack's info, or None when no live ``oceanus dev`` owns ``data_dir``."""
+    try:
+        info = msgspec.json.decode((data_dir / DEV_FILE).read_bytes(), type=DevInfo)
+    except (OSError, msgspec.DecodeError):
+        return None
+    # A file left behind by a killed `oceanus dev` describes nothing.
+    return info if pid_alive(info.pid) else None
+
+
+def remove_dev_info(data_dir: Path, pid: int) -> None:
+    path = data_dir / DEV_FILE
+    try:
+        current = msgspec.json.decode(path.read_bytes(), type=DevInfo)
+    except (OSError, msgspec.DecodeError):
+        return
+    if current.pid == pid:
+        path.unlink(missing_ok=True)
+
+
+def read_flusher_info(duckdb_path: Path) -> FlusherInfo | None:
+    """The live flusher holding ``duckdb_path``, or None."""
+    try:
+        info = msgspec.json.decode(flusher_file(duckdb_path).read_bytes(), type=FlusherInfo)
+    except (OSError, msgspec.DecodeError):
+        return None
+    return info if pid_alive(info.pid) else None

@@ -65,6 +65,8 @@ class Fault:
     #: ``status``: the status to answer with; ``hang``: seconds to hold the request.
     status: int = 500
     hang_s: float = 30.0
+    #: Let this many matching requests through before the fault starts.
+    after: int = 0
 
 
 @dataclass
@@ -131,10 +133,14 @@ class FaultProxy:
         rows: Mapping[int, str] | None = None,
         status: int = 500,
         hang_s: float = 30.0,
+        after: int = 0,
     ) -> None:
-        """The next ``times`` requests whose path contains ``path`` get this fault (rules apply in order)."""
+        """The next ``times`` requests whose path contains ``path`` get this fault (rules apply in order).
+
+        ``after``: let that many matching requests through first.
+        """
         with self._lock:
-            self._faults.append(Fault(kind, times, path, dict(rows or {}), status, hang_s))
+            self._faults.append(Fault(kind, times, path, dict(rows or {}), status, hang_s, after))
 
     def clear(self) -> None:
         """Drop the remaining faults; requests held by ``hang`` are released."""
@@ -160,6 +166,9 @@ class FaultProxy:
         with self._lock:
             for fault in self._faults:
                 if fault.path in path and fault.times > 0:
+                    if fault.after > 0:
+                        fault.after -= 1
+                        return None
                     fault.times -= 1
                     taken = Fault(fault.kind, 1, fault.path, fault.rows, fault.status, fault.hang_s)
                     self._faults = [f for f in self._faults if f.times > 0]
@@ -241,7 +250,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if fault.kind == "status":
             seen.status = fault.status
-            self._reply(fault.status, error_body(fault.status, "internalError", "INTERNAL", "injected"))
+            reason, text = ("internalError", "INTERNAL") if fault.status >= 500 else ("invalid", "INVALID_ARGUMENT")
+            self._reply(fault.status, error_body(fault.status, reason, text, f"injected HTTP {fault.status}"))
             return
         self._row_errors(fault, seen, headers, body)
 

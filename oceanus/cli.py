@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sql")
 
     p = sub.add_parser("status", help="per-stream backlog, lag and row counts")
+    _config_arg(p)
     p.add_argument("--data-dir", default=".oceanus", metavar="DIR")
     p.add_argument("--format", choices=["table", "json"], default="table")
 

@@ -1,0 +1,186 @@
+"""``oceanus query``: SQL on the local DuckDB warehouse, while ``oceanus dev`` runs or not.
+
+DuckDB lets one process write a database file and no other process open it
+meanwhile, not even read-only. So while a flusher holds the file, the query is
+sent to the flusher's loopback admin server (``POST /query``), found through the
+``<duckdb path>.flusher.json`` file it writes; when no flusher runs, the file is
+opened read-only here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import decimal
+import io
+import json
+import sys
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from oceanus import devstate
+from oceanus.errors import OceanusError
+
+HTTP_TIMEOUT_S = 60.0
+#: Table format: longer cells are cut, so one wide JSON column does not wrap every line.
+MAX_CELL_CHARS = 80
+
+
+class QueryError(OceanusError):
+    """The SQL failed or the warehouse cannot be reached; one line for the user."""
+
+
+class Result(msgspec.Struct, frozen=True):
+    columns: list[str]
+    rows: list[list[Any]]
+
+
+class _ErrorBody(msgspec.Struct):
+    error: str
+
+
+def duckdb_path_for(data_dir: Path) -> Path:
+    info = devstate.read_dev_info(data_dir)
+    return Path(info.duckdb_path) if info is not None else devstate.warehouse_path(data_dir)
+
+
+def plain(value: Any) -> Any:
+    """A JSON-friendly form of a DuckDB value (the flusher's /query answers the same way)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    if isinstance(value, decimal.Decimal | uuid.UUID | dt.timedelta):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    return str(value)
+
+
+def _via_flusher(admin_url: str, sql: str) -> Result | None:
+    """Ask the running flusher; None when it does not answer (it just stopped)."""
+    req = urllib.request.Request(
+        admin_url + "/query", data=sql.encode(), method="POST", headers={"content-type": "text/plain"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT_S) as resp:
+            return msgspec.json.decode(resp.read(), type=Result)
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        try:
+            message = msgspec.json.decode(body, type=_ErrorBody).error
+        except msgspec.DecodeError:
+            message = body.decode(errors="replace").strip() or exc.reason
+        raise QueryError(_first_line(message)) from None
+    except (urllib.error.URLError, ConnectionError):
+        return None
+    except msgspec.DecodeError as exc:
+        raise QueryError(f"the flusher at {admin_url} sent an answer that is not a query result: {exc}") from None
+
+
+def _first_line(text: str) -> str:
+    return " ".join(text.strip().splitlines()[:1]) or "error"
+
+
+def _local(path: Path, sql: str) -> Result:
+    import duckdb
+
+    if not path.exists():
+        raise QueryError(f"no warehouse at {path} yet; start `oceanus dev` (it creates one) or pass --data-dir")
+    try:
+        con = duckdb.connect(str(path), read_only=True)
+    except duckdb.Error as exc:
+        text = str(exc)
+        if "lock" in text.lower():
+            raise QueryError(
+                f"{path} is locked by another process and no flusher answers queries for it: {_first_line(text)}"
+            ) from None
+        raise QueryError(f"cannot open {path}: {_first_line(text)}") from None
+    try:
+        cur = con.execute(sql)
+        columns = [d[0] for d in cur.description] if cur.description else []
+        rows = [[plain(v) for v in row] for row in cur.fetchall()] if columns else []
+        return Result(columns=columns, rows=rows)
+    except duckdb.Error as exc:
+        raise QueryError(_first_line(str(exc))) from None
+    finally:
+        con.close()
+
+
+def run_sql(data_dir: Path, sql: str) -> Result:
+    path = duckdb_path_for(data_dir)
+    flusher = devstate.read_flusher_info(path)
+    if flusher is not None:
+        result = _via_flusher(flusher.admin_url, sql)
+        if result is not None:
+            return result
+    return _local(path, sql)
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, dict | list):
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    else:
+        text = str(value)
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= MAX_CELL_CHARS else text[: MAX_CELL_CHARS - 1] + "…"
+
+
+def format_table(result: Result) -> str:
+    if not result.columns:
+        return "OK"
+    cells = [[_cell(v) for v in row] for row in result.rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(result.columns)]
+    numeric = [
+        bool(result.rows) and all(isinstance(r[i], int | float) and not isinstance(r[i], bool) or r[i] is None
+                                  for r in result.rows)
+        for i in range(len(result.columns))
+    ]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True))
+
+    out = [line(result.columns).rstrip(), "  ".join("-" * w for w in widths)]
+    out += [line(r).rstrip() for r in cells]
+    n = len(result.rows)
+    out.append(f"({n} row{'s' if n != 1 else ''})")
+    return "\n".join(out)
+
+
+def format_csv(result: Result) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(result.columns)
+    for row in result.rows:
+        writer.writerow(["" if v is None else json.dumps(v) if isinstance(v, dict | list) else v for v in row])
+    return buf.getvalue().rstrip("\n")
+
+
+def format_json(result: Result) -> str:
+    objects = [dict(zip(result.columns, row, strict=True)) for row in result.rows]
+    return json.dumps(objects, ensure_ascii=False, indent=None)
+
+
+FORMATTERS = {"table": format_table, "csv": format_csv, "json": format_json}
+
+
+def main(args: argparse.Namespace) -> int:
+    result = run_sql(Path(args.data_dir), args.sql)
+    sys.stdout.write(FORMATTERS[args.format](result) + "\n")
+    return 0

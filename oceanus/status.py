@@ -1,0 +1,240 @@
+"""``oceanus status``: where every event of the local stack is, per stream.
+
+Rows stored come from the warehouse (through :mod:`oceanus.query`, so it works
+while the flusher holds DuckDB's lock); the Redis backlog is counted in rows by
+decoding the frames (one frame holds a whole collector micro-batch); the spool
+depth comes from the collector's ``/metrics`` while it runs, else from the
+size of the spool directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import msgspec
+
+from oceanus import config, devstate
+from oceanus.buffer import FrameError, Keys, decode_frame
+from oceanus.query import QueryError, run_sql
+
+#: Frames fetched per LRANGE while counting the backlog.
+SCAN_CHUNK_FRAMES = 500
+REDIS_TIMEOUT_S = 2.0
+
+
+class StreamStatus(msgspec.Struct, kw_only=True):
+    rows_stored: int | None = None
+    backlog_frames: int | None = None
+    backlog_rows: int | None = None
+    inflight_rows: int | None = None
+    oldest_unflushed_age_s: float | None = None
+    dead_letters: int | None = None
+
+
+class SpoolStatus(msgspec.Struct, kw_only=True):
+    frames: int | None = None
+    bytes: int = 0
+    #: "collector" (its /metrics) or "disk" (the directory, collector stopped).
+    source: str = "disk"
+
+
+class Status(msgspec.Struct, kw_only=True):
+    running: bool
+    data_dir: str
+    pid: int | None = None
+    collector_url: str | None = None
+    redis_url: str | None = None
+    redis_up: bool = False
+    warehouse: str = ""
+    warehouse_error: str | None = None
+    streams: dict[str, StreamStatus] = {}
+    spool: SpoolStatus = SpoolStatus()
+
+
+class _Acc:
+    """Rows and the oldest ``received_at`` over a set of frames."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.oldest_us: int | None = None
+
+    def add(self, item: bytes | str) -> None:
+        if isinstance(item, str):  # only with decode_responses=True, which we never set
+            return
+        try:
+            columns, rows = decode_frame(item)
+        except FrameError:
+            return
+        self.rows += len(rows)
+        try:
+            idx = columns.index("received_at")
+        except ValueError:
+            return
+        for row in rows:
+            value = row[idx]
+            if isinstance(value, int) and (self.oldest_us is None or value < self.oldest_us):
+                self.oldest_us = value
+
+
+def redis_counts(redis_url: str, prefix: str, streams: list[str], now: float) -> dict[str, StreamStatus]:
+    """Backlog, in-flight rows, lag and dead letters per stream. Raises redis.RedisError."""
+    import redis
+
+    keys = Keys(prefix)
+    client = redis.Redis.from_url(redis_url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S)
+    out: dict[str, StreamStatus] = {}
+    try:
+        for name in streams:
+            queued, inflight = _Acc(), _Acc()
+            qkey = keys.queue(name)
+            nframes = int(client.llen(qkey))
+            for start in range(0, nframes, SCAN_CHUNK_FRAMES):
+                for item in client.lrange(qkey, start, start + SCAN_CHUNK_FRAMES - 1):
+                    queued.add(item)
+            for key in client.smembers(keys.inflight_index(name)):
+                for item in client.lrange(key, 0, -1):
+                    inflight.add(item)
+            oldest = [t for t in (queued.oldest_us, inflight.oldest_us) if t is not None]
+            out[name] = StreamStatus(
+                backlog_frames=nframes,
+                backlog_rows=queued.rows,
+                inflight_rows=inflight.rows,
+                oldest_unflushed_age_s=round(max(0.0, now - min(oldest) / 1e6), 3) if oldest else None,
+                dead_letters=int(client.llen(keys.dead(name))),
+            )
+    finally:
+        client.close()
+    return out
+
+
+def stored_rows(data_dir: Path, streams: list[str]) -> dict[str, int]:
+    """Rows per stream table; streams without a table yet are absent."""
+    tables = run_sql(data_dir, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'")
+    present = {row[0] for row in tables.rows}
+    wanted = [s for s in streams if s in present]
+    if not wanted:
+        return {}
+    sql = " UNION ALL ".join(f"SELECT '{s}' AS stream, count(*) AS n FROM \"{s}\"" for s in wanted)
+    return {str(row[0]): int(row[1]) for row in run_sql(data_dir, sql).rows}
+
+
+def metric_values(text: str, names: set[str]) -> dict[str, float]:
+    """Unlabelled samples from a Prometheus text exposition."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] in names:
+            try:
+                out[parts[0]] = float(parts[1])
+            except ValueError:
+                continue
+    return out
+
+
+def spool_status(collector_url: str | None, spool_dir: Path) -> SpoolStatus:
+    if collector_url:
+        try:
+            with urllib.request.urlopen(collector_url + "/metrics", timeout=REDIS_TIMEOUT_S) as resp:
+                values = metric_values(resp.read().decode(), {"oceanus_spool_frames", "oceanus_spool_bytes"})
+            if "oceanus_spool_bytes" in values:
+                frames = values.get("oceanus_spool_frames")
+                return SpoolStatus(frames=None if frames is None else int(frames),
+                                   bytes=int(values["oceanus_spool_bytes"]), source="collector")
+        except (urllib.error.URLError, OSError):
+            pass
+    size = sum(p.stat().st_size for p in spool_dir.rglob("*") if p.is_file()) if spool_dir.is_dir() else 0
+    return SpoolStatus(bytes=size, source="disk")
+
+
+def collect(data_dir: Path, config_file: str | None = None) -> Status:
+    info = devstate.read_dev_info(data_dir)
+    cfg = config.load(config_file or (info.config if info else None))
+    streams = list(cfg.streams)
+    status = Status(
+        running=info is not None,
+        data_dir=str(data_dir.resolve()),
+        pid=info.pid if info else None,
+        collector_url=info.collector_url if info else None,
+        redis_url=info.redis_url if info else None,
+        warehouse=info.duckdb_path if info else str(devstate.warehouse_path(data_dir)),
+        streams={name: StreamStatus() for name in streams},
+    )
+    if info is not None:
+        import redis
+
+        try:
+            counts = redis_counts(info.redis_url, info.key_prefix, streams, time.time())
+            status.redis_up = True
+            status.streams = counts
+        except redis.RedisError:
+            status.redis_up = False
+    try:
+        for name, n in stored_rows(data_dir, streams).items():
+            status.streams[name].rows_stored = n
+        for st in status.streams.values():
+            if st.rows_stored is None:
+                st.rows_stored = 0
+    except QueryError as exc:
+        status.warehouse_error = str(exc)
+    spool_dir = Path(info.spool_dir) if info else data_dir / devstate.SPOOL_DIR
+    status.spool = spool_status(info.collector_url if info else None, spool_dir)
+    return status
+
+
+def _n(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def _age(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 120:
+        return f"{value:.1f} s"
+    if value < 7200:
+        return f"{value / 60:.1f} min"
+    return f"{value / 3600:.1f} h"
+
+
+def format_table(status: Status) -> str:
+    if status.running:
+        lines = [f"oceanus dev: running (pid {status.pid}); collector {status.collector_url}, "
+                 f"redis {status.redis_url} ({'up' if status.redis_up else 'NOT ANSWERING'})"]
+    else:
+        lines = [f"oceanus dev: not running on {status.data_dir}; Redis backlog unknown until it runs "
+                 "(it is kept in the AOF and flushed on the next start)"]
+    lines.append(f"warehouse: {status.warehouse}" + (f" ({status.warehouse_error})" if status.warehouse_error else ""))
+    header = ("stream", "rows stored", "backlog rows", "in flight rows", "oldest unflushed", "dead letters")
+    body = [
+        (name, _n(s.rows_stored), _n(s.backlog_rows), _n(s.inflight_rows), _age(s.oldest_unflushed_age_s),
+         _n(s.dead_letters))
+        for name, s in status.streams.items()
+    ]
+    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
+    for row in (header, *body):
+        # The stream name left-aligned, the numbers right-aligned.
+        cells = [v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths, strict=True))]
+        lines.append("  ".join(cells))
+    sp = status.spool
+    frames = "" if sp.frames is None else f"{sp.frames:,} frames, "
+    where = "from the collector" if sp.source == "collector" else "on disk"
+    lines.append(f"spool: {frames}{sp.bytes:,} bytes ({where})")
+    return "\n".join(lines)
+
+
+def to_json(status: Status) -> str:
+    return json.dumps(msgspec.to_builtins(status), indent=2)
+
+
+def main(args: argparse.Namespace) -> int:
+    status = collect(Path(args.data_dir), getattr(args, "config", None))
+    out = to_json(status) if args.format == "json" else format_table(status)
+    sys.stdout.write(out + "\n")
+    return 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -299,6 +300,8 @@ class BigQuerySink:
             else None
         )
         self._writers: dict[str, ModeWriter] = {}
+        # The flusher may write several streams from worker threads at once.
+        self._writers_lock = threading.Lock()
 
     def table_id(self, stream: StreamConfig | str) -> str:
         name = stream if isinstance(stream, str) else stream.name
@@ -423,14 +426,18 @@ class BigQuerySink:
 
     def _mode_writer(self, mode: str) -> ModeWriter:
         writer = self._writers.get(mode)
-        if writer is None:
-            target = MODE_WRITERS.get(mode)
-            if target is None:
-                raise ConfigError(f"stream mode `{mode}` is not supported by the BigQuery sink")
-            module_name, class_name = target.split(":")
-            writer = getattr(importlib.import_module(module_name), class_name)(self)
-            self._writers[mode] = writer
-        return writer
+        if writer is not None:
+            return writer
+        with self._writers_lock:
+            writer = self._writers.get(mode)
+            if writer is None:
+                target = MODE_WRITERS.get(mode)
+                if target is None:
+                    raise ConfigError(f"stream mode `{mode}` is not supported by the BigQuery sink")
+                module_name, class_name = target.split(":")
+                writer = getattr(importlib.import_module(module_name), class_name)(self)
+                self._writers[mode] = writer
+            return writer
 
     def _insert_all(self, batch: Batch, state: WriteState) -> WriteResult:
         n = len(batch.rows)
@@ -444,7 +451,7 @@ class BigQuerySink:
                 f"stream {batch.stream.name}: batch has no event_id column", retryable=False, reason="error"
             ) from None
         rows = [convert(r) for r in batch.rows]
-        ids = [str(r.get("event_id") or _event_id(batch.rows[i][id_col])) for i, r in enumerate(rows)]
+        ids = [_event_id(r[id_col]) for r in batch.rows]
         sizes = [len(_json.encode(r)) + 2 * len(r) + ROW_OVERHEAD_BYTES for r in rows]
 
         done, rejected = self._resume(batch, state)
@@ -534,7 +541,8 @@ class BigQuerySink:
         return rejected
 
     def close(self) -> None:
-        writers, self._writers = list(self._writers.values()), {}
+        with self._writers_lock:
+            writers, self._writers = list(self._writers.values()), {}
         for writer in writers:
             writer.close()
         self.client.close()  # type: ignore[no-untyped-call]

@@ -21,12 +21,17 @@ class SinkError(OceanusError):
     ``retryable`` says whether the same batch may succeed later (5xx, 429,
     timeouts, connection errors); ``reason`` is a short label with few values,
     used as a metric label (``timeout``, ``throttled``, ``server``, ...).
+    ``retry_after_s``, when set, is how long the sink knows the batch must wait
+    (a quota's pacing): the flusher waits that long instead of backing off blindly.
     """
 
-    def __init__(self, message: str, *, retryable: bool, reason: str = "error") -> None:
+    def __init__(
+        self, message: str, *, retryable: bool, reason: str = "error", retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.reason = reason
+        self.retry_after_s = retry_after_s
 
 
 class PayloadTooLarge(SinkError):

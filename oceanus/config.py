@@ -43,6 +43,9 @@ RESERVED_NAMES = frozenset((*SERVER_COLUMNS, EXTRA_COLUMN))
 
 # Largest request BigQuery's insertAll and Storage Write API accept.
 BIGQUERY_MAX_REQUEST_BYTES = 10_000_000
+# BigQuery's quota on load jobs into one table (failed ones count too).
+BIGQUERY_LOADS_PER_TABLE_PER_DAY = 1_500
+SECONDS_PER_DAY = 86_400
 
 
 class _Base(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -178,6 +181,13 @@ class BigQueryConfig(_Base):
     retry_deadline_s: Annotated[float, Meta(ge=0)] = 10.0
     #: Load-job mode: one job per table at most this often (the daily quota is 1,500).
     load_interval_s: PositiveFloat = 300.0
+    #: Load-job file format: Parquet is smaller and loads faster; NDJSON is readable.
+    load_format: Literal["parquet", "ndjson"] = "parquet"
+    #: Storage Write API stream: "committed" (exactly-once, offsets kept beside the
+    #: claimed batch) or "default" (the shared ``_default`` stream, at-least-once).
+    write_stream: Literal["committed", "default"] = "committed"
+    #: Storage Write API row encoding: protobuf (built from the stream config) or Arrow.
+    write_format: Literal["proto", "arrow"] = "proto"
 
 
 class SinkConfig(_Base):
@@ -307,7 +317,30 @@ def decode(raw: dict[str, Any], source: str = "") -> Config:
     base = _convert(raw, Config, "")
     if not streams:
         raise ConfigError("streams: at least one stream must be defined")
+    _check_load_quota(base.sink.bigquery, streams)
     return msgspec.structs.replace(base, streams=streams, source=source)
+
+
+def _check_load_quota(bq: BigQueryConfig, streams: Mapping[str, StreamConfig]) -> None:
+    """Refuse a load-job cadence BigQuery's daily quota would cut off mid-day.
+
+    The load writer starts at most one job per table every ``load_interval_s``
+    (whatever the stream's ``batch.max_wait_s``), so that key alone bounds the
+    job count: 86400 / load_interval_s jobs per table per day, at most 1,500.
+    """
+    loaded = sorted(name for name, s in streams.items() if s.mode == "load")
+    if not loaded:
+        return
+    per_day = SECONDS_PER_DAY / bq.load_interval_s
+    if per_day > BIGQUERY_LOADS_PER_TABLE_PER_DAY:
+        minimum = SECONDS_PER_DAY / BIGQUERY_LOADS_PER_TABLE_PER_DAY
+        raise ConfigError(
+            f"sink.bigquery.load_interval_s: {bq.load_interval_s:g} s between load jobs means "
+            f"{SECONDS_PER_DAY} / {bq.load_interval_s:g} = {per_day:,.0f} jobs per table per day for "
+            f"stream(s) {', '.join(loaded)} (mode = \"load\"), over BigQuery's quota of "
+            f"{BIGQUERY_LOADS_PER_TABLE_PER_DAY:,}; set it to at least {SECONDS_PER_DAY} / "
+            f"{BIGQUERY_LOADS_PER_TABLE_PER_DAY:,} = {minimum:g} s"
+        )
 
 
 def config_path(explicit: str | None = None, env: Mapping[str, str] | None = None) -> Path:

@@ -15,7 +15,9 @@ from oceanus import config
 from tests.deploy import manifests as m
 
 PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool: `make system-deps` installs Debian's prometheus")
+needs_promtool = pytest.mark.skipif(
+    PROMTOOL is None, reason="promtool: `make system-deps` installs Debian's prometheus"
+)
 
 # Grafana's macros, replaced by what Prometheus sees at query time.
 GRAFANA_MACROS = {"$__rate_interval": "1m", "$__interval": "30s", "$__range": "1h", "$stream": ".*"}
@@ -132,7 +134,10 @@ def test_scrape_targets_are_the_compose_services() -> None:
     env = m.compose()["x-oceanus-env"]
     cfg = config.loads((m.REPO / "oceanus.toml").read_text(encoding="utf-8"), env={
         k: v for k, v in env.items() if k.startswith("OCEANUS_") and "$" not in v})
-    expected = {"oceanus-collector": f"collector:{cfg.collector.port}", "oceanus-flusher": f"flusher:{cfg.flusher.admin_port}"}
+    expected = {
+        "oceanus-collector": f"collector:{cfg.collector.port}",
+        "oceanus-flusher": f"flusher:{cfg.flusher.admin_port}",
+    }
     for job in prom["scrape_configs"]:
         if job["job_name"] in expected:
             (static,) = job["static_configs"]

@@ -435,7 +435,11 @@ class BigQuerySink:
                 if target is None:
                     raise ConfigError(f"stream mode `{mode}` is not supported by the BigQuery sink")
                 module_name, class_name = target.split(":")
-                writer = getattr(importlib.import_module(module_name), class_name)(self)
+                try:
+                    module = importlib.import_module(module_name)
+                except ModuleNotFoundError as exc:
+                    raise ConfigError(f"stream mode `{mode}` is not available in this build ({exc})") from None
+                writer = getattr(module, class_name)(self)
                 self._writers[mode] = writer
             return writer
 

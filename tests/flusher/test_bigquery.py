@@ -24,6 +24,8 @@ from typing import Any
 import msgspec
 import pytest
 
+from flusher.sinks import bigquery as bq
+from flusher.sinks.base import Batch, WriteResult, WriteState
 from flusher.sinks.bigquery import (
     STATE_DONE,
     BigQuerySink,
@@ -414,3 +416,41 @@ def test_emulator_host_from_environment_needs_a_project(
         assert sink.ensure_tables(list(sink.config.streams.values()))[0].startswith("created dataset")
     finally:
         sink.close()
+
+
+class RecordingWriter:
+    """A ModeWriter that records its calls: checks the sink's dispatch, not BigQuery."""
+
+    instances: list[RecordingWriter] = []
+
+    def __init__(self, sink: BigQuerySink) -> None:
+        self.sink = sink
+        self.batches: list[str] = []
+        self.closed = False
+        RecordingWriter.instances.append(self)
+
+    def write(self, batch: Batch, state: WriteState) -> WriteResult:
+        self.batches.append(batch.batch_id)
+        return WriteResult(written=len(batch.rows))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_other_modes_dispatch_to_a_lazily_built_writer(
+    bq_emulator: BigQueryEmulator, proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bq, "MODE_WRITERS", {"load": f"{__name__}:RecordingWriter"})
+    RecordingWriter.instances.clear()
+    sink = _sink(bq_emulator, proxy)
+    stream = msgspec.structs.replace(sink.config.streams["ev"], mode="load")
+    assert RecordingWriter.instances == []
+    for _ in range(2):
+        assert sink.write(make_batch(stream, make_rows(stream, 3)), MemState()).written == 3
+    (writer,) = RecordingWriter.instances
+    assert writer.sink is sink and len(writer.batches) == 2
+    assert proxy.count("insertAll") == 0
+    with pytest.raises(ConfigError, match="storage_write"):
+        sink.write(make_batch(msgspec.structs.replace(stream, mode="storage_write"), []), MemState())
+    sink.close()
+    assert writer.closed

@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default="http://127.0.0.1:8080")
     p.add_argument("--events", type=int, default=1000, metavar="N")
     p.add_argument("--rate", type=float, default=200.0, metavar="R", help="events per second")
+    p.add_argument("--report", metavar="FILE", help="write the accepted and rejected demo ids as JSON")
+    p.add_argument("--seed", type=int, help="repeat the same traffic mix")
 
     p = sub.add_parser("cost", help="monthly BigQuery ingest bill per stream and mode")
     _config_arg(p)

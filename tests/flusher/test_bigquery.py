@@ -454,3 +454,27 @@ def test_other_modes_dispatch_to_a_lazily_built_writer(
         sink.write(make_batch(msgspec.structs.replace(stream, mode="storage_write"), []), MemState())
     sink.close()
     assert writer.closed
+
+
+def test_lost_reply_duplicates_are_removed_by_the_view(bq_emulator: BigQueryEmulator, proxy: FaultProxy) -> None:
+    # The rows are stored but the answer is lost: the retry sends them again.
+    # BigQuery would drop the replay by insertId; the emulator keeps both, which
+    # is the worst case the view exists for.
+    sink = _sink(bq_emulator, proxy, timeout_s=0.5)
+    try:
+        stream = sink.config.streams["ev"]
+        batch = make_batch(stream, make_rows(stream, 4))
+        proxy.inject("lost_reply", times=1)
+        with pytest.raises(SinkError) as info:
+            sink.write(batch, MemState())
+        assert info.value.retryable and info.value.reason == "timeout"
+        assert sink.write(batch, MemState()).written == 4
+        first, second = proxy.seen("insertAll")
+        assert [r["insertId"] for r in first.json()["rows"]] == [r["insertId"] for r in second.json()["rows"]]
+        ids = _stored_ids(bq_emulator, sink.table_id(stream))
+        assert sorted(ids) == sorted(2 * [r[0].hex() for r in batch.rows])
+        view = _query(bq_emulator, f"SELECT event_id FROM `{sink.dedup_view_id(stream)}`")
+        assert sorted(r["event_id"] for r in view) == sorted(r[0].hex() for r in batch.rows)
+    finally:
+        proxy.clear()
+        sink.close()

@@ -7,7 +7,8 @@ the sink's error mapping is tested against the service's contract rather than
 the emulator's own habits (which answers many client mistakes with a 500).
 
     proxy = FaultProxy(emulator.rest_url).start()
-    proxy.inject("unavailable", times=3, path="insertAll")
+    proxy.inject("unavailable", times=3, path="insertAll")   # 503 three times
+    proxy.inject("lost_reply")                                # stored upstream, answer never sent
     ...
     assert proxy.count("insertAll") == 4
 
@@ -26,7 +27,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
-FaultKind = Literal["unavailable", "throttled", "hang", "too_large", "payload_limit", "row_errors", "status"]
+FaultKind = Literal[
+    "unavailable", "throttled", "hang", "lost_reply", "too_large", "payload_limit", "row_errors", "status"
+]
 
 #: Bodies shaped like the real service's error responses.
 _ERROR_BODIES: dict[str, tuple[int, str, str, str]] = {
@@ -237,6 +240,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(status, data, out_headers)
             return
         seen.fault = fault.kind
+        if fault.kind == "lost_reply":
+            # The upstream stores the rows but the answer never arrives: the
+            # ambiguous case that makes at-least-once delivery duplicate.
+            seen.status = self.owner.forward(self.command, self.path, headers, body)[0]
+            self.owner._release.wait(fault.hang_s)
+            self.close_connection = True
+            return
         if fault.kind == "hang":
             # Hold the request without an answer until released or hang_s passes,
             # then drop the connection: the client sees its own read timeout.

@@ -59,7 +59,10 @@ def plain(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value).hex()
-    if isinstance(value, decimal.Decimal | uuid.UUID | dt.timedelta):
+    if isinstance(value, decimal.Decimal):
+        # DuckDB types a literal like 1.5 as DECIMAL; JSON readers want a number.
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, uuid.UUID | dt.timedelta):
         return str(value)
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]

@@ -54,7 +54,7 @@ class Status(msgspec.Struct, kw_only=True):
     warehouse: str = ""
     warehouse_error: str | None = None
     streams: dict[str, StreamStatus] = {}
-    spool: SpoolStatus = SpoolStatus()
+    spool: SpoolStatus = msgspec.field(default_factory=SpoolStatus)
 
 
 class _Acc:

@@ -23,6 +23,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flusher.sinks import bigquery as bq
 from flusher.sinks.base import Batch, WriteResult, WriteState
@@ -478,3 +480,10 @@ def test_lost_reply_duplicates_are_removed_by_the_view(bq_emulator: BigQueryEmul
     finally:
         proxy.clear()
         sink.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=-(10**16), max_value=10**17))
+def test_timestamp_text_is_exact(us: int) -> None:
+    expected = dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=us)
+    assert timestamp_us_to_rfc3339(us) == expected.isoformat(timespec="microseconds") + "Z"

@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: run test lint bench chaos soak loadtest system-deps venv clean
+.PHONY: run run-deps test lint bench chaos soak loadtest system-deps venv clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,8 +37,27 @@ system-deps:
 	  fi; \
 	fi
 
-run: system-deps $(STAMP)
-	$(VENV)/bin/oceanus dev
+# `make run` needs only the package and redis-server: a newcomer does not wait
+# for the test and bench extras (or wrk, promtool, chromium) to see data flow.
+RUN_STAMP := $(VENV)/.installed-run
+DEV_ARGS ?=
+
+$(RUN_STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -f $(STAMP) -a $(STAMP) -nt pyproject.toml || $(PY) -m pip install -q -e .
+	@touch $(RUN_STAMP)
+
+run-deps:
+	@command -v redis-server >/dev/null && exit 0; \
+	if [ "$$(id -u)" = 0 ]; then \
+	  echo "installing: redis-server"; \
+	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	else \
+	  echo "redis-server is missing — install it with: sudo apt-get install -y redis-server" >&2; exit 1; \
+	fi
+
+run: run-deps $(RUN_STAMP)
+	$(VENV)/bin/oceanus dev $(DEV_ARGS)
 
 test: system-deps $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

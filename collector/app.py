@@ -1,0 +1,454 @@
+"""The collector: one raw ASGI app (no framework), run by granian.
+
+Routes::
+
+    GET  /b/{stream}?k=v...   pixel: 200 + 43-byte GIF; 400 + the same GIF and
+                              X-Oceanus-Error "field: rule: detail"
+    POST /e/{stream}          JSON object, JSON array (<= collector.max_batch_events)
+                              or form-encoded; gzip accepted; 200 {"accepted": n}
+    OPTIONS /b/..., /e/...    CORS preflight (204)
+    GET  /healthz             process alive
+    GET  /readyz              503 when draining, or Redis down AND spool full
+    GET  /metrics             Prometheus text, all granian workers merged
+    other GETs                collector.web.handle (tag, demo, status pages), else 404
+
+A 2xx means the event is in Redis (or in the fsync'd spool while Redis is
+unreachable): the response waits for the micro-batch round that carries it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from collector import web
+from collector._types import Message, Receive, Scope, Send
+from collector.enrich import ClientIp, DeviceCache
+from collector.metrics import Metrics
+from collector.pusher import Pusher, Unavailable, make_redis
+from collector.spool import Spool
+from collector.validate import Invalid, StreamValidator, compile_streams, parse_pairs
+from oceanus.buffer import EventIds
+from oceanus.config import Config
+
+#: The 1x1 transparent GIF (43 bytes).
+GIF = (
+    b"GIF89a\x01\x00\x01\x00\x80\x00\x00\xff\xff\xff\x00\x00\x00!\xf9\x04\x01\x00\x00\x00\x00"
+    b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
+)
+
+Headers = list[tuple[bytes, bytes]]
+
+_json_encode = msgspec.json.Encoder().encode
+_json_decode = msgspec.json.Decoder().decode
+
+_NO_STORE = (b"cache-control", b"no-store, no-cache, must-revalidate, max-age=0")
+_GIF_TYPE = (b"content-type", b"image/gif")
+_JSON_TYPE = (b"content-type", b"application/json")
+_TEXT_TYPE = (b"content-type", b"text/plain; charset=utf-8")
+_EXPOSE = (b"access-control-expose-headers", b"X-Oceanus-Error")
+_PREFLIGHT = [
+    (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+    (b"access-control-allow-headers", b"Content-Type, Content-Encoding"),
+    (b"access-control-max-age", b"86400"),
+    (b"content-length", b"0"),
+]
+
+
+class _Reject(Exception):
+    """A request-level refusal (not a field rule): status, limit name, detail."""
+
+    def __init__(self, status: int, field: str, rule: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.invalid = Invalid(field, rule, detail)
+
+
+class App:
+    """The ASGI callable. One instance per worker process."""
+
+    def __init__(self, cfg: Config, *, handle_signals: bool = False) -> None:
+        self.cfg = cfg
+        c = cfg.collector
+        self._validators: dict[str, StreamValidator] = compile_streams(cfg.streams.values(), c)
+        self._ids = EventIds()
+        self._client_ip = ClientIp(c.trusted_proxies)
+        self._device = DeviceCache()
+        self._max_url = c.max_url_bytes
+        self._max_body = c.max_body_bytes
+        self._max_inflated = c.max_decompressed_bytes
+        self._max_batch = c.max_batch_events
+        self._max_ua = c.max_ua_length
+        self._body_timeout = c.body_timeout_s
+        self._wildcard = "*" in c.cors_origins
+        self._origins = frozenset(o.encode() for o in c.cors_origins)
+        self._handle_signals = handle_signals
+        self.metrics = Metrics()
+        self.pusher: Pusher | None = None
+        self.spool: Spool | None = None
+        self.draining = False
+        self._inflight = 0
+        self._idle: asyncio.Event | None = None
+        self._redis: Any = None
+        gif_base: Headers = [_GIF_TYPE, _NO_STORE, (b"content-length", b"43")]
+        self._gif_headers = gif_base
+        self._cors_static: Headers = [(b"access-control-allow-origin", b"*"), _EXPOSE] if self._wildcard else []
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        self._redis = make_redis(self.cfg)
+        self.spool = Spool(self.cfg.collector.spool_dir, self.cfg.collector.spool_max_bytes).open()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.pusher = Pusher(self.cfg, self._redis, self.spool, self.metrics)
+        self.pusher.start()
+        if self._handle_signals:
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self) -> None:
+        """Readiness turns 503 at once; then granian's own shutdown runs.
+
+        granian's worker handler answers SIGINT and SIGTERM alike; ours replaces
+        it for SIGTERM, so it is handed on as SIGINT. granian then stops
+        accepting, and the lifespan shutdown below drains.
+        """
+        self.begin_drain()
+        os.kill(os.getpid(), signal.SIGINT)
+
+    def begin_drain(self) -> None:
+        self.draining = True
+        self.metrics.draining.set(1)
+
+    async def shutdown(self) -> None:
+        """Finish in-flight requests and queued events within collector.drain_timeout_s."""
+        self.begin_drain()
+        deadline = time.monotonic() + self.cfg.collector.drain_timeout_s
+        if self._idle is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), max(deadline - time.monotonic(), 0.0))
+        if self.pusher is not None:
+            await self.pusher.drain(max(deadline - time.monotonic(), 0.1))
+        self.metrics.flush()
+        if self._redis is not None:
+            with contextlib.suppress(Exception):
+                await self._redis.aclose()
+        if self.spool is not None:
+            self.spool.close()
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:  # noqa: BLE001 - reported to the server, which exits
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- requests ------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            self._inflight += 1
+            if self._idle is not None:
+                self._idle.clear()
+            try:
+                await self._http(scope, receive, send)
+            finally:
+                self._inflight -= 1
+                if not self._inflight and self._idle is not None:
+                    self._idle.set()
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        t0 = time.perf_counter()
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if len(scope.get("raw_path") or path) + len(scope["query_string"]) > self._max_url:
+            stream, route = "-", "other"
+            status = await self._error(send, 414, "url", "max_url_bytes",
+                                       f"URL longer than {self._max_url} bytes", pixel=path.startswith("/b/"))
+        elif path.startswith("/b/"):
+            stream, route = path[3:], "pixel"
+            status = await self._pixel(stream, scope, method, send)
+        elif path.startswith("/e/"):
+            stream, route = path[3:], "events"
+            status = await self._events(stream, scope, method, receive, send)
+        else:
+            stream, route = "-", "other"
+            status = await self._other(path, method, scope, receive, send)
+        if stream != "-" and stream not in self._validators:
+            stream = "-"  # unknown names never become label values
+        self.metrics.request(stream, status, route, time.perf_counter() - t0)
+
+    # pixel ------------------------------------------------------------------------------
+
+    async def _pixel(self, name: str, scope: Scope, method: str, send: Send) -> int:
+        validator = self._validators.get(name)
+        if validator is None:
+            return await self._error(send, 404, "stream", "unknown", f"no stream named {name!r}", pixel=True)
+        if method != "GET" and method != "HEAD":
+            if method == "OPTIONS":
+                return await self._preflight(scope, send)
+            return await self._error(send, 405, "method", "allowed", "use GET or OPTIONS", pixel=True,
+                                     allow=b"GET, HEAD, OPTIONS")
+        query = scope["query_string"].decode("utf-8", "replace")
+        event: dict[str, Any] = parse_pairs(query)
+        try:
+            row = self._row(validator, event, True, scope)
+        except Invalid as exc:
+            self._rejected(name, exc)
+            return await self._error(send, 400, exc.field, exc.rule, exc.detail, pixel=True)
+        try:
+            await self._submit(name, validator, [row])
+        except Unavailable as exc:
+            return await self._error(send, 503, "spool", "full", str(exc), pixel=True)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": self._gif_headers + self._cors(scope)})
+        await send({"type": "http.response.body", "body": GIF if method == "GET" else b""})
+        return 200
+
+    # events -----------------------------------------------------------------------------
+
+    async def _events(self, name: str, scope: Scope, method: str, receive: Receive, send: Send) -> int:
+        validator = self._validators.get(name)
+        if validator is None:
+            return await self._error(send, 404, "stream", "unknown", f"no stream named {name!r}")
+        if method != "POST":
+            if method == "OPTIONS":
+                return await self._preflight(scope, send)
+            return await self._error(send, 405, "method", "allowed", "use POST or OPTIONS", allow=b"POST, OPTIONS")
+        try:
+            events, from_text, is_batch = await self._read_events(scope, receive)
+            rows: list[list[Any]] = []
+            for i, event in enumerate(events):
+                try:
+                    if type(event) is not dict:
+                        raise Invalid("body", "type", "each event must be a JSON object")
+                    rows.append(self._row(validator, event, from_text, scope))
+                except Invalid as exc:
+                    if is_batch:
+                        exc.index = i
+                    raise
+        except Invalid as exc:
+            self._rejected(name, exc)
+            return await self._error(send, 400, exc.field, exc.rule, exc.detail, index=exc.index)
+        except _Reject as rej:
+            self._rejected(name, rej.invalid)
+            inv = rej.invalid
+            return await self._error(send, rej.status, inv.field, inv.rule, inv.detail)
+        try:
+            await self._submit(name, validator, rows)
+        except Unavailable as exc:
+            return await self._error(send, 503, "spool", "full", str(exc))
+        body = b'{"accepted":%d}' % len(rows)
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            _JSON_TYPE, _NO_STORE, (b"content-length", b"%d" % len(body)), *self._cors(scope)]})
+        await send({"type": "http.response.body", "body": body})
+        return 200
+
+    async def _read_events(self, scope: Scope, receive: Receive) -> tuple[Any, bool, bool]:
+        """The events of a POST body: a list, whether values are form text, whether
+        the body was a JSON array.
+
+        A body that starts with ``{`` or ``[`` is JSON whatever the content type
+        says: ``navigator.sendBeacon`` and ``curl -d`` label JSON as text/plain or
+        form data, and no form body starts with a brace.
+        """
+        content_type = b""
+        encoding = b""
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                if value.isdigit() and int(value) > self._max_body:
+                    raise _Reject(413, "body", "max_body_bytes", f"body larger than {self._max_body} bytes")
+            elif key == b"content-type":
+                content_type = value.lower()
+            elif key == b"content-encoding":
+                encoding = value.strip().lower()
+        body = await self._read_body(receive)
+        if encoding == b"gzip":
+            body = self._gunzip(body)
+        elif encoding not in (b"", b"identity"):
+            raise _Reject(415, "content-encoding", "supported", "only gzip is accepted")
+        if not body.strip():
+            raise Invalid("body", "required", "the body is empty")
+        if content_type.startswith(b"application/x-www-form-urlencoded") and body.lstrip()[:1] not in (b"{", b"["):
+            return [parse_pairs(body.decode("utf-8", "replace"))], True, False
+        try:
+            data = _json_decode(body)
+        except msgspec.DecodeError as exc:
+            raise Invalid("body", "json", f"not valid JSON ({exc})") from None
+        if type(data) is list:
+            if len(data) > self._max_batch:
+                raise _Reject(413, "body", "max_batch_events", f"more than {self._max_batch} events in one array")
+            if not data:
+                raise Invalid("body", "required", "the array is empty")
+            return data, False, True
+        return [data], False, False
+
+    async def _read_body(self, receive: Receive) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self._body_timeout):
+                while True:
+                    message: Message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise _Reject(400, "body", "complete", "the client went away mid-body")
+                    chunk = message.get("body", b"")
+                    if chunk:
+                        size += len(chunk)
+                        if size > self._max_body:
+                            raise _Reject(413, "body", "max_body_bytes", f"body larger than {self._max_body} bytes")
+                        chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            raise _Reject(408, "body", "body_timeout_s", f"body not received within {self._body_timeout:g}s") from None
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _gunzip(self, body: bytes) -> bytes:
+        inflater = zlib.decompressobj(wbits=31)
+        try:
+            out = inflater.decompress(body, self._max_inflated + 1)
+        except zlib.error:
+            raise Invalid("body", "gzip", "not valid gzip data") from None
+        if len(out) > self._max_inflated or inflater.unconsumed_tail:
+            raise _Reject(413, "body", "max_decompressed_bytes",
+                          f"body inflates to more than {self._max_inflated} bytes")
+        if not inflater.eof:
+            raise Invalid("body", "gzip", "truncated gzip data")
+        return out
+
+    # shared -------------------------------------------------------------------------------
+
+    def _row(self, validator: StreamValidator, event: dict[str, Any], from_text: bool, scope: Scope) -> list[Any]:
+        values = validator.values(event, from_text)
+        ua = ""
+        xff: str | None = None
+        real_ip: str | None = None
+        for key, value in scope["headers"]:
+            if key == b"user-agent":
+                ua = value.decode("latin-1")
+            elif key == b"x-forwarded-for":
+                xff = value.decode("latin-1")
+            elif key == b"x-real-ip":
+                real_ip = value.decode("latin-1")
+        if len(ua) > self._max_ua:
+            ua = ua[: self._max_ua]
+        client = scope.get("client")
+        peer = client[0] if client else ""
+        ip = self._client_ip.resolve(peer, xff, real_ip)
+        now_ns = time.time_ns()
+        return [self._ids.new(now_ns), now_ns // 1000, ip, ua, self._device(ua), *values]
+
+    async def _submit(self, name: str, validator: StreamValidator, rows: list[list[Any]]) -> None:
+        pusher = self.pusher
+        if pusher is None or pusher.stopped:
+            raise Unavailable("the collector is shutting down")
+        await pusher.submit(name, validator.columns, rows)
+
+    def _rejected(self, stream: str, exc: Invalid) -> None:
+        self.metrics.reject(stream, exc.rule)
+        if self.pusher is not None:
+            self.pusher.rejected(stream, exc.field, exc.rule)
+
+    def _cors(self, scope: Scope) -> Headers:
+        if self._wildcard:
+            return self._cors_static
+        for key, value in scope["headers"]:
+            if key == b"origin":
+                if value in self._origins:
+                    return [(b"access-control-allow-origin", value), (b"vary", b"Origin"), _EXPOSE]
+                break
+        return [(b"vary", b"Origin")]
+
+    async def _preflight(self, scope: Scope, send: Send) -> int:
+        await send({"type": "http.response.start", "status": 204, "headers": _PREFLIGHT + self._cors(scope)})
+        await send({"type": "http.response.body", "body": b""})
+        return 204
+
+    async def _error(self, send: Send, status: int, field: str, rule: str, detail: str, *, pixel: bool = False,
+                     index: int | None = None, allow: bytes | None = None) -> int:
+        """Every error names the field (or limit) and the rule, in a header and the body."""
+        err = Invalid(field, rule, detail, index)
+        headers: Headers = [(b"x-oceanus-error", err.header().encode("latin-1")), _NO_STORE, *self._cors_static]
+        if allow is not None:
+            headers.append((b"allow", allow))
+        if status == 503:
+            headers.append((b"retry-after", b"5"))
+        if pixel:
+            body = GIF
+            headers.append(_GIF_TYPE)
+        else:
+            body = _json_encode({"error": err.as_dict()})
+            headers.append(_JSON_TYPE)
+        headers.append((b"content-length", b"%d" % len(body)))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        return status
+
+    # other routes ---------------------------------------------------------------------------
+
+    async def _other(self, path: str, method: str, scope: Scope, receive: Receive, send: Send) -> int:
+        if method == "GET" or method == "HEAD":
+            route = self._routes.get(path)
+            if route is not None:
+                return await route(self, send)
+            if method == "GET" and await web.handle(scope, receive, send, self):
+                return 200
+        return await self._error(send, 404, "path", "unknown", f"no route for {path}")
+
+    async def _healthz(self, send: Send) -> int:
+        return await self._text(send, 200, b"ok\n")
+
+    async def _readyz(self, send: Send) -> int:
+        if self.draining:
+            return await self._text(send, 503, b"draining\n")
+        if self.pusher is None or not self.pusher.ready:
+            return await self._text(send, 503, b"redis unreachable and spool full\n")
+        return await self._text(send, 200, b"ready\n")
+
+    async def _metrics(self, send: Send) -> int:
+        body, content_type = self.metrics.render()
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", content_type.encode()), (b"content-length", b"%d" % len(body))]})
+        await send({"type": "http.response.body", "body": body})
+        return 200
+
+    async def _text(self, send: Send, status: int, body: bytes) -> int:
+        await send({"type": "http.response.start", "status": status, "headers": [
+            _TEXT_TYPE, _NO_STORE, (b"content-length", b"%d" % len(body))]})
+        await send({"type": "http.response.body", "body": body})
+        return status
+
+    #: GET routes the app answers itself; more (e.g. /openapi.json) go here.
+    _routes: dict[str, Callable[[App, Send], Awaitable[int]]] = {
+        "/healthz": _healthz,
+        "/readyz": _readyz,
+        "/metrics": _metrics,
+    }
+
+
+def create_app() -> App:
+    """granian's factory target: config from ``OCEANUS_CONFIG`` and the environment."""
+    from oceanus import config
+
+    return App(config.load(), handle_signals=True)

@@ -1,0 +1,337 @@
+"""Micro-batching writer: one pipelined RPUSH per stream per batch, durable ack.
+
+Requests hand their rows to :meth:`Pusher.submit` and await the future it
+returns; one future is shared by every request of the current batch. A single
+writer task per worker takes the whole batch when it is ``batch_max_events``
+big or ``batch_linger_ms`` old (or at once when the previous round took longer
+than the linger), encodes one frame per stream
+(:func:`oceanus.buffer.encode_frame`), and sends one pipeline: the RPUSHes plus
+the per-minute stats and recent validation errors. The future resolves only
+after Redis acknowledged the pipeline, so a 2xx means "in Redis".
+
+While Redis is unreachable (or refuses a push) the frames go to the fsync'd disk
+:class:`~collector.spool.Spool` instead, and the future resolves after the
+fsync. The spool is replayed, in order, before any new frame is pushed once
+Redis answers again. Only when the spool is full does the future fail
+(:class:`Unavailable` -> 503).
+
+Delivery is at least once: a connection lost after Redis applied a pipeline
+but before its reply arrived leads to the same frame being spooled and
+replayed; the flusher dedupes rows by ``event_id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from collector.metrics import Metrics
+from collector.spool import Record, Spool
+from oceanus.buffer import RECENT_ERRORS_MAX, STATS_TTL_S, Keys, encode_frame
+from oceanus.config import Config
+
+#: First wait before Redis is tried again after a failure, and the cap (seconds).
+RETRY_BASE_S = 0.1
+RETRY_MAX_S = 2.0
+#: Idle wake-up for stats and spool replay when no event arrives (seconds).
+IDLE_ROUND_S = 0.25
+#: Spool records replayed before a new batch; the rest waits, so a long backlog
+#: never holds the current requests for long (new frames queue behind it).
+REPLAY_RECORDS_PER_ROUND = 1024
+
+_json = msgspec.json.Encoder()
+
+
+class Unavailable(Exception):
+    """Neither Redis nor the spool could take the batch."""
+
+
+class _Batch:
+    __slots__ = ("rows", "columns", "count", "future", "started")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.rows: dict[str, list[list[Any]]] = {}
+        self.columns: dict[str, Sequence[str]] = {}
+        self.count = 0
+        self.future: asyncio.Future[None] = loop.create_future()
+        self.started = 0.0
+
+
+def make_redis(cfg: Config) -> aioredis.Redis:
+    """A client with a bounded, blocking pool and no hidden retries.
+
+    redis-py raises ``MaxConnectionsError`` when its default pool is exhausted;
+    the blocking pool waits (up to ``redis.timeout_s``) instead. Its built-in
+    retries are off: a failed push goes to the spool at once rather than
+    holding every request of the batch through several reconnect attempts.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
+        cfg.redis.url,
+        max_connections=cfg.redis.pool_size,
+        timeout=cfg.redis.timeout_s,
+        socket_timeout=cfg.redis.timeout_s,
+        socket_connect_timeout=cfg.redis.timeout_s,
+        retry=Retry(NoBackoff(), 0),
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+class Pusher:
+    def __init__(self, cfg: Config, redis: aioredis.Redis, spool: Spool, metrics: Metrics) -> None:
+        self._redis = redis
+        self._spool = spool
+        self._metrics = metrics
+        self._keys = Keys(cfg.redis.key_prefix)
+        self._queue_keys = {name: self._keys.queue(name) for name in cfg.streams}
+        self._max_events = cfg.collector.batch_max_events
+        self._linger_s = cfg.collector.batch_linger_ms / 1000.0
+        self._loop = asyncio.get_running_loop()
+        self._batch = _Batch(self._loop)
+        self._wake = asyncio.Event()
+        self._full: asyncio.Future[None] | None = None
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        # Stats written with the next round: (stream, minute) -> [accepted, rejected].
+        self._stats: dict[tuple[str, int], list[int]] = {}
+        self._errors: list[bytes] = []
+        self.redis_up = True
+        self._retry_at = 0.0
+        self._retry_wait = RETRY_BASE_S
+
+    # -- request side -----------------------------------------------------------
+
+    def submit(self, stream: str, columns: Sequence[str], rows: list[list[Any]]) -> asyncio.Future[None]:
+        """Queue ``rows``; the returned future resolves when they are durable."""
+        batch = self._batch
+        bucket = batch.rows.get(stream)
+        if bucket is None:
+            batch.rows[stream] = rows
+            batch.columns[stream] = columns
+        else:
+            bucket.extend(rows)
+        if not batch.count:
+            batch.started = time.monotonic()
+            self._wake.set()
+        batch.count += len(rows)
+        if batch.count >= self._max_events and self._full is not None and not self._full.done():
+            self._full.set_result(None)
+        return batch.future
+
+    def rejected(self, stream: str, field: str, rule: str, n: int = 1) -> None:
+        """Count a refused event for the status page (written with the next round,
+        or by the idle round within ``IDLE_ROUND_S``)."""
+        now = time.time()
+        key = (stream, int(now // 60))
+        counts = self._stats.get(key)
+        if counts is None:
+            counts = self._stats[key] = [0, 0]
+        counts[1] += n
+        if len(self._errors) < RECENT_ERRORS_MAX:
+            self._errors.append(_json.encode({"stream": stream, "field": field, "rule": rule, "at": int(now)}))
+
+    @property
+    def stopped(self) -> bool:
+        """The writer has finished draining; nothing more can be made durable."""
+        return self._task is not None and self._task.done()
+
+    @property
+    def ready(self) -> bool:
+        """Able to accept: Redis answered last time, or the spool has room."""
+        return self.redis_up or not self._spool.full
+
+    # -- writer side ------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="oceanus-pusher")
+
+    async def _run(self) -> None:
+        while True:
+            if not self._batch.count:
+                if self._stopping:
+                    return
+                self._wake.clear()
+                if self._spool.pending or self._stats or self._errors:
+                    # Housekeeping while idle: replay the spool, write stats.
+                    wait = IDLE_ROUND_S
+                    if self._spool.pending and self.redis_up:
+                        wait = 0.0
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), wait)
+                    except TimeoutError:
+                        await self._idle_round()
+                        continue
+                else:
+                    await self._wake.wait()
+                if not self._batch.count:
+                    continue
+            await self._linger()
+            batch = self._batch
+            self._batch = _Batch(self._loop)
+            await self._write(batch)
+
+    async def _idle_round(self) -> None:
+        if self._spool.pending:
+            await self._replay()
+        if not self._spool.pending and (self.redis_up or time.monotonic() >= self._retry_at):
+            await self._push([], with_stats=True)
+        self._metrics.flush()
+
+    async def _linger(self) -> None:
+        """Wait until the batch is full or ``batch_linger_ms`` after its first event."""
+        if self._stopping or not self._batch.count:
+            return
+        remaining = self._batch.started + self._linger_s - time.monotonic()
+        if remaining <= 0 or self._batch.count >= self._max_events:
+            return
+        self._full = self._loop.create_future()
+        handle = self._loop.call_later(remaining, _resolve, self._full)
+        try:
+            await self._full
+        finally:
+            handle.cancel()
+            self._full = None
+
+    async def _write(self, batch: _Batch) -> None:
+        frames: list[Record] = [
+            (stream, encode_frame(batch.columns[stream], rows)) for stream, rows in batch.rows.items()
+        ]
+        minute = int(time.time() // 60)
+        for stream, rows in batch.rows.items():
+            key = (stream, minute)
+            counts = self._stats.get(key)
+            if counts is None:
+                counts = self._stats[key] = [0, 0]
+            counts[0] += len(rows)
+        failed = frames
+        if self._spool.pending:
+            await self._replay()
+        if not self._spool.pending and (self.redis_up or time.monotonic() >= self._retry_at):
+            failed = await self._push(frames, with_stats=True)
+        if failed:
+            ok = await asyncio.to_thread(self._spool.append, failed)
+            self._update_spool_metrics()
+            if not ok:
+                _fail(batch.future, Unavailable("Redis is unreachable and the spool is full"))
+                return
+        if batch.count:
+            m = self._metrics
+            for stream, rows in batch.rows.items():
+                m.accepted.labels(stream).inc(len(rows))
+            m.batch_events.observe(batch.count)
+        _resolve(batch.future)
+        self._metrics.flush()
+
+    async def _push(self, frames: list[Record], with_stats: bool) -> list[Record]:
+        """One pipeline round; returns the frames Redis did not take."""
+        pipe = self._redis.pipeline(transaction=False)
+        for stream, frame in frames:
+            pipe.rpush(self._queue_keys.get(stream) or self._keys.queue(stream), frame)
+        stats: dict[tuple[str, int], list[int]] = {}
+        errors: list[bytes] = []
+        if with_stats:
+            stats, self._stats = self._stats, {}
+            errors, self._errors = self._errors, []
+            for (stream, minute), (accepted, rejected) in stats.items():
+                key = self._keys.stats(stream, minute)
+                if accepted:
+                    pipe.hincrby(key, "accepted", accepted)
+                if rejected:
+                    pipe.hincrby(key, "rejected", rejected)
+                pipe.expire(key, STATS_TTL_S)
+            if errors:
+                pipe.lpush(self._keys.recent_errors(), *errors)
+                pipe.ltrim(self._keys.recent_errors(), 0, RECENT_ERRORS_MAX - 1)
+        t0 = time.perf_counter()
+        try:
+            results = await pipe.execute(raise_on_error=False)
+        except (RedisError, OSError):
+            self._mark_down()
+            # Stats are best effort: keep them for the next round (bounded by minutes x streams).
+            for skey, (a, r) in stats.items():
+                counts = self._stats.setdefault(skey, [0, 0])
+                counts[0] += a
+                counts[1] += r
+            self._errors = (errors + self._errors)[:RECENT_ERRORS_MAX]
+            return frames
+        self._metrics.push_duration.observe(time.perf_counter() - t0)
+        failed = [f for f, r in zip(frames, results, strict=False) if isinstance(r, Exception)]
+        if failed:
+            self._mark_down()
+        else:
+            self._mark_up()
+        return failed
+
+    async def _replay(self) -> None:
+        if time.monotonic() < self._retry_at and not self.redis_up:
+            return
+
+        async def push(records: list[Record]) -> None:
+            failed = await self._push(records, with_stats=False)
+            if failed:
+                raise Unavailable("Redis refused a replayed frame")
+
+        try:
+            await self._spool.replay(push, REPLAY_RECORDS_PER_ROUND)
+        except (Unavailable, RedisError, OSError):
+            self._mark_down()
+        self._update_spool_metrics()
+
+    def _mark_down(self) -> None:
+        if self.redis_up:
+            self._retry_wait = RETRY_BASE_S
+        else:
+            self._retry_wait = min(self._retry_wait * 2, RETRY_MAX_S)
+        self.redis_up = False
+        self._retry_at = time.monotonic() + self._retry_wait
+        self._metrics.redis_up.set(0)
+
+    def _mark_up(self) -> None:
+        if not self.redis_up:
+            self.redis_up = True
+            self._metrics.redis_up.set(1)
+
+    def _update_spool_metrics(self) -> None:
+        self._metrics.spool_bytes.set(self._spool.pending_bytes)
+        self._metrics.spool_frames.set(self._spool.pending_frames)
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Write what is queued (Redis, else spool) and stop. True if all was written."""
+        self._stopping = True
+        if self._full is not None and not self._full.done():
+            self._full.set_result(None)
+        self._wake.set()
+        task = self._task
+        if task is None:
+            return True
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout_s)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            _fail(self._batch.future, Unavailable("shutting down"))
+            return False
+        return True
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _fail(fut: asyncio.Future[None], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+        # Nobody may be waiting (all requests gone); do not log "never retrieved".
+        fut.exception()

@@ -1,0 +1,69 @@
+"""``oceanus collector``: run the ASGI app under granian with uvloop.
+
+The config is loaded here once to fail fast with one line, then again in each
+worker (granian's factory target :func:`collector.app.create_app`) from the same
+file and environment. ``--host/--port/--workers`` override the config through
+``OCEANUS_COLLECTOR_*`` so workers see the same values.
+
+Metrics: a fresh ``PROMETHEUS_MULTIPROC_DIR`` per run (removed on exit) so the
+workers' values merge and a restart never resurrects old counts.
+
+Shutdown: SIGTERM to this process makes granian terminate the workers; each
+one turns ``/readyz`` 503, lets in-flight requests finish, writes what is
+queued (Redis, else the spool) within ``collector.drain_timeout_s``, and exits.
+granian kills a worker that overstays by a few seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import tempfile
+
+from oceanus import config
+
+# Not imported from collector.metrics: prometheus_client picks its value class
+# at import time, so it must not be imported before the variable is set.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+#: Extra seconds granian gives a worker beyond its drain before killing it.
+KILL_MARGIN_S = 3
+
+
+def main(args: argparse.Namespace) -> int:
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+
+    overrides = {"OCEANUS_COLLECTOR_HOST": args.host, "OCEANUS_COLLECTOR_PORT": args.port,
+                 "OCEANUS_COLLECTOR_WORKERS": args.workers}
+    for name, value in overrides.items():
+        if value is not None:
+            os.environ[name] = str(value) if not isinstance(value, str) else f'"{value}"'
+    if args.config:
+        os.environ["OCEANUS_CONFIG"] = os.path.abspath(args.config)
+    cfg = config.load()
+    os.environ["OCEANUS_CONFIG"] = os.path.abspath(cfg.source)
+    c = cfg.collector
+    os.makedirs(c.spool_dir, exist_ok=True)
+
+    metrics_dir = tempfile.mkdtemp(prefix="oceanus-metrics-")
+    os.environ[MULTIPROC_ENV] = metrics_dir
+    try:
+        server = Granian(
+            "collector.app:create_app",
+            factory=True,
+            address=c.host,
+            port=c.port,
+            interface=Interfaces.ASGI,
+            workers=c.workers,
+            loop=Loops.uvloop,
+            log_access=False,
+            backlog=2048,
+            workers_kill_timeout=math.ceil(c.drain_timeout_s) + KILL_MARGIN_S,
+        )
+        server.serve()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0

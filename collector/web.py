@@ -1,14 +1,465 @@
 """Browser-facing pages served by the collector: the tag, the demo page and the
 live status page. The ingestion app hands every GET it does not route itself
-to :func:`handle`."""
+to :func:`handle`.
+
+Routes::
+
+    GET /oceanus.js         the browser tag; ETag + Cache-Control, gzip when accepted
+    GET /demo, /demo/...    a page exercising the tag (``collector.demo``)
+    GET /_/status           live status page (``collector.status_page``)
+    GET /_/status.json      what the page polls
+
+With ``collector.status_token`` set, both status routes want the token in an
+``X-Oceanus-Token`` header, ``Authorization: Bearer``, or ``?token=``.
+
+Everything static is read, rendered and compressed once per process; a
+request only picks the prepared bytes.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import gzip
+import hashlib
+import hmac
+import os
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
+
+import msgspec
+from redis.exceptions import RedisError
 
 from collector._types import Receive, Scope, Send
+from oceanus.buffer import FrameError, Keys, decode_frame, event_id_time_ms
+from oceanus.config import Config, StreamConfig
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+#: Browsers reuse the tag this long without asking (1 h), then revalidate with
+#: the ETag; a new tag version reaches every visitor within the hour.
+TAG_MAX_AGE_S = 3600
+#: ...and may keep using a stale copy for a day while revalidating in the background.
+TAG_STALE_S = 86_400
+#: Minutes of per-minute history on the status page (the sparkline).
+STATUS_HISTORY_MIN = 15
+#: Recent validation errors shown.
+STATUS_ERRORS_SHOWN = 20
+#: In-flight batches inspected for the oldest unflushed event (bounded work per poll).
+STATUS_MAX_INFLIGHT_KEYS = 64
+#: Redis work of one status snapshot may take this long before the page says Redis is slow.
+STATUS_REDIS_TIMEOUT_S = 2.0
+
+Headers = list[tuple[bytes, bytes]]
+
+_NO_STORE = (b"cache-control", b"no-store")
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
+_HTML = (b"content-type", b"text/html; charset=utf-8")
+_JSON = (b"content-type", b"application/json")
+
+
+# -- prepared assets ----------------------------------------------------------------------
+
+
+class Asset:
+    """One response body, prepared once: identity and gzip bytes and an ETag."""
+
+    __slots__ = ("body", "gzipped", "etag", "headers")
+
+    def __init__(self, body: bytes, content_type: bytes, cache_control: bytes,
+                 extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        self.body = body
+        # mtime=0: the same bytes (and ETag) in every worker and after every restart.
+        self.gzipped = gzip.compress(body, 9, mtime=0)
+        self.etag = b'"' + hashlib.sha256(body).hexdigest()[:20].encode() + b'"'
+        self.headers: Headers = [(b"content-type", content_type), (b"cache-control", cache_control), _NOSNIFF,
+                                 (b"vary", b"Accept-Encoding"), *extra]
+
+
+def tag_schema(streams: Sequence[StreamConfig]) -> dict[str, dict[str, list[Any]]]:
+    """What the tag needs to know of each stream to trim values instead of
+    having events refused: for every string or json field, ``[max_length or 0,
+    pattern, is_email]`` with trailing defaults left out (bytes matter here).
+
+    Fields with a case transform keep no pattern: the server changes the case
+    before matching, the tag would judge the value too early. Only streams with
+    a ``sid`` field are listed: every event the tag sends carries the browser id,
+    and the tag's size is paid on every first page view.
+    """
+    out: dict[str, dict[str, list[Any]]] = {}
+    for stream in streams:
+        if "sid" not in stream.fields:
+            continue
+        fields: dict[str, list[Any]] = {}
+        for name, f in stream.fields.items():
+            if f.type not in ("string", "json"):
+                continue
+            cased = "lowercase" in f.transforms or "uppercase" in f.transforms
+            rule: list[Any] = [f.max_length or 0, "" if cased or f.pattern is None else f.pattern,
+                               1 if f.format == "email" else 0]
+            while len(rule) > 1 and not rule[-1]:
+                rule.pop()
+            fields[name] = rule
+        out[stream.name] = fields
+    return out
+
+
+def minify_js(source: str) -> str:
+    """Leading indentation and whole-line ``//`` comments out; nothing else.
+
+    Deliberately this little: the tag keeps every comment on its own line and
+    has no multi-line strings, so the result is the same program (the browser
+    tests run the served, minified file).
+    """
+    lines = (line.strip() for line in source.splitlines())
+    return "\n".join(line for line in lines if line and not line.startswith("//")) + "\n"
+
+
+def render_tag(cfg: Config) -> bytes:
+    source = (STATIC_DIR / "oceanus.js").read_text(encoding="utf-8")
+    schema = msgspec.json.encode(tag_schema(list(cfg.streams.values()))).decode()
+    if "/*SCHEMA*/{}" not in source:
+        raise RuntimeError("oceanus.js lost its /*SCHEMA*/ placeholder")
+    return minify_js(source.replace("/*SCHEMA*/{}", schema)).encode()
+
+
+def _inline_script_csp(html: str) -> bytes:
+    """A CSP that allows exactly the page's inline scripts (by hash) and nothing remote."""
+    hashes = " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(m.encode()).digest()).decode() + "'"
+        for m in re.findall(r"<script>(.*?)</script>", html, flags=re.S)
+    )
+    return (
+        "default-src 'none'; script-src " + hashes + "; style-src 'unsafe-inline'; connect-src 'self'; "
+        "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    ).encode()
+
+
+class Pages:
+    """Everything static, rendered for one config."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.tag = Asset(render_tag(cfg), b"application/javascript; charset=utf-8",
+                         b"public, max-age=%d, stale-while-revalidate=%d" % (TAG_MAX_AGE_S, TAG_STALE_S),
+                         [(b"cross-origin-resource-policy", b"cross-origin")])
+        demo = (STATIC_DIR / "demo.html").read_bytes()
+        self.demo = Asset(demo, b"text/html; charset=utf-8", b"no-cache")
+        status = (STATIC_DIR / "status.html").read_text(encoding="utf-8")
+        self.status = Asset(status.encode(), b"text/html; charset=utf-8", b"no-store", [
+            (b"content-security-policy", _inline_script_csp(status)),
+            # The token may be in the URL: never hand it on.
+            (b"referrer-policy", b"no-referrer"),
+            (b"x-frame-options", b"DENY"),
+        ])
+
+
+# -- status snapshot ----------------------------------------------------------------------
+
+
+class StreamStatus(msgspec.Struct, kw_only=True):
+    name: str
+    #: Events accepted per second over the last 60 s (this minute plus the
+    #: overlapping share of the previous one).
+    events_per_s: float
+    rejected_per_s: float
+    #: Rejected / (accepted + rejected) over the same window; 0 when idle.
+    reject_ratio: float
+    #: Accepted per minute, oldest first, the current (partial) minute last.
+    history: list[int]
+    backlog_frames: int
+    #: Rows in the backlog: exact up to two frames, else frames x the mean of
+    #: the head and tail frames (counting every frame would cost a full read).
+    backlog_rows: int
+    backlog_rows_exact: bool
+    inflight_batches: int
+    #: Age of the oldest event not yet in the warehouse (queue head or a claimed batch).
+    oldest_unflushed_s: float | None
+
+
+class RecentError(msgspec.Struct, kw_only=True):
+    stream: str
+    field: str
+    rule: str
+    at: float
+
+
+class SpoolStatus(msgspec.Struct, kw_only=True):
+    #: Bytes written to the collectors' disk spools and not yet replayed (all workers).
+    bytes: int
+    files: int
+
+
+class Snapshot(msgspec.Struct, kw_only=True):
+    generated_at: float
+    redis_up: bool
+    redis_error: str | None = None
+    streams: list[StreamStatus]
+    recent_errors: list[RecentError]
+    spool: SpoolStatus
+
+
+class _ErrorItem(msgspec.Struct):
+    stream: str = ""
+    field: str = ""
+    rule: str = ""
+    at: float = 0.0
+
+
+_error_item = msgspec.json.Decoder(_ErrorItem)
+_snapshot_json = msgspec.json.Encoder()
+
+
+def spool_status(directory: str) -> SpoolStatus:
+    """Pending spool bytes of every worker, from the files (see collector/spool.py:
+    ``spool-*.log`` with the replayed offset in ``.off`` beside each)."""
+    total = files = 0
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return SpoolStatus(bytes=0, files=0)
+    for entry in entries:
+        if not (entry.name.startswith("spool-") and entry.name.endswith(".log")):
+            continue
+        try:
+            size = entry.stat().st_size
+        except OSError:
+            continue
+        offset = 0
+        try:
+            offset = int(Path(entry.path).with_suffix(".off").read_text() or 0)
+        except (OSError, ValueError):
+            pass
+        pending = size - offset if 0 <= offset <= size else size
+        if pending > 0:
+            total += pending
+            files += 1
+    return SpoolStatus(bytes=total, files=files)
+
+
+def _oldest_ms(item: Any) -> tuple[int | None, int]:
+    """(event time of the first row in ms, rows) of one frame; (None, 0) if unreadable."""
+    if not isinstance(item, bytes):
+        return None, 0
+    try:
+        columns, rows = decode_frame(item)
+    except FrameError:
+        return None, 0
+    if not rows:
+        return None, 0
+    try:
+        idx = columns.index("event_id")
+    except ValueError:
+        return None, len(rows)
+    # Rows of a frame are in arrival order and event ids are time-ordered: the first is the oldest.
+    first = rows[0][idx]
+    return (event_id_time_ms(first) if isinstance(first, bytes) else None), len(rows)
+
+
+def _rates(counts: list[tuple[int, int]], now: float) -> tuple[float, float]:
+    """Accepted and rejected per second over the last 60 s from per-minute counts
+    (``counts[-1]`` the current minute, ``counts[-2]`` the previous one)."""
+    share = 1.0 - (now % 60) / 60.0
+    acc = counts[-1][0] + counts[-2][0] * share
+    rej = counts[-1][1] + counts[-2][1] * share
+    return acc / 60.0, rej / 60.0
+
+
+async def _fetch(redis: Any, keys: Keys, names: list[str], minutes: range) -> tuple[list[Any], dict[str, list[str]],
+                                                                                 list[Any]]:
+    """Two pipelined round trips: counters, queue ends, in-flight sets and errors;
+    then the head frame of every in-flight batch."""
+    pipe = redis.pipeline(transaction=False)
+    for name in names:
+        for m in minutes:
+            pipe.hmget(keys.stats(name, m), "accepted", "rejected")
+        pipe.llen(keys.queue(name))
+        pipe.lindex(keys.queue(name), 0)
+        pipe.lindex(keys.queue(name), -1)
+        pipe.smembers(keys.inflight_index(name))
+    pipe.lrange(keys.recent_errors(), 0, STATUS_ERRORS_SHOWN - 1)
+    results = list(await pipe.execute())
+    per_stream = len(minutes) + 4
+    inflight: dict[str, list[str]] = {}
+    for i, name in enumerate(names):
+        members = results[i * per_stream + per_stream - 1]
+        inflight[name] = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)[
+            :STATUS_MAX_INFLIGHT_KEYS
+        ]
+    heads: list[Any] = []
+    if any(inflight.values()):
+        pipe = redis.pipeline(transaction=False)
+        for name in names:
+            for key in inflight[name]:
+                pipe.lindex(key, 0)
+        heads = list(await pipe.execute())
+    return results, inflight, heads
+
+
+async def snapshot(cfg: Config, redis: Any, now: float | None = None) -> Snapshot:
+    """Everything the status page shows, from Redis and the spool directory."""
+    now = time.time() if now is None else now
+    keys = Keys(cfg.redis.key_prefix)
+    minute = int(now // 60)
+    minutes = range(minute - STATUS_HISTORY_MIN + 1, minute + 1)
+    names = list(cfg.streams)
+    spool = spool_status(cfg.collector.spool_dir)
+    try:
+        async with asyncio.timeout(STATUS_REDIS_TIMEOUT_S):
+            results, inflight, heads = await _fetch(redis, keys, names, minutes)
+    except (RedisError, OSError, TimeoutError) as exc:
+        return Snapshot(generated_at=now, redis_up=False, redis_error=str(exc) or type(exc).__name__,
+                        streams=[], recent_errors=[], spool=spool)
+    per_stream = len(minutes) + 4
+
+    streams: list[StreamStatus] = []
+    now_ms = now * 1000.0
+    for i, name in enumerate(names):
+        base = i * per_stream
+        counts = [(int(a or 0), int(r or 0)) for a, r in results[base : base + len(minutes)]]
+        frames = int(results[base + len(minutes)])
+        head_ms, head_rows = _oldest_ms(results[base + len(minutes) + 1])
+        _, tail_rows = _oldest_ms(results[base + len(minutes) + 2])
+        if frames <= 1:
+            rows, exact = head_rows if frames else 0, True
+        elif frames == 2:
+            rows, exact = head_rows + tail_rows, True
+        else:
+            rows, exact = round(frames * (head_rows + tail_rows) / 2), False
+        oldest = [head_ms] if head_ms is not None else []
+        for _ in inflight[name]:
+            ms, _n = _oldest_ms(heads.pop(0))
+            if ms is not None:
+                oldest.append(ms)
+        acc_s, rej_s = _rates(counts, now)
+        total = acc_s + rej_s
+        streams.append(StreamStatus(
+            name=name, events_per_s=round(acc_s, 3), rejected_per_s=round(rej_s, 3),
+            reject_ratio=round(rej_s / total, 4) if total else 0.0, history=[a for a, _r in counts],
+            backlog_frames=frames, backlog_rows=rows, backlog_rows_exact=exact,
+            inflight_batches=len(inflight[name]),
+            oldest_unflushed_s=round(max(now_ms - min(oldest), 0.0) / 1000.0, 3) if oldest else None,
+        ))
+    errors: list[RecentError] = []
+    for raw in results[-1]:
+        try:
+            item = _error_item.decode(raw)
+        except msgspec.DecodeError:
+            continue
+        # Only names from the contract reach the page; the payload never is in the item.
+        errors.append(RecentError(stream=item.stream, field=item.field, rule=item.rule, at=item.at))
+    return Snapshot(generated_at=now, redis_up=True, streams=streams, recent_errors=errors, spool=spool)
+
+
+# -- the app seam ---------------------------------------------------------------------------
+
+
+class _State:
+    __slots__ = ("cfg", "pages", "redis")
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.pages = Pages(cfg)
+        self.redis: Any = None
+
+
+_states: dict[int, _State] = {}
+
+
+def _state(app: Any) -> _State:
+    state = _states.get(id(app))
+    if state is None or state.cfg is not app.cfg:
+        state = _states[id(app)] = _State(app.cfg)
+    return state
+
+
+def _redis(app: Any, state: _State) -> Any:
+    """The app's own client when it has one (its pool, closed at its shutdown);
+    else a small client of ours, made on first use."""
+    client = getattr(app, "_redis", None)
+    if client is not None:
+        return client
+    if state.redis is None:
+        import redis.asyncio as aioredis
+
+        t = min(state.cfg.redis.timeout_s, STATUS_REDIS_TIMEOUT_S)
+        state.redis = aioredis.Redis.from_url(state.cfg.redis.url, socket_timeout=t, socket_connect_timeout=t,
+                                              max_connections=2)
+    return state.redis
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+def _token_ok(scope: Scope, token: str) -> bool:
+    if not token:
+        return True
+    given = _header(scope, b"x-oceanus-token")
+    if given is None:
+        auth = _header(scope, b"authorization") or b""
+        if auth[:7].lower() == b"bearer ":
+            given = auth[7:].strip()
+    if given is None:
+        for k, v in parse_qsl(scope.get("query_string", b"").decode("latin-1")):
+            if k == "token":
+                given = v.encode("latin-1", "replace")
+    return given is not None and hmac.compare_digest(given, token.encode())
+
+
+async def _respond(send: Send, status: int, headers: Headers, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*headers, (b"content-length", b"%d" % len(body))]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _asset(scope: Scope, send: Send, asset: Asset) -> None:
+    inm = _header(scope, b"if-none-match")
+    gz = b"gzip" in (_header(scope, b"accept-encoding") or b"")
+    # One ETag per encoding, as caches between us and the browser expect.
+    etag = asset.etag[:-1] + b'-gz"' if gz else asset.etag
+    if inm is not None and (etag in inm or asset.etag in inm or inm.strip() == b"*"):
+        await _respond(send, 304, [(b"etag", etag), *asset.headers], b"")
+        return
+    if gz:
+        await _respond(send, 200, [(b"etag", etag), (b"content-encoding", b"gzip"), *asset.headers], asset.gzipped)
+    else:
+        await _respond(send, 200, [(b"etag", etag), *asset.headers], asset.body)
+
+
+async def _unauthorized(send: Send) -> None:
+    body = b'{"error":{"field":"token","rule":"status_token","message":"missing or wrong status token; ' \
+           b'send X-Oceanus-Token, Authorization: Bearer, or ?token="}}'
+    await _respond(send, 401, [_JSON, _NO_STORE, (b"x-oceanus-error", b"token: status_token: missing or wrong"),
+                               (b"www-authenticate", b'Bearer realm="oceanus status"')], body)
 
 
 async def handle(scope: Scope, receive: Receive, send: Send, app: Any) -> bool:
     """Serve ``scope`` if it is one of the web pages; return False if it is not."""
+    path: str = scope["path"]
+    state = _state(app)
+    c = state.cfg.collector
+    if path == "/oceanus.js":
+        await _asset(scope, send, state.pages.tag)
+        return True
+    if c.demo and (path == "/demo" or path.startswith("/demo/")):
+        # Any /demo/... path: the demo is a single-page app and a reload keeps its route.
+        await _asset(scope, send, state.pages.demo)
+        return True
+    if c.status_page and path in ("/_/status", "/_/status.json"):
+        if not _token_ok(scope, c.status_token):
+            await _unauthorized(send)
+            return True
+        if path == "/_/status":
+            await _asset(scope, send, state.pages.status)
+            return True
+        snap = await snapshot(state.cfg, _redis(app, state))
+        await _respond(send, 200, [_JSON, _NO_STORE, _NOSNIFF], _snapshot_json.encode(snap))
+        return True
     return False

@@ -27,12 +27,18 @@ FORM_TYPE = "application/x-www-form-urlencoded"
 
 _ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "description": "Why the request was refused; the same text is in the X-Oceanus-Error header.",
+    "description": "Why the request was refused; the X-Oceanus-Error header says the same as `field: rule: message`.",
     "properties": {
-        "error": {"type": "string"},
-        "field": {"type": "string"},
-        "rule": {"type": "string"},
-        "index": {"type": "integer", "minimum": 0},
+        "error": {
+            "type": "object",
+            "properties": {
+                "field": {"type": "string", "description": "the field, or the limit's subject (body, url...)"},
+                "rule": {"type": "string", "description": "the rule or the config key of the limit"},
+                "message": {"type": "string"},
+                "index": {"type": "integer", "minimum": 0, "description": "the event's index in a JSON array"},
+            },
+            "required": ["field", "rule", "message"],
+        },
     },
     "required": ["error"],
 }
@@ -109,21 +115,28 @@ def event_schema(stream: StreamConfig, cfg: Config, text: bool = False) -> dict[
     return schema
 
 
-def _error(description: str) -> dict[str, Any]:
+def _error(description: str, pixel: bool = False) -> dict[str, Any]:
+    """An error answer; the pixel answers errors with the GIF too (an <img> shows nothing else)."""
+    content = (
+        {"image/gif": {"schema": {"type": "string", "format": "binary"}}}
+        if pixel
+        else {JSON_TYPE: {"schema": {"$ref": "#/components/schemas/Error"}}}
+    )
     return {
         "description": description,
         "headers": {"X-Oceanus-Error": {"schema": {"type": "string"}, "description": "field: rule: detail"}},
-        "content": {JSON_TYPE: {"schema": {"$ref": "#/components/schemas/Error"}}},
+        "content": content,
     }
 
 
-def _common_errors(cfg: Config) -> dict[str, Any]:
+def _common_errors(cfg: Config, pixel: bool = False) -> dict[str, Any]:
     c = cfg.collector
     return {
-        "400": _error("An event broke a rule; the body names the field and the rule."),
-        "413": _error(f"Body over {c.max_body_bytes} bytes (or over {c.max_decompressed_bytes} decompressed)."),
-        "414": _error(f"URL over {c.max_url_bytes} bytes."),
-        "503": _error("Redis is unreachable and the local spool is full, or the collector is draining."),
+        "400": _error("An event broke a rule; the answer names the field and the rule.", pixel),
+        "413": _error(f"Body over {c.max_body_bytes} bytes, over {c.max_decompressed_bytes} bytes decompressed, "
+                      f"or more than {c.max_batch_events} events in one array.", pixel),
+        "414": _error(f"URL over {c.max_url_bytes} bytes.", pixel),
+        "503": _error("Redis is unreachable and the local spool is full, or the collector is draining.", pixel),
     }
 
 
@@ -143,8 +156,7 @@ def _pixel(stream: StreamConfig, cfg: Config) -> dict[str, Any]:
             "responses": {
                 "200": {"description": "Stored in Redis (or the spool): a 1x1 GIF.",
                         "content": {"image/gif": {"schema": {"type": "string", "format": "binary"}}}},
-                "204": {"description": "Stored in Redis (or the spool)."},
-                **_common_errors(cfg),
+                **_common_errors(cfg, pixel=True),
             },
         }
     }
@@ -173,7 +185,9 @@ def _events(stream: StreamConfig, cfg: Config) -> dict[str, Any]:
                     }}},
                 },
                 **_common_errors(cfg),
-                "415": _error(f"Content-Type other than {JSON_TYPE} or {FORM_TYPE}."),
+                "408": _error(f"The body did not arrive within collector.body_timeout_s "
+                              f"({cfg.collector.body_timeout_s:g} s)."),
+                "415": _error("A Content-Encoding other than gzip."),
             },
         }
     }

@@ -44,7 +44,7 @@ class Process:
     def get(self, path: str) -> tuple[int, str]:
         try:
             with urllib.request.urlopen(self.url(path), timeout=5) as resp:
-                return int(resp.status), resp.read().decode()
+                return int(resp.status), resp.read().decode(errors="replace")
         except urllib.error.HTTPError as exc:
             return int(exc.code), exc.read().decode(errors="replace")
 

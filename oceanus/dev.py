@@ -455,14 +455,17 @@ class Stack:
     def shutdown(self) -> None:
         say = _say
         if self.collector is not None:
-            say("stopping the collector (writing what it acknowledged to Redis)...")
+            if self.collector.alive():
+                say("stopping the collector (writing what it acknowledged to Redis)...")
             self.collector.stop(self.cfg.collector.drain_timeout_s + STOP_GRACE_S, self.stop)
         if self.flusher is not None:
-            say("stopping the flusher (finishing the batch in hand)...")
+            if self.flusher.alive():
+                say("stopping the flusher (finishing the batch in hand)...")
             self.flusher.stop(self.cfg.flusher.drain_timeout_s + STOP_GRACE_S, self.stop)
         if self.redis is not None:
             left = buffered_frames(self.redis_port, self.cfg) if self.redis.alive() else -1
-            say("stopping redis-server (fsync of the AOF)...")
+            if self.redis.alive():
+                say("stopping redis-server (fsync of the AOF)...")
             self.redis.stop(REDIS_STOP_TIMEOUT_S, self.stop)
             if left > 0:
                 say(f"{left} frame(s) still buffered in Redis; the next oceanus dev on {self.data_dir} flushes them")

@@ -133,6 +133,7 @@ class _Encoder:
 
         fd = descriptor_pb2.FieldDescriptorProto
         proto_type = {
+            "event_id": fd.TYPE_STRING,  # 32 hex digits, as in the other modes
             "string": fd.TYPE_STRING,
             "json": fd.TYPE_STRING,
             "int": fd.TYPE_INT64,
@@ -304,7 +305,7 @@ class StorageWriter:
         self.timeout_s = self.settings.timeout_s
         self.cap = min(self.settings.max_request_bytes, BIGQUERY_MAX_REQUEST_BYTES) - REQUEST_OVERHEAD_BYTES
         self._client: BigQueryWriteClient | None = None
-        self._encoders: dict[tuple[str, tuple[str, ...], StreamConfig], _Encoder] = {}
+        self._encoders: dict[tuple[str, tuple[str, ...], tuple[tuple[str, str], ...]], _Encoder] = {}
         self._own: dict[str, _OwnStream] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
@@ -335,7 +336,8 @@ class StorageWriter:
         return f"projects/{project}/datasets/{dataset}/tables/{table}"
 
     def _encoder(self, batch: Batch) -> _Encoder:
-        key = (self.settings.write_format, batch.columns, batch.stream)
+        stream = batch.stream
+        key = (stream.name, batch.columns, tuple((k, f.type) for k, f in stream.fields.items()))
         enc = self._encoders.get(key)
         if enc is None:
             enc = _Encoder(batch.stream, batch.columns, self.settings.write_format)

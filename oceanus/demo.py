@@ -374,7 +374,8 @@ def summary(report: Report) -> str:
     if report.unexpected:
         lines.append(f"  UNEXPECTED outcomes: {len(report.unexpected)} (is the collector using another config?)")
         lines += [f"       {u}" for u in report.unexpected[:5]]
-    lines.append(f"  find them: oceanus query \"SELECT count(*) FROM pageview WHERE extra LIKE '%{report.run_id}-%'\"")
+    lines.append("  find them: oceanus query \"SELECT count(*) FROM pageview_dedup "
+                 f"WHERE json_extract_string(extra, '$.demo_id') LIKE '{report.run_id}-%'\"")
     return "\n".join(lines)
 
 

@@ -157,6 +157,8 @@ class Pusher:
         while True:
             if not self._batch.count:
                 if self._stopping:
+                    if (self._stats or self._errors) and self.redis_up:
+                        await self._push([], with_stats=True)  # last counts, once; best effort
                     return
                 self._wake.clear()
                 if self._spool.pending or self._stats or self._errors:

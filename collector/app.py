@@ -439,11 +439,26 @@ class App:
         await send({"type": "http.response.body", "body": body})
         return status
 
-    #: GET routes the app answers itself; more (e.g. /openapi.json) go here.
+    async def _openapi(self, send: Send) -> int:
+        # Built once per worker from the stream config: the document cannot drift from the validator.
+        body = self._openapi_body
+        if body is None:
+            from collector import openapi
+
+            body = self._openapi_body = _json_encode(openapi.build(self.cfg))
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            _JSON_TYPE, *self._cors_static, (b"content-length", b"%d" % len(body))]})
+        await send({"type": "http.response.body", "body": body})
+        return 200
+
+    _openapi_body: bytes | None = None
+
+    #: GET routes the app answers itself.
     _routes: dict[str, Callable[[App, Send], Awaitable[int]]] = {
         "/healthz": _healthz,
         "/readyz": _readyz,
         "/metrics": _metrics,
+        "/openapi.json": _openapi,
     }
 
 

@@ -31,7 +31,7 @@ system-deps:
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \
-	    (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	    (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  else \
 	    echo "missing:$$missing — install with: sudo apt-get install -y$$missing" >&2; exit 1; \
 	  fi; \
@@ -51,7 +51,7 @@ run-deps:
 	@command -v redis-server >/dev/null && exit 0; \
 	if [ "$$(id -u)" = 0 ]; then \
 	  echo "installing: redis-server"; \
-	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null; \
 	else \
 	  echo "redis-server is missing — install it with: sudo apt-get install -y redis-server" >&2; exit 1; \
 	fi

@@ -52,7 +52,7 @@ class _Base(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     pass
 
 
-class FieldConfig(_Base):
+class FieldConfig(_Base, frozen=True):
     """One field of a stream."""
 
     type: FieldType = "string"
@@ -87,7 +87,7 @@ class FieldConfig(_Base):
             raise ValueError("`format` applies to string fields only")
 
 
-class BatchConfig(_Base):
+class BatchConfig(_Base, frozen=True):
     """Flush bounds of one stream; the flusher adapts the batch size inside them."""
 
     max_rows: PositiveInt = 10_000
@@ -101,7 +101,7 @@ class BatchConfig(_Base):
             raise ValueError("`min_rows` is greater than `max_rows`")
 
 
-class StreamConfig(_Base):
+class StreamConfig(_Base, frozen=True):
     """One kind of data: a Redis list, a warehouse table, an endpoint."""
 
     name: Name = "unnamed"
@@ -119,7 +119,7 @@ class StreamConfig(_Base):
         return (*SERVER_COLUMNS, *self.fields, EXTRA_COLUMN)
 
 
-class CollectorConfig(_Base):
+class CollectorConfig(_Base, frozen=True):
     host: str = "0.0.0.0"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8080
     workers: PositiveInt = 1
@@ -145,14 +145,14 @@ class CollectorConfig(_Base):
     status_token: str = ""
 
 
-class RedisConfig(_Base):
+class RedisConfig(_Base, frozen=True):
     url: str = "redis://127.0.0.1:6379/0"
     key_prefix: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] = "oceanus"
     pool_size: PositiveInt = 16
     timeout_s: PositiveFloat = 2.0
 
 
-class FlusherConfig(_Base):
+class FlusherConfig(_Base, frozen=True):
     #: Loopback admin server: /metrics, /healthz, /readyz, /query.
     admin_host: str = "127.0.0.1"
     admin_port: Annotated[int, Meta(ge=0, le=65535)] = 9101
@@ -162,11 +162,11 @@ class FlusherConfig(_Base):
     retry_max_s: PositiveFloat = 60.0
 
 
-class DuckDBConfig(_Base):
+class DuckDBConfig(_Base, frozen=True):
     path: str = ".oceanus/warehouse.duckdb"
 
 
-class BigQueryConfig(_Base):
+class BigQueryConfig(_Base, frozen=True):
     project: str = ""
     dataset: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_]{1,1024}$")] = "oceanus"
     location: str = "US"
@@ -190,13 +190,13 @@ class BigQueryConfig(_Base):
     write_format: Literal["proto", "arrow"] = "proto"
 
 
-class SinkConfig(_Base):
+class SinkConfig(_Base, frozen=True):
     kind: Literal["duckdb", "bigquery"] = "duckdb"
     duckdb: DuckDBConfig = DuckDBConfig()
     bigquery: BigQueryConfig = BigQueryConfig()
 
 
-class Config(_Base):
+class Config(_Base, frozen=True):
     collector: CollectorConfig = CollectorConfig()
     redis: RedisConfig = RedisConfig()
     flusher: FlusherConfig = FlusherConfig()

@@ -1,0 +1,345 @@
+"""Real oceanus processes on loopback, and the accounting that ends every scenario.
+
+:class:`Stack` runs ``redis-server`` (AOF, the fsync policy under test), the
+collector under granian (``oceanus collector``) and the flusher (``oceanus
+flusher``) writing to a DuckDB file or a BigQuery endpoint, each as a child
+process with its log under the scenario's directory, so a test can kill -9 or
+SIGTERM any of them. :func:`account` compares what the load generator saw
+acknowledged with what the warehouse holds and prints the one line::
+
+    sent=… acked=… stored=… duplicates=… lost=…
+
+``stored``: distinct acknowledged markers found in the warehouse; ``duplicates``:
+rows beyond the first per ``event_id``; ``lost``: acknowledged and not stored.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import psutil
+
+from oceanus import config
+from oceanus.buffer import Keys
+from tests.reliability.loadgen import LoadResult, parse_marker
+from tests.support.servers import RedisServer, free_port, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+STREAM = "pageview"
+#: Generous bounds on start-up and drain on a shared 2-core box; polled, never slept.
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 40.0
+
+
+def http_status(url: str, timeout: float = 1.0) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return 0
+
+
+class Proc:
+    """One child (``python -m oceanus.cli ...``) in its own session, output in a log file."""
+
+    def __init__(self, name: str, args: list[str], env: Mapping[str, str], log: Path) -> None:
+        self.name = name
+        self.log_path = log
+        self._log: IO[bytes] = open(log, "ab")  # noqa: SIM115 - lives as long as the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "oceanus.cli", *args], env=dict(env), cwd=REPO,
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def children(self) -> list[psutil.Process]:
+        try:
+            kids: list[psutil.Process] = psutil.Process(self.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        return kids
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the process and all its children (granian workers)."""
+        total = 0
+        try:
+            procs = [psutil.Process(self.pid), *self.children()]
+        except psutil.NoSuchProcess:
+            return 0
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def send(self, sig: int) -> None:
+        if self.alive():
+            self.proc.send_signal(sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT_S) -> int:
+        """Signal and wait; kill -9 (the whole session) past ``timeout``. Returns the exit code."""
+        if self.alive():
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._reap_session()
+        self._log.close()
+        return int(self.proc.returncode if self.proc.returncode is not None else -9)
+
+    def kill(self) -> None:
+        """kill -9 the process and what it started (granian workers would otherwise linger)."""
+        kids = self.children()
+        if self.alive():
+            self.proc.kill()
+        self.proc.wait(20)
+        for kid in kids:
+            try:
+                kid.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(kids, timeout=10)
+
+    def _reap_session(self) -> None:
+        for kid in self.children():
+            try:
+                kid.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class Tally:
+    sent: int
+    acked: int
+    stored: int
+    duplicates: int
+    lost: int
+    #: Stored although never acknowledged (answer lost or timed out): harmless, reported for honesty.
+    unacked_stored: int = 0
+    #: Senders whose stored events are out of acknowledgement order (event_id order).
+    reordered_senders: int = 0
+    lost_markers: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (f"sent={self.sent} acked={self.acked} stored={self.stored} "
+                f"duplicates={self.duplicates} lost={self.lost}")
+
+
+def account(load: LoadResult, rows: list[tuple[str, str]], label: str = "") -> Tally:
+    """``rows``: (event_id, marker) of every warehouse row of the stream. Prints the accounting line."""
+    acked = load.acked_set()
+    per_event: dict[str, str] = {}
+    duplicates = 0
+    for event_id, mark in rows:
+        if event_id in per_event:
+            duplicates += 1
+        else:
+            per_event[event_id] = mark
+    stored_markers = set(per_event.values())
+    stored = len(acked & stored_markers)
+    lost = sorted(acked - stored_markers)
+    # Order: within one sender, event_ids (time-ordered) must follow the sequence numbers.
+    by_sender: dict[int, list[tuple[str, int]]] = {}
+    for event_id, mark in per_event.items():
+        if mark and len(mark) == 12:
+            s, q = parse_marker(mark)
+            by_sender.setdefault(s, []).append((event_id, q))
+    reordered = 0
+    for events in by_sender.values():
+        seqs = [q for _, q in sorted(events)]
+        if seqs != sorted(seqs):
+            reordered += 1
+    tally = Tally(load.sent, len(acked), stored, duplicates, len(lost),
+                  unacked_stored=len(stored_markers - acked), reordered_senders=reordered, lost_markers=lost[:20])
+    print(f"{label + ': ' if label else ''}{tally.line()}"
+          f"  (unacked_stored={tally.unacked_stored} reordered_senders={reordered} statuses={dict(load.statuses)})",
+          flush=True)
+    return tally
+
+
+class Stack:
+    """redis-server + collector + flusher for one scenario, under ``base``."""
+
+    def __init__(self, base: Path, *, workers: int = 1, appendfsync: str = "always", sink: str = "duckdb",
+                 env: Mapping[str, str] | None = None) -> None:
+        self.base = base
+        base.mkdir(parents=True, exist_ok=True)
+        self.redis = RedisServer(base / "redis", appendfsync=appendfsync)
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.workers = workers
+        self.duckdb_path = base / "warehouse.duckdb"
+        self.spool_dir = base / "spool"
+        self.extra_env = dict(env or {})
+        self.sink = sink
+        self.collector: Proc | None = None
+        self.flusher: Proc | None = None
+        self.cfg = config.load(REPO / "oceanus.toml", env={})
+        self.keys = Keys(self.cfg.redis.key_prefix)
+        self._runs = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OCEANUS_")}
+        env.update({
+            "OCEANUS_CONFIG": str(REPO / "oceanus.toml"),
+            "OCEANUS_REDIS_URL": self.redis.url,
+            "OCEANUS_SINK_KIND": self.sink,
+            "OCEANUS_SINK_DUCKDB_PATH": str(self.duckdb_path),
+            "OCEANUS_COLLECTOR_SPOOL_DIR": str(self.spool_dir),
+            "OCEANUS_FLUSHER_ADMIN_PORT": str(self.admin_port),
+            "PYTHONUNBUFFERED": "1",
+        })
+        env.update(self.extra_env)
+        return env
+
+    def _log(self, name: str) -> Path:
+        self._runs += 1
+        return self.base / f"{name}-{self._runs}.log"
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> Stack:
+        self.redis.start()
+        self.start_flusher()
+        self.start_collector()
+        return self
+
+    def start_collector(self) -> Proc:
+        self.collector = Proc("collector", ["collector", "--host", "127.0.0.1", "--port", str(self.port),
+                                            "--workers", str(self.workers)], self.env(), self._log("collector"))
+        proc = self.collector
+
+        def ready() -> bool:
+            if not proc.alive():
+                raise RuntimeError(f"collector exited: {proc.tail()}")
+            return http_status(self.url + "/readyz") == 200
+
+        wait_for(ready, timeout=READY_TIMEOUT_S, what="collector /readyz")
+        return proc
+
+    def start_flusher(self) -> Proc:
+        self.flusher = Proc("flusher", ["flusher"], self.env(), self._log("flusher"))
+        proc = self.flusher
+
+        def ready() -> bool:
+            if not proc.alive():
+                raise RuntimeError(f"flusher exited: {proc.tail()}")
+            return http_status(self.admin_url + "/healthz") == 200
+
+        wait_for(ready, timeout=READY_TIMEOUT_S, what="flusher /healthz")
+        return proc
+
+    def collector_workers(self) -> list[psutil.Process]:
+        """granian's worker processes (the children of the collector's main process)."""
+        if self.collector is None:
+            return []
+        try:
+            kids: list[psutil.Process] = psutil.Process(self.collector.pid).children(recursive=False)
+        except psutil.NoSuchProcess:
+            return []
+        return kids
+
+    def restart_redis(self) -> None:
+        """Start redis-server again on the same port and directory: it replays its AOF."""
+        self.redis.start()
+
+    def stop(self) -> None:
+        for proc in (self.collector, self.flusher):
+            if proc is not None and proc.alive():
+                proc.stop()
+        self.redis.stop()
+
+    # -- draining and reading ---------------------------------------------------------------
+
+    def backlog_frames(self) -> int:
+        """Frames still in Redis for the stream: queued plus claimed in flight."""
+        r = self.redis.client()
+        try:
+            total = int(r.llen(self.keys.queue(STREAM)))
+            for key in r.smembers(self.keys.inflight_index(STREAM)):
+                total += int(r.llen(key))
+            return total
+        finally:
+            r.close()
+
+    def spool_pending_bytes(self) -> int:
+        total = 0
+        for path in self.spool_dir.glob("spool-*.log"):
+            size = path.stat().st_size
+            off_path = path.with_suffix(".off")
+            offset = int(off_path.read_text() or 0) if off_path.exists() else 0
+            total += max(0, size - offset)
+        return total
+
+    def wait_drained(self, timeout: float = 120.0) -> float:
+        """Poll until the spool and Redis hold nothing for the stream; returns the seconds it took."""
+        t0 = time.monotonic()
+        wait_for(lambda: self.spool_pending_bytes() == 0 and self.backlog_frames() == 0,
+                 timeout=timeout, interval=0.1, what="spool and Redis drained")
+        return time.monotonic() - t0
+
+    def warehouse_rows(self) -> list[tuple[str, str]]:
+        """(event_id, oid) of every row of the stream. Stop the flusher first (DuckDB has one writer)."""
+        if self.sink != "duckdb":
+            raise RuntimeError("warehouse_rows reads the DuckDB file; BigQuery scenarios query the emulator")
+        import duckdb
+
+        con = duckdb.connect(str(self.duckdb_path), read_only=True)
+        try:
+            rows: list[tuple[Any, Any]] = con.execute(f"SELECT event_id, oid FROM {STREAM}").fetchall()
+        finally:
+            con.close()
+        return [(_hex(e), str(m or "")) for e, m in rows]
+
+    def finish(self, load: LoadResult, label: str) -> Tally:
+        """Drain, stop everything, read the warehouse, print the accounting line."""
+        self.wait_drained()
+        if self.collector is not None:
+            self.collector.stop()
+        # The collector's drain may have pushed its last frames: wait for those too.
+        self.wait_drained()
+        if self.flusher is not None:
+            self.flusher.stop()
+        tally = account(load, self.warehouse_rows(), label)
+        self.redis.stop()
+        return tally
+
+
+def _hex(value: Any) -> str:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    return str(value)

@@ -1,0 +1,203 @@
+"""BigQuery load-job mode (``mode = "load"``): free ingestion, minutes of latency.
+
+Load jobs cost nothing, but BigQuery allows about 1,500 of them per table per
+day (failed ones included). So this writer starts at most one job per table
+every ``sink.bigquery.load_interval_s`` (config refuses an interval under
+86400 / 1500 = 57.6 s) and a batch handed over earlier is given back with
+``SinkError(reason="pacing", retry_after_s=...)``; give load streams a
+``batch.max_wait_s`` near the interval so that each job carries a full batch.
+
+Exactly-once: the job id is derived from the batch id and the table
+(``oceanus_<stream>_<hash>``), and kept in the batch's write state. A batch
+re-submitted after a crash or a timeout reuses the id; BigQuery answers 409
+Conflict and the existing job is looked up and waited for instead of loading
+the rows twice. Only a job that finished *failed* (so loaded nothing: load
+jobs are atomic) gets a new id, ``..._r<attempt>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from flusher.sinks.base import Batch, WriteResult, WriteState
+from flusher.sinks.bigquery import json_row_converter, map_error
+from oceanus.config import FieldType, StreamConfig
+from oceanus.errors import SinkError
+
+if TYPE_CHECKING:
+    from google.cloud import bigquery
+
+    from flusher.sinks.bigquery import BigQuerySink
+
+#: WriteState keys: the job id of this batch's load, and how many failed jobs came before it.
+STATE_JOB = "load_job"
+STATE_ATTEMPT = "load_attempt"
+
+#: Job error reasons that say "the service failed, the data may be fine".
+RETRY_JOB_REASONS = frozenset({"backendError", "internalError", "rateLimitExceeded", "quotaExceeded", "timeout"})
+
+_json = msgspec.json.Encoder()
+
+
+def job_id_for(batch: Batch, table_id: str, attempt: int = 0) -> str:
+    """Same batch, same table, same attempt -> same job id, in any process."""
+    digest = hashlib.sha256(f"{table_id}\n{batch.batch_id}\n{len(batch.rows)}".encode()).hexdigest()[:32]
+    base = f"oceanus_{batch.stream.name}_{digest}"
+    return base if attempt == 0 else f"{base}_r{attempt}"
+
+
+def ndjson(batch: Batch) -> bytes:
+    """One JSON object per row; JSON columns embedded as JSON, not as strings holding JSON."""
+    convert = json_row_converter(batch.stream, batch.columns)
+    json_cols = [c for c in batch.columns if _kind(batch.stream, c) == "json"]
+    out = bytearray()
+    for row in batch.rows:
+        obj = convert(row)
+        for c in json_cols:
+            if c in obj:
+                obj[c] = msgspec.Raw(obj[c].encode())
+        out += _json.encode(obj)
+        out += b"\n"
+    return bytes(out)
+
+
+def parquet(batch: Batch) -> bytes:
+    """Every table column, in table order: BigQuery matches Parquet columns by name, bqemulator by position."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    types = {
+        "string": pa.string(), "json": pa.string(), "int": pa.int64(), "float": pa.float64(),
+        "bool": pa.bool_(), "timestamp": pa.timestamp("us", tz="UTC"),
+    }
+    arrays = []
+    fields = []
+    for j, col in enumerate(batch.columns):
+        kind = _kind(batch.stream, col)
+        values = [r[j] for r in batch.rows]
+        if col == "event_id":
+            values = [v.hex() if isinstance(v, bytes | bytearray) else v for v in values]
+        arrays.append(pa.array(values, type=types[kind]))
+        fields.append(pa.field(col, types[kind]))
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_arrays(arrays, schema=pa.schema(fields)), buf, compression="zstd")
+    return buf.getvalue()
+
+
+def _kind(stream: StreamConfig, column: str) -> FieldType:
+    if column == "received_at":
+        return "timestamp"
+    if column == "extra":
+        return "json"
+    field = stream.fields.get(column)
+    return field.type if field is not None else "string"
+
+
+class LoadWriter:
+    """``mode = "load"`` through ``sink`` (see the module docstring)."""
+
+    def __init__(self, sink: BigQuerySink, clock: Any = time.monotonic) -> None:
+        self.sink = sink
+        self.settings = sink.config.sink.bigquery
+        self.clock = clock
+        self._last_start: dict[str, float] = {}
+
+    def write(self, batch: Batch, state: WriteState) -> WriteResult:
+        from google.api_core import exceptions as gexc
+
+        if not batch.rows:
+            return WriteResult(written=0)
+        table_id = self.sink.table_id(batch.stream)
+        attempt = int(state.get(STATE_ATTEMPT) or 0)
+        job_id = job_id_for(batch, table_id, attempt)
+        resubmitted = state.get(STATE_JOB) == job_id
+        if not resubmitted:
+            self._pace(table_id)
+        # Persisted before the job exists: a crash after submitting leaves an id to look up.
+        state.set(**{STATE_JOB: job_id, STATE_ATTEMPT: str(attempt)})
+        self._last_start[table_id] = self.clock()
+        try:
+            try:
+                job: Any = self._submit(batch, table_id, job_id)
+            except gexc.Conflict:
+                # This batch's job already exists (a re-submission): never load twice.
+                job = self.sink.client.get_job(
+                    job_id, location=self.settings.location, retry=self.sink.retry, timeout=self.sink.timeout_s
+                )
+            self._wait(job, table_id)
+        except SinkError:
+            raise
+        except Exception as exc:
+            raise map_error(exc, f"load job {job_id} into {table_id}") from exc
+        if job.error_result:
+            self._failed(job, job_id, table_id, state, attempt)
+        return WriteResult(written=len(batch.rows))
+
+    def _pace(self, table_id: str) -> None:
+        last = self._last_start.get(table_id)
+        if last is None:
+            return
+        wait = last + self.settings.load_interval_s - self.clock()
+        if wait > 0:
+            raise SinkError(
+                f"load into {table_id}: next job allowed in {wait:.0f} s (one per sink.bigquery.load_interval_s = "
+                f"{self.settings.load_interval_s:g} s, to stay under BigQuery's 1,500 loads per table per day)",
+                retryable=True,
+                reason="pacing",
+                retry_after_s=wait,
+            )
+
+    def _submit(self, batch: Batch, table_id: str, job_id: str) -> bigquery.LoadJob:
+        from google.cloud import bigquery
+
+        if self.settings.load_format == "ndjson":
+            data, fmt = ndjson(batch), bigquery.SourceFormat.NEWLINE_DELIMITED_JSON
+        else:
+            data, fmt = parquet(batch), bigquery.SourceFormat.PARQUET
+        job_config = bigquery.LoadJobConfig(
+            source_format=fmt,
+            write_disposition=bigquery.WriteDisposition.WRITE_APPEND,
+            create_disposition=bigquery.CreateDisposition.CREATE_NEVER,
+        )
+        # No size=: the emulator refuses the multipart upload path it selects.
+        return self.sink.client.load_table_from_file(
+            io.BytesIO(data), table_id, job_id=job_id, job_config=job_config,
+            location=self.settings.location, timeout=self.sink.timeout_s,
+        )
+
+    def _wait(self, job: bigquery.LoadJob | Any, table_id: str) -> None:
+        """Wait for the job up to ``timeout_s``; past it, the batch is retried and re-attaches by id."""
+        import concurrent.futures
+
+        try:
+            job.result(timeout=self.sink.timeout_s, retry=self.sink.retry)
+        except concurrent.futures.TimeoutError:
+            raise SinkError(
+                f"load job {job.job_id} into {table_id} still {job.state} after {self.sink.timeout_s:g} s",
+                retryable=True, reason="timeout",
+            ) from None
+        except Exception:
+            if getattr(job, "error_result", None):
+                return  # the job ran and failed: reported by the caller from error_result
+            raise
+
+    def _failed(self, job: Any, job_id: str, table_id: str, state: WriteState, attempt: int) -> None:
+        """A failed load stored nothing: the next attempt gets a fresh job id."""
+        state.set(**{STATE_ATTEMPT: str(attempt + 1)})
+        result = job.error_result or {}
+        reason = str(result.get("reason", ""))
+        details = "; ".join(str(e.get("message", "")) for e in (job.errors or [])[:3]) or result.get("message", "")
+        retryable = reason in RETRY_JOB_REASONS
+        raise SinkError(
+            f"load job {job_id} into {table_id} failed: {reason or 'error'}: {details}",
+            retryable=retryable,
+            reason="server" if retryable else "invalid",
+        )
+
+    def close(self) -> None:
+        self._last_start.clear()

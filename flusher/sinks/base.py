@@ -10,7 +10,7 @@ batch's :class:`WriteState`, which the flusher persists beside the claim.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
@@ -78,3 +78,21 @@ class Sink(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class QueryResult(msgspec.Struct, frozen=True):
+    """``POST /query``'s answer: JSON-friendly values (see :func:`oceanus.query.plain`)."""
+
+    columns: list[str]
+    rows: list[list[Any]]
+
+
+class QueryError(Exception):
+    """The SQL was refused or failed; the message is shown to the user (HTTP 400)."""
+
+
+@runtime_checkable
+class Queryable(Protocol):
+    """A sink that can answer read-only SQL for other processes (DuckDB holds a file lock)."""
+
+    def query(self, sql: str) -> QueryResult: ...

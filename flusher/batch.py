@@ -1,0 +1,183 @@
+"""Frames -> one :class:`~flusher.sinks.base.Batch` in the stream's current columns.
+
+Frames carry the column list they were encoded with, so a config change while
+frames wait in Redis is harmless:
+
+- a column of the config the frame lacks is None;
+- a column the frame has but the config no longer lists is **moved into**
+  ``extra`` (``{"old_column": value, ...}`` merged with the frame's own extra
+  keys, which win on a clash), so dropping a field from the config never
+  throws buffered data away;
+- a frame that does not decode, or a row of the wrong length, goes to the
+  dead-letter list with the reason, and the rest of the batch goes on.
+
+Fast path: frames encoded with exactly the stream's columns (the normal case)
+are passed through without touching a row.
+"""
+
+from __future__ import annotations
+
+import base64
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from flusher.sinks.base import Batch
+from oceanus.buffer import FRAME_MAGIC, FrameError, decode_frame, event_id_hex, event_id_time_ms
+from oceanus.config import EXTRA_COLUMN, StreamConfig
+
+_json_enc = msgspec.json.Encoder()
+_json_dec = msgspec.json.Decoder()
+
+
+class DeadRow(msgspec.Struct, frozen=True):
+    """One dead-letter item (``P:dead:{stream}``), stored as JSON."""
+
+    stream: str
+    reason: str
+    #: The row as ``{column: value}`` (event_id as hex), or None for an undecodable frame.
+    row: dict[str, Any] | None = None
+    #: The raw frame (base64) when it could not be decoded at all.
+    frame_b64: str | None = None
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).hex()
+    return value
+
+
+def dead_row(stream: str, reason: str, columns: Sequence[str], row: Sequence[Any]) -> bytes:
+    obj = {c: (event_id_hex(v) if c == "event_id" and isinstance(v, bytes) else _jsonable(v))
+           for c, v in zip(columns, row, strict=False)}
+    return _json_enc.encode(DeadRow(stream=stream, reason=reason, row=obj))
+
+
+def dead_frame(stream: str, reason: str, frame: bytes) -> bytes:
+    return _json_enc.encode(DeadRow(stream=stream, reason=reason, frame_b64=base64.b64encode(frame).decode()))
+
+
+def frame_oldest_ms(frame: bytes) -> int | None:
+    """Receive time of the first event in a frame (collectors append in time order), or None."""
+    try:
+        columns, rows = decode_frame(frame)
+        idx = columns.index("event_id")
+        first = rows[0][idx]
+    except (FrameError, ValueError, IndexError, TypeError):
+        return None
+    return event_id_time_ms(first) if isinstance(first, bytes) and len(first) >= 6 else None
+
+
+def _merge_extra(extra: Any, moved: dict[str, Any]) -> str | None:
+    """Fold columns the config dropped into ``extra``; the frame's own extra keys win."""
+    if not moved:
+        return extra if isinstance(extra, str) or extra is None else None
+    merged = dict(moved)
+    if isinstance(extra, str) and extra:
+        try:
+            own = _json_dec.decode(extra)
+        except msgspec.DecodeError:
+            own = {"_extra": extra}
+        if isinstance(own, dict):
+            merged.update(own)
+        else:
+            merged["_extra"] = own
+    return _json_enc.encode(merged).decode()
+
+
+class _Plan:
+    """How rows encoded with one column list map onto the stream's columns."""
+
+    __slots__ = ("identity", "width", "take", "moved", "extra_src")
+
+    def __init__(self, frame_cols: Sequence[str], target: Sequence[str]) -> None:
+        self.identity = tuple(frame_cols) == tuple(target)
+        self.width = len(frame_cols)
+        pos = {c: i for i, c in enumerate(frame_cols)}
+        # For each target column except extra: the frame's index or -1 (None).
+        self.take = tuple(pos.get(c, -1) for c in target if c != EXTRA_COLUMN)
+        kept = set(target)
+        self.moved = tuple((c, i) for i, c in enumerate(frame_cols) if c not in kept)
+        self.extra_src = pos.get(EXTRA_COLUMN, -1)
+
+    def apply(self, row: Sequence[Any]) -> list[Any]:
+        out = [row[i] if i >= 0 else None for i in self.take]
+        extra = row[self.extra_src] if self.extra_src >= 0 else None
+        moved = {c: _jsonable(row[i]) for c, i in self.moved if row[i] is not None}
+        out.append(_merge_extra(extra, moved))
+        return out
+
+
+class Built(msgspec.Struct, kw_only=True):
+    batch: Batch
+    dead: list[bytes]
+    #: Receive time of the batch's oldest event (ms), for the lag gauge.
+    oldest_ms: int | None
+
+
+class BatchBuilder:
+    """Per stream; caches one plan per distinct frame column list."""
+
+    def __init__(self, stream: StreamConfig) -> None:
+        self.stream = stream
+        self.columns = stream.columns
+        self._plans: dict[tuple[str, ...], _Plan] = {}
+        self._eid = self.columns.index("event_id")
+
+    def _plan(self, cols: Sequence[str]) -> _Plan:
+        key = tuple(cols)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = _Plan(key, self.columns)
+        return plan
+
+    def build(self, batch_id: str, frames: Sequence[bytes]) -> Built:
+        rows: list[list[Any]] = []
+        dead: list[bytes] = []
+        name = self.stream.name
+        compressed = 0
+        ratio = 0.0
+        for frame in frames:
+            try:
+                cols, frows = decode_frame(frame)
+            except FrameError as exc:
+                dead.append(dead_frame(name, str(exc), frame))
+                continue
+            plan = self._plan(cols)
+            if "event_id" not in cols:
+                dead.append(dead_frame(name, "frame has no event_id column", frame))
+                continue
+            compressed += len(frame)
+            if ratio == 0.0:
+                ratio = _expansion(frame)
+            if plan.identity and all(len(r) == plan.width for r in frows):
+                rows.extend(frows)
+                continue
+            for r in frows:
+                if len(r) != plan.width:
+                    dead.append(dead_row(name, f"row has {len(r)} values for {plan.width} columns", cols, r))
+                else:
+                    rows.append(r if plan.identity else plan.apply(r))
+        oldest: int | None = None
+        if rows:
+            first = rows[0][self._eid]
+            if isinstance(first, bytes) and len(first) >= 6:
+                oldest = event_id_time_ms(first)
+        nbytes = int(compressed * ratio)
+        batch = Batch(stream=self.stream, batch_id=batch_id, columns=self.columns, rows=rows, nbytes=nbytes)
+        return Built(batch=batch, dead=dead, oldest_ms=oldest)
+
+
+def _expansion(frame: bytes) -> float:
+    """Uncompressed / compressed size of one frame: ``nbytes`` is estimated from the batch's first frame.
+
+    Frames of one stream compress alike, and decompressing every frame twice
+    only to size it would cost more than msgpack decoding does.
+    """
+    try:
+        raw = zlib.decompress(memoryview(frame)[len(FRAME_MAGIC):])
+    except zlib.error:
+        return 1.0
+    return len(raw) / max(1, len(frame))

@@ -1,0 +1,261 @@
+"""Claiming work from Redis so that no acknowledged frame is lost or popped twice.
+
+The life of a batch (keys from :class:`oceanus.buffer.Keys`)::
+
+    P:q:{stream}  --claim (Lua: LRANGE+LTRIM+RPUSH+SADD+HSET)-->  P:inflight:{stream}:{owner}:{seq}
+                                                                  + P:state:{that key} (batch id, sink state)
+    written       --finish (MULTI: DEL+DEL+SREM [+RPUSH dead])-->  gone
+    SIGTERM       --give back (Lua: RPOP+LPUSH loop)-->            head of P:q:{stream}, in order
+    owner dead    --re-claim (Lua: RENAME x2, SREM+SADD)-->        P:inflight:{stream}:{me}:{seq}
+
+Every step is one round trip and atomic on the server, so a crash between any
+two steps leaves each frame in exactly one list. An owner is alive while its
+``P:hb:{owner}`` key exists (SET PX, refreshed every third of the TTL); an
+in-flight key whose owner's heartbeat is gone is an orphan and any flusher
+re-claims it, state hash included, so the batch keeps its ``batch_id`` and the
+sink's write state (offsets, job ids) across the crash.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from oceanus.buffer import Keys
+
+#: State hash fields the flusher itself uses; sinks' keys never start with ``_``.
+STATE_BATCH_ID = "_batch_id"
+STATE_CLAIMED_MS = "_claimed_ms"
+STATE_FRAMES = "_frames"
+#: Lua's unpack() is limited by the C stack (LUAI_MAXCSTACK = 8000); push in slices.
+LUA_PUSH_SLICE = 1000
+
+# KEYS: queue, inflight, index, state.  ARGV: max frames, batch id, now ms.
+# Returns the claimed frames (empty: nothing waiting, no key created).
+_CLAIM_LUA = """
+local n = tonumber(ARGV[1])
+local items = redis.call('LRANGE', KEYS[1], 0, n - 1)
+local count = #items
+if count == 0 then return items end
+for i = 1, count, 1000 do
+  redis.call('RPUSH', KEYS[2], unpack(items, i, math.min(i + 999, count)))
+end
+redis.call('LTRIM', KEYS[1], count, -1)
+redis.call('SADD', KEYS[3], KEYS[2])
+redis.call('HSET', KEYS[4], '_batch_id', ARGV[2], '_claimed_ms', ARGV[3], '_frames', count)
+return items
+"""
+
+# KEYS: orphan, new key, index, orphan's heartbeat, orphan state, new state.
+# Returns the frames now owned under the new key; empty when the owner came back
+# to life or the key vanished (finished by its owner meanwhile).
+_RECLAIM_LUA = """
+if redis.call('EXISTS', KEYS[4]) == 1 then return {} end
+redis.call('SREM', KEYS[3], KEYS[1])
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('DEL', KEYS[5])
+  return {}
+end
+redis.call('RENAME', KEYS[1], KEYS[2])
+if redis.call('EXISTS', KEYS[5]) == 1 then redis.call('RENAME', KEYS[5], KEYS[6]) end
+redis.call('SADD', KEYS[3], KEYS[2])
+return redis.call('LRANGE', KEYS[2], 0, -1)
+"""
+
+# KEYS: inflight, queue, index, state. Moves the frames back to the head of the
+# queue keeping their order (last frame first, so the first ends up at the head).
+_GIVE_BACK_LUA = """
+local moved = 0
+while redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT') do moved = moved + 1 end
+redis.call('DEL', KEYS[4])
+redis.call('SREM', KEYS[3], KEYS[1])
+return moved
+"""
+
+
+def make_owner_id() -> str:
+    """A name unique to this process: ``host-pid-random`` (no ``:``, which separates key parts)."""
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:40] or "host"
+    return f"{host}-{os.getpid()}-{os.urandom(3).hex()}"
+
+
+class Claim:
+    """One claimed batch: its in-flight key and the frames in it, in queue order."""
+
+    __slots__ = ("stream", "key", "frames", "batch_id", "claimed_ms", "reclaimed")
+
+    def __init__(
+        self, stream: str, key: str, frames: list[bytes], batch_id: str, claimed_ms: int, reclaimed: bool = False
+    ) -> None:
+        self.stream = stream
+        self.key = key
+        self.frames = frames
+        self.batch_id = batch_id
+        self.claimed_ms = claimed_ms
+        self.reclaimed = reclaimed
+
+
+class RedisWriteState:
+    """:class:`flusher.sinks.base.WriteState` backed by the claim's state hash.
+
+    Read once when the batch is handed to the sink; every ``set`` is written
+    through to Redis before it returns (the sink relies on it surviving a
+    crash right after). ``prefix`` namespaces the sub-batches of a split batch.
+    Used from the sink's worker thread, hence the synchronous client.
+    """
+
+    def __init__(self, client: redis.Redis, key: str, values: Mapping[str, str], prefix: str = "") -> None:
+        self._client = client
+        self._key = key
+        self._values = dict(values)
+        self._prefix = prefix
+
+    def get(self, key: str) -> str | None:
+        return self._values.get(self._prefix + key)
+
+    def set(self, **values: str) -> None:
+        full = {self._prefix + k: v for k, v in values.items()}
+        self._client.hset(self._key, mapping=full)  # type: ignore[arg-type]
+        self._values.update(full)
+
+    def child(self, part: str) -> RedisWriteState:
+        return RedisWriteState(self._client, self._key, self._values, f"{self._prefix}{part}/")
+
+    def has_sink_state(self) -> bool:
+        """True once the sink recorded progress: giving the frames back would forget it."""
+        return any(not k.startswith("_") for k in self._values)
+
+
+class Claimer:
+    """The Redis side of one flusher instance (asyncio client)."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys, owner: str, heartbeat_ttl_s: float) -> None:
+        self.client = client
+        self.keys = keys
+        self.owner = owner
+        self.heartbeat_ttl_ms = max(1, int(heartbeat_ttl_s * 1000))
+        self._seq = int(time.time() * 1000)
+        self._claim = client.register_script(_CLAIM_LUA)
+        self._reclaim = client.register_script(_RECLAIM_LUA)
+        self._give_back = client.register_script(_GIVE_BACK_LUA)
+
+    def _next_key(self, stream: str) -> str:
+        # Sequence numbers start at the clock so a restarted owner with the same
+        # name (never, with make_owner_id, but cheap insurance) cannot collide.
+        self._seq += 1
+        return self.keys.inflight(stream, self.owner, self._seq)
+
+    async def heartbeat(self) -> None:
+        await self.client.set(self.keys.heartbeat(self.owner), str(os.getpid()), px=self.heartbeat_ttl_ms)
+
+    async def drop_heartbeat(self) -> None:
+        """At exit: batches left claimed become orphans at once instead of after the TTL."""
+        await self.client.delete(self.keys.heartbeat(self.owner))
+
+    async def claim(self, stream: str, max_frames: int) -> Claim | None:
+        key = self._next_key(stream)
+        now_ms = int(time.time() * 1000)
+        batch_id = key.rsplit(":", 2)[-2] + "-" + key.rsplit(":", 1)[-1]
+        frames = await self._claim(
+            keys=[self.keys.queue(stream), key, self.keys.inflight_index(stream), self.keys.state(key)],
+            args=[max(1, max_frames), batch_id, now_ms],
+        )
+        if not frames:
+            return None
+        return Claim(stream, key, list(frames), batch_id, now_ms)
+
+    async def orphans(self, stream: str) -> list[str]:
+        """In-flight keys of ``stream`` whose owner's heartbeat is gone (one round trip each)."""
+        members = await self.client.smembers(self.keys.inflight_index(stream))
+        keys = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+        candidates = [k for k in keys if Keys.owner_of(k) != self.owner]
+        if not candidates:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for k in candidates:
+                pipe.exists(self.keys.heartbeat(Keys.owner_of(k)))
+            alive = await pipe.execute()
+        return [k for k, a in zip(candidates, alive, strict=True) if not a]
+
+    async def reclaim(self, stream: str, orphan: str) -> Claim | None:
+        """Take over an orphaned batch atomically; None if its owner is back or it is gone."""
+        key = self._next_key(stream)
+        frames = await self._reclaim(
+            keys=[
+                orphan, key, self.keys.inflight_index(stream), self.keys.heartbeat(Keys.owner_of(orphan)),
+                self.keys.state(orphan), self.keys.state(key),
+            ],
+        )
+        if not frames:
+            return None
+        state = await self.load_state(key)
+        batch_id = state.get(STATE_BATCH_ID) or orphan.rsplit(":", 2)[-2] + "-" + orphan.rsplit(":", 1)[-1]
+        if STATE_BATCH_ID not in state:
+            await self.client.hset(self.keys.state(key), STATE_BATCH_ID, batch_id)
+        claimed_ms = int(state.get(STATE_CLAIMED_MS) or time.time() * 1000)
+        return Claim(stream, key, list(frames), batch_id, claimed_ms, reclaimed=True)
+
+    async def load_state(self, key: str) -> dict[str, str]:
+        raw: dict[Any, Any] = await self.client.hgetall(self.keys.state(key))
+        return {_s(k): _s(v) for k, v in raw.items()}
+
+    async def finish(self, claim: Claim, dead_items: Sequence[bytes] = ()) -> bool:
+        """The sink has the rows: drop the claim, dead letters in the same transaction.
+
+        False when the key was already gone (another flusher re-claimed it while
+        this one could not refresh its heartbeat; the sink's dedupe absorbs the
+        double write).
+        """
+        async with self.client.pipeline(transaction=True) as pipe:
+            if dead_items:
+                pipe.rpush(self.keys.dead(claim.stream), *dead_items)
+            pipe.delete(claim.key)
+            pipe.delete(self.keys.state(claim.key))
+            pipe.srem(self.keys.inflight_index(claim.stream), claim.key)
+            results = await pipe.execute()
+        return bool(results[1 if dead_items else 0])
+
+    async def give_back(self, claim: Claim) -> int:
+        """Return the frames to the head of the queue, in order (shutdown before the write)."""
+        moved = await self._give_back(
+            keys=[claim.key, self.keys.queue(claim.stream), self.keys.inflight_index(claim.stream),
+                  self.keys.state(claim.key)],
+        )
+        return int(moved)
+
+    async def inflight_count(self, stream: str) -> int:
+        return int(await self.client.scard(self.keys.inflight_index(stream)))
+
+    async def oldest_inflight_frame(self, streams: Iterable[str]) -> dict[str, bytes]:
+        """First frame of each stream's oldest in-flight batch (by claim time), for the lag gauge."""
+        out: dict[str, bytes] = {}
+        for stream in streams:
+            members = await self.client.smembers(self.keys.inflight_index(stream))
+            if not members:
+                continue
+            keys = [_s(m) for m in members]
+            async with self.client.pipeline(transaction=False) as pipe:
+                for k in keys:
+                    pipe.lindex(k, 0)
+                firsts = await pipe.execute()
+            frames = [f for f in firsts if f]
+            if frames:
+                out[stream] = frames[0] if len(frames) == 1 else min(frames, key=_frame_sort_key)
+        return out
+
+
+def _frame_sort_key(frame: bytes) -> int:
+    from flusher.batch import frame_oldest_ms
+
+    return frame_oldest_ms(frame) or 2**62
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)

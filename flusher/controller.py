@@ -1,0 +1,127 @@
+"""Adaptive batch size per stream: AIMD inside the stream's ``[batch]`` bounds.
+
+The idea of Vector's adaptive request concurrency, applied to rows per write:
+
+- **grow** while there is backlog and the sink keeps up: double the target
+  (slow start) until the first sign of congestion, then add ``min_rows`` per
+  write (additive increase);
+- **shrink** multiplicatively (x ``DECREASE_FACTOR``) when the sink throttles
+  or times out, when its cost per row rises well above its recent average
+  (``LATENCY_TOLERANCE``), or when one write alone takes longer than the
+  stream's latency promise ``max_wait_s``;
+- always within ``min_rows..max_rows`` and under ``max_bytes`` at the stream's
+  measured bytes per row.
+
+Frames hold a whole collector micro-batch, so the flusher claims frames, not
+rows: :meth:`BatchController.frames_to_claim` converts the row target with the
+measured rows per frame. The controller is pure arithmetic (no clock, no I/O),
+which is what lets it be tested against a simulated sink.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+
+from oceanus.config import BatchConfig
+
+#: Multiplicative decrease on congestion.
+DECREASE_FACTOR = 0.5
+#: Cost per row above this multiple of its running average counts as rising latency.
+LATENCY_TOLERANCE = 2.0
+#: Writes shorter than this never count as slow: timer noise dominates them (seconds).
+LATENCY_FLOOR_S = 0.02
+#: Weight of the newest sample in the running averages.
+EWMA_ALPHA = 0.2
+#: A write "used" the target when it had at least this share of it.
+FULL_BATCH_SHARE = 0.5
+#: Share of ``max_wait_s`` a partial batch may wait for company before it is claimed;
+#: the rest is left for the write itself.
+LINGER_SHARE = 0.5
+
+
+class Outcome(enum.Enum):
+    OK = "ok"
+    THROTTLED = "throttled"
+    TIMEOUT = "timeout"
+    TOO_LARGE = "too_large"
+    ERROR = "error"
+
+    @classmethod
+    def from_reason(cls, reason: str) -> Outcome:
+        if reason == "throttled":
+            return cls.THROTTLED
+        if reason == "timeout":
+            return cls.TIMEOUT
+        if reason == "too_large":
+            return cls.TOO_LARGE
+        return cls.ERROR
+
+
+class BatchController:
+    def __init__(self, bounds: BatchConfig) -> None:
+        self.min_rows = bounds.min_rows
+        self.max_rows = bounds.max_rows
+        self.max_bytes = bounds.max_bytes
+        self.max_wait_s = bounds.max_wait_s
+        self.linger_s = bounds.max_wait_s * LINGER_SHARE
+        self._target = float(bounds.min_rows)
+        self.slow_start = True
+        self.row_bytes: float | None = None
+        self.rows_per_frame: float | None = None
+        self.cost_per_row_s: float | None = None
+        self.decreases = 0
+
+    @property
+    def target_rows(self) -> int:
+        target = int(self._target)
+        if self.row_bytes:
+            target = min(target, int(self.max_bytes / self.row_bytes))
+        return max(1, min(self.max_rows, target))
+
+    def frames_to_claim(self) -> int:
+        if not self.rows_per_frame:
+            return 1
+        return max(1, math.floor(self.target_rows / self.rows_per_frame))
+
+    def observe_frames(self, frames: int, rows: int, nbytes: int) -> None:
+        """What a claimed batch held: updates rows per frame and bytes per row."""
+        if frames <= 0 or rows <= 0:
+            return
+        self.rows_per_frame = _ewma(self.rows_per_frame, rows / frames)
+        if nbytes > 0:
+            self.row_bytes = _ewma(self.row_bytes, nbytes / rows)
+
+    def observe_write(self, rows: int, duration_s: float, outcome: Outcome, backlog: bool) -> None:
+        """One sink write call (or failed attempt) and whether more was waiting."""
+        if outcome in (Outcome.THROTTLED, Outcome.TIMEOUT, Outcome.TOO_LARGE):
+            self._decrease()
+            return
+        if outcome is not Outcome.OK or rows <= 0:
+            return
+        cost = duration_s / rows
+        rising = (
+            self.cost_per_row_s is not None
+            and duration_s > LATENCY_FLOOR_S
+            and cost > self.cost_per_row_s * LATENCY_TOLERANCE
+        )
+        if rising or duration_s > self.max_wait_s:
+            self._decrease()
+        elif backlog and rows >= FULL_BATCH_SHARE * self.target_rows:
+            self._increase()
+        self.cost_per_row_s = _ewma(self.cost_per_row_s, cost)
+
+    def _increase(self) -> None:
+        if self.slow_start:
+            self._target = min(float(self.max_rows), self._target * 2)
+        else:
+            self._target = min(float(self.max_rows), self._target + self.min_rows)
+
+    def _decrease(self) -> None:
+        self.slow_start = False
+        self.decreases += 1
+        self._target = max(float(self.min_rows), self._target * DECREASE_FACTOR)
+
+
+def _ewma(old: float | None, sample: float) -> float:
+    return sample if old is None else old + EWMA_ALPHA * (sample - old)

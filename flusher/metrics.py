@@ -1,0 +1,49 @@
+"""The flusher's Prometheus metrics, exactly the names in ``docs/TELEMETRY.md``.
+
+One private registry per flusher (tests run several in one process).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+#: Sink write latency buckets (seconds): DuckDB inserts take milliseconds, BigQuery calls up to tens of seconds.
+WRITE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class FlusherMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.backlog_items = Gauge("oceanus_backlog_items", "Frames waiting in the stream's Redis list",
+                                   ["stream"], registry=r)
+        self.inflight_batches = Gauge("oceanus_inflight_batches", "Claimed batches not yet written",
+                                      ["stream"], registry=r)
+        self.rows_written = Counter("oceanus_rows_written", "Rows the warehouse accepted", ["stream"], registry=r)
+        self.rows_dead_lettered = Counter("oceanus_rows_dead_lettered",
+                                          "Rows the warehouse refused, moved to the dead-letter list",
+                                          ["stream"], registry=r)
+        self.batch_target_rows = Gauge("oceanus_batch_target_rows", "The adaptive batch size now",
+                                       ["stream"], registry=r)
+        self.sink_write_duration = Histogram("oceanus_sink_write_duration_seconds", "One sink write call",
+                                             ["stream"], buckets=WRITE_BUCKETS_S, registry=r)
+        self.sink_retries = Counter("oceanus_sink_retries", "Retried writes by reason",
+                                    ["stream", "reason"], registry=r)
+        self.lag_seconds = Gauge("oceanus_lag_seconds", "Age of the oldest unflushed event", ["stream"], registry=r)
+        self.redis_used_memory = Gauge("oceanus_redis_used_memory_bytes", "Redis used_memory", registry=r)
+        self.redis_maxmemory = Gauge("oceanus_redis_maxmemory_bytes", "Redis maxmemory (0 = unlimited)",
+                                     registry=r)
+        self.draining = Gauge("oceanus_flusher_draining", "1 after SIGTERM", registry=r)
+
+    def init_stream(self, stream: str) -> None:
+        """Create the labelled series at 0 so dashboards see every stream from the start."""
+        self.backlog_items.labels(stream)
+        self.inflight_batches.labels(stream)
+        self.rows_written.labels(stream)
+        self.rows_dead_lettered.labels(stream)
+        self.batch_target_rows.labels(stream)
+        self.sink_write_duration.labels(stream)
+        self.lag_seconds.labels(stream)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

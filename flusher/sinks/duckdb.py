@@ -1,0 +1,365 @@
+"""DuckDB sink: the embedded warehouse, one table per stream, exact dedupe.
+
+Table of a stream (derived from its config, nothing hand-written)::
+
+    event_id VARCHAR PRIMARY KEY   -- 32 hex digits; replays insert nothing twice
+    received_at TIMESTAMP          -- UTC, microseconds
+    ip, ua, device VARCHAR
+    <fields>  VARCHAR | BIGINT | DOUBLE | BOOLEAN | TIMESTAMP | JSON
+    extra JSON
+
+plus a ``<stream>_dedup`` view, the name the BigQuery sink uses for its
+de-duplicating view, so queries port between the two (here the table is
+already unique and the view is a plain ``SELECT *``).
+
+Writes: the batch becomes one Arrow table (a column at a time, no per-row
+Python beyond the event_id hex), inserted with ``INSERT ... SELECT ... ON
+CONFLICT DO NOTHING`` in one statement, i.e. one transaction. A value Arrow or
+DuckDB refuses (a string in an int column, malformed JSON) rejects that row
+only: it is reported back for the dead-letter list and the rest is inserted.
+
+Readers: DuckDB lets one process open a file for writing and no other process
+open it at all meanwhile. The flusher therefore answers read-only SQL for
+other processes through :meth:`DuckDBSink.query` (its admin ``POST /query``),
+on a cursor of this connection inside a transaction that is rolled back.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import msgspec
+import pyarrow as pa
+
+from flusher.sinks.base import Batch, QueryError, QueryResult, RowError, WriteResult, WriteState
+from oceanus.config import EXTRA_COLUMN, Config, FieldType, StreamConfig
+from oceanus.errors import ConfigError, SinkError
+
+#: Warehouse type of each config field type.
+DUCKDB_TYPES: dict[FieldType, str] = {
+    "string": "VARCHAR",
+    "int": "BIGINT",
+    "float": "DOUBLE",
+    "bool": "BOOLEAN",
+    "timestamp": "TIMESTAMP",
+    "json": "JSON",
+}
+SERVER_TYPES: tuple[tuple[str, FieldType], ...] = (
+    ("event_id", "string"),
+    ("received_at", "timestamp"),
+    ("ip", "string"),
+    ("ua", "string"),
+    ("device", "string"),
+)
+DEDUP_VIEW_SUFFIX = "_dedup"
+#: ``POST /query`` answers at most this many rows; more is a 400 asking for a LIMIT.
+MAX_QUERY_ROWS = 10_000
+#: Statement kinds /query runs: nothing that writes, attaches or copies files.
+READ_ONLY_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
+
+_ARROW: dict[FieldType, pa.DataType] = {
+    "string": pa.string(),
+    "int": pa.int64(),
+    "float": pa.float64(),
+    "bool": pa.bool_(),
+    "timestamp": pa.timestamp("us"),
+    "json": pa.string(),
+}
+_ARROW_ERRORS = (pa.ArrowException, OverflowError, TypeError, ValueError, AttributeError)
+_json_dec = msgspec.json.Decoder()
+
+
+def column_types(stream: StreamConfig) -> list[tuple[str, FieldType]]:
+    """Every column of the stream's table with its config type, in table order."""
+    cols: list[tuple[str, FieldType]] = list(SERVER_TYPES)
+    cols += [(name, f.type) for name, f in stream.fields.items()]
+    cols.append((EXTRA_COLUMN, "json"))
+    return cols
+
+
+def _q(name: str) -> str:
+    """Quote an identifier (names are validated by the config, this is belt and braces)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _value_ok(ftype: FieldType, value: Any) -> bool:
+    if value is None:
+        return True
+    if ftype in ("string", "json"):
+        return isinstance(value, str)
+    if ftype in ("int", "timestamp"):
+        return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
+    if ftype == "float":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, bool)
+
+
+def _event_id_hex(value: Any) -> str | None:
+    if isinstance(value, bytes) and len(value) == 16:
+        return value.hex()
+    if isinstance(value, str) and len(value) == 32:
+        try:
+            int(value, 16)
+        except ValueError:
+            return None
+        return value.lower()
+    return None
+
+
+class DuckDBSink:
+    """``[sink] kind = "duckdb"``: a local file, ``sink.duckdb.path``."""
+
+    name = "duckdb"
+
+    def __init__(self, cfg: Config) -> None:
+        self.path = Path(cfg.sink.duckdb.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._con = duckdb.connect(str(self.path))
+        except (OSError, duckdb.Error) as exc:
+            text = " ".join(str(exc).split())
+            raise ConfigError(f"sink.duckdb.path: cannot open {self.path} for writing: {text}") from None
+        # One writer connection, used by one write at a time (DuckDB connections
+        # are not safe for concurrent use); queries take cursors of their own.
+        self._lock = threading.Lock()
+        self._tables: dict[str, list[str]] = {}
+
+    # ------------------------------------------------------------------ tables
+
+    def _existing(self, table: str) -> dict[str, str]:
+        rows = self._con.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = 'main' AND table_name = ? ORDER BY ordinal_position",
+            [table],
+        ).fetchall()
+        return {str(n): str(t).upper() for n, t in rows}
+
+    def ensure_tables(self, streams: Sequence[StreamConfig]) -> list[str]:
+        with self._lock:
+            plans = [(s, self._plan(s)) for s in streams]  # refuse before changing anything
+            changes: list[str] = []
+            for stream, (create, added) in plans:
+                changes += self._apply(stream, create, added)
+            return changes
+
+    def _plan(self, stream: StreamConfig) -> tuple[bool, list[tuple[str, FieldType]]]:
+        existing = self._existing(stream.name)
+        if not existing:
+            return True, column_types(stream)
+        added: list[tuple[str, FieldType]] = []
+        for name, ftype in column_types(stream):
+            want = DUCKDB_TYPES[ftype]
+            have = existing.get(name)
+            if have is None:
+                added.append((name, ftype))
+            elif have != want:
+                raise ConfigError(
+                    f"streams.{stream.name}.fields.{name}: the DuckDB table {stream.name} has this column as "
+                    f"{have}, the config says {ftype} ({want}); column types are never changed in place — "
+                    "add a field with a new name instead"
+                )
+        return False, added
+
+    def _apply(self, stream: StreamConfig, create: bool, added: list[tuple[str, FieldType]]) -> list[str]:
+        table = stream.name
+        changes: list[str] = []
+        try:
+            if create:
+                cols = ", ".join(
+                    f"{_q(n)} {DUCKDB_TYPES[t]}" + (" PRIMARY KEY" if n == "event_id" else "")
+                    for n, t in added
+                )
+                self._con.execute(f"CREATE TABLE {_q(table)} ({cols})")
+                changes.append(f"duckdb: created table {table} ({len(added)} columns)")
+            else:
+                for n, t in added:
+                    self._con.execute(f"ALTER TABLE {_q(table)} ADD COLUMN {_q(n)} {DUCKDB_TYPES[t]}")
+                    changes.append(f"duckdb: added column {table}.{n} {DUCKDB_TYPES[t]} (NULL in existing rows)")
+            view = table + DEDUP_VIEW_SUFFIX
+            has_view = self._con.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main' AND table_name = ? "
+                "AND table_type = 'VIEW'",
+                [view],
+            ).fetchone()
+            if create or added or not (has_view and has_view[0]):
+                # Re-created on every column change: a view's `*` is expanded when it is created.
+                self._con.execute(f"CREATE OR REPLACE VIEW {_q(view)} AS SELECT * FROM {_q(table)}")
+                if not create:
+                    changes.append(f"duckdb: (re)created view {view}")
+        except duckdb.Error as exc:
+            raise SinkError(f"duckdb: cannot create or migrate table {table}: {exc}", retryable=False) from None
+        self._tables[table] = list(self._existing(table))
+        return changes
+
+    # ------------------------------------------------------------------ writes
+
+    def write(self, batch: Batch, state: WriteState) -> WriteResult:
+        # Exact dedupe by primary key makes a replayed batch harmless, so no
+        # write state is needed: ``state`` stays untouched.
+        if not batch.rows:
+            return WriteResult(written=0)
+        with self._lock:
+            if batch.stream.name not in self._tables:
+                self._plan_and_apply(batch.stream)
+            return self._write(batch)
+
+    def _plan_and_apply(self, stream: StreamConfig) -> None:
+        create, added = self._plan(stream)
+        self._apply(stream, create, added)
+
+    def _write(self, batch: Batch) -> WriteResult:
+        rows = batch.rows
+        rejected: dict[int, str] = {}
+        for _attempt in range(3):
+            keep = [i for i in range(len(rows)) if i not in rejected] if rejected else None
+            table = self._arrow(batch, rows if keep is None else [rows[i] for i in keep], keep, rejected)
+            if table is None:  # a column had bad values: they are in `rejected` now, rebuild
+                continue
+            try:
+                self._insert(batch.stream, table)
+            except duckdb.ConversionException as exc:
+                bad = self._bad_json(batch, keep)
+                if not bad:
+                    raise SinkError(f"duckdb: insert into {batch.stream.name} failed: {exc}", retryable=False) from None
+                rejected.update(bad)
+                continue
+            except duckdb.Error as exc:
+                raise _map_error(exc, batch.stream.name) from None
+            errors = tuple(RowError(i, reason) for i, reason in sorted(rejected.items()))
+            return WriteResult(written=table.num_rows, rejected=errors)
+        raise SinkError(f"duckdb: could not isolate the invalid rows of {batch.stream.name}", retryable=False)
+
+    def _arrow(
+        self, batch: Batch, rows: list[list[Any]], index: list[int] | None, rejected: dict[int, str]
+    ) -> pa.Table | None:
+        """Rows -> Arrow, a column at a time; None after recording rows a column refused."""
+        types = dict(column_types(batch.stream))
+        names: list[str] = []
+        arrays: list[pa.Array] = []
+        columns = list(zip(*rows, strict=True)) if rows else [() for _ in batch.columns]
+        for name, values in zip(batch.columns, columns, strict=True):
+            ftype = types.get(name)
+            if ftype is None:
+                continue
+            try:
+                if name == "event_id":
+                    arr = _event_id_array(values)
+                else:
+                    arr = pa.array(values, _ARROW[ftype])
+            except _ARROW_ERRORS:
+                bad = _bad_values(name, ftype, values)
+                if not bad:
+                    raise SinkError(f"duckdb: column {name} of {batch.stream.name} cannot be converted",
+                                    retryable=False) from None
+                for pos, reason in bad:
+                    rejected[index[pos] if index is not None else pos] = reason
+                return None
+            names.append(name)
+            arrays.append(arr)
+        return pa.Table.from_arrays(arrays, names=names)
+
+    def _insert(self, stream: StreamConfig, table: pa.Table) -> None:
+        cols = ", ".join(_q(n) for n in table.column_names)
+        view = f"_oceanus_batch_{threading.get_ident()}"
+        self._con.register(view, table)
+        try:
+            self._con.execute(
+                f"INSERT INTO {_q(stream.name)} ({cols}) SELECT {cols} FROM {_q(view)} ON CONFLICT DO NOTHING"
+            )
+        finally:
+            self._con.unregister(view)
+
+    def _bad_json(self, batch: Batch, keep: list[int] | None) -> dict[int, str]:
+        types = dict(column_types(batch.stream))
+        json_cols = [(j, c) for j, c in enumerate(batch.columns) if types.get(c) == "json"]
+        bad: dict[int, str] = {}
+        indices = keep if keep is not None else range(len(batch.rows))
+        for i in indices:
+            row = batch.rows[i]
+            for j, c in json_cols:
+                v = row[j]
+                if v is None:
+                    continue
+                try:
+                    _json_dec.decode(v)
+                except msgspec.DecodeError as exc:
+                    bad[i] = f"{c}: not valid JSON ({exc})"
+                    break
+        return bad
+
+    # ------------------------------------------------------------------ reads
+
+    def query(self, sql: str) -> QueryResult:
+        from oceanus.query import plain
+
+        try:
+            statements = self._con.extract_statements(sql)
+        except duckdb.Error as exc:
+            raise QueryError(_one_line(exc)) from None
+        if len(statements) != 1:
+            raise QueryError(f"send exactly one SQL statement (got {len(statements)})")
+        if statements[0].type not in READ_ONLY_STATEMENTS:
+            kind = statements[0].type.name
+            raise QueryError(f"only read-only statements are served here (SELECT, EXPLAIN), not {kind}")
+        cur = self._con.cursor()
+        try:
+            cur.execute("BEGIN TRANSACTION")
+            try:
+                cur.execute(sql)
+                columns = [d[0] for d in cur.description] if cur.description else []
+                fetched = cur.fetchmany(MAX_QUERY_ROWS + 1) if columns else []
+            finally:
+                cur.execute("ROLLBACK")
+        except duckdb.Error as exc:
+            raise QueryError(_one_line(exc)) from None
+        finally:
+            cur.close()
+        if len(fetched) > MAX_QUERY_ROWS:
+            raise QueryError(f"the result has more than {MAX_QUERY_ROWS} rows; add a LIMIT")
+        return QueryResult(columns=columns, rows=[[plain(v) for v in row] for row in fetched])
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
+
+
+def _event_id_array(values: Sequence[Any]) -> pa.Array:
+    try:
+        # The collector's form: 16 raw bytes (fast path, one C call per row).
+        if all(len(v) == 16 for v in values):
+            return pa.array([v.hex() for v in values], pa.string())
+    except (AttributeError, TypeError):
+        pass
+    hexes = [_event_id_hex(v) for v in values]
+    if any(h is None for h in hexes):
+        raise ValueError("invalid event_id")
+    return pa.array(hexes, pa.string())
+
+
+def _bad_values(name: str, ftype: FieldType, values: Sequence[Any]) -> list[tuple[int, str]]:
+    check: Callable[[Any], bool]
+    if name == "event_id":
+        def check(v: Any) -> bool:
+            return _event_id_hex(v) is not None
+        want = "16 bytes"
+    else:
+        def check(v: Any) -> bool:
+            return _value_ok(ftype, v)
+        want = ftype
+    return [(i, f"{name}: expected {want}, got {type(v).__name__}") for i, v in enumerate(values) if not check(v)]
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _map_error(exc: duckdb.Error, table: str) -> SinkError:
+    # Disk full, I/O hiccups and write-write conflicts pass; a constraint or
+    # catalog error will not, but the flusher backs off either way and alerts.
+    retryable = isinstance(exc, duckdb.IOException | duckdb.TransactionException | duckdb.OutOfMemoryException)
+    reason = "io" if retryable else "error"
+    return SinkError(f"duckdb: insert into {table} failed: {_one_line(exc)}", retryable=retryable, reason=reason)

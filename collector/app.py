@@ -116,11 +116,13 @@ class App:
             loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
 
     def _on_sigterm(self) -> None:
-        """Readiness turns 503 at once; then granian's own shutdown runs.
+        """Readiness turns 503 at once, queued batches are written at once, then
+        granian's own shutdown runs.
 
         granian's worker handler answers SIGINT and SIGTERM alike; ours replaces
         it for SIGTERM, so it is handed on as SIGINT. granian then stops
-        accepting, and the lifespan shutdown below drains.
+        accepting and waits for the open requests -- which wait for their batch,
+        hence ``hurry`` first -- before the lifespan shutdown below drains the rest.
         """
         self.begin_drain()
         os.kill(os.getpid(), signal.SIGINT)
@@ -128,6 +130,8 @@ class App:
     def begin_drain(self) -> None:
         self.draining = True
         self.metrics.draining.set(1)
+        if self.pusher is not None:
+            self.pusher.hurry()
 
     async def shutdown(self) -> None:
         """Finish in-flight requests and queued events within collector.drain_timeout_s."""

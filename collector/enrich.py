@@ -12,7 +12,9 @@ from collections.abc import Iterable
 #: Entries kept in each lookup cache before it is cleared (bounded memory).
 CACHE_MAX_ENTRIES = 4096
 
-_BOT_WORDS = ("bot", "crawl", "spider", "slurp", "headless", "curl/", "wget/", "python-", "go-http", "java/", "lighthouse")
+_BOT_WORDS = (
+    "bot", "crawl", "spider", "slurp", "headless", "curl/", "wget/", "python-", "go-http", "java/", "lighthouse",
+)
 _TABLET_WORDS = ("ipad", "tablet", "kindle", "silk/", "playbook")
 _MOBILE_WORDS = ("mobi", "iphone", "ipod", "android", "windows phone", "blackberry", "opera mini")
 

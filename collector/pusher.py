@@ -307,6 +307,12 @@ class Pusher:
 
     # -- shutdown -------------------------------------------------------------------------
 
+    def hurry(self) -> None:
+        """Stop lingering: write every batch as soon as it has an event (shutdown)."""
+        self._linger_s = 0.0
+        if self._full is not None and not self._full.done():
+            self._full.set_result(None)
+
     async def drain(self, timeout_s: float) -> bool:
         """Write what is queued (Redis, else spool) and stop. True if all was written."""
         self._stopping = True

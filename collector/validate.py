@@ -74,6 +74,12 @@ class Invalid(ValueError):
         return out
 
 
+_TRANSFORMS: dict[str, Callable[[str], str]] = {
+    "strip": lambda v: v.strip(),
+    "lowercase": lambda v: v.lower(),
+    "uppercase": lambda v: v.upper(),
+}
+
 Check = Callable[[Any, bool], Any]
 """``check(value, from_text) -> stored value``; raises :class:`Invalid`."""
 
@@ -81,7 +87,7 @@ Check = Callable[[Any, bool], Any]
 def _transform(transforms: tuple[str, ...]) -> Callable[[str], str] | None:
     funcs: list[Callable[[str], str]] = []
     for t in transforms:
-        funcs.append({"strip": str.strip, "lowercase": str.lower, "uppercase": str.upper}[t])
+        funcs.append(_TRANSFORMS[t])
     if not funcs:
         return None
     if len(funcs) == 1:

@@ -1,0 +1,515 @@
+"""``oceanus flusher``: drain every stream's Redis list into the warehouse.
+
+One asyncio loop per process; per stream one worker task::
+
+    claim (or re-claim an orphan) -> decode + normalise (thread) -> sink.write (thread)
+        -> finish (delete the claim, dead letters in the same MULTI)
+
+Delivery guarantees (see docs/ARCHITECTURE.md):
+
+- a frame leaves its queue only into an in-flight key, atomically, and the
+  in-flight key is deleted only after ``sink.write`` returned: a crash at any
+  point leaves the rows in Redis, and they are written again by whoever
+  re-claims them — the sinks dedupe by ``event_id`` (DuckDB exactly; BigQuery
+  by insertId / committed-stream offsets / job ids, with the dedup view);
+- retryable sink errors back off with full jitter (``retry_base_s`` doubling,
+  capped at ``retry_max_s``) for ever, the batch staying claimed. An error the
+  sink calls non-retryable is a configuration problem (permissions, a missing
+  dataset): it is logged and retried at the same pace rather than dropping data;
+- rows the sink refuses go to ``P:dead:{stream}`` with its reason;
+- SIGTERM/SIGINT: stop claiming; a batch not yet handed to the sink is given
+  back to the head of its queue; one being written is finished within
+  ``drain_timeout_s``; past that the claim is left for re-claim and the
+  process exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+import redis
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from flusher.admin import AdminServer
+from flusher.batch import BatchBuilder, Built, dead_row, frame_oldest_ms
+from flusher.claim import Claim, Claimer, RedisWriteState, make_owner_id
+from flusher.controller import BatchController, Outcome
+from flusher.metrics import FlusherMetrics
+from flusher.sinks import make_sink
+from flusher.sinks.base import Batch, Queryable, QueryError, QueryResult, Sink, WriteResult
+from oceanus import config as config_mod
+from oceanus.buffer import Keys
+from oceanus.config import Config, StreamConfig
+from oceanus.errors import PayloadTooLarge, SinkError
+
+log = logging.getLogger("oceanus.flusher")
+
+#: Longest pause between two looks at an empty queue (seconds); a lone event
+#: waits at most this plus the linger (``max_wait_s`` / 2) before being claimed.
+IDLE_POLL_S = 0.1
+#: How often queue lengths, lag and Redis memory are sampled for /metrics (seconds).
+GAUGE_INTERVAL_S = 1.0
+#: Pause after a Redis error before the worker tries again (seconds, doubled up to the cap).
+REDIS_RETRY_BASE_S = 0.2
+REDIS_RETRY_MAX_S = 5.0
+#: Suffix of the discovery file written beside the DuckDB file.
+FLUSHER_FILE_SUFFIX = ".flusher.json"
+
+T = TypeVar("T")
+
+
+class _GiveBack(Exception):
+    """Shutdown arrived before the sink recorded any progress on this batch."""
+
+
+def backoff_s(attempt: int, base_s: float, max_s: float, rng: random.Random) -> float:
+    """Full jitter (AWS): uniform in [0, min(cap, base * 2**attempt)]."""
+    return rng.uniform(0.0, min(max_s, base_s * (2 ** min(attempt, 30))))
+
+
+class _FlusherInfo(msgspec.Struct):
+    pid: int
+    admin_url: str
+
+
+class StreamWorker:
+    def __init__(self, flusher: Flusher, stream: StreamConfig) -> None:
+        self.f = flusher
+        self.stream = stream
+        self.name = stream.name
+        self.builder = BatchBuilder(stream)
+        self.controller = BatchController(stream.batch)
+        self.reclaimed: collections.deque[Claim] = collections.deque()
+        self.busy_writing = False
+        #: More frames were waiting than the last claim took: the controller may grow.
+        self.backlog = False
+        self.rng = random.Random()
+
+    async def run(self) -> None:
+        f = self.f
+        f.metrics.batch_target_rows.labels(self.name).set(self.controller.target_rows)
+        redis_failures = 0
+        while not f.stopping.is_set():
+            try:
+                claim = self.reclaimed.popleft() if self.reclaimed else await self._next_claim()
+                if claim is not None:
+                    await self._process(claim)
+                redis_failures = 0
+            except RedisError as exc:
+                delay = min(REDIS_RETRY_MAX_S, REDIS_RETRY_BASE_S * 2**redis_failures)
+                redis_failures += 1
+                f.redis_ok = False
+                log.warning("stream %s: Redis error, retrying in %.1fs: %s", self.name, delay, exc)
+                await f.sleep(delay)
+
+    async def _next_claim(self) -> Claim | None:
+        f = self.f
+        queue = f.keys.queue(self.name)
+        waiting = int(await f.aredis.llen(queue))
+        f.redis_ok = True
+        if waiting == 0:
+            await f.sleep(IDLE_POLL_S)
+            return None
+        want = self.controller.frames_to_claim()
+        if waiting < want:
+            # A partial batch waits for company, but never past the linger, so a
+            # lone event reaches the warehouse within the stream's max_wait_s.
+            head = await f.aredis.lindex(queue, 0)
+            oldest = frame_oldest_ms(head) if isinstance(head, bytes) else None
+            if oldest is not None:
+                age_s = time.time() - oldest / 1000
+                if age_s < self.controller.linger_s:
+                    await f.sleep(min(IDLE_POLL_S, self.controller.linger_s - age_s))
+                    return None
+        claim = await f.claimer.claim(self.name, want)
+        if claim is not None:
+            self.backlog = waiting > len(claim.frames)
+        return claim
+
+    async def _process(self, claim: Claim) -> None:
+        try:
+            await self._process_claimed(claim)
+        except RedisError:
+            # Still ours (our heartbeat lives, so nobody re-claims it): try again
+            # once Redis answers, re-reading its state like a re-claimed batch.
+            claim.reclaimed = True
+            self.reclaimed.appendleft(claim)
+            raise
+
+    async def _process_claimed(self, claim: Claim) -> None:
+        f = self.f
+        values = await f.claimer.load_state(claim.key) if claim.reclaimed else {}
+        state = RedisWriteState(f.sync_redis, f.keys.state(claim.key), values)
+        built: Built = await f.in_thread(self.builder.build, claim.batch_id, claim.frames)
+        batch = built.batch
+        self.controller.observe_frames(len(claim.frames), len(batch.rows), batch.nbytes)
+        dead = list(built.dead)
+        written = 0
+        try:
+            self.busy_writing = True
+            written = await self._write_part(batch, state, dead)
+        except _GiveBack:
+            moved = await f.claimer.give_back(claim)
+            log.info("stream %s: gave back %d frames of batch %s to the queue", self.name, moved, claim.batch_id)
+            return
+        finally:
+            self.busy_writing = False
+        await self._finish(claim, dead)
+        f.metrics.rows_written.labels(self.name).inc(written)
+        if dead:
+            f.metrics.rows_dead_lettered.labels(self.name).inc(len(dead))
+        f.metrics.batch_target_rows.labels(self.name).set(self.controller.target_rows)
+
+    async def _finish(self, claim: Claim, dead: list[bytes]) -> None:
+        attempt = 0
+        while True:
+            try:
+                if not await self.f.claimer.finish(claim, dead):
+                    log.warning("stream %s: batch %s was re-claimed by another flusher while being written; "
+                                "the sink's dedupe absorbs the second write", self.name, claim.batch_id)
+                return
+            except RedisError as exc:
+                # The rows are in the warehouse: retrying is harmless, giving up
+                # would only mean writing them again after a re-claim.
+                delay = min(REDIS_RETRY_MAX_S, REDIS_RETRY_BASE_S * 2**attempt)
+                attempt += 1
+                log.warning("stream %s: cannot release batch %s, retrying in %.1fs: %s",
+                            self.name, claim.batch_id, delay, exc)
+                await asyncio.sleep(delay)
+
+    async def _write_part(self, batch: Batch, state: RedisWriteState, dead: list[bytes]) -> int:
+        """Write ``batch`` (splitting by ``max_rows`` and on PayloadTooLarge); returns rows written."""
+        max_rows = self.stream.batch.max_rows
+        if len(batch.rows) > max_rows:
+            total = 0
+            for i, lo in enumerate(range(0, len(batch.rows), max_rows)):
+                part = _sub(batch, batch.rows[lo : lo + max_rows], f"p{i}")
+                total += await self._write_part(part, state.child(f"p{i}"), dead)
+            return total
+        try:
+            result = await self._write_with_retries(batch, state)
+        except PayloadTooLarge as exc:
+            if len(batch.rows) == 1:
+                dead.append(dead_row(self.name, f"too large for the sink: {exc}", batch.columns, batch.rows[0]))
+                return 0
+            mid = len(batch.rows) // 2
+            log.info("stream %s: batch %s too large for the sink, splitting %d rows in halves",
+                     self.name, batch.batch_id, len(batch.rows))
+            left = await self._write_part(_sub(batch, batch.rows[:mid], "a"), state.child("a"), dead)
+            right = await self._write_part(_sub(batch, batch.rows[mid:], "b"), state.child("b"), dead)
+            return left + right
+        for err in result.rejected:
+            if 0 <= err.index < len(batch.rows):
+                dead.append(dead_row(self.name, err.reason, batch.columns, batch.rows[err.index]))
+        return result.written
+
+    async def _write_with_retries(self, batch: Batch, state: RedisWriteState) -> WriteResult:
+        f = self.f
+        attempt = 0
+        hist = f.metrics.sink_write_duration.labels(self.name)
+        while True:
+            # The first attempt always runs: finishing a batch is quicker than
+            # giving it back and writing it again later.
+            if f.stopping.is_set() and not state.has_sink_state() and attempt > 0:
+                raise _GiveBack()
+            t0 = time.perf_counter()
+            try:
+                result: WriteResult = await f.in_thread(f.sink.write, batch, state)
+            except PayloadTooLarge:
+                self.controller.observe_write(len(batch.rows), time.perf_counter() - t0, Outcome.TOO_LARGE, True)
+                raise
+            except Exception as exc:  # noqa: BLE001 - any sink failure keeps the batch claimed
+                elapsed = time.perf_counter() - t0
+                hist.observe(elapsed)
+                err = exc if isinstance(exc, SinkError) else SinkError(
+                    f"{type(exc).__name__}: {exc}", retryable=False, reason="bug")
+                self.controller.observe_write(len(batch.rows), elapsed, Outcome.from_reason(err.reason), True)
+                f.metrics.sink_retries.labels(self.name, err.reason).inc()
+                f.metrics.batch_target_rows.labels(self.name).set(self.controller.target_rows)
+                delay = err.retry_after_s if err.retry_after_s is not None else backoff_s(
+                    attempt, f.cfg.flusher.retry_base_s, f.cfg.flusher.retry_max_s, self.rng)
+                attempt += 1
+                level = logging.WARNING if err.retryable else logging.ERROR
+                log.log(level, "stream %s: write of batch %s (%d rows) failed%s, attempt %d, retrying in %.2fs: %s",
+                        self.name, batch.batch_id, len(batch.rows), "" if err.retryable else " (not retryable: "
+                        "fix the cause; the batch stays claimed)", attempt, delay, err,
+                        exc_info=not isinstance(exc, SinkError))
+                if f.stopping.is_set():
+                    if not state.has_sink_state():
+                        raise _GiveBack() from None
+                    await asyncio.sleep(delay)  # draining a batch the sink has begun: keep the pace
+                else:
+                    await f.sleep(delay)
+                continue
+            elapsed = time.perf_counter() - t0
+            hist.observe(elapsed)
+            self.controller.observe_write(len(batch.rows), elapsed, Outcome.OK, self.backlog)
+            return result
+
+
+def _sub(batch: Batch, rows: list[list[Any]], part: str) -> Batch:
+    ratio = len(rows) / max(1, len(batch.rows))
+    return Batch(stream=batch.stream, batch_id=f"{batch.batch_id}.{part}", columns=batch.columns, rows=rows,
+                 nbytes=int(batch.nbytes * ratio))
+
+
+class Flusher:
+    """One flusher instance: its Redis clients, sink, workers and admin server."""
+
+    def __init__(self, cfg: Config, sink: Sink, owner: str | None = None) -> None:
+        self.cfg = cfg
+        self.sink = sink
+        self.keys = Keys(cfg.redis.key_prefix)
+        self.owner = owner or make_owner_id()
+        timeout = cfg.redis.timeout_s
+        self.aredis: aioredis.Redis = aioredis.from_url(cfg.redis.url, socket_timeout=timeout,
+                                                        socket_connect_timeout=timeout)
+        self.sync_redis: redis.Redis = redis.from_url(cfg.redis.url, socket_timeout=timeout,
+                                                      socket_connect_timeout=timeout)
+        self.claimer = Claimer(self.aredis, self.keys, self.owner, cfg.flusher.heartbeat_ttl_s)
+        self.metrics = FlusherMetrics()
+        self.stopping = asyncio.Event()
+        self.redis_ok = False
+        self.tables_ready = False
+        self.workers = {name: StreamWorker(self, s) for name, s in cfg.streams.items()}
+        # Sink writes and frame decoding leave the event loop free for the admin
+        # server; a pool of our own so a stuck write cannot starve anything else.
+        self._pool = ThreadPoolExecutor(max_workers=max(2, len(self.workers) + 1),
+                                        thread_name_prefix="oceanus-sink")
+        self.admin: AdminServer | None = None
+        for name in cfg.streams:
+            self.metrics.init_stream(name)
+
+    # ------------------------------------------------------------------ helpers
+
+    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait, but wake at once on shutdown (a pause between polls, never a synchronisation)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), timeout=max(0.0, seconds))
+
+    def ready(self) -> str | None:
+        if self.stopping.is_set():
+            return "draining"
+        if not self.tables_ready:
+            return "tables not ensured yet"
+        if not self.redis_ok:
+            return "Redis not reachable"
+        return None
+
+    async def _query(self, sql: str) -> QueryResult:
+        sink = self.sink
+        if not isinstance(sink, Queryable):  # never: only wired when it is
+            raise QueryError(f"the {sink.name} sink does not serve queries")
+        return await self.in_thread(sink.query, sql)
+
+    # ------------------------------------------------------------------ background tasks
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.cfg.flusher.heartbeat_ttl_s / 3
+        while not self.stopping.is_set():
+            try:
+                await self.claimer.heartbeat()
+                self.redis_ok = True
+            except RedisError as exc:
+                self.redis_ok = False
+                log.warning("heartbeat failed: %s", exc)
+            await self.sleep(interval)
+
+    async def reclaim_orphans(self) -> int:
+        """Hand every orphaned in-flight batch to its stream's worker; returns how many."""
+        found = 0
+        for name, worker in self.workers.items():
+            for key in await self.claimer.orphans(name):
+                claim = await self.claimer.reclaim(name, key)
+                if claim is not None:
+                    found += 1
+                    log.info("stream %s: re-claimed orphaned batch %s (%d frames) from %s",
+                             name, claim.batch_id, len(claim.frames), key)
+                    worker.reclaimed.append(claim)
+        return found
+
+    async def _reclaim_loop(self) -> None:
+        interval = self.cfg.flusher.heartbeat_ttl_s / 2
+        while not self.stopping.is_set():
+            try:
+                await self.reclaim_orphans()
+            except RedisError as exc:
+                log.warning("re-claim scan failed: %s", exc)
+            await self.sleep(interval)
+
+    async def sample_gauges(self) -> None:
+        m = self.metrics
+        names = list(self.workers)
+        async with self.aredis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.llen(self.keys.queue(name))
+                pipe.scard(self.keys.inflight_index(name))
+                pipe.lindex(self.keys.queue(name), 0)
+            results = await pipe.execute()
+        inflight_heads = await self.claimer.oldest_inflight_frame(
+            [n for i, n in enumerate(names) if results[3 * i + 1]])
+        now_ms = time.time() * 1000
+        for i, name in enumerate(names):
+            backlog, inflight, head = results[3 * i : 3 * i + 3]
+            m.backlog_items.labels(name).set(backlog)
+            m.inflight_batches.labels(name).set(inflight)
+            m.batch_target_rows.labels(name).set(self.workers[name].controller.target_rows)
+            ages = [frame_oldest_ms(fr) for fr in (head, inflight_heads.get(name)) if fr]
+            known = [a for a in ages if a is not None]
+            m.lag_seconds.labels(name).set(max(0.0, (now_ms - min(known)) / 1000) if known else 0.0)
+        info = await self.aredis.info("memory")
+        m.redis_used_memory.set(float(info.get("used_memory", 0)))
+        m.redis_maxmemory.set(float(info.get("maxmemory", 0)))
+
+    async def _gauge_loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                await self.sample_gauges()
+                self.redis_ok = True
+            except RedisError as exc:
+                self.redis_ok = False
+                log.warning("sampling Redis gauges failed: %s", exc)
+            await self.sleep(GAUGE_INTERVAL_S)
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def start_admin(self) -> AdminServer:
+        fcfg = self.cfg.flusher
+        query = self._query if isinstance(self.sink, Queryable) else None
+        self.admin = AdminServer(fcfg.admin_host, fcfg.admin_port, self.metrics.render, self.ready, query)
+        await self.admin.start()
+        return self.admin
+
+    async def run(self, on_started: Callable[[], Awaitable[None]] | None = None) -> bool:
+        """Until :attr:`stopping` is set and the drain is over; False if a write outlived the drain."""
+        await self.in_thread(self.sink.ensure_tables, list(self.cfg.streams.values()))
+        self.tables_ready = True
+        if self.admin is None:
+            await self.start_admin()
+        if on_started is not None:
+            await on_started()
+        background = [
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._reclaim_loop(), name="reclaim"),
+            asyncio.create_task(self._gauge_loop(), name="gauges"),
+        ]
+        workers = [asyncio.create_task(w.run(), name=f"stream-{w.name}") for w in self.workers.values()]
+        await self.stopping.wait()
+        self.metrics.draining.set(1)
+        log.info("draining: no new claims; finishing the batches in hand (at most %.0fs)",
+                 self.cfg.flusher.drain_timeout_s)
+        _, pending = await asyncio.wait(workers, timeout=self.cfg.flusher.drain_timeout_s)
+        clean = not pending
+        for task in pending:
+            task.cancel()
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*workers, *background, return_exceptions=True)
+        if not clean:
+            log.warning("drain timeout: %d batch(es) left claimed; another flusher re-claims them", len(pending))
+        with contextlib.suppress(RedisError):
+            await self.claimer.drop_heartbeat()
+        return clean
+
+    async def close(self, wait_for_writes: bool = True) -> None:
+        if self.admin is not None:
+            await self.admin.stop()
+        await self.aredis.aclose()
+        self.sync_redis.close()
+        self._pool.shutdown(wait=wait_for_writes, cancel_futures=True)
+        if wait_for_writes:
+            self.sink.close()
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def discovery_file(cfg: Config) -> Path | None:
+    if cfg.sink.kind != "duckdb":
+        return None
+    path = Path(cfg.sink.duckdb.path).resolve()
+    return path.with_name(path.name + FLUSHER_FILE_SUFFIX)
+
+
+def _write_discovery(path: Path, url: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(msgspec.json.encode(_FlusherInfo(pid=os.getpid(), admin_url=url)) + b"\n")
+    os.replace(tmp, path)  # readers never see half a file
+
+
+def _remove_discovery(path: Path) -> None:
+    try:
+        info = msgspec.json.decode(path.read_bytes(), type=_FlusherInfo)
+    except (OSError, msgspec.DecodeError):
+        return
+    if info.pid == os.getpid():
+        path.unlink(missing_ok=True)
+
+
+async def serve(cfg: Config) -> int:
+    sink = make_sink(cfg)
+    flusher = Flusher(cfg, sink)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, flusher.stopping.set)
+    disco = discovery_file(cfg)
+
+    async def started() -> None:
+        if flusher.admin is None:  # never: run() starts it before calling us
+            return
+        if disco is not None:
+            _write_discovery(disco, flusher.admin.url)
+        log.info("flusher %s: %d stream(s) -> %s; admin %s", flusher.owner, len(cfg.streams), sink.name,
+                 flusher.admin.url)
+
+    clean = True
+    try:
+        clean = await flusher.run(started)
+    finally:
+        if disco is not None:
+            _remove_discovery(disco)
+        await flusher.close(wait_for_writes=clean)
+    if not clean:
+        # A sink call still runs in a worker thread and cannot be interrupted;
+        # its claim stays in Redis for re-claim, so leaving now loses nothing.
+        log.info("exiting with a write still running (its batch is re-claimed later)")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    return 0
+
+
+def setup_logging() -> None:
+    level = os.environ.get("OCEANUS_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main(args: argparse.Namespace) -> int:
+    setup_logging()
+    cfg = config_mod.load(getattr(args, "config", None))
+    try:
+        import uvloop
+
+        runner: Callable[..., Any] = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        runner = asyncio.run
+    return int(runner(serve(cfg)))
+

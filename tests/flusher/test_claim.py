@@ -1,0 +1,117 @@
+"""Claiming against a real redis-server: atomic, exclusive, re-claimable, give-back in order."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from flusher.claim import STATE_BATCH_ID, Claimer, RedisWriteState
+from oceanus.buffer import Keys
+from tests.flusher.helpers import make_config, push_frames
+from tests.support.servers import RedisServer
+
+KEYS = Keys("t")
+
+
+def _claimer(server: RedisServer, owner: str, ttl_s: float = 30.0) -> Claimer:
+    return Claimer(aioredis.from_url(server.url), KEYS, owner, ttl_s)
+
+
+def _stream(tmp_path: Path):  # type: ignore[no-untyped-def]
+    return make_config("redis://unused", tmp_path / "x.duckdb").streams["pv"]
+
+
+def test_concurrent_claims_take_every_frame_exactly_once(redis_server: RedisServer, tmp_path: Path) -> None:
+    client = redis_server.client()
+    stream = _stream(tmp_path)
+    push_frames(client, KEYS, stream, frames=300, rows_per_frame=2)
+    frames_in_order = client.lrange(KEYS.queue("pv"), 0, -1)
+
+    async def scenario() -> list[list[bytes]]:
+        claimers = [_claimer(redis_server, f"o{i}") for i in range(3)]
+
+        async def drain(c: Claimer) -> list[list[bytes]]:
+            got = []
+            while (claim := await c.claim("pv", 7)) is not None:
+                got.append(claim.frames)
+            return got
+
+        results = await asyncio.gather(*(drain(c) for c in claimers))
+        for c in claimers:
+            await c.client.aclose()
+        return [b for r in results for b in r]
+
+    batches = asyncio.run(scenario())
+    claimed = [f for b in batches for f in b]
+    assert sorted(claimed) == sorted(frames_in_order)  # none lost, none twice
+    assert all(len(b) <= 7 for b in batches)
+    assert client.llen(KEYS.queue("pv")) == 0
+    assert client.scard(KEYS.inflight_index("pv")) == len(batches)
+
+
+def test_empty_queue_claims_nothing_and_creates_no_key(redis_server: RedisServer) -> None:
+    async def scenario() -> None:
+        c = _claimer(redis_server, "o1")
+        assert await c.claim("pv", 10) is None
+        await c.client.aclose()
+
+    asyncio.run(scenario())
+    assert redis_server.client().keys("*") == []
+
+
+def test_orphan_is_reclaimed_with_its_state_and_batch_id(redis_server: RedisServer, tmp_path: Path) -> None:
+    client = redis_server.client()
+    push_frames(client, KEYS, _stream(tmp_path), frames=5, rows_per_frame=1)
+
+    async def scenario() -> None:
+        dead, alive = _claimer(redis_server, "dead", 0.2), _claimer(redis_server, "alive")
+        await dead.heartbeat()
+        await alive.heartbeat()
+        claim = await dead.claim("pv", 3)
+        assert claim is not None
+        RedisWriteState(redis_server.client(), KEYS.state(claim.key), {}).set(offset="42")
+        # The owner's heartbeat still lives: nothing is an orphan yet.
+        assert await alive.orphans("pv") == []
+        assert await alive.reclaim("pv", claim.key) is None
+        await dead.client.delete(KEYS.heartbeat("dead"))  # what the TTL does after a kill -9
+        orphans = await alive.orphans("pv")
+        assert orphans == [claim.key]
+        again = await alive.reclaim("pv", claim.key)
+        assert again is not None and again.reclaimed
+        assert again.frames == claim.frames
+        assert again.batch_id == claim.batch_id
+        assert KEYS.owner_of(again.key) == "alive"
+        state = await alive.load_state(again.key)
+        assert state["offset"] == "42" and state[STATE_BATCH_ID] == claim.batch_id
+        assert await dead.client.exists(claim.key, KEYS.state(claim.key)) == 0
+        assert await alive.client.smembers(KEYS.inflight_index("pv")) == {again.key.encode()}
+        # a second re-claimer finds nothing left
+        assert await _claimer(redis_server, "third").orphans("pv") == []
+        assert await alive.finish(again, [b'{"dead": 1}'])
+        assert await alive.client.exists(again.key, KEYS.state(again.key)) == 0
+        assert await alive.client.scard(KEYS.inflight_index("pv")) == 0
+        assert await alive.client.lrange(KEYS.dead("pv"), 0, -1) == [b'{"dead": 1}']
+        for c in (dead, alive):
+            await c.client.aclose()
+
+    asyncio.run(scenario())
+    assert client.llen(KEYS.queue("pv")) == 2
+
+
+def test_give_back_restores_the_frames_at_the_head_in_order(redis_server: RedisServer, tmp_path: Path) -> None:
+    client = redis_server.client()
+    push_frames(client, KEYS, _stream(tmp_path), frames=6, rows_per_frame=1)
+    before = client.lrange(KEYS.queue("pv"), 0, -1)
+
+    async def scenario() -> None:
+        c = _claimer(redis_server, "o1")
+        claim = await c.claim("pv", 4)
+        assert claim is not None and claim.frames == before[:4]
+        assert await c.give_back(claim) == 4
+        await c.client.aclose()
+
+    asyncio.run(scenario())
+    assert client.lrange(KEYS.queue("pv"), 0, -1) == before
+    assert client.keys("t:inflight*") == [] and client.keys("t:state:*") == []

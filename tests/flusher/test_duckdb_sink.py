@@ -1,0 +1,130 @@
+"""The DuckDB sink on a real file: tables from the config, exact dedupe, per-row refusals, read-only SQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flusher.sinks import make_sink
+from flusher.sinks.base import Batch, QueryError
+from flusher.sinks.duckdb import MAX_QUERY_ROWS, DuckDBSink
+from oceanus.errors import ConfigError
+from tests.flusher.helpers import STREAMS_TOML, make_config, make_rows
+
+
+class NoState:
+    def get(self, key: str) -> str | None:
+        return None
+
+    def set(self, **values: str) -> None:
+        raise AssertionError("the DuckDB sink needs no write state")
+
+
+@pytest.fixture
+def sink(tmp_path: Path) -> Iterator[DuckDBSink]:
+    cfg = make_config("redis://unused", tmp_path / "w.duckdb")
+    s = make_sink(cfg)
+    assert isinstance(s, DuckDBSink)
+    s.ensure_tables(list(cfg.streams.values()))
+    yield s
+    s.close()
+
+
+def _batch(sink: DuckDBSink, rows: list[list[object]], batch_id: str = "b1") -> Batch:
+    cfg = make_config("redis://unused", sink.path)
+    stream = cfg.streams["pv"]
+    return Batch(stream=stream, batch_id=batch_id, columns=stream.columns, rows=rows)
+
+
+def test_table_and_view_are_derived_from_the_config(sink: DuckDBSink) -> None:
+    types = dict(sink._con.execute(
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'pv'").fetchall())
+    assert types == {
+        "event_id": "VARCHAR", "received_at": "TIMESTAMP", "ip": "VARCHAR", "ua": "VARCHAR", "device": "VARCHAR",
+        "sid": "VARCHAR", "n": "BIGINT", "score": "DOUBLE", "ok": "BOOLEAN", "at": "TIMESTAMP", "jsn": "JSON",
+        "extra": "JSON",
+    }
+    kinds = dict(sink._con.execute(
+        "SELECT table_name, table_type FROM information_schema.tables WHERE table_name LIKE 'pv%'").fetchall())
+    assert kinds == {"pv": "BASE TABLE", "pv_dedup": "VIEW"}
+    assert sink.ensure_tables([_batch(sink, []).stream]) == []  # idempotent
+
+
+def test_replayed_batch_inserts_nothing_twice(sink: DuckDBSink) -> None:
+    rows = make_rows(_batch(sink, []).stream, 50)
+    assert sink.write(_batch(sink, rows), NoState()).written == 50
+    # a replay after a crash, plus a duplicate inside one batch
+    sink.write(_batch(sink, rows + rows[:5]), NoState())
+    n, distinct = sink._con.execute("SELECT count(*), count(DISTINCT event_id) FROM pv").fetchone() or (0, 0)
+    assert (n, distinct) == (50, 50)
+    got = sink._con.execute("SELECT event_id, n, score, ok, jsn->>'i', epoch_us(received_at) FROM pv "
+                            "WHERE n = 7").fetchone()
+    assert got == (rows[7][0].hex(), 7, 3.5, False, "7", rows[7][1])
+
+
+def test_bad_values_are_rejected_per_row_and_the_rest_written(sink: DuckDBSink) -> None:
+    stream = _batch(sink, []).stream
+    rows = make_rows(stream, 10)
+    jsn, n = stream.columns.index("jsn"), stream.columns.index("n")
+    rows[2][jsn] = "{not json"
+    rows[5][n] = "five"
+    result = sink.write(_batch(sink, rows), NoState())
+    assert result.written == 8
+    reasons = {e.index: e.reason for e in result.rejected}
+    assert set(reasons) == {2, 5}
+    assert reasons[2].startswith("jsn: not valid JSON")
+    assert reasons[5] == "n: expected int, got str"
+    assert sink._con.execute("SELECT count(*) FROM pv").fetchone() == (8,)
+
+
+def test_new_field_becomes_a_nullable_column(sink: DuckDBSink, tmp_path: Path) -> None:
+    rows = make_rows(_batch(sink, []).stream, 3)
+    sink.write(_batch(sink, rows), NoState())
+    toml = STREAMS_TOML + 'lang = { type = "string" }\n'
+    stream = make_config("redis://unused", sink.path, streams_toml=toml).streams["pv"]
+    changes = sink.ensure_tables([stream])
+    assert "duckdb: added column pv.lang VARCHAR (NULL in existing rows)" in changes
+    assert sink._con.execute("SELECT count(*) FROM pv_dedup WHERE lang IS NULL").fetchone() == (3,)
+
+
+def test_type_change_is_refused_naming_stream_and_column(sink: DuckDBSink) -> None:
+    toml = STREAMS_TOML.replace('n = { type = "int" }', 'n = { type = "string" }')
+    stream = make_config("redis://unused", sink.path, streams_toml=toml).streams["pv"]
+    with pytest.raises(ConfigError, match=r"streams\.pv\.fields\.n: .*BIGINT.*string"):
+        sink.ensure_tables([stream])
+
+
+def test_query_is_read_only(sink: DuckDBSink) -> None:
+    sink.write(_batch(sink, make_rows(_batch(sink, []).stream, 3)), NoState())
+    result = sink.query("SELECT n, received_at IS NOT NULL AS has_ts FROM pv ORDER BY n")
+    assert result.columns == ["n", "has_ts"]
+    assert result.rows == [[0, True], [1, True], [2, True]]
+    for sql, msg in [
+        ("DELETE FROM pv", "only read-only statements"),
+        ("SELECT 1; DROP TABLE pv", "exactly one SQL statement"),
+        ("COPY pv TO '/tmp/x.csv'", "only read-only statements"),
+        ("SELEC 1", "syntax error"),
+        ("SELECT * FROM nope", "nope"),
+        (f"SELECT * FROM range({MAX_QUERY_ROWS + 1})", "add a LIMIT"),
+    ]:
+        with pytest.raises(QueryError, match=msg):
+            sink.query(sql)
+    assert sink.query("SELECT count(*) FROM pv").rows == [[3]]
+
+
+def test_second_writer_process_gets_a_config_error(sink: DuckDBSink, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom flusher.sinks.duckdb import DuckDBSink\nfrom tests.flusher.helpers import make_config\n"
+        "from oceanus.errors import ConfigError\n"
+        f"try:\n    DuckDBSink(make_config('redis://x', {str(sink.path)!r}))\n"
+        "except ConfigError as e:\n    print(e)\n    sys.exit(3)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout.startswith("sink.duckdb.path: cannot open")

@@ -1,0 +1,1 @@
+"""Comparison servers for ``python -m bench collector``."""

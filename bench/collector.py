@@ -1,0 +1,266 @@
+"""``python -m bench collector --seconds N [--json]``: the collector against its ceiling and its past.
+
+In one go, on loopback, each under ``wrk -c64`` with the same realistic
+pageview beacon (≈170-byte row) and a real redis-server child (AOF on,
+``appendfsync everysec``):
+
+- ``collector``: ``oceanus collector`` (granian + uvloop, durable ack);
+- ``bare``: a granian ASGI app that only answers the GIF (bench/baselines/bare.py);
+- ``legacy``: the 2016 shape, falcon + gunicorn gevent + one redis-py RPUSH per
+  request (bench/baselines/legacy.py).
+
+The last stdout line (``--json``) holds collector_rps, bare_rps, legacy_rps,
+ratio_vs_bare, ratio_vs_legacy, p99_ms (the collector's) and lost: 2xx
+responses minus rows found in Redis after the collector drained (must be <= 0;
+negative when wrk gave up on requests the collector still wrote).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+#: A realistic bizocean page view, as the browser tag sends it.
+PAGEVIEW_QUERY = (
+    "sid=3f9a1c2e7b4d4e8f9a0b1c2d3e4f5a6b&evt=view&uid=u12345678"
+    "&url=https%3A%2F%2Fwww.bizocean.jp%2Fdoc%2Fdetail%2F123456%2F"
+    "&ref=https%3A%2F%2Fwww.google.com%2F&tit=%E8%AB%8B%E6%B1%82%E6%9B%B8%20%E3%83%86%E3%83%B3%E3%83%97%E3%83%AC"
+    "&scr=1920x1080&vie=1280x720&enc=UTF-8"
+)
+USER_AGENT = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36"
+)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return 200 <= resp.status < 300
+    except urllib.error.HTTPError:
+        return False
+
+
+@contextmanager
+def redis_child(directory: Path, appendfsync: str = "everysec") -> Iterator[int]:
+    """A redis-server child on a free port (AOF on); yields the port."""
+    port = free_port()
+    directory.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory), "--save", "",
+         "--appendonly", "yes", "--appendfsync", appendfsync, "--logfile", str(directory / "redis.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        import redis
+
+        wait_until(lambda: bool(redis.Redis(port=port, socket_timeout=0.5).ping()), 20, "redis-server")
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+@contextmanager
+def server(cmd: list[str], env: dict[str, str], ready_url: str, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with open(log_path, "wb") as logf:
+        proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT, cwd=REPO,
+                                start_new_session=True)
+    try:
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{cmd[0]} exited; see {log_path}")
+            return http_ok(ready_url)
+
+        wait_until(ready, 30, ready_url)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if not m:
+        raise ValueError(f"unexpected wrk latency {text!r}")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def wrk(url: str, seconds: float, connections: int, threads: int) -> dict[str, Any]:
+    """Run wrk against ``url`` (loopback only); parse rps, p99, 2xx count."""
+    if not url.startswith("http://127.0.0.1:"):
+        raise ValueError("load is only ever sent to loopback")
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "5s",
+         "-H", f"User-Agent: {USER_AGENT}", url],
+        capture_output=True, text=True, check=True, timeout=seconds + 60,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    non2xx_m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    non2xx = int(non2xx_m.group(1)) if non2xx_m else 0
+    p99_m = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+    p99 = _ms(p99_m.group(1)) if p99_m else float("nan")
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {"rps": rps, "requests": total, "ok": total - non2xx, "non2xx": non2xx, "p99_ms": p99,
+            "socket_errors": errors.group(1) if errors else ""}
+
+
+def count_rows(port: int, key_pattern: str) -> int:
+    import redis
+
+    from oceanus.buffer import decode_frame
+
+    client = redis.Redis(port=port)
+    total = 0
+    for key in client.scan_iter(match=key_pattern):
+        for start in range(0, int(client.llen(key)), 1000):
+            for item in client.lrange(key, start, start + 999):
+                total += len(decode_frame(item)[1])
+    client.close()
+    return total
+
+
+def run_collector(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    with redis_child(tmp / "redis-collector") as rport:
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OCEANUS_")}
+        env.update({
+            "OCEANUS_REDIS_URL": f"redis://127.0.0.1:{rport}/0",
+            "OCEANUS_COLLECTOR_SPOOL_DIR": f'"{tmp / "spool"}"',
+        })
+        if args.linger_ms is not None:
+            env["OCEANUS_COLLECTOR_BATCH_LINGER_MS"] = str(args.linger_ms)
+        cmd = [sys.executable, "-m", "oceanus.cli", "collector", "--config", str(REPO / "oceanus.toml"),
+               "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers)]
+        url = f"http://127.0.0.1:{port}/b/pageview?{PAGEVIEW_QUERY}"
+        with server(cmd, env, f"http://127.0.0.1:{port}/readyz", tmp / "collector.log") as proc:
+            warm_ok = wrk(url, args.warmup, args.connections, args.threads)["ok"] if args.warmup else 0
+            result = wrk(url, args.seconds, args.connections, args.threads)
+            proc.send_signal(signal.SIGTERM)  # drain, then count what reached Redis
+            proc.wait(timeout=60)
+        from oceanus.buffer import Keys
+
+        # Warm-up events are in Redis too: compare rows with every 2xx of both runs.
+        result["all_ok"] = warm_ok + result["ok"]
+        result["rows_in_redis"] = count_rows(rport, Keys().queue("pageview"))
+        return result
+
+
+def run_bare(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "granian", "--interface", "asgi", "--loop", "uvloop", "--workers", str(args.workers),
+           "--host", "127.0.0.1", "--port", str(port), "--no-ws", "--log-level", "warning", "bench.baselines.bare:app"]
+    url = f"http://127.0.0.1:{port}/b/pageview?{PAGEVIEW_QUERY}"
+    with server(cmd, dict(os.environ), url, tmp / "bare.log"):
+        if args.warmup:
+            wrk(url, args.warmup, args.connections, args.threads)
+        return wrk(url, args.seconds, args.connections, args.threads)
+
+
+def run_legacy(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    with redis_child(tmp / "redis-legacy") as rport:
+        port = free_port()
+        env = dict(os.environ, LEGACY_REDIS_URL=f"redis://127.0.0.1:{rport}/0")
+        gunicorn = str(Path(sys.executable).parent / "gunicorn")
+        cmd = [gunicorn, "-k", "gevent", "-w", str(args.workers), "--worker-connections", "1000",
+               "-b", f"127.0.0.1:{port}", "--log-level", "warning", "bench.baselines.legacy:app"]
+        url = f"http://127.0.0.1:{port}/b/pageview?{PAGEVIEW_QUERY}"
+        with server(cmd, env, url, tmp / "legacy.log"):
+            if args.warmup:
+                wrk(url, args.warmup, args.connections, args.threads)
+            return wrk(url, args.seconds, args.connections, args.threads)
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench collector", description=__doc__.split("\n")[0])
+    p.add_argument("--seconds", type=float, default=10.0, help="measured wrk run per server")
+    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured wrk run before each (0: none)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes for every server")
+    p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1, help="wrk threads (1 leaves the CPU to the servers)")
+    p.add_argument("--linger-ms", type=float, default=None, help="collector.batch_linger_ms override")
+    p.add_argument("--only", choices=["collector", "bare", "legacy"], action="append")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    if shutil.which("wrk") is None:
+        log("wrk is not installed (make system-deps installs it with apt)")
+        return 2
+    todo = args.only or ["collector", "bare", "legacy"]
+    runners = {"collector": run_collector, "bare": run_bare, "legacy": run_legacy}
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="oceanus-bench-") as d:
+        for name in todo:
+            log(f"{name}: {args.seconds:g}s at c{args.connections}, {args.workers} workers ...")
+            results[name] = runners[name](Path(d), args)
+            log(f"{name}: {json.dumps(results[name])}")
+    out: dict[str, Any] = {"workers": args.workers, "connections": args.connections, "seconds": args.seconds,
+                           "linger_ms": args.linger_ms}
+    c, b, lg = results.get("collector"), results.get("bare"), results.get("legacy")
+    if c:
+        out.update(collector_rps=round(c["rps"]), p99_ms=c["p99_ms"], collector_non2xx=c["non2xx"])
+    if b:
+        out["bare_rps"] = round(b["rps"])
+        out["bare_p99_ms"] = b["p99_ms"]
+    if lg:
+        out["legacy_rps"] = round(lg["rps"])
+        out["legacy_p99_ms"] = lg["p99_ms"]
+    if c and b:
+        out["ratio_vs_bare"] = round(c["rps"] / b["rps"], 3)
+    if c and lg:
+        out["ratio_vs_legacy"] = round(c["rps"] / lg["rps"], 2)
+    if c:
+        out["lost"] = c["all_ok"] - c["rows_in_redis"]
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k}: {v}")
+    return 0

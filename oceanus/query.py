@@ -71,13 +71,13 @@ def plain(value: Any) -> Any:
     return str(value)
 
 
-def _via_flusher(admin_url: str, sql: str) -> Result | None:
-    """Ask the running flusher; None when it does not answer (it just stopped)."""
+def _via_flusher(admin_url: str, sql: str, timeout: float) -> Result | None:
+    """Ask the running flusher; None when nothing listens any more (it just stopped)."""
     req = urllib.request.Request(
         admin_url + "/query", data=sql.encode(), method="POST", headers={"content-type": "text/plain"}
     )
     try:
-        with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT_S) as resp:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             return msgspec.json.decode(resp.read(), type=Result)
     except urllib.error.HTTPError as exc:
         body = exc.read()
@@ -86,7 +86,13 @@ def _via_flusher(admin_url: str, sql: str) -> Result | None:
         except msgspec.DecodeError:
             message = body.decode(errors="replace").strip() or exc.reason
         raise QueryError(_first_line(message)) from None
-    except (urllib.error.URLError, ConnectionError):
+    except TimeoutError:
+        raise QueryError(f"the flusher at {admin_url} did not answer within {timeout:.0f}s") from None
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, TimeoutError):
+            raise QueryError(f"the flusher at {admin_url} did not answer within {timeout:.0f}s") from None
+        return None
+    except ConnectionError:
         return None
     except msgspec.DecodeError as exc:
         raise QueryError(f"the flusher at {admin_url} sent an answer that is not a query result: {exc}") from None
@@ -121,11 +127,11 @@ def _local(path: Path, sql: str) -> Result:
         con.close()
 
 
-def run_sql(data_dir: Path, sql: str) -> Result:
+def run_sql(data_dir: Path, sql: str, timeout: float = HTTP_TIMEOUT_S) -> Result:
     path = duckdb_path_for(data_dir)
     flusher = devstate.read_flusher_info(path)
     if flusher is not None:
-        result = _via_flusher(flusher.admin_url, sql)
+        result = _via_flusher(flusher.admin_url, sql, timeout)
         if result is not None:
             return result
     return _local(path, sql)

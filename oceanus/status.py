@@ -26,6 +26,9 @@ from oceanus.query import QueryError, run_sql
 #: Frames fetched per LRANGE while counting the backlog.
 SCAN_CHUNK_FRAMES = 500
 REDIS_TIMEOUT_S = 2.0
+#: A status that hangs is worse than one that says "unknown": a busy or paused
+#: flusher gets this long to count the rows.
+WAREHOUSE_TIMEOUT_S = 5.0
 
 
 class StreamStatus(msgspec.Struct, kw_only=True):
@@ -115,13 +118,14 @@ def redis_counts(redis_url: str, prefix: str, streams: list[str], now: float) ->
 
 def stored_rows(data_dir: Path, streams: list[str]) -> dict[str, int]:
     """Rows per stream table; streams without a table yet are absent."""
-    tables = run_sql(data_dir, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'")
+    tables = run_sql(data_dir, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'",
+                     timeout=WAREHOUSE_TIMEOUT_S)
     present = {row[0] for row in tables.rows}
     wanted = [s for s in streams if s in present]
     if not wanted:
         return {}
     sql = " UNION ALL ".join(f"SELECT '{s}' AS stream, count(*) AS n FROM \"{s}\"" for s in wanted)
-    return {str(row[0]): int(row[1]) for row in run_sql(data_dir, sql).rows}
+    return {str(row[0]): int(row[1]) for row in run_sql(data_dir, sql, timeout=WAREHOUSE_TIMEOUT_S).rows}
 
 
 def metric_values(text: str, names: set[str]) -> dict[str, float]:

@@ -1,0 +1,284 @@
+"""The flusher loop in-process against a real redis-server and a real DuckDB file.
+
+Faults are injected by wrapping the real DuckDB sink (the BigQuery-shaped
+errors: 503-like retryable failures, payload too large); rows DuckDB itself
+refuses come from genuinely invalid values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from flusher.claim import Claimer
+from flusher.runner import Flusher, backoff_s
+from flusher.sinks.base import Batch, WriteResult, WriteState
+from flusher.sinks.duckdb import DuckDBSink
+from oceanus.buffer import Keys, encode_frame
+from oceanus.config import Config, StreamConfig
+from oceanus.errors import PayloadTooLarge, SinkError
+from tests.flusher.helpers import make_config, make_rows, push_frames
+from tests.support.servers import RedisServer
+
+DEADLINE_S = 20.0
+
+
+class FaultySink:
+    """The real DuckDB sink behind injected whole-batch failures."""
+
+    name = "duckdb"
+
+    def __init__(self, inner: DuckDBSink, fail_first: int = 0, reason: str = "server",
+                 max_rows: int | None = None, always_fail: bool = False) -> None:
+        self.inner = inner
+        self.fail_left = fail_first
+        self.reason = reason
+        self.max_rows = max_rows
+        self.always_fail = always_fail
+        self.calls: list[int] = []
+
+    def ensure_tables(self, streams: Sequence[StreamConfig]) -> list[str]:
+        return self.inner.ensure_tables(streams)
+
+    def write(self, batch: Batch, state: WriteState) -> WriteResult:
+        self.calls.append(len(batch.rows))
+        if self.always_fail or self.fail_left > 0:
+            self.fail_left -= 1
+            raise SinkError("HTTP 503 backendError (injected)", retryable=True, reason=self.reason)
+        if self.max_rows is not None and len(batch.rows) > self.max_rows:
+            raise PayloadTooLarge("HTTP 413 Request payload size exceeds the limit (injected)")
+        return self.inner.write(batch, state)
+
+    def query(self, sql: str):  # type: ignore[no-untyped-def]
+        return self.inner.query(sql)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = DEADLINE_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def run_flusher(cfg: Config, sink: object, body: Callable[[Flusher], Awaitable[None]]) -> Flusher:
+    async def main() -> Flusher:
+        flusher = Flusher(cfg, sink)  # type: ignore[arg-type]
+        task = asyncio.create_task(flusher.run())
+        try:
+            await until(lambda: _ready(flusher), "flusher ready")
+            await body(flusher)
+        finally:
+            flusher.stopping.set()
+            assert await asyncio.wait_for(task, 30)
+            await flusher.close()
+        return flusher
+
+    return asyncio.run(main())
+
+
+async def _ready(f: Flusher) -> bool:
+    return f.admin is not None and f.tables_ready
+
+
+def _cfg(server: RedisServer, tmp_path: Path, **kw: object) -> Config:
+    return make_config(server.url, tmp_path / "w.duckdb", **kw)
+
+
+def _sink(cfg: Config) -> DuckDBSink:
+    return DuckDBSink(cfg)
+
+
+async def _queue_drained(f: Flusher, stream: str = "pv") -> bool:
+    q = await f.aredis.llen(f.keys.queue(stream))
+    inflight = await f.aredis.scard(f.keys.inflight_index(stream))
+    return q == 0 and inflight == 0
+
+
+def _http(url: str, data: bytes | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_drains_every_row_exactly_once_and_serves_admin(redis_server: RedisServer, tmp_path: Path) -> None:
+    cfg = _cfg(redis_server, tmp_path)
+    keys = Keys(cfg.redis.key_prefix)
+    ids = push_frames(redis_server.client(), keys, cfg.streams["pv"], frames=200, rows_per_frame=25)
+
+    async def body(f: Flusher) -> None:
+        await until(lambda: _queue_drained(f), "queue drained")
+        assert f.admin is not None
+        url = f.admin.url
+        loop = asyncio.get_running_loop()
+        status, text = await loop.run_in_executor(None, _http, url + "/readyz")
+        assert (status, text) == (200, b"ready\n")
+        status, body = await loop.run_in_executor(None, _http, url + "/query", b"SELECT event_id FROM pv")
+        assert status == 200
+        got = json.loads(body)
+        assert got["columns"] == ["event_id"]
+        assert sorted(r[0] for r in got["rows"]) == sorted(ids)
+        status, body = await loop.run_in_executor(None, _http, url + "/query", b"DROP TABLE pv")
+        assert status == 400 and "read-only" in json.loads(body)["error"]
+        await f.sample_gauges()
+        status, metrics = await loop.run_in_executor(None, _http, url + "/metrics")
+        text = metrics.decode()
+        assert 'oceanus_rows_written_total{stream="pv"} 5000.0' in text
+        assert 'oceanus_backlog_items{stream="pv"} 0.0' in text
+        assert 'oceanus_lag_seconds{stream="pv"} 0.0' in text
+        for name in ("oceanus_inflight_batches", "oceanus_batch_target_rows", "oceanus_sink_write_duration_seconds",
+                     "oceanus_redis_used_memory_bytes", "oceanus_redis_maxmemory_bytes", "oceanus_flusher_draining",
+                     "oceanus_rows_dead_lettered_total"):
+            assert name in text
+        assert (await loop.run_in_executor(None, _http, url + "/nope"))[0] == 404
+
+    run_flusher(cfg, _sink(cfg), body)
+    assert redis_server.client().keys("oceanus:inflight*") == []
+
+
+def test_retry_split_and_dead_letters_leave_the_exact_row_set(redis_server: RedisServer, tmp_path: Path) -> None:
+    cfg = _cfg(redis_server, tmp_path)
+    stream = cfg.streams["pv"]
+    client = redis_server.client()
+    keys = Keys(cfg.redis.key_prefix)
+    rows = make_rows(stream, 200)
+    jsn = stream.columns.index("jsn")
+    bad = {17, 101, 150}
+    for i in bad:
+        rows[i][jsn] = "{broken"
+    frames = [encode_frame(stream.columns, rows[i : i + 10]) for i in range(0, 200, 10)]
+    frames.insert(5, b"O1 this is not zlib")
+    client.rpush(keys.queue("pv"), *frames)
+    sink = FaultySink(_sink(cfg), fail_first=3, max_rows=30)
+
+    async def body(f: Flusher) -> None:
+        await until(lambda: _queue_drained(f), "queue drained")
+        text = f.metrics.render().decode()
+        assert 'oceanus_sink_retries_total{reason="server",stream="pv"} 3.0' in text
+        assert 'oceanus_rows_dead_lettered_total{stream="pv"} 4.0' in text
+        assert 'oceanus_rows_written_total{stream="pv"} 197.0' in text
+
+    run_flusher(cfg, sink, body)
+    good = sorted(r[0].hex() for i, r in enumerate(rows) if i not in bad)
+    con_rows = DuckDBSink(cfg).query("SELECT event_id FROM pv ORDER BY event_id").rows
+    assert [r[0] for r in con_rows] == good
+    dead = [json.loads(x) for x in client.lrange(keys.dead("pv"), 0, -1)]
+    row_items = sorted((d["row"]["n"], d["reason"][:19]) for d in dead if d["row"] is not None)
+    assert row_items == [(i, "jsn: not valid JSON") for i in sorted(bad)]
+    frame_items = [d for d in dead if d["row"] is None]
+    assert len(frame_items) == 1 and frame_items[0]["reason"].startswith("corrupt frame")
+    assert all(d["stream"] == "pv" for d in dead)
+    # the batch grew past the sink's limit and was split in halves until it fitted
+    assert any(c > 30 for c in sink.calls)
+    assert any(c <= 30 and 2 * c > 30 for c in sink.calls)
+
+
+def test_frames_from_an_older_config_are_normalised(redis_server: RedisServer, tmp_path: Path) -> None:
+    cfg = _cfg(redis_server, tmp_path)
+    stream = cfg.streams["pv"]
+    client = redis_server.client()
+    keys = Keys(cfg.redis.key_prefix)
+    rows = make_rows(stream, 2)
+    # Encoded before `score` existed and while `legacy` still did.
+    old_cols = [c for c in stream.columns if c != "score"] + ["legacy"]
+    old_rows = [[v for c, v in zip(stream.columns, r, strict=True) if c != "score"] + ["kept"] for r in rows]
+    old_rows[1][old_cols.index("extra")] = '{"utm": "x", "legacy": "own"}'
+    client.rpush(keys.queue("pv"), encode_frame(old_cols, old_rows))
+
+    async def body(f: Flusher) -> None:
+        await until(lambda: _queue_drained(f), "queue drained")
+
+    run_flusher(cfg, _sink(cfg), body)
+    got = DuckDBSink(cfg).query("SELECT n, score, extra FROM pv ORDER BY n").rows
+    assert got == [[0, None, '{"legacy":"kept"}'], [1, None, '{"legacy":"own","utm":"x"}']]
+
+
+def test_lone_event_is_flushed_within_max_wait(redis_server: RedisServer, tmp_path: Path) -> None:
+    cfg = _cfg(redis_server, tmp_path)
+    max_wait_s = cfg.streams["pv"].batch.max_wait_s
+    keys = Keys(cfg.redis.key_prefix)
+
+    async def body(f: Flusher) -> None:
+        # Teach the controller a big target first, so a lone event really is a partial batch.
+        f.workers["pv"].controller._target = 5000
+        f.workers["pv"].controller.rows_per_frame = 1
+        t0 = time.monotonic()
+        push_frames(redis_server.client(), keys, cfg.streams["pv"], frames=1, rows_per_frame=1)
+
+        async def stored() -> bool:
+            return bool((await f.in_thread(f.sink.query, "SELECT count(*) FROM pv")).rows[0][0])  # type: ignore[attr-defined]
+
+        await until(stored, "the lone event", timeout=max_wait_s * 3)
+        elapsed = time.monotonic() - t0
+        assert elapsed <= max_wait_s, elapsed
+        assert elapsed >= f.workers["pv"].controller.linger_s * 0.5  # it did wait for company
+
+    run_flusher(cfg, _sink(cfg), body)
+
+
+def test_orphaned_batch_of_a_dead_flusher_is_written(redis_server: RedisServer, tmp_path: Path) -> None:
+    cfg = _cfg(redis_server, tmp_path)
+    keys = Keys(cfg.redis.key_prefix)
+    ids = push_frames(redis_server.client(), keys, cfg.streams["pv"], frames=10, rows_per_frame=3)
+
+    async def claim_as_ghost() -> str:
+        import redis.asyncio as aioredis
+
+        ghost = Claimer(aioredis.from_url(redis_server.url), keys, "ghost", 1.0)
+        claim = await ghost.claim("pv", 4)  # never heartbeats: as if killed right after claiming
+        await ghost.client.aclose()
+        assert claim is not None
+        return claim.key
+
+    orphan = asyncio.run(claim_as_ghost())
+
+    async def body(f: Flusher) -> None:
+        await until(lambda: _queue_drained(f), "queue and orphan drained")
+
+    run_flusher(cfg, _sink(cfg), body)
+    assert redis_server.client().exists(orphan) == 0
+    got = [r[0] for r in DuckDBSink(cfg).query("SELECT event_id FROM pv").rows]
+    assert sorted(got) == sorted(ids)
+
+
+def test_shutdown_gives_a_failing_batch_back_in_order(redis_server: RedisServer, tmp_path: Path) -> None:
+    cfg = _cfg(redis_server, tmp_path)
+    client = redis_server.client()
+    keys = Keys(cfg.redis.key_prefix)
+    push_frames(client, keys, cfg.streams["pv"], frames=8, rows_per_frame=5)
+    before = client.lrange(keys.queue("pv"), 0, -1)
+    sink = FaultySink(_sink(cfg), always_fail=True, reason="throttled")
+
+    async def body(f: Flusher) -> None:
+        async def failing() -> bool:
+            return len(sink.calls) >= 2
+
+        await until(failing, "a failed write")
+
+    flusher = run_flusher(cfg, sink, body)
+    assert client.lrange(keys.queue("pv"), 0, -1) == before
+    assert client.keys("oceanus:inflight*") == [] and client.keys("oceanus:state:*") == []
+    assert flusher.workers["pv"].controller.decreases >= 2
+
+
+@pytest.mark.parametrize("attempt", [0, 1, 5, 40])
+def test_backoff_is_full_jitter_and_capped(attempt: int) -> None:
+    import random
+
+    rng = random.Random(1)
+    samples = [backoff_s(attempt, 0.5, 60.0, rng) for _ in range(500)]
+    cap = min(60.0, 0.5 * 2**attempt)
+    assert all(0 <= s <= cap for s in samples)
+    assert max(samples) > cap * 0.9 and min(samples) < cap * 0.1

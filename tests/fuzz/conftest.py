@@ -9,6 +9,7 @@ import pytest
 
 from oceanus import config
 from tests.fuzz.asgi import Driver
+from tests.reliability.harness import Stack
 from tests.support.servers import RedisServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,3 +42,16 @@ def driver(fuzz_config: config.Config) -> Iterator[Driver]:
         yield d
     finally:
         d.close()
+
+
+@pytest.fixture(scope="package")
+def live_collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """redis-server + ``oceanus collector`` (2 granian workers) on free loopback ports; no flusher."""
+    stack = Stack(tmp_path_factory.mktemp("live"), workers=2, appendfsync="no",
+                  env={"OCEANUS_COLLECTOR_BODY_TIMEOUT_S": "1.0"})
+    stack.redis.start()
+    try:
+        stack.start_collector()
+        yield stack
+    finally:
+        stack.stop()

@@ -359,8 +359,8 @@ def banner(cfg: config.Config, data_dir: Path, collector_url: str, redis_url: st
         f"  curl -sS {collector_url}/readyz; curl -sS {collector_url}/metrics | grep ^oceanus_events",
         "",
         "Then:",
-        f"  oceanus demo{url_opt} --events 1000     # realistic traffic, a few invalid requests",
-        f"  oceanus status{dd}                       # rows stored, backlog, lag per stream",
+        f"  oceanus demo{url_opt} --events 1000    # realistic traffic, a few invalid requests",
+        f"  oceanus status{dd}    # rows stored, backlog, lag per stream",
         f"  oceanus query{dd} \"SELECT evt, count(*) AS n FROM {first.name}_dedup GROUP BY ALL\""
         if first.name == "pageview" else f"  oceanus query{dd} \"SELECT count(*) FROM {first.name}_dedup\"",
         "",

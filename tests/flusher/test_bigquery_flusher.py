@@ -7,6 +7,7 @@ set of event ids is exact, and the ``_dedup`` view returns each event once.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -212,3 +213,34 @@ def test_kill9_mid_batch_then_restart_duplicates_only_by_event_id(
         assert all(c == copies[0] for c in copies)
     deduped = [r["event_id"] for r in _rows(bq_emulator, view)]
     assert sorted(deduped) == sorted(r[0].hex() for r in rows)
+
+
+def test_too_large_splits_and_invalid_rows_go_to_dead_letters(
+    tmp_path: Path, redis_server: RedisServer, proxy: FaultProxy, bq_emulator: BigQueryEmulator
+) -> None:
+    path, cfg, sink, rows = _setup(tmp_path, redis_server, proxy, bq_emulator, 200)
+    table = sink.table_id("ev")
+    # First answer: 413 (the flusher halves the batch); then one invalid row in the next request.
+    proxy.inject("too_large", times=1)
+    proxy.inject("row_errors", rows={3: "invalid"}, times=1)
+    _push(redis_server, cfg.streams["ev"], rows)
+    flusher = Flusher(path, tmp_path / "flusher.log")
+    try:
+        wait_for(lambda: proxy.pending() == 0 and _drained(redis_server, "ev"), timeout=60, what="the drain")
+    finally:
+        code = flusher.stop()
+        sink.close()
+    assert code == 0, (tmp_path / "flusher.log").read_text()
+
+    first, second = proxy.seen("insertAll")[:2]
+    assert len(second.json()["rows"]) < len(first.json()["rows"])  # split after the 413
+    bad_id = second.json()["rows"][3]["insertId"]
+    client = redis_server.client()
+    try:
+        dead = [json.loads(item) for item in client.lrange(Keys().dead("ev"), 0, -1)]
+    finally:
+        client.close()
+    assert [d["row"]["event_id"] for d in dead] == [bad_id]
+    assert dead[0]["reason"].startswith("invalid: Cannot convert value")
+    ids = [r["event_id"] for r in _rows(bq_emulator, table)]
+    assert sorted(ids) == sorted(r[0].hex() for r in rows if r[0].hex() != bad_id)

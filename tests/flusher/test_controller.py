@@ -1,0 +1,104 @@
+"""The AIMD batch controller alone, driven by a simulated sink (pure arithmetic, no clock)."""
+
+from __future__ import annotations
+
+from flusher.controller import BatchController, Outcome
+from oceanus.config import BatchConfig
+
+BOUNDS = BatchConfig(min_rows=100, max_rows=10_000, max_bytes=9_000_000, max_wait_s=5.0)
+
+
+class SimulatedSink:
+    """Fixed cost per call plus cost per row; throttles above a row capacity."""
+
+    def __init__(self, per_call_s: float = 0.01, per_row_s: float = 1e-5, capacity_rows: int | None = None) -> None:
+        self.per_call_s = per_call_s
+        self.per_row_s = per_row_s
+        self.capacity_rows = capacity_rows
+
+    def write(self, rows: int) -> tuple[float, Outcome]:
+        if self.capacity_rows is not None and rows > self.capacity_rows:
+            return 0.5, Outcome.THROTTLED
+        return self.per_call_s + rows * self.per_row_s, Outcome.OK
+
+
+def drive(c: BatchController, sink: SimulatedSink, writes: int, backlog: bool = True) -> list[int]:
+    sizes = []
+    for _ in range(writes):
+        rows = c.target_rows
+        duration, outcome = sink.write(rows)
+        c.observe_write(rows, duration, outcome, backlog)
+        sizes.append(rows)
+    return sizes
+
+
+def test_fast_sink_with_backlog_grows_to_max_rows() -> None:
+    c = BatchController(BOUNDS)
+    assert c.target_rows == 100
+    sizes = drive(c, SimulatedSink(), 20)
+    assert sizes[:4] == [100, 200, 400, 800]  # slow start doubles
+    assert c.target_rows == 10_000
+
+
+def test_no_backlog_means_no_growth() -> None:
+    c = BatchController(BOUNDS)
+    drive(c, SimulatedSink(), 20, backlog=False)
+    assert c.target_rows == 100
+
+
+def test_throttling_halves_then_additive_increase_settles_below_capacity() -> None:
+    c = BatchController(BOUNDS)
+    sink = SimulatedSink(capacity_rows=3000)
+    sizes = drive(c, sink, 200)
+    assert c.decreases >= 2
+    tail = sizes[-100:]
+    # AIMD sawtooth: most writes fit, and the size stays within a factor of two of capacity
+    assert sum(s <= 3000 for s in tail) >= 90
+    assert min(tail) >= 1500 and max(tail) <= 3000 + BOUNDS.min_rows
+    # after the first decrease growth is additive: + min_rows per write
+    first_drop = next(i for i in range(1, len(sizes)) if sizes[i] < sizes[i - 1])
+    steps = {b - a for a, b in zip(sizes[first_drop:first_drop + 5], sizes[first_drop + 1:first_drop + 6],
+                                   strict=True) if b > a}
+    assert steps == {BOUNDS.min_rows}
+
+
+def test_rising_cost_per_row_shrinks_the_batch() -> None:
+    c = BatchController(BOUNDS)
+    drive(c, SimulatedSink(per_row_s=1e-6), 10)
+    before = c.target_rows
+    # the sink slows down tenfold per row (a struggling warehouse)
+    c.observe_write(before, 0.01 + before * 1e-5 * 10, Outcome.OK, True)
+    assert c.target_rows == before // 2
+
+
+def test_timeouts_decrease_but_never_below_min_rows() -> None:
+    c = BatchController(BOUNDS)
+    for _ in range(20):
+        c.observe_write(c.target_rows, 30.0, Outcome.TIMEOUT, True)
+    assert c.target_rows == BOUNDS.min_rows
+
+
+def test_a_write_slower_than_max_wait_shrinks_the_batch() -> None:
+    c = BatchController(BOUNDS)
+    drive(c, SimulatedSink(), 10)
+    before = c.target_rows
+    c.observe_write(before, BOUNDS.max_wait_s + 1, Outcome.OK, True)
+    assert c.target_rows == before // 2
+
+
+def test_max_bytes_bounds_the_target_and_frames_follow_rows_per_frame() -> None:
+    c = BatchController(BatchConfig(min_rows=100, max_rows=10_000, max_bytes=1_000_000, max_wait_s=5.0))
+    c.observe_frames(frames=10, rows=5000, nbytes=2_000_000)  # 400 B/row, 500 rows/frame
+    drive(c, SimulatedSink(), 30)
+    assert c.target_rows == 2500  # 1 MB / 400 B
+    assert c.frames_to_claim() == 5
+    assert BatchController(BOUNDS).frames_to_claim() == 1  # nothing measured yet: one frame
+
+
+def test_non_congestion_errors_leave_the_size_alone() -> None:
+    c = BatchController(BOUNDS)
+    drive(c, SimulatedSink(), 5)
+    before = c.target_rows
+    c.observe_write(before, 0.1, Outcome.ERROR, True)
+    assert c.target_rows == before and c.slow_start
+    assert Outcome.from_reason("throttled") is Outcome.THROTTLED and Outcome.from_reason("server") is Outcome.ERROR

@@ -137,6 +137,9 @@ class Pusher:
         counts[1] += n
         if len(self._errors) < RECENT_ERRORS_MAX:
             self._errors.append(_json.encode({"stream": stream, "field": field, "rule": rule, "at": int(now)}))
+        # An idle writer sleeps until woken: without this, a rejection with no
+        # accepted traffic after it would reach Redis only with the next event.
+        self._wake.set()
 
     @property
     def stopped(self) -> bool:

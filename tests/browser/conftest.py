@@ -1,0 +1,133 @@
+"""A live collector (granian subprocess, demo and status pages on) against a
+real redis-server, and Debian's chromium driven by Playwright.
+
+One collector and one browser per module: starting them costs more than the
+tests. Tests stay independent by reading only the rows of their own browser
+context's ``sid`` (a fresh context has no cookie, so the tag draws a new one).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from oceanus.buffer import Keys, decode_frame
+from tests.support.servers import RedisServer, free_port, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "tests" / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+STATUS_TOKEN = "browser-test-token"
+
+
+def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
+
+
+class LiveCollector:
+    """``oceanus collector`` on a free loopback port; stopped with SIGTERM (drain), killed if it overstays."""
+
+    def __init__(self, redis: RedisServer, tmp: Path) -> None:
+        self.redis = redis
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp / "collector.log"
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("OCEANUS_")},
+            "OCEANUS_REDIS_URL": redis.url,
+            "OCEANUS_COLLECTOR_SPOOL_DIR": f'"{tmp / "spool"}"',
+            "OCEANUS_COLLECTOR_DEMO": "true",
+            "OCEANUS_COLLECTOR_STATUS_PAGE": "true",
+            "OCEANUS_COLLECTOR_STATUS_TOKEN": f'"{STATUS_TOKEN}"',
+            "OCEANUS_COLLECTOR_DRAIN_TIMEOUT_S": "2",
+        }
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "oceanus.cli", "collector", "--config", str(REPO / "oceanus.toml"),
+                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp,
+            )
+
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"collector exited: {self.log.read_text()}")
+            return http_get(self.url + "/readyz")[0] == 200
+
+        wait_for(ready, timeout=30, what="collector /readyz")
+
+    def rows(self, stream: str, sid: str | None = None) -> list[dict[str, Any]]:
+        """The stream's rows in Redis, in arrival order (frames decoded)."""
+        client = self.redis.client()
+        try:
+            items = client.lrange(Keys().queue(stream), 0, -1)
+        finally:
+            client.close()
+        out: list[dict[str, Any]] = []
+        for item in items:
+            columns, rows = decode_frame(item)
+            out.extend(dict(zip(columns, row, strict=True)) for row in rows)
+        return [r for r in out if sid is None or r.get("sid") == sid]
+
+    def wait_rows(self, stream: str, sid: str, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        def enough() -> list[dict[str, Any]] | None:
+            rows = self.rows(stream, sid)
+            return rows if len(rows) >= count else None
+
+        return wait_for(enough, timeout=timeout, interval=0.05, what=f"{count} {stream} rows for sid {sid}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveCollector]:
+    tmp = tmp_path_factory.mktemp("browser")
+    redis = RedisServer(tmp / "redis").start()
+    try:
+        collector = LiveCollector(redis, tmp)
+        try:
+            yield collector
+        finally:
+            collector.stop()
+    finally:
+        redis.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's chromium (make system-deps installs it); never a downloaded build."""
+    if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
+        pytest.skip("chromium is not installed: `make system-deps` (apt-get install chromium) provides it")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed: pip install -e '.[test]'")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium"),
+                               args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()

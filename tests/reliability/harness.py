@@ -31,7 +31,7 @@ import psutil
 from oceanus import config
 from oceanus.buffer import Keys
 from tests.reliability.loadgen import LoadResult, parse_marker
-from tests.support.servers import RedisServer, free_port, wait_for
+from tests.support.servers import BigQueryEmulator, RedisServer, free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 STREAM = "pageview"
@@ -198,7 +198,11 @@ class Stack:
         self.spool_dir = base / "spool"
         self.extra_env = dict(env or {})
         self.sink = sink
-        self.collector: Proc | None = None
+        #: Set by BigQuery scenarios: the emulator whose tables are read back.
+        self.bigquery: BigQueryEmulator | None = None
+        self.bq_dataset = "oceanus"
+        #: Running collectors by port (a rolling restart uses two).
+        self.collectors: dict[int, Proc] = {}
         self.flusher: Proc | None = None
         self.cfg = config.load(REPO / "oceanus.toml", env={})
         self.keys = Keys(self.cfg.redis.key_prefix)
@@ -238,15 +242,20 @@ class Stack:
         self.start_collector()
         return self
 
-    def start_collector(self) -> Proc:
-        self.collector = Proc("collector", ["collector", "--host", "127.0.0.1", "--port", str(self.port),
-                                            "--workers", str(self.workers)], self.env(), self._log("collector"))
-        proc = self.collector
+    @property
+    def collector(self) -> Proc | None:
+        return self.collectors.get(self.port)
+
+    def start_collector(self, port: int | None = None) -> Proc:
+        port = port or self.port
+        proc = Proc("collector", ["collector", "--host", "127.0.0.1", "--port", str(port),
+                                  "--workers", str(self.workers)], self.env(), self._log("collector"))
+        self.collectors[port] = proc
 
         def ready() -> bool:
             if not proc.alive():
                 raise RuntimeError(f"collector exited: {proc.tail()}")
-            return http_status(self.url + "/readyz") == 200
+            return http_status(f"http://127.0.0.1:{port}/readyz") == 200
 
         wait_for(ready, timeout=READY_TIMEOUT_S, what="collector /readyz")
         return proc
@@ -278,7 +287,7 @@ class Stack:
         self.redis.start()
 
     def stop(self) -> None:
-        for proc in (self.collector, self.flusher):
+        for proc in (*self.collectors.values(), self.flusher):
             if proc is not None and proc.alive():
                 proc.stop()
         self.redis.stop()
@@ -314,8 +323,13 @@ class Stack:
 
     def warehouse_rows(self) -> list[tuple[str, str]]:
         """(event_id, oid) of every row of the stream. Stop the flusher first (DuckDB has one writer)."""
-        if self.sink != "duckdb":
-            raise RuntimeError("warehouse_rows reads the DuckDB file; BigQuery scenarios query the emulator")
+        if self.bigquery is not None:
+            client = self.bigquery.client()  # type: ignore[no-untyped-call]
+            try:
+                sql = f"SELECT event_id, oid FROM `{self.bigquery.project}.{self.bq_dataset}.{STREAM}`"
+                return [(_hex(r[0]), str(r[1] or "")) for r in client.query(sql).result()]
+            finally:
+                client.close()
         import duckdb
 
         con = duckdb.connect(str(self.duckdb_path), read_only=True)
@@ -328,8 +342,9 @@ class Stack:
     def finish(self, load: LoadResult, label: str) -> Tally:
         """Drain, stop everything, read the warehouse, print the accounting line."""
         self.wait_drained()
-        if self.collector is not None:
-            self.collector.stop()
+        for proc in self.collectors.values():
+            if proc.alive():
+                proc.stop()
         # The collector's drain may have pushed its last frames: wait for those too.
         self.wait_drained()
         if self.flusher is not None:

@@ -42,6 +42,12 @@ class LoadResult:
     acked: dict[int, list[str]] = field(default_factory=dict)
     statuses: Counter[str] = field(default_factory=Counter)
     elapsed_s: float = 0.0
+    #: (time.monotonic() of the 2xx, marker) for every acknowledged event, in answer order.
+    ack_times: list[tuple[float, str]] = field(default_factory=list)
+
+    def acked_between(self, start: float, end: float) -> set[str]:
+        """Markers acknowledged in the monotonic-clock window [start, end]."""
+        return {m for t, m in self.ack_times if start <= t <= end}
 
     @property
     def acked_count(self) -> int:
@@ -151,6 +157,8 @@ class Load:
             res.statuses[str(status)] += n
             if 200 <= status < 300:
                 acked.extend(markers)
+                now = time.monotonic()
+                res.ack_times.extend((now, m) for m in markers)
         if conn is not None:
             conn[1].close()
 

@@ -54,7 +54,8 @@ def pageview_rows(stream: StreamConfig, n: int, rng: random.Random, ids: EventId
         values = {
             "event_id": ids.new(), "received_at": now_us + i, "ip": f"203.0.113.{rng.randrange(256)}",
             "ua": rng.choice(_UAS), "device": rng.choice(("pc", "sp", "tablet")),
-            "sid": f"{rng.getrandbits(64):016x}", "evt": "pv", "uid": f"u{rng.randrange(10**6)}" if i % 4 == 0 else None,
+            "sid": f"{rng.getrandbits(64):016x}", "evt": "pv",
+            "uid": f"u{rng.randrange(10**6)}" if i % 4 == 0 else None,
             "oid": str(rng.randrange(10**5)) if i % 3 == 0 else None, "url": "https://www.bizocean.jp" + page,
             "ref": "https://www.google.com/" if i % 2 else None, "tit": "書式の王様 bizocean - テンプレート",
             "jsn": '{"ab":"b"}' if i % 10 == 0 else None, "scr": "1920x1080", "vie": "1280x720", "enc": "UTF-8",

@@ -59,8 +59,17 @@ run-deps:
 run: run-deps $(RUN_STAMP)
 	$(VENV)/bin/oceanus dev $(DEV_ARGS)
 
+# Long scenarios are marked slow and left to `make chaos` / `make soak`.
 test: system-deps $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Fault scenarios at length: kill -9, Redis outages, BigQuery outage, rolling restarts.
+chaos: system-deps $(STAMP)
+	$(PY) -m pytest -m slow -s tests/reliability $(PYTEST_ARGS)
+
+# 10 minutes at ~80% of the measured maximum; RSS flat, lag bounded (SOAK_SECONDS=60 for a quick proof).
+soak: system-deps $(STAMP)
+	$(PY) -m tests.reliability.soak --seconds $${SOAK_SECONDS:-600}
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check oceanus collector flusher bench tests loadtest

@@ -155,7 +155,7 @@ def main(argv: list[str]) -> int:
         result = run_duckdb(args.rows, args.frame_rows, args.max_rows)
     else:
         try:
-            from bench import flusher_bigquery  # type: ignore[attr-defined]
+            from bench import flusher_bigquery
         except ImportError:
             print(f"--mode {args.mode}: bench/flusher_bigquery.py is not there (the BigQuery benchmark is "
                   "not installed in this checkout)", file=sys.stderr)

@@ -43,12 +43,13 @@ def _admin_url(db: Path, proc: subprocess.Popen[bytes]) -> str:
         with urllib.request.urlopen(info["admin_url"] + "/readyz", timeout=2) as resp:
             return str(info["admin_url"]) if resp.status == 200 else None
 
-    return wait_for(ready, timeout=30, what="flusher /readyz")
+    return str(wait_for(ready, timeout=30, what="flusher /readyz"))
 
 
 def _rows_in_queue(client: redis.Redis) -> list[str]:
     ids = []
-    for item in client.lrange(KEYS.queue("pv"), 0, -1):
+    items: list[bytes] = client.lrange(KEYS.queue("pv"), 0, -1)  # type: ignore[assignment]
+    for item in items:
         cols, rows = decode_frame(item)
         ids += [r[cols.index("event_id")].hex() for r in rows]
     return ids

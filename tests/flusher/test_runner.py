@@ -90,8 +90,8 @@ async def _ready(f: Flusher) -> bool:
     return f.admin is not None and f.tables_ready
 
 
-def _cfg(server: RedisServer, tmp_path: Path, **kw: object) -> Config:
-    return make_config(server.url, tmp_path / "w.duckdb", **kw)
+def _cfg(server: RedisServer, tmp_path: Path) -> Config:
+    return make_config(server.url, tmp_path / "w.duckdb")
 
 
 def _sink(cfg: Config) -> DuckDBSink:
@@ -123,8 +123,7 @@ def test_drains_every_row_exactly_once_and_serves_admin(redis_server: RedisServe
         assert f.admin is not None
         url = f.admin.url
         loop = asyncio.get_running_loop()
-        status, text = await loop.run_in_executor(None, _http, url + "/readyz")
-        assert (status, text) == (200, b"ready\n")
+        assert await loop.run_in_executor(None, _http, url + "/readyz") == (200, b"ready\n")
         status, body = await loop.run_in_executor(None, _http, url + "/query", b"SELECT event_id FROM pv")
         assert status == 200
         got = json.loads(body)
@@ -134,6 +133,7 @@ def test_drains_every_row_exactly_once_and_serves_admin(redis_server: RedisServe
         assert status == 400 and "read-only" in json.loads(body)["error"]
         await f.sample_gauges()
         status, metrics = await loop.run_in_executor(None, _http, url + "/metrics")
+        assert status == 200
         text = metrics.decode()
         assert 'oceanus_rows_written_total{stream="pv"} 5000.0' in text
         assert 'oceanus_backlog_items{stream="pv"} 0.0' in text

@@ -73,6 +73,11 @@ class Metrics:
         self._duration_sums: dict[str, float] = dict.fromkeys(ROUTES, 0.0)
         self._rejected: dict[tuple[str, str], int] = {}
 
+    @property
+    def dirty(self) -> bool:
+        """Counts are waiting to be flushed."""
+        return bool(self._requests or self._rejected)
+
     # -- hot path -------------------------------------------------------------
 
     def request(self, stream: str, status: int, route: str, seconds: float) -> None:

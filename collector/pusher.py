@@ -164,7 +164,7 @@ class Pusher:
                         await self._push([], with_stats=True)  # last counts, once; best effort
                     return
                 self._wake.clear()
-                if self._spool.pending or self._stats or self._errors:
+                if self._spool.pending or self._stats or self._errors or self._metrics.dirty:
                     # Housekeeping while idle: replay the spool, write stats.
                     wait = IDLE_ROUND_S
                     if self._spool.pending and self.redis_up:
@@ -186,7 +186,9 @@ class Pusher:
     async def _idle_round(self) -> None:
         if self._spool.pending:
             await self._replay()
-        if not self._spool.pending and (self.redis_up or time.monotonic() >= self._retry_at):
+        if (self._stats or self._errors) and not self._spool.pending and (
+            self.redis_up or time.monotonic() >= self._retry_at
+        ):
             await self._push([], with_stats=True)
         self._metrics.flush()
 

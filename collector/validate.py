@@ -295,7 +295,7 @@ def unquote(text: str) -> str:
         return text
     escaped = text.replace("\\", "\\\\").replace("%", "\\x").encode("utf-8", "surrogateescape")
     try:
-        return codecs.escape_decode(escaped)[0].decode("utf-8", "replace")  # type: ignore[attr-defined,no-any-return]
+        return codecs.escape_decode(escaped)[0].decode("utf-8", "replace")
     except ValueError:
         return unquote_plus(text)
 

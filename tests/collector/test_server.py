@@ -46,9 +46,14 @@ class Collector:
         def ready() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"collector exited: {self.log.read_text()}")
-            return _get(self.port, "/readyz")[0] == 200
+            # /readyz answers from whichever worker is up; every worker logs when it
+            # has started (a worker signalled mid-start hangs inside granian).
+            text = self.log.read_text()
+            return all(f"Started worker-{i}" in text for i in range(1, workers + 1)) and (
+                _get(self.port, "/readyz")[0] == 200
+            )
 
-        wait_for(ready, timeout=30, what="collector /readyz")
+        wait_for(ready, timeout=30, what="collector workers started and /readyz")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -82,12 +87,12 @@ def test_pixel_through_granian_workers_and_merged_metrics(collector_factory: typ
 
     def counted() -> bool:
         body = _get(c.port, "/metrics")[1].decode()
-        return 'oceanus_events_accepted_total{stream="pageview"} 20.0' in body
+        return ('oceanus_events_accepted_total{stream="pageview"} 20.0' in body
+                and 'oceanus_http_requests_total{status="400",stream="pageview"} 1.0' in body
+                and 'oceanus_http_requests_total{status="200",stream="pageview"} 20.0' in body)
 
     # Each worker moves its counts into the shared files once per round; poll for the total.
-    wait_for(counted, timeout=10, what="merged accepted count")
-    body = _get(c.port, "/metrics")[1].decode()
-    assert 'oceanus_http_requests_total{status="400",stream="pageview"} 1.0' in body
+    wait_for(counted, timeout=10, what="merged counts")
 
 
 def _server_rx_queues(port: int) -> list[int]:

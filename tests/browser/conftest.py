@@ -8,11 +8,16 @@ context's ``sid`` (a fresh context has no cookie, so the tag draws a new one).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -131,3 +136,86 @@ def browser() -> Iterator[Any]:
             yield b
         finally:
             b.close()
+
+
+class HoldingProxy:
+    """A TCP proxy that holds every chunk a client sends for ``hold_s`` and
+    forwards it only if the client is still connected then.
+
+    It models a slow network: a request the browser abandons (its page closed
+    while the request was on its way) never reaches the collector; a request the
+    browser keeps alive past the page (sendBeacon, fetch keepalive) does.
+    """
+
+    def __init__(self, upstream_port: int, hold_s: float = 0.5) -> None:
+        self.upstream_port = upstream_port
+        self.hold_s = hold_s
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.dropped = 0
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._start(self._accept)
+
+    def _start(self, target: Any, *args: Any) -> None:
+        t = threading.Thread(target=target, args=args, daemon=True)
+        self._threads.append(t)
+        t.start()
+
+    def _accept(self) -> None:
+        self.listener.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self._start(self._serve, client)
+
+    def _client_gone(self, client: socket.socket) -> bool:
+        deadline = time.monotonic() + self.hold_s
+        while (left := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select([client], [], [], left)
+            if readable:
+                try:
+                    if client.recv(1, socket.MSG_PEEK) == b"":
+                        return True
+                except OSError:
+                    return True
+                # More data from a live client: keep holding what we have.
+                time.sleep(min(left, 0.01))
+        return False
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+        self._start(self._pipe_back, upstream, client)
+        try:
+            while not self._stop.is_set():
+                data = client.recv(65536)
+                if not data:
+                    return
+                if self._client_gone(client):
+                    self.dropped += 1
+                    return
+                upstream.sendall(data)
+        except OSError:
+            return
+        finally:
+            for s in (client, upstream):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+
+    @staticmethod
+    def _pipe_back(upstream: socket.socket, client: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := upstream.recv(65536):
+                client.sendall(data)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.listener.close()
+        for t in self._threads:
+            t.join(timeout=2)

@@ -4,16 +4,18 @@ and the live status page."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import re
+import threading
 import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.browser.conftest import ARTIFACTS, STATUS_TOKEN, LiveCollector, http_get
-from tests.support.servers import wait_for
+from tests.browser.conftest import ARTIFACTS, STATUS_TOKEN, HoldingProxy, LiveCollector, http_get
+from tests.support.servers import free_port, wait_for
 
 SID_RE = re.compile(r"^[0-9a-f]{32}$")
 PAGE_TIMEOUT_MS = 10_000
@@ -111,27 +113,6 @@ def test_demo_journey_rows_sid_types_and_ref_chain(live: LiveCollector, context:
     assert "hunter2" not in flat and "not-sent" not in flat  # passwords and hidden fields never leave
 
 
-def test_page_closed_right_after_an_outbound_click_still_delivers_it(live: LiveCollector, context: Any) -> None:
-    page = context.new_page()
-    page.goto(f"{live.url}/demo")
-    sid = _sid(page)
-    live.wait_rows("pageview", sid, 1)
-    box = page.locator("#outbound").bounding_box()
-    assert box is not None
-    page.click("#outbound", no_wait_after=True)
-    page.close()
-    rows = live.wait_rows("pageview", sid, 2)
-    click = rows[1]
-    assert click["evt"] == "click"
-    jsn = json.loads(click["jsn"])
-    assert jsn["href"] == "https://example.com/" and jsn["text"] == "example.com"
-    # The position: page coordinates inside the link, and which link of the page it was.
-    assert box["x"] <= jsn["x"] <= box["x"] + box["width"]
-    assert box["y"] <= jsn["y"] <= box["y"] + box["height"]
-    assert isinstance(jsn["idx"], int) and jsn["idx"] >= 0
-    assert click["url"] == f"{live.url}/demo"
-
-
 def test_pixel_transport_fallback(live: LiveCollector, context: Any) -> None:
     page = context.new_page()
     with page.expect_request(lambda r: "/b/pageview?" in r.url) as first:
@@ -209,3 +190,142 @@ def test_status_page_shows_live_counts_and_errors(live: LiveCollector, context: 
     wait_for(lambda: frames() > before, timeout=10, what="the status page to refresh")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "status.png"), full_page=True)
+
+
+SITE_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>shop</title>
+<script>
+  (function (w, d, n, u) {
+    w[n] = w[n] || function () { (w[n].q = w[n].q || []).push(arguments); };
+    var s = d.createElement('script'); s.async = 1; s.src = u; d.head.appendChild(s);
+  })(window, document, 'oceanus', '%(tag)s');
+  oceanus('track', 'early', {n: 1});
+  oceanus('init', {cookieDays: 0, sameSite: 'Strict', transport: 'fetch', clicks: false});
+</script></head><body>
+<a id="away" href="https://example.com/x">away</a>
+<form id="f" data-oceanus-form="lead">
+  <input name="name" value="%(long)s"><input name="email" value="not an address">
+  <input data-oceanus-field="tel" name="phone" value="+1 555">
+  <input name="topic" value="pricing"><input name="ignored" value="x" data-oceanus-ignore>
+  <input type="checkbox" name="news" value="yes" checked><input type="checkbox" name="promo" value="yes">
+  <button>go</button>
+</form>
+<script>
+  document.getElementById('f').addEventListener('submit', function (e) { e.preventDefault(); });
+  document.getElementById('away').addEventListener('click', function (e) { e.preventDefault(); });
+</script>
+</body></html>"""
+
+
+@pytest.fixture
+def proxy(live: LiveCollector) -> Iterator[HoldingProxy]:
+    p = HoldingProxy(live.port)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+@pytest.fixture
+def site(live: LiveCollector, proxy: HoldingProxy) -> Iterator[str]:
+    """Another origin on loopback (a real server: Chrome keeps a routed page out
+    of the loopback address space) serving pages that embed the tag."""
+    pages = {
+        "/shop": (SITE_PAGE % {"tag": f"{live.url}/oceanus.js", "long": "N" * 200}).encode(),
+        "/leave": (LEAVE_PAGE % {"tag": f"{live.url}/oceanus.js", "endpoint": proxy.url}).encode(),
+    }
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            html = pages["/leave" if self.path.startswith("/leave") else "/shop"]
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(html)))
+            self.end_headers()
+            self.wfile.write(html)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        # localhost vs 127.0.0.1: another origin and another site than the collector.
+        yield f"http://localhost:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_tag_on_another_site_cookie_options_history_and_form_fitting(live: LiveCollector, context: Any,
+                                                                     site: str) -> None:
+    site = f"{site}/shop"
+    page = context.new_page()
+    with page.expect_request(lambda r: r.url == f"{live.url}/e/pageview") as first:
+        page.goto(f"{site}/home")
+    assert first.value.resource_type == "fetch"  # transport: 'fetch' chosen in init
+    sid = _sid(page)
+    cookie = next(c for c in context.cookies() if c["name"] == "oceanus_sid")
+    assert cookie["domain"] == "localhost" and cookie["sameSite"] == "Strict"
+    assert cookie["expires"] == -1  # cookieDays: 0 -> a session cookie
+
+    # A call queued before init waits for it; two fetches in flight may land in either order.
+    rows = sorted(live.wait_rows("pageview", sid, 2), key=lambda r: r["evt"] != "page")
+    assert [(r["evt"], r["url"]) for r in rows] == [("page", f"{site}/home"), ("early", f"{site}/home")]
+    assert json.loads(rows[1]["jsn"]) == {"n": 1}
+
+    page.evaluate("history.replaceState({}, '', location.href)")  # same URL: not a new page view
+    page.evaluate("history.pushState({}, '', '/shop/cart')")
+    live.wait_rows("pageview", sid, 3)
+    page.go_back()  # popstate
+    rows = live.wait_rows("pageview", sid, 4)
+    assert len(rows) == 4
+    assert [(r["url"], r["ref"]) for r in rows[2:]] == [(f"{site}/cart", f"{site}/home"),
+                                                        (f"{site}/home", f"{site}/cart")]
+    page.click("#away")  # clicks: false (the page keeps the link from navigating)
+    page.click("#f button")
+    form = live.wait_rows("form", sid, 1)[0]
+    # Trimmed to the field's max_length instead of refused; the email the stream
+    # would refuse moved into jsn, so the post is still stored.
+    assert form["name"] == "N" * 128
+    assert form["email"] is None and form["tel"] == "+1 555"
+    assert json.loads(form["jsn"]) == {"form": "lead", "url": f"{site}/home",
+                                       "fields": {"email": "not an address", "topic": "pricing", "news": "yes"}}
+    assert all(r["evt"] != "click" for r in live.rows("pageview", sid))
+
+
+LEAVE_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>leave</title>
+<script>
+  (function (w, d, n, u) {
+    w[n] = w[n] || function () { (w[n].q = w[n].q || []).push(arguments); };
+    var s = d.createElement('script'); s.async = 1; s.src = u; d.head.appendChild(s);
+  })(window, document, 'oceanus', '%(tag)s');
+  oceanus('init', {endpoint: '%(endpoint)s'});
+</script></head><body>
+<p style="margin-top: 300px">Read this, then leave:</p> <a id="out" href="https://example.com/">example.com</a>
+</body></html>"""
+
+
+def test_page_closed_right_after_an_outbound_click_still_delivers_it(live: LiveCollector, context: Any,
+                                                                     site: str, proxy: HoldingProxy) -> None:
+    # Events go through a proxy that forwards a request only if the browser still
+    # holds it half a second later: the page is long gone by then.
+    page = context.new_page()
+    page.goto(f"{site}/leave")
+    sid = _sid(page)
+    live.wait_rows("pageview", sid, 1)
+    box = page.locator("#out").bounding_box()
+    assert box is not None
+    page.click("#out", no_wait_after=True)
+    page.close()
+    rows = live.wait_rows("pageview", sid, 2)
+    click = rows[1]
+    assert click["evt"] == "click" and click["url"] == f"{site}/leave"
+    jsn = json.loads(click["jsn"])
+    assert jsn["href"] == "https://example.com/" and jsn["text"] == "example.com"
+    # The position: page coordinates inside the link, and which link of the page it was.
+    assert box["x"] <= jsn["x"] <= box["x"] + box["width"]
+    assert box["y"] <= jsn["y"] <= box["y"] + box["height"] and jsn["y"] > 250
+    assert jsn["idx"] == 0
+    assert proxy.dropped == 0

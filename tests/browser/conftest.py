@@ -90,9 +90,9 @@ class LiveCollector:
         return [r for r in out if sid is None or r.get("sid") == sid]
 
     def wait_rows(self, stream: str, sid: str, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-        def enough() -> list[dict[str, Any]] | None:
+        def enough() -> list[dict[str, Any]]:
             rows = self.rows(stream, sid)
-            return rows if len(rows) >= count else None
+            return rows if len(rows) >= count else []
 
         return wait_for(enough, timeout=timeout, interval=0.05, what=f"{count} {stream} rows for sid {sid}")
 

@@ -276,13 +276,14 @@ def test_tag_on_another_site_cookie_options_history_and_form_fitting(live: LiveC
     assert json.loads(rows[1]["jsn"]) == {"n": 1}
 
     page.evaluate("history.replaceState({}, '', location.href)")  # same URL: not a new page view
-    page.evaluate("history.pushState({}, '', '/shop/cart')")
+    page.evaluate("oceanus('identify', 'u-9'); history.pushState({}, '', '/shop/cart')")
     live.wait_rows("pageview", sid, 3)
     page.go_back()  # popstate
     rows = live.wait_rows("pageview", sid, 4)
     assert len(rows) == 4
-    assert [(r["url"], r["ref"]) for r in rows[2:]] == [(f"{site}/cart", f"{site}/home"),
-                                                        (f"{site}/home", f"{site}/cart")]
+    assert [(r["url"], r["ref"], r["uid"]) for r in rows] == [
+        (f"{site}/home", None, None), (f"{site}/home", None, None),
+        (f"{site}/cart", f"{site}/home", "u-9"), (f"{site}/home", f"{site}/cart", "u-9")]
     page.click("#away")  # clicks: false (the page keeps the link from navigating)
     page.click("#f button")
     form = live.wait_rows("form", sid, 1)[0]

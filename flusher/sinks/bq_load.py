@@ -6,6 +6,8 @@ every ``sink.bigquery.load_interval_s`` (config refuses an interval under
 86400 / 1500 = 57.6 s) and a batch handed over earlier is given back with
 ``SinkError(reason="pacing", retry_after_s=...)``; give load streams a
 ``batch.max_wait_s`` near the interval so that each job carries a full batch.
+The pacing is per flusher process: N flushers draining one load stream may
+start N jobs per interval, so multiply ``load_interval_s`` by N.
 
 Exactly-once: the job id is derived from the batch id and the table
 (``oceanus_<stream>_<hash>``), and kept in the batch's write state. A batch

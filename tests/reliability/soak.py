@@ -60,13 +60,17 @@ def growth(samples: list[int]) -> tuple[int, int, float]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="oceanus-soak-"))
-    stack = Stack(base, workers=args.workers).start()
+    stack = Stack(base, workers=args.workers, appendfsync=args.appendfsync).start()
     try:
         probe = Load(stack.port, senders=SENDERS, duration_s=args.probe_seconds, first_sender=0).start().join()
         max_rate = probe.acked_count / probe.elapsed_s
         rate = args.load * max_rate
         print(f"soak: measured max {max_rate:.0f} events/s over {args.probe_seconds:g}s; "
               f"soaking at {rate:.0f} events/s ({args.load:.0%}) for {args.seconds:g}s", file=sys.stderr, flush=True)
+        if args.probe_only:
+            tally = stack.finish(probe, f"probe (appendfsync {args.appendfsync})")
+            return {"appendfsync": args.appendfsync, "max_events_per_s": round(max_rate), "lost": tally.lost,
+                    "pass": tally.lost == 0}
         stack.wait_drained()
         load = Load(stack.port, senders=SENDERS, duration_s=args.seconds, rate=rate, first_sender=SENDERS).start()
         t0 = time.monotonic()
@@ -122,9 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample-seconds", type=float, default=5.0)
     ap.add_argument("--max-lag-s", type=float, default=15.0, help="bound on the end-to-end lag")
     ap.add_argument("--workers", type=int, default=1, help="collector workers")
+    ap.add_argument("--appendfsync", choices=["always", "everysec", "no"], default="always")
+    ap.add_argument("--probe-only", action="store_true", help="measure the maximum rate and stop")
     ap.add_argument("--json", action="store_true", help="print the result as one JSON line at the end")
     args = ap.parse_args(argv)
     out = run(args)
+    if args.probe_only:
+        print(json.dumps(out))
+        return 0 if out["pass"] else 1
     print(f"collector RSS {out['collector_rss_mib'][0]} -> {out['collector_rss_mib'][1]} MiB "
           f"({out['collector_rss_growth']:+.1%}); flusher RSS {out['flusher_rss_mib'][0]} -> "
           f"{out['flusher_rss_mib'][1]} MiB ({out['flusher_rss_growth']:+.1%}); lag max {out['lag_s_max']}s "

@@ -176,7 +176,7 @@ def account(load: LoadResult, rows: list[tuple[str, str]], label: str = "") -> T
         if seqs != sorted(seqs):
             reordered += 1
     tally = Tally(load.sent, len(acked), stored, duplicates, len(lost),
-                  unacked_stored=len(stored_markers - acked), reordered_senders=reordered, lost_markers=lost[:20])
+                  unacked_stored=len(stored_markers - acked), reordered_senders=reordered, lost_markers=lost)
     print(f"{label + ': ' if label else ''}{tally.line()}"
           f"  (unacked_stored={tally.unacked_stored} reordered_senders={reordered} statuses={dict(load.statuses)})",
           flush=True)

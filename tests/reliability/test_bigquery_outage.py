@@ -77,10 +77,10 @@ def outage(tmp_path: Path, emulator: BigQueryEmulator, phase_s: float, senders: 
 
 def test_bigquery_outage_quick(tmp_path: Path, bq_emulator: BigQueryEmulator) -> None:
     tally = outage(tmp_path, bq_emulator, phase_s=2.5, senders=4)
-    assert tally.acked > 0 and tally.lost == 0, tally.lost_markers
+    assert tally.acked > 0 and tally.lost == 0, tally.lost_markers[:20]
 
 
 @pytest.mark.slow
 def test_bigquery_outage_long(tmp_path: Path, bq_emulator: BigQueryEmulator) -> None:
     tally = outage(tmp_path, bq_emulator, phase_s=20.0, senders=8)
-    assert tally.acked > 0 and tally.lost == 0, tally.lost_markers
+    assert tally.acked > 0 and tally.lost == 0, tally.lost_markers[:20]

@@ -24,7 +24,7 @@ SLOW_S = 60.0
 
 def assert_no_loss(tally: Tally) -> None:
     assert tally.acked > 0, "no event was acknowledged: the scenario proved nothing"
-    assert tally.lost == 0, f"acknowledged events missing from the warehouse: {tally.lost_markers}"
+    assert tally.lost == 0, f"acknowledged events missing from the warehouse: {tally.lost_markers[:20]}"
 
 
 def claimed_batch(stack: Stack) -> bool:
@@ -151,11 +151,9 @@ def test_kill9_redis_appendfsync_everysec_reports_window(tmp_path: Path) -> None
         load = Load(stack.port, senders=16, duration_s=20.0)
         tally, killed_at = kill_redis(stack, load, 2.0)
         window = load.result.acked_between(killed_at - 2.0, killed_at + 0.5)
-        lost = set(load.result.acked_set()) - {m for m in load.result.acked_set() if m not in tally.lost_markers}
-        print(f"everysec: lost={tally.lost} acked_in_last_2s_before_kill={len(window)}")
+        print(f"everysec: lost={tally.lost} acked in the 2 s before the kill={len(window)}")
         assert tally.acked > 0
-        assert tally.lost <= len(window), "lost more than the fsync window can explain"
-        assert lost <= window or tally.lost > len(tally.lost_markers)
+        assert set(tally.lost_markers) <= window, "lost events acknowledged outside the fsync window"
     finally:
         stack.stop()
 

@@ -38,7 +38,7 @@ def claimed_batch(stack: Stack) -> bool:
 # --------------------------------------------------------------------------- collector worker
 
 
-def kill_collector_worker(stack: Stack, load: Load, seconds: float) -> Tally:
+def kill_collector_worker(stack: Stack, load: Load) -> Tally:
     load.start()
     assert load.wait_acked(200, 30), "no load acknowledged before the fault"
     workers = stack.collector_workers()
@@ -60,7 +60,7 @@ def kill_collector_worker(stack: Stack, load: Load, seconds: float) -> Tally:
 def test_kill9_collector_worker_quick(tmp_path: Path) -> None:
     stack = Stack(tmp_path, workers=2, env=FAST_ENV).start()
     try:
-        assert_no_loss(kill_collector_worker(stack, Load(stack.port, senders=8, duration_s=QUICK_S), QUICK_S))
+        assert_no_loss(kill_collector_worker(stack, Load(stack.port, senders=8, duration_s=QUICK_S)))
     finally:
         stack.stop()
 
@@ -69,7 +69,7 @@ def test_kill9_collector_worker_quick(tmp_path: Path) -> None:
 def test_kill9_collector_worker_long(tmp_path: Path) -> None:
     stack = Stack(tmp_path, workers=2, env=FAST_ENV).start()
     try:
-        assert_no_loss(kill_collector_worker(stack, Load(stack.port, senders=16, duration_s=SLOW_S), SLOW_S))
+        assert_no_loss(kill_collector_worker(stack, Load(stack.port, senders=16, duration_s=SLOW_S)))
     finally:
         stack.stop()
 

@@ -42,7 +42,7 @@ class LoadResult:
     acked: dict[int, list[str]] = field(default_factory=dict)
     statuses: Counter[str] = field(default_factory=Counter)
     elapsed_s: float = 0.0
-    #: (time.monotonic() of the 2xx, marker) for every acknowledged event, in answer order.
+    #: (time.monotonic() of the 2xx, marker) per acknowledged event, in answer order (``record_times``).
     ack_times: list[tuple[float, str]] = field(default_factory=list)
 
     def acked_between(self, start: float, end: float) -> set[str]:
@@ -66,7 +66,8 @@ class Load:
     """
 
     def __init__(self, port: int, *, senders: int = 8, duration_s: float = 10.0, max_events: int = 1_000_000,
-                 batch: int = 1, rate: float = 0.0, host: str = "127.0.0.1", first_sender: int = 0) -> None:
+                 batch: int = 1, rate: float = 0.0, host: str = "127.0.0.1", first_sender: int = 0,
+                 record_times: bool = False) -> None:
         if not ipaddress.ip_address(host).is_loopback:
             raise ValueError("load is only ever aimed at a loopback address")
         if senders + first_sender > MARKER_SENDERS:
@@ -74,6 +75,8 @@ class Load:
         self.host, self.port = host, port
         self.senders, self.duration_s, self.max_events = senders, duration_s, max_events
         self.batch, self.rate, self.first_sender = batch, rate, first_sender
+        #: Keep (time, marker) per acknowledgement (memory: only the scenarios that need it ask).
+        self.record_times = record_times
         self.result = LoadResult()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -157,8 +160,9 @@ class Load:
             res.statuses[str(status)] += n
             if 200 <= status < 300:
                 acked.extend(markers)
-                now = time.monotonic()
-                res.ack_times.extend((now, m) for m in markers)
+                if self.record_times:
+                    now = time.monotonic()
+                    res.ack_times.extend((now, m) for m in markers)
         if conn is not None:
             conn[1].close()
 

@@ -72,7 +72,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             return {"appendfsync": args.appendfsync, "max_events_per_s": round(max_rate), "lost": tally.lost,
                     "pass": tally.lost == 0}
         stack.wait_drained()
-        load = Load(stack.port, senders=SENDERS, duration_s=args.seconds, rate=rate, first_sender=SENDERS).start()
+        # Bounded by time; the count bound is only a backstop (twice what the paced rate can send).
+        budget = int(rate * args.seconds * 2) + 1000
+        load = Load(stack.port, senders=SENDERS, duration_s=args.seconds, rate=rate, first_sender=SENDERS,
+                    max_events=budget).start()
         t0 = time.monotonic()
         samples: list[dict[str, float]] = []
         while time.monotonic() - t0 < args.seconds:
@@ -91,6 +94,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                   f"flusher={s['flusher_rss'] / 2**20:6.1f} MiB lag={s['lag_s']:5.2f}s "
                   f"backlog={s['backlog_frames']:.0f} acked={s['acked']:.0f}", file=sys.stderr, flush=True)
         result = load.join()
+        if result.elapsed_s < args.seconds * 0.95:
+            raise RuntimeError(f"the load stopped after {result.elapsed_s:.0f}s of {args.seconds:g}s")
         soaked_rate = result.acked_count / result.elapsed_s
         # The probe's events are in the warehouse too: account for them as well.
         result.sent += probe.sent

@@ -148,7 +148,7 @@ def test_kill9_redis_appendfsync_everysec_reports_window(tmp_path: Path) -> None
     writes when an fsync is 2 s late)."""
     stack = Stack(tmp_path, appendfsync="everysec", env=FAST_ENV).start()
     try:
-        load = Load(stack.port, senders=16, duration_s=20.0)
+        load = Load(stack.port, senders=16, duration_s=20.0, record_times=True)
         tally, killed_at = kill_redis(stack, load, 2.0)
         window = load.result.acked_between(killed_at - 2.0, killed_at + 0.5)
         print(f"everysec: lost={tally.lost} acked in the 2 s before the kill={len(window)}")

@@ -15,6 +15,7 @@ rows beyond the first per ``event_id``; ``lost``: acknowledged and not stored.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -112,19 +113,14 @@ class Proc:
         if self.alive():
             self.proc.kill()
         self.proc.wait(20)
-        for kid in kids:
-            try:
-                kid.kill()
-            except psutil.NoSuchProcess:
-                pass
+        self._reap_session()
         psutil.wait_procs(kids, timeout=10)
 
     def _reap_session(self) -> None:
-        for kid in self.children():
-            try:
-                kid.kill()
-            except psutil.NoSuchProcess:
-                pass
+        # The child leads its own process group (start_new_session): workers whose parent already
+        # died are reparented away from it but stay in the group, so kill the group, not the tree.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
 
     def tail(self, lines: int = 20) -> str:
         try:

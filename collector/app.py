@@ -297,8 +297,10 @@ class App:
             return [parse_pairs(body.decode("utf-8", "replace"))], True, False
         try:
             data = _json_decode(body)
-        except msgspec.DecodeError as exc:
-            raise Invalid("body", "json", f"not valid JSON ({exc})") from None
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+            # msgspec raises UnicodeDecodeError for invalid UTF-8 and RecursionError past ~1000 levels.
+            detail = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise Invalid("body", "json", f"not valid JSON ({detail})") from None
         if type(data) is list:
             if len(data) > self._max_batch:
                 raise _Reject(413, "body", "max_batch_events", f"more than {self._max_batch} events in one array")

@@ -49,6 +49,11 @@ _FALSE = frozenset(("0", "false", "no", "off"))
 # Unix seconds below this, milliseconds above (1e11 s is the year 5138).
 _MS_THRESHOLD = 100_000_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: Year 10000 in microseconds: past it no warehouse has a TIMESTAMP, and the frame's int64 overflows.
+MAX_TIMESTAMP_US = 253_402_300_800_000_000
+#: Frame values are msgpack integers; BigQuery INT64 and DuckDB BIGINT are signed 64-bit.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class Invalid(ValueError):
@@ -66,6 +71,8 @@ class Invalid(ValueError):
     def header(self) -> str:
         """The ``X-Oceanus-Error`` value: field, rule, detail; latin-1 safe."""
         text = f"{self.field}: {self.rule}: {self.detail}"
+        # Control characters (CR/LF, NUL) from a client's path or key would break the header line.
+        text = _CONTROL_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
         return text.encode("ascii", "backslashreplace").decode("ascii")
 
     def as_dict(self) -> dict[str, Any]:
@@ -156,6 +163,8 @@ def _int_check(name: str, f: FieldConfig) -> Check:
                 raise Invalid(name, "type", "expected an integer") from None
         elif type(v) is not int:
             raise Invalid(name, "type", f"expected an integer, got {_json_type(v)}")
+        if not INT64_MIN <= v <= INT64_MAX:
+            raise Invalid(name, "type", "outside the signed 64-bit integer range")
         in_range(v)
         return v
 
@@ -219,9 +228,10 @@ def parse_timestamp(v: Any) -> int:
         raise ValueError("not a timestamp")
     if not math.isfinite(number) or number < 0:
         raise ValueError("not a timestamp")
-    if number >= _MS_THRESHOLD:
-        return round(number * 1_000)
-    return round(number * 1_000_000)
+    micros = round(number * 1_000) if number >= _MS_THRESHOLD else round(number * 1_000_000)
+    if micros >= MAX_TIMESTAMP_US:
+        raise ValueError("after the year 9999")
+    return micros
 
 
 def _timestamp_check(name: str, f: FieldConfig) -> Check:
@@ -244,8 +254,8 @@ def _json_check(name: str, f: FieldConfig) -> Check:
                 raise Invalid(name, "max_length", f"longer than {max_length} bytes")
             try:
                 _json_decode(v)
-            except msgspec.DecodeError:
-                raise Invalid(name, "type", "is not valid JSON text") from None
+            except (msgspec.DecodeError, RecursionError):
+                raise Invalid(name, "type", "is not valid JSON text (or nested too deeply)") from None
             return v
         text = _json_encode(v)
         if max_length is not None and len(text) > max_length:

@@ -120,6 +120,7 @@ def test_header_injection_in_values(live_collector: Stack) -> None:
     port = live_collector.port
     probes = [
         b"GET /b/x%0d%0aSet-Cookie:%20evil=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /x%0d%0aSet-Cookie:%20evil=1%00 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         b"GET /b/pageview?sid=%0d%0aSet-Cookie:%20evil=1&evt=pv HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         b"GET /b/pageview?sid=ab&evt=%0d%0aSet-Cookie:%20evil%3D1%0d%0a HTTP/1.1\r\nHost: x\r\n"
         b"Connection: close\r\n\r\n",

@@ -107,8 +107,6 @@ class App:
     async def startup(self) -> None:
         self._redis = make_redis(self.cfg)
         self.spool = Spool(self.cfg.collector.spool_dir, self.cfg.collector.spool_max_bytes).open()
-        self._idle = asyncio.Event()
-        self._idle.set()
         self.pusher = Pusher(self.cfg, self._redis, self.spool, self.metrics)
         self.pusher.start()
         if self._handle_signals:
@@ -137,7 +135,9 @@ class App:
         """Finish in-flight requests and queued events within collector.drain_timeout_s."""
         self.begin_drain()
         deadline = time.monotonic() + self.cfg.collector.drain_timeout_s
-        if self._idle is not None:
+        if self._inflight:
+            # Only now is there someone to tell: requests set it as the count hits zero.
+            self._idle = asyncio.Event()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), max(deadline - time.monotonic(), 0.0))
         if self.pusher is not None:
@@ -170,8 +170,6 @@ class App:
         kind = scope["type"]
         if kind == "http":
             self._inflight += 1
-            if self._idle is not None:
-                self._idle.clear()
             try:
                 await self._http(scope, receive, send)
             finally:

@@ -42,6 +42,8 @@ from oceanus.config import Config
 #: First wait before Redis is tried again after a failure, and the cap (seconds).
 RETRY_BASE_S = 0.1
 RETRY_MAX_S = 2.0
+#: Stats and metrics are written at most this often (seconds); leftovers by the idle round.
+STATS_EVERY_S = 0.25
 #: Idle wake-up for stats and spool replay when no event arrives (seconds).
 IDLE_ROUND_S = 0.25
 #: Spool records replayed before a new batch; the rest waits, so a long backlog
@@ -106,6 +108,8 @@ class Pusher:
         self.redis_up = True
         self._retry_at = 0.0
         self._retry_wait = RETRY_BASE_S
+        self._stats_due = 0.0
+        self._metrics_due = 0.0
 
     # -- request side -----------------------------------------------------------
 
@@ -222,7 +226,9 @@ class Pusher:
         if self._spool.pending:
             await self._replay()
         if not self._spool.pending and (self.redis_up or time.monotonic() >= self._retry_at):
-            failed = await self._push(frames, with_stats=True)
+            # Stats ride along at most every STATS_EVERY_S: they are for people, not per batch.
+            with_stats = time.monotonic() >= self._stats_due
+            failed = await self._push(frames, with_stats=with_stats)
         if failed:
             ok = await asyncio.to_thread(self._spool.append, failed)
             self._update_spool_metrics()
@@ -235,7 +241,10 @@ class Pusher:
                 m.accepted.labels(stream).inc(len(rows))
             m.batch_events.observe(batch.count)
         _resolve(batch.future)
-        self._metrics.flush()
+        now = time.monotonic()
+        if now >= self._metrics_due:
+            self._metrics.flush()
+            self._metrics_due = now + STATS_EVERY_S
 
     async def _push(self, frames: list[Record], with_stats: bool) -> list[Record]:
         """One pipeline round; returns the frames Redis did not take."""
@@ -245,6 +254,7 @@ class Pusher:
         stats: dict[tuple[str, int], list[int]] = {}
         errors: list[bytes] = []
         if with_stats:
+            self._stats_due = time.monotonic() + STATS_EVERY_S
             stats, self._stats = self._stats, {}
             errors, self._errors = self._errors, []
             for (stream, minute), (accepted, rejected) in stats.items():

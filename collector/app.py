@@ -101,6 +101,7 @@ class App:
         gif_base: Headers = [_GIF_TYPE, _NO_STORE, (b"content-length", b"43")]
         self._gif_headers = gif_base
         self._cors_static: Headers = [(b"access-control-allow-origin", b"*"), _EXPOSE] if self._wildcard else []
+        self._gif_ok_headers = gif_base + self._cors_static
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -223,7 +224,7 @@ class App:
         except Unavailable as exc:
             return await self._error(send, 503, "spool", "full", str(exc), pixel=True)
         await send({"type": "http.response.start", "status": 200,
-                    "headers": self._gif_headers + self._cors(scope)})
+                    "headers": self._gif_ok_headers if self._wildcard else self._gif_headers + self._cors(scope)})
         await send({"type": "http.response.body", "body": GIF if method == "GET" else b""})
         return 200
 

@@ -82,11 +82,7 @@ class Invalid(ValueError):
         return out
 
 
-_TRANSFORMS: dict[str, Callable[[str], str]] = {
-    "strip": lambda v: v.strip(),
-    "lowercase": lambda v: v.lower(),
-    "uppercase": lambda v: v.upper(),
-}
+_TRANSFORMS: dict[str, Callable[[str], str]] = {"strip": str.strip, "lowercase": str.lower, "uppercase": str.upper}
 
 Check = Callable[[Any, bool], Any]
 """``check(value, from_text) -> stored value``; raises :class:`Invalid`."""

@@ -163,9 +163,20 @@ def count_rows(port: int, key_pattern: str) -> int:
     for key in client.scan_iter(match=key_pattern):
         for start in range(0, int(client.llen(key)), 1000):
             for item in client.lrange(key, start, start + 999):
-                total += len(decode_frame(item)[1])
+                total += len(decode_frame(bytes(item))[1])
     client.close()
     return total
+
+
+def mean_batch(port: int) -> float:
+    """Events per pipelined round so far, from the collector's own histogram."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    total = re.search(r"^oceanus_collector_batch_events_sum (\S+)", text, re.M)
+    count = re.search(r"^oceanus_collector_batch_events_count (\S+)", text, re.M)
+    if not total or not count or float(count.group(1)) == 0:
+        return float("nan")
+    return round(float(total.group(1)) / float(count.group(1)), 1)
 
 
 def run_collector(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -184,6 +195,7 @@ def run_collector(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         with server(cmd, env, f"http://127.0.0.1:{port}/readyz", tmp / "collector.log") as proc:
             warm_ok = wrk(url, args.warmup, args.connections, args.threads)["ok"] if args.warmup else 0
             result = wrk(url, args.seconds, args.connections, args.threads)
+            result["mean_batch_events"] = mean_batch(port)
             proc.send_signal(signal.SIGTERM)  # drain, then count what reached Redis
             proc.wait(timeout=60)
         from oceanus.buffer import Keys
@@ -245,7 +257,8 @@ def main(argv: list[str]) -> int:
                            "linger_ms": args.linger_ms}
     c, b, lg = results.get("collector"), results.get("bare"), results.get("legacy")
     if c:
-        out.update(collector_rps=round(c["rps"]), p99_ms=c["p99_ms"], collector_non2xx=c["non2xx"])
+        out.update(collector_rps=round(c["rps"]), p99_ms=c["p99_ms"], collector_non2xx=c["non2xx"],
+                   mean_batch_events=c["mean_batch_events"])
     if b:
         out["bare_rps"] = round(b["rps"])
         out["bare_p99_ms"] = b["p99_ms"]

@@ -23,6 +23,7 @@ import random
 import sys
 import tempfile
 from pathlib import Path
+from collections.abc import MutableMapping
 from typing import Any
 from urllib.parse import quote
 
@@ -77,10 +78,10 @@ async def fill(redis_url: str, spool_dir: str, batch: int, events: list[tuple[st
     async def one(query: str, ua: str) -> int:
         status = 0
 
-        async def receive() -> dict[str, Any]:
+        async def receive() -> MutableMapping[str, Any]:
             return {"type": "http.request", "body": b"", "more_body": False}
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: MutableMapping[str, Any]) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]

@@ -25,7 +25,7 @@ _key = os.environ.get("LEGACY_KEY", "legacy:q:pageview")
 
 class Beacon:
     def on_get(self, req: falcon.Request, resp: falcon.Response, stream: str) -> None:
-        row = dict(req.params)
+        row: dict[str, object] = dict(req.params)
         row["event_id"] = uuid.uuid4().hex
         row["received_at"] = time.time()
         row["ip"] = req.remote_addr

@@ -22,8 +22,8 @@ import json
 import random
 import sys
 import tempfile
-from pathlib import Path
 from collections.abc import MutableMapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 

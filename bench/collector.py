@@ -75,7 +75,7 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
 def http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:
-            return 200 <= resp.status < 300
+            return bool(200 <= resp.status < 300)
     except urllib.error.HTTPError:
         return False
 
@@ -162,8 +162,9 @@ def count_rows(port: int, key_pattern: str) -> int:
     total = 0
     for key in client.scan_iter(match=key_pattern):
         for start in range(0, int(client.llen(key)), 1000):
-            for item in client.lrange(key, start, start + 999):
-                total += len(decode_frame(bytes(item))[1])
+            items: list[bytes] = client.lrange(key, start, start + 999)  # type: ignore[assignment]
+            for item in items:
+                total += len(decode_frame(item)[1])
     client.close()
     return total
 

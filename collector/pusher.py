@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -51,6 +52,7 @@ IDLE_ROUND_S = 0.25
 REPLAY_RECORDS_PER_ROUND = 1024
 
 _json = msgspec.json.Encoder()
+log = logging.getLogger("oceanus.collector")
 
 
 class Unavailable(Exception):
@@ -185,7 +187,12 @@ class Pusher:
             await self._linger()
             batch = self._batch
             self._batch = _Batch(self._loop)
-            await self._write(batch)
+            try:
+                await self._write(batch)
+            except Exception as exc:  # noqa: BLE001 - the writer must outlive any one batch
+                # e.g. the spool's disk failing: these requests get a 503, the next batch a new try.
+                log.exception("writing a batch failed")
+                _fail(batch.future, Unavailable(f"the batch could not be stored: {exc}"))
 
     async def _idle_round(self) -> None:
         if self._spool.pending:

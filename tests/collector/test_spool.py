@@ -107,3 +107,24 @@ def test_a_live_owner_keeps_its_file(tmp_path: Path) -> None:
     first.close()
     assert second.claim_orphans() == 1 and second.pending_frames == 1
     second.close()
+
+
+async def test_a_failing_spool_disk_is_503_and_the_writer_lives_on(
+    make_config: MakeConfig, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running(App(make_config())) as app:
+        assert app.spool is not None
+
+        def disk_full(records: object) -> bool:
+            raise OSError(28, "No space left on device")
+
+        redis_server.stop()
+        monkeypatch.setattr(app.spool, "append", disk_full)
+        failed = await request(app, "GET", "/b/pageview", "sid=1&evt=view")
+        monkeypatch.undo()
+        redis_server.start()
+        app.pusher._retry_at = 0.0  # type: ignore[union-attr]  # skip the backoff wait
+        ok = await request(app, "GET", "/b/pageview", "sid=2&evt=view")
+    assert failed.status == 503
+    assert ok.status == 200
+    assert [r["sid"] for r in queued_rows(redis_server, "pageview")] == ["2"]

@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [
             str(bindir / "locust"), "-f", str(HERE / "locustfile.py"), "--headless", "-H", host,
             "-u", str(args.users), "-r", str(args.spawn_rate), "-t", args.run_time, "--stop-timeout", "5",
-            "--csv", str(reports / f"{stamp}-{args.user_class}"), "--html", str(reports / f"{stamp}-{args.user_class}.html"),
+            "--csv", str(reports / f"{stamp}-{args.user_class}"),
+            "--html", str(reports / f"{stamp}-{args.user_class}.html"),
             "--only-summary", args.user_class,
         ]
         code = subprocess.call(cmd, env={**os.environ, "PYTHONWARNINGS": "ignore"})

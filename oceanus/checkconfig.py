@@ -12,7 +12,7 @@ def describe(cfg: config.Config) -> str:
     for stream in cfg.streams.values():
         lines.append(f"stream {stream.name} (/b/{stream.name}, /e/{stream.name}, mode {stream.mode})")
         for name, field in stream.fields.items():
-            rules = [field.type]
+            rules: list[str] = [field.type]
             if field.required:
                 rules.append("required")
             if field.max_length is not None:

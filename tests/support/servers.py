@@ -14,7 +14,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    import redis
 
 T = TypeVar("T")
 
@@ -86,7 +89,7 @@ class RedisServer:
         finally:
             client.close()
 
-    def client(self) -> "redis.Redis":  # type: ignore[name-defined]  # noqa: F821
+    def client(self) -> redis.Redis:
         import redis
 
         return redis.Redis(port=self.port)
@@ -150,7 +153,7 @@ class BigQueryEmulator:
 
         return bigquery.Client(
             project=self.project,
-            credentials=AnonymousCredentials(),
+            credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
             client_options=ClientOptions(api_endpoint=self.rest_url),
         )
 

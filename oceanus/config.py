@@ -125,7 +125,10 @@ class CollectorConfig(_Base, frozen=True):
     workers: PositiveInt = 1
     #: Micro-batch bounds: one pipelined RPUSH per stream per batch.
     batch_max_events: PositiveInt = 1024
-    batch_linger_ms: Annotated[float, Meta(ge=0)] = 1.0
+    #: 0: a batch is whatever arrived while the previous round was in flight, which
+    #: batches well under load; a linger only adds latency when clients wait for
+    #: their answer (bench/RESULTS.md).
+    batch_linger_ms: Annotated[float, Meta(ge=0)] = 0.0
     max_body_bytes: PositiveInt = 1_048_576
     max_decompressed_bytes: PositiveInt = 4_194_304
     max_url_bytes: PositiveInt = 8192

@@ -20,6 +20,8 @@ class FlusherMetrics:
         self.inflight_batches = Gauge("oceanus_inflight_batches", "Claimed batches not yet written",
                                       ["stream"], registry=r)
         self.rows_written = Counter("oceanus_rows_written", "Rows the warehouse accepted", ["stream"], registry=r)
+        self.written_bytes = Counter("oceanus_written_bytes", "Bytes of the rows the warehouse accepted (batch nbytes)",
+                                     ["stream"], registry=r)
         self.rows_dead_lettered = Counter("oceanus_rows_dead_lettered",
                                           "Rows the warehouse refused, moved to the dead-letter list",
                                           ["stream"], registry=r)
@@ -40,6 +42,7 @@ class FlusherMetrics:
         self.backlog_items.labels(stream)
         self.inflight_batches.labels(stream)
         self.rows_written.labels(stream)
+        self.written_bytes.labels(stream)
         self.rows_dead_lettered.labels(stream)
         self.batch_target_rows.labels(stream)
         self.sink_write_duration.labels(stream)

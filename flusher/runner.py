@@ -171,6 +171,9 @@ class StreamWorker:
             self.busy_writing = False
         await self._finish(claim, dead)
         f.metrics.rows_written.labels(self.name).inc(written)
+        if written and batch.rows:
+            # nbytes is the whole batch's estimate; rows the sink refused are not written bytes.
+            f.metrics.written_bytes.labels(self.name).inc(batch.nbytes * written / len(batch.rows))
         if dead:
             f.metrics.rows_dead_lettered.labels(self.name).inc(len(dead))
         f.metrics.batch_target_rows.labels(self.name).set(self.controller.target_rows)

@@ -282,3 +282,34 @@ def test_backoff_is_full_jitter_and_capped(attempt: int) -> None:
     cap = min(60.0, 0.5 * 2**attempt)
     assert all(0 <= s <= cap for s in samples)
     assert max(samples) > cap * 0.9 and min(samples) < cap * 0.1
+
+
+def test_written_bytes_metric_appears_and_grows(redis_server: RedisServer, tmp_path: Path) -> None:
+    cfg = _cfg(redis_server, tmp_path)
+    keys = Keys(cfg.redis.key_prefix)
+    client = redis_server.client()
+    stream = cfg.streams["pv"]
+
+    def written_bytes(f: Flusher) -> float:
+        value = f.metrics.registry.get_sample_value("oceanus_written_bytes_total", {"stream": "pv"})
+        assert value is not None
+        return value
+
+    async def body(f: Flusher) -> None:
+        assert f.admin is not None
+        loop = asyncio.get_running_loop()
+        status, text = await loop.run_in_executor(None, _http, f.admin.url + "/metrics")
+        assert status == 200 and 'oceanus_written_bytes_total{stream="pv"} 0.0' in text.decode()
+        push_frames(client, keys, stream, frames=4, rows_per_frame=50)
+        await until(lambda: _queue_drained(f), "first rows")
+        first = written_bytes(f)
+        # A realistic size per row: the msgpack size of these rows is tens of bytes, not 0 or kilobytes.
+        assert 20 * 200 <= first <= 1000 * 200
+        push_frames(client, keys, stream, frames=4, rows_per_frame=50, start=200)
+        await until(lambda: _queue_drained(f), "more rows")
+        second = written_bytes(f)
+        assert second > first * 1.5
+        status, text = await loop.run_in_executor(None, _http, f.admin.url + "/metrics")
+        assert f'oceanus_written_bytes_total{{stream="pv"}} {second}' in text.decode()
+
+    run_flusher(cfg, _sink(cfg), body)

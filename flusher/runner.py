@@ -15,7 +15,9 @@ Delivery guarantees (see docs/ARCHITECTURE.md):
 - retryable sink errors back off with full jitter (``retry_base_s`` doubling,
   capped at ``retry_max_s``) for ever, the batch staying claimed. An error the
   sink calls non-retryable is a configuration problem (permissions, a missing
-  dataset): it is logged and retried at the same pace rather than dropping data;
+  dataset): it is logged and retried at the same pace rather than dropping data.
+  A ``pacing`` refusal (a quota slot not open yet) is not a failure: the worker
+  waits exactly its ``retry_after_s``, without a retry count or a smaller batch;
 - rows the sink refuses go to ``P:dead:{stream}`` with its reason;
 - SIGTERM/SIGINT: stop claiming; a batch not yet handed to the sink is given
   back to the head of its queue; one being written is finished within
@@ -67,6 +69,8 @@ GAUGE_INTERVAL_S = 1.0
 #: Pause after a Redis error before the worker tries again (seconds, doubled up to the cap).
 REDIS_RETRY_BASE_S = 0.2
 REDIS_RETRY_MAX_S = 5.0
+#: ``SinkError.reason`` of a write refused only until a quota slot opens (``retry_after_s`` says when).
+PACING_REASON = "pacing"
 #: Suffix of the discovery file written beside the DuckDB file.
 FLUSHER_FILE_SUFFIX = ".flusher.json"
 
@@ -238,6 +242,19 @@ class StreamWorker:
                 raise
             except Exception as exc:  # noqa: BLE001 - any sink failure keeps the batch claimed
                 elapsed = time.perf_counter() - t0
+                if isinstance(exc, SinkError) and exc.reason == PACING_REASON and exc.retry_after_s is not None:
+                    # A quota's schedule (load jobs: one per table per interval), not a
+                    # failure: wait exactly as long as the sink says, leave the batch size
+                    # and the retry count alone, and do not alert (no sink_retries_total).
+                    log.debug("stream %s: batch %s waits %.1fs for the sink's next slot: %s",
+                              self.name, batch.batch_id, exc.retry_after_s, exc)
+                    if f.stopping.is_set():
+                        if not state.has_sink_state():
+                            raise _GiveBack() from None
+                        await asyncio.sleep(exc.retry_after_s)
+                    else:
+                        await f.sleep(exc.retry_after_s)
+                    continue
                 hist.observe(elapsed)
                 err = exc if isinstance(exc, SinkError) else SinkError(
                     f"{type(exc).__name__}: {exc}", retryable=False, reason="bug")

@@ -284,6 +284,81 @@ def test_backoff_is_full_jitter_and_capped(attempt: int) -> None:
     assert max(samples) > cap * 0.9 and min(samples) < cap * 0.1
 
 
+class PacedSink:
+    """The real DuckDB sink behind a load-mode style slot: one write per ``interval_s``.
+
+    Like ``bq_load``'s pacing, a write before the slot opens is refused with
+    ``reason="pacing"`` and the exact wait in ``retry_after_s``.
+    """
+
+    name = "duckdb"
+
+    def __init__(self, inner: DuckDBSink, interval_s: float) -> None:
+        self.inner = inner
+        self.interval_s = interval_s
+        self.last_start: float | None = None
+        self.calls: list[tuple[float, bool]] = []  # (monotonic time, accepted)
+
+    def ensure_tables(self, streams: Sequence[StreamConfig]) -> list[str]:
+        return self.inner.ensure_tables(streams)
+
+    def write(self, batch: Batch, state: WriteState) -> WriteResult:
+        now = time.monotonic()
+        if self.last_start is not None and now < self.last_start + self.interval_s:
+            self.calls.append((now, False))
+            raise SinkError("next load slot not open yet (injected)", retryable=True, reason="pacing",
+                            retry_after_s=self.last_start + self.interval_s - now)
+        self.calls.append((now, True))
+        self.last_start = now
+        return self.inner.write(batch, state)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_pacing_waits_exactly_retry_after_without_retry_count_or_shrinking(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    interval_s = 0.6
+    cfg = _cfg(redis_server, tmp_path)
+    keys = Keys(cfg.redis.key_prefix)
+    client = redis_server.client()
+    stream = cfg.streams["pv"]
+    # retry_base_s is 0.01 in these configs: a backoff would call the sink again within milliseconds.
+    sink = PacedSink(_sink(cfg), interval_s)
+
+    async def body(f: Flusher) -> None:
+        worker = f.workers["pv"]
+        push_frames(client, keys, stream, frames=1, rows_per_frame=20)
+        await until(lambda: _queue_drained(f), "first batch")
+        target = worker.controller.target_rows
+        # A whole frame is a full batch (min_rows 10), so claims do not wait for the linger.
+        # The next batch arrives inside the interval: refused once, then written at the slot.
+        push_frames(client, keys, stream, frames=1, rows_per_frame=20, start=20)
+        await until(lambda: _queue_drained(f), "paced batch")
+        push_frames(client, keys, stream, frames=1, rows_per_frame=20, start=40)
+        await until(lambda: _queue_drained(f), "third batch")
+        assert worker.controller.target_rows >= target and worker.controller.decreases == 0
+        text = f.metrics.render().decode()
+        assert "oceanus_sink_retries_total{" not in text
+        assert 'oceanus_rows_written_total{stream="pv"} 60.0' in text
+
+    run_flusher(cfg, sink, body)
+    accepted = [t for t, ok in sink.calls if ok]
+    refused = [t for t, ok in sink.calls if not ok]
+    assert len(accepted) == 3
+    # One refusal per paced batch, not a burst of jittered retries.
+    assert 1 <= len(refused) <= 2
+    for prev, nxt in zip(accepted, accepted[1:], strict=False):
+        assert nxt - prev >= interval_s
+    # The refused write was retried when the slot opened, not later (one event-loop hop of slack).
+    for t in refused:
+        opened = max(a for a in accepted if a < t) + interval_s
+        after = min(a for a in accepted if a > t)
+        assert opened <= after <= opened + 0.25, (after - opened)
+    assert DuckDBSink(cfg).query("SELECT count(*) FROM pv").rows == [[60]]
+
+
 def test_written_bytes_metric_appears_and_grows(redis_server: RedisServer, tmp_path: Path) -> None:
     cfg = _cfg(redis_server, tmp_path)
     keys = Keys(cfg.redis.key_prefix)

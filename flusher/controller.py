@@ -6,9 +6,14 @@ The idea of Vector's adaptive request concurrency, applied to rows per write:
   (slow start) until the first sign of congestion, then add ``min_rows`` per
   write (additive increase);
 - **shrink** multiplicatively (x ``DECREASE_FACTOR``) when the sink throttles
-  or times out, when its cost per row rises well above its recent average
-  (``LATENCY_TOLERANCE``), or when one write alone takes longer than the
-  stream's latency promise ``max_wait_s``;
+  or times out, when one write alone takes longer than the stream's latency
+  promise ``max_wait_s``, or when its cost per row has *stayed* well above its
+  baseline: the median of the last ``LATENCY_WINDOW`` writes beyond
+  ``LATENCY_TOLERANCE`` x a slow-moving average. One slow write (a GC pause, a
+  DuckDB checkpoint, a neighbour on the CPU) is noise and moves nothing; after
+  a latency decrease the baseline is reset to the new level and the window
+  emptied (hysteresis), so a sink that got lastingly slower costs one halving,
+  not a spiral down to ``min_rows``;
 - always within ``min_rows..max_rows`` and under ``max_bytes`` at the stream's
   measured bytes per row.
 
@@ -20,19 +25,26 @@ which is what lets it be tested against a simulated sink.
 
 from __future__ import annotations
 
+import collections
 import enum
 import math
+import statistics
 
 from oceanus.config import BatchConfig
 
 #: Multiplicative decrease on congestion.
 DECREASE_FACTOR = 0.5
-#: Cost per row above this multiple of its running average counts as rising latency.
+#: A median cost per row above this multiple of the baseline counts as rising latency.
+#: Noise of +-50 % around a steady cost keeps the median under 1.5x.
 LATENCY_TOLERANCE = 2.0
+#: Writes in the latency window; the median of a full window is judged (a majority must be slow).
+LATENCY_WINDOW = 5
 #: Writes shorter than this never count as slow: timer noise dominates them (seconds).
 LATENCY_FLOOR_S = 0.02
-#: Weight of the newest sample in the running averages.
+#: Weight of the newest sample in the running averages (rows per frame, bytes per row).
 EWMA_ALPHA = 0.2
+#: Weight of the newest sample in the slow-moving cost-per-row baseline.
+BASELINE_ALPHA = 0.05
 #: A write "used" the target when it had at least this share of it.
 FULL_BATCH_SHARE = 0.5
 #: Share of ``max_wait_s`` a partial batch may wait for company before it is claimed;
@@ -69,7 +81,9 @@ class BatchController:
         self.slow_start = True
         self.row_bytes: float | None = None
         self.rows_per_frame: float | None = None
+        #: Slow-moving average of the sink's cost per row (seconds) and the recent samples.
         self.cost_per_row_s: float | None = None
+        self._recent: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
         self.decreases = 0
 
     @property
@@ -99,17 +113,33 @@ class BatchController:
             return
         if outcome is not Outcome.OK or rows <= 0:
             return
-        cost = duration_s / rows
-        rising = (
-            self.cost_per_row_s is not None
-            and duration_s > LATENCY_FLOOR_S
-            and cost > self.cost_per_row_s * LATENCY_TOLERANCE
-        )
-        if rising or duration_s > self.max_wait_s:
+        if duration_s > self.max_wait_s:
+            self._decrease()
+            return
+        if self._latency_rising(rows, duration_s):
             self._decrease()
         elif backlog and rows >= FULL_BATCH_SHARE * self.target_rows:
             self._increase()
-        self.cost_per_row_s = _ewma(self.cost_per_row_s, cost)
+
+    def _latency_rising(self, rows: int, duration_s: float) -> bool:
+        if duration_s <= LATENCY_FLOOR_S:
+            return False
+        cost = duration_s / rows
+        self._recent.append(cost)
+        baseline = self.cost_per_row_s
+        if baseline is None:
+            self.cost_per_row_s = cost
+            return False
+        if len(self._recent) == LATENCY_WINDOW:
+            median = statistics.median(self._recent)
+            if median > baseline * LATENCY_TOLERANCE:
+                # Re-baseline at the new level: the next decrease needs a further rise
+                # and a fresh window of evidence.
+                self.cost_per_row_s = median
+                self._recent.clear()
+                return True
+        self.cost_per_row_s = baseline + BASELINE_ALPHA * (cost - baseline)
+        return False
 
     def _increase(self) -> None:
         if self.slow_start:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from flusher.controller import BatchController, Outcome
+import random
+from typing import Any
+
+import pytest
+
+from flusher.controller import LATENCY_WINDOW, BatchController, Outcome
 from oceanus.config import BatchConfig
 
 BOUNDS = BatchConfig(min_rows=100, max_rows=10_000, max_bytes=9_000_000, max_wait_s=5.0)
@@ -62,13 +67,73 @@ def test_throttling_halves_then_additive_increase_settles_below_capacity() -> No
     assert steps == {BOUNDS.min_rows}
 
 
-def test_rising_cost_per_row_shrinks_the_batch() -> None:
+def test_sustained_rising_cost_per_row_shrinks_the_batch_once() -> None:
     c = BatchController(BOUNDS)
-    drive(c, SimulatedSink(per_row_s=1e-6), 10)
+    drive(c, SimulatedSink(per_row_s=1e-5), 20)
     before = c.target_rows
-    # the sink slows down tenfold per row (a struggling warehouse)
-    c.observe_write(before, 0.01 + before * 1e-5 * 10, Outcome.OK, True)
-    assert c.target_rows == before // 2
+    assert before == BOUNDS.max_rows
+    # the sink slows down tenfold per row (a struggling warehouse) and stays slow
+    slow = SimulatedSink(per_row_s=1e-4)
+    writes = 0
+    while c.decreases == 0 and writes < LATENCY_WINDOW:
+        drive(c, slow, 1)
+        writes += 1
+    # the majority of a full window must be slow: a single write never decides
+    assert writes == LATENCY_WINDOW // 2 + 1
+    assert c.decreases == 1 and c.target_rows == before // 2
+    # re-baselined at the new level: no spiral down, additive growth resumes
+    drive(c, slow, 30)
+    assert c.decreases == 1
+    assert c.target_rows == min(BOUNDS.max_rows, before // 2 + 30 * BOUNDS.min_rows)
+
+
+def test_one_slow_write_is_noise() -> None:
+    c = BatchController(BOUNDS)
+    drive(c, SimulatedSink(per_row_s=1e-5), 20)
+    before = c.target_rows
+    # a checkpoint or GC pause: one write five times slower, then back to normal
+    c.observe_write(before, 5 * (0.01 + before * 1e-5), Outcome.OK, True)
+    drive(c, SimulatedSink(per_row_s=1e-5), 10)
+    assert c.decreases == 0 and c.target_rows == before
+
+
+class NoisySink(SimulatedSink):
+    """Every duration multiplied by a uniform factor in [1 - noise, 1 + noise] (CPU contention)."""
+
+    def __init__(self, noise: float, seed: int, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.noise = noise
+        self.rng = random.Random(seed)
+
+    def write(self, rows: int) -> tuple[float, Outcome]:
+        duration, outcome = super().write(rows)
+        return duration * self.rng.uniform(1 - self.noise, 1 + self.noise), outcome
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_noise_of_50_percent_never_shrinks_the_batch(seed: int) -> None:
+    c = BatchController(BOUNDS)
+    sizes = drive(c, NoisySink(0.5, seed, per_row_s=1e-5), 300)
+    assert c.decreases == 0
+    assert c.target_rows == BOUNDS.max_rows and sizes[-1] == BOUNDS.max_rows
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_noise_does_not_hide_throttling_or_timeouts(seed: int) -> None:
+    c = BatchController(BOUNDS)
+    sizes = drive(c, NoisySink(0.5, seed, per_row_s=1e-5, capacity_rows=3000), 200)
+    assert c.decreases >= 2 and max(sizes[-100:]) <= 3000 + BOUNDS.min_rows
+    before = c.target_rows
+    c.observe_write(before, 30.0, Outcome.TIMEOUT, True)
+    assert c.target_rows == max(BOUNDS.min_rows, int(before * 0.5))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_noise_does_not_hide_a_lasting_slowdown(seed: int) -> None:
+    c = BatchController(BOUNDS)
+    drive(c, NoisySink(0.5, seed, per_row_s=1e-5), 30)
+    drive(c, NoisySink(0.5, seed, per_row_s=1e-4), 2 * LATENCY_WINDOW)
+    assert c.decreases >= 1
 
 
 def test_timeouts_decrease_but_never_below_min_rows() -> None:

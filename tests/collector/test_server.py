@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -41,6 +42,8 @@ class Collector:
                 [sys.executable, "-m", "oceanus.cli", "collector", "--config", str(REPO / "oceanus.toml"),
                  "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers)],
                 env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp,
+                # Its own process group: granian's workers must not outlive a killed parent.
+                start_new_session=True,
             )
 
         def ready() -> bool:
@@ -57,8 +60,15 @@ class Collector:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        # Whatever is left of the group (a worker orphaned by a crash): gone.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ negative when wrk gave up on requests the collector still wrote).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -31,7 +32,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,7 @@ def http_ok(url: str) -> bool:
         return False
 
 
-@contextmanager
+@contextlib.contextmanager
 def redis_child(directory: Path, appendfsync: str = "everysec") -> Iterator[int]:
     """A redis-server child on a free port (AOF on); yields the port."""
     port = free_port()
@@ -100,7 +100,7 @@ def redis_child(directory: Path, appendfsync: str = "everysec") -> Iterator[int]
         proc.wait(timeout=20)
 
 
-@contextmanager
+@contextlib.contextmanager
 def server(cmd: list[str], env: dict[str, str], ready_url: str, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     with open(log_path, "wb") as logf:
         proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT, cwd=REPO,
@@ -121,6 +121,9 @@ def server(cmd: list[str], env: dict[str, str], ready_url: str, log_path: Path) 
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        # A worker orphaned by its parent's exit must not keep loading the box.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60_000.0}

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from oceanus.buffer import Keys, decode_frame
-from tests.support.servers import RedisServer, free_port, wait_for
+from tests.support.servers import RedisServer, free_port, kill_group, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "tests" / "artifacts"
@@ -66,7 +66,7 @@ class LiveCollector:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "oceanus.cli", "collector", "--config", str(REPO / "oceanus.toml"),
                  "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp,
+                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp, start_new_session=True,
             )
 
         def ready() -> bool:
@@ -104,6 +104,7 @@ class LiveCollector:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        kill_group(self.proc.pid)
 
 
 @pytest.fixture(scope="module")

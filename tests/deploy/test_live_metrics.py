@@ -18,7 +18,7 @@ import pytest
 
 from oceanus import config
 from tests.deploy import manifests as m
-from tests.support.servers import RedisServer, free_port, wait_for
+from tests.support.servers import RedisServer, free_port, kill_group, wait_for
 
 
 class Process:
@@ -32,7 +32,8 @@ class Process:
         args = [sys.executable, "-m", "oceanus.cli", role, "--config", str(m.REPO / "oceanus.toml")]
         if role == "collector":
             args += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-        self.proc = subprocess.Popen(args, cwd=log.parent, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(args, cwd=log.parent, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -77,6 +78,7 @@ class Process:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
+        kill_group(self.proc.pid)
         self._log.close()
 
 

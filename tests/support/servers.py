@@ -44,6 +44,18 @@ def wait_for(check: Callable[[], T], timeout: float = 15.0, interval: float = 0.
         time.sleep(interval)
 
 
+def kill_group(pid: int) -> None:
+    """SIGKILL whatever is left of a child started with ``start_new_session=True``.
+
+    granian forks its workers; if the main process dies first they would be
+    orphaned and outlive the test, so each server child leads its own group.
+    """
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.2)

@@ -135,6 +135,12 @@ class Child:
                 print(f"oceanus dev: {self.name} did not stop in time; killing it", file=sys.stderr, flush=True)
                 self.proc.kill()
                 self.proc.wait()
+        # The child leads its own process group: SIGKILL whatever it left behind
+        # (granian workers outlive a main process that was killed mid-drain).
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
         self._log.close()
         return self.proc.returncode
 

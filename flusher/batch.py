@@ -18,14 +18,13 @@ are passed through without touching a row.
 from __future__ import annotations
 
 import base64
-import zlib
 from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 
 from flusher.sinks.base import Batch
-from oceanus.buffer import FRAME_MAGIC, FrameError, decode_frame, event_id_hex, event_id_time_ms
+from oceanus.buffer import FrameError, decode_frame, event_id_hex, event_id_time_ms, frame_payload
 from oceanus.config import EXTRA_COLUMN, StreamConfig
 
 _json_enc = msgspec.json.Encoder()
@@ -177,7 +176,7 @@ def _expansion(frame: bytes) -> float:
     only to size it would cost more than msgpack decoding does.
     """
     try:
-        raw = zlib.decompress(memoryview(frame)[len(FRAME_MAGIC):])
-    except zlib.error:
+        raw = frame_payload(frame)
+    except FrameError:
         return 1.0
     return len(raw) / max(1, len(frame))

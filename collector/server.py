@@ -12,6 +12,9 @@ Shutdown: SIGTERM to this process makes granian terminate the workers; each
 one turns ``/readyz`` 503, lets in-flight requests finish, writes what is
 queued (Redis, else the spool) within ``collector.drain_timeout_s``, and exits.
 granian kills a worker that overstays by a few seconds.
+
+Worker death: granian respawns a worker that exits unexpectedly; the new one
+claims the dead worker's spool file (collector/spool.py) and replays it.
 """
 
 from __future__ import annotations
@@ -62,6 +65,11 @@ def main(args: argparse.Namespace) -> int:
             log_access=False,
             backlog=2048,
             workers_kill_timeout=math.ceil(c.drain_timeout_s) + KILL_MARGIN_S,
+            # A worker that dies (OOM kill, segfault, kill -9) is replaced at once; its
+            # spool file is unlocked by its death, and the new worker claims and replays
+            # it. granian gives up (and exits, so the pod restarts) if the same worker
+            # dies again within ~5 s of a respawn: a crash loop.
+            respawn_failed_workers=True,
         )
         server.serve()
     finally:

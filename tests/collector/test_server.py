@@ -151,3 +151,64 @@ def test_sigterm_drains_in_flight_events_and_exits_zero(collector_factory: type[
     assert elapsed < 8
     rows = queued_rows(redis_server, "pageview")
     assert sorted(int(r["sid"], 16) for r in rows) == list(range(n))
+
+
+def _workers(pid: int) -> list[int]:
+    """granian's worker processes: the children of the collector's main process."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except FileNotFoundError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def _spooled_pids(spool: Path) -> set[int]:
+    """Pids whose spool file holds records (``spool-{pid}-{random}.log``)."""
+    return {int(f.name.split("-")[1]) for f in spool.glob("spool-*.log") if f.stat().st_size > 0}
+
+
+def test_killed_worker_is_respawned_and_its_spool_replayed(collector_factory: type[Collector],
+                                                            tmp_path: Path) -> None:
+    # Redis is not up yet (connection refused): every acknowledged event is in a spool file.
+    redis = RedisServer(tmp_path / "late-redis", port=free_port())
+    c = collector_factory(workers=2, OCEANUS_REDIS_URL=redis.url, OCEANUS_REDIS_TIMEOUT_S="0.5")
+    def two_workers() -> list[int]:
+        now = _workers(c.proc.pid)
+        return now if len(now) == 2 else []
+
+    workers = wait_for(two_workers, what="two workers")
+    spool = tmp_path / "spool"
+    n = 0
+    # Keep-alive connections are spread over the workers; send until one of them
+    # has spooled events (bounded by count).
+    while n < 400 and (n < 30 or not _spooled_pids(spool) & set(workers)):
+        status = _get(c.port, f"/b/pageview?sid={n:x}&evt=view")[0]
+        assert status == 200
+        n += 1
+    victim = sorted(_spooled_pids(spool) & set(workers))[0]
+    os.kill(victim, signal.SIGKILL)
+
+    def replaced() -> list[int]:
+        now = _workers(c.proc.pid)
+        return now if len(now) == 2 and victim not in now else []
+
+    now = wait_for(replaced, timeout=20, what="a new worker in place of the killed one")
+    assert c.proc.poll() is None
+    # The new worker answers (both workers take requests; at least one lands on it).
+    statuses = [_get(c.port, f"/b/pageview?sid={i:x}&evt=view")[0] for i in range(n, n + 20)]
+    assert statuses == [200] * 20
+    n += 20
+    assert set(now) - set(workers)
+
+    redis.start()
+    try:
+        # Every acknowledged event, the dead worker's spool included, reaches Redis.
+        def all_rows() -> bool:
+            return sorted(int(r["sid"], 16) for r in queued_rows(redis, "pageview")) == list(range(n))
+
+        wait_for(all_rows, timeout=20, what=f"all {n} acknowledged events in Redis")
+        wait_for(lambda: victim not in _spooled_pids(spool) and not list(spool.glob(f"spool-{victim}-*")),
+                 timeout=10, what="the dead worker's spool file replayed and removed")
+    finally:
+        c.stop()
+        redis.stop()

@@ -13,6 +13,11 @@ the batch size the collector reaches under load (``--realistic-batch``,
 default 16: ``python -m bench collector`` reports a mean of 13-15 events per
 round at c64 on two workers),
 next to the figures for every measured size, batch size 1 included.
+
+``--codec`` adds the frame codec's CPU cost: medians of 9 timeit runs of
+``encode_frame`` / ``decode_frame`` per event at each batch size, for the
+current format and for the previous one (O1: zlib without a dictionary), on
+pageview rows shaped as the collector builds them.
 """
 
 from __future__ import annotations
@@ -128,12 +133,63 @@ def row_json_bytes(n: int = 2000) -> float:
     return total / n
 
 
+def pageview_rows(n: int) -> tuple[list[str], list[list[Any]]]:
+    """Rows in the pageview stream's columns, as the collector builds them."""
+    from urllib.parse import parse_qsl
+
+    from oceanus import config
+    from oceanus.buffer import EventIds
+
+    columns = list(config.load(env={}).streams["pageview"].columns)
+    ids = EventIds()
+    rows = []
+    for i, (query, ua) in enumerate(pageviews(n)):
+        fields = dict(parse_qsl(query))
+        server = {"event_id": ids.new(), "received_at": 1_780_000_000_000_000 + i * 50, "ip": "198.51.100.20",
+                  "ua": ua, "device": "mobile" if "Mobile" in ua else "desktop"}
+        rows.append([server.get(c, fields.get(c)) for c in columns])
+    return columns, rows
+
+
+def codec_cpu(sizes: list[int]) -> dict[str, dict[str, float]]:
+    """Encode/decode µs per event, current format vs O1, medians of 9 runs."""
+    import functools
+    import statistics
+    import timeit
+    import zlib
+
+    from oceanus.buffer import FRAME_ZLIB_LEVEL, decode_frame, encode_frame
+
+    pack = msgspec.msgpack.Encoder().encode
+
+    def encode_o1(columns: list[str], rows: list[list[Any]]) -> bytes:
+        return b"O1" + zlib.compress(pack((columns, rows)), FRAME_ZLIB_LEVEL)
+
+    columns, rows = pageview_rows(max(sizes))
+    out: dict[str, dict[str, float]] = {}
+    for b in sizes:
+        chunk = rows[:b]
+        number = max(20, 2000 // b)
+        res: dict[str, float] = {}
+        for name, enc in (("o1", encode_o1), ("current", encode_frame)):
+            frame = enc(columns, chunk)
+            calls = (("encode", functools.partial(enc, columns, chunk)),
+                     ("decode", functools.partial(decode_frame, frame)))
+            for op, fn in calls:
+                runs = [timeit.timeit(fn, number=number) / number / b * 1e6 for _ in range(9)]
+                res[f"{op}_us_{name}"] = round(statistics.median(runs), 2)
+            res[f"frame_bytes_per_event_{name}"] = round(len(frame) / b, 1)
+        out[str(b)] = res
+    return out
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m bench memory", description=__doc__.split("\n")[0])
     p.add_argument("--events", type=int, default=20_000, help="events per batch size")
     p.add_argument("--batches", default="1,8,16,32,128", help="batch sizes to measure")
     p.add_argument("--realistic-batch", type=int, default=16)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--codec", action="store_true", help="also time the frame codec (µs per event)")
     args = p.parse_args(argv)
     sizes = sorted({int(b) for b in args.batches.split(",")} | {args.realistic_batch})
     results = {}
@@ -149,6 +205,8 @@ def main(argv: list[str]) -> int:
         "realistic_batch": args.realistic_batch,
         "redis_bytes_per_event": results[args.realistic_batch]["bytes_per_event"],
     }
+    if args.codec:
+        out = {"codec": codec_cpu(sizes), **out}
     if args.json:
         print(json.dumps(out, ensure_ascii=False))
     else:

@@ -37,7 +37,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -282,7 +282,7 @@ class StreamWorker:
             return result
 
 
-def _sub(batch: Batch, rows: list[list[Any]], part: str) -> Batch:
+def _sub(batch: Batch, rows: Sequence[Sequence[Any]], part: str) -> Batch:
     ratio = len(rows) / max(1, len(batch.rows))
     return Batch(stream=batch.stream, batch_id=f"{batch.batch_id}.{part}", columns=batch.columns, rows=rows,
                  nbytes=int(batch.nbytes * ratio))

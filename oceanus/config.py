@@ -167,6 +167,8 @@ class FlusherConfig(_Base, frozen=True):
 
 class DuckDBConfig(_Base, frozen=True):
     path: str = ".oceanus/warehouse.duckdb"
+    #: DuckDB worker threads (``SET threads``); 0 = DuckDB's default (every core).
+    threads: Annotated[int, Meta(ge=0, le=256)] = 1
 
 
 class BigQueryConfig(_Base, frozen=True):

@@ -30,7 +30,7 @@ class Batch(msgspec.Struct, frozen=True, kw_only=True):
     stream: StreamConfig
     batch_id: str
     columns: tuple[str, ...]
-    rows: list[list[Any]]
+    rows: Sequence[Sequence[Any]]
     #: Approximate encoded size, for request-size limits.
     nbytes: int = 0
 

@@ -128,3 +128,70 @@ def test_second_writer_process_gets_a_config_error(sink: DuckDBSink, tmp_path: P
                           cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 3, proc.stderr
     assert proc.stdout.startswith("sink.duckdb.path: cannot open")
+
+
+def test_partial_replay_across_a_time_range_inserts_only_the_new_rows(sink: DuckDBSink) -> None:
+    stream = _batch(sink, []).stream
+    rows = make_rows(stream, 40)
+    received = stream.columns.index("received_at")
+    for i, r in enumerate(rows):  # an hour of events, two without a receive time
+        r[received] = None if i in (3, 30) else 1_700_000_000_000_000 + i * 90_000_000
+    assert sink.write(_batch(sink, rows[:25]), NoState()).written == 25
+    # the re-claimed half-written batch comes back with new rows behind it, in another order
+    sink.write(_batch(sink, rows[10:][::-1], "b2"), NoState())
+    got = sink._con.execute("SELECT count(*), count(DISTINCT event_id), count(received_at) FROM pv").fetchone()
+    assert got == (40, 40, 38)
+    stored = {r[0] for r in sink._con.execute("SELECT event_id FROM pv").fetchall()}
+    assert stored == {r[0].hex() for r in rows}
+
+
+def test_event_ids_of_the_wrong_length_are_rejected_not_misaligned(sink: DuckDBSink) -> None:
+    stream = _batch(sink, []).stream
+    rows = make_rows(stream, 10)
+    # 15 + 17 bytes: the batch's ids still join to 16 bytes a row on average
+    rows[3][0] = rows[3][0][:15]
+    rows[4][0] = rows[4][0] + b"x"
+    result = sink.write(_batch(sink, rows), NoState())
+    assert result.written == 8 and {e.index for e in result.rejected} == {3, 4}
+    stored = sorted(r[0] for r in sink._con.execute("SELECT event_id FROM pv").fetchall())
+    assert stored == sorted(r[0].hex() for i, r in enumerate(rows) if i not in (3, 4))
+
+
+def test_a_keyed_table_of_an_earlier_version_still_dedupes(tmp_path: Path) -> None:
+    import duckdb
+
+    from flusher.sinks.duckdb import DUCKDB_TYPES, column_types
+
+    cfg = make_config("redis://unused", tmp_path / "old.duckdb")
+    stream = cfg.streams["pv"]
+    con = duckdb.connect(str(tmp_path / "old.duckdb"))
+    cols = ", ".join(f'"{n}" {DUCKDB_TYPES[t]}' + (" PRIMARY KEY" if n == "event_id" else "")
+                     for n, t in column_types(stream))
+    con.execute(f"CREATE TABLE pv ({cols})")
+    con.close()
+    s = DuckDBSink(cfg)
+    try:
+        assert s.ensure_tables([stream]) == ["duckdb: (re)created view pv_dedup"]
+        rows = make_rows(stream, 20)
+        s.write(_batch(s, rows), NoState())
+        s.write(_batch(s, rows + make_rows(stream, 5, start=20), "b2"), NoState())
+        assert s._con.execute("SELECT count(*), count(DISTINCT event_id) FROM pv").fetchone() == (25, 25)
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("threads", [1, 2, 0])
+def test_threads_setting(tmp_path: Path, threads: int) -> None:
+    import duckdb
+    import msgspec
+
+    cfg = make_config("redis://unused", tmp_path / "t.duckdb")
+    duck = msgspec.structs.replace(cfg.sink.duckdb, threads=threads)
+    cfg = msgspec.structs.replace(cfg, sink=msgspec.structs.replace(cfg.sink, duckdb=duck))
+    s = DuckDBSink(cfg)
+    try:
+        got = s._con.execute("SELECT current_setting('threads')").fetchone()
+        default = duckdb.connect().execute("SELECT current_setting('threads')").fetchone()
+        assert got is not None and int(got[0]) == (threads or int(default[0] if default else -1))
+    finally:
+        s.close()

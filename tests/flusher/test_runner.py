@@ -104,6 +104,12 @@ async def _queue_drained(f: Flusher, stream: str = "pv") -> bool:
     return q == 0 and inflight == 0
 
 
+async def _drained_and_counted(f: Flusher, rows: float, stream: str = "pv") -> bool:
+    """Drained, and the worker has counted its last batch (it does so after releasing the claim)."""
+    written = f.metrics.registry.get_sample_value("oceanus_rows_written_total", {"stream": stream})
+    return written == rows and await _queue_drained(f, stream)
+
+
 def _http(url: str, data: bytes | None = None) -> tuple[int, bytes]:
     req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
     try:
@@ -119,7 +125,7 @@ def test_drains_every_row_exactly_once_and_serves_admin(redis_server: RedisServe
     ids = push_frames(redis_server.client(), keys, cfg.streams["pv"], frames=200, rows_per_frame=25)
 
     async def body(f: Flusher) -> None:
-        await until(lambda: _queue_drained(f), "queue drained")
+        await until(lambda: _drained_and_counted(f, 5000), "queue drained")
         assert f.admin is not None
         url = f.admin.url
         loop = asyncio.get_running_loop()
@@ -164,7 +170,7 @@ def test_retry_split_and_dead_letters_leave_the_exact_row_set(redis_server: Redi
     sink = FaultySink(_sink(cfg), fail_first=3, max_rows=30)
 
     async def body(f: Flusher) -> None:
-        await until(lambda: _queue_drained(f), "queue drained")
+        await until(lambda: _drained_and_counted(f, 197), "queue drained")
         text = f.metrics.render().decode()
         assert 'oceanus_sink_retries_total{reason="server",stream="pv"} 3.0' in text
         assert 'oceanus_rows_dead_lettered_total{stream="pv"} 4.0' in text
@@ -330,14 +336,14 @@ def test_pacing_waits_exactly_retry_after_without_retry_count_or_shrinking(
     async def body(f: Flusher) -> None:
         worker = f.workers["pv"]
         push_frames(client, keys, stream, frames=1, rows_per_frame=20)
-        await until(lambda: _queue_drained(f), "first batch")
+        await until(lambda: _drained_and_counted(f, 20), "first batch")
         target = worker.controller.target_rows
         # A whole frame is a full batch (min_rows 10), so claims do not wait for the linger.
         # The next batch arrives inside the interval: refused once, then written at the slot.
         push_frames(client, keys, stream, frames=1, rows_per_frame=20, start=20)
-        await until(lambda: _queue_drained(f), "paced batch")
+        await until(lambda: _drained_and_counted(f, 40), "paced batch")
         push_frames(client, keys, stream, frames=1, rows_per_frame=20, start=40)
-        await until(lambda: _queue_drained(f), "third batch")
+        await until(lambda: _drained_and_counted(f, 60), "third batch")
         assert worker.controller.target_rows >= target and worker.controller.decreases == 0
         text = f.metrics.render().decode()
         assert "oceanus_sink_retries_total{" not in text
@@ -371,20 +377,18 @@ def test_written_bytes_metric_appears_and_grows(redis_server: RedisServer, tmp_p
         return value
 
     async def body(f: Flusher) -> None:
-        assert f.admin is not None
-        loop = asyncio.get_running_loop()
-        status, text = await loop.run_in_executor(None, _http, f.admin.url + "/metrics")
-        assert status == 200 and 'oceanus_written_bytes_total{stream="pv"} 0.0' in text.decode()
+        assert 'oceanus_written_bytes_total{stream="pv"} 0.0' in f.metrics.render().decode()
         push_frames(client, keys, stream, frames=4, rows_per_frame=50)
-        await until(lambda: _queue_drained(f), "first rows")
+        await until(lambda: _drained_and_counted(f, 200), "first rows")
         first = written_bytes(f)
         # A realistic size per row: the msgpack size of these rows is tens of bytes, not 0 or kilobytes.
         assert 20 * 200 <= first <= 1000 * 200
         push_frames(client, keys, stream, frames=4, rows_per_frame=50, start=200)
-        await until(lambda: _queue_drained(f), "more rows")
+        await until(lambda: _drained_and_counted(f, 400), "more rows")
         second = written_bytes(f)
         assert second > first * 1.5
-        status, text = await loop.run_in_executor(None, _http, f.admin.url + "/metrics")
-        assert f'oceanus_written_bytes_total{{stream="pv"}} {second}' in text.decode()
+        assert f.admin is not None
+        status, text = await asyncio.get_running_loop().run_in_executor(None, _http, f.admin.url + "/metrics")
+        assert status == 200 and f'oceanus_written_bytes_total{{stream="pv"}} {second}' in text.decode()
 
     run_flusher(cfg, _sink(cfg), body)

@@ -169,6 +169,9 @@ class DuckDBConfig(_Base, frozen=True):
     path: str = ".oceanus/warehouse.duckdb"
     #: DuckDB worker threads (``SET threads``); 0 = DuckDB's default (every core).
     threads: Annotated[int, Meta(ge=0, le=256)] = 1
+    #: DuckDB's buffer pool cap (``SET memory_limit``), e.g. "256MB"; empty = DuckDB's
+    #: default of 80 % of RAM. Bounded so the flusher's RSS stays flat as the tables grow.
+    memory_limit: Annotated[str, Meta(pattern=r"^$|^[0-9]+(\.[0-9]+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")] = "512MB"
 
 
 class BigQueryConfig(_Base, frozen=True):

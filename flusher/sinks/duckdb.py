@@ -142,6 +142,9 @@ class DuckDBSink:
             self._con = duckdb.connect(str(self.path))
             if cfg.sink.duckdb.threads:
                 self._con.execute(f"SET threads = {int(cfg.sink.duckdb.threads)}")
+            if cfg.sink.duckdb.memory_limit:
+                # The pattern in the config struct admits only "<number><unit>".
+                self._con.execute(f"SET memory_limit = '{cfg.sink.duckdb.memory_limit}'")
         except (OSError, duckdb.Error) as exc:
             text = " ".join(str(exc).split())
             raise ConfigError(f"sink.duckdb.path: cannot open {self.path} for writing: {text}") from None

@@ -103,23 +103,75 @@ class StreamWorker:
         #: More frames were waiting than the last claim took: the controller may grow.
         self.backlog = False
         self.rng = random.Random()
+        #: The next batch, claimed and decoded while the current one is written (at most one ahead).
+        self.ahead: asyncio.Task[tuple[Claim, Built] | None] | None = None
 
     async def run(self) -> None:
         f = self.f
         f.metrics.batch_target_rows.labels(self.name).set(self.controller.target_rows)
         redis_failures = 0
-        while not f.stopping.is_set():
-            try:
-                claim = self.reclaimed.popleft() if self.reclaimed else await self._next_claim()
-                if claim is not None:
-                    await self._process(claim)
-                redis_failures = 0
-            except RedisError as exc:
-                delay = min(REDIS_RETRY_MAX_S, REDIS_RETRY_BASE_S * 2**redis_failures)
-                redis_failures += 1
-                f.redis_ok = False
-                log.warning("stream %s: Redis error, retrying in %.1fs: %s", self.name, delay, exc)
-                await f.sleep(delay)
+        try:
+            while not f.stopping.is_set():
+                try:
+                    if self.reclaimed:
+                        await self._process(self.reclaimed.popleft())
+                    elif self.ahead is not None:
+                        task, self.ahead = self.ahead, None
+                        prepared = await task
+                        if prepared is not None:
+                            await self._process(*prepared)
+                    else:
+                        claim = await self._next_claim()
+                        if claim is not None:
+                            await self._process(claim)
+                    redis_failures = 0
+                except RedisError as exc:
+                    delay = min(REDIS_RETRY_MAX_S, REDIS_RETRY_BASE_S * 2**redis_failures)
+                    redis_failures += 1
+                    f.redis_ok = False
+                    log.warning("stream %s: Redis error, retrying in %.1fs: %s", self.name, delay, exc)
+                    await f.sleep(delay)
+        finally:
+            await self._give_back_ahead()
+
+    async def _give_back_ahead(self) -> None:
+        """Shutdown: the batch claimed ahead never reached the sink, so it goes back to the queue head."""
+        task, self.ahead = self.ahead, None
+        if task is None:
+            return
+        try:
+            prepared = await asyncio.shield(task)
+        except RedisError as exc:
+            log.warning("stream %s: claiming ahead failed at shutdown: %s", self.name, exc)
+            return
+        if prepared is None:
+            return
+        claim = prepared[0]
+        try:
+            moved = await self.f.claimer.give_back(claim)
+        except RedisError as exc:
+            # Left claimed: once our heartbeat is gone any flusher re-claims it.
+            log.warning("stream %s: could not give back batch %s: %s", self.name, claim.batch_id, exc)
+            return
+        log.info("stream %s: gave back %d frames of batch %s to the queue", self.name, moved, claim.batch_id)
+
+    def _claim_ahead(self) -> None:
+        """Start claiming and decoding the next batch, if a full one is already waiting."""
+        if self.ahead is None and self.backlog and not self.reclaimed and not self.f.stopping.is_set():
+            self.ahead = asyncio.create_task(self._prepare_ahead(), name=f"ahead-{self.name}")
+
+    async def _prepare_ahead(self) -> tuple[Claim, Built] | None:
+        f = self.f
+        want = self.controller.frames_to_claim()
+        waiting = int(await f.aredis.llen(f.keys.queue(self.name)))
+        if waiting < want:
+            return None  # a partial batch: the main loop lets it linger for company
+        claim = await f.claimer.claim(self.name, want)
+        if claim is None:
+            return None
+        self.backlog = waiting > len(claim.frames)
+        built: Built = await f.in_thread(self.builder.build, claim.batch_id, claim.frames)
+        return claim, built
 
     async def _next_claim(self) -> Claim | None:
         f = self.f
@@ -145,9 +197,9 @@ class StreamWorker:
             self.backlog = waiting > len(claim.frames)
         return claim
 
-    async def _process(self, claim: Claim) -> None:
+    async def _process(self, claim: Claim, built: Built | None = None) -> None:
         try:
-            await self._process_claimed(claim)
+            await self._process_claimed(claim, built)
         except RedisError:
             # Still ours (our heartbeat lives, so nobody re-claims it): try again
             # once Redis answers, re-reading its state like a re-claimed batch.
@@ -155,19 +207,26 @@ class StreamWorker:
             self.reclaimed.appendleft(claim)
             raise
 
-    async def _process_claimed(self, claim: Claim) -> None:
+    async def _process_claimed(self, claim: Claim, built: Built | None = None) -> None:
         f = self.f
         values = await f.claimer.load_state(claim.key) if claim.reclaimed else {}
         state = RedisWriteState(f.sync_redis, f.keys.state(claim.key), values)
-        built: Built = await f.in_thread(self.builder.build, claim.batch_id, claim.frames)
+        if built is None:
+            built = await f.in_thread(self.builder.build, claim.batch_id, claim.frames)
         batch = built.batch
         self.controller.observe_frames(len(claim.frames), len(batch.rows), batch.nbytes)
         dead = list(built.dead)
         written = 0
+        # Pipelining: the next batch is claimed and decoded (Python, holding the GIL)
+        # while this one is written (the sink's thread, mostly outside the GIL).
+        self._claim_ahead()
         try:
             self.busy_writing = True
             written = await self._write_part(batch, state, dead)
         except _GiveBack:
+            # The batch claimed ahead holds later frames: it goes back first, so that
+            # this one lands in front of it and the queue keeps its order.
+            await self._give_back_ahead()
             moved = await f.claimer.give_back(claim)
             log.info("stream %s: gave back %d frames of batch %s to the queue", self.name, moved, claim.batch_id)
             return
@@ -309,7 +368,8 @@ class Flusher:
         self.workers = {name: StreamWorker(self, s) for name, s in cfg.streams.items()}
         # Sink writes and frame decoding leave the event loop free for the admin
         # server; a pool of our own so a stuck write cannot starve anything else.
-        self._pool = ThreadPoolExecutor(max_workers=max(2, len(self.workers) + 1),
+        # Per stream one write and one decode of the batch claimed ahead, plus one spare.
+        self._pool = ThreadPoolExecutor(max_workers=2 * len(self.workers) + 1,
                                         thread_name_prefix="oceanus-sink")
         self.admin: AdminServer | None = None
         for name in cfg.streams:

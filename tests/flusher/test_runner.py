@@ -392,3 +392,59 @@ def test_written_bytes_metric_appears_and_grows(redis_server: RedisServer, tmp_p
         assert status == 200 and f'oceanus_written_bytes_total{{stream="pv"}} {second}' in text.decode()
 
     run_flusher(cfg, _sink(cfg), body)
+
+
+class GatedSink:
+    """The real DuckDB sink, each write held until the test opens the gate."""
+
+    name = "duckdb"
+
+    def __init__(self, inner: DuckDBSink) -> None:
+        import threading
+
+        self.inner = inner
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def ensure_tables(self, streams: Sequence[StreamConfig]) -> list[str]:
+        return self.inner.ensure_tables(streams)
+
+    def write(self, batch: Batch, state: WriteState) -> WriteResult:
+        self.entered.set()
+        if not self.gate.wait(DEADLINE_S):
+            raise AssertionError("the test never opened the gate")
+        return self.inner.write(batch, state)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_next_batch_is_claimed_during_a_write_and_given_back_in_order_on_shutdown(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    cfg = _cfg(redis_server, tmp_path)
+    client = redis_server.client()
+    keys = Keys(cfg.redis.key_prefix)
+    ids = push_frames(client, keys, cfg.streams["pv"], frames=6, rows_per_frame=10)
+    before = client.lrange(keys.queue("pv"), 0, -1)
+    sink = GatedSink(_sink(cfg))
+
+    async def body(f: Flusher) -> None:
+        worker = f.workers["pv"]
+
+        async def claimed_ahead() -> bool:
+            task = worker.ahead
+            return sink.entered.is_set() and task is not None and task.done() and task.result() is not None
+
+        # While the first batch is in the sink, the next one is claimed and decoded.
+        await until(claimed_ahead, "a batch claimed ahead")
+        assert await f.aredis.scard(f.keys.inflight_index("pv")) == 2
+        f.stopping.set()
+        sink.gate.set()
+
+    run_flusher(cfg, sink, body)
+    # The batch in the sink was finished; the one claimed ahead went back to the head, in order.
+    written = [r[0] for r in DuckDBSink(cfg).query("SELECT event_id FROM pv ORDER BY event_id").rows]
+    assert written and written == sorted(ids[: len(written)])
+    assert client.lrange(keys.queue("pv"), 0, -1) == before[len(written) // 10 :]
+    assert client.keys("oceanus:inflight*") == [] and client.keys("oceanus:state:*") == []

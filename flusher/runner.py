@@ -53,7 +53,7 @@ from flusher.claim import Claim, Claimer, RedisWriteState, make_owner_id
 from flusher.controller import BatchController, Outcome
 from flusher.metrics import FlusherMetrics
 from flusher.sinks import make_sink
-from flusher.sinks.base import Batch, Queryable, QueryError, QueryResult, Sink, WriteResult
+from flusher.sinks.base import Batch, Preparable, Queryable, QueryError, QueryResult, Sink, WriteResult
 from oceanus import config as config_mod
 from oceanus.buffer import Keys
 from oceanus.config import Config, StreamConfig
@@ -170,8 +170,16 @@ class StreamWorker:
         if claim is None:
             return None
         self.backlog = waiting > len(claim.frames)
-        built: Built = await f.in_thread(self.builder.build, claim.batch_id, claim.frames)
+        built: Built = await f.in_thread(self._build, claim)
         return claim, built
+
+    def _build(self, claim: Claim) -> Built:
+        """Decode the frames and let the sink do its connection-free work (worker thread)."""
+        built = self.builder.build(claim.batch_id, claim.frames)
+        sink = self.f.sink
+        if isinstance(sink, Preparable):
+            built.batch = sink.prepare(built.batch)
+        return built
 
     async def _next_claim(self) -> Claim | None:
         f = self.f
@@ -212,7 +220,7 @@ class StreamWorker:
         values = await f.claimer.load_state(claim.key) if claim.reclaimed else {}
         state = RedisWriteState(f.sync_redis, f.keys.state(claim.key), values)
         if built is None:
-            built = await f.in_thread(self.builder.build, claim.batch_id, claim.frames)
+            built = await f.in_thread(self._build, claim)
         batch = built.batch
         self.controller.observe_frames(len(claim.frames), len(batch.rows), batch.nbytes)
         dead = list(built.dead)

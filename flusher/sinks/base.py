@@ -33,6 +33,8 @@ class Batch(msgspec.Struct, frozen=True, kw_only=True):
     rows: Sequence[Sequence[Any]]
     #: Approximate encoded size, for request-size limits.
     nbytes: int = 0
+    #: What the sink's :meth:`Preparable.prepare` derived from ``rows`` (its own type), or None.
+    prepared: Any = None
 
 
 class RowError(msgspec.Struct, frozen=True):
@@ -89,6 +91,19 @@ class QueryResult(msgspec.Struct, frozen=True):
 
 class QueryError(Exception):
     """The SQL was refused or failed; the message is shown to the user (HTTP 400)."""
+
+
+@runtime_checkable
+class Preparable(Protocol):
+    """A sink with CPU work that needs no connection (row -> column conversion).
+
+    The flusher calls ``prepare`` in the thread that decodes the batch claimed
+    ahead, so that work overlaps the previous batch's ``write``. ``prepare``
+    must not touch the warehouse; ``write`` must accept unprepared batches too
+    (a split batch is not prepared again).
+    """
+
+    def prepare(self, batch: Batch) -> Batch: ...
 
 
 @runtime_checkable

@@ -234,12 +234,21 @@ class DuckDBSink:
         create, added = self._plan(stream)
         self._apply(stream, create, added)
 
+    def prepare(self, batch: Batch) -> Batch:
+        """The Arrow table of a batch whose values all convert, built outside the write lock."""
+        table = self._arrow(batch, batch.rows, None, {}) if batch.rows else None
+        return batch if table is None else msgspec.structs.replace(batch, prepared=_Prepared(table, len(batch.rows)))
+
     def _write(self, batch: Batch) -> WriteResult:
         rows = batch.rows
         rejected: dict[int, str] = {}
+        ready = batch.prepared if isinstance(batch.prepared, _Prepared) and batch.prepared.rows == len(rows) else None
         for _attempt in range(3):
             keep = [i for i in range(len(rows)) if i not in rejected] if rejected else None
-            table = self._arrow(batch, rows if keep is None else [rows[i] for i in keep], keep, rejected)
+            if ready is not None and keep is None:
+                table: pa.Table | None = ready.table
+            else:
+                table = self._arrow(batch, rows if keep is None else [rows[i] for i in keep], keep, rejected)
             if table is None:  # a column had bad values: they are in `rejected` now, rebuild
                 continue
             try:
@@ -359,6 +368,16 @@ class DuckDBSink:
     def close(self) -> None:
         with self._lock:
             self._con.close()
+
+
+class _Prepared:
+    """A batch's Arrow table, built by :meth:`DuckDBSink.prepare`."""
+
+    __slots__ = ("table", "rows")
+
+    def __init__(self, table: pa.Table, rows: int) -> None:
+        self.table = table
+        self.rows = rows
 
 
 def _event_id_array(values: Sequence[Any]) -> pa.Array:

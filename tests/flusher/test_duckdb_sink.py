@@ -195,3 +195,21 @@ def test_threads_setting(tmp_path: Path, threads: int) -> None:
         assert got is not None and int(got[0]) == (threads or int(default[0] if default else -1))
     finally:
         s.close()
+
+
+def test_prepared_batches_write_the_same_rows(sink: DuckDBSink) -> None:
+    stream = _batch(sink, []).stream
+    rows = make_rows(stream, 30)
+    prepared = sink.prepare(_batch(sink, rows))
+    assert prepared.prepared is not None
+    assert sink.write(prepared, NoState()).written == 30
+    assert sink.write(sink.prepare(_batch(sink, rows, "again")), NoState()).written == 30  # a replay
+    # a value Arrow refuses: nothing is prepared and the write still rejects just that row
+    bad = make_rows(stream, 5, start=30)
+    bad[1][stream.columns.index("n")] = "one"
+    unprepared = sink.prepare(_batch(sink, bad, "b3"))
+    assert unprepared.prepared is None
+    result = sink.write(unprepared, NoState())
+    assert result.written == 4 and [e.index for e in result.rejected] == [1]
+    got = sink._con.execute("SELECT count(*), count(DISTINCT event_id), sum(n) FROM pv").fetchone()
+    assert got == (34, 34, sum(range(30)) + 30 + 32 + 33 + 34)

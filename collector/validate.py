@@ -27,6 +27,7 @@ from __future__ import annotations
 import codecs
 import math
 import re
+import sys
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -316,13 +317,22 @@ def parse_pairs(text: str) -> dict[str, str]:
     for part in text.split("&"):
         if not part:
             continue
-        key, _, value = part.partition("=")
-        if "%" in key or "+" in key:
-            key = unquote(key)
-        if "%" in value or "+" in value:
-            value = unquote(value)
-        out[key] = value
+        # One scan of the whole pair decides: most pairs need no decoding at all.
+        if "%" in part or "+" in part:
+            key, _, value = part.partition("=")
+            out[unquote(key)] = unquote(value)
+        else:
+            key, _, value = part.partition("=")
+            out[key] = value
     return out
+
+
+def _plain_max(f: FieldConfig) -> int:
+    """The longest value a string field takes with no check but its length, or -1
+    when the field has any other rule (so the fast path in ``values`` never applies)."""
+    if f.type != "string" or f.transforms or f.pattern is not None or f.enum is not None or f.format is not None:
+        return -1
+    return f.max_length if f.max_length is not None else sys.maxsize
 
 
 class StreamValidator:
@@ -333,8 +343,9 @@ class StreamValidator:
     def __init__(self, stream: StreamConfig, collector: CollectorConfig) -> None:
         self.name = stream.name
         self.columns = stream.columns
-        self._fields: tuple[tuple[str, Check, bool, str], ...] = tuple(
-            (name, _BUILDERS[f.type](name, f), f.required, f.type) for name, f in stream.fields.items()
+        self._fields: tuple[tuple[str, Check, bool, bool, int], ...] = tuple(
+            (name, _BUILDERS[f.type](name, f), f.required, f.type != "string", _plain_max(f))
+            for name, f in stream.fields.items()
         )
         self._max_extra_keys = collector.max_extra_keys
         self._max_extra_bytes = collector.max_extra_bytes
@@ -348,9 +359,14 @@ class StreamValidator:
         out: list[Any] = []
         append = out.append
         pop = event.pop
-        for name, check, required, ftype in self._fields:
+        for name, check, required, empty_is_absent, plain_max in self._fields:
             v = pop(name, None)
-            if v is None or (from_text and v == "" and ftype != "string"):
+            # Fast path: a non-empty string within max_length for a string field with
+            # no other rule is stored as it is; every other case takes the full check.
+            if type(v) is str and 0 < len(v) <= plain_max:
+                append(v)
+                continue
+            if v is None or (from_text and empty_is_absent and v == ""):
                 if required:
                     raise Invalid(name, "required", "is required")
                 append(None)

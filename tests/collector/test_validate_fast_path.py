@@ -42,12 +42,14 @@ def test_plain_string_rules(validator: StreamValidator, from_text: bool) -> None
     assert outcome(validator, {}, from_text) == ("need", "required", "is required")
     assert outcome(validator, {"need": "a", "plain": ""}, from_text)[:2] == ["", "a"]
     assert outcome(validator, {"need": "a", "low": "ABC"}, from_text)[3] == "abc"
-    assert outcome(validator, {"need": "a", "low": "ABCD"}, from_text) == ("low", "max_length", "longer than 3 characters")
+    assert outcome(validator, {"need": "a", "low": "ABCD"}, from_text) == (
+        "low", "max_length", "longer than 3 characters")
 
 
 def test_plain_string_refuses_other_json_types(validator: StreamValidator) -> None:
     assert outcome(validator, {"need": 12}, False) == ("need", "type", "expected a string, got a number")
-    assert outcome(validator, {"need": "a", "plain": ["x"]}, False) == ("plain", "type", "expected a string, got an array")
+    assert outcome(validator, {"need": "a", "plain": ["x"]}, False) == (
+        "plain", "type", "expected a string, got an array")
 
 
 @given(st.text(max_size=6))

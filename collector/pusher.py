@@ -255,6 +255,8 @@ class Pusher:
 
     async def _push(self, frames: list[Record], with_stats: bool) -> list[Record]:
         """One pipeline round; returns the frames Redis did not take."""
+        if len(frames) == 1 and not with_stats:
+            return await self._push_one(frames)
         pipe = self._redis.pipeline(transaction=False)
         for stream, frame in frames:
             pipe.rpush(self._queue_keys.get(stream) or self._keys.queue(stream), frame)
@@ -293,6 +295,24 @@ class Pusher:
         else:
             self._mark_up()
         return failed
+
+    async def _push_one(self, frames: list[Record]) -> list[Record]:
+        """The common round, one frame and no stats: a plain RPUSH.
+
+        redis-py's pipeline object costs about 50 us of CPU a round over the bare
+        command. A refused push raises here (rather than coming back as a result),
+        and is handled like a lost connection: the frame goes to the spool.
+        """
+        stream, frame = frames[0]
+        t0 = time.perf_counter()
+        try:
+            await self._redis.rpush(self._queue_keys.get(stream) or self._keys.queue(stream), frame)
+        except (RedisError, OSError):
+            self._mark_down()
+            return frames
+        self._metrics.push_duration.observe(time.perf_counter() - t0)
+        self._mark_up()
+        return []
 
     async def _replay(self) -> None:
         if time.monotonic() < self._retry_at and not self.redis_up:

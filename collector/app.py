@@ -55,6 +55,8 @@ _GIF_TYPE = (b"content-type", b"image/gif")
 _JSON_TYPE = (b"content-type", b"application/json")
 _TEXT_TYPE = (b"content-type", b"text/plain; charset=utf-8")
 _EXPOSE = (b"access-control-expose-headers", b"X-Oceanus-Error")
+_GIF_BODY: Message = {"type": "http.response.body", "body": GIF}
+_EMPTY_BODY: Message = {"type": "http.response.body", "body": b""}
 _PREFLIGHT = [
     (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
     (b"access-control-allow-headers", b"Content-Type, Content-Encoding"),
@@ -102,6 +104,8 @@ class App:
         self._gif_headers = gif_base
         self._cors_static: Headers = [(b"access-control-allow-origin", b"*"), _EXPOSE] if self._wildcard else []
         self._gif_ok_headers = gif_base + self._cors_static
+        # The same message for every accepted pixel: servers only read it.
+        self._gif_ok_start: Message = {"type": "http.response.start", "status": 200, "headers": self._gif_ok_headers}
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -223,9 +227,11 @@ class App:
             await self._submit(name, validator, [row])
         except Unavailable as exc:
             return await self._error(send, 503, "spool", "full", str(exc), pixel=True)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": self._gif_ok_headers if self._wildcard else self._gif_headers + self._cors(scope)})
-        await send({"type": "http.response.body", "body": GIF if method == "GET" else b""})
+        if self._wildcard:
+            await send(self._gif_ok_start)
+        else:
+            await send({"type": "http.response.start", "status": 200, "headers": self._gif_headers + self._cors(scope)})
+        await send(_GIF_BODY if method == "GET" else _EMPTY_BODY)
         return 200
 
     # events -----------------------------------------------------------------------------

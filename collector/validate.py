@@ -381,9 +381,10 @@ class StreamValidator:
     def _extra(self, event: dict[str, Any]) -> str:
         if len(event) > self._max_extra_keys:
             raise Invalid("extra", "max_extra_keys", f"more than {self._max_extra_keys} unknown keys")
-        for key in event:
-            if key in RESERVED_NAMES:
-                raise Invalid(key, "reserved", "is set by the server and may not be sent")
+        if not RESERVED_NAMES.isdisjoint(event):  # one C call; the loop only to name the key
+            for key in event:
+                if key in RESERVED_NAMES:
+                    raise Invalid(key, "reserved", "is set by the server and may not be sent")
         text = _json_encode(event)
         if len(text) > self._max_extra_bytes:
             raise Invalid("extra", "max_extra_bytes", f"unknown keys exceed {self._max_extra_bytes} bytes as JSON")

@@ -320,7 +320,9 @@ def parse_pairs(text: str) -> dict[str, str]:
         # One scan of the whole pair decides: most pairs need no decoding at all.
         if "%" in part or "+" in part:
             key, _, value = part.partition("=")
-            out[unquote(key)] = unquote(value)
+            if "%" in key or "+" in key:
+                key = unquote(key)
+            out[key] = unquote(value)
         else:
             key, _, value = part.partition("=")
             out[key] = value
@@ -328,10 +330,10 @@ def parse_pairs(text: str) -> dict[str, str]:
 
 
 def _plain_max(f: FieldConfig) -> int:
-    """The longest value a string field takes with no check but its length, or -1
-    when the field has any other rule (so the fast path in ``values`` never applies)."""
+    """The longest value a string field takes with no check but its length, or
+    0 when the field has any other rule (one falsy test skips the fast path in ``values``)."""
     if f.type != "string" or f.transforms or f.pattern is not None or f.enum is not None or f.format is not None:
-        return -1
+        return 0
     return f.max_length if f.max_length is not None else sys.maxsize
 
 
@@ -363,7 +365,7 @@ class StreamValidator:
             v = pop(name, None)
             # Fast path: a non-empty string within max_length for a string field with
             # no other rule is stored as it is; every other case takes the full check.
-            if type(v) is str and 0 < len(v) <= plain_max:
+            if plain_max and type(v) is str and 0 < len(v) <= plain_max:
                 append(v)
                 continue
             if v is None or (from_text and empty_is_absent and v == ""):

@@ -78,20 +78,10 @@ def _config(emu: Any, mode: str) -> config.Config:
     )
 
 
-class _State:
-    def __init__(self) -> None:
-        self.values: dict[str, str] = {}
-
-    def get(self, key: str) -> str | None:
-        return self.values.get(key)
-
-    def set(self, **values: str) -> None:
-        self.values.update(values)
-
-
 def run(mode: str, rows: int) -> dict[str, Any]:
     from flusher.sinks.base import Batch
     from flusher.sinks.bigquery import BigQuerySink
+    from tests.support.bq_modes import MemState
     from tests.support.servers import BigQueryEmulator
     from tests.support.spatial import install
 
@@ -116,9 +106,9 @@ def run(mode: str, rows: int) -> dict[str, Any]:
             ]
             # One small batch first: connections, table metadata, stream creation.
             sink.write(Batch(stream=stream, batch_id="warm", columns=stream.columns,
-                             rows=pageviews(stream, 10, rows)), _State())
+                             rows=pageviews(stream, 10, rows)), MemState())
             cpu0, t0 = time.process_time(), time.perf_counter()
-            written = sum(sink.write(b, _State()).written for b in batches)
+            written = sum(sink.write(b, MemState()).written for b in batches)
             wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
             stored = list(sink.client.query(f"SELECT COUNT(*) AS n FROM `{sink.table_id(stream)}`").result())
             sink.close()

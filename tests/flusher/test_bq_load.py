@@ -18,17 +18,14 @@ from flusher.sinks.bigquery import BigQuerySink
 from flusher.sinks.bq_load import STATE_JOB, LoadWriter, job_id_for, ndjson
 from oceanus import config
 from oceanus.errors import ConfigError, SinkError
-from tests.support.bq_modes import MemState, batch, mode_config
+from tests.support.bq_modes import MemState, batch, mode_config, mode_sink
 from tests.support.servers import BigQueryEmulator
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def _sink(emu: BigQueryEmulator, **kw: Any) -> BigQuerySink:
-    cfg = mode_config(emu.rest_url, emu.grpc_target, emu.project, "load", **kw)
-    sink = BigQuerySink(cfg)
-    sink.ensure_tables(list(cfg.streams.values()))
-    return sink
+    return mode_sink(emu, "load", **kw)
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ from flusher.sinks.bq_storage_write import (
 )
 from oceanus.config import Config
 from oceanus.errors import SinkError
-from tests.support.bq_modes import MemState, batch, mode_config
+from tests.support.bq_modes import MemState, batch, mode_config, mode_sink
 from tests.support.servers import BigQueryEmulator, RedisServer, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -43,10 +43,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _sink(emu: BigQueryEmulator, **kw: Any) -> BigQuerySink:
-    cfg = mode_config(emu.rest_url, emu.grpc_target, emu.project, "storage_write", **kw)
-    sink = BigQuerySink(cfg)
-    sink.ensure_tables(list(cfg.streams.values()))
-    return sink
+    return mode_sink(emu, "storage_write", **kw)
 
 
 @pytest.fixture

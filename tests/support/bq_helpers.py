@@ -9,7 +9,10 @@ from typing import TYPE_CHECKING, Any
 from flusher.sinks.base import Batch
 from oceanus import config
 from oceanus.buffer import EventIds
+from tests.support.bq_modes import MemState
 from tests.support.servers import BigQueryEmulator
+
+__all__ = ["MemState"]
 
 if TYPE_CHECKING:
     from google.cloud import bigquery
@@ -59,19 +62,6 @@ max_rows_per_request = {max_rows_per_request}
 max_request_bytes = {max_request_bytes}
 """ + STREAM_TOML.replace("{extra_fields}", extra_fields)
     return config.loads(text)
-
-
-class MemState:
-    """A WriteState kept in memory (the flusher keeps it in Redis beside the claim)."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, str] = {}
-
-    def get(self, key: str) -> str | None:
-        return self.values.get(key)
-
-    def set(self, **values: str) -> None:
-        self.values.update(values)
 
 
 _ids = EventIds()

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flusher.sinks.base import Batch
 from oceanus import config
+
+if TYPE_CHECKING:
+    from flusher.sinks.bigquery import BigQuerySink
+    from tests.support.servers import BigQueryEmulator
 
 FIELDS_TOML = """
 [streams.ev]
@@ -35,6 +39,16 @@ def mode_config(
     lines = "\n".join(f"{k} = {_toml(v)}" for k, v in settings.items())
     return config.loads(f"[sink]\nkind = \"bigquery\"\n[sink.bigquery]\n{lines}\n"
                         + FIELDS_TOML.replace("{mode}", mode) + extra_fields)
+
+
+def mode_sink(emu: BigQueryEmulator, mode: str, **kw: Any) -> BigQuerySink:
+    """A BigQuerySink for stream ``ev`` in ``mode`` against ``emu``, its tables created."""
+    from flusher.sinks.bigquery import BigQuerySink
+
+    cfg = mode_config(emu.rest_url, emu.grpc_target, emu.project, mode, **kw)
+    sink = BigQuerySink(cfg)
+    sink.ensure_tables(list(cfg.streams.values()))
+    return sink
 
 
 def _toml(v: Any) -> str:

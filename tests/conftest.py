@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import faulthandler
+import sys
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,24 @@ from oceanus import config
 from tests.support.servers import BigQueryEmulator, RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
+
+# pytest-timeout raises in the main thread, which needs the GIL; a test frozen
+# with the GIL held (a C-level deadlock) would never see it. faulthandler's
+# watchdog is a C thread: past this budget it prints every thread's stack and
+# ends the run, so a freeze fails in minutes instead of eating the CI budget.
+# The budget is the test's own timeout plus room for its fixtures' teardown.
+WATCHDOG_EXTRA_S = 120.0
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, None, None]:
+    marker = item.get_closest_marker("timeout")
+    timeout = float(marker.args[0]) if marker and marker.args else float(item.config.getini("timeout") or 300)
+    faulthandler.dump_traceback_later(timeout + WATCHDOG_EXTRA_S, exit=True, file=sys.__stderr__)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.fixture

@@ -149,8 +149,14 @@ class DuckDBSink:
             text = " ".join(str(exc).split())
             raise ConfigError(f"sink.duckdb.path: cannot open {self.path} for writing: {text}") from None
         # One writer connection, used by one write at a time (DuckDB connections
-        # are not safe for concurrent use); queries take cursors of their own.
+        # are not safe for concurrent use), and one reader connection for queries,
+        # made here so a query never touches the writer's. A query that called into
+        # the writer's connection while an insert scanned its Arrow view deadlocked:
+        # the insert held the connection and waited for the GIL, the query held the
+        # GIL and waited for the connection, and the whole process froze.
         self._lock = threading.Lock()
+        self._reader = self._con.cursor()
+        self._read_lock = threading.Lock()
         self._tables: dict[str, list[str]] = {}
 
     # ------------------------------------------------------------------ tables
@@ -339,33 +345,34 @@ class DuckDBSink:
     def query(self, sql: str) -> QueryResult:
         from oceanus.query import plain
 
-        try:
-            statements = self._con.extract_statements(sql)
-        except duckdb.Error as exc:
-            raise QueryError(_one_line(exc)) from None
-        if len(statements) != 1:
-            raise QueryError(f"send exactly one SQL statement (got {len(statements)})")
-        if statements[0].type not in READ_ONLY_STATEMENTS:
-            kind = statements[0].type.name
-            raise QueryError(f"only read-only statements are served here (SELECT, EXPLAIN), not {kind}")
-        cur = self._con.cursor()
-        try:
-            cur.execute("BEGIN TRANSACTION")
+        with self._read_lock:
+            cur = self._reader
             try:
-                cur.execute(sql)
-                columns = [d[0] for d in cur.description] if cur.description else []
-                fetched = cur.fetchmany(MAX_QUERY_ROWS + 1) if columns else []
-            finally:
-                cur.execute("ROLLBACK")
-        except duckdb.Error as exc:
-            raise QueryError(_one_line(exc)) from None
-        finally:
-            cur.close()
+                statements = cur.extract_statements(sql)
+            except duckdb.Error as exc:
+                raise QueryError(_one_line(exc)) from None
+            if len(statements) != 1:
+                raise QueryError(f"send exactly one SQL statement (got {len(statements)})")
+            if statements[0].type not in READ_ONLY_STATEMENTS:
+                kind = statements[0].type.name
+                raise QueryError(f"only read-only statements are served here (SELECT, EXPLAIN), not {kind}")
+            try:
+                cur.execute("BEGIN TRANSACTION")
+                try:
+                    cur.execute(sql)
+                    columns = [d[0] for d in cur.description] if cur.description else []
+                    fetched = cur.fetchmany(MAX_QUERY_ROWS + 1) if columns else []
+                finally:
+                    cur.execute("ROLLBACK")
+            except duckdb.Error as exc:
+                raise QueryError(_one_line(exc)) from None
         if len(fetched) > MAX_QUERY_ROWS:
             raise QueryError(f"the result has more than {MAX_QUERY_ROWS} rows; add a LIMIT")
         return QueryResult(columns=columns, rows=[[plain(v) for v in row] for row in fetched])
 
     def close(self) -> None:
+        with self._read_lock:
+            self._reader.close()
         with self._lock:
             self._con.close()
 

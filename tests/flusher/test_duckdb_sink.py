@@ -213,3 +213,61 @@ def test_prepared_batches_write_the_same_rows(sink: DuckDBSink) -> None:
     assert result.written == 4 and [e.index for e in result.rejected] == [1]
     got = sink._con.execute("SELECT count(*), count(DISTINCT event_id), sum(n) FROM pv").fetchone()
     assert got == (34, 34, sum(range(30)) + 30 + 32 + 33 + 34)
+
+
+def concurrent_writes_and_queries(path: str, seconds: float) -> None:
+    """Writes in one thread, admin-style queries in two others, for ``seconds``; prints the counts."""
+    import faulthandler
+    import threading
+    import time
+
+    # A deadlock holds the GIL, so only a C-level watchdog can report it and end the process.
+    faulthandler.dump_traceback_later(seconds + 30, exit=True)
+    cfg = make_config("redis://unused", Path(path))
+    s = DuckDBSink(cfg)
+    stream = cfg.streams["pv"]
+    s.ensure_tables([stream])
+    stop = time.monotonic() + seconds
+    counts = {"writes": 0, "queries": 0}
+
+    def write() -> None:
+        i = 0
+        while time.monotonic() < stop:
+            rows = make_rows(stream, 200, i * 200)
+            s.write(s.prepare(Batch(stream=stream, batch_id=str(i), columns=stream.columns, rows=rows)), NoState())
+            i += 1
+        counts["writes"] = i
+
+    def query() -> None:
+        while time.monotonic() < stop:
+            s.query("SELECT count(*) FROM pv")
+            counts["queries"] += 1
+
+    threads = [threading.Thread(target=write), threading.Thread(target=query), threading.Thread(target=query)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    total = s.query("SELECT count(*) FROM pv").rows[0][0]
+    s.close()
+    print(counts["writes"], counts["queries"], total)
+
+
+def test_queries_during_writes_do_not_deadlock(tmp_path: Path) -> None:
+    # The admin query endpoint reads while the flusher writes. In a child process:
+    # a deadlock freezes every thread of its process, pytest's own timeout included.
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    code = ("import sys; from tests.flusher.test_duckdb_sink import concurrent_writes_and_queries as f; "
+            "f(sys.argv[1], float(sys.argv[2]))")
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "w.duckdb"), "4"], cwd=repo,
+                              capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"writes and queries deadlocked:\n{exc.stderr!r}") from None
+    assert proc.returncode == 0, f"writes and queries deadlocked or failed:\n{proc.stderr[-3000:]}"
+    writes, queries, total = map(int, proc.stdout.split())
+    assert writes > 0 and queries > 0
+    assert total == writes * 200

@@ -172,6 +172,10 @@ class DuckDBConfig(_Base, frozen=True):
     #: DuckDB's buffer pool cap (``SET memory_limit``), e.g. "256MB"; empty = DuckDB's
     #: default of 80 % of RAM. Bounded so the flusher's RSS stays flat as the tables grow.
     memory_limit: Annotated[str, Meta(pattern=r"^$|^[0-9]+(\.[0-9]+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")] = "512MB"
+    #: Close and reopen the file after this many rows written (0 = never). DuckDB keeps
+    #: state for every row group a dedupe scan touched until the database is closed
+    #: (~10 B per stored row, measured); reopening bounds it. A reopen takes milliseconds.
+    reopen_rows: Annotated[int, Meta(ge=0)] = 1_000_000
 
 
 class BigQueryConfig(_Base, frozen=True):

@@ -40,7 +40,13 @@ only compete with the flusher's own decoding of the next batch.
 Readers: DuckDB lets one process open a file for writing and no other process
 open it at all meanwhile. The flusher therefore answers read-only SQL for
 other processes through :meth:`DuckDBSink.query` (its admin ``POST /query``),
-on a cursor of this connection inside a transaction that is rolled back.
+on a reader connection of its own inside a transaction that is rolled back.
+
+Memory: DuckDB keeps what it loaded for each row group the dedupe scans
+touched, and the newest blocks in its buffer pool, for the life of the open
+database (~10 B and ~28 B per stored row, measured; bench/RESULTS.md). The
+file is closed and reopened every ``sink.duckdb.reopen_rows`` rows written,
+which keeps the flusher's memory flat however large the tables grow.
 """
 
 from __future__ import annotations
@@ -137,27 +143,52 @@ class DuckDBSink:
 
     def __init__(self, cfg: Config) -> None:
         self.path = Path(cfg.sink.duckdb.path)
+        self._settings = cfg.sink.duckdb
+        self._con, self._reader = self._open()
+        # One writer connection, used by one write at a time (DuckDB connections
+        # are not safe for concurrent use), and one reader connection for queries,
+        # made with it so a query never touches the writer's. A query that called
+        # into the writer's connection while an insert scanned its Arrow view
+        # deadlocked: the insert held the connection and waited for the GIL, the
+        # query held the GIL and waited for the connection, and the process froze.
+        # Lock order: ``_lock`` before ``_read_lock``.
+        self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._rows_since_open = 0
+        self.reopens = 0
+        self._tables: dict[str, list[str]] = {}
+
+    def _open(self) -> tuple[duckdb.DuckDBPyConnection, duckdb.DuckDBPyConnection]:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._con = duckdb.connect(str(self.path))
-            if cfg.sink.duckdb.threads:
-                self._con.execute(f"SET threads = {int(cfg.sink.duckdb.threads)}")
-            if cfg.sink.duckdb.memory_limit:
+            con = duckdb.connect(str(self.path))
+            if self._settings.threads:
+                con.execute(f"SET threads = {int(self._settings.threads)}")
+            if self._settings.memory_limit:
                 # The pattern in the config struct admits only "<number><unit>".
-                self._con.execute(f"SET memory_limit = '{cfg.sink.duckdb.memory_limit}'")
+                con.execute(f"SET memory_limit = '{self._settings.memory_limit}'")
+            return con, con.cursor()
         except (OSError, duckdb.Error) as exc:
             text = " ".join(str(exc).split())
             raise ConfigError(f"sink.duckdb.path: cannot open {self.path} for writing: {text}") from None
-        # One writer connection, used by one write at a time (DuckDB connections
-        # are not safe for concurrent use), and one reader connection for queries,
-        # made here so a query never touches the writer's. A query that called into
-        # the writer's connection while an insert scanned its Arrow view deadlocked:
-        # the insert held the connection and waited for the GIL, the query held the
-        # GIL and waited for the connection, and the whole process froze.
-        self._lock = threading.Lock()
-        self._reader = self._con.cursor()
-        self._read_lock = threading.Lock()
-        self._tables: dict[str, list[str]] = {}
+
+    def _reopen(self) -> None:
+        """Close the database and open it again (caller holds ``_lock``).
+
+        DuckDB keeps what it loaded for each row group a scan touched (the
+        anti-join's) for the life of the database, and its buffer pool keeps
+        the newest blocks: both grow with the table until the file is closed.
+        On failure the old connections stay closed and the next write retries.
+        """
+        with self._read_lock:
+            self._reader.close()
+            self._con.close()
+            try:
+                self._con, self._reader = self._open()
+            except ConfigError as exc:
+                raise SinkError(f"duckdb: cannot reopen {self.path}: {exc}", retryable=True) from None
+        self._rows_since_open = 0
+        self.reopens += 1
 
     # ------------------------------------------------------------------ tables
 
@@ -232,9 +263,20 @@ class DuckDBSink:
         if not batch.rows:
             return WriteResult(written=0)
         with self._lock:
+            if self._rows_since_open < 0:  # a reopen failed: retry it before writing
+                self._reopen()
             if batch.stream.name not in self._tables:
                 self._plan_and_apply(batch.stream)
-            return self._write(batch)
+            result = self._write(batch)
+            self._rows_since_open += len(batch.rows)
+            limit = self._settings.reopen_rows
+            if limit and self._rows_since_open >= limit:
+                try:
+                    self._reopen()
+                except SinkError:
+                    # The batch is written; only the next write may use the file again.
+                    self._rows_since_open = -1
+            return result
 
     def _plan_and_apply(self, stream: StreamConfig) -> None:
         create, added = self._plan(stream)
@@ -371,9 +413,8 @@ class DuckDBSink:
         return QueryResult(columns=columns, rows=[[plain(v) for v in row] for row in fetched])
 
     def close(self) -> None:
-        with self._read_lock:
+        with self._lock, self._read_lock:
             self._reader.close()
-        with self._lock:
             self._con.close()
 
 

@@ -1,4 +1,4 @@
-"""DuckDB's buffer pool is capped, so the flusher's memory stays flat as the tables grow."""
+"""DuckDB's buffer pool is capped and the file is reopened, so the flusher's memory stays flat as tables grow."""
 
 from __future__ import annotations
 
@@ -6,16 +6,26 @@ from pathlib import Path
 
 import pytest
 
+from flusher.sinks.base import Batch
 from flusher.sinks.duckdb import DuckDBSink
 from oceanus import config
 from oceanus.errors import ConfigError
-from tests.flusher.helpers import make_config_text
+from tests.flusher.helpers import make_config_text, make_rows
 
 
-def _sink(tmp_path: Path, memory_limit: str | None) -> DuckDBSink:
+def _sink(tmp_path: Path, memory_limit: str | None, **env: str) -> DuckDBSink:
     text = make_config_text("redis://unused", tmp_path / "w.duckdb")
-    env = {} if memory_limit is None else {"OCEANUS_SINK_DUCKDB_MEMORY_LIMIT": f'"{memory_limit}"'}
+    if memory_limit is not None:
+        env["OCEANUS_SINK_DUCKDB_MEMORY_LIMIT"] = f'"{memory_limit}"'
     return DuckDBSink(config.loads(text, env=env))
+
+
+class NoState:
+    def get(self, key: str) -> str | None:
+        return None
+
+    def set(self, **values: str) -> None:
+        raise AssertionError("the DuckDB sink needs no write state")
 
 
 def _limit(sink: DuckDBSink) -> str:
@@ -43,3 +53,39 @@ def test_cap_from_the_environment(tmp_path: Path) -> None:
 def test_a_bad_cap_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="sink.duckdb.memory_limit"):
         _sink(tmp_path, "1; DROP TABLE x")
+
+
+def test_file_is_reopened_after_reopen_rows_and_keeps_every_guarantee(tmp_path: Path) -> None:
+    sink = _sink(tmp_path, "256MB", OCEANUS_SINK_DUCKDB_REOPEN_ROWS="250")
+    try:
+        stream = config.loads(make_config_text("redis://unused", sink.path)).streams["pv"]
+        sink.ensure_tables([stream])
+        batches = [Batch(stream=stream, batch_id=f"b{i}", columns=stream.columns, rows=make_rows(stream, 100, i * 100))
+                   for i in range(6)]
+        for b in batches[:3]:
+            assert sink.write(b, NoState()).written == 100
+        assert sink.reopens == 1  # after 300 rows, not before 250
+        # A replay across the reopen inserts nothing twice; the settings survive the reopen.
+        sink.write(batches[1], NoState())
+        assert sink.query("SELECT count(*) FROM pv").rows[0][0] == 300
+        for b in batches[3:]:
+            assert sink.write(sink.prepare(b), NoState()).written == 100
+        assert sink.reopens == 2
+        assert _limit(sink) == "244.1 MiB"
+        n, distinct = sink.query("SELECT count(*), count(DISTINCT event_id) FROM pv").rows[0]
+        assert n == distinct == 600
+    finally:
+        sink.close()
+
+
+def test_reopen_can_be_turned_off(tmp_path: Path) -> None:
+    sink = _sink(tmp_path, None, OCEANUS_SINK_DUCKDB_REOPEN_ROWS="0")
+    try:
+        stream = config.loads(make_config_text("redis://unused", sink.path)).streams["pv"]
+        sink.ensure_tables([stream])
+        for i in range(3):
+            rows = make_rows(stream, 500, i * 500)
+            sink.write(Batch(stream=stream, batch_id=f"b{i}", columns=stream.columns, rows=rows), NoState())
+        assert sink.reopens == 0
+    finally:
+        sink.close()

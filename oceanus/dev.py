@@ -21,7 +21,11 @@ would trade up to a second of acknowledged events for nothing we need here.
 
 Children run in their own session so that Ctrl-C in the terminal reaches only
 this process: otherwise the terminal would signal all of them at once and the
-order above would be lost.
+order above would be lost. A closed terminal (SIGHUP) stops the stack like
+Ctrl-C. If this process is killed outright (kill -9, the OOM killer), the
+kernel sends each child SIGTERM (``PR_SET_PDEATHSIG``, Linux): they drain as
+on a normal stop, minus the ordering, instead of running on as orphans that
+hold the port, the AOF and the DuckDB file.
 """
 
 from __future__ import annotations
@@ -49,6 +53,21 @@ import msgspec
 from oceanus import config, devstate
 from oceanus.buffer import Keys
 from oceanus.errors import OceanusError
+
+if sys.platform == "linux":
+    import ctypes
+
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+    _PR_SET_PDEATHSIG = 1
+
+    def _die_with_parent(parent: int = os.getpid()) -> None:
+        """In the forked child, before exec: SIGTERM when the supervisor dies."""
+        _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the supervisor died between fork and prctl
+            os._exit(1)
+else:  # pragma: no cover - the children outlive a killed supervisor there
+    def _die_with_parent(parent: int = 0) -> None:
+        return None
 
 REDIS_READY_TIMEOUT_S = 30.0
 FLUSHER_READY_TIMEOUT_S = 60.0
@@ -93,7 +112,7 @@ class Child:
         try:
             self.proc = subprocess.Popen(
                 cmd, env=dict(env), stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=_die_with_parent,  # noqa: PLW1509 - no other threads here
             )
         except OSError as exc:
             self._log.close()
@@ -496,7 +515,7 @@ def main(args: argparse.Namespace) -> int:
     check_port("127.0.0.1", port)
 
     stop = _Stop()
-    previous = {sig: signal.signal(sig, stop.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, stop.handle) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     stack = Stack(cfg, data_dir, port, config_file, stop)
     died: Child | None = None
     try:

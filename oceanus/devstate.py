@@ -64,7 +64,12 @@ def pid_alive(pid: int) -> bool:
     except OSError as exc:
         # EPERM: the process exists but belongs to someone else.
         return exc.errno == errno.EPERM
-    return True
+    try:
+        # A zombie (exited, not yet reaped by whoever adopted it) holds no port or file.
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def warehouse_path(data_dir: Path) -> Path:

@@ -253,3 +253,26 @@ def test_restart_resumes_queued_and_in_flight_after_a_crash(dev: Dev, tmp_path: 
     assert all(s["backlog_rows"] == 0 and s["inflight_rows"] == 0 for s in st["streams"].values()), st
     dev.stop(signal.SIGINT)
 
+
+
+def test_a_closed_terminal_or_a_killed_supervisor_leaves_no_orphans(dev: Dev, tmp_path: Path) -> None:
+    # A closed terminal sends SIGHUP: the same ordered stop as Ctrl-C.
+    dev.start()
+    assert "stopped" in dev.stop(signal.SIGHUP, expect=0)
+
+    # kill -9 of the supervisor: the kernel SIGTERMs each child, which drains and exits.
+    info = dev.start()
+    rep = run_demo(dev, 100, tmp_path / "r.json")
+    accepted, rejected = merge(rep)
+    assert dev.proc is not None
+    dev.proc.kill()
+    dev.proc.wait(timeout=10)
+    children = (info.collector_pid, info.flusher_pid, info.redis_pid)
+    wait_for(lambda: not any(devstate.pid_alive(p) for p in children), timeout=60, what="the children to exit")
+
+    # Nothing is left holding the port, the AOF or the DuckDB file: the next start just works,
+    # and every acknowledged event is there exactly once.
+    dev.start()
+    stored = wait_all_stored(dev, accepted)
+    assert_exactly_once(stored, accepted, rejected)
+    dev.stop(signal.SIGINT)

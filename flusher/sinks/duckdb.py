@@ -155,6 +155,7 @@ class DuckDBSink:
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._rows_since_open = 0
+        self._reopen_failed = False
         self.reopens = 0
         self._tables: dict[str, list[str]] = {}
 
@@ -186,8 +187,10 @@ class DuckDBSink:
             try:
                 self._con, self._reader = self._open()
             except ConfigError as exc:
+                self._reopen_failed = True
                 raise SinkError(f"duckdb: cannot reopen {self.path}: {exc}", retryable=True) from None
         self._rows_since_open = 0
+        self._reopen_failed = False
         self.reopens += 1
 
     # ------------------------------------------------------------------ tables
@@ -263,7 +266,7 @@ class DuckDBSink:
         if not batch.rows:
             return WriteResult(written=0)
         with self._lock:
-            if self._rows_since_open < 0:  # a reopen failed: retry it before writing
+            if self._reopen_failed:
                 self._reopen()
             if batch.stream.name not in self._tables:
                 self._plan_and_apply(batch.stream)
@@ -274,8 +277,7 @@ class DuckDBSink:
                 try:
                     self._reopen()
                 except SinkError:
-                    # The batch is written; only the next write may use the file again.
-                    self._rows_since_open = -1
+                    pass  # this batch is written; the next write retries the reopen first
             return result
 
     def _plan_and_apply(self, stream: StreamConfig) -> None:

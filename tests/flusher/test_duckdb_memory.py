@@ -9,7 +9,7 @@ import pytest
 from flusher.sinks.base import Batch
 from flusher.sinks.duckdb import DuckDBSink
 from oceanus import config
-from oceanus.errors import ConfigError
+from oceanus.errors import ConfigError, SinkError
 from tests.flusher.helpers import make_config_text, make_rows
 
 
@@ -87,5 +87,34 @@ def test_reopen_can_be_turned_off(tmp_path: Path) -> None:
             rows = make_rows(stream, 500, i * 500)
             sink.write(Batch(stream=stream, batch_id=f"b{i}", columns=stream.columns, rows=rows), NoState())
         assert sink.reopens == 0
+    finally:
+        sink.close()
+
+
+def test_a_failed_reopen_is_retried_by_the_next_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Between close and open another process could take the file's lock; that open is made to fail here.
+    sink = _sink(tmp_path, None, OCEANUS_SINK_DUCKDB_REOPEN_ROWS="100")
+    try:
+        stream = config.loads(make_config_text("redis://unused", sink.path)).streams["pv"]
+        sink.ensure_tables([stream])
+        real_open = DuckDBSink._open
+        calls = {"n": 0}
+
+        def open_once_failing(self: DuckDBSink):  # type: ignore[no-untyped-def]
+            calls["n"] += 1
+            if calls["n"] <= 2:
+                raise ConfigError("sink.duckdb.path: cannot open it for writing: Conflicting lock is held")
+            return real_open(self)
+
+        monkeypatch.setattr(DuckDBSink, "_open", open_once_failing)
+        batches = [Batch(stream=stream, batch_id=f"b{i}", columns=stream.columns, rows=make_rows(stream, 100, i * 100))
+                   for i in range(2)]
+        assert sink.write(batches[0], NoState()).written == 100  # written; its reopen failed quietly
+        with pytest.raises(SinkError, match="cannot reopen") as err:
+            sink.write(batches[1], NoState())  # the retry fails too: nothing is written, the flusher backs off
+        assert err.value.retryable
+        assert sink.write(batches[1], NoState()).written == 100
+        assert sink.reopens == 2  # the retried one, then the one this write's 100 rows are due
+        assert sink.query("SELECT count(*) FROM pv").rows[0][0] == 200
     finally:
         sink.close()

@@ -34,6 +34,7 @@ from collector._types import Message, Receive, Scope, Send
 from collector.enrich import ClientIp, DeviceCache
 from collector.metrics import Metrics
 from collector.pusher import Pusher, Unavailable, make_redis
+from collector.resp import RedisLink
 from collector.spool import Spool
 from collector.validate import Invalid, StreamValidator, compile_streams, parse_pairs
 from oceanus.buffer import EventIds
@@ -100,6 +101,7 @@ class App:
         self._inflight = 0
         self._idle: asyncio.Event | None = None
         self._redis: Any = None
+        self._link: RedisLink | None = None
         gif_base: Headers = [_GIF_TYPE, _NO_STORE, (b"content-length", b"43")]
         self._gif_headers = gif_base
         self._cors_static: Headers = [(b"access-control-allow-origin", b"*"), _EXPOSE] if self._wildcard else []
@@ -111,8 +113,9 @@ class App:
 
     async def startup(self) -> None:
         self._redis = make_redis(self.cfg)
+        self._link = RedisLink(self.cfg.redis.url, self.cfg.redis.timeout_s)
         self.spool = Spool(self.cfg.collector.spool_dir, self.cfg.collector.spool_max_bytes).open()
-        self.pusher = Pusher(self.cfg, self._redis, self.spool, self.metrics)
+        self.pusher = Pusher(self.cfg, self._link, self.spool, self.metrics)
         self.pusher.start()
         if self._handle_signals:
             loop = asyncio.get_running_loop()
@@ -148,6 +151,8 @@ class App:
         if self.pusher is not None:
             await self.pusher.drain(max(deadline - time.monotonic(), 0.1))
         self.metrics.flush()
+        if self._link is not None:
+            self._link.close()
         if self._redis is not None:
             with contextlib.suppress(Exception):
                 await self._redis.aclose()

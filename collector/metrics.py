@@ -7,8 +7,9 @@ start; each worker's values live in mmap'd files there and ``GET /metrics``
 in-process by tests) the values live in an ordinary registry.
 
 The hot path never touches prometheus_client: a request adds to plain dicts
-and lists here (:meth:`Metrics.request`), and :meth:`Metrics.flush` moves the
-sums into the real metrics once per micro-batch round or scrape. A
+and lists here (:meth:`Metrics.request`), and so does each writer round
+(:meth:`Metrics.round`); :meth:`Metrics.flush` moves the sums into the real
+metrics at most every few hundred milliseconds, and before a scrape. A
 multiprocess-mode ``inc``/``observe`` takes a lock and writes an mmap, several
 microseconds per call; this keeps the per-request cost to one dict update.
 """
@@ -72,11 +73,16 @@ class Metrics:
         self._durations: dict[str, list[int]] = {route: [0] * (len(DURATION_BUCKETS_S) + 1) for route in ROUTES}
         self._duration_sums: dict[str, float] = dict.fromkeys(ROUTES, 0.0)
         self._rejected: dict[tuple[str, str], int] = {}
+        self._accepted: dict[str, int] = {}
+        self._batches = [0] * (len(BATCH_BUCKETS) + 1)
+        self._batch_sum = 0
+        self._pushes = [0] * (len(PUSH_BUCKETS_S) + 1)
+        self._push_sum = 0.0
 
     @property
     def dirty(self) -> bool:
         """Counts are waiting to be flushed."""
-        return bool(self._requests or self._rejected)
+        return bool(self._requests or self._rejected or self._accepted)
 
     # -- hot path -------------------------------------------------------------
 
@@ -90,7 +96,19 @@ class Metrics:
         key = (stream, reason)
         self._rejected[key] = self._rejected.get(key, 0) + n
 
-    # -- once per round -----------------------------------------------------------
+    def round(self, accepted: dict[str, list[Any]], events: int) -> None:
+        """A writer round stored ``events`` events (``accepted``: stream -> its rows)."""
+        for stream, rows in accepted.items():
+            self._accepted[stream] = self._accepted.get(stream, 0) + len(rows)
+        self._batches[bisect_left(BATCH_BUCKETS, events)] += 1
+        self._batch_sum += events
+
+    def push(self, seconds: float) -> None:
+        """One Redis round trip of the writer."""
+        self._pushes[bisect_left(PUSH_BUCKETS_S, seconds)] += 1
+        self._push_sum += seconds
+
+    # -- every few rounds -----------------------------------------------------------
 
     def flush(self) -> None:
         if self._requests:
@@ -101,6 +119,18 @@ class Metrics:
             rejected, self._rejected = self._rejected, {}
             for (stream, reason), n in rejected.items():
                 self.rejected.labels(stream, reason).inc(n)
+        if self._accepted:
+            accepted, self._accepted = self._accepted, {}
+            for stream, n in accepted.items():
+                self.accepted.labels(stream).inc(n)
+        if any(self._batches):
+            _add_to_histogram(self.batch_events, self._batches, self._batch_sum)
+            self._batches = [0] * len(self._batches)
+            self._batch_sum = 0
+        if any(self._pushes):
+            _add_to_histogram(self.push_duration, self._pushes, self._push_sum)
+            self._pushes = [0] * len(self._pushes)
+            self._push_sum = 0.0
         for route, counts in self._durations.items():
             total = sum(counts)
             if not total:

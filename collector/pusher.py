@@ -5,9 +5,11 @@ returns; one future is shared by every request of the current batch. A single
 writer task per worker takes the whole batch when it is ``batch_max_events``
 big or ``batch_linger_ms`` old (or at once when the previous round took longer
 than the linger), encodes one frame per stream
-(:func:`oceanus.buffer.encode_frame`), and sends one pipeline: the RPUSHes plus
-the per-minute stats and recent validation errors. The future resolves only
-after Redis acknowledged the pipeline, so a 2xx means "in Redis".
+(:func:`oceanus.buffer.encode_frame`), and sends one pipelined round on its own
+connection (:class:`~collector.resp.RedisLink`): the RPUSHes plus, at most every
+``STATS_EVERY_S``, the per-minute stats and recent validation errors. The future
+resolves only after Redis acknowledged every RPUSH of the round, so a 2xx means
+"in Redis".
 
 While Redis is unreachable (or refuses a push) the frames go to the fsync'd disk
 :class:`~collector.spool.Spool` instead, and the future resolves after the
@@ -33,9 +35,9 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 from collector.metrics import Metrics
+from collector.resp import RedisLink, pack
 from collector.spool import Record, Spool
 from oceanus.buffer import RECENT_ERRORS_MAX, STATS_TTL_S, Keys, encode_frame
 from oceanus.config import Config
@@ -71,12 +73,13 @@ class _Batch:
 
 
 def make_redis(cfg: Config) -> aioredis.Redis:
-    """A client with a bounded, blocking pool and no hidden retries.
+    """A redis-py client for the routes other than the writer (the status page),
+    which has its own :class:`~collector.resp.RedisLink`.
 
-    redis-py raises ``MaxConnectionsError`` when its default pool is exhausted;
-    the blocking pool waits (up to ``redis.timeout_s``) instead. Its built-in
-    retries are off: a failed push goes to the spool at once rather than
-    holding every request of the batch through several reconnect attempts.
+    A bounded, blocking pool and no hidden retries: redis-py raises
+    ``MaxConnectionsError`` when its default pool is exhausted; the blocking
+    pool waits (up to ``redis.timeout_s``) instead, and a failed call fails at
+    once rather than through several reconnect attempts.
     """
     pool = aioredis.BlockingConnectionPool.from_url(
         cfg.redis.url,
@@ -90,17 +93,18 @@ def make_redis(cfg: Config) -> aioredis.Redis:
 
 
 class Pusher:
-    def __init__(self, cfg: Config, redis: aioredis.Redis, spool: Spool, metrics: Metrics) -> None:
-        self._redis = redis
+    def __init__(self, cfg: Config, link: RedisLink, spool: Spool, metrics: Metrics) -> None:
+        self._link = link
         self._spool = spool
         self._metrics = metrics
         self._keys = Keys(cfg.redis.key_prefix)
-        self._queue_keys = {name: self._keys.queue(name) for name in cfg.streams}
+        self._queue_keys = {name: self._keys.queue(name).encode() for name in cfg.streams}
         self._max_events = cfg.collector.batch_max_events
         self._linger_s = cfg.collector.batch_linger_ms / 1000.0
         self._loop = asyncio.get_running_loop()
         self._batch = _Batch(self._loop)
-        self._wake = asyncio.Event()
+        # Set while the writer sleeps; resolved (True) by the next submit/rejection.
+        self._waker: asyncio.Future[bool] | None = None
         self._full: asyncio.Future[None] | None = None
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -126,7 +130,7 @@ class Pusher:
             bucket.extend(rows)
         if not batch.count:
             batch.started = time.monotonic()
-            self._wake.set()
+            self._wake()
         batch.count += len(rows)
         if batch.count >= self._max_events and self._full is not None and not self._full.done():
             self._full.set_result(None)
@@ -145,7 +149,7 @@ class Pusher:
             self._errors.append(_json.encode({"stream": stream, "field": field, "rule": rule, "at": int(now)}))
         # An idle writer sleeps until woken: without this, a rejection with no
         # accepted traffic after it would reach Redis only with the next event.
-        self._wake.set()
+        self._wake()
 
     @property
     def stopped(self) -> bool:
@@ -169,19 +173,16 @@ class Pusher:
                     if (self._stats or self._errors) and self.redis_up:
                         await self._push([], with_stats=True)  # last counts, once; best effort
                     return
-                self._wake.clear()
                 if self._spool.pending or self._stats or self._errors or self._metrics.dirty:
                     # Housekeeping while idle: replay the spool, write stats.
                     wait = IDLE_ROUND_S
                     if self._spool.pending and self.redis_up:
                         wait = 0.0
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), wait)
-                    except TimeoutError:
+                    if not await self._sleep(wait):
                         await self._idle_round()
                         continue
                 else:
-                    await self._wake.wait()
+                    await self._sleep(None)
                 if not self._batch.count:
                     continue
             await self._linger()
@@ -193,6 +194,28 @@ class Pusher:
                 # e.g. the spool's disk failing: these requests get a 503, the next batch a new try.
                 log.exception("writing a batch failed")
                 _fail(batch.future, Unavailable(f"the batch could not be stored: {exc}"))
+
+    async def _sleep(self, timeout: float | None) -> bool:
+        """Until woken (True) or ``timeout`` seconds (False).
+
+        Not ``asyncio.wait_for`` on an Event: under load the writer sleeps between
+        most rounds, and wait_for makes a task per call; a bare future and a timer
+        handle cost a fraction of that.
+        """
+        waker: asyncio.Future[bool] = self._loop.create_future()
+        self._waker = waker
+        timer = self._loop.call_later(timeout, _settle, waker, False) if timeout is not None else None
+        try:
+            return await waker
+        finally:
+            self._waker = None
+            if timer is not None:
+                timer.cancel()
+
+    def _wake(self) -> None:
+        waker = self._waker
+        if waker is not None and not waker.done():
+            waker.set_result(True)
 
     async def _idle_round(self) -> None:
         if self._spool.pending:
@@ -243,10 +266,7 @@ class Pusher:
                 _fail(batch.future, Unavailable("Redis is unreachable and the spool is full"))
                 return
         if batch.count:
-            m = self._metrics
-            for stream, rows in batch.rows.items():
-                m.accepted.labels(stream).inc(len(rows))
-            m.batch_events.observe(batch.count)
+            self._metrics.round(batch.rows, batch.count)
         _resolve(batch.future)
         now = time.monotonic()
         if now >= self._metrics_due:
@@ -254,12 +274,8 @@ class Pusher:
             self._metrics_due = now + STATS_EVERY_S
 
     async def _push(self, frames: list[Record], with_stats: bool) -> list[Record]:
-        """One pipeline round; returns the frames Redis did not take."""
-        if len(frames) == 1 and not with_stats:
-            return await self._push_one(frames)
-        pipe = self._redis.pipeline(transaction=False)
-        for stream, frame in frames:
-            pipe.rpush(self._queue_keys.get(stream) or self._keys.queue(stream), frame)
+        """One round (one write, one reply per command); returns the frames Redis did not take."""
+        commands = [pack(b"RPUSH", self._queue_key(stream), frame) for stream, frame in frames]
         stats: dict[tuple[str, int], list[int]] = {}
         errors: list[bytes] = []
         if with_stats:
@@ -269,17 +285,19 @@ class Pusher:
             for (stream, minute), (accepted, rejected) in stats.items():
                 key = self._keys.stats(stream, minute)
                 if accepted:
-                    pipe.hincrby(key, "accepted", accepted)
+                    commands.append(pack(b"HINCRBY", key, b"accepted", accepted))
                 if rejected:
-                    pipe.hincrby(key, "rejected", rejected)
-                pipe.expire(key, STATS_TTL_S)
+                    commands.append(pack(b"HINCRBY", key, b"rejected", rejected))
+                commands.append(pack(b"EXPIRE", key, STATS_TTL_S))
             if errors:
-                pipe.lpush(self._keys.recent_errors(), *errors)
-                pipe.ltrim(self._keys.recent_errors(), 0, RECENT_ERRORS_MAX - 1)
+                commands.append(pack(b"LPUSH", self._keys.recent_errors(), *errors))
+                commands.append(pack(b"LTRIM", self._keys.recent_errors(), 0, RECENT_ERRORS_MAX - 1))
+        if not commands:
+            return []
         t0 = time.perf_counter()
         try:
-            results = await pipe.execute(raise_on_error=False)
-        except (RedisError, OSError):
+            results = await self._link.call(commands[0] if len(commands) == 1 else b"".join(commands), len(commands))
+        except OSError:
             self._mark_down()
             # Stats are best effort: keep them for the next round (bounded by minutes x streams).
             for skey, (a, r) in stats.items():
@@ -288,7 +306,8 @@ class Pusher:
                 counts[1] += r
             self._errors = (errors + self._errors)[:RECENT_ERRORS_MAX]
             return frames
-        self._metrics.push_duration.observe(time.perf_counter() - t0)
+        self._metrics.push(time.perf_counter() - t0)
+        # A refused RPUSH (WRONGTYPE, OOM, ...) is an error reply in its place: that frame goes to the spool.
         failed = [f for f, r in zip(frames, results, strict=False) if isinstance(r, Exception)]
         if failed:
             self._mark_down()
@@ -296,23 +315,9 @@ class Pusher:
             self._mark_up()
         return failed
 
-    async def _push_one(self, frames: list[Record]) -> list[Record]:
-        """The common round, one frame and no stats: a plain RPUSH.
-
-        redis-py's pipeline object costs about 50 us of CPU a round over the bare
-        command. A refused push raises here (rather than coming back as a result),
-        and is handled like a lost connection: the frame goes to the spool.
-        """
-        stream, frame = frames[0]
-        t0 = time.perf_counter()
-        try:
-            await self._redis.rpush(self._queue_keys.get(stream) or self._keys.queue(stream), frame)
-        except (RedisError, OSError):
-            self._mark_down()
-            return frames
-        self._metrics.push_duration.observe(time.perf_counter() - t0)
-        self._mark_up()
-        return []
+    def _queue_key(self, stream: str) -> bytes:
+        key = self._queue_keys.get(stream)
+        return key if key is not None else self._keys.queue(stream).encode()
 
     async def _replay(self) -> None:
         if time.monotonic() < self._retry_at and not self.redis_up:
@@ -325,7 +330,7 @@ class Pusher:
 
         try:
             await self._spool.replay(push, REPLAY_RECORDS_PER_ROUND)
-        except (Unavailable, RedisError, OSError):
+        except (Unavailable, OSError):
             self._mark_down()
         self._update_spool_metrics()
 
@@ -360,7 +365,7 @@ class Pusher:
         self._stopping = True
         if self._full is not None and not self._full.done():
             self._full.set_result(None)
-        self._wake.set()
+        self._wake()
         task = self._task
         if task is None:
             return True
@@ -378,6 +383,11 @@ class Pusher:
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+def _settle(fut: asyncio.Future[bool], value: bool) -> None:
+    if not fut.done():
+        fut.set_result(value)
 
 
 def _fail(fut: asyncio.Future[None], exc: BaseException) -> None:

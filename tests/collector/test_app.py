@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -225,5 +226,9 @@ async def test_health_ready_and_metrics(make_config: MakeConfig, redis_server: R
                  "oceanus_redis_up", "oceanus_spool_bytes", "oceanus_spool_frames", "oceanus_collector_draining"):
         assert name in metrics, name
     assert 'oceanus_events_accepted_total{stream="pageview"} 1.0' in metrics
+    # Rounds are summed locally and moved into the histograms before a scrape.
+    assert "oceanus_collector_batch_events_count 1.0" in metrics and "oceanus_collector_batch_events_sum 1.0" in metrics
+    assert 'oceanus_collector_batch_events_bucket{le="1.0"} 1.0' in metrics
+    assert re.search(r"^oceanus_redis_push_duration_seconds_count [1-9]", metrics, re.M)
     assert 'oceanus_events_rejected_total{reason="required",stream="pageview"} 1.0' in metrics
     assert 'oceanus_http_requests_total{status="400",stream="pageview"} 1.0' in metrics

@@ -1,0 +1,113 @@
+"""The writer's Redis link against a real redis-server, and against one that never answers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import hiredis
+import pytest
+import redis
+
+from collector.resp import RedisLink, pack
+from tests.support.servers import RedisServer, free_port
+
+pytestmark = pytest.mark.anyio
+
+
+def test_pack_is_resp_bulk_strings() -> None:
+    assert pack(b"RPUSH", "k", b"a\r\nb", 7) == b"*4\r\n$5\r\nRPUSH\r\n$1\r\nk\r\n$4\r\na\r\nb\r\n$1\r\n7\r\n"
+
+
+def test_url_options_it_cannot_honour_are_refused() -> None:
+    with pytest.raises(ValueError, match="socket_timeout"):
+        RedisLink("redis://127.0.0.1:6379/0?socket_timeout=3", 1.0)
+
+
+async def test_a_round_returns_every_reply_in_order_and_error_replies_in_place(
+        redis_server: RedisServer, redis_client: Any) -> None:
+    redis_client.set("not-a-list", "x")
+    link = RedisLink(redis_server.url, 2.0)
+    try:
+        replies = await link.call(pack("RPUSH", "q", b"f1") + pack("RPUSH", "not-a-list", b"f2")
+                                  + pack("RPUSH", "q", b"f3", b"f4"), 3)
+        assert replies[0] == 1 and replies[2] == 3
+        assert isinstance(replies[1], hiredis.ReplyError) and "WRONGTYPE" in str(replies[1])
+        # The connection is still in step after an error reply.
+        assert await link.call(pack("LLEN", "q"), 1) == [3]
+        # A large frame arrives in several reads and is still one reply.
+        big = b"x" * 1_000_000
+        assert await link.call(pack("RPUSH", "big", big), 1) == [1]
+    finally:
+        link.close()
+    assert redis_client.lrange("q", 0, -1) == [b"f1", b"f3", b"f4"]
+    assert redis_client.lindex("big", 0) == big
+
+
+async def test_user_password_and_database_come_from_the_url(redis_server: RedisServer, redis_client: Any) -> None:
+    redis_client.execute_command("ACL", "SETUSER", "writer", "on", ">s3cret", "~*", "+@all")
+    link = RedisLink(f"redis://writer:s3cret@127.0.0.1:{redis_server.port}/3", 2.0)
+    try:
+        assert await link.call(pack("RPUSH", "q", b"f"), 1) == [1]
+    finally:
+        link.close()
+    assert redis_client.llen("q") == 0  # not in database 0
+    db3 = redis.Redis(port=redis_server.port, db=3)
+    try:
+        assert db3.lrange("q", 0, -1) == [b"f"]
+    finally:
+        db3.close()
+    refused = RedisLink(f"redis://writer:wrong@127.0.0.1:{redis_server.port}/0", 2.0)
+    with pytest.raises(ConnectionError, match="setup"):
+        await refused.call(pack("PING"), 1)
+    refused.close()
+
+
+async def test_a_killed_connection_is_replaced_on_the_next_round(redis_server: RedisServer,
+                                                                redis_client: Any) -> None:
+    link = RedisLink(redis_server.url, 2.0)
+    try:
+        assert await link.call(pack("PING"), 1) == [b"PONG"]
+        assert redis_client.client_kill_filter(_type="normal", skipme=True) >= 1
+        failures = 0
+        for _ in range(3):  # the round that meets the dead socket fails, the next one reconnects
+            try:
+                assert await link.call(pack("PING"), 1) == [b"PONG"]
+                break
+            except ConnectionError:
+                failures += 1
+        else:
+            pytest.fail("the link never reconnected")
+        assert failures <= 1
+    finally:
+        link.close()
+
+
+async def test_refused_and_silent_servers_raise_oserror_within_the_timeout() -> None:
+    link = RedisLink(f"redis://127.0.0.1:{free_port()}/0", 1.0)
+    with pytest.raises(OSError):
+        await link.call(pack("PING"), 1)
+
+    closed = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(65536):
+            pass  # reads the command, never answers
+        closed.set()
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    link = RedisLink(f"redis://127.0.0.1:{port}/0", 0.3)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await link.call(pack("RPUSH", "q", b"f"), 1)
+        assert time.monotonic() - t0 < 2.0
+        # The timed-out connection is closed, so a late reply can never be read as the next round's.
+        await asyncio.wait_for(closed.wait(), 5.0)
+    finally:
+        link.close()
+        server.close()
+        await server.wait_closed()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import time
@@ -168,6 +169,7 @@ class App:
                 except Exception as exc:  # noqa: BLE001 - reported to the server, which exits
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
+                _freeze_heap()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.shutdown()
@@ -476,6 +478,27 @@ class App:
         "/metrics": _metrics,
         "/openapi.json": _openapi,
     }
+
+
+def _freeze_heap() -> None:
+    """Put everything alive once the worker is up out of the cyclic collector's reach.
+
+    A worker holds ~48k GC-tracked objects after startup (modules, config,
+    prometheus_client, redis-py, granian), nearly all of them for its whole
+    life. Under ``python -m bench collector`` a full (generation 2) collection
+    over them took 21-37 ms, about once per 10 s per worker: a stall for every
+    request in flight, and the one GC pause that reaches the tail. Frozen, they
+    are never scanned again (a full collection then covers the ~1k objects made
+    since). The thresholds stay at their defaults: what a request allocates dies
+    by reference count, so young collections ran only 2-3 times a second at
+    under 0.5 ms each, and a larger generation-0 threshold would only make each
+    of them longer (measured: no change in p99 with 50,000).
+
+    Called from the ASGI lifespan only, so an app started in-process (tests)
+    leaves its host's collector alone.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def create_app() -> App:

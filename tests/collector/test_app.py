@@ -232,3 +232,29 @@ async def test_health_ready_and_metrics(make_config: MakeConfig, redis_server: R
     assert re.search(r"^oceanus_redis_push_duration_seconds_count [1-9]", metrics, re.M)
     assert 'oceanus_events_rejected_total{reason="required",stream="pageview"} 1.0' in metrics
     assert 'oceanus_http_requests_total{status="400",stream="pageview"} 1.0' in metrics
+
+
+async def test_lifespan_startup_freezes_the_heap(make_config: MakeConfig, redis_server: RedisServer) -> None:
+    """Under a server, what is alive after start-up leaves the cyclic GC's reach (app._freeze_heap)."""
+    import gc
+
+    app = App(make_config())
+    messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent: list[str] = []
+    frozen_at_startup: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: Any) -> None:
+        sent.append(message["type"])
+        if message["type"] == "lifespan.startup.complete":
+            frozen_at_startup.append(gc.get_freeze_count())
+
+    gc.unfreeze()
+    try:
+        await app({"type": "lifespan"}, receive, send)
+    finally:
+        gc.unfreeze()  # the test process keeps its collector as it was
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert frozen_at_startup and frozen_at_startup[0] > 1000

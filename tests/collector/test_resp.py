@@ -111,3 +111,25 @@ async def test_refused_and_silent_servers_raise_oserror_within_the_timeout() -> 
         link.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_unix_socket_url_with_a_database(tmp_path: Any) -> None:
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    sock_dir = Path(tempfile.mkdtemp(prefix="oc-", dir="/tmp"))  # socket paths are limited to ~100 bytes
+    server = RedisServer(tmp_path / "redis", unix_socket=sock_dir / "r.sock").start()
+    link = RedisLink(f"unix://{sock_dir / 'r.sock'}?db=2", 2.0)
+    try:
+        assert await link.call(pack("RPUSH", "q", b"frame") + pack("LLEN", "q"), 2) == [1, 1]
+        db2 = redis.Redis(port=server.port, db=2)
+        try:
+            assert db2.lrange("q", 0, -1) == [b"frame"]
+        finally:
+            db2.close()
+        assert not server.client().exists("q")  # database 0 untouched
+    finally:
+        link.close()
+        server.stop()
+        shutil.rmtree(sock_dir, ignore_errors=True)

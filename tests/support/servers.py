@@ -65,10 +65,13 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 class RedisServer:
     """A redis-server child with its own port and AOF directory."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, appendfsync: str = "always") -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, appendfsync: str = "always",
+                 unix_socket: Path | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.appendfsync = appendfsync
+        #: Also listen on this socket (its path must stay under ~100 bytes).
+        self.unix_socket = unix_socket
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -85,6 +88,7 @@ class RedisServer:
                 binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
                 "--appendonly", "yes", "--appendfsync", self.appendfsync, "--save", "",
                 "--daemonize", "no", "--logfile", str(self.data_dir / "redis.log"),
+                *(["--unixsocket", str(self.unix_socket), "--unixsocketperm", "700"] if self.unix_socket else []),
             ],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )

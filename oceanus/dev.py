@@ -31,6 +31,7 @@ hold the port, the AOF and the DuckDB file.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shlex
 import shutil
@@ -60,13 +61,13 @@ if sys.platform == "linux":
     _prctl = ctypes.CDLL(None, use_errno=True).prctl
     _PR_SET_PDEATHSIG = 1
 
-    def _die_with_parent(parent: int = os.getpid()) -> None:
-        """In the forked child, before exec: SIGTERM when the supervisor dies."""
+    def _die_with_parent(parent: int) -> None:
+        """In the forked child, before exec: SIGTERM when the supervisor (``parent``) dies."""
         _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
         if os.getppid() != parent:  # the supervisor died between fork and prctl
             os._exit(1)
 else:  # pragma: no cover - the children outlive a killed supervisor there
-    def _die_with_parent(parent: int = 0) -> None:
+    def _die_with_parent(parent: int) -> None:
         return None
 
 REDIS_READY_TIMEOUT_S = 30.0
@@ -112,7 +113,8 @@ class Child:
         try:
             self.proc = subprocess.Popen(
                 cmd, env=dict(env), stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_die_with_parent,  # noqa: PLW1509 - no other threads here
+                start_new_session=True,
+                preexec_fn=functools.partial(_die_with_parent, os.getpid()),  # noqa: PLW1509 - no other threads
             )
         except OSError as exc:
             self._log.close()

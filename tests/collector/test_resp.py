@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import hiredis
@@ -113,11 +116,7 @@ async def test_refused_and_silent_servers_raise_oserror_within_the_timeout() -> 
         await server.wait_closed()
 
 
-async def test_a_unix_socket_url_with_a_database(tmp_path: Any) -> None:
-    import shutil
-    import tempfile
-    from pathlib import Path
-
+async def test_a_unix_socket_url_with_a_database(tmp_path: Path) -> None:
     sock_dir = Path(tempfile.mkdtemp(prefix="oc-", dir="/tmp"))  # socket paths are limited to ~100 bytes
     server = RedisServer(tmp_path / "redis", unix_socket=sock_dir / "r.sock").start()
     link = RedisLink(f"unix://{sock_dir / 'r.sock'}?db=2", 2.0)

@@ -70,3 +70,13 @@ def push_frames(client: redis.Redis, keys: Keys, stream: StreamConfig, frames: i
     if items:
         client.rpush(keys.queue(stream.name), *items)
     return ids
+
+
+class NoState:
+    """The write state the DuckDB sink is handed: it must never need one."""
+
+    def get(self, key: str) -> str | None:
+        return None
+
+    def set(self, **values: str) -> None:
+        raise AssertionError("the DuckDB sink needs no write state")

@@ -10,7 +10,7 @@ from flusher.sinks.base import Batch
 from flusher.sinks.duckdb import DuckDBSink
 from oceanus import config
 from oceanus.errors import ConfigError, SinkError
-from tests.flusher.helpers import make_config_text, make_rows
+from tests.flusher.helpers import NoState, make_config_text, make_rows
 
 
 def _sink(tmp_path: Path, memory_limit: str | None, **env: str) -> DuckDBSink:
@@ -18,14 +18,6 @@ def _sink(tmp_path: Path, memory_limit: str | None, **env: str) -> DuckDBSink:
     if memory_limit is not None:
         env["OCEANUS_SINK_DUCKDB_MEMORY_LIMIT"] = f'"{memory_limit}"'
     return DuckDBSink(config.loads(text, env=env))
-
-
-class NoState:
-    def get(self, key: str) -> str | None:
-        return None
-
-    def set(self, **values: str) -> None:
-        raise AssertionError("the DuckDB sink needs no write state")
 
 
 def _limit(sink: DuckDBSink) -> str:

@@ -11,15 +11,7 @@ from flusher.sinks import make_sink
 from flusher.sinks.base import Batch, QueryError
 from flusher.sinks.duckdb import MAX_QUERY_ROWS, DuckDBSink
 from oceanus.errors import ConfigError
-from tests.flusher.helpers import STREAMS_TOML, make_config, make_rows
-
-
-class NoState:
-    def get(self, key: str) -> str | None:
-        return None
-
-    def set(self, **values: str) -> None:
-        raise AssertionError("the DuckDB sink needs no write state")
+from tests.flusher.helpers import STREAMS_TOML, NoState, make_config, make_rows
 
 
 @pytest.fixture

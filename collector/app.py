@@ -270,11 +270,14 @@ class App:
             self._rejected(name, rej.invalid)
             inv = rej.invalid
             return await self._error(send, rej.status, inv.field, inv.rule, inv.detail)
+        # Counted before the hand-off: the writer may extend this very list with
+        # other requests' rows (the first request of a round lends it its list).
+        accepted = len(rows)
         try:
             await self._submit(name, validator, rows)
         except Unavailable as exc:
             return await self._error(send, 503, "spool", "full", str(exc))
-        body = b'{"accepted":%d}' % len(rows)
+        body = b'{"accepted":%d}' % accepted
         await send({"type": "http.response.start", "status": 200, "headers": [
             _JSON_TYPE, _NO_STORE, (b"content-length", b"%d" % len(body)), *self._cors(scope)]})
         await send({"type": "http.response.body", "body": body})

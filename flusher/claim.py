@@ -14,6 +14,17 @@ two steps leaves each frame in exactly one list. An owner is alive while its
 in-flight key whose owner's heartbeat is gone is an orphan and any flusher
 re-claims it, state hash included, so the batch keeps its ``batch_id`` and the
 sink's write state (offsets, job ids) across the crash.
+
+A live owner can strand a key too: Redis ran a claim script (and wrote it to
+the AOF) but the reply was lost — Redis killed between its fsync and the reply,
+a reply slower than the socket timeout, a reset connection. The worker then
+claims again under a new key, and the old one is nobody's: its owner's
+heartbeat is alive, so no other flusher touches it. Each :class:`Claimer`
+therefore remembers the keys it really holds (a claim's key is held from before
+the script is sent until the script failed or came back empty, or until the
+batch is finished or given back); an in-flight key of its own that it does not
+hold is an orphan like any other, and its own re-claim scan takes it back
+(``_RECLAIM_LUA`` with the liveness check waived for the caller's own keys).
 """
 
 from __future__ import annotations
@@ -22,7 +33,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -54,10 +65,12 @@ return items
 """
 
 # KEYS: orphan, new key, index, orphan's heartbeat, orphan state, new state.
+# ARGV: "1" when the orphan is the caller's own (its heartbeat is the caller's and
+# says nothing about the key), else "0".
 # Returns the frames now owned under the new key; empty when the owner came back
 # to life or the key vanished (finished by its owner meanwhile).
 _RECLAIM_LUA = """
-if redis.call('EXISTS', KEYS[4]) == 1 then return {} end
+if ARGV[1] ~= '1' and redis.call('EXISTS', KEYS[4]) == 1 then return {} end
 redis.call('SREM', KEYS[3], KEYS[1])
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('DEL', KEYS[5])
@@ -142,6 +155,10 @@ class Claimer:
         self.owner = owner
         self.heartbeat_ttl_ms = max(1, int(heartbeat_ttl_s * 1000))
         self._seq = int(time.time() * 1000)
+        #: In-flight keys this instance holds (see the module docstring): held from
+        #: before a claim's script is sent, so a concurrent scan never takes a key
+        #: whose reply is still on its way.
+        self._held: set[str] = set()
         self._claim = client.register_script(_CLAIM_LUA)
         self._reclaim = client.register_script(_RECLAIM_LUA)
         self._give_back = client.register_script(_GIVE_BACK_LUA)
@@ -159,40 +176,71 @@ class Claimer:
         """At exit: batches left claimed become orphans at once instead of after the TTL."""
         await self.client.delete(self.keys.heartbeat(self.owner))
 
+    def holds(self, key: str) -> bool:
+        """True while ``key`` is a batch this instance works on (claimed, not yet finished or given back)."""
+        return key in self._held
+
+    async def _run_holding(self, key: str, call: Awaitable[Any]) -> Any:
+        """Run a script that may create ``key``; the key stays held only if it came back with frames.
+
+        On any error the outcome is unknown (the script may have run with its
+        reply lost): the key is released, so if it exists it is an orphan of ours
+        and the next scan re-claims it.
+        """
+        self._held.add(key)
+        try:
+            frames = await call
+        except BaseException:
+            self._held.discard(key)
+            raise
+        if not frames:
+            self._held.discard(key)
+        return frames
+
     async def claim(self, stream: str, max_frames: int) -> Claim | None:
         key = self._next_key(stream)
         now_ms = int(time.time() * 1000)
         batch_id = key.rsplit(":", 2)[-2] + "-" + key.rsplit(":", 1)[-1]
-        frames = await self._claim(
+        frames = await self._run_holding(key, self._claim(
             keys=[self.keys.queue(stream), key, self.keys.inflight_index(stream), self.keys.state(key)],
             args=[max(1, max_frames), batch_id, now_ms],
-        )
+        ))
         if not frames:
             return None
         return Claim(stream, key, list(frames), batch_id, now_ms)
 
     async def orphans(self, stream: str) -> list[str]:
-        """In-flight keys of ``stream`` whose owner's heartbeat is gone (one round trip each)."""
+        """In-flight keys of ``stream`` that no live worker holds.
+
+        Another owner's key is an orphan once that owner's heartbeat is gone (one
+        round trip for all of them); a key of our own is one as soon as we do not
+        hold it (a claim or re-claim whose reply was lost).
+        """
         members = await self.client.smembers(self.keys.inflight_index(stream))
-        keys = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
-        candidates = [k for k in keys if Keys.owner_of(k) != self.owner]
-        if not candidates:
-            return []
+        keys = sorted(_s(m) for m in members)
+        mine = [k for k in keys if Keys.owner_of(k) == self.owner and k not in self._held]
+        others = [k for k in keys if Keys.owner_of(k) != self.owner]
+        if not others:
+            return mine
         async with self.client.pipeline(transaction=False) as pipe:
-            for k in candidates:
+            for k in others:
                 pipe.exists(self.keys.heartbeat(Keys.owner_of(k)))
             alive = await pipe.execute()
-        return [k for k, a in zip(candidates, alive, strict=True) if not a]
+        return mine + [k for k, a in zip(others, alive, strict=True) if not a]
 
     async def reclaim(self, stream: str, orphan: str) -> Claim | None:
         """Take over an orphaned batch atomically; None if its owner is back or it is gone."""
+        own = Keys.owner_of(orphan) == self.owner
+        if own and orphan in self._held:
+            return None  # taken back meanwhile by a worker of ours: not an orphan
         key = self._next_key(stream)
-        frames = await self._reclaim(
+        frames = await self._run_holding(key, self._reclaim(
             keys=[
                 orphan, key, self.keys.inflight_index(stream), self.keys.heartbeat(Keys.owner_of(orphan)),
                 self.keys.state(orphan), self.keys.state(key),
             ],
-        )
+            args=["1" if own else "0"],
+        ))
         if not frames:
             return None
         state = await self.load_state(key)
@@ -220,6 +268,7 @@ class Claimer:
             pipe.delete(self.keys.state(claim.key))
             pipe.srem(self.keys.inflight_index(claim.stream), claim.key)
             results = await pipe.execute()
+        self._held.discard(claim.key)
         return bool(results[1 if dead_items else 0])
 
     async def give_back(self, claim: Claim) -> int:
@@ -228,6 +277,7 @@ class Claimer:
             keys=[claim.key, self.keys.queue(claim.stream), self.keys.inflight_index(claim.stream),
                   self.keys.state(claim.key)],
         )
+        self._held.discard(claim.key)
         return int(moved)
 
     async def inflight_count(self, stream: str) -> int:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from pathlib import Path
 
+import pytest
+import redis
 import redis.asyncio as aioredis
 
-from flusher.claim import STATE_BATCH_ID, Claimer, RedisWriteState
+from flusher.claim import _CLAIM_LUA, _RECLAIM_LUA, STATE_BATCH_ID, Claimer, RedisWriteState
 from oceanus.buffer import Keys
 from tests.flusher.helpers import make_config, push_frames
 from tests.support.servers import RedisServer
+from tests.support.tcpproxy import ReplyDropProxy
 
 KEYS = Keys("t")
 
@@ -115,3 +119,101 @@ def test_give_back_restores_the_frames_at_the_head_in_order(redis_server: RedisS
     asyncio.run(scenario())
     assert client.lrange(KEYS.queue("pv"), 0, -1) == before
     assert client.keys("t:inflight*") == [] and client.keys("t:state:*") == []
+
+
+def _sha(script: str) -> bytes:
+    return hashlib.sha1(script.encode()).hexdigest().encode()
+
+
+def test_a_claim_whose_reply_was_lost_is_recovered_by_its_owner(redis_server: RedisServer, tmp_path: Path) -> None:
+    """Redis ran the claim (the frames moved) but the answer never came: the key must not be stranded."""
+    client = redis_server.client()
+    push_frames(client, KEYS, _stream(tmp_path), frames=5, rows_per_frame=2)
+    client.script_load(_CLAIM_LUA)  # so the lost reply is the script's own, not a NOSCRIPT round
+    proxy = ReplyDropProxy(redis_server.port).start()
+
+    async def scenario() -> None:
+        owner = Claimer(aioredis.from_url(proxy.url), KEYS, "owner", 30.0)
+        other = _claimer(redis_server, "other")
+        await owner.heartbeat()
+        await other.heartbeat()
+        proxy.drop_reply_after(_sha(_CLAIM_LUA))
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await owner.claim("pv", 3)
+        assert proxy.dropped == 1
+        stranded = [m.decode() for m in client.smembers(KEYS.inflight_index("pv"))]
+        assert len(stranded) == 1 and client.llen(stranded[0]) == 3
+        batch_id = client.hget(KEYS.state(stranded[0]), STATE_BATCH_ID)
+        # The owner lives, so nobody else may take it; the owner knows it does not hold it.
+        assert await other.orphans("pv") == []
+        assert not owner.holds(stranded[0])
+        assert await owner.orphans("pv") == stranded
+        again = await owner.reclaim("pv", stranded[0])
+        assert again is not None and again.reclaimed and owner.holds(again.key)
+        assert again.frames == client.lrange(again.key, 0, -1)
+        assert len(again.frames) == 3 and again.batch_id == (batch_id or b"").decode()
+        assert await owner.orphans("pv") == [] and await other.orphans("pv") == []
+        # The next claim takes the next frames: nothing was claimed twice.
+        nxt = await owner.claim("pv", 10)
+        assert nxt is not None and len(nxt.frames) == 2 and not set(nxt.frames) & set(again.frames)
+        assert await owner.finish(again) and await owner.finish(nxt)
+        assert not owner.holds(again.key) and not owner.holds(nxt.key)
+        await owner.client.aclose()
+        await other.client.aclose()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        proxy.stop()
+    assert client.keys("t:inflight*") == [] and client.keys("t:state:*") == []
+
+
+def test_a_reclaim_whose_reply_was_lost_is_recovered_too(redis_server: RedisServer, tmp_path: Path) -> None:
+    client = redis_server.client()
+    push_frames(client, KEYS, _stream(tmp_path), frames=4, rows_per_frame=1)
+    client.script_load(_RECLAIM_LUA)
+    proxy = ReplyDropProxy(redis_server.port).start()
+
+    async def scenario() -> None:
+        dead = _claimer(redis_server, "dead")
+        claim = await dead.claim("pv", 4)
+        assert claim is not None
+        RedisWriteState(client, KEYS.state(claim.key), {}).set(offset="7")
+        owner = Claimer(aioredis.from_url(proxy.url), KEYS, "owner", 30.0)
+        await owner.heartbeat()
+        assert await owner.orphans("pv") == [claim.key]  # "dead" never had a heartbeat
+        proxy.drop_reply_after(_sha(_RECLAIM_LUA))
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await owner.reclaim("pv", claim.key)
+        renamed = [m.decode() for m in client.smembers(KEYS.inflight_index("pv"))]
+        assert len(renamed) == 1 and KEYS.owner_of(renamed[0]) == "owner"
+        assert await owner.orphans("pv") == renamed
+        again = await owner.reclaim("pv", renamed[0])
+        assert again is not None and again.frames == claim.frames and again.batch_id == claim.batch_id
+        assert (await owner.load_state(again.key))["offset"] == "7"
+        assert await owner.finish(again)
+        await owner.client.aclose()
+        await dead.client.aclose()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        proxy.stop()
+    assert client.keys("t:inflight*") == [] and client.llen(KEYS.queue("pv")) == 0
+
+
+def test_a_key_held_by_a_worker_is_never_an_orphan_of_its_owner(redis_server: RedisServer, tmp_path: Path) -> None:
+    push_frames(redis_server.client(), KEYS, _stream(tmp_path), frames=3, rows_per_frame=1)
+
+    async def scenario() -> None:
+        c = _claimer(redis_server, "o1")
+        await c.heartbeat()
+        claim = await c.claim("pv", 2)
+        assert claim is not None and c.holds(claim.key)
+        assert await c.orphans("pv") == []
+        assert await c.reclaim("pv", claim.key) is None
+        assert await c.give_back(claim) == 2 and not c.holds(claim.key)
+        assert await c.claim("pv", 0) is not None  # at least one frame, whatever is asked
+        await c.client.aclose()
+
+    asyncio.run(scenario())

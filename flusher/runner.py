@@ -45,6 +45,8 @@ from typing import Any, TypeVar
 import msgspec
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from flusher.admin import AdminServer
@@ -364,8 +366,12 @@ class Flusher:
         self.keys = Keys(cfg.redis.key_prefix)
         self.owner = owner or make_owner_id()
         timeout = cfg.redis.timeout_s
+        # No retries inside the client: a claim script is not idempotent (run twice
+        # under one key, its first frames would be appended and never returned), and
+        # the worker's own loop already retries with the outcome of every call known.
         self.aredis: aioredis.Redis = aioredis.from_url(cfg.redis.url, socket_timeout=timeout,
-                                                        socket_connect_timeout=timeout)
+                                                        socket_connect_timeout=timeout,
+                                                        retry=AsyncRetry(NoBackoff(), 0))
         self.sync_redis: redis.Redis = redis.from_url(cfg.redis.url, socket_timeout=timeout,
                                                       socket_connect_timeout=timeout)
         self.claimer = Claimer(self.aredis, self.keys, self.owner, cfg.flusher.heartbeat_ttl_s)

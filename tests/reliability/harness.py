@@ -183,7 +183,7 @@ class Stack:
     """redis-server + collector + flusher for one scenario, under ``base``."""
 
     def __init__(self, base: Path, *, workers: int = 1, appendfsync: str = "always", sink: str = "duckdb",
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, flusher_env: Mapping[str, str] | None = None) -> None:
         self.base = base
         base.mkdir(parents=True, exist_ok=True)
         self.redis = RedisServer(base / "redis", appendfsync=appendfsync)
@@ -193,6 +193,8 @@ class Stack:
         self.duckdb_path = base / "warehouse.duckdb"
         self.spool_dir = base / "spool"
         self.extra_env = dict(env or {})
+        #: On top of ``env`` for the flusher alone (e.g. its Redis behind a fault proxy).
+        self.flusher_env = dict(flusher_env or {})
         self.sink = sink
         #: Set by BigQuery scenarios: the emulator whose tables are read back.
         self.bigquery: BigQueryEmulator | None = None
@@ -257,7 +259,7 @@ class Stack:
         return proc
 
     def start_flusher(self) -> Proc:
-        self.flusher = Proc("flusher", ["flusher"], self.env(), self._log("flusher"))
+        self.flusher = Proc("flusher", ["flusher"], {**self.env(), **self.flusher_env}, self._log("flusher"))
         proc = self.flusher
 
         def ready() -> bool:
@@ -313,9 +315,34 @@ class Stack:
     def wait_drained(self, timeout: float = 120.0) -> float:
         """Poll until the spool and Redis hold nothing for the stream; returns the seconds it took."""
         t0 = time.monotonic()
-        wait_for(lambda: self.spool_pending_bytes() == 0 and self.backlog_frames() == 0,
-                 timeout=timeout, interval=0.1, what="spool and Redis drained")
+        try:
+            wait_for(lambda: self.spool_pending_bytes() == 0 and self.backlog_frames() == 0,
+                     timeout=timeout, interval=0.1, what="spool and Redis drained")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n{self.describe_backlog()}") from None
         return time.monotonic() - t0
+
+    def describe_backlog(self) -> str:
+        """What is still waiting, for a drain that timed out: the queue, the spool, and
+        every in-flight key with its frames, its owner and whether that owner's heartbeat lives."""
+        lines = [f"spool pending bytes={self.spool_pending_bytes()}"]
+        try:
+            r = self.redis.client()
+        except Exception as exc:  # noqa: BLE001 - a diagnostic must not hide the timeout
+            return "\n".join([*lines, f"Redis unreadable: {exc!r}"])
+        try:
+            lines.append(f"queue {self.keys.queue(STREAM)}: {r.llen(self.keys.queue(STREAM))} frames")
+            members = sorted(m.decode() for m in r.smembers(self.keys.inflight_index(STREAM)))
+            lines.append(f"in-flight keys: {len(members)}")
+            for key in members:
+                owner = Keys.owner_of(key)
+                alive = bool(r.exists(self.keys.heartbeat(owner)))
+                lines.append(f"  {key}: {r.llen(key)} frames, owner {owner}, heartbeat {'alive' if alive else 'gone'}")
+        except Exception as exc:  # noqa: BLE001 - as above
+            lines.append(f"Redis unreadable: {exc!r}")
+        finally:
+            r.close()
+        return "\n".join(lines)
 
     def warehouse_rows(self) -> list[tuple[str, str]]:
         """(event_id, oid) of every row of the stream. Stop the flusher first (DuckDB has one writer)."""

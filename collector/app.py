@@ -32,9 +32,11 @@ import msgspec
 
 from collector import web
 from collector._types import Message, Receive, Scope, Send
+from collector.access import StreamGate, load_keys
 from collector.enrich import ClientIp, DeviceCache
 from collector.metrics import Metrics
 from collector.pusher import Pusher, Unavailable, make_redis
+from collector.ratelimit import TokenBuckets, per_worker, retry_after
 from collector.resp import RedisLink
 from collector.spool import Spool
 from collector.validate import Invalid, StreamValidator, compile_streams, parse_pairs
@@ -70,10 +72,11 @@ _PREFLIGHT = [
 class _Reject(Exception):
     """A request-level refusal (not a field rule): status, limit name, detail."""
 
-    def __init__(self, status: int, field: str, rule: str, detail: str) -> None:
+    def __init__(self, status: int, field: str, rule: str, detail: str, retry_after: int | None = None) -> None:
         super().__init__(detail)
         self.status = status
         self.invalid = Invalid(field, rule, detail)
+        self.retry_after = retry_after
 
 
 class App:
@@ -92,6 +95,22 @@ class App:
         self._max_batch = c.max_batch_events
         self._max_ua = c.max_ua_length
         self._body_timeout = c.body_timeout_s
+        self._max_headers = c.max_headers
+        self._max_values = c.max_json_values
+        self._max_pending = c.max_pending_body_bytes
+        self._pending = 0  # body bytes (raw and inflated) held by requests in flight
+        # Volume limits: each worker enforces its share (collector/ratelimit.py).
+        self._ip_limit: TokenBuckets | None = None
+        if c.ip_rate_per_s > 0:
+            self._ip_limit = TokenBuckets(*per_worker(c.ip_rate_per_s, c.ip_burst, c.workers))
+        # Streams with access rules only: for the others the lookup misses at once.
+        self._rules: dict[str, tuple[StreamGate | None, TokenBuckets | None]] = {}
+        for name, rule in c.access.items():
+            keys = load_keys(name, rule)
+            gate = StreamGate(frozenset(o.encode() for o in rule.origins), keys) if rule.origins or keys else None
+            limit = TokenBuckets(*per_worker(rule.rate_per_s, rule.burst, c.workers)) if rule.rate_per_s else None
+            if gate is not None or limit is not None:
+                self._rules[name] = (gate, limit)
         self._wildcard = "*" in c.cors_origins
         self._origins = frozenset(o.encode() for o in c.cors_origins)
         self._handle_signals = handle_signals
@@ -199,6 +218,10 @@ class App:
             stream, route = "-", "other"
             status = await self._error(send, 414, "url", "max_url_bytes",
                                        f"URL longer than {self._max_url} bytes", pixel=path.startswith("/b/"))
+        elif len(scope["headers"]) > self._max_headers:
+            stream, route = "-", "other"
+            status = await self._error(send, 431, "headers", "max_headers",
+                                       f"more than {self._max_headers} headers", pixel=path.startswith("/b/"))
         elif path.startswith("/b/"):
             stream, route = path[3:], "pixel"
             status = await self._pixel(stream, scope, method, send)
@@ -223,10 +246,14 @@ class App:
                 return await self._preflight(scope, send)
             return await self._error(send, 405, "method", "allowed", "use GET or OPTIONS", pixel=True,
                                      allow=b"GET, HEAD, OPTIONS")
+        ip, ua, device = self._client(scope)
+        refused = self._admit(name, scope, ip, 1)
+        if refused is not None:
+            return await self._refuse(name, send, refused, pixel=True)
         query = scope["query_string"].decode("utf-8", "replace")
         event: dict[str, Any] = parse_pairs(query)
         try:
-            row = self._row(validator, event, True, scope)
+            row = self._row(validator, event, True, ip, ua, device)
         except Invalid as exc:
             self._rejected(name, exc)
             return await self._error(send, 400, exc.field, exc.rule, exc.detail, pixel=True)
@@ -251,14 +278,32 @@ class App:
             if method == "OPTIONS":
                 return await self._preflight(scope, send)
             return await self._error(send, 405, "method", "allowed", "use POST or OPTIONS", allow=b"POST, OPTIONS")
+        ip, ua, device = self._client(scope)
+        held = [0]  # body bytes this request holds of the worker's max_pending_body_bytes
         try:
-            events, from_text, is_batch = await self._read_events(scope, receive)
+            return await self._accept_events(name, validator, scope, receive, send, ip, ua, device, held)
+        finally:
+            self._pending -= held[0]
+
+    async def _accept_events(self, name: str, validator: StreamValidator, scope: Scope, receive: Receive,
+                             send: Send, ip: str, ua: str, device: str, held: list[int]) -> int:
+        rules = self._rules.get(name)
+        if rules is not None and rules[0] is not None:
+            # Before the body is read: a refused sender costs no body buffering.
+            denied = rules[0].check(scope["headers"])
+            if denied is not None:
+                return await self._refuse(name, send, _Reject(*denied))
+        try:
+            events, from_text, is_batch = await self._read_events(scope, receive, held)
+            refused = self._admit(name, None, ip, len(events))
+            if refused is not None:
+                raise refused
             rows: list[list[Any]] = []
             for i, event in enumerate(events):
                 try:
                     if type(event) is not dict:
                         raise Invalid("body", "type", "each event must be a JSON object")
-                    rows.append(self._row(validator, event, from_text, scope))
+                    rows.append(self._row(validator, event, from_text, ip, ua, device))
                 except Invalid as exc:
                     if is_batch:
                         exc.index = i
@@ -267,9 +312,7 @@ class App:
             self._rejected(name, exc)
             return await self._error(send, 400, exc.field, exc.rule, exc.detail, index=exc.index)
         except _Reject as rej:
-            self._rejected(name, rej.invalid)
-            inv = rej.invalid
-            return await self._error(send, rej.status, inv.field, inv.rule, inv.detail)
+            return await self._refuse(name, send, rej)
         # Counted before the hand-off: the writer may extend this very list with
         # other requests' rows (the first request of a round lends it its list).
         accepted = len(rows)
@@ -283,7 +326,7 @@ class App:
         await send({"type": "http.response.body", "body": body})
         return 200
 
-    async def _read_events(self, scope: Scope, receive: Receive) -> tuple[Any, bool, bool]:
+    async def _read_events(self, scope: Scope, receive: Receive, held: list[int]) -> tuple[Any, bool, bool]:
         """The events of a POST body: a list, whether values are form text, whether
         the body was a JSON array.
 
@@ -301,21 +344,17 @@ class App:
                 content_type = value.lower()
             elif key == b"content-encoding":
                 encoding = value.strip().lower()
-        body = await self._read_body(receive)
+        body = await self._read_body(receive, held)
         if encoding == b"gzip":
             body = self._gunzip(body)
+            self._hold(held, len(body))
         elif encoding not in (b"", b"identity"):
             raise _Reject(415, "content-encoding", "supported", "only gzip is accepted")
         if not body.strip():
             raise Invalid("body", "required", "the body is empty")
         if content_type.startswith(b"application/x-www-form-urlencoded") and body.lstrip()[:1] not in (b"{", b"["):
             return [parse_pairs(body.decode("utf-8", "replace"))], True, False
-        try:
-            data = _json_decode(body)
-        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
-            # msgspec raises UnicodeDecodeError for invalid UTF-8 and RecursionError past ~1000 levels.
-            detail = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-            raise Invalid("body", "json", f"not valid JSON ({detail})") from None
+        data = self._decode_json(body)
         if type(data) is list:
             if len(data) > self._max_batch:
                 raise _Reject(413, "body", "max_batch_events", f"more than {self._max_batch} events in one array")
@@ -324,7 +363,32 @@ class App:
             return data, False, True
         return [data], False, False
 
-    async def _read_body(self, receive: Receive) -> bytes:
+    def _decode_json(self, body: bytes) -> Any:
+        if len(body) > self._max_values:
+            # Counted before decoding: 4 MB of `[{},{},...]` is 1.4 M objects (~100 MiB, ~180 ms)
+            # once materialised. Every value but a container's first follows a comma, and every
+            # container opens with a bracket, so this bounds the values (commas in strings only
+            # make it larger). A body shorter than the limit cannot be over it.
+            values = body.count(b",") + body.count(b"[") + body.count(b"{")
+            if values > self._max_values:
+                raise _Reject(413, "body", "max_json_values",
+                              f"more than {self._max_values} JSON values (commas and brackets) in the body")
+        try:
+            return _json_decode(body)
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+            # msgspec raises UnicodeDecodeError for invalid UTF-8 and RecursionError past ~1000 levels.
+            detail = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise Invalid("body", "json", f"not valid JSON ({detail})") from None
+
+    def _hold(self, held: list[int], n: int) -> None:
+        """Count ``n`` more body bytes against the worker's max_pending_body_bytes."""
+        if self._pending + n > self._max_pending:
+            raise _Reject(503, "body", "max_pending_body_bytes",
+                          f"this worker already holds {self._pending} bytes of request bodies; retry shortly")
+        self._pending += n
+        held[0] += n
+
+    async def _read_body(self, receive: Receive, held: list[int]) -> bytes:
         chunks: list[bytes] = []
         size = 0
         try:
@@ -338,6 +402,7 @@ class App:
                         size += len(chunk)
                         if size > self._max_body:
                             raise _Reject(413, "body", "max_body_bytes", f"body larger than {self._max_body} bytes")
+                        self._hold(held, len(chunk))
                         chunks.append(chunk)
                     if not message.get("more_body", False):
                         break
@@ -360,8 +425,8 @@ class App:
 
     # shared -------------------------------------------------------------------------------
 
-    def _row(self, validator: StreamValidator, event: dict[str, Any], from_text: bool, scope: Scope) -> list[Any]:
-        values = validator.values(event, from_text)
+    def _client(self, scope: Scope) -> tuple[str, str, str]:
+        """The request's client IP (through trusted proxies), user agent and device class."""
         ua = ""
         xff: str | None = None
         real_ip: str | None = None
@@ -376,9 +441,48 @@ class App:
             ua = ua[: self._max_ua]
         client = scope.get("client")
         peer = client[0] if client else ""
-        ip = self._client_ip.resolve(peer, xff, real_ip)
+        return self._client_ip.resolve(peer, xff, real_ip), ua, self._device(ua)
+
+    def _row(self, validator: StreamValidator, event: dict[str, Any], from_text: bool, ip: str, ua: str,
+             device: str) -> list[Any]:
+        values = validator.values(event, from_text)
         now_ns = time.time_ns()
-        return [self._ids.new(now_ns), now_ns // 1000, ip, ua, self._device(ua), *values]
+        return [self._ids.new(now_ns), now_ns // 1000, ip, ua, device, *values]
+
+    def _admit(self, name: str, scope: Scope | None, ip: str, n: int) -> _Reject | None:
+        """The stream's access rules (when ``scope`` is given) and the volume limits
+        for ``n`` events from ``ip``: None, or the refusal."""
+        rules = self._rules.get(name)
+        limit: TokenBuckets | None = None
+        if rules is not None:
+            gate, limit = rules
+            if gate is not None and scope is not None:
+                denied = gate.check(scope["headers"])
+                if denied is not None:
+                    return _Reject(*denied)
+        ip_limit = self._ip_limit
+        if ip_limit is None and limit is None:
+            return None
+        now = time.monotonic()
+        if ip_limit is not None:
+            wait = ip_limit.take(ip, n, now)
+            if wait:
+                c = self.cfg.collector
+                return _Reject(429, "ip", "ip_rate_per_s", f"{ip} sent more than collector.ip_rate_per_s = "
+                               f"{c.ip_rate_per_s:g} events/s (burst {c.ip_burst})", retry_after(wait))
+        if limit is not None:
+            wait = limit.take(name, n, now)
+            if wait:
+                rule = self.cfg.collector.access[name]
+                return _Reject(429, "stream", "rate_per_s", f"more than collector.access.{name}.rate_per_s = "
+                               f"{rule.rate_per_s:g} events/s (burst {rule.burst})", retry_after(wait))
+        return None
+
+    async def _refuse(self, name: str, send: Send, rej: _Reject, *, pixel: bool = False) -> int:
+        self._rejected(name, rej.invalid)
+        inv = rej.invalid
+        return await self._error(send, rej.status, inv.field, inv.rule, inv.detail, pixel=pixel,
+                                 retry_after=rej.retry_after)
 
     async def _submit(self, name: str, validator: StreamValidator, rows: list[list[Any]]) -> None:
         pusher = self.pusher
@@ -407,14 +511,18 @@ class App:
         return 204
 
     async def _error(self, send: Send, status: int, field: str, rule: str, detail: str, *, pixel: bool = False,
-                     index: int | None = None, allow: bytes | None = None) -> int:
+                     index: int | None = None, allow: bytes | None = None, retry_after: int | None = None) -> int:
         """Every error names the field (or limit) and the rule, in a header and the body."""
         err = Invalid(field, rule, detail, index)
         headers: Headers = [(b"x-oceanus-error", err.header().encode("latin-1")), _NO_STORE, *self._cors_static]
         if allow is not None:
             headers.append((b"allow", allow))
-        if status == 503:
+        if retry_after is not None:
+            headers.append((b"retry-after", b"%d" % retry_after))
+        elif status == 503:
             headers.append((b"retry-after", b"5"))
+        if status == 401:
+            headers.append((b"www-authenticate", b'Basic realm="oceanus"'))
         if pixel:
             body = GIF
             headers.append(_GIF_TYPE)

@@ -119,6 +119,21 @@ class StreamConfig(_Base, frozen=True):
         return (*SERVER_COLUMNS, *self.fields, EXTRA_COLUMN)
 
 
+class StreamAccess(_Base, frozen=True):
+    """Who may send to one stream, and how much (docs/SECURITY.md)."""
+
+    #: Events per second the whole stream accepts (split over the workers); 0 = no limit.
+    rate_per_s: Annotated[float, Meta(ge=0)] = 0.0
+    burst: PositiveInt = 10_000
+    #: If set, a request whose ``Origin`` is not listed is a 403 (no ``Origin``: allowed,
+    #: unless write keys are set too -- server-side senders have no Origin).
+    origins: tuple[str, ...] = ()
+    #: Write keys, one per line, from this environment variable and/or file (never
+    #: inline). If any are set, a request without a listed key is a 401.
+    keys_env: str = ""
+    keys_file: str = ""
+
+
 class CollectorConfig(_Base, frozen=True):
     host: str = "0.0.0.0"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8080
@@ -143,6 +158,28 @@ class CollectorConfig(_Base, frozen=True):
     drain_timeout_s: PositiveFloat = 10.0
     #: Seconds a request body may take to arrive (slow-body defence).
     body_timeout_s: PositiveFloat = 10.0
+    #: Edge limits (docs/SECURITY.md). "1": HTTP/1.1 only; "auto" and "2" add
+    #: cleartext HTTP/2, whose header blocks granian buffers per stream.
+    http: Literal["1", "auto", "2"] = "1"
+    #: granian's HTTP/1 read buffer: a request line and headers larger than this are refused.
+    max_header_bytes: Annotated[int, Meta(ge=8192, le=1_048_576)] = 16_384
+    #: Headers in one request; more is a 431 naming the limit.
+    max_headers: PositiveInt = 64
+    #: A connection that has not sent a whole request head within this is closed
+    #: (idle keep-alive connections included).
+    header_timeout_s: Annotated[float, Meta(gt=0, le=60)] = 5.0
+    #: Connections one worker serves at once (granian's backpressure); more wait in the backlog.
+    max_connections: PositiveInt = 1024
+    #: Request body bytes (raw plus inflated) one worker holds at once; past it, 503 naming the limit.
+    max_pending_body_bytes: PositiveInt = 67_108_864
+    #: JSON values (counted as commas and brackets, an upper bound) in one body, checked before decoding.
+    max_json_values: PositiveInt = 100_000
+    #: Events per second one client IP may send (token bucket, split over the workers); 0 = no limit.
+    ip_rate_per_s: Annotated[float, Meta(ge=0)] = 1000.0
+    #: Events one client IP may send at once above its rate.
+    ip_burst: PositiveInt = 10_000
+    #: Per-stream access rules: ``[collector.access.<stream>]``.
+    access: dict[str, StreamAccess] = {}
     demo: bool = False
     status_page: bool = False
     status_token: str = ""
@@ -331,6 +368,9 @@ def decode(raw: dict[str, Any], source: str = "") -> Config:
     if not streams:
         raise ConfigError("streams: at least one stream must be defined")
     _check_load_quota(base.sink.bigquery, streams)
+    for name in base.collector.access:
+        if name not in streams:
+            raise ConfigError(f"collector.access.{name}: no stream named {name!r}")
     return msgspec.structs.replace(base, streams=streams, source=source)
 
 

@@ -13,13 +13,19 @@ Rules, in the order they are applied to one value:
   ``json`` a JSON text); JSON bodies must carry the matching JSON type (a
   ``json`` field takes any JSON value, or a string holding JSON text);
 - ``required``: absent, null, or an empty string after the transforms;
-- ``max_length`` (characters; encoded bytes for ``json``), ``pattern``
-  (``re.search``), ``enum``, ``format = "email"``, ``min``/``max``.
+- ``max_length`` (characters; UTF-8 bytes for ``json``), ``pattern``
+  (``re.search``, with ``$`` meaning the end of the value: ``\\Z``), ``enum``,
+  ``format = "email"``, ``min``/``max``.
+
+Every value accepted here converts in every sink: ints are ``-?[0-9]+`` text
+(or JSON integers) within signed 64 bits, numbers are plain ASCII decimal text,
+timestamps fall inside the range every warehouse stores (BigQuery's TIMESTAMP,
+0001-01-01 to 9999-12-31 UTC, the narrowest), after the time-zone conversion.
 
 Unknown keys go to ``extra`` as one JSON object. It is bounded by
-``collector.max_extra_keys`` and ``collector.max_extra_bytes``; going over is a
-400 naming ``extra`` and the limit, never a silent drop, so a client that sends
-too much finds out at once.
+``collector.max_extra_keys``, ``collector.max_extra_bytes`` and
+``collector.max_extra_depth``; going over is a 400 naming ``extra`` and the
+limit, never a silent drop, so a client that sends too much finds out at once.
 """
 
 from __future__ import annotations
@@ -52,8 +58,15 @@ _MS_THRESHOLD = 100_000_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: Year 10000 in microseconds: past it no warehouse has a TIMESTAMP, and the frame's int64 overflows.
 MAX_TIMESTAMP_US = 253_402_300_800_000_000
+#: 0001-01-01T00:00:00Z in microseconds: BigQuery's first TIMESTAMP (DuckDB's range is wider).
+MIN_TIMESTAMP_US = -62_135_596_800_000_000
+#: The only int text accepted: ``int()`` would also take " 5 ", "1_0" and non-ASCII digits.
+_INT_RE = re.compile(r"-?[0-9]+\Z")
+#: Decimal number text, ASCII only (``float()`` would take "1_0", "٣", " 5 ", "infinity").
+_NUMBER_RE = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?\Z")
 #: Frame values are msgpack integers; BigQuery INT64 and DuckDB BIGINT are signed 64-bit.
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_TS_RANGE = "0001-01-01 to 9999-12-31 UTC"
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -109,9 +122,10 @@ def _transform(transforms: tuple[str, ...]) -> Callable[[str], str] | None:
 def _string_check(name: str, f: FieldConfig) -> Check:
     transform = _transform(f.transforms)
     max_length = f.max_length
-    pattern = re.compile(f.pattern) if f.pattern is not None else None
+    pattern = re.compile(end_anchored(f.pattern)) if f.pattern is not None else None
     enum = frozenset(f.enum) if f.enum is not None else None
     enum_text = "|".join(f.enum) if f.enum is not None else ""
+    pattern_text = f.pattern or ""
     email = f.format == "email"
     required = f.required
 
@@ -127,7 +141,7 @@ def _string_check(name: str, f: FieldConfig) -> Check:
         if max_length is not None and len(v) > max_length:
             raise Invalid(name, "max_length", f"longer than {max_length} characters")
         if pattern is not None and pattern.search(v) is None:
-            raise Invalid(name, "pattern", f"does not match {pattern.pattern}")
+            raise Invalid(name, "pattern", f"does not match {pattern_text}")
         if enum is not None and v not in enum:
             raise Invalid(name, "enum", f"must be one of {enum_text}")
         if email and EMAIL_RE.match(v) is None:
@@ -154,10 +168,12 @@ def _int_check(name: str, f: FieldConfig) -> Check:
 
     def check(v: Any, from_text: bool) -> Any:
         if from_text:
+            if _INT_RE.match(v) is None:
+                raise Invalid(name, "type", "expected an integer (-?[0-9]+)")
             try:
                 v = int(v)
-            except ValueError:
-                raise Invalid(name, "type", "expected an integer") from None
+            except ValueError:  # past Python's 4300-digit limit: far past int64 too
+                raise Invalid(name, "type", "outside the signed 64-bit integer range") from None
         elif type(v) is not int:
             raise Invalid(name, "type", f"expected an integer, got {_json_type(v)}")
         if not INT64_MIN <= v <= INT64_MAX:
@@ -173,12 +189,14 @@ def _float_check(name: str, f: FieldConfig) -> Check:
 
     def check(v: Any, from_text: bool) -> Any:
         if from_text:
+            if _NUMBER_RE.match(v) is None:
+                raise Invalid(name, "type", "expected a number")
+            v = float(v)
+        elif type(v) is int:
             try:
                 v = float(v)
-            except ValueError:
-                raise Invalid(name, "type", "expected a number") from None
-        elif type(v) is int:
-            v = float(v)
+            except OverflowError:  # a JSON integer of hundreds of digits
+                raise Invalid(name, "type", "expected a finite number") from None
         elif type(v) is not float:
             raise Invalid(name, "type", f"expected a number, got {_json_type(v)}")
         if not math.isfinite(v):
@@ -211,14 +229,17 @@ def parse_timestamp(v: Any) -> int:
     Raises ``ValueError``. Naive ISO times are taken as UTC.
     """
     if type(v) is str:
-        try:
-            number: float = float(v)
-        except ValueError:
+        if _NUMBER_RE.match(v) is None:
             dt = datetime.fromisoformat(v)
             if dt.tzinfo is None:
                 dt = dt.replace(tzinfo=UTC)
             delta = dt - _EPOCH
-            return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+            iso = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+            # 9999-12-31T23:59:59-14:00 is in the year 10000 UTC, 0001-01-01T00:00+14:00 in year 0.
+            if not MIN_TIMESTAMP_US <= iso < MAX_TIMESTAMP_US:
+                raise ValueError(_TS_RANGE)
+            return iso
+        number: float = float(v)
     elif type(v) is int or type(v) is float:
         number = v
     else:
@@ -227,7 +248,7 @@ def parse_timestamp(v: Any) -> int:
         raise ValueError("not a timestamp")
     micros = round(number * 1_000) if number >= _MS_THRESHOLD else round(number * 1_000_000)
     if micros >= MAX_TIMESTAMP_US:
-        raise ValueError("after the year 9999")
+        raise ValueError(_TS_RANGE)
     return micros
 
 
@@ -235,7 +256,9 @@ def _timestamp_check(name: str, f: FieldConfig) -> Check:
     def check(v: Any, from_text: bool) -> Any:
         try:
             return parse_timestamp(v)
-        except (ValueError, OverflowError):
+        except (ValueError, OverflowError) as exc:
+            if str(exc) == _TS_RANGE:
+                raise Invalid(name, "range", f"outside {_TS_RANGE}") from None
             raise Invalid(name, "type", "expected ISO 8601 or unix seconds/milliseconds") from None
 
     return check
@@ -247,7 +270,8 @@ def _json_check(name: str, f: FieldConfig) -> Check:
     def check(v: Any, from_text: bool) -> Any:
         if type(v) is str:
             # Text (a query value, or a string in a JSON body): it must be JSON.
-            if max_length is not None and len(v) > max_length and len(v.encode()) > max_length:
+            # Bytes, not characters: at most 4 per character, so short text skips the encode.
+            if max_length is not None and 4 * len(v) > max_length and _utf8_len(v) > max_length:
                 raise Invalid(name, "max_length", f"longer than {max_length} bytes")
             try:
                 _json_decode(v)
@@ -260,6 +284,65 @@ def _json_check(name: str, f: FieldConfig) -> Check:
         return text.decode()
 
     return check
+
+
+def _utf8_len(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def end_anchored(pattern: str) -> str:
+    """``pattern`` with every unescaped ``$`` outside a character class made ``\\Z``.
+
+    Python's ``$`` also matches before a trailing newline, so ``^[a-z]+$`` would
+    take ``ab%0A`` and store ``ab\\n``: the author of the pattern meant the end.
+    """
+    if "$" not in pattern:
+        return pattern
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    in_class = False
+    while i < n:
+        c = pattern[i]
+        if c == "\\":
+            out.append(pattern[i : i + 2])
+            i += 2
+            continue
+        if in_class:
+            if c == "]":
+                in_class = False
+        elif c == "[":
+            in_class = True
+            out.append(c)
+            i += 1
+            # A "]" first in the class (after an optional "^") is a literal.
+            if i < n and pattern[i] == "^":
+                out.append("^")
+                i += 1
+            if i < n and pattern[i] == "]":
+                out.append("]")
+                i += 1
+            continue
+        elif c == "$":
+            out.append("\\Z")
+            i += 1
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def nesting_over(value: Any, limit: int) -> bool:
+    """True when JSON ``value`` nests objects/arrays more than ``limit`` levels deep."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = v.values() if type(v) is dict else v
+        for child in children:
+            if type(child) is dict or type(child) is list:
+                stack.append((child, depth + 1))
+    return False
 
 
 _BUILDERS: dict[str, Callable[[str, FieldConfig], Check]] = {
@@ -340,7 +423,8 @@ def _plain_max(f: FieldConfig) -> int:
 class StreamValidator:
     """The compiled rules of one stream."""
 
-    __slots__ = ("name", "columns", "_fields", "_required", "_max_extra_keys", "_max_extra_bytes")
+    __slots__ = ("name", "columns", "_fields", "_required", "_max_extra_keys", "_max_extra_bytes",
+                 "_max_extra_depth")
 
     def __init__(self, stream: StreamConfig, collector: CollectorConfig) -> None:
         self.name = stream.name
@@ -351,6 +435,7 @@ class StreamValidator:
         )
         self._max_extra_keys = collector.max_extra_keys
         self._max_extra_bytes = collector.max_extra_bytes
+        self._max_extra_depth = collector.max_extra_depth
 
     def values(self, event: dict[str, Any], from_text: bool) -> list[Any]:
         """The stream's field values in column order, then ``extra``.
@@ -387,6 +472,11 @@ class StreamValidator:
             for key in event:
                 if key in RESERVED_NAMES:
                     raise Invalid(key, "reserved", "is set by the server and may not be sent")
+        limit = self._max_extra_depth
+        for v in event.values():
+            # extra is one level; each object/array inside it one more.
+            if (type(v) is dict or type(v) is list) and nesting_over(v, limit - 1):
+                raise Invalid("extra", "max_extra_depth", f"unknown keys nest deeper than {limit} levels")
         text = _json_encode(event)
         if len(text) > self._max_extra_bytes:
             raise Invalid("extra", "max_extra_bytes", f"unknown keys exceed {self._max_extra_bytes} bytes as JSON")

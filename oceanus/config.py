@@ -151,6 +151,9 @@ class CollectorConfig(_Base, frozen=True):
     max_ua_length: PositiveInt = 512
     max_extra_bytes: PositiveInt = 2048
     max_extra_keys: PositiveInt = 32
+    #: Levels of objects/arrays in ``extra`` (the object itself is 1): a 400 past it,
+    #: so no warehouse JSON column (BigQuery: 500) or decoder recursion limit is reached.
+    max_extra_depth: PositiveInt = 16
     trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
     cors_origins: tuple[str, ...] = ("*",)
     spool_dir: str = ".oceanus/spool"

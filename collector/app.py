@@ -87,7 +87,7 @@ class App:
         c = cfg.collector
         self._validators: dict[str, StreamValidator] = compile_streams(cfg.streams.values(), c)
         self._ids = EventIds()
-        self._client_ip = ClientIp(c.trusted_proxies)
+        self._client_ip = ClientIp(c.trusted_proxies, c.forwarded_for_skip)
         self._device = DeviceCache()
         self._max_url = c.max_url_bytes
         self._max_body = c.max_body_bytes

@@ -66,12 +66,18 @@ class ClientIp:
     cannot spoof its address by sending the header itself: only the hop a trusted
     proxy appended is believed. ``X-Real-IP`` is used when there is no
     ``X-Forwarded-For``. Values that are not IP addresses are ignored.
+
+    ``forwarded_for_skip`` entries are dropped from the right first: a proxy
+    that appends its own address after the client's (Google's load balancer
+    writes ``client, lb-address``) would otherwise be recorded as the client,
+    and that address is not known in advance to be listed as trusted.
     """
 
-    __slots__ = ("_networks", "_trusted_cache")
+    __slots__ = ("_networks", "_skip", "_trusted_cache")
 
-    def __init__(self, trusted: Iterable[str]) -> None:
+    def __init__(self, trusted: Iterable[str], forwarded_for_skip: int = 0) -> None:
         self._networks = tuple(ipaddress.ip_network(n, strict=False) for n in trusted)
+        self._skip = forwarded_for_skip
         self._trusted_cache: dict[str, bool] = {}
 
     def is_trusted(self, addr: str) -> bool:
@@ -92,7 +98,12 @@ class ClientIp:
         if not self._networks or not self.is_trusted(peer):
             return peer
         if forwarded_for:
-            for hop in reversed(forwarded_for.split(",")):
+            hops = forwarded_for.split(",")
+            if self._skip:
+                if len(hops) <= self._skip:
+                    return peer  # not what the proxy writes: believe nothing in it
+                del hops[-self._skip:]
+            for hop in reversed(hops):
                 hop = hop.strip()
                 if not _is_ip(hop):
                     break
@@ -100,7 +111,7 @@ class ClientIp:
                     return hop
             else:
                 # Every hop is trusted: the leftmost is the origin.
-                first = forwarded_for.split(",")[0].strip()
+                first = hops[0].strip()
                 if _is_ip(first):
                     return first
             return peer

@@ -155,6 +155,10 @@ class CollectorConfig(_Base, frozen=True):
     #: so no warehouse JSON column (BigQuery: 500) or decoder recursion limit is reached.
     max_extra_depth: PositiveInt = 16
     trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    #: X-Forwarded-For entries a trusted proxy appends after the client's address:
+    #: Google Cloud's external Application Load Balancer adds its own forwarding-rule
+    #: address (``client, lb``), so 1 behind it; 0 elsewhere.
+    forwarded_for_skip: Annotated[int, Meta(ge=0, le=8)] = 0
     cors_origins: tuple[str, ...] = ("*",)
     spool_dir: str = ".oceanus/spool"
     spool_max_bytes: PositiveInt = 1_073_741_824

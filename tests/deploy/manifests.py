@@ -25,6 +25,8 @@ DASHBOARD = DOCKER / "grafana" / "oceanus.json"
 GKE_CUSTOM_KINDS = frozenset({
     ("cloud.google.com/v1", "BackendConfig"),
     ("monitoring.googleapis.com/v1", "PodMonitoring"),
+    ("networking.gke.io/v1", "ManagedCertificate"),
+    ("networking.gke.io/v1beta1", "FrontendConfig"),
 })
 
 Resource = dict[str, Any]

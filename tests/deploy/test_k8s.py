@@ -189,10 +189,14 @@ def _redis_settings(conf: str, args: list[str]) -> dict[str, str]:
         if line and not line.startswith("#"):
             key, _, value = line.partition(" ")
             settings[key.lower()] = value.strip()
-    # redis-server FILE --key value ...: command-line options override the file.
-    rest = args[1:]
-    for i in range(0, len(rest) - 1, 2):
-        settings[rest[i].lstrip("-").lower()] = rest[i + 1]
+    # redis-server FILE --key value... : command-line options override the file.
+    key = ""
+    for arg in args[1:]:
+        if arg.startswith("--"):
+            key = arg[2:].lower()
+            settings[key] = ""
+        else:
+            settings[key] = (settings[key] + " " + arg).strip()
     return settings
 
 

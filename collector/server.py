@@ -24,8 +24,11 @@ import math
 import os
 import shutil
 import tempfile
+from typing import Any
 
+from collector.access import load_keys
 from oceanus import config
+from oceanus.config import CollectorConfig
 
 # Not imported from collector.metrics: prometheus_client picks its value class
 # at import time, so it must not be imported before the variable is set.
@@ -33,6 +36,36 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 #: Extra seconds granian gives a worker beyond its drain before killing it.
 KILL_MARGIN_S = 3
+
+
+#: HTTP/2 streams one connection may open at once (granian's minimum is 10): each
+#: buffers a header block of up to ``max_header_bytes``.
+HTTP2_MAX_STREAMS = 16
+
+
+def edge_limits(c: CollectorConfig) -> dict[str, Any]:
+    """granian's connection-level limits from ``collector.*`` (docs/SECURITY.md).
+
+    granian's defaults let one connection hold 400 KB of unfinished HTTP/1 headers
+    or, over cleartext HTTP/2, 16 MB of header block per stream, and never close a
+    connection that sends nothing. Here a request head must fit in
+    ``max_header_bytes`` and arrive within ``header_timeout_s`` (hyper starts that
+    clock when it waits for a head, so idle keep-alive connections are closed too),
+    and a worker serves ``max_connections`` at once (granian's backpressure: a
+    semaphore taken per accepted connection); the rest wait in the kernel's backlog.
+    """
+    from granian.constants import HTTPModes
+    from granian.http import HTTP1Settings, HTTP2Settings
+
+    return {
+        "http": {"1": HTTPModes.http1, "2": HTTPModes.http2, "auto": HTTPModes.auto}[c.http],
+        "backpressure": c.max_connections,
+        "http1_settings": HTTP1Settings(header_read_timeout=max(1, round(c.header_timeout_s * 1000)),
+                                        max_buffer_size=c.max_header_bytes),
+        "http2_settings": HTTP2Settings(max_headers_size=c.max_header_bytes, max_concurrent_streams=HTTP2_MAX_STREAMS,
+                                        keep_alive_interval=max(1, round(c.header_timeout_s * 1000)),
+                                        keep_alive_timeout=max(1, math.ceil(c.header_timeout_s))),
+    }
 
 
 def main(args: argparse.Namespace) -> int:
@@ -49,6 +82,8 @@ def main(args: argparse.Namespace) -> int:
     cfg = config.load()
     os.environ["OCEANUS_CONFIG"] = os.path.abspath(cfg.source)
     c = cfg.collector
+    for name, rule in c.access.items():
+        load_keys(name, rule)  # a missing key source fails here, in one line, not in every worker
     os.makedirs(c.spool_dir, exist_ok=True)
 
     metrics_dir = tempfile.mkdtemp(prefix="oceanus-metrics-")
@@ -64,6 +99,7 @@ def main(args: argparse.Namespace) -> int:
             loop=Loops.uvloop,
             log_access=False,
             backlog=2048,
+            **edge_limits(c),
             workers_kill_timeout=math.ceil(c.drain_timeout_s) + KILL_MARGIN_S,
             # A worker that dies (OOM kill, segfault, kill -9) is replaced at once; its
             # spool file is unlocked by its death, and the new worker claims and replays

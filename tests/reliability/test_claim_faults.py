@@ -57,7 +57,7 @@ def test_lost_claim_reply_quick(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_lost_claim_reply_long(tmp_path: Path) -> None:
-    tally, dropped = lost_claim_replies(tmp_path, SLOW_S, senders=16, every=5)
+    tally, dropped = lost_claim_replies(tmp_path, SLOW_S, senders=16, every=2)
     assert dropped > 10
     assert_no_loss(tally)
     assert tally.duplicates == 0

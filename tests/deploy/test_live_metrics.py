@@ -18,7 +18,7 @@ import pytest
 
 from oceanus import config
 from tests.deploy import manifests as m
-from tests.support.servers import RedisServer, free_port, kill_group, wait_for
+from tests.support.servers import RedisServer, free_ports, kill_group, wait_for
 
 
 class Process:
@@ -97,8 +97,8 @@ def _env(redis: RedisServer, tmp: Path, **extra: str) -> dict[str, str]:
 
 @pytest.fixture
 def processes(redis_server: RedisServer, tmp_path: Path) -> Iterator[tuple[Process, Process]]:
-    collector = Process("collector", free_port(), _env(redis_server, tmp_path), tmp_path / "collector.log")
-    flusher_port = free_port()
+    collector_port, flusher_port = free_ports(2)
+    collector = Process("collector", collector_port, _env(redis_server, tmp_path), tmp_path / "collector.log")
     flusher = Process("flusher", flusher_port, _env(
         redis_server, tmp_path, OCEANUS_FLUSHER_ADMIN_HOST="127.0.0.1", OCEANUS_FLUSHER_ADMIN_PORT=str(flusher_port),
     ), tmp_path / "flusher.log")

@@ -32,7 +32,7 @@ import psutil
 from oceanus import config
 from oceanus.buffer import Keys
 from tests.reliability.loadgen import LoadResult, parse_marker
-from tests.support.servers import BigQueryEmulator, RedisServer, free_port, wait_for
+from tests.support.servers import BigQueryEmulator, RedisServer, free_ports, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 STREAM = "pageview"
@@ -187,8 +187,7 @@ class Stack:
         self.base = base
         base.mkdir(parents=True, exist_ok=True)
         self.redis = RedisServer(base / "redis", appendfsync=appendfsync)
-        self.port = free_port()
-        self.admin_port = free_port()
+        self.port, self.admin_port = free_ports(2)
         self.workers = workers
         self.duckdb_path = base / "warehouse.duckdb"
         self.spool_dir = base / "spool"

@@ -23,9 +23,20 @@ T = TypeVar("T")
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: every socket stays bound until all are chosen, so
+    the kernel cannot hand the same port out twice (it may after a close)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def wait_for(check: Callable[[], T], timeout: float = 15.0, interval: float = 0.02, what: str = "condition") -> T:
@@ -130,8 +141,7 @@ class BigQueryEmulator:
 
     def __init__(self, log_dir: Path, project: str = "oceanus-test") -> None:
         self.project = project
-        self.rest_port = free_port()
-        self.grpc_port = free_port()
+        self.rest_port, self.grpc_port = free_ports(2)
         self.log_dir = Path(log_dir)
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 def available() -> list[str]:
     here = Path(__file__).parent
-    return sorted(m.name for m in pkgutil.iter_modules([str(here)]) if not m.name.startswith("_"))
+    # Packages (``baselines/``) hold the apps a benchmark compares against, not benchmarks.
+    return sorted(m.name for m in pkgutil.iter_modules([str(here)]) if not m.name.startswith("_") and not m.ispkg)
 
 
 def main(argv: list[str]) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fnmatch
 import http.server
+import os
 import re
 import shutil
 import subprocess
@@ -150,9 +151,15 @@ def test_the_wheel_carries_every_subcommand(tmp_path: Path) -> None:
 
 # --- compose ---------------------------------------------------------------
 
-def _interpolate(value: str) -> str:
-    """compose's ${VAR:-default} with no VAR set."""
-    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
+#: What docker/.env holds for the tests (compose refuses to start without them: ${VAR:?}).
+REQUIRED_ENV = {"OCEANUS_REDIS_PASSWORD": "0123456789abcdef", "GRAFANA_ADMIN_PASSWORD": "fedcba9876543210"}
+
+
+def _interpolate(value: str, env: dict[str, str] | None = None) -> str:
+    """compose's ${VAR:-default} with no VAR set, and ${VAR:?error} from ``env`` (REQUIRED_ENV)."""
+    env = REQUIRED_ENV if env is None else env
+    value = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
+    return re.sub(r"\$\{(\w+):\?[^}]*\}", lambda mt: env[mt.group(1)], value)
 
 
 def _service_env(svc: dict[str, Any]) -> dict[str, str]:
@@ -196,7 +203,7 @@ def test_compose_oceanus_services_match_the_config() -> None:
         # Every OCEANUS_* variable must be a real key: the loader refuses unknown ones.
         cfg = config.loads(text, env={k: v for k, v in env.items() if k.startswith("OCEANUS_")})
         mounts[name] = [v.split(":")[1] for v in svc.get("volumes", [])]
-        assert cfg.redis.url == "redis://redis:6379/0"
+        assert cfg.redis.url == f"redis://oceanus:{REQUIRED_ENV['OCEANUS_REDIS_PASSWORD']}@redis:6379/0"
         if name == "collector":
             assert svc["command"] == ["collector"]
             assert any(p.endswith(f":{cfg.collector.port}") for p in svc["ports"])
@@ -232,9 +239,22 @@ def test_compose_bigquery_profile_points_at_the_emulator() -> None:
     assert kind == "${OCEANUS_SINK_KIND:-duckdb}", "the env file must be able to switch the sink"
 
 
+def _redis_options(cmd: list[str]) -> dict[str, str]:
+    """``redis-server --opt value...``: the last line of each option, its words joined."""
+    opts: dict[str, str] = {}
+    key = ""
+    for arg in cmd[1:]:
+        if arg.startswith("--"):
+            key = arg
+            opts[key] = ""
+        else:
+            opts[key] = (opts[key] + " " + arg).strip() if opts[key] else arg
+    return opts
+
+
 def test_compose_redis_is_durable() -> None:
     cmd = m.compose()["services"]["redis"]["command"]
-    opts = dict(zip(cmd[1::2], cmd[2::2], strict=True))
+    opts = _redis_options(cmd)
     assert opts["--appendonly"] == "yes"
     assert opts["--appendfsync"] in ("always", "everysec")
     assert opts["--maxmemory-policy"] == "noeviction"
@@ -246,7 +266,8 @@ def test_compose_config_with_docker_if_present() -> None:
     if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True, check=False).returncode:
         pytest.skip("no docker compose CLI here; the checks above parse the file themselves")
     out = subprocess.run([docker, "compose", "-f", str(m.DOCKER / "compose.yaml"), "config", "-q"],
-                         capture_output=True, text=True, timeout=60, check=False)
+                         capture_output=True, text=True, timeout=60, check=False,
+                         env={**os.environ, **REQUIRED_ENV})
     assert out.returncode == 0, out.stderr
 
 

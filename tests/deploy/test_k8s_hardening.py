@@ -5,25 +5,20 @@ public paths on the Ingress, and the client address behind Google's load balance
 
 from __future__ import annotations
 
-import asyncio
 import re
 import secrets
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import pytest
-import redis
 
 from collector.app import App
 from collector.enrich import ClientIp
-from collector.resp import RedisLink, pack
 from oceanus import config
 from tests.deploy import manifests as m
-from tests.support.servers import free_port, port_open, wait_for
+from tests.deploy import redis_acl
 
 pytestmark = pytest.mark.skipif(m.kubectl() is None, reason="kubectl (for kustomize) is not installed")
 
@@ -161,77 +156,26 @@ def _expand(text: str, env: dict[str, str]) -> str:
     return _VAR.sub(lambda mt: env[mt.group(1)], text)
 
 
-def _with_address(url: str, port: int) -> str:
-    parts = urlsplit(url)
-    netloc = f"{parts.username}:{parts.password}@127.0.0.1:{port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
 @pytest.mark.parametrize("target", m.OVERLAYS)
 def test_a_redis_started_from_the_manifests_admits_only_the_oceanus_user(target: str, tmp_path: Path) -> None:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
     resources = m.kustomize(target)
     c = m.container(m.find(resources, "StatefulSet", "redis"), "redis")
-    conf = tmp_path / "redis.conf"
     text = m.find_prefix(resources, "ConfigMap", "redis-config")["data"]["redis.conf"]
     # redis-server changes to `dir` while it reads the file, before the command line applies.
     text, n = re.subn(r"(?m)^dir .*$", f"dir {tmp_path}", text)
     assert n == 1
+    conf = tmp_path / "redis.conf"
     conf.write_text(text, encoding="utf-8")
     password = secrets.token_hex(24)
     env = {"REDISCLI_AUTH": password, "REDIS_PASSWORD": password}
     args = [_expand(a, env) for a in c["args"]]
     assert args[0] == "/etc/redis/redis.conf"
-    port = free_port()
-    # The manifests' file and arguments; only the address, directory and fsync change for a test.
-    proc = subprocess.Popen(
-        [binary, str(conf), *args[1:], "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
-         "--appendfsync", "everysec", "--daemonize", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for(lambda: port_open(port) or proc.poll() is not None, what=f"redis-server on {port}")
-        assert proc.poll() is None, f"redis-server exited with {proc.returncode}"
-        collector = m.container(m.find(resources, "Deployment", "oceanus-collector"), "collector")
-        url = _with_address(_expand(_redis_url(collector), env), port)
-
-        # The collector's own link (AUTH user password, then SELECT) and redis-py (the flusher's client).
-        async def push() -> list[Any]:
-            link = RedisLink(url, 2.0)
-            try:
-                return await link.call(pack("RPUSH", "oceanus:q:t", b"frame"), 1)
-            finally:
-                link.close()
-
-        assert asyncio.run(push()) == [1]
-        client = redis.Redis.from_url(url)
-        try:
-            assert client.eval("return redis.call('LLEN', KEYS[1])", 1, "oceanus:q:t") == 1
-            assert client.info("memory")["used_memory"] > 0  # `oceanus status` reads INFO
-            for command in (("FLUSHALL",), ("CONFIG", "SET", "appendonly", "no"), ("ACL", "LIST")):
-                with pytest.raises(redis.exceptions.NoPermissionError):
-                    client.execute_command(*command)
-        finally:
-            client.close()
-        anonymous = redis.Redis(port=port)
-        try:
-            with pytest.raises(redis.exceptions.AuthenticationError):
-                anonymous.ping()
-            with pytest.raises(redis.exceptions.AuthenticationError):
-                anonymous.execute_command("AUTH", "default", password)
-        finally:
-            anonymous.close()
-        # The readiness probe, pointed at this port.
-        probe = [a.replace("redis-cli", f"redis-cli -p {port}") for a in c["readinessProbe"]["exec"]["command"]]
-        assert subprocess.run(probe, env={"REDISCLI_AUTH": password, "PATH": "/usr/bin:/bin"},
-                              capture_output=True, timeout=10, check=False).returncode == 0
-        assert subprocess.run(probe, env={"REDISCLI_AUTH": "wrong", "PATH": "/usr/bin:/bin"},
-                              capture_output=True, timeout=10, check=False).returncode != 0
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    collector = m.container(m.find(resources, "Deployment", "oceanus-collector"), "collector")
+    with redis_acl.redis_with([str(conf), *args[1:]], tmp_path) as port:
+        redis_acl.assert_admits_only(redis_acl.at_port(_expand(_redis_url(collector), env), port), port, password)
+        probe = c["readinessProbe"]["exec"]["command"]
+        assert redis_acl.probe_passes(probe, port, password)
+        assert not redis_acl.probe_passes(probe, port, "wrong")
 
 
 # --- Ingress: TLS, and only what the public sends to ----------------------------------------

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from collector.app import App
+from collector.app import INFLATE_STEP_BYTES, App
 from collector.ratelimit import MAX_TRACKED_KEYS, TokenBuckets, per_worker, retry_after
 from oceanus import config
 from oceanus.config import StreamAccess
@@ -193,7 +193,8 @@ async def test_write_keys_from_env_and_file(make_config: MakeConfig, redis_serve
         missing = await request(app, "POST", "/e/pageview", body=_events(1))
         wrong = await request(app, "POST", "/e/pageview", body=_events(2), headers=[("X-Oceanus-Key", "env-key-")])
         by_header = await request(app, "POST", "/e/pageview", body=_events(3), headers=[("X-Oceanus-Key", "env-key-1")])
-        by_basic = await request(app, "POST", "/e/pageview", body=_events(4), headers=[("Authorization", f"Basic {basic}")])
+        by_basic = await request(app, "POST", "/e/pageview", body=_events(4),
+                                 headers=[("Authorization", f"Basic {basic}")])
         pixel = await request(app, "GET", "/b/pageview", _pixel(5))
         other = await request(app, "POST", "/e/form", body=b'{"sid":"1","email":"a@example.jp"}')
     assert missing.status == 401
@@ -240,23 +241,42 @@ async def test_json_values_counted_before_decoding(make_config: MakeConfig, redi
         at_limit = await request(app, "POST", "/e/pageview", body=b"[" + b"1," * 49_999 + b"{}]" + b" " * 60_000)
     assert r.status == 413
     assert r.json()["error"]["rule"] == "max_json_values"
-    assert peak < 12 * 2**20  # the inflated 3.9 MB, never 1.3 M dicts (~90 MiB)
+    print(f"peak traced memory for the bomb: {peak / 2**20:.2f} MiB")
+    assert peak < 2**20  # inflated in 64 KB steps and refused at ~300 KB, never 1.3 M dicts (~90 MiB)
     # 49,999 commas + 1 bracket + 1 brace = 50,001 <= 100,000: decoded, then refused per event.
     assert at_limit.status == 413 and at_limit.json()["error"]["rule"] == "max_batch_events"
     assert queued_rows(redis_server, "pageview") == []
+
+
+async def test_gzip_body_inflated_in_many_steps(make_config: MakeConfig, redis_server: RedisServer) -> None:
+    url = "https://example.jp/" + "a" * 600
+    raw = json.dumps([{"sid": f"{i:x}", "evt": "view", "url": url} for i in range(300)]).encode()
+    assert len(raw) > 3 * INFLATE_STEP_BYTES
+    async with running(App(make_config())) as app:
+        r = await request(app, "POST", "/e/pageview", body=gzip.compress(raw), headers=[("Content-Encoding", "gzip")])
+        cut = await request(app, "POST", "/e/pageview", body=gzip.compress(raw)[:-9],
+                            headers=[("Content-Encoding", "gzip")])
+    assert r.status == 200 and r.json() == {"accepted": 300}
+    assert cut.status == 400 and cut.json()["error"]["rule"] == "gzip"
+    rows = queued_rows(redis_server, "pageview")
+    assert sorted(int(row["sid"], 16) for row in rows) == list(range(300)) and {row["url"] for row in rows} == {url}
 
 
 async def test_json_values_just_over_the_limit(make_config: MakeConfig, redis_server: RedisServer) -> None:
     events = [{"sid": f"{i:x}", "evt": "view"} for i in range(3)]
     body = json.dumps(events, separators=(",", ":")).encode()  # 3 objects x 1 comma + 2 + 3 + 1 = 9 values
     assert body.count(b",") + body.count(b"{") + body.count(b"[") == 9
+    gz = [("Content-Encoding", "gzip")]
     async with running(App(make_config(max_json_values=9))) as app:
         ok = await request(app, "POST", "/e/pageview", body=body)
+        ok_gz = await request(app, "POST", "/e/pageview", body=gzip.compress(body), headers=gz)
     async with running(App(make_config(max_json_values=8))) as app:
         over = await request(app, "POST", "/e/pageview", body=body)
-    assert ok.status == 200
+        over_gz = await request(app, "POST", "/e/pageview", body=gzip.compress(body), headers=gz)
+    assert (ok.status, ok_gz.status) == (200, 200)
     assert over.status == 413 and over.json()["error"]["rule"] == "max_json_values"
-    assert len(queued_rows(redis_server, "pageview")) == 3
+    assert over_gz.status == 413 and over_gz.json()["error"]["rule"] == "max_json_values"
+    assert len(queued_rows(redis_server, "pageview")) == 6
 
 
 async def test_pending_body_budget(make_config: MakeConfig, redis_server: RedisServer) -> None:

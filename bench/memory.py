@@ -76,7 +76,8 @@ async def fill(redis_url: str, spool_dir: str, batch: int, events: list[tuple[st
 
     base = config.load(env={"OCEANUS_REDIS_URL": redis_url})
     cfg = msgspec.structs.replace(base, collector=msgspec.structs.replace(
-        base.collector, batch_max_events=batch, batch_linger_ms=60_000.0, spool_dir=spool_dir))
+        base.collector, batch_max_events=batch, batch_linger_ms=60_000.0, spool_dir=spool_dir,
+        ip_rate_per_s=0.0))  # one client address sends everything: no per-IP limit
     app = App(cfg)
     await app.startup()
     ok = 0

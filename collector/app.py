@@ -488,7 +488,9 @@ class App:
         if ip_limit is None and limit is None:
             return None
         now = time.monotonic()
-        if ip_limit is not None:
+        # A trusted proxy's own address names no client (a proxy that sent no
+        # X-Forwarded-For, or loopback senders such as `oceanus dev` and the benchmarks).
+        if ip_limit is not None and not self._client_ip.is_trusted(ip):
             wait = ip_limit.take(ip, n, now)
             if wait:
                 c = self.cfg.collector

@@ -144,6 +144,17 @@ async def test_ip_limit_keys_on_the_address_through_trusted_proxies(make_config:
         "198.51.100.1", "198.51.100.2", "203.0.113.5"]
 
 
+async def test_ip_limit_spares_a_trusted_proxy_that_names_no_client(make_config: MakeConfig,
+                                                                      redis_server: RedisServer) -> None:
+    async with running(App(make_config(ip_rate_per_s=0.01, ip_burst=1))) as app:
+        bare = [(await request(app, "GET", "/b/pageview", _pixel(i), client=("127.0.0.1", 1))).status
+                for i in range(3)]
+        named = [(await request(app, "GET", "/b/pageview", _pixel(i), client=("127.0.0.1", 1),
+                                headers=[("X-Real-IP", "198.51.100.8")])).status for i in range(3, 5)]
+    assert bare == [200, 200, 200]
+    assert named == [200, 429]
+
+
 async def test_ip_limit_off(make_config: MakeConfig, redis_server: RedisServer) -> None:
     async with running(App(make_config(ip_rate_per_s=0.0, ip_burst=1))) as app:
         statuses = [(await request(app, "GET", "/b/pageview", _pixel(i))).status for i in range(5)]

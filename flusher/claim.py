@@ -40,6 +40,9 @@ import redis
 import redis.asyncio as aioredis
 
 from oceanus.buffer import Keys
+from oceanus.config import FlusherConfig
+
+_FLUSHER_DEFAULTS = FlusherConfig()
 
 #: State hash fields the flusher itself uses; sinks' keys never start with ``_``.
 STATE_BATCH_ID = "_batch_id"
@@ -149,8 +152,12 @@ class RedisWriteState:
 class Claimer:
     """The Redis side of one flusher instance (asyncio client)."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys, owner: str, heartbeat_ttl_s: float) -> None:
+    def __init__(self, client: aioredis.Redis, keys: Keys, owner: str, heartbeat_ttl_s: float, *,
+                 dead_letter_max: int = _FLUSHER_DEFAULTS.dead_letter_max,
+                 dead_letter_ttl_s: float = _FLUSHER_DEFAULTS.dead_letter_ttl_s) -> None:
         self.client = client
+        self.dead_letter_max = dead_letter_max
+        self.dead_letter_ttl_s = max(1, int(dead_letter_ttl_s))
         self.keys = keys
         self.owner = owner
         self.heartbeat_ttl_ms = max(1, int(heartbeat_ttl_s * 1000))
@@ -267,6 +274,10 @@ class Claimer:
             pipe.delete(claim.key)
             pipe.delete(self.keys.state(claim.key))
             pipe.srem(self.keys.inflight_index(claim.stream), claim.key)
+            if dead_items:
+                # Dead letters hold whole rows (personal data): bounded in count and age.
+                pipe.ltrim(self.keys.dead(claim.stream), -self.dead_letter_max, -1)
+                pipe.expire(self.keys.dead(claim.stream), self.dead_letter_ttl_s)
             results = await pipe.execute()
         self._held.discard(claim.key)
         return bool(results[1 if dead_items else 0])

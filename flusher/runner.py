@@ -374,7 +374,9 @@ class Flusher:
                                                         retry=AsyncRetry(NoBackoff(), 0))
         self.sync_redis: redis.Redis = redis.from_url(cfg.redis.url, socket_timeout=timeout,
                                                       socket_connect_timeout=timeout)
-        self.claimer = Claimer(self.aredis, self.keys, self.owner, cfg.flusher.heartbeat_ttl_s)
+        self.claimer = Claimer(self.aredis, self.keys, self.owner, cfg.flusher.heartbeat_ttl_s,
+                               dead_letter_max=cfg.flusher.dead_letter_max,
+                               dead_letter_ttl_s=cfg.flusher.dead_letter_ttl_s)
         self.metrics = FlusherMetrics()
         self.stopping = asyncio.Event()
         self.redis_ok = False

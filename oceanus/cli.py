@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "status": "oceanus.status:main",
     "demo": "oceanus.demo:main",
     "cost": "oceanus.cost:main",
+    "dead": "oceanus.dead:main",
 }
 
 
@@ -75,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(p)
     p.add_argument("--events-per-day", type=int, metavar="N")
     p.add_argument("--avg-bytes", type=float, metavar="B")
+
+    p = sub.add_parser("dead", help="list, replay or purge the rows the warehouse refused")
+    _config_arg(p)
+    p.add_argument("action", choices=["list", "replay", "purge"],
+                   help="replay: back to the queue, to be written again; purge: delete")
+    p.add_argument("--stream", metavar="S", help="one stream (default: every stream)")
+    p.add_argument("--limit", type=int, default=20, metavar="N", help="list: items shown per stream")
     return parser
 
 

@@ -205,6 +205,11 @@ class FlusherConfig(_Base, frozen=True):
     admin_port: Annotated[int, Meta(ge=0, le=65535)] = 9101
     heartbeat_ttl_s: PositiveFloat = 30.0
     drain_timeout_s: PositiveFloat = 25.0
+    #: Dead letters (``P:dead:{stream}``) keep whole rows, personal data included: at
+    #: most this many per stream (the newest), and the list expires this long after
+    #: its last dead letter (7 days). ``oceanus dead`` lists, replays or purges them.
+    dead_letter_max: PositiveInt = 100_000
+    dead_letter_ttl_s: Annotated[float, Meta(ge=1)] = 604_800.0
     retry_base_s: PositiveFloat = 0.5
     retry_max_s: PositiveFloat = 60.0
 

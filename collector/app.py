@@ -505,7 +505,8 @@ class App:
         return None
 
     async def _refuse(self, name: str, send: Send, rej: _Reject, *, pixel: bool = False) -> int:
-        self._rejected(name, rej.invalid)
+        if rej.status < 500:  # a full body budget is the worker's state, not the client's mistake
+            self._rejected(name, rej.invalid)
         inv = rej.invalid
         return await self._error(send, rej.status, inv.field, inv.rule, inv.detail, pixel=pixel,
                                  retry_after=rej.retry_after)

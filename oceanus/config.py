@@ -178,7 +178,7 @@ class CollectorConfig(_Base, frozen=True):
     #: Connections one worker serves at once (granian's backpressure); more wait in the backlog.
     max_connections: PositiveInt = 1024
     #: Request body bytes (raw plus inflated) one worker holds at once; past it, 503 naming the limit.
-    max_pending_body_bytes: PositiveInt = 67_108_864
+    max_pending_body_bytes: PositiveInt = 33_554_432
     #: JSON values (counted as commas and brackets, an upper bound) in one body, checked before decoding.
     max_json_values: PositiveInt = 100_000
     #: Events per second one client IP may send (token bucket, split over the workers); 0 = no limit.

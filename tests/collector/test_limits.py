@@ -300,6 +300,7 @@ async def test_pending_body_budget(make_config: MakeConfig, redis_server: RedisS
     assert over.headers["retry-after"] == "5"
     assert over.json()["error"]["rule"] == "max_pending_body_bytes"
     assert ok.status == 200
+    assert not any(key[1] == "max_pending_body_bytes" for key in app.metrics._rejected)  # not the client's fault
     assert [r["sid"] for r in queued_rows(redis_server, "pageview")] == ["63"]
 
 
@@ -376,3 +377,29 @@ async def test_header_count_cap(make_config: MakeConfig, redis_server: RedisServ
     assert ok.status == 200
     assert over.status == 431 and over.error == "headers: max_headers: more than 9 headers"
     assert [r["sid"] for r in queued_rows(redis_server, "pageview")] == ["1"]
+
+
+def test_readme_access_example_decodes() -> None:
+    readme = (REPO / "README.md").read_text()
+    snippet = readme.split("```toml\n[collector.access.ecview]\n", 1)[1].split("```", 1)[0]
+    cfg = config.loads((REPO / "oceanus.toml").read_text() + "\n[collector.access.ecview]\n" + snippet)
+    rule = cfg.collector.access["ecview"]
+    assert (rule.rate_per_s, rule.burst, rule.origins) == (5000.0, 20000, ("https://shop.example.jp",))
+    assert (rule.keys_env, rule.keys_file) == ("OCEANUS_ECVIEW_KEYS", "/run/secrets/ecview-keys")
+
+
+def test_granian_gets_the_edge_limits() -> None:
+    from granian.constants import HTTPModes
+
+    from collector.server import HTTP2_MAX_STREAMS, edge_limits
+
+    c = config.loads((REPO / "oceanus.toml").read_text()).collector
+    limits = edge_limits(c)
+    assert limits["http"] == HTTPModes.http1
+    assert limits["backpressure"] == 1024
+    assert (limits["http1_settings"].max_buffer_size, limits["http1_settings"].header_read_timeout) == (16384, 5000)
+    assert limits["http2_settings"].max_headers_size == 16384
+    assert limits["http2_settings"].max_concurrent_streams == HTTP2_MAX_STREAMS
+    auto = edge_limits(config.loads((REPO / "oceanus.toml").read_text(), env={
+        "OCEANUS_COLLECTOR_HTTP": '"auto"', "OCEANUS_COLLECTOR_HEADER_TIMEOUT_S": "0.25"}).collector)
+    assert auto["http"] == HTTPModes.auto and auto["http1_settings"].header_read_timeout == 250

@@ -33,7 +33,7 @@ import msgspec
 from collector import web
 from collector._types import Message, Receive, Scope, Send
 from collector.access import StreamGate, load_keys
-from collector.enrich import ClientIp, DeviceCache
+from collector.enrich import ClientIp, DeviceCache, ip_store
 from collector.metrics import Metrics
 from collector.pusher import Pusher, Unavailable, make_redis
 from collector.ratelimit import TokenBuckets, per_worker, retry_after
@@ -91,6 +91,8 @@ class App:
         self._validators: dict[str, StreamValidator] = compile_streams(cfg.streams.values(), c)
         self._ids = EventIds()
         self._client_ip = ClientIp(c.trusted_proxies, c.forwarded_for_skip)
+        # collector.ip_mode: what the ip column keeps (None: the address as resolved).
+        self._ip_store = ip_store(c.ip_mode, c.ip_hash_key)
         self._device = DeviceCache()
         self._max_url = c.max_url_bytes
         self._max_body = c.max_body_bytes
@@ -471,7 +473,8 @@ class App:
              device: str) -> list[Any]:
         values = validator.values(event, from_text)
         now_ns = time.time_ns()
-        return [self._ids.new(now_ns), now_ns // 1000, ip, ua, device, *values]
+        store = self._ip_store
+        return [self._ids.new(now_ns), now_ns // 1000, ip if store is None else store(ip), ua, device, *values]
 
     def _admit(self, name: str, scope: Scope | None, ip: str, n: int) -> _Reject | None:
         """The stream's access rules (when ``scope`` is given) and the volume limits

@@ -6,8 +6,11 @@ user agents make up nearly all traffic, so the common case is one dict lookup.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
 #: Entries kept in each lookup cache before it is cleared (bounded memory).
 CACHE_MAX_ENTRIES = 4096
@@ -128,3 +131,94 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+#: Prefix lengths ``collector.ip_mode = "truncate"`` keeps: the /24 of an IPv4
+#: address (the last octet zeroed), the /48 of an IPv6 one (a site).
+TRUNCATE_V4_BITS = 24
+TRUNCATE_V6_BITS = 48
+#: Hex digits of a hashed address (64 bits: collisions among a day's visitors are negligible).
+HASH_HEX_DIGITS = 16
+SECONDS_PER_DAY = 86_400
+
+
+def truncate_ip(addr: str) -> str | None:
+    """``203.0.113.77`` -> ``203.0.113.0``; ``2001:db8:1:2::5`` -> ``2001:db8:1::``; not an IP -> None."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    bits = TRUNCATE_V4_BITS if ip.version == 4 else TRUNCATE_V6_BITS
+    return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False).network_address)
+
+
+class IpHasher:
+    """``collector.ip_mode = "hash"``: HMAC-SHA256 of the UTC day and the address.
+
+    The key (``collector.ip_hash_key``, from the environment) makes the value
+    useless to anyone without it -- a plain hash of the 2^32 IPv4 addresses is
+    reversed in minutes. The day in the input makes the same address hash
+    differently every UTC day: visitors can be counted within a day, not
+    followed from one day to the next.
+    """
+
+    __slots__ = ("_cache", "_day", "_key")
+
+    def __init__(self, key: str) -> None:
+        self._key = key.encode()
+        self._day = -1
+        self._cache: dict[str, str] = {}
+
+    def __call__(self, addr: str, now_s: float | None = None) -> str:
+        day = int((time.time() if now_s is None else now_s) // SECONDS_PER_DAY)
+        if day != self._day:
+            self._day, self._cache = day, {}
+        hit = self._cache.get(addr)
+        if hit is None:
+            mac = hmac.new(self._key, b"%d|%s" % (day, addr.encode()), hashlib.sha256)
+            hit = mac.hexdigest()[:HASH_HEX_DIGITS]
+            if len(self._cache) >= CACHE_MAX_ENTRIES:
+                self._cache.clear()
+            self._cache[addr] = hit
+        return hit
+
+
+class _Truncator:
+    __slots__ = ("_cache",)
+
+    def __init__(self) -> None:
+        self._cache: dict[str, str | None] = {}
+
+    def __call__(self, addr: str) -> str | None:
+        try:
+            return self._cache[addr]
+        except KeyError:
+            pass
+        out = truncate_ip(addr)
+        if len(self._cache) >= CACHE_MAX_ENTRIES:
+            self._cache.clear()
+        self._cache[addr] = out
+        return out
+
+
+def _nothing(addr: str) -> None:
+    return None
+
+
+def ip_store(mode: str, hash_key: str = "") -> Callable[[str], str | None] | None:
+    """What the ``ip`` column gets from the resolved client address; None for ``full`` (as is).
+
+    The resolved address itself is still used at the edge (per-IP rate limits)
+    and never leaves the process in the other modes.
+    """
+    if mode == "full":
+        return None
+    if mode == "truncate":
+        return _Truncator()
+    if mode == "hash":
+        return IpHasher(hash_key)
+    if mode == "none":
+        return _nothing
+    raise ValueError(f"collector.ip_mode: unknown mode {mode!r}")

@@ -46,6 +46,8 @@ BIGQUERY_MAX_REQUEST_BYTES = 10_000_000
 # BigQuery's quota on load jobs into one table (failed ones count too).
 BIGQUERY_LOADS_PER_TABLE_PER_DAY = 1_500
 SECONDS_PER_DAY = 86_400
+#: Shortest ``collector.ip_hash_key``: a short key could be guessed, then every hash reversed.
+IP_HASH_KEY_MIN_CHARS = 32
 
 
 class _Base(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -159,6 +161,13 @@ class CollectorConfig(_Base, frozen=True):
     #: Google Cloud's external Application Load Balancer adds its own forwarding-rule
     #: address (``client, lb``), so 1 behind it; 0 elsewhere.
     forwarded_for_skip: Annotated[int, Meta(ge=0, le=8)] = 0
+    #: What the ``ip`` column stores: "full" (the address), "truncate" (its /24 for
+    #: IPv4, /48 for IPv6), "hash" (a keyed hash that changes every UTC day) or
+    #: "none" (null). docs/SECURITY.md, "Privacy".
+    ip_mode: Literal["full", "truncate", "hash", "none"] = "full"
+    #: The "hash" mode's secret, >= 32 characters: set it with the environment
+    #: variable OCEANUS_COLLECTOR_IP_HASH_KEY (from a Secret), not in this file.
+    ip_hash_key: str = ""
     cors_origins: tuple[str, ...] = ("*",)
     spool_dir: str = ".oceanus/spool"
     spool_max_bytes: PositiveInt = 1_073_741_824
@@ -190,6 +199,13 @@ class CollectorConfig(_Base, frozen=True):
     demo: bool = False
     status_page: bool = False
     status_token: str = ""
+
+    def __post_init__(self) -> None:
+        if self.ip_mode == "hash" and len(self.ip_hash_key) < IP_HASH_KEY_MIN_CHARS:
+            raise ValueError(
+                f"`ip_hash_key` must hold at least {IP_HASH_KEY_MIN_CHARS} characters with ip_mode = \"hash\" "
+                "(set OCEANUS_COLLECTOR_IP_HASH_KEY, e.g. to the output of `openssl rand -hex 32`)"
+            )
 
 
 class RedisConfig(_Base, frozen=True):

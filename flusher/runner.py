@@ -49,13 +49,13 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from flusher.admin import AdminServer
+from flusher.admin import AdminServer, query_endpoint
 from flusher.batch import BatchBuilder, Built, dead_row, frame_oldest_ms
 from flusher.claim import Claim, Claimer, RedisWriteState, make_owner_id
 from flusher.controller import BatchController, Outcome
 from flusher.metrics import FlusherMetrics
 from flusher.sinks import make_sink
-from flusher.sinks.base import Batch, Preparable, Queryable, QueryError, QueryResult, Sink, WriteResult
+from flusher.sinks.base import Batch, Preparable, Sink, WriteResult
 from oceanus import config as config_mod
 from oceanus.buffer import Keys
 from oceanus.config import Config, StreamConfig
@@ -410,12 +410,6 @@ class Flusher:
             return "Redis not reachable"
         return None
 
-    async def _query(self, sql: str) -> QueryResult:
-        sink = self.sink
-        if not isinstance(sink, Queryable):  # never: only wired when it is
-            raise QueryError(f"the {sink.name} sink does not serve queries")
-        return await self.in_thread(sink.query, sql)
-
     # ------------------------------------------------------------------ background tasks
 
     async def _heartbeat_loop(self) -> None:
@@ -489,7 +483,7 @@ class Flusher:
 
     async def start_admin(self) -> AdminServer:
         fcfg = self.cfg.flusher
-        query = self._query if isinstance(self.sink, Queryable) else None
+        query = query_endpoint(fcfg, self.sink)
         self.admin = AdminServer(fcfg.admin_host, fcfg.admin_port, self.metrics.render, self.ready, query)
         await self.admin.start()
         return self.admin

@@ -216,9 +216,16 @@ class RedisConfig(_Base, frozen=True):
 
 
 class FlusherConfig(_Base, frozen=True):
-    #: Loopback admin server: /metrics, /healthz, /readyz, /query.
+    #: Admin server: /metrics, /healthz, /readyz (public), POST /query (off unless enabled).
     admin_host: str = "127.0.0.1"
     admin_port: Annotated[int, Meta(ge=0, le=65535)] = 9101
+    #: Serve read-only SQL on ``POST /query`` (DuckDB sink only), behind a bearer token
+    #: taken from ``OCEANUS_QUERY_TOKEN`` or the file ``query_token_file`` — never from
+    #: this file. ``oceanus dev`` turns it on with a token of its own.
+    query_enabled: bool = False
+    query_token_file: str = ""
+    #: A query still running after this long is interrupted (a 400 naming this key).
+    query_timeout_s: Annotated[float, Meta(gt=0, le=300)] = 10.0
     heartbeat_ttl_s: PositiveFloat = 30.0
     drain_timeout_s: PositiveFloat = 25.0
     #: Dead letters (``P:dead:{stream}``) keep whole rows, personal data included: at
@@ -358,7 +365,7 @@ def _env_paths(struct_type: type[Struct], prefix: tuple[str, ...] = ()) -> dict[
 
 
 #: Variables with the prefix that are not config keys.
-ENV_NOT_KEYS = frozenset({"OCEANUS_CONFIG", "OCEANUS_DATA_DIR", "OCEANUS_LOG_LEVEL"})
+ENV_NOT_KEYS = frozenset({"OCEANUS_CONFIG", "OCEANUS_DATA_DIR", "OCEANUS_LOG_LEVEL", "OCEANUS_QUERY_TOKEN"})
 
 
 def _parse_env_value(text: str) -> Any:

@@ -300,10 +300,17 @@ def child_env(data_dir: Path, redis_url: str) -> dict[str, str]:
         "OCEANUS_COLLECTOR_SPOOL_DIR": str((data_dir / devstate.SPOOL_DIR).resolve()),
         # 0: the flusher picks a free port and publishes it in its discovery file.
         "OCEANUS_FLUSHER_ADMIN_PORT": "0",
+        # `oceanus query` and `oceanus status` go through the flusher's /query: on
+        # loopback only, with the token Stack.start writes to DIR/query.token.
+        "OCEANUS_FLUSHER_ADMIN_HOST": "127.0.0.1",
+        "OCEANUS_FLUSHER_QUERY_ENABLED": "true",
+        "OCEANUS_FLUSHER_QUERY_TOKEN_FILE": str(devstate.query_token_path(data_dir)),
         "OCEANUS_COLLECTOR_DEMO": "true",
         "OCEANUS_COLLECTOR_STATUS_PAGE": "true",
         "PYTHONUNBUFFERED": "1",
     })
+    # A token in the caller's environment would win over the file the CLI reads.
+    env.pop("OCEANUS_QUERY_TOKEN", None)
     return env
 
 
@@ -441,6 +448,7 @@ class Stack:
         env = child_env(self.data_dir, redis_url)
         duckdb_path = devstate.warehouse_path(self.data_dir)
         logs = self.data_dir / devstate.LOG_DIR
+        devstate.write_query_token(self.data_dir)
         self.flusher = Child("flusher", python_cmd("flusher", "--config", str(self.config_file)), env,
                              logs / "flusher.log")
         flusher = self.flusher

@@ -10,6 +10,9 @@
     DIR/warehouse.duckdb.flusher.json
                                    written by the flusher while it holds DuckDB's
                                    single-writer lock: {"pid", "admin_url"}
+    DIR/query.token                the bearer token of the flusher's POST /query,
+                                   new on every start, mode 0600 (only this user
+                                   may query the warehouse through the flusher)
 
 ``status`` and ``query`` read ``dev.json`` when it is there and fall back to the
 file layout above when it is not (the stack is stopped).
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 from pathlib import Path
 
 import msgspec
@@ -30,6 +34,9 @@ SPOOL_DIR = "spool"
 LOG_DIR = "logs"
 #: Suffix the flusher adds to the DuckDB path for its discovery file.
 FLUSHER_FILE_SUFFIX = ".flusher.json"
+QUERY_TOKEN_FILE = "query.token"
+#: Random bytes in a /query token (URL-safe base64: 43 characters).
+QUERY_TOKEN_BYTES = 32
 
 
 class DevInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -115,3 +122,29 @@ def read_flusher_info(duckdb_path: Path) -> FlusherInfo | None:
     except (OSError, msgspec.DecodeError):
         return None
     return info if pid_alive(info.pid) else None
+
+
+def query_token_path(data_dir: Path) -> Path:
+    return (data_dir / QUERY_TOKEN_FILE).resolve()
+
+
+def write_query_token(data_dir: Path) -> Path:
+    """A fresh /query token in ``DIR/query.token``, readable by this user only."""
+    path = query_token_path(data_dir)
+    token = secrets.token_urlsafe(QUERY_TOKEN_BYTES)
+    # Created 0600; fchmod too, as O_CREAT keeps the mode of a file that was already there.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, token.encode("ascii") + b"\n")
+    finally:
+        os.close(fd)
+    return path
+
+
+def read_query_token(data_dir: Path) -> str | None:
+    try:
+        token = query_token_path(data_dir).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return token or None

@@ -3,8 +3,9 @@
 DuckDB lets one process write a database file and no other process open it
 meanwhile, not even read-only. So while a flusher holds the file, the query is
 sent to the flusher's loopback admin server (``POST /query``), found through the
-``<duckdb path>.flusher.json`` file it writes; when no flusher runs, the file is
-opened read-only here.
+``<duckdb path>.flusher.json`` file it writes, with the bearer token ``oceanus
+dev`` wrote to ``DIR/query.token`` (else ``OCEANUS_QUERY_TOKEN``); when no
+flusher runs, the file is opened read-only here.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import datetime as dt
 import decimal
 import io
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,11 +73,18 @@ def plain(value: Any) -> Any:
     return str(value)
 
 
-def _via_flusher(admin_url: str, sql: str, timeout: float) -> Result | None:
+def query_token(data_dir: Path, env: Mapping[str, str] | None = None) -> str | None:
+    """The token for the flusher's /query: ``oceanus dev``'s file first, then ``OCEANUS_QUERY_TOKEN``."""
+    env = os.environ if env is None else env
+    return devstate.read_query_token(data_dir) or env.get("OCEANUS_QUERY_TOKEN", "").strip() or None
+
+
+def _via_flusher(admin_url: str, sql: str, timeout: float, token: str | None = None) -> Result | None:
     """Ask the running flusher; None when nothing listens any more (it just stopped)."""
-    req = urllib.request.Request(
-        admin_url + "/query", data=sql.encode(), method="POST", headers={"content-type": "text/plain"}
-    )
+    headers = {"content-type": "text/plain"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(admin_url + "/query", data=sql.encode(), method="POST", headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return msgspec.json.decode(resp.read(), type=Result)
@@ -131,7 +140,7 @@ def run_sql(data_dir: Path, sql: str, timeout: float = HTTP_TIMEOUT_S) -> Result
     path = duckdb_path_for(data_dir)
     flusher = devstate.read_flusher_info(path)
     if flusher is not None:
-        result = _via_flusher(flusher.admin_url, sql, timeout)
+        result = _via_flusher(flusher.admin_url, sql, timeout, query_token(data_dir))
         if result is not None:
             return result
     return _local(path, sql)

@@ -93,6 +93,10 @@ class QueryError(Exception):
     """The SQL was refused or failed; the message is shown to the user (HTTP 400)."""
 
 
+class QueryTimeout(QueryError):
+    """The query ran past ``flusher.query_timeout_s`` and was interrupted (HTTP 400, naming the limit)."""
+
+
 @runtime_checkable
 class Preparable(Protocol):
     """A sink with CPU work that needs no connection (row -> column conversion).
@@ -110,4 +114,6 @@ class Preparable(Protocol):
 class Queryable(Protocol):
     """A sink that can answer read-only SQL for other processes (DuckDB holds a file lock)."""
 
-    def query(self, sql: str) -> QueryResult: ...
+    def query(self, sql: str, timeout_s: float) -> QueryResult:
+        """Run one read-only statement; interrupt it after ``timeout_s`` (raises :class:`QueryTimeout`)."""
+        ...

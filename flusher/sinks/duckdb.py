@@ -39,8 +39,14 @@ only compete with the flusher's own decoding of the next batch.
 
 Readers: DuckDB lets one process open a file for writing and no other process
 open it at all meanwhile. The flusher therefore answers read-only SQL for
-other processes through :meth:`DuckDBSink.query` (its admin ``POST /query``),
-on a reader connection of its own inside a transaction that is rolled back.
+other processes through :meth:`DuckDBSink.query` (its admin ``POST /query``,
+off unless ``flusher.query_enabled``), on a reader connection of its own inside
+a transaction that is rolled back. The database is opened locked down
+(:data:`LOCKED_DOWN`): no file outside the database itself (``read_text``,
+``glob``, ``COPY``, ``ATTACH``), no extension installed or loaded, and no
+``SET`` that could undo it. A query is interrupted after its timeout
+(``connection.interrupt()`` from a timer), so a cross join costs its caller
+an error, not the flusher a core for ever.
 
 Memory: DuckDB keeps what it loaded for each row group the dedupe scans
 touched, and the newest blocks in its buffer pool, for the life of the open
@@ -61,7 +67,7 @@ import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flusher.sinks.base import Batch, QueryError, QueryResult, RowError, WriteResult, WriteState
+from flusher.sinks.base import Batch, QueryError, QueryResult, QueryTimeout, RowError, WriteResult, WriteState
 from oceanus.config import EXTRA_COLUMN, Config, FieldType, StreamConfig
 from oceanus.errors import ConfigError, SinkError
 
@@ -86,6 +92,20 @@ DEDUP_VIEW_SUFFIX = "_dedup"
 MAX_QUERY_ROWS = 10_000
 #: Statement kinds /query runs: nothing that writes, attaches or copies files.
 READ_ONLY_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
+#: Database settings fixed at open. The settings are per database, so the writer
+#: runs under them too: it needs nothing outside its own file, and the JSON type
+#: is built into the Python package. Queries arrive over HTTP, so any file the
+#: flusher can read (``read_text('/etc/passwd')``), any directory (``glob``) and
+#: the network (extension auto-install) would otherwise be theirs.
+LOCKED_DOWN: dict[str, str | bool | int] = {
+    "enable_external_access": False,
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    # Last: nothing (a `SET enable_external_access = true` in a query) changes them afterwards.
+    "lock_configuration": True,
+}
+#: A query's timeout when the caller gives none (seconds; flusher.query_timeout_s).
+QUERY_TIMEOUT_S = 10.0
 
 _ARROW: dict[FieldType, pa.DataType] = {
     "string": pa.string(),
@@ -162,12 +182,13 @@ class DuckDBSink:
     def _open(self) -> tuple[duckdb.DuckDBPyConnection, duckdb.DuckDBPyConnection]:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            con = duckdb.connect(str(self.path))
+            settings: dict[str, str | bool | int] = {}
             if self._settings.threads:
-                con.execute(f"SET threads = {int(self._settings.threads)}")
+                settings["threads"] = int(self._settings.threads)
             if self._settings.memory_limit:
-                # The pattern in the config struct admits only "<number><unit>".
-                con.execute(f"SET memory_limit = '{self._settings.memory_limit}'")
+                settings["memory_limit"] = self._settings.memory_limit
+            # At connect time: with the configuration locked, no later SET is possible.
+            con = duckdb.connect(str(self.path), config={**settings, **LOCKED_DOWN})
             return con, con.cursor()
         except (OSError, duckdb.Error) as exc:
             text = " ".join(str(exc).split())
@@ -386,7 +407,7 @@ class DuckDBSink:
 
     # ------------------------------------------------------------------ reads
 
-    def query(self, sql: str) -> QueryResult:
+    def query(self, sql: str, timeout_s: float = QUERY_TIMEOUT_S) -> QueryResult:
         from oceanus.query import plain
 
         with self._read_lock:
@@ -400,15 +421,42 @@ class DuckDBSink:
             if statements[0].type not in READ_ONLY_STATEMENTS:
                 kind = statements[0].type.name
                 raise QueryError(f"only read-only statements are served here (SELECT, EXPLAIN), not {kind}")
+            # The timer only interrupts while this query's statement runs: ``running``
+            # is cleared under ``guard`` before the ROLLBACK and before the next query
+            # can take ``_read_lock`` (an interrupt of an idle connection is a no-op).
+            guard = threading.Lock()
+            running = True
+            fired = False
+
+            def interrupt() -> None:
+                nonlocal fired
+                with guard:
+                    if running:
+                        fired = True
+                        cur.interrupt()
+
+            timer = threading.Timer(timeout_s, interrupt)
+            timer.daemon = True
             try:
                 cur.execute("BEGIN TRANSACTION")
                 try:
-                    cur.execute(sql)
-                    columns = [d[0] for d in cur.description] if cur.description else []
-                    fetched = cur.fetchmany(MAX_QUERY_ROWS + 1) if columns else []
+                    timer.start()
+                    try:
+                        cur.execute(sql)
+                        columns = [d[0] for d in cur.description] if cur.description else []
+                        fetched = cur.fetchmany(MAX_QUERY_ROWS + 1) if columns else []
+                    finally:
+                        with guard:
+                            running = False
+                        timer.cancel()
                 finally:
                     cur.execute("ROLLBACK")
             except duckdb.Error as exc:
+                if fired and isinstance(exc, duckdb.InterruptException):
+                    raise QueryTimeout(
+                        f"query interrupted after {timeout_s:g} s (flusher.query_timeout_s); "
+                        "narrow it with a WHERE or a LIMIT"
+                    ) from None
                 raise QueryError(_one_line(exc)) from None
         if len(fetched) > MAX_QUERY_ROWS:
             raise QueryError(f"the result has more than {MAX_QUERY_ROWS} rows; add a LIMIT")

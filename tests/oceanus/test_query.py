@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
 import pytest
 
-from oceanus import cli, devstate, query
+from flusher.runner import Flusher, _write_discovery
+from flusher.sinks.duckdb import DuckDBSink
+from oceanus import cli, config, devstate, query
+from tests.flusher.helpers import make_config_text
+from tests.flusher.test_runner import run_flusher
+from tests.support.servers import RedisServer
 
 
 @pytest.fixture
@@ -114,3 +121,51 @@ def test_locked_file_is_explained(data_dir: Path) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+# --------------------------------------------------------------------------- through a running flusher
+
+
+def _serve_queries(redis_server: RedisServer, data_dir: Path, check: Callable[[], None]) -> None:
+    """A real flusher holding ``DIR/warehouse.duckdb`` with /query on, as ``oceanus dev`` runs it."""
+    path = devstate.warehouse_path(data_dir)
+    token_file = devstate.write_query_token(data_dir)
+    cfg = config.loads(make_config_text(redis_server.url, path, query_token_file=str(token_file)),
+                       env={"OCEANUS_FLUSHER_QUERY_ENABLED": "true"})
+
+    async def body(f: Flusher) -> None:
+        assert f.admin is not None
+        _write_discovery(devstate.flusher_file(path), f.admin.url)
+        await asyncio.get_running_loop().run_in_executor(None, check)
+
+    run_flusher(cfg, DuckDBSink(cfg), body)
+
+
+def test_query_through_the_flusher_sends_the_dev_token(redis_server: RedisServer, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OCEANUS_QUERY_TOKEN", raising=False)
+
+    def check() -> None:
+        # The file is locked by the flusher: this answer can only come through its /query.
+        assert query.run_sql(tmp_path, "SELECT count(*) AS n FROM pv").rows == [[0]]
+        with pytest.raises(query.QueryError, match="Permission Error"):
+            query.run_sql(tmp_path, "SELECT * FROM read_text('/etc/passwd')")
+
+    _serve_queries(redis_server, tmp_path, check)
+
+
+def test_query_through_the_flusher_without_the_token_is_refused(redis_server: RedisServer, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OCEANUS_QUERY_TOKEN", raising=False)
+
+    def check() -> None:
+        token = devstate.read_query_token(tmp_path)
+        devstate.query_token_path(tmp_path).unlink()
+        with pytest.raises(query.QueryError, match="^/query needs the header Authorization: Bearer"):
+            query.run_sql(tmp_path, "SELECT 1")
+        # Another user's token in the environment is the fallback.
+        assert token is not None
+        monkeypatch.setenv("OCEANUS_QUERY_TOKEN", token)
+        assert query.run_sql(tmp_path, "SELECT 1 AS one").rows == [[1]]
+
+    _serve_queries(redis_server, tmp_path, check)

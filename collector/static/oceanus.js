@@ -207,8 +207,9 @@
       domain: o.cookieDomain || '',
       days: o.cookieDays == null ? 730 : o.cookieDays,
       sameSite: o.sameSite || 'Lax',
-      dnt: !!o.dnt,
-      gpc: !!o.gpc,
+      // Privacy signals are honoured unless the site opts out with {dnt: false} / {gpc: false}.
+      dnt: o.dnt !== false,
+      gpc: o.gpc !== false,
       transport: o.transport || 'beacon'
     };
     uid = o.uid || '';

@@ -131,22 +131,21 @@ def test_pixel_transport_fallback(live: LiveCollector, context: Any) -> None:
     ("dnt", "Object.defineProperty(Navigator.prototype, 'doNotTrack', {get: () => '1'})"),
     ("gpc", "Object.defineProperty(Navigator.prototype, 'globalPrivacyControl', {get: () => true})"),
 ], ids=["dnt", "gpc"])
-def test_privacy_signal_honoured_when_configured(live: LiveCollector, context: Any, option: str,
-                                                 signal: str) -> None:
+def test_privacy_signal_honoured_by_default(live: LiveCollector, context: Any, option: str, signal: str) -> None:
     context.add_init_script(signal)
     sent: list[str] = []
     quiet = context.new_page()
     quiet.on("request", lambda r: sent.append(r.url) if re.search(r"/(e|b)/", r.url) else None)
-    quiet.goto(f"{live.url}/demo?{option}=1")
+    quiet.goto(f"{live.url}/demo")
     _tag_ready(quiet)
     quiet.evaluate("oceanus('track', 'signup', {plan: 'x'}); oceanus('page')")
     assert not [c for c in context.cookies() if c["name"] == "oceanus_sid"]
     quiet.click("#outbound", no_wait_after=True)
-    # Control, after the quiet page was done: same signal, but this page does
-    # not ask to honour it, so it sends. Its row landing means anything the
-    # quiet page had sent would have been seen by now.
+    # Control, after the quiet page was done: same signal, but this page turns
+    # the option off ({dnt: false}), so it sends. Its row landing means anything
+    # the quiet page had sent would have been seen by now.
     loud = context.new_page()
-    loud.goto(f"{live.url}/demo")
+    loud.goto(f"{live.url}/demo?{option}=0")
     sid = _sid(loud)
     live.wait_rows("pageview", sid, 1)
     assert sent == []

@@ -22,7 +22,9 @@ COMMANDS: dict[str, str] = {
     "status": "oceanus.status:main",
     "demo": "oceanus.demo:main",
     "cost": "oceanus.cost:main",
+    "import": "importer.runner:main",
     "dead": "oceanus.dead:main",
+    "forget": "oceanus.forget:main",
 }
 
 
@@ -72,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="FILE", help="write the accepted and rejected demo ids as JSON")
     p.add_argument("--seed", type=int, help="repeat the same traffic mix")
 
+    p = sub.add_parser("import", help="copy shop tables ([imports.NAME]) into the warehouse")
+    _config_arg(p)
+    p.add_argument("action", choices=["run", "serve"], help="run: each import once; serve: every every_s until SIGTERM")
+    p.add_argument("name", nargs="?", help="only this import (default: all)")
+    p.add_argument("--metrics-host", default="127.0.0.1", metavar="H", help="serve: /metrics address")
+    p.add_argument("--metrics-port", type=int, default=9103, metavar="P", help="serve: /metrics port (0: none)")
+
     p = sub.add_parser("cost", help="monthly BigQuery ingest bill per stream and mode")
     _config_arg(p)
     p.add_argument("--events-per-day", type=int, metavar="N")
@@ -83,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replay: back to the queue, to be written again; purge: delete")
     p.add_argument("--stream", metavar="S", help="one stream (default: every stream)")
     p.add_argument("--limit", type=int, default=20, metavar="N", help="list: items shown per stream")
+
+    p = sub.add_parser("forget", help="delete one person's rows from the warehouse and from Redis")
+    _config_arg(p)
+    p.add_argument("--field", required=True, metavar="F", help="a string/int/bool field, or ip (e.g. uid)")
+    p.add_argument("--value", required=True, metavar="X", help="rows whose field equals X (as text)")
+    p.add_argument("--stream", metavar="S", help="one stream (default: every stream with the field)")
     return parser
 
 

@@ -104,6 +104,8 @@ class App:
         self._max_values = c.max_json_values
         self._max_pending = c.max_pending_body_bytes
         self._pending = 0  # body bytes (raw and inflated) held by requests in flight
+        self._max_bodies_per_ip = c.max_bodies_per_ip
+        self._bodies: dict[str, int] = {}  # client IP -> POST bodies in flight
         # Volume limits: each worker enforces its share (collector/ratelimit.py).
         self._ip_limit: TokenBuckets | None = None
         if c.ip_rate_per_s > 0:
@@ -284,11 +286,23 @@ class App:
                 return await self._preflight(scope, send)
             return await self._error(send, 405, "method", "allowed", "use POST or OPTIONS", allow=b"POST, OPTIONS")
         ip, ua, device = self._client(scope)
+        bodies = self._bodies
+        count = bodies.get(ip, 0)
+        if count >= self._max_bodies_per_ip > 0 and not self._client_ip.is_trusted(ip):
+            return await self._refuse(name, send, _Reject(
+                429, "ip", "max_bodies_per_ip",
+                f"{ip} already has {count} request bodies in flight (collector.max_bodies_per_ip)", 1))
+        bodies[ip] = count + 1
         held = [0]  # body bytes this request holds of the worker's max_pending_body_bytes
         try:
             return await self._accept_events(name, validator, scope, receive, send, ip, ua, device, held)
         finally:
             self._pending -= held[0]
+            left = bodies[ip] - 1
+            if left:
+                bodies[ip] = left
+            else:
+                del bodies[ip]
 
     async def _accept_events(self, name: str, validator: StreamValidator, scope: Scope, receive: Receive,
                              send: Send, ip: str, ua: str, device: str, held: list[int]) -> int:

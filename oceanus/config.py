@@ -194,6 +194,10 @@ class CollectorConfig(_Base, frozen=True):
     ip_rate_per_s: Annotated[float, Meta(ge=0)] = 1000.0
     #: Events one client IP may send at once above its rate.
     ip_burst: PositiveInt = 10_000
+    #: POST bodies one client IP may have in flight on one worker; past it, 429 at once
+    #: (a slow-body flood from one address frees its connections instead of holding them).
+    #: 0 = no limit.
+    max_bodies_per_ip: NonNegInt = 64
     #: Per-stream access rules: ``[collector.access.<stream>]``.
     access: dict[str, StreamAccess] = {}
     demo: bool = False

@@ -403,3 +403,46 @@ def test_granian_gets_the_edge_limits() -> None:
     auto = edge_limits(config.loads((REPO / "oceanus.toml").read_text(), env={
         "OCEANUS_COLLECTOR_HTTP": '"auto"', "OCEANUS_COLLECTOR_HEADER_TIMEOUT_S": "0.25"}).collector)
     assert auto["http"] == HTTPModes.auto and auto["http1_settings"].header_read_timeout == 250
+
+
+async def test_bodies_in_flight_per_ip(make_config: MakeConfig, redis_server: RedisServer) -> None:
+    app = App(make_config(max_bodies_per_ip=2, body_timeout_s=30.0))
+    async with running(app):
+        release = asyncio.Event()
+
+        def slow_post(sid: int, ip: str) -> asyncio.Future[None]:
+            calls = 0
+
+            async def receive() -> dict[str, Any]:
+                nonlocal calls
+                calls += 1
+                if calls == 1:
+                    return {"type": "http.request", "body": b"[", "more_body": True}
+                await release.wait()
+                return {"type": "http.request", "body": b'{"sid":"%x","evt":"view"}]' % sid, "more_body": False}
+
+            async def send(message: Any) -> None:
+                if message["type"] == "http.response.start":
+                    statuses[sid] = message["status"]
+
+            scope = {"type": "http", "method": "POST", "path": "/e/pageview", "raw_path": b"/e/pageview",
+                     "query_string": b"", "headers": [], "client": (ip, 1)}
+            return asyncio.ensure_future(app(scope, receive, send))
+
+        statuses: dict[int, int] = {}
+        held = [slow_post(i, "203.0.113.5") for i in range(2)] + [slow_post(10 + i, "127.0.0.1") for i in range(3)]
+        while app._pending < 5:  # every slow body has started
+            await asyncio.sleep(0)
+        third = await request(app, "POST", "/e/pageview", body=_events(2))
+        other_ip = await request(app, "POST", "/e/pageview", body=_events(3), client=("198.51.100.3", 1))
+        pixel = await request(app, "GET", "/b/pageview", _pixel(4))
+        release.set()
+        await asyncio.gather(*held)
+        again = await request(app, "POST", "/e/pageview", body=_events(5))
+        assert app._bodies == {}
+    assert third.status == 429 and third.headers["retry-after"] == "1"
+    assert third.error == "ip: max_bodies_per_ip: 203.0.113.5 already has 2 request bodies in flight " \
+                          "(collector.max_bodies_per_ip)"
+    assert (other_ip.status, pixel.status, again.status) == (200, 200, 200)
+    assert statuses == {0: 200, 1: 200, 10: 200, 11: 200, 12: 200}  # a trusted proxy's address is not limited
+    assert sorted(int(r["sid"], 16) for r in queued_rows(redis_server, "pageview")) == [0, 1, 3, 4, 5, 10, 11, 12]

@@ -86,6 +86,17 @@ RECENT_ERRORS_MAX = 100
 FRAME_ZLIB_LEVEL = 1
 #: Raw DEFLATE with a 32 KiB window: no zlib header or Adler-32 (see the CRC trailer).
 _RAW_WBITS = -15
+#: Largest payload a frame may inflate to (bytes, 128 MiB); past it the frame is
+#: refused (:class:`FrameError`, so the flusher dead-letters it with the raw frame
+#: kept) before more is allocated. DEFLATE inflates up to ~1,000x: a forged 300 KB
+#: item would otherwise take ~300 MB, and several times that once decoded, on every
+#: re-claim. A frame is one collector worker's micro-batch, and each of its rows
+#: comes from a request body that worker still holds against
+#: ``collector.max_pending_body_bytes`` (32 MiB by default: a request's bytes
+#: count until its rows are durable); the msgpack rows re-encode those bodies and
+#: add the server columns. 4x that budget leaves room for the per-row columns of
+#: many small events; a full micro-batch of 1,024 test events is ~90 KB inflated.
+FRAME_MAX_INFLATED_BYTES = 134_217_728
 _CRC_BYTES = 4
 
 _encoder = msgspec.msgpack.Encoder()
@@ -164,20 +175,35 @@ def frame_payload(item: bytes) -> bytes:
             raise FrameError("corrupt frame: truncated")
         z = zlib.decompressobj(_RAW_WBITS, FRAME_DICT_O2)
         try:
-            payload = z.decompress(body[:-_CRC_BYTES])
+            # One byte over the cap is enough to know it is over: never allocate more.
+            payload = z.decompress(body[:-_CRC_BYTES], FRAME_MAX_INFLATED_BYTES + 1)
         except zlib.error as exc:
             raise FrameError(f"corrupt frame: {exc}") from None
+        _check_inflated(payload)
         if not z.eof or z.unused_data:
             raise FrameError("corrupt frame: the deflate stream does not end where the checksum starts")
         if zlib.crc32(payload) != int.from_bytes(body[-_CRC_BYTES:], "big"):
             raise FrameError("corrupt frame: checksum mismatch")
         return payload
     if item.startswith(FRAME_MAGIC_O1):
+        z = zlib.decompressobj()
         try:
-            return zlib.decompress(body)
+            payload = z.decompress(body, FRAME_MAX_INFLATED_BYTES + 1)
         except zlib.error as exc:
             raise FrameError(f"corrupt frame: {exc}") from None
+        _check_inflated(payload)
+        if not z.eof:
+            raise FrameError("corrupt frame: truncated")
+        return payload
     raise FrameError("not an oceanus frame (bad magic)")
+
+
+def _check_inflated(payload: bytes) -> None:
+    if len(payload) > FRAME_MAX_INFLATED_BYTES:
+        raise FrameError(
+            f"frame inflates past FRAME_MAX_INFLATED_BYTES ({FRAME_MAX_INFLATED_BYTES} bytes); "
+            "no collector writes one so large"
+        )
 
 
 def decode_frame(item: bytes) -> tuple[list[str], list[list[Any]]]:

@@ -48,7 +48,10 @@ def closure(roots: list[Requirement]) -> dict[str, str]:
         if req.marker is not None and not req.marker.evaluate({"extra": extra}):
             continue
         name = canonicalize_name(req.name)
-        dist = metadata.distribution(req.name)
+        try:
+            dist = metadata.distribution(req.name)
+        except metadata.PackageNotFoundError:
+            raise SystemExit(f"{req.name} is not installed here: pip install -e '.[test]' first") from None
         pinned[name] = dist.version
         for want in ("", *sorted(req.extras)):
             if (name, want) in seen:

@@ -72,8 +72,8 @@ soak: system-deps $(STAMP)
 	$(PY) -m tests.reliability.soak --seconds $${SOAK_SECONDS:-600}
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check oceanus collector flusher bench tests loadtest
-	$(VENV)/bin/mypy oceanus collector flusher
+	$(VENV)/bin/ruff check oceanus collector flusher importer bench tests loadtest
+	$(VENV)/bin/mypy oceanus collector flusher importer
 
 bench: system-deps $(STAMP)
 	$(PY) -m bench collector --seconds 10 --json

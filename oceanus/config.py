@@ -239,6 +239,9 @@ class FlusherConfig(_Base, frozen=True):
     dead_letter_ttl_s: Annotated[float, Meta(ge=1)] = 604_800.0
     retry_base_s: PositiveFloat = 0.5
     retry_max_s: PositiveFloat = 60.0
+    #: Failed writes of a batch (of a half of one, ...) with a retryable error before it
+    #: is split in halves to isolate the rows at fault (docs/ARCHITECTURE.md, delivery).
+    poison_after_failures: PositiveInt = 5
 
 
 class DuckDBConfig(_Base, frozen=True):
@@ -279,6 +282,70 @@ class BigQueryConfig(_Base, frozen=True):
     write_format: Literal["proto", "arrow"] = "proto"
 
 
+#: A source table: ``table`` or ``schema.table`` (PostgreSQL) / ``database.table`` (MySQL).
+SourceTable = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_$]{0,62}(\.[A-Za-z_][A-Za-z0-9_$]{0,62})?$")]
+#: A source column: a plain identifier, so it can be quoted without escaping.
+SourceColumn = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")]
+#: Columns the importer adds to every imported table.
+IMPORT_COLUMNS: tuple[str, ...] = ("_imported_at", "_deleted")
+
+
+class ImportConfig(_Base, frozen=True, kw_only=True):
+    """``[imports.NAME]``: one shop table copied next to the events (docs/ARCHITECTURE.md, importer).
+
+    Only ``columns`` are ever read: the SELECT names them and nothing else, so a
+    personal column left out of the list never leaves the source database.
+    """
+
+    name: Name = "unnamed"
+    #: Environment variable holding the source URL (``postgresql://...`` or
+    #: ``mysql://...``); the URL carries a password, so never this file.
+    source_url_env: Annotated[str, Meta(pattern=r"^[A-Z_][A-Z0-9_]{0,127}$")]
+    table: SourceTable
+    columns: Annotated[tuple[SourceColumn, ...], Meta(min_length=1)]
+    primary_key: SourceColumn
+    #: "incremental": rows whose (cursor_column, primary_key) is past the stored
+    #: watermark; "full": every row each run (small tables).
+    mode: Literal["incremental", "full"] = "incremental"
+    #: A column that only grows: ``updated_at``, or the primary key of an append-only table.
+    cursor_column: SourceColumn | None = None
+    every_s: PositiveFloat = 3600.0
+    #: "soft": a row whose ``soft_delete_column`` is set (non-NULL, not false/0) is
+    #: deleted; "key_diff": keys gone from the source get a tombstone row.
+    deletes: Literal["none", "soft", "key_diff"] = "none"
+    soft_delete_column: SourceColumn | None = None
+    #: Seconds between two key diffs (0: every run). A diff reads every key of the source.
+    key_diff_every_s: Annotated[float, Meta(ge=0)] = 0.0
+    #: Rows per fetch from the server-side cursor and per warehouse commit.
+    batch_rows: Annotated[int, Meta(gt=0, le=1_000_000)] = 10_000
+    #: BLOB/BYTEA columns are refused unless this is set (they are rarely analysis data).
+    allow_binary: bool = False
+
+    def __post_init__(self) -> None:
+        listed = set(self.columns)
+        if len(listed) != len(self.columns):
+            raise ValueError("`columns` lists a column twice")
+        for col in self.columns:
+            if col.lower() in IMPORT_COLUMNS:
+                raise ValueError(f"`columns`: `{col}` is a column oceanus adds itself")
+        if self.primary_key not in listed:
+            raise ValueError(f"`primary_key` `{self.primary_key}` is not in `columns`")
+        if self.mode == "incremental":
+            if self.cursor_column is None:
+                raise ValueError('`cursor_column` is required when `mode = "incremental"`')
+            if self.cursor_column not in listed:
+                raise ValueError(f"`cursor_column` `{self.cursor_column}` is not in `columns`")
+        elif self.deletes == "key_diff":
+            raise ValueError('`deletes = "key_diff"` applies to `mode = "incremental"`: a full reload drops gone rows')
+        if self.deletes == "soft":
+            if self.soft_delete_column is None:
+                raise ValueError('`soft_delete_column` is required when `deletes = "soft"`')
+            if self.soft_delete_column not in listed:
+                raise ValueError(f"`soft_delete_column` `{self.soft_delete_column}` is not in `columns`")
+        elif self.soft_delete_column is not None:
+            raise ValueError('`soft_delete_column` applies to `deletes = "soft"` only')
+
+
 class SinkConfig(_Base, frozen=True):
     kind: Literal["duckdb", "bigquery"] = "duckdb"
     duckdb: DuckDBConfig = DuckDBConfig()
@@ -291,6 +358,8 @@ class Config(_Base, frozen=True):
     flusher: FlusherConfig = FlusherConfig()
     sink: SinkConfig = SinkConfig()
     streams: dict[str, StreamConfig] = {}
+    #: Shop tables copied into the warehouse: ``[imports.NAME]`` (``oceanus import``).
+    imports: dict[str, ImportConfig] = {}
     #: Where this config came from (not a TOML key).
     source: str = ""
 
@@ -357,7 +426,7 @@ def _env_paths(struct_type: type[Struct], prefix: tuple[str, ...] = ()) -> dict[
     """Map ``OCEANUS_A_B`` names to key paths for every scalar key outside ``streams``."""
     out: dict[str, tuple[str, ...]] = {}
     for field in msgspec.structs.fields(struct_type):
-        if not prefix and field.name in ("streams", "source"):
+        if not prefix and field.name in ("streams", "imports", "source"):
             continue
         path = (*prefix, field.name)
         ftype = field.type
@@ -400,6 +469,10 @@ def decode(raw: dict[str, Any], source: str = "") -> Config:
     """Build a :class:`Config` from already-parsed TOML data."""
     raw = dict(raw)
     raw_streams = raw.pop("streams", {})
+    raw_imports = raw.pop("imports", {})
+    if not isinstance(raw_imports, dict):
+        raise ConfigError("imports: expected a table of imports ([imports.NAME])")
+    imports = {name: _decode_import(name, body) for name, body in raw_imports.items()}
     if not isinstance(raw_streams, dict):
         raise ConfigError("streams: expected a table of streams ([streams.NAME])")
     streams = {name: _decode_stream(name, body) for name, body in raw_streams.items()}
@@ -410,7 +483,21 @@ def decode(raw: dict[str, Any], source: str = "") -> Config:
     for name in base.collector.access:
         if name not in streams:
             raise ConfigError(f"collector.access.{name}: no stream named {name!r}")
-    return msgspec.structs.replace(base, streams=streams, source=source)
+    for name in imports:
+        if name in streams or name.removesuffix("_latest") in streams:
+            raise ConfigError(f"imports.{name}: a stream has that table name")
+    return msgspec.structs.replace(base, streams=streams, imports=imports, source=source)
+
+
+def _decode_import(name: str, raw: Any) -> ImportConfig:
+    path = f"imports.{name}"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a table")
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", name):
+        raise ConfigError(f"{path}: import names are lowercase letters, digits and _ (<= 63)")
+    if name.startswith("_oceanus") or name.endswith("_latest"):
+        raise ConfigError(f"{path}: the name is kept for the importer's own tables and views")
+    return _convert({**raw, "name": name}, ImportConfig, path)
 
 
 def _check_load_quota(bq: BigQueryConfig, streams: Mapping[str, StreamConfig]) -> None:

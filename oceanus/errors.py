@@ -39,3 +39,9 @@ class PayloadTooLarge(SinkError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, retryable=False, reason="too_large")
+
+
+class SourceError(OceanusError):
+    """Reading a source database for ``oceanus import`` failed (connection, a refused
+    query, a column type oceanus cannot store exactly). The message names the import
+    and, where there is one, the column; never the source URL (it holds a password)."""

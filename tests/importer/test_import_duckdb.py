@@ -1,0 +1,233 @@
+"""``oceanus import`` from the machine's PostgreSQL and MariaDB into DuckDB.
+
+Every test owns a schema/database of its own (tests/importer/conftest.py) and
+checks the warehouse against the source exactly: row count, a checksum per
+column, then row by row; ``users_latest`` holds each key once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from importer.runner import run_import
+from oceanus.config import Config
+from oceanus.errors import SourceError
+from tests.importer.helpers import URL_ENV, assert_same, import_config, import_toml, table_count, warehouse
+from tests.support.shopdb import ALLOWED, ShopDB
+
+pytestmark = pytest.mark.timeout(120)
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(cfg: Config, shop: ShopDB) -> tuple[int, int]:
+    result = run_import(cfg, cfg.imports["users"], env={URL_ENV: shop.url})
+    assert result.complete
+    return result.rows, result.tombstones
+
+
+def test_incremental_changes_deletes_and_ties(tmp_path: Path, shop: ShopDB) -> None:
+    shop.create_users()
+    shop.fill(1, 2500)
+    cfg = import_config(tmp_path, shop, deletes="key_diff")
+    assert _run(cfg, shop) == (2500, 0)
+    assert assert_same(shop, cfg) == 2500
+
+    # Rows at the watermark's cursor value with larger keys (a tie: `>` alone on the
+    # cursor would skip them), changed rows, deleted rows.
+    shop.execute(f"UPDATE {shop.table} SET occupation = 'changed', updated_at = {shop.now_sql} WHERE id % 7 = 0")
+    shop.fill(2501, 100, updated_at="2026-01-01 00:13:53")  # max(updated_at) of 1..2500: 2500 // 3 s
+    shop.execute(f"DELETE FROM {shop.table} WHERE id % 11 = 0")
+    # Changed and still there: 357 - 32 (also deleted); new and still there: 100 - 9.
+    assert _run(cfg, shop) == (325 + 91, 227)
+    assert assert_same(shop, cfg) == 2600 - 227 - 9
+
+    # A re-run with nothing new writes nothing: re-running is always safe.
+    stored = table_count(cfg)
+    assert _run(cfg, shop) == (0, 0)
+    assert table_count(cfg) == stored == 2500 + 416 + 227
+    assert_same(shop, cfg)
+
+
+def test_soft_deletes(tmp_path: Path, shop: ShopDB) -> None:
+    shop.create_users()
+    shop.fill(1, 300)
+    cfg = import_config(tmp_path, shop, deletes="soft", soft_delete_column="deleted_at")
+    assert _run(cfg, shop) == (300, 0)
+    now = shop.now_sql
+    shop.execute(f"UPDATE {shop.table} SET deleted_at = {now}, updated_at = {now} WHERE id % 13 = 0")
+    assert _run(cfg, shop) == (23, 0)
+    assert assert_same(shop, cfg, where="deleted_at IS NULL") == 300 - 23
+    # Undeleted: the newest version is live again.
+    shop.execute(f"UPDATE {shop.table} SET deleted_at = NULL, updated_at = {now} WHERE id = 13")
+    assert _run(cfg, shop) == (1, 0)
+    assert assert_same(shop, cfg, where="deleted_at IS NULL") == 300 - 22
+
+
+def test_full_reload(tmp_path: Path, shop: ShopDB) -> None:
+    shop.create_users()
+    shop.fill(1, 250)
+    cfg = import_config(tmp_path, shop, mode="full", cursor_column=None)
+    assert _run(cfg, shop) == (250, 0)
+    assert assert_same(shop, cfg) == 250
+    shop.execute(f"DELETE FROM {shop.table} WHERE id <= 50")
+    shop.execute(f"UPDATE {shop.table} SET age = 99 WHERE id > 200")
+    shop.fill(251, 10)
+    assert _run(cfg, shop) == (210, 0)
+    assert assert_same(shop, cfg) == 210
+    assert table_count(cfg) == 250 + 210
+
+
+def _import_process(cfg_path: Path, shop: ShopDB, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, URL_ENV: shop.url, "OCEANUS_LOG_LEVEL": "INFO"}
+    env.pop("OCEANUS_CONFIG", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "oceanus.cli", "import", *args, "--config", str(cfg_path)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def test_killed_after_its_first_batch_then_rerun(tmp_path: Path, shop: ShopDB) -> None:
+    """SIGKILL right after the first commit: the next run goes on from the stored watermark,
+    and the table holds every row exactly once (rows and watermark commit together)."""
+    shop.create_users()
+    shop.fill(1, 40_000)
+    cfg_path = tmp_path / "oceanus.toml"
+    cfg_path.write_text(import_toml(tmp_path / "wh.duckdb", shop, batch_rows=200))
+    cfg = import_config(tmp_path, shop, batch_rows=200)
+    proc = _import_process(cfg_path, shop, "run")
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "batch 1 committed" in line:
+                proc.send_signal(signal.SIGKILL)
+                break
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    partial = table_count(cfg)
+    assert 200 <= partial < 40_000, "the run was not killed mid-way"
+    assert partial % 200 == 0  # whole batches only
+    proc = _import_process(cfg_path, shop, "run")
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0, err
+    assert f"import users: {40_000 - partial} rows" in out
+    assert table_count(cfg) == 40_000  # no row twice in the table itself
+    assert assert_same(shop, cfg) == 40_000
+
+
+def test_unlisted_columns_never_leave_the_source(tmp_path: Path, shop: ShopDB) -> None:
+    shop.create_users()
+    shop.fill(1, 500)
+    cfg_path = tmp_path / "oceanus.toml"
+    cfg_path.write_text(import_toml(tmp_path / "wh.duckdb", shop, deletes="key_diff"))
+    cfg = import_config(tmp_path, shop)
+    logs = ""
+    for _ in range(2):
+        proc = _import_process(cfg_path, shop, "run")
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        logs += out + err
+    assert shop.secret not in logs
+    con = warehouse(cfg)
+    try:
+        names = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()]
+        for name in names:
+            cols = [r[0] for r in con.execute(f"DESCRIBE \"{name}\"").fetchall()]
+            assert not {"email", "password_hash"} & set(cols), f"{name} has a secret column"
+            text = con.execute(f"SELECT string_agg(CAST(t AS VARCHAR), '|') FROM \"{name}\" t").fetchone()
+            assert shop.secret not in str(text), f"a secret reached {name}"
+    finally:
+        con.close()
+    assert shop.secret.encode() not in Path(cfg.sink.duckdb.path).read_bytes()
+    assert_same(shop, cfg)
+
+
+def test_select_names_only_listed_columns(tmp_path: Path, pg_shop: ShopDB) -> None:
+    """A role that may read the listed columns only: a SELECT of anything more fails."""
+    pg_shop.create_users()
+    pg_shop.fill(1, 50)
+    role = f"oc_reader_{pg_shop.schema[3:]}"  # type: ignore[attr-defined]
+    pg_shop.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        pg_shop.execute(f"GRANT USAGE ON SCHEMA {pg_shop.schema} TO {role}")  # type: ignore[attr-defined]
+        pg_shop.execute(f"GRANT SELECT ({', '.join(ALLOWED)}) ON {pg_shop.table} TO {role}")
+        cfg = import_config(tmp_path, pg_shop, deletes="key_diff")
+        url = pg_shop.url.replace("postgres@", f"{role}@")
+        result = run_import(cfg, cfg.imports["users"], env={URL_ENV: url})
+        assert (result.rows, result.complete) == (50, True)
+        assert_same(pg_shop, cfg)
+    finally:
+        pg_shop.execute(f"DROP OWNED BY {role}")
+        pg_shop.execute(f"DROP ROLE {role}")
+
+
+def test_unmappable_type_names_the_column(tmp_path: Path, shop: ShopDB) -> None:
+    col_type = "interval" if shop.kind == "postgres" else "time"
+    shop.execute(f"CREATE TABLE {shop.table} (id bigint PRIMARY KEY, updated_at timestamp NOT NULL, odd {col_type})")
+    cfg = import_config(tmp_path, shop, columns=("id", "updated_at", "odd"))
+    with pytest.raises(SourceError) as info:
+        run_import(cfg, cfg.imports["users"], env={URL_ENV: shop.url})
+    assert str(info.value) == (
+        f"imports.users.columns: {shop.table}: column `odd` has type {col_type}, which oceanus cannot store "
+        "exactly; leave it out of `columns` or expose it through a view with a cast"
+    )
+
+
+def test_numeric_without_precision_is_refused(tmp_path: Path, pg_shop: ShopDB) -> None:
+    """PostgreSQL's unconstrained numeric has no exact warehouse type (MySQL's DECIMAL always has one)."""
+    pg_shop.execute(f"CREATE TABLE {pg_shop.table} (id bigint PRIMARY KEY, updated_at timestamp NOT NULL, n numeric)")
+    cfg = import_config(tmp_path, pg_shop, columns=("id", "updated_at", "n"))
+    with pytest.raises(SourceError, match=r"^imports\.users\.columns: .*column `n` is numeric without a precision"):
+        run_import(cfg, cfg.imports["users"], env={URL_ENV: pg_shop.url})
+
+
+def test_binary_needs_allow_binary(tmp_path: Path, shop: ShopDB) -> None:
+    blob = "bytea" if shop.kind == "postgres" else "blob"
+    shop.execute(f"CREATE TABLE {shop.table} (id bigint PRIMARY KEY, updated_at timestamp NOT NULL, data {blob})")
+    value = "\\x00ff10" if shop.kind == "postgres" else "0x00FF10"
+    quoted = f"'{value}'" if shop.kind == "postgres" else value
+    shop.execute(f"INSERT INTO {shop.table} VALUES (1, TIMESTAMP '2026-01-01 00:00:00', {quoted})")
+    cfg = import_config(tmp_path, shop, columns=("id", "updated_at", "data"))
+    with pytest.raises(SourceError, match=r"imports\.users\.columns: column `data` .*allow_binary = true"):
+        run_import(cfg, cfg.imports["users"], env={URL_ENV: shop.url})
+    cfg = import_config(tmp_path, shop, columns=("id", "updated_at", "data"), allow_binary=True)
+    assert _run(cfg, shop) == (1, 0)
+    con = warehouse(cfg)
+    try:
+        assert con.execute("SELECT data FROM users_latest").fetchall() == [(b"\x00\xff\x10",)]
+    finally:
+        con.close()
+
+
+def test_nullable_cursor_is_refused(tmp_path: Path, shop: ShopDB) -> None:
+    shop.execute(f"CREATE TABLE {shop.table} (id bigint PRIMARY KEY, updated_at timestamp NULL)")
+    cfg = import_config(tmp_path, shop, columns=("id", "updated_at"))
+    with pytest.raises(SourceError, match=r"imports\.users\.cursor_column: column `updated_at` may be NULL"):
+        run_import(cfg, cfg.imports["users"], env={URL_ENV: shop.url})
+
+
+def test_append_only_table_by_primary_key(tmp_path: Path, shop: ShopDB) -> None:
+    shop.create_users()
+    shop.fill(1, 150)
+    cfg = import_config(tmp_path, shop, cursor_column="id")
+    assert _run(cfg, shop) == (150, 0)
+    shop.fill(151, 30)
+    assert _run(cfg, shop) == (30, 0)
+    assert assert_same(shop, cfg) == 180
+    assert table_count(cfg) == 180
+
+
+def test_missing_url_env_names_the_key(tmp_path: Path, pg_shop: ShopDB) -> None:
+    cfg = import_config(tmp_path, pg_shop)
+    from oceanus.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^imports\.users\.source_url_env: the environment variable SHOP_DB_URL"):
+        run_import(cfg, cfg.imports["users"], env={})

@@ -9,7 +9,9 @@ frames wait in Redis is harmless:
   keys, which win on a clash), so dropping a field from the config never
   throws buffered data away;
 - a frame that does not decode, or a row of the wrong length, goes to the
-  dead-letter list with the reason, and the rest of the batch goes on.
+  dead-letter list with the reason, and the rest of the batch goes on; so does
+  a frame whose values cannot be normalised (a msgpack extension type, say):
+  no frame can make decoding fail for the whole batch.
 
 Fast path: frames encoded with exactly the stream's columns (the normal case)
 are passed through without touching a row.
@@ -28,6 +30,14 @@ from oceanus.buffer import FrameError, event_id_hex, event_id_time_ms, frame_pay
 from oceanus.config import EXTRA_COLUMN, StreamConfig
 
 _json_enc = msgspec.json.Encoder()
+
+
+def _as_text(value: Any) -> str:
+    return repr(value)
+
+
+#: Dead letters must always encode: a value JSON has no form for is kept as its repr.
+_dead_enc = msgspec.json.Encoder(enc_hook=_as_text)
 _json_dec = msgspec.json.Decoder()
 #: The frame codec of :mod:`oceanus.buffer`, with rows as tuples: a tuple of plain
 #: values is untracked by the garbage collector after its first pass, a list never
@@ -65,7 +75,7 @@ def _jsonable(value: Any) -> Any:
 def dead_row(stream: str, reason: str, columns: Sequence[str], row: Sequence[Any]) -> bytes:
     obj = {c: (event_id_hex(v) if c == "event_id" and isinstance(v, bytes) else _jsonable(v))
            for c, v in zip(columns, row, strict=False)}
-    return _json_enc.encode(DeadRow(stream=stream, reason=reason, row=obj))
+    return _dead_enc.encode(DeadRow(stream=stream, reason=reason, row=obj))
 
 
 def dead_frame(stream: str, reason: str, frame: bytes) -> bytes:
@@ -158,21 +168,23 @@ class BatchBuilder:
             except FrameError as exc:
                 dead.append(dead_frame(name, str(exc), frame))
                 continue
-            plan = self._plan(cols)
             if "event_id" not in cols:
                 dead.append(dead_frame(name, "frame has no event_id column", frame))
                 continue
+            plan = self._plan(cols)
+            if plan.identity and all(len(r) == plan.width for r in frows):
+                rows.extend(frows)
+            else:
+                try:
+                    frame_rows, frame_dead = self._normalise(plan, cols, frows)
+                except Exception as exc:  # noqa: BLE001 - one odd frame must not stop the batch
+                    dead.append(dead_frame(name, f"cannot normalise the frame: {type(exc).__name__}: {exc}", frame))
+                    continue
+                rows.extend(frame_rows)
+                dead.extend(frame_dead)
             compressed += len(frame)
             if ratio == 0.0:
                 ratio = _expansion(frame)
-            if plan.identity and all(len(r) == plan.width for r in frows):
-                rows.extend(frows)
-                continue
-            for r in frows:
-                if len(r) != plan.width:
-                    dead.append(dead_row(name, f"row has {len(r)} values for {plan.width} columns", cols, r))
-                else:
-                    rows.append(r if plan.identity else plan.apply(r))
         oldest: int | None = None
         if rows:
             first = rows[0][self._eid]
@@ -181,6 +193,18 @@ class BatchBuilder:
         nbytes = int(compressed * ratio)
         batch = Batch(stream=self.stream, batch_id=batch_id, columns=self.columns, rows=rows, nbytes=nbytes)
         return Built(batch=batch, dead=dead, oldest_ms=oldest)
+
+
+    def _normalise(self, plan: _Plan, cols: Sequence[str],
+                   frows: Sequence[Sequence[Any]]) -> tuple[list[Sequence[Any]], list[bytes]]:
+        rows: list[Sequence[Any]] = []
+        dead: list[bytes] = []
+        for r in frows:
+            if len(r) != plan.width:
+                dead.append(dead_row(self.stream.name, f"row has {len(r)} values for {plan.width} columns", cols, r))
+            else:
+                rows.append(r if plan.identity else plan.apply(r))
+        return rows, dead
 
 
 def _expansion(frame: bytes) -> float:

@@ -36,6 +36,8 @@ class FlusherMetrics:
         self.redis_maxmemory = Gauge("oceanus_redis_maxmemory_bytes", "Redis maxmemory (0 = unlimited)",
                                      registry=r)
         self.draining = Gauge("oceanus_flusher_draining", "1 after SIGTERM", registry=r)
+        self.worker_restarts = Counter("oceanus_worker_restarts",
+                                       "Worker loops restarted after an unexpected exception", ["stream"], registry=r)
 
     def init_stream(self, stream: str) -> None:
         """Create the labelled series at 0 so dashboards see every stream from the start."""
@@ -47,6 +49,7 @@ class FlusherMetrics:
         self.batch_target_rows.labels(stream)
         self.sink_write_duration.labels(stream)
         self.lag_seconds.labels(stream)
+        self.worker_restarts.labels(stream)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -242,6 +242,9 @@ class FlusherConfig(_Base, frozen=True):
     #: Failed writes of a batch (of a half of one, ...) with a retryable error before it
     #: is split in halves to isolate the rows at fault (docs/ARCHITECTURE.md, delivery).
     poison_after_failures: PositiveInt = 5
+    #: Failed writes of a batch (of a half of one, ...) with a retryable error before it
+    #: is split in halves to isolate the rows at fault (docs/ARCHITECTURE.md, delivery).
+    poison_after_failures: PositiveInt = 5
 
 
 class DuckDBConfig(_Base, frozen=True):

@@ -64,6 +64,14 @@ class Metrics:
         self.spool_frames = Gauge("oceanus_spool_frames", "Frames waiting in the spool",
                                   multiprocess_mode="livesum", registry=r)
         self.draining = Gauge("oceanus_collector_draining", "1 after SIGTERM", multiprocess_mode="livemax", registry=r)
+        self.spool_quarantined = Counter(
+            "oceanus_spool_quarantined_bytes", "Unreadable spool bytes skipped and copied to a quarantine file",
+            ["reason"], registry=r,
+        )
+        self.spool_abandoned = Counter(
+            "oceanus_spool_abandoned_bytes", "Spool bytes a worker exited with (drain budget spent or Redis down)",
+            registry=r,
+        )
         self.redis_up.set(1)
         self.spool_bytes.set(0)
         self.spool_frames.set(0)

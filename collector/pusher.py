@@ -17,6 +17,13 @@ fsync. The spool is replayed, in order, before any new frame is pushed once
 Redis answers again. Only when the spool is full does the future fail
 (:class:`Unavailable` -> 503).
 
+On shutdown (:meth:`Pusher.drain`) the queued batch is written, then the whole
+spool is replayed while Redis answers, within the drain budget: a spool on a
+pod's ephemeral disk is deleted with the pod, so every acknowledged frame left
+in it at exit is lost. Whatever is left is logged with its byte count and
+counted (``oceanus_spool_abandoned_bytes_total``), and ``oceanus collector``
+exits non-zero (collector/server.py).
+
 Delivery is at least once: a connection lost after Redis applied a pipeline
 but before its reply arrived leads to the same frame being spooled and
 replayed; the flusher dedupes rows by ``event_id``.
@@ -107,6 +114,8 @@ class Pusher:
         self._waker: asyncio.Future[bool] | None = None
         self._full: asyncio.Future[None] | None = None
         self._stopping = False
+        # Monotonic time the shutdown replay of the spool must stop by (set by drain).
+        self._drain_deadline = 0.0
         self._task: asyncio.Task[None] | None = None
         # Stats written with the next round: (stream, minute) -> [accepted, rejected].
         self._stats: dict[tuple[str, int], list[int]] = {}
@@ -116,6 +125,8 @@ class Pusher:
         self._retry_wait = RETRY_BASE_S
         self._stats_due = 0.0
         self._metrics_due = 0.0
+        # Quarantined spool bytes already added to the metric, by reason.
+        self._quarantined_counted: dict[str, int] = {}
 
     # -- request side -----------------------------------------------------------
 
@@ -170,6 +181,9 @@ class Pusher:
         while True:
             if not self._batch.count:
                 if self._stopping:
+                    if self._spool.pending and time.monotonic() < self._drain_deadline:
+                        await self._replay_before_exit()
+                        continue  # a batch may have come in meanwhile
                     if (self._stats or self._errors) and self.redis_up:
                         await self._push([], with_stats=True)  # last counts, once; best effort
                     return
@@ -319,7 +333,23 @@ class Pusher:
         key = self._queue_keys.get(stream)
         return key if key is not None else self._keys.queue(stream).encode()
 
-    async def _replay(self) -> None:
+    async def _replay_before_exit(self) -> None:
+        """Replay the spool until it is empty, a batch arrives, or the drain deadline.
+
+        Redis is retried on the usual backoff until the deadline: a spool left at
+        exit is lost with the pod's disk, so a Redis that comes back within the
+        budget is worth waiting for.
+        """
+        while self._spool.pending and not self._batch.count:
+            now = time.monotonic()
+            if now >= self._drain_deadline:
+                return
+            if not self.redis_up and now < self._retry_at:
+                await self._sleep(min(self._retry_at, self._drain_deadline) - now)
+                continue
+            await self._replay(None)
+
+    async def _replay(self, max_records: int | None = REPLAY_RECORDS_PER_ROUND) -> None:
         if time.monotonic() < self._retry_at and not self.redis_up:
             return
 
@@ -329,7 +359,7 @@ class Pusher:
                 raise Unavailable("Redis refused a replayed frame")
 
         try:
-            await self._spool.replay(push, REPLAY_RECORDS_PER_ROUND)
+            await self._spool.replay(push, max_records)
         except (Unavailable, OSError):
             self._mark_down()
         self._update_spool_metrics()
@@ -351,6 +381,11 @@ class Pusher:
     def _update_spool_metrics(self) -> None:
         self._metrics.spool_bytes.set(self._spool.pending_bytes)
         self._metrics.spool_frames.set(self._spool.pending_frames)
+        for reason, total in self._spool.quarantined.items():
+            new = total - self._quarantined_counted.get(reason, 0)
+            if new:
+                self._metrics.spool_quarantined.labels(reason).inc(new)
+                self._quarantined_counted[reason] = total
 
     # -- shutdown -------------------------------------------------------------------------
 
@@ -361,14 +396,24 @@ class Pusher:
             self._full.set_result(None)
 
     async def drain(self, timeout_s: float) -> bool:
-        """Write what is queued (Redis, else spool) and stop. True if all was written."""
+        """Write what is queued (Redis, else spool), replay the spool, and stop.
+
+        True if everything acknowledged reached Redis; False (logged and counted)
+        if the budget ran out first or Redis stayed unreachable.
+        """
+        # The writer stops replaying a little early so it ends by itself, between
+        # two replay rounds, rather than being cancelled in the middle of one.
+        self._drain_deadline = time.monotonic() + max(timeout_s - IDLE_ROUND_S, 0.0)
+        if self._spool.pending:
+            log.info("draining: replaying %d bytes of spool to Redis within %.1f s",
+                     self._spool.pending_bytes, timeout_s)
         self._stopping = True
         if self._full is not None and not self._full.done():
             self._full.set_result(None)
         self._wake()
         task = self._task
         if task is None:
-            return True
+            return self._left_in_spool() == 0
         try:
             await asyncio.wait_for(asyncio.shield(task), timeout_s)
         except TimeoutError:
@@ -376,8 +421,20 @@ class Pusher:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             _fail(self._batch.future, Unavailable("shutting down"))
+            self._left_in_spool()
             return False
-        return True
+        return self._left_in_spool() == 0
+
+    def _left_in_spool(self) -> int:
+        """Report acknowledged bytes still in the spool as the writer stops."""
+        self._update_spool_metrics()
+        left = self._spool.pending_bytes
+        if left:
+            self._metrics.spool_abandoned.inc(left)
+            log.error("exiting with %d bytes of acknowledged events still in the spool %s (Redis %s); "
+                      "they are lost if this disk goes away with the pod", left, self._spool.directory,
+                      "answering" if self.redis_up else "unreachable")
+        return left
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

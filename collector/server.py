@@ -13,6 +13,14 @@ one turns ``/readyz`` 503, lets in-flight requests finish, writes what is
 queued (Redis, else the spool) within ``collector.drain_timeout_s``, and exits.
 granian kills a worker that overstays by a few seconds.
 
+Each worker replays its whole spool to Redis before it exits (collector/pusher.py).
+Once every worker is gone, spool bytes no live process holds were acknowledged and
+not replayed (Redis unreachable, or the drain budget spent): the command says how
+many and exits ``EXIT_SPOOL_LEFT``, since on Kubernetes that disk goes with the pod.
+A full spool needs :func:`collector.spool.drain_budget_s` of ``drain_timeout_s``
+(replay plans on 8 MB/s: 150 s for 1 GiB); where the spool's disk dies with the
+pod (k8s), the config and grace periods follow from that, and a test checks them.
+
 Worker death: granian respawns a worker that exits unexpectedly; the new one
 claims the dead worker's spool file (collector/spool.py) and replays it.
 """
@@ -23,9 +31,11 @@ import argparse
 import math
 import os
 import shutil
+import sys
 import tempfile
 from typing import Any
 
+from collector import spool
 from collector.access import load_keys
 from oceanus import config
 from oceanus.config import CollectorConfig
@@ -36,6 +46,8 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 #: Extra seconds granian gives a worker beyond its drain before killing it.
 KILL_MARGIN_S = 3
+#: Exit status when acknowledged events are left in the spool at exit.
+EXIT_SPOOL_LEFT = 3
 
 
 #: HTTP/2 streams one connection may open at once (granian's minimum is 10): each
@@ -110,4 +122,9 @@ def main(args: argparse.Namespace) -> int:
         server.serve()
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
+    left = spool.usage(c.spool_dir, unowned_only=True)
+    if left.bytes:
+        print(f"oceanus collector: exiting with {left.bytes} bytes of acknowledged events not replayed to Redis "
+              f"in {left.files} spool file(s) under {c.spool_dir}", file=sys.stderr, flush=True)
+        return EXIT_SPOOL_LEFT
     return 0

@@ -8,14 +8,24 @@ spooled by a crashed or restarted collector are replayed too.
 
 Record: ``len:u32 | crc32:u32 | msgpack([stream, frame])``, little-endian. Each
 append is one ``write`` followed by ``fsync`` before the HTTP responses are
-sent. A torn record at the tail (power cut mid-append) fails its length or CRC
-check and is dropped: its requests were never acknowledged.
+sent. A record that fails its length, CRC or decode check is unreadable: the
+reader resyncs on the next offset where a whole record validates, so one bad
+record costs only itself -- every record after it was acknowledged too. The
+unreadable bytes are copied to ``<spool file>.quarantine`` beside it, logged
+and counted (``oceanus_spool_quarantined_bytes_total``): ``torn_tail`` when
+they run to the end of the file and their header claims more bytes than are
+there (an append cut short by a power cut; never acknowledged), ``corrupt``
+otherwise.
 
 Replay reads records in order and hands them to a push callback in chunks;
 after each acknowledged chunk the read offset is saved beside the file
 (``.off``, fsync'd) so a crash during replay re-sends at most one chunk (the
 flusher dedupes rows by ``event_id``). A fully replayed file of our own is
 truncated; a claimed one is deleted.
+
+Pending bytes are the bytes not yet replayed (size minus the saved offset) of
+every ``spool-*.log``; :func:`usage` is the one reading of that from the
+directory, for every page that shows it.
 """
 
 from __future__ import annotations
@@ -23,29 +33,106 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
 import struct
 import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 
 _HEADER = struct.Struct("<II")
-#: Records handed to one replay push (one pipelined round trip).
-REPLAY_CHUNK_RECORDS = 256
+#: At most this many records, or about this many bytes, go in one replay push (one
+#: pipelined round trip, then one fsync of the offset). Each chunk costs Redis an
+#: AOF fsync (``appendfsync always``) and us one: chunks much smaller than this
+#: make replay fsync-bound (bench/RESULTS.md, "Spool replay").
+REPLAY_CHUNK_RECORDS = 4096
+REPLAY_CHUNK_BYTES = 4_194_304
 #: The spool counts as full when less room than this is left (readiness).
 FULL_MARGIN_BYTES = 65_536
+#: Replay rate to plan drain budgets with: the slowest measured (one-event
+#: frames into ``appendfsync always`` Redis on a busy 2-core box: 9-16 MB/s;
+#: bench/RESULTS.md, "Spool replay"), rounded down.
+REPLAY_PLANNING_BYTES_PER_S = 8_000_000
+#: Drain seconds besides the replay: in-flight requests and the queued batch.
+DRAIN_BASE_S = 10.0
+#: Bytes read per step while looking for the next valid record after a bad one.
+RESYNC_BLOCK_BYTES = 1_048_576
+#: Suffix of the file beside a spool file that keeps its unreadable bytes.
+QUARANTINE_SUFFIX = ".quarantine"
+#: Reasons bytes are quarantined (the metric's ``reason`` label).
+TORN_TAIL = "torn_tail"
+CORRUPT = "corrupt"
+# Every payload is msgpack([stream, frame]): a fixarray of two starts with this
+# byte, so the resync scan checks a CRC only where it appears.
+_PAYLOAD_START = b"\x92"
 
 Record = tuple[str, bytes]
 Push = Callable[[list[Record]], Awaitable[None]]
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(tuple[str, bytes]).decode
+log = logging.getLogger("oceanus.collector")
+
+
+def drain_budget_s(max_bytes: int) -> float:
+    """``collector.drain_timeout_s`` that replays a full spool of ``max_bytes`` on SIGTERM."""
+    return DRAIN_BASE_S + max_bytes / REPLAY_PLANNING_BYTES_PER_S
+
+
+class Usage(NamedTuple):
+    """Pending (not yet replayed) bytes in a spool directory, and the files holding them."""
+
+    bytes: int
+    files: int
+
+
+class Bad(NamedTuple):
+    """Unreadable bytes ``[start, end)`` of a spool file, and why (``TORN_TAIL`` or ``CORRUPT``)."""
+
+    start: int
+    end: int
+    reason: str
+
+
+def _pending(size: int, offset: int) -> int:
+    # An offset past the end (the file was truncated under it) replays the whole file.
+    return size - offset if 0 <= offset <= size else size
+
+
+def usage(directory: str | os.PathLike[str], unowned_only: bool = False) -> Usage:
+    """Pending spool bytes of every worker's file under ``directory``.
+
+    The one reading of the spool's depth from disk: ``oceanus status`` and the
+    collector's ``/_/status`` both call it, so they cannot disagree. Replayed
+    bytes (before the saved offset), ``.off`` and quarantine files are not
+    pending. ``unowned_only``: only files no live process holds (left behind).
+    """
+    total = files = 0
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return Usage(0, 0)
+    for entry in entries:
+        if not (entry.name.startswith("spool-") and entry.name.endswith(".log")):
+            continue
+        try:
+            size = entry.stat().st_size
+        except OSError:
+            continue
+        pending = _pending(size, _read_offset(Path(entry.path)))
+        if pending > 0 and unowned_only and not _unowned(Path(entry.path)):
+            continue
+        if pending > 0:
+            total += pending
+            files += 1
+    return Usage(total, files)
 
 
 class _File:
-    __slots__ = ("path", "fd", "offset", "size", "frames", "own")
+    __slots__ = ("path", "fd", "offset", "size", "frames", "own", "quarantined_to")
 
     def __init__(self, path: Path, fd: int, own: bool) -> None:
         self.path = path
@@ -56,14 +143,21 @@ class _File:
         if self.offset > self.size:
             self.offset = 0
         self.frames = 0
+        # Bad bytes before this offset are already in the quarantine file: a replay
+        # that re-reads them (its push failed) must not copy or count them twice.
+        self.quarantined_to = self.offset
 
     @property
     def pending_bytes(self) -> int:
-        return self.size - self.offset
+        return _pending(self.size, self.offset)
 
 
 def _offset_path(path: Path) -> Path:
     return path.with_suffix(".off")
+
+
+def quarantine_path(path: Path) -> Path:
+    return path.with_suffix(QUARANTINE_SUFFIX)
 
 
 def _read_offset(path: Path) -> int:
@@ -97,6 +191,21 @@ def _try_lock(path: Path) -> int | None:
     return fd
 
 
+def _unowned(path: Path) -> bool:
+    """No process holds ``path``'s lock (a shared probe, released at once)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing drops the probe's lock
+    return True
+
+
 class Spool:
     """Bounded, fsync'd, ordered. Not thread-safe: one owner task uses it."""
 
@@ -105,6 +214,8 @@ class Spool:
         self.max_bytes = max_bytes
         self._files: list[_File] = []  # claimed orphans first (oldest first), ours last
         self._own: _File | None = None
+        #: Bytes moved to quarantine files since open, by reason (for the metric).
+        self.quarantined: dict[str, int] = {TORN_TAIL: 0, CORRUPT: 0}
 
     def open(self) -> Spool:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -176,8 +287,8 @@ class Spool:
         return True
 
     async def replay(self, push: Push, max_records: int | None = None) -> int:
-        """Push pending records in order (at least ``max_records`` if given, else all);
-        returns how many were pushed.
+        """Push pending records in order (``max_records`` if given, in chunks of at
+        most that many; else all); returns how many were pushed.
 
         ``push`` raising stops the replay where it is (the offset is kept).
         """
@@ -186,7 +297,8 @@ class Spool:
             while f.pending_bytes:
                 if max_records is not None and pushed >= max_records:
                     return pushed
-                chunk, end = await asyncio.to_thread(_read_chunk, f, REPLAY_CHUNK_RECORDS)
+                limit = REPLAY_CHUNK_RECORDS if max_records is None else min(REPLAY_CHUNK_RECORDS, max_records)
+                chunk, end = await asyncio.to_thread(self._read, f, limit)
                 if chunk:
                     await push(chunk)
                     pushed += len(chunk)
@@ -198,12 +310,38 @@ class Spool:
                     _write_offset(f.path, f.offset)
         return pushed
 
+    def _read(self, f: _File, limit: int) -> tuple[list[Record], int]:
+        """The next chunk of ``f``; its unreadable bytes go to quarantine first (blocking)."""
+        chunk, end, bad = _read_chunk(f, limit, REPLAY_CHUNK_BYTES)
+        for b in bad:
+            if b.start >= f.quarantined_to:
+                self._quarantine(f, b)
+                f.quarantined_to = b.end
+        return chunk, end
+
+    def _quarantine(self, f: _File, bad: Bad) -> None:
+        data = os.pread(f.fd, bad.end - bad.start, bad.start)
+        qpath = quarantine_path(f.path)
+        fd = os.open(qpath, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.quarantined[bad.reason] += len(data)
+        if bad.reason == CORRUPT:
+            log.error("spool %s: %d unreadable bytes at offset %d skipped (resynced on the next valid record), "
+                      "copied to %s", f.path, len(data), bad.start, qpath)
+        else:
+            log.warning("spool %s: torn tail of %d bytes at offset %d (an append cut short, never "
+                        "acknowledged), copied to %s", f.path, len(data), bad.start, qpath)
+
     def _finish(self, f: _File) -> None:
         """A file is fully replayed: truncate ours, delete a claimed one."""
         if f.own:
             os.ftruncate(f.fd, 0)
             os.fsync(f.fd)
-            f.size = f.offset = f.frames = 0
+            f.size = f.offset = f.frames = f.quarantined_to = 0
             with contextlib.suppress(FileNotFoundError):
                 _offset_path(f.path).unlink()
         else:
@@ -222,30 +360,75 @@ class Spool:
         self._own = None
 
 
-def _read_chunk(f: _File, limit: int) -> tuple[list[Record], int]:
-    """Up to ``limit`` valid records from ``f.offset`` and the offset after them.
+def _read_chunk(f: _File, limit: int, max_bytes: int) -> tuple[list[Record], int, list[Bad]]:
+    """Up to ``limit`` valid records (and about ``max_bytes``) from ``f.offset``,
+    the offset after them, and the unreadable byte ranges skipped on the way.
 
-    When no valid record is left but bytes remain, they are a torn tail (an
-    append cut short, never acknowledged): the returned offset skips them.
+    A record that fails a check is skipped up to the next offset where a whole
+    record validates (header in bounds, CRC, decode); with none left, the rest
+    of the file is skipped.
     """
     out: list[Record] = []
+    bad: list[Bad] = []
     size = f.size
     pos = f.offset
-    while len(out) < limit and pos + _HEADER.size <= size:
-        length, crc = _HEADER.unpack(os.pread(f.fd, _HEADER.size, pos))
-        if pos + _HEADER.size + length > size:
-            break
-        payload = os.pread(f.fd, length, pos + _HEADER.size)
-        if zlib.crc32(payload) != crc:
-            break
-        try:
-            out.append(_decode(payload))
-        except msgspec.DecodeError:
-            break
-        pos += _HEADER.size + length
-    if not out:
-        pos = size
-    return out, pos
+    stop = pos + max_bytes
+    while len(out) < limit and pos < min(size, stop):
+        record, end = _record_at(f.fd, pos, size)
+        if record is not None:
+            out.append(record)
+            pos = end
+            continue
+        resync = _next_record(f.fd, pos + 1, size)
+        if resync is None:
+            bad.append(Bad(pos, size, TORN_TAIL if _runs_past_end(f.fd, pos, size) else CORRUPT))
+            pos = size
+        else:
+            bad.append(Bad(pos, resync, CORRUPT))
+            pos = resync
+    return out, pos, bad
+
+
+def _record_at(fd: int, pos: int, size: int) -> tuple[Record | None, int]:
+    """The record at ``pos`` and the offset after it, or (None, pos) if it does not validate."""
+    if pos + _HEADER.size > size:
+        return None, pos
+    length, crc = _HEADER.unpack(os.pread(fd, _HEADER.size, pos))
+    end = pos + _HEADER.size + length
+    if end > size:
+        return None, pos
+    payload = os.pread(fd, length, pos + _HEADER.size)
+    if zlib.crc32(payload) != crc:
+        return None, pos
+    try:
+        return _decode(payload), end
+    except msgspec.DecodeError:
+        return None, pos
+
+
+def _next_record(fd: int, start: int, size: int) -> int | None:
+    """The first offset at or after ``start`` where a whole record validates."""
+    pos = start
+    while pos + _HEADER.size < size:
+        # Candidate offsets pos .. pos+len(block)-1; block holds their payloads' first bytes.
+        block = os.pread(fd, RESYNC_BLOCK_BYTES, pos + _HEADER.size)
+        if not block:
+            return None
+        i = block.find(_PAYLOAD_START)
+        while i != -1:
+            if _record_at(fd, pos + i, size)[0] is not None:
+                return pos + i
+            i = block.find(_PAYLOAD_START, i + 1)
+        pos += len(block)
+    return None
+
+
+def _runs_past_end(fd: int, pos: int, size: int) -> bool:
+    """The bytes from ``pos`` to the end are the start of a record cut short."""
+    if pos + _HEADER.size > size:
+        return True
+    length: int = _HEADER.unpack(os.pread(fd, _HEADER.size, pos))[0]
+    return pos + _HEADER.size + length > size
 
 
 def _count(f: _File) -> int:
@@ -253,7 +436,7 @@ def _count(f: _File) -> int:
     total = 0
     try:
         while f.offset < f.size:
-            chunk, f.offset = _read_chunk(f, 4096)
+            chunk, f.offset, _ = _read_chunk(f, REPLAY_CHUNK_RECORDS, REPLAY_CHUNK_BYTES)
             total += len(chunk)
     finally:
         f.offset = saved

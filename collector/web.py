@@ -23,7 +23,6 @@ import base64
 import gzip
 import hashlib
 import hmac
-import os
 import re
 import time
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ import msgspec
 from redis.exceptions import RedisError
 
 from collector._types import Receive, Scope, Send
+from collector.spool import usage as spool_usage
 from oceanus.buffer import FrameError, Keys, decode_frame, event_id_time_ms
 from oceanus.config import Config, StreamConfig
 
@@ -214,30 +214,9 @@ _snapshot_json = msgspec.json.Encoder()
 
 
 def spool_status(directory: str) -> SpoolStatus:
-    """Pending spool bytes of every worker, from the files (see collector/spool.py:
-    ``spool-*.log`` with the replayed offset in ``.off`` beside each)."""
-    total = files = 0
-    try:
-        entries = list(os.scandir(directory))
-    except OSError:
-        return SpoolStatus(bytes=0, files=0)
-    for entry in entries:
-        if not (entry.name.startswith("spool-") and entry.name.endswith(".log")):
-            continue
-        try:
-            size = entry.stat().st_size
-        except OSError:
-            continue
-        offset = 0
-        try:
-            offset = int(Path(entry.path).with_suffix(".off").read_text() or 0)
-        except (OSError, ValueError):
-            pass
-        pending = size - offset if 0 <= offset <= size else size
-        if pending > 0:
-            total += pending
-            files += 1
-    return SpoolStatus(bytes=total, files=files)
+    """Pending spool bytes of every worker (the same reading as ``oceanus status``)."""
+    used = spool_usage(directory)
+    return SpoolStatus(bytes=used.bytes, files=used.files)
 
 
 def _oldest_ms(item: Any) -> tuple[int | None, int]:

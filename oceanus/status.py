@@ -3,8 +3,9 @@
 Rows stored come from the warehouse (through :mod:`oceanus.query`, so it works
 while the flusher holds DuckDB's lock); the Redis backlog is counted in rows by
 decoding the frames (one frame holds a whole collector micro-batch); the spool
-depth comes from the collector's ``/metrics`` while it runs, else from the
-size of the spool directory.
+depth in bytes is :func:`collector.spool.usage` of the spool directory (the
+bytes not yet replayed, the same reading as the collector's ``/_/status``), and
+its frames come from the collector's ``/metrics`` while it runs.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import msgspec
 
+from collector.spool import usage as spool_usage
 from oceanus import config, devstate
 from oceanus.buffer import FrameError, Keys, decode_frame
 from oceanus.query import QueryError, run_sql
@@ -42,8 +44,9 @@ class StreamStatus(msgspec.Struct, kw_only=True):
 
 class SpoolStatus(msgspec.Struct, kw_only=True):
     frames: int | None = None
+    #: Pending (not yet replayed) bytes, from the directory.
     bytes: int = 0
-    #: "collector" (its /metrics) or "disk" (the directory, collector stopped).
+    #: "collector" (frames from its /metrics) or "disk" (collector stopped: no frame count).
     source: str = "disk"
 
 
@@ -144,18 +147,16 @@ def metric_values(text: str, names: set[str]) -> dict[str, float]:
 
 
 def spool_status(collector_url: str | None, spool_dir: Path) -> SpoolStatus:
+    pending = spool_usage(spool_dir).bytes
     if collector_url:
         try:
             with urllib.request.urlopen(collector_url + "/metrics", timeout=REDIS_TIMEOUT_S) as resp:
-                values = metric_values(resp.read().decode(), {"oceanus_spool_frames", "oceanus_spool_bytes"})
-            if "oceanus_spool_bytes" in values:
-                frames = values.get("oceanus_spool_frames")
-                return SpoolStatus(frames=None if frames is None else int(frames),
-                                   bytes=int(values["oceanus_spool_bytes"]), source="collector")
+                values = metric_values(resp.read().decode(), {"oceanus_spool_frames"})
+            if "oceanus_spool_frames" in values:
+                return SpoolStatus(frames=int(values["oceanus_spool_frames"]), bytes=pending, source="collector")
         except (urllib.error.URLError, OSError):
             pass
-    size = sum(p.stat().st_size for p in spool_dir.rglob("*") if p.is_file()) if spool_dir.is_dir() else 0
-    return SpoolStatus(bytes=size, source="disk")
+    return SpoolStatus(bytes=pending, source="disk")
 
 
 def collect(data_dir: Path, config_file: str | None = None) -> Status:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from collector.app import App
-from collector.spool import Spool
+from collector.spool import CORRUPT, TORN_TAIL, Spool, quarantine_path
 from oceanus import config
 from tests.collector.asgi import request, running
 from tests.collector.conftest import queued_rows
@@ -64,7 +64,8 @@ async def test_spool_full_is_503_and_not_ready(make_config: MakeConfig, redis_se
 
 async def test_spool_survives_a_collector_restart(make_config: MakeConfig, redis_server: RedisServer,
                                                   tmp_path: Path) -> None:
-    cfg = make_config()
+    # A short drain: with Redis down the shutdown retries it until the budget is spent.
+    cfg = make_config(drain_timeout_s=0.5)
     redis_server.stop()
     async with running(App(cfg)) as app:
         results = [await request(app, "GET", "/b/pageview", f"sid={i:x}&evt=view") for i in range(10)]
@@ -96,6 +97,8 @@ def test_torn_tail_is_dropped(tmp_path: Path) -> None:
     asyncio.run(other.replay(push))
     assert pushed == [("pageview", b"frame-1"), ("pageview", b"frame-2")]
     assert not other.pending
+    assert other.quarantined == {TORN_TAIL: 11, CORRUPT: 0}
+    assert quarantine_path(own).read_bytes() == b"\x40\x00\x00\x00partial"
     other.close()
 
 

@@ -28,7 +28,8 @@ def frame(n: int, received_us: int) -> bytes:
 def stack(tmp_path: Path, redis_server: RedisServer) -> Path:
     data = tmp_path / "data"
     (data / "spool").mkdir(parents=True)
-    (data / "spool" / "segment-1").write_bytes(b"x" * 123)
+    # A dead worker's spool file, nothing replayed yet (collector/spool.py names them so).
+    (data / "spool" / "spool-1-00000000.log").write_bytes(b"x" * 123)
     now_us = time.time_ns() // 1000
     keys = Keys("oceanus")
     r = redis_server.client()

@@ -10,13 +10,23 @@ Environment overrides: any scalar key outside ``streams`` can be set with
 ``OCEANUS_SINK_DUCKDB_PATH``, ``OCEANUS_COLLECTOR_PORT``...). Values are parsed
 as TOML scalars when they look like one (``8080``, ``true``, ``["a","b"]``),
 else taken as strings.
+
+Kubernetes puts service-link variables in every container's environment, one
+set per Service of the namespace (``oceanus-collector`` ->
+``OCEANUS_COLLECTOR_SERVICE_HOST``, ``OCEANUS_COLLECTOR_PORT=tcp://10.0.0.1:80``,
+...). Those exact shapes, with the values the kubelet gives them, are ignored
+(logged at debug) rather than read as keys; any other ``OCEANUS_*`` name that
+is not a key is still an error naming it.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
 import re
 import tomllib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -25,6 +35,8 @@ import msgspec
 from msgspec import Meta, Struct
 
 from oceanus.errors import ConfigError
+
+log = logging.getLogger("oceanus.config")
 
 PositiveInt = Annotated[int, Meta(gt=0)]
 NonNegInt = Annotated[int, Meta(ge=0)]
@@ -448,12 +460,67 @@ def _parse_env_value(text: str) -> Any:
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
+# What the kubelet injects for a Service <SVC> (its name upper-cased, "-" -> "_")
+# and each of its ports (k8s pkg/kubelet/envvars): the name's suffix, then the
+# shape of the value that suffix always has.
+_SERVICE_LINK_NAME = re.compile(
+    r"^[A-Z_][A-Z0-9_]*?_(?:(?P<host>SERVICE_HOST)|(?P<port>SERVICE_PORT(?:_[A-Z0-9_]+)?)|(?P<url>PORT)"
+    r"|PORT_(?P<n>[0-9]{1,5})_(?P<proto>TCP|UDP|SCTP)(?:_(?P<part>PROTO|PORT|ADDR))?)$"
+)
+_SERVICE_LINK_URL = re.compile(r"^(?:tcp|udp|sctp)://(?P<ip>[0-9.]+|\[[0-9a-fA-F:.]+\]):(?P<port>[0-9]{1,5})$")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def is_service_link(name: str, value: str) -> bool:
+    """True for a variable the kubelet injects for a Service (exact name shape and value shape)."""
+    m = _SERVICE_LINK_NAME.match(name)
+    if m is None:
+        return False
+    if m["host"]:
+        return _is_ip(value)
+    if m["port"]:
+        return value.isdigit()
+    url = _SERVICE_LINK_URL.match(value)
+    if m["url"]:
+        return url is not None and _is_ip(url["ip"].strip("[]"))
+    n, proto, part = m["n"], m["proto"], m["part"]
+    if part == "PROTO":
+        return value == proto.lower()
+    if part == "PORT":
+        return value == n
+    if part == "ADDR":
+        return _is_ip(value)
+    return (url is not None and _is_ip(url["ip"].strip("[]")) and url["port"] == n
+            and value.startswith(proto.lower() + "://"))
+
+
+def _wants_int(path: tuple[str, ...]) -> bool:
+    node: Any = Config
+    for key in path:
+        node = next(f.type for f in msgspec.structs.fields(node) if f.name == key)
+    if typing.get_origin(node) is Annotated:
+        node = typing.get_args(node)[0]
+    return node is int
+
+
         return text
 
 
 def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
     paths = _env_paths(Config)
     for name, text in env.items():
+        # A Service named oceanus-collector makes OCEANUS_COLLECTOR_PORT=tcp://10.0.0.1:80,
+        # the name of the collector.port key: such a value is never a port number.
+        if (path is None or _wants_int(path)) and is_service_link(name, text):
+            log.debug("%s: a Kubernetes service-link variable, not a configuration key; ignored", name)
+            continue
         if not name.startswith("OCEANUS_") or name in ENV_NOT_KEYS:
             continue
         path = paths.get(name)

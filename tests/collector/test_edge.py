@@ -255,3 +255,54 @@ def test_slow_bodies_from_one_address_beyond_the_connection_cap(redis_server: Re
     assert statuses.count(b"429") == 2500 - 32
     assert _p99(ms) < P99_LIMIT_MS
     assert sorted(int(r["sid"], 16) for r in queued_rows(redis_server, "pageview")) == list(range(VALID_PER_PHASE))
+
+
+def _h2_frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def _hpack_int(value: int) -> bytes:
+    """An HPACK integer with a 7-bit prefix (string lengths, Huffman bit off)."""
+    if value < 127:
+        return bytes([value])
+    out, value = bytearray([127]), value - 127
+    while value >= 128:
+        out.append(value % 128 + 128)
+        value //= 128
+    out.append(value)
+    return bytes(out)
+
+
+def test_http2_header_flood_when_enabled(redis_server: RedisServer, tmp_path: Path) -> None:
+    """With `http = "auto"`, a header block that never ends is cut at max_header_bytes, not 16 MB."""
+    c = Collector(redis_server, tmp_path, 1, OCEANUS_COLLECTOR_HTTP='"auto"')
+    try:
+        [worker] = wait_for(lambda: [int(p) for p in Path(f"/proc/{c.proc.pid}/task/{c.proc.pid}/children")
+                                     .read_text().split()], what="the worker")
+        pad = 1_000_000
+        # :method GET, :path /, :scheme http (static table), then x-pad: <1 MB> without indexing.
+        block = b"\x82\x84\x86" + b"\x00" + _hpack_int(5) + b"x-pad" + _hpack_int(pad) + b"a" * pad
+        chunks = [block[i:i + 16_384] for i in range(0, len(block), 16_384)]
+        baseline = RssSampler.rss(worker)
+        sampler = RssSampler(worker)
+        sampler.start()
+        socks = _open(c.port, 40, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _h2_frame(0x4, 0, 0, b""))
+        cut = 0
+        for s in socks:
+            try:
+                s.sendall(_h2_frame(0x1, 0x1, 1, chunks[0]))  # HEADERS, END_STREAM, no END_HEADERS
+                for chunk in chunks[1:]:
+                    s.sendall(_h2_frame(0x9, 0, 1, chunk))  # CONTINUATION
+            except OSError:  # reset by the server mid-block
+                cut += 1
+        answers = _answers(socks, 3)
+        ms = [_pixel_ms(c.port, i) for i in range(VALID_PER_PHASE)]
+        sampler.stop()
+    finally:
+        c.stop()
+    growth = sampler.peak - baseline
+    print(f"\nHTTP/2 header flood: {cut} of 40 cut mid-block, RSS +{growth / 2**20:.1f} MiB, "
+          f"pixels p99 {_p99(ms):.1f} ms")
+    assert answers.count(b"OPEN") == 0
+    assert growth < 40 * 2**20 // 4  # far below the 40 MB the blocks would hold
+    assert _p99(ms) < P99_LIMIT_MS

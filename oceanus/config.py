@@ -460,6 +460,9 @@ def _parse_env_value(text: str) -> Any:
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
+        return text
+
+
 # What the kubelet injects for a Service <SVC> (its name upper-cased, "-" -> "_")
 # and each of its ports (k8s pkg/kubelet/envvars): the name's suffix, then the
 # shape of the value that suffix always has.
@@ -510,20 +513,17 @@ def _wants_int(path: tuple[str, ...]) -> bool:
     return node is int
 
 
-        return text
-
-
 def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
     paths = _env_paths(Config)
     for name, text in env.items():
+        if not name.startswith("OCEANUS_") or name in ENV_NOT_KEYS:
+            continue
+        path = paths.get(name)
         # A Service named oceanus-collector makes OCEANUS_COLLECTOR_PORT=tcp://10.0.0.1:80,
         # the name of the collector.port key: such a value is never a port number.
         if (path is None or _wants_int(path)) and is_service_link(name, text):
             log.debug("%s: a Kubernetes service-link variable, not a configuration key; ignored", name)
             continue
-        if not name.startswith("OCEANUS_") or name in ENV_NOT_KEYS:
-            continue
-        path = paths.get(name)
         if path is None:
             raise ConfigError(f"{name}: not a configuration key (known: OCEANUS_REDIS_URL, ...)")
         node = raw

@@ -270,6 +270,10 @@ def serve_command(cfg: Config, name: str | None, metrics_host: str, metrics_port
 
         start_http_server(metrics_port, addr=metrics_host, registry=metrics.registry)
     imports = _selected(cfg, name)
+    for imp in imports:
+        # Every series exists from the start: an alert on `increase(...)` needs the zero.
+        metrics.rows.labels(imp.name)
+        metrics.failures.labels(imp.name)
     due = {imp.name: 0.0 for imp in imports}
     current_to: dict[str, float] = {}
     while not stop.is_set():

@@ -109,7 +109,10 @@ class App:
         # Volume limits: each worker enforces its share (collector/ratelimit.py).
         self._ip_limit: TokenBuckets | None = None
         if c.ip_rate_per_s > 0:
-            self._ip_limit = TokenBuckets(*per_worker(c.ip_rate_per_s, c.ip_burst, c.workers))
+            # A trusted proxy's own address names no client (a proxy that sent no
+            # X-Forwarded-For, or loopback senders such as `oceanus dev` and the benchmarks).
+            self._ip_limit = TokenBuckets(*per_worker(c.ip_rate_per_s, c.ip_burst, c.workers),
+                                          exempt=self._client_ip.is_trusted)
         # Streams with access rules only: for the others the lookup misses at once.
         self._rules: dict[str, tuple[StreamGate | None, TokenBuckets | None]] = {}
         for name, rule in c.access.items():
@@ -493,7 +496,7 @@ class App:
     def _admit(self, name: str, scope: Scope | None, ip: str, n: int) -> _Reject | None:
         """The stream's access rules (when ``scope`` is given) and the volume limits
         for ``n`` events from ``ip``: None, or the refusal."""
-        rules = self._rules.get(name)
+        rules = self._rules.get(name) if self._rules else None
         limit: TokenBuckets | None = None
         if rules is not None:
             gate, limit = rules
@@ -505,9 +508,7 @@ class App:
         if ip_limit is None and limit is None:
             return None
         now = time.monotonic()
-        # A trusted proxy's own address names no client (a proxy that sent no
-        # X-Forwarded-For, or loopback senders such as `oceanus dev` and the benchmarks).
-        if ip_limit is not None and not self._client_ip.is_trusted(ip):
+        if ip_limit is not None:
             wait = ip_limit.take(ip, n, now)
             if wait:
                 c = self.cfg.collector

@@ -17,6 +17,7 @@ debt), so the first refusal comes exactly at the limit.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 #: Keys one worker tracks per limit. Past it, buckets that have refilled are dropped
 #: (they hold no state a new bucket would not); if most are still draining, all are.
@@ -29,14 +30,21 @@ def per_worker(rate_per_s: float, burst: int, workers: int) -> tuple[float, floa
     return rate_per_s / workers, max(burst / workers, 1.0)
 
 
-class TokenBuckets:
-    __slots__ = ("_buckets", "_burst", "_rate")
+#: The bucket of an exempt key: never limited, and dropped by the first prune
+#: (``inf + (now - inf) * rate`` is NaN, which is not below the burst).
+_EXEMPT: list[float] = [math.inf, math.inf]
 
-    def __init__(self, rate_per_s: float, burst: float) -> None:
+
+class TokenBuckets:
+    __slots__ = ("_buckets", "_burst", "_exempt", "_rate")
+
+    def __init__(self, rate_per_s: float, burst: float, exempt: Callable[[str], bool] | None = None) -> None:
+        """``exempt(key)`` is asked once per new key (not per request): true keys are never limited."""
         if rate_per_s <= 0:
             raise ValueError("rate_per_s must be positive (a limit of 0 is no TokenBuckets at all)")
         self._rate = rate_per_s
         self._burst = burst
+        self._exempt = exempt
         # key -> [tokens, time of the last update]
         self._buckets: dict[str, list[float]] = {}
 
@@ -47,8 +55,13 @@ class TokenBuckets:
         if bucket is None:
             if len(self._buckets) >= MAX_TRACKED_KEYS:
                 self._prune(now)
+            if self._exempt is not None and self._exempt(key):
+                self._buckets[key] = _EXEMPT
+                return 0.0
             bucket = self._buckets[key] = [burst, now]
             tokens = burst
+        elif bucket is _EXEMPT:
+            return 0.0
         else:
             tokens = bucket[0] + (now - bucket[1]) * self._rate
             if tokens > burst:

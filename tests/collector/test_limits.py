@@ -61,6 +61,19 @@ def test_batch_larger_than_the_burst_takes_a_full_bucket_and_leaves_debt() -> No
     assert b.take("a", 1, 0.4) == pytest.approx(0.4)  # 4 tokens to go back up to 1
 
 
+def test_exempt_keys_are_asked_once_and_never_limited() -> None:
+    asked: list[str] = []
+
+    def exempt(key: str) -> bool:
+        asked.append(key)
+        return key.startswith("10.")
+
+    b = TokenBuckets(0.001, 1.0, exempt=exempt)
+    assert [b.take("10.0.0.1", 5, float(t)) for t in range(3)] == [0.0, 0.0, 0.0]
+    assert [b.take("198.51.100.1", 1, 0.0), b.take("198.51.100.1", 1, 0.0)] == [0.0, 1000.0]
+    assert asked == ["10.0.0.1", "198.51.100.1"]
+
+
 def test_per_worker_share_and_retry_after() -> None:
     assert per_worker(1000.0, 10_000, 4) == (250.0, 2500.0)
     assert per_worker(10.0, 3, 8) == (1.25, 1.0)  # never a bucket that cannot hold one event

@@ -62,7 +62,11 @@ def ndjson(batch: Batch) -> bytes:
         obj = convert(row)
         for c in json_cols:
             if c in obj:
-                obj[c] = msgspec.Raw(obj[c].encode())
+                text = obj[c]
+                if not isinstance(text, str):
+                    # A row-specific TypeError: the flusher dead-letters this row alone.
+                    raise TypeError(f"{c}: a JSON column holds {type(text).__name__}, not JSON text")
+                obj[c] = msgspec.Raw(text.encode())
         out += _json.encode(obj)
         out += b"\n"
     return bytes(out)

@@ -403,6 +403,10 @@ class DuckDBSink:
                 except msgspec.DecodeError as exc:
                     bad[i] = f"{c}: not valid JSON ({exc})"
                     break
+                except RecursionError:
+                    # Deeper than the decoder goes: refused as this row's, not raised for the batch.
+                    bad[i] = f"{c}: not valid JSON (nested too deeply to check)"
+                    break
         return bad
 
     # ------------------------------------------------------------------ reads

@@ -11,6 +11,7 @@ import json
 import stat
 import threading
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -258,3 +259,13 @@ def test_dev_token_file_is_private_and_new_each_time(tmp_path: Path) -> None:
     devstate.write_query_token(tmp_path)
     assert stat.S_IMODE(first.stat().st_mode) == 0o600
     assert devstate.read_query_token(tmp_path) not in (None, token)
+
+
+def test_readme_query_example_decodes() -> None:
+    repo = Path(__file__).resolve().parents[2]
+    snippet = (repo / "README.md").read_text().split("```toml\n[flusher]\nquery_enabled = true\n", 1)[1]
+    raw = tomllib.loads((repo / "oceanus.toml").read_text())
+    raw.setdefault("flusher", {}).update(tomllib.loads("query_enabled = true\n" + snippet.split("```", 1)[0]))
+    fcfg = config.decode(raw).flusher
+    assert (fcfg.query_enabled, fcfg.query_token_file, fcfg.query_timeout_s) == (
+        True, "/run/secrets/oceanus-query-token", 10.0)

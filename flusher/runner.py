@@ -486,8 +486,7 @@ class StreamWorker:
                 err = exc if isinstance(exc, SinkError) else SinkError(
                     f"{type(exc).__name__}: {exc}", retryable=False,
                     reason="row" if row_specific(exc) else "bug")
-                if err.reason != "row":  # a value's fault says nothing about the sink's capacity
-                    self.controller.observe_write(len(batch.rows), elapsed, Outcome.from_reason(err.reason), True)
+                self.controller.observe_write(len(batch.rows), elapsed, Outcome.from_reason(err.reason), True)
                 f.metrics.sink_retries.labels(self.name, err.reason).inc()
                 f.metrics.batch_target_rows.labels(self.name).set(self.controller.target_rows)
                 part.failures += 1

@@ -64,22 +64,25 @@ def column_checksums(rows: list[tuple[Any, ...]], columns: tuple[str, ...]) -> d
             for i, name in enumerate(columns)}
 
 
-def assert_same(shop: ShopDB, cfg: config.Config, where: str = "") -> int:
+def assert_same(
+    shop: ShopDB, cfg: config.Config, where: str = "", columns: tuple[str, ...] = ALLOWED,
+    got: list[tuple[Any, ...]] | None = None,
+) -> int:
     """The warehouse's ``users_latest`` equals the source's allowed columns: count, per-column
     checksums, then row by row (so a failure names the column and the row)."""
-    source = shop.allowed_rows()
+    source = shop.allowed_rows(columns)
     if where:
         kept = {r[0] for r in shop.query(f"SELECT id FROM {shop.table} WHERE {where}")}
         source = [r for r in source if r[0] in kept]
-    got = latest_rows(cfg)
+    got = latest_rows(cfg, columns) if got is None else got
     assert len(got) == len(source), f"{len(got)} rows in users_latest, {len(source)} in the source"
     ids = [r[0] for r in got]
     assert len(set(ids)) == len(ids), "users_latest has a primary key twice"
-    want_sums, got_sums = column_checksums(source, ALLOWED), column_checksums(got, ALLOWED)
-    differing = [c for c in ALLOWED if want_sums[c] != got_sums[c]]
+    want_sums, got_sums = column_checksums(source, columns), column_checksums(got, columns)
+    differing = [c for c in columns if want_sums[c] != got_sums[c]]
     if differing:
         for s_row, g_row in zip(source, got, strict=True):
-            for i, c in enumerate(ALLOWED):
+            for i, c in enumerate(columns):
                 assert s_row[i] == g_row[i], f"column {c}, id {s_row[0]}: source {s_row[i]!r}, warehouse {g_row[i]!r}"
     assert not differing
     return len(got)

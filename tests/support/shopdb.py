@@ -66,6 +66,9 @@ def normalize(columns: tuple[str, ...], row: tuple[Any, ...]) -> tuple[Any, ...]
             out.append(json.loads(value) if isinstance(value, str | bytes) else value)
         elif name == "active":
             out.append(bool(value))
+        elif isinstance(value, Decimal):
+            # Same number, same checksum: BigQuery's NUMERIC answers with 9 decimals.
+            out.append(value.normalize())
         else:
             out.append(value)
     return tuple(out)

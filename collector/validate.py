@@ -41,7 +41,14 @@ from urllib.parse import unquote_plus
 
 import msgspec
 
-from oceanus.config import RESERVED_NAMES, CollectorConfig, FieldConfig, StreamConfig
+from oceanus.config import (
+    BIGQUERY_TIMESTAMP_END_US,
+    BIGQUERY_TIMESTAMP_MIN_US,
+    RESERVED_NAMES,
+    CollectorConfig,
+    FieldConfig,
+    StreamConfig,
+)
 
 #: Cheap address check: something@domain.tld, no spaces, one @. Full RFC 5322
 #: parsing belongs to whoever mails the address, not to the beacon edge.
@@ -56,10 +63,10 @@ _FALSE = frozenset(("0", "false", "no", "off"))
 # Unix seconds below this, milliseconds above (1e11 s is the year 5138).
 _MS_THRESHOLD = 100_000_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-#: Year 10000 in microseconds: past it no warehouse has a TIMESTAMP, and the frame's int64 overflows.
-MAX_TIMESTAMP_US = 253_402_300_800_000_000
-#: 0001-01-01T00:00:00Z in microseconds: BigQuery's first TIMESTAMP (DuckDB's range is wider).
-MIN_TIMESTAMP_US = -62_135_596_800_000_000
+#: Year 10000 in microseconds (exclusive) and 0001-01-01T00:00:00Z: BigQuery's TIMESTAMP range,
+#: the narrowest of the sinks' (DuckDB's is wider).
+MAX_TIMESTAMP_US = BIGQUERY_TIMESTAMP_END_US
+MIN_TIMESTAMP_US = BIGQUERY_TIMESTAMP_MIN_US
 #: The only int text accepted: ``int()`` would also take " 5 ", "1_0" and non-ASCII digits.
 _INT_RE = re.compile(r"-?[0-9]+\Z")
 #: Decimal number text, ASCII only (``float()`` would take "1_0", "٣", " 5 ", "infinity").

@@ -57,6 +57,10 @@ RESERVED_NAMES = frozenset((*SERVER_COLUMNS, EXTRA_COLUMN))
 BIGQUERY_MAX_REQUEST_BYTES = 10_000_000
 # BigQuery's quota on load jobs into one table (failed ones count too).
 BIGQUERY_LOADS_PER_TABLE_PER_DAY = 1_500
+# BigQuery's TIMESTAMP range in µs since the epoch, [0001-01-01, 10000-01-01) UTC: the
+# narrowest of the sinks' (DuckDB's is wider), so the collector's range for every stream.
+BIGQUERY_TIMESTAMP_MIN_US = -62_135_596_800_000_000
+BIGQUERY_TIMESTAMP_END_US = 253_402_300_800_000_000
 SECONDS_PER_DAY = 86_400
 #: Shortest ``collector.ip_hash_key``: a short key could be guessed, then every hash reversed.
 IP_HASH_KEY_MIN_CHARS = 32
@@ -251,9 +255,6 @@ class FlusherConfig(_Base, frozen=True):
     dead_letter_ttl_s: Annotated[float, Meta(ge=1)] = 604_800.0
     retry_base_s: PositiveFloat = 0.5
     retry_max_s: PositiveFloat = 60.0
-    #: Failed writes of a batch (of a half of one, ...) with a retryable error before it
-    #: is split in halves to isolate the rows at fault (docs/ARCHITECTURE.md, delivery).
-    poison_after_failures: PositiveInt = 5
     #: Failed writes of a batch (of a half of one, ...) with a retryable error before it
     #: is split in halves to isolate the rows at fault (docs/ARCHITECTURE.md, delivery).
     poison_after_failures: PositiveInt = 5

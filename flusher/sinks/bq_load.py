@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from flusher.sinks.base import Batch, WriteResult, WriteState
+from flusher.sinks.base import Batch, RowError, WriteResult, WriteState
 from flusher.sinks.bigquery import json_row_converter, map_error
-from oceanus.config import FieldType, StreamConfig
+from oceanus.config import BIGQUERY_TIMESTAMP_END_US, BIGQUERY_TIMESTAMP_MIN_US, FieldType, StreamConfig
 from oceanus.errors import SinkError
 
 if TYPE_CHECKING:
@@ -44,6 +44,9 @@ STATE_ATTEMPT = "load_attempt"
 RETRY_JOB_REASONS = frozenset({"backendError", "internalError", "rateLimitExceeded", "quotaExceeded", "timeout"})
 
 _json = msgspec.json.Encoder()
+#: What encoding raises on a value a load file cannot carry: that row is refused, the rest loaded
+#: (the flusher's own rule for row-specific errors, flusher/runner.py ROW_ERRORS).
+_ROW_ERRORS = (ArithmeticError, ValueError, TypeError, LookupError, msgspec.EncodeError)
 
 
 def job_id_for(batch: Batch, table_id: str, attempt: int = 0) -> str:
@@ -75,6 +78,7 @@ def ndjson(batch: Batch) -> bytes:
 def parquet(batch: Batch) -> bytes:
     """Every table column, in table order: BigQuery matches Parquet columns by name, bqemulator by position."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     types = {
@@ -88,7 +92,13 @@ def parquet(batch: Batch) -> bytes:
         values = [r[j] for r in batch.rows]
         if col == "event_id":
             values = [v.hex() if isinstance(v, bytes | bytearray) else v for v in values]
-        arrays.append(pa.array(values, type=types[kind]))
+        array = pa.array(values, type=types[kind])
+        if kind == "timestamp" and len(array) > array.null_count:
+            # Arrow takes any int64; BigQuery would fail the whole job on one value out of its range.
+            bounds = pc.min_max(array.cast(pa.int64()))
+            if bounds["min"].as_py() < BIGQUERY_TIMESTAMP_MIN_US or bounds["max"].as_py() >= BIGQUERY_TIMESTAMP_END_US:
+                raise ValueError(f"{col}: a timestamp outside BigQuery's range (years 1 to 9999)")
+        arrays.append(array)
         fields.append(pa.field(col, types[kind]))
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_arrays(arrays, schema=pa.schema(fields)), buf, compression="zstd")
@@ -118,6 +128,11 @@ class LoadWriter:
 
         if not batch.rows:
             return WriteResult(written=0)
+        # Encoded before a job slot is taken: a value no load file can carry is refused
+        # for its row here, instead of costing paced jobs to isolate.
+        data, rejected = self._encode(batch)
+        if data is None:
+            return WriteResult(written=0, rejected=rejected)
         table_id = self.sink.table_id(batch.stream)
         attempt = int(state.get(STATE_ATTEMPT) or 0)
         job_id = job_id_for(batch, table_id, attempt)
@@ -129,7 +144,7 @@ class LoadWriter:
         self._last_start[table_id] = self.clock()
         try:
             try:
-                job: Any = self._submit(batch, table_id, job_id)
+                job: Any = self._submit(data, table_id, job_id)
             except gexc.Conflict:
                 # This batch's job already exists (a re-submission): never load twice.
                 job = self.sink.client.get_job(
@@ -142,7 +157,29 @@ class LoadWriter:
             raise map_error(exc, f"load job {job_id} into {table_id}") from exc
         if job.error_result:
             self._failed(job, job_id, table_id, state, attempt)
-        return WriteResult(written=len(batch.rows))
+        return WriteResult(written=len(batch.rows) - len(rejected), rejected=rejected)
+
+    def _encode(self, batch: Batch) -> tuple[bytes | None, tuple[RowError, ...]]:
+        """The load file of ``batch``, without the rows that cannot be encoded (None if no row can)."""
+        encode = ndjson if self.settings.load_format == "ndjson" else parquet
+        try:
+            return encode(batch), ()
+        except _ROW_ERRORS:
+            pass
+        # Only when some value failed: find the rows one by one, deterministically,
+        # so a retry of this batch (same job id) loads exactly the same rows.
+        bad: list[RowError] = []
+        keep: list[Any] = []
+        for i, row in enumerate(batch.rows):
+            try:
+                encode(msgspec.structs.replace(batch, rows=[row]))
+            except _ROW_ERRORS as exc:
+                bad.append(RowError(i, f"cannot be encoded for a load job: {type(exc).__name__}: {exc}"))
+            else:
+                keep.append(row)
+        if not keep:
+            return None, tuple(bad)
+        return encode(msgspec.structs.replace(batch, rows=keep)), tuple(bad)
 
     def _pace(self, table_id: str) -> None:
         last = self._last_start.get(table_id)
@@ -158,13 +195,13 @@ class LoadWriter:
                 retry_after_s=wait,
             )
 
-    def _submit(self, batch: Batch, table_id: str, job_id: str) -> bigquery.LoadJob:
+    def _submit(self, data: bytes, table_id: str, job_id: str) -> bigquery.LoadJob:
         from google.cloud import bigquery
 
         if self.settings.load_format == "ndjson":
-            data, fmt = ndjson(batch), bigquery.SourceFormat.NEWLINE_DELIMITED_JSON
+            fmt = bigquery.SourceFormat.NEWLINE_DELIMITED_JSON
         else:
-            data, fmt = parquet(batch), bigquery.SourceFormat.PARQUET
+            fmt = bigquery.SourceFormat.PARQUET
         job_config = bigquery.LoadJobConfig(
             source_format=fmt,
             write_disposition=bigquery.WriteDisposition.WRITE_APPEND,

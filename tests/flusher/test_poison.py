@@ -339,3 +339,34 @@ def test_bigquery_insert_all_far_future_timestamp_is_dead_lettered(
     assert sorted(got) == sorted(f"x{i}" for i in range(10) if i != 6)
     [dead] = [json.loads(x) for x in client.lrange(Keys(cfg.redis.key_prefix).dead("ev"), 0, -1)]
     assert dead["row"]["s"] == "x6" and dead["reason"].startswith("poison: OverflowError")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("fmt", ["parquet", "ndjson"])
+def test_load_job_refuses_a_row_it_cannot_encode_and_loads_the_rest(bq_emulator: BigQueryEmulator,
+                                                                    fmt: str) -> None:
+    # One load job per table per interval: isolating a row by halving would cost
+    # paced jobs, so the load writer refuses that row itself and loads the others.
+    from flusher.sinks.bq_load import STATE_JOB
+    from tests.support.bq_modes import MemState, batch, mode_sink
+
+    sink = mode_sink(bq_emulator, "load", load_format=fmt)
+    try:
+        ev = sink.config.streams["ev"]
+        b = batch(ev, 1, 5)
+        t = ev.columns.index("t")
+        rows = [list(r) for r in b.rows]
+        rows[2][t] = YEAR_10000_US
+        state = MemState()
+        result = sink.write(msgspec.structs.replace(b, rows=rows), state)
+        assert result.written == 4
+        assert [(e.index, e.reason.split(":")[0]) for e in result.rejected] == [(2, "cannot be encoded for a load job")]
+        assert state.get(STATE_JOB) is not None
+        from google.cloud import bigquery
+
+        job = sink.client.query(f"SELECT event_id FROM `{sink.table_id('ev')}`",
+                                retry=bigquery.DEFAULT_RETRY.with_deadline(5))
+        got = sorted(r["event_id"] for r in job.result())
+        assert got == sorted(r[0].hex() for i, r in enumerate(rows) if i != 2)
+    finally:
+        sink.close()

@@ -649,9 +649,11 @@ class Flusher:
         fcfg = self.cfg.flusher
         # /query runs on a thread of its own (never the write pool), off unless enabled.
         query = query_endpoint(fcfg, self.sink)
-        self.admin = AdminServer(fcfg.admin_host, fcfg.admin_port, self.metrics.render, self.ready, query)
-        await self.admin.start()
-        return self.admin
+        admin = AdminServer(fcfg.admin_host, fcfg.admin_port, self.metrics.render, self.ready, query)
+        await admin.start()
+        # Published once it listens: before, its port is still 0 when admin_port is.
+        self.admin = admin
+        return admin
 
     async def run(self, on_started: Callable[[], Awaitable[None]] | None = None) -> bool:
         """Until :attr:`stopping` is set and the drain is over; False if a write outlived the drain."""

@@ -132,7 +132,7 @@ def test_a_row_the_sink_cannot_encode_is_dead_lettered_and_the_rest_written(
     bad = {13, 77}
     for i in bad:
         rows[i][at] = YEAR_10000_US
-    _push(client, cfg, rows)
+    _push(client, cfg, rows, per_frame=100)  # one frame, one claim: the halving is exact
     sink = InsertAllEncodingSink(DuckDBSink(cfg))
 
     async def body(f: Flusher) -> None:
@@ -145,8 +145,8 @@ def test_a_row_the_sink_cannot_encode_is_dead_lettered_and_the_rest_written(
     assert sorted(d["row"]["n"] for d in dead) == sorted(bad)
     assert {d["reason"].split(":")[0:2] == ["poison", " OverflowError"] for d in dead} == {True}
     assert all(d["row"]["at"] == YEAR_10000_US for d in dead)
-    # Halving, not a write per row: 100 rows with two bad ones take far fewer calls than 100.
-    assert len(sink.calls) <= 30, sink.calls
+    # Halving depth first, no retry of a conversion error: 27 calls, not one per row.
+    assert sink.calls == [100, 50, 25, 12, 13, 6, 3, 1, 2, 1, 1, 3, 7, 25, 50, 25, 25, 12, 6, 3, 1, 2, 1, 1, 3, 6, 13]
 
 
 @pytest.mark.parametrize("retryable", [False, True])
@@ -179,7 +179,7 @@ def test_a_whole_batch_error_is_retried_and_never_dead_letters(redis_server: Red
     # than it takes to halve 64 rows down to one, and still nothing is dropped.
     cfg = _cfg(redis_server, tmp_path)
     client = redis_server.client()
-    ids = push_frames(client, Keys(cfg.redis.key_prefix), cfg.streams["pv"], frames=8, rows_per_frame=8)
+    ids = push_frames(client, Keys(cfg.redis.key_prefix), cfg.streams["pv"], frames=1, rows_per_frame=64)
     sink = DownFor(DuckDBSink(cfg), calls_down=25, retryable=retryable)
 
     async def body(f: Flusher) -> None:
@@ -188,8 +188,10 @@ def test_a_whole_batch_error_is_retried_and_never_dead_letters(redis_server: Red
     run_flusher(cfg, sink, body)
     assert _dead(client, cfg) == []
     assert len(_stored_sids(cfg)) == len(ids) == 64
-    # Halved depth first along one path only: at most two writes per level once the sink is back.
-    assert len(sink.calls) - 25 <= 2 * 7, sink.calls
+    # Halved depth first along one path only (after one failure per level when not retryable,
+    # poison_after_failures = 2 when retryable), then one write per level once the sink is back.
+    path = [64, 32, 16, 8, 4, 2, 1, 1] if not retryable else [64, 64, 32, 32, 16, 16, 8, 8, 4, 4, 2, 2, 1, 1, 1]
+    assert sink.calls == path + [1] * (26 - len(path)) + [1, 2, 4, 8, 16, 32], sink.calls
 
 
 def test_a_reclaimed_batch_splits_where_it_split_before(redis_server: RedisServer, tmp_path: Path) -> None:

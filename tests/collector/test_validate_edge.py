@@ -137,7 +137,6 @@ def test_default_extra_depth_is_documented_value() -> None:
     assert config.CollectorConfig().max_extra_depth == 16
 
 
-
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"

@@ -10,6 +10,7 @@ The kubelet gives each container, for each Service ``<svc>`` (upper-cased, ``-``
 from __future__ import annotations
 
 import ipaddress
+import logging
 from typing import Any
 
 import pytest
@@ -136,3 +137,12 @@ def test_typos_are_still_errors_naming_the_variable(name: str, value: str, messa
 def test_a_service_link_for_a_string_key_is_a_value() -> None:
     # redis.url wants a string: a URL-looking value there is the user's, not the kubelet's.
     assert config.loads(TOML, env={"OCEANUS_REDIS_URL": "tcp://10.0.0.1:6379"}).redis.url == "tcp://10.0.0.1:6379"
+
+
+def test_an_ignored_variable_is_logged_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="oceanus.config"):
+        config.loads(TOML, env={"OCEANUS_FLUSHER_SERVICE_HOST": "10.96.0.3", "OCEANUS_REDIS_URL": "redis://r:6379/0"})
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.DEBUG, "OCEANUS_FLUSHER_SERVICE_HOST: a Kubernetes service-link variable, not a configuration key; "
+                        "ignored"),
+    ]

@@ -68,3 +68,14 @@ def test_names_that_clash_are_refused() -> None:
         _load("users_latest")
     with pytest.raises(ConfigError, match=r"^imports\.Users: import names are lowercase"):
         _load("Users")
+
+
+def test_the_readme_example_decodes() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Business data next to events", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    imports = config.loads(BASE + example).imports
+    assert list(imports) == ["users", "items"]
+    assert (imports["users"].deletes, imports["items"].mode) == ("key_diff", "full")

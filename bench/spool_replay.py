@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from collector import spool as spool_mod
 from collector.metrics import Metrics
 from collector.pusher import Pusher
 from collector.resp import RedisLink
@@ -66,8 +67,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--mb", type=float, default=100.0, help="MB of spool to replay")
     ap.add_argument("--events", type=int, default=1, help="events per spooled frame")
     ap.add_argument("--appendfsync", default="everysec", choices=("always", "everysec", "no"))
+    ap.add_argument("--chunk-records", type=int, default=spool_mod.REPLAY_CHUNK_RECORDS,
+                    help="records per replay round trip (256 before the drain replay; for comparison)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    spool_mod.REPLAY_CHUNK_RECORDS = args.chunk_records
     with tempfile.TemporaryDirectory(prefix="oceanus-bench-") as tmp:
         base = Path(tmp)
         redis = RedisServer(base / "redis", appendfsync=args.appendfsync).start()
@@ -90,6 +94,7 @@ def main(argv: list[str]) -> int:
         finally:
             redis.stop()
     result = {"spool_mb": round(size / 1e6, 1), "frames": frames, "events_per_frame": args.events,
+              "chunk_records": args.chunk_records,
               "appendfsync": args.appendfsync, "seconds": round(elapsed, 2),
               "mb_per_s": round(size / 1e6 / elapsed, 1), "frames_per_s": round(frames / elapsed),
               "left_bytes": left, "drained": ok}

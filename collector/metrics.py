@@ -22,6 +22,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from collector.spool import CORRUPT, TORN_TAIL
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 ROUTES = ("pixel", "events", "other")
 DURATION_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -68,6 +70,8 @@ class Metrics:
             "oceanus_spool_quarantined_bytes", "Unreadable spool bytes skipped and copied to a quarantine file",
             ["reason"], registry=r,
         )
+        for reason in (TORN_TAIL, CORRUPT):  # exposed at 0, so rate() and the alert see the series start
+            self.spool_quarantined.labels(reason)
         self.spool_abandoned = Counter(
             "oceanus_spool_abandoned_bytes", "Spool bytes a worker exited with (drain budget spent or Redis down)",
             registry=r,

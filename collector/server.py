@@ -18,7 +18,7 @@ Once every worker is gone, spool bytes no live process holds were acknowledged a
 not replayed (Redis unreachable, or the drain budget spent): the command says how
 many and exits ``EXIT_SPOOL_LEFT``, since on Kubernetes that disk goes with the pod.
 A full spool needs :func:`collector.spool.drain_budget_s` of ``drain_timeout_s``
-(replay plans on 8 MB/s: 150 s for 1 GiB); where the spool's disk dies with the
+(replay plans on 5 MB/s: 225 s for 1 GiB); where the spool's disk dies with the
 pod (k8s), the config and grace periods follow from that, and a test checks them.
 
 Worker death: granian respawns a worker that exits unexpectedly; the new one

@@ -44,18 +44,19 @@ from typing import NamedTuple
 import msgspec
 
 _HEADER = struct.Struct("<II")
-#: At most this many records, or about this many bytes, go in one replay push (one
-#: pipelined round trip, then one fsync of the offset). Each chunk costs Redis an
-#: AOF fsync (``appendfsync always``) and us one: chunks much smaller than this
-#: make replay fsync-bound (bench/RESULTS.md, "Spool replay").
-REPLAY_CHUNK_RECORDS = 4096
+#: Records handed to one replay push (one pipelined round trip, then one fsync of
+#: the offset). 4,096 was measured against it and was no faster (bench/RESULTS.md,
+#: "Spool replay").
+REPLAY_CHUNK_RECORDS = 256
+#: ... and at most about this many bytes, so frames near the size limit do not make
+#: one round trip of hundreds of megabytes.
 REPLAY_CHUNK_BYTES = 4_194_304
 #: The spool counts as full when less room than this is left (readiness).
 FULL_MARGIN_BYTES = 65_536
-#: Replay rate to plan drain budgets with: the slowest measured (one-event
-#: frames into ``appendfsync always`` Redis on a busy 2-core box: 9-16 MB/s;
-#: bench/RESULTS.md, "Spool replay"), rounded down.
-REPLAY_PLANNING_BYTES_PER_S = 8_000_000
+#: Replay rate to plan drain budgets with: below the slowest measured (one-event
+#: frames into ``appendfsync always`` Redis on a shared 2-core box: 6-25 MB/s, and
+#: 4-6 MB/s while other test suites ran; bench/RESULTS.md, "Spool replay").
+REPLAY_PLANNING_BYTES_PER_S = 5_000_000
 #: Drain seconds besides the replay: in-flight requests and the queued batch.
 DRAIN_BASE_S = 10.0
 #: Bytes read per step while looking for the next valid record after a bad one.

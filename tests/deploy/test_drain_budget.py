@@ -12,9 +12,9 @@ from tests.deploy.test_k8s import _config_for, _prestop_s, needs_kubectl
 
 
 def test_drain_budget_is_the_replay_of_a_full_spool() -> None:
-    # 10 s for requests and the queued batch, then 1 GiB at 8 MB/s.
-    assert drain_budget_s(1_073_741_824) == pytest.approx(10.0 + 134.217728)
-    assert drain_budget_s(8_000_000) == pytest.approx(11.0)
+    # 10 s for requests and the queued batch, then 1 GiB at 5 MB/s.
+    assert drain_budget_s(1_073_741_824) == pytest.approx(10.0 + 214.7483648)
+    assert drain_budget_s(5_000_000) == pytest.approx(11.0)
 
 
 @needs_kubectl

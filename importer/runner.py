@@ -98,7 +98,7 @@ def run_import(
                 target.close()
         finally:
             source.close()
-    except OceanusError:
+    except Exception:
         if metrics is not None:
             metrics.failures.labels(imp.name).inc()
         raise
@@ -287,6 +287,10 @@ def serve_command(cfg: Config, name: str | None, metrics_host: str, metrics_port
                     current_to[imp.name] = result.current_to
             except OceanusError as exc:
                 log.error("import %s: failed: %s", imp.name, exc)
+            except Exception:
+                # A bug, not a configuration or source problem: logged with its traceback,
+                # counted, and the other imports keep their schedule.
+                log.exception("import %s: failed unexpectedly", imp.name)
             due[imp.name] = time.monotonic() + imp.every_s
         for imp_name, since in current_to.items():
             metrics.watermark_lag.labels(imp_name).set(max(0.0, time.time() - since))

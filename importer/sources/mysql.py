@@ -24,6 +24,8 @@ from oceanus.errors import SourceError
 
 #: Seconds the server waits for us to take the next rows of a streamed result.
 NET_WRITE_TIMEOUT_S = 3600
+#: Seconds to wait for the server to answer the connection.
+CONNECT_TIMEOUT_S = 10
 
 _SIMPLE: dict[str, str] = {
     "tinyint": "int",
@@ -87,9 +89,13 @@ class MySQLSource:
                 cursorclass=pymysql.cursors.SSCursor,
                 autocommit=True,
                 init_command=f"SET time_zone = '+00:00', net_write_timeout = {NET_WRITE_TIMEOUT_S}",
+                connect_timeout=CONNECT_TIMEOUT_S,
             )
         except pymysql.Error as exc:
-            raise _wrap(exc, "cannot connect to the MySQL source") from None
+            error = _wrap(exc, "cannot connect to the MySQL source")
+            if parts.password:
+                error = SourceError(str(error).replace(unquote(parts.password), "***"))
+            raise error from None
 
     def _split(self, table: str) -> tuple[str | None, str]:
         schema, _, name = table.rpartition(".")

@@ -37,18 +37,31 @@ _SIMPLE: dict[str, str] = {
 }
 
 
-def _wrap(exc: psycopg.Error, what: str) -> SourceError:
-    # psycopg's messages name the server, user and object, never the password.
+#: Seconds to wait for the server when the URL sets no ``connect_timeout``.
+CONNECT_TIMEOUT_S = 10
+
+
+def _wrap(exc: psycopg.Error, what: str, secret: str | None = None) -> SourceError:
+    # psycopg's messages name the server, user and object; a malformed URL may be
+    # quoted back, so its password is masked.
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if secret:
+        message = message.replace(secret, "***")
     return SourceError(f"{what}: {message}")
 
 
 class PostgresSource:
     def __init__(self, url: str) -> None:
         try:
-            self.conn = psycopg.connect(url, autocommit=False, application_name="oceanus-import")
+            params = psycopg.conninfo.conninfo_to_dict(url)
+        except psycopg.Error:
+            raise SourceError("the PostgreSQL source URL is not valid (not shown: it holds a password)") from None
+        password = str(params.get("password") or "") or None
+        try:
+            self.conn = psycopg.connect(url, autocommit=False, application_name="oceanus-import",
+                                        connect_timeout=int(params.get("connect_timeout") or CONNECT_TIMEOUT_S))
         except psycopg.Error as exc:
-            raise _wrap(exc, "cannot connect to the PostgreSQL source") from None
+            raise _wrap(exc, "cannot connect to the PostgreSQL source", password) from None
         # JSON arrives as the text the server sends, not parsed into dicts: the
         # warehouse stores the text as it is.
         for name in ("json", "jsonb"):

@@ -231,3 +231,38 @@ def test_missing_url_env_names_the_key(tmp_path: Path, pg_shop: ShopDB) -> None:
 
     with pytest.raises(ConfigError, match=r"^imports\.users\.source_url_env: the environment variable SHOP_DB_URL"):
         run_import(cfg, cfg.imports["users"], env={})
+
+
+def test_a_warehouse_held_by_another_process_is_named(tmp_path: Path, pg_shop: ShopDB) -> None:
+    """DuckDB allows one writing process per file (the flusher's, usually): the run says so."""
+    from oceanus.errors import SinkError
+
+    pg_shop.create_users()
+    pg_shop.fill(1, 10)
+    cfg = import_config(tmp_path, pg_shop)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('open', flush=True); "
+         "sys.stdin.read()", cfg.sink.duckdb.path],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+        with pytest.raises(SinkError, match=r"^sink\.duckdb\.path: cannot open .*one writing process per file"):
+            run_import(cfg, cfg.imports["users"], env={URL_ENV: pg_shop.url})
+    finally:
+        holder.kill()
+        holder.wait()
+    assert _run(cfg, pg_shop) == (10, 0)
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "mysql"])
+def test_an_unreachable_source_never_shows_the_password(tmp_path: Path, pg_shop: ShopDB, scheme: str) -> None:
+    from tests.support.servers import free_port
+
+    cfg = import_config(tmp_path, pg_shop)
+    password = "pw-" + pg_shop.secret
+    url = f"{scheme}://reader:{password}@127.0.0.1:{free_port()}/shop"
+    with pytest.raises(SourceError) as info:
+        run_import(cfg, cfg.imports["users"], env={URL_ENV: url})
+    assert str(info.value).startswith(f"cannot connect to the {'PostgreSQL' if scheme == 'postgresql' else 'MySQL'}")
+    assert password not in str(info.value)

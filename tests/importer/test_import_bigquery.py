@@ -26,6 +26,10 @@ COLUMNS = tuple(c for c in ALLOWED if c != "balance")
 
 
 def _config(tmp_path: Path, shop: ShopDB, emulator: BigQueryEmulator, **keys: Any) -> config.Config:
+    return config.loads(_toml(tmp_path, shop, emulator, **keys))
+
+
+def _toml(tmp_path: Path, shop: ShopDB, emulator: BigQueryEmulator, **keys: Any) -> str:
     dataset = f"imp_{uuid.uuid4().hex[:10]}"
     text = import_toml(tmp_path / "unused.duckdb", shop, columns=COLUMNS, **keys)
     text = text.replace(
@@ -33,7 +37,7 @@ def _config(tmp_path: Path, shop: ShopDB, emulator: BigQueryEmulator, **keys: An
         f'[sink]\nkind = "bigquery"\n[sink.bigquery]\nproject = "{emulator.project}"\ndataset = "{dataset}"\n'
         f'api_endpoint = "{emulator.rest_url}"\nretry_deadline_s = 5\ntimeout_s = 30\n',
     )
-    return config.loads(text)
+    return text
 
 
 def _latest(emulator: BigQueryEmulator, cfg: config.Config) -> list[tuple[Any, ...]]:
@@ -80,6 +84,40 @@ def test_full_reload(tmp_path: Path, pg_shop: ShopDB, bq_emulator: BigQueryEmula
     pg_shop.execute(f"UPDATE {pg_shop.table} SET age = 99 WHERE id > 100")
     assert _run(cfg, pg_shop) == (100, 0)
     assert assert_same(pg_shop, cfg, columns=COLUMNS, got=_latest(bq_emulator, cfg)) == 100
+
+
+def test_killed_after_its_first_batch_then_rerun(
+    tmp_path: Path, pg_shop: ShopDB, bq_emulator: BigQueryEmulator
+) -> None:
+    """SIGKILL after the first load: the re-run goes on from the stored watermark (at most one
+    batch again, whose copies ``_latest`` folds); the view equals the source exactly."""
+    import signal
+
+    from tests.importer.test_import_duckdb import _import_process
+
+    pg_shop.create_users()
+    pg_shop.fill(1, 3000)
+    text = _toml(tmp_path, pg_shop, bq_emulator, batch_rows=100)
+    cfg_path = tmp_path / "oceanus.toml"
+    cfg_path.write_text(text)
+    cfg = config.loads(text)
+    proc = _import_process(cfg_path, pg_shop, "run")
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "batch 1 committed" in line:
+                proc.send_signal(signal.SIGKILL)
+                break
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    partial = len(_latest(bq_emulator, cfg))
+    assert 100 <= partial < 3000, "the run was not killed mid-way"
+    rows, _ = _run(cfg, pg_shop)
+    assert 3000 - partial <= rows <= 3000 - partial + 100
+    assert assert_same(pg_shop, cfg, columns=COLUMNS, got=_latest(bq_emulator, cfg)) == 3000
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,7 @@ from typing import IO, Any
 
 import psutil
 
+from collector.spool import usage as spool_usage
 from oceanus import config
 from oceanus.buffer import Keys
 from tests.reliability.loadgen import LoadResult, parse_marker
@@ -303,13 +304,8 @@ class Stack:
             r.close()
 
     def spool_pending_bytes(self) -> int:
-        total = 0
-        for path in self.spool_dir.glob("spool-*.log"):
-            size = path.stat().st_size
-            off_path = path.with_suffix(".off")
-            offset = int(off_path.read_text() or 0) if off_path.exists() else 0
-            total += max(0, size - offset)
-        return total
+        """Bytes not yet replayed, read as ``oceanus status`` reads them."""
+        return spool_usage(self.spool_dir).bytes
 
     def wait_drained(self, timeout: float = 120.0) -> float:
         """Poll until the spool and Redis hold nothing for the stream; returns the seconds it took."""

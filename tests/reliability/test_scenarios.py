@@ -6,6 +6,7 @@ are ``@pytest.mark.slow`` and run with ``make chaos``.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -197,6 +198,55 @@ def test_redis_unreachable_30s(tmp_path: Path) -> None:
     stack = Stack(tmp_path, env={**FAST_ENV, "OCEANUS_REDIS_TIMEOUT_S": "0.5"}).start()
     try:
         assert_no_loss(redis_unreachable(stack, Load(stack.port, senders=16, duration_s=50.0), 30.0))
+    finally:
+        stack.stop()
+
+
+# --------------------------------------------------------------------------- SIGTERM after a Redis outage
+
+
+def sigterm_after_redis_outage(stack: Stack, load: Load, down_s: float) -> Tally:
+    """Redis unreachable for ``down_s`` under load (the collector spools), back, and SIGTERM to the
+    collector at once -- a rollout or HPA scale-down right after a Redis blip. The pod's disk goes
+    with it, so the spool directory is wiped before a new collector starts: whatever the drain did not
+    replay to Redis would be lost."""
+    load.start()
+    assert load.wait_acked(300, 30)
+    proc = stack.redis.proc
+    assert proc is not None
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(down_s)  # the outage itself
+        spooled = stack.spool_pending_bytes()
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    collector = stack.collector
+    assert collector is not None
+    code = collector.stop(signal.SIGTERM)
+    left = stack.spool_pending_bytes()
+    print(f"SIGTERM after redis unreachable {down_s:g}s: spooled={spooled} bytes, left at exit={left} bytes, "
+          f"exit code {code}")
+    assert spooled > 0, "nothing went to the spool"
+    assert left == 0, f"the collector exited with {left} bytes of acknowledged events in its spool"
+    assert code == 0, f"collector exit code {code} after SIGTERM: {collector.tail()}"
+    shutil.rmtree(stack.spool_dir)  # the emptyDir / ephemeral disk, deleted with the pod
+    stack.start_collector()
+    return stack.finish(load.join(), f"SIGTERM right after redis unreachable {down_s:g}s")
+
+
+def test_sigterm_right_after_redis_outage_quick(tmp_path: Path) -> None:
+    stack = Stack(tmp_path, env={**FAST_ENV, "OCEANUS_REDIS_TIMEOUT_S": "0.5"}).start()
+    try:
+        assert_no_loss(sigterm_after_redis_outage(stack, Load(stack.port, senders=8, duration_s=QUICK_S + 3), 3.0))
+    finally:
+        stack.stop()
+
+
+@pytest.mark.slow
+def test_sigterm_right_after_redis_outage_long(tmp_path: Path) -> None:
+    stack = Stack(tmp_path, workers=2, env={**FAST_ENV, "OCEANUS_REDIS_TIMEOUT_S": "0.5"}).start()
+    try:
+        assert_no_loss(sigterm_after_redis_outage(stack, Load(stack.port, senders=16, duration_s=40.0), 15.0))
     finally:
         stack.stop()
 

@@ -347,9 +347,10 @@ class Pusher:
             if not self.redis_up and now < self._retry_at:
                 await self._sleep(min(self._retry_at, self._drain_deadline) - now)
                 continue
-            await self._replay(None)
+            # In rounds, so the deadline is checked between them.
+            await self._replay()
 
-    async def _replay(self, max_records: int | None = REPLAY_RECORDS_PER_ROUND) -> None:
+    async def _replay(self) -> None:
         if time.monotonic() < self._retry_at and not self.redis_up:
             return
 
@@ -359,7 +360,7 @@ class Pusher:
                 raise Unavailable("Redis refused a replayed frame")
 
         try:
-            await self._spool.replay(push, max_records)
+            await self._spool.replay(push, REPLAY_RECORDS_PER_ROUND)
         except (Unavailable, OSError):
             self._mark_down()
         self._update_spool_metrics()

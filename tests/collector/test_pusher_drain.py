@@ -4,6 +4,7 @@ replayed is logged with its byte count, counted, and turns the exit status non-z
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import time
@@ -67,6 +68,22 @@ async def test_a_spool_left_at_exit_is_logged_and_counted(
     text = app.metrics.render()[0].decode()
     assert f"oceanus_spool_abandoned_bytes_total {left}.0" in text
     assert elapsed < 5  # the drain budget bounds the wait for Redis
+
+
+@pytest.mark.anyio
+async def test_a_redis_back_within_the_drain_budget_still_gets_the_spool(
+    make_config: MakeConfig, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    app = App(make_config(drain_timeout_s=20.0))
+    await app.startup()
+    redis_server.stop()
+    statuses = [(await request(app, "GET", "/b/pageview", f"sid={i:x}&evt=view")).status for i in range(5)]
+    shutdown = asyncio.create_task(app.shutdown())  # SIGTERM while Redis is still down ...
+    await asyncio.to_thread(redis_server.start)  # ... and back a moment later
+    await shutdown
+    assert statuses == [200] * 5
+    assert usage(tmp_path / "spool").bytes == 0
+    assert [int(r["sid"], 16) for r in queued_rows(redis_server, "pageview")] == list(range(5))
 
 
 def test_collector_exits_non_zero_with_its_spool_unreplayed(collector_factory: type[Collector],  # noqa: F811

@@ -229,8 +229,8 @@ def format_table(status: Status) -> str:
         lines.append("  ".join(cells))
     sp = status.spool
     frames = "" if sp.frames is None else f"{sp.frames:,} frames, "
-    where = "from the collector" if sp.source == "collector" else "on disk"
-    lines.append(f"spool: {frames}{sp.bytes:,} bytes ({where})")
+    where = "frames from the collector, bytes on disk" if sp.source == "collector" else "on disk"
+    lines.append(f"spool: {frames}{sp.bytes:,} bytes not yet replayed ({where})")
     return "\n".join(lines)
 
 

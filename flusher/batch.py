@@ -136,8 +136,6 @@ class _Plan:
 class Built(msgspec.Struct, kw_only=True):
     batch: Batch
     dead: list[bytes]
-    #: Receive time of the batch's oldest event (ms), for the lag gauge.
-    oldest_ms: int | None
 
 
 class BatchBuilder:
@@ -147,7 +145,6 @@ class BatchBuilder:
         self.stream = stream
         self.columns = stream.columns
         self._plans: dict[tuple[str, ...], _Plan] = {}
-        self._eid = self.columns.index("event_id")
 
     def _plan(self, cols: Sequence[str]) -> _Plan:
         key = tuple(cols)
@@ -185,14 +182,9 @@ class BatchBuilder:
             compressed += len(frame)
             if ratio == 0.0:
                 ratio = _expansion(frame)
-        oldest: int | None = None
-        if rows:
-            first = rows[0][self._eid]
-            if isinstance(first, bytes) and len(first) >= 6:
-                oldest = event_id_time_ms(first)
         nbytes = int(compressed * ratio)
         batch = Batch(stream=self.stream, batch_id=batch_id, columns=self.columns, rows=rows, nbytes=nbytes)
-        return Built(batch=batch, dead=dead, oldest_ms=oldest)
+        return Built(batch=batch, dead=dead)
 
 
     def _normalise(self, plan: _Plan, cols: Sequence[str],

@@ -291,9 +291,6 @@ class Claimer:
         self._held.discard(claim.key)
         return int(moved)
 
-    async def inflight_count(self, stream: str) -> int:
-        return int(await self.client.scard(self.keys.inflight_index(stream)))
-
     async def oldest_inflight_frame(self, streams: Iterable[str]) -> dict[str, bytes]:
         """First frame of each stream's oldest in-flight batch (by claim time), for the lag gauge."""
         out: dict[str, bytes] = {}

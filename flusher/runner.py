@@ -159,7 +159,6 @@ class StreamWorker:
         self.builder = BatchBuilder(stream)
         self.controller = BatchController(stream.batch)
         self.reclaimed: collections.deque[Claim] = collections.deque()
-        self.busy_writing = False
         #: More frames were waiting than the last claim took: the controller may grow.
         self.backlog = False
         self.rng = random.Random()
@@ -322,7 +321,6 @@ class StreamWorker:
         # while this one is written (the sink's thread, mostly outside the GIL).
         self._claim_ahead()
         try:
-            self.busy_writing = True
             written = await self._write_part(batch, state, dead)
         except _GiveBack:
             # The batch claimed ahead holds later frames: it goes back first, so that
@@ -331,8 +329,6 @@ class StreamWorker:
             moved = await f.claimer.give_back(claim)
             log.info("stream %s: gave back %d frames of batch %s to the queue", self.name, moved, claim.batch_id)
             return
-        finally:
-            self.busy_writing = False
         await self._finish(claim, dead)
         f.metrics.rows_written.labels(self.name).inc(written)
         if written and batch.rows:

@@ -282,8 +282,8 @@ class DuckDBSink:
     # ------------------------------------------------------------------ writes
 
     def write(self, batch: Batch, state: WriteState) -> WriteResult:
-        # Exact dedupe by primary key makes a replayed batch harmless, so no
-        # write state is needed: ``state`` stays untouched.
+        # The insert's anti-join on event_id (module docstring) makes a replayed
+        # batch harmless, so no write state is needed: ``state`` stays untouched.
         if not batch.rows:
             return WriteResult(written=0)
         with self._lock:

@@ -430,8 +430,7 @@ def _plain_max(f: FieldConfig) -> int:
 class StreamValidator:
     """The compiled rules of one stream."""
 
-    __slots__ = ("name", "columns", "_fields", "_required", "_max_extra_keys", "_max_extra_bytes",
-                 "_max_extra_depth")
+    __slots__ = ("name", "columns", "_fields", "_max_extra_keys", "_max_extra_bytes", "_max_extra_depth")
 
     def __init__(self, stream: StreamConfig, collector: CollectorConfig) -> None:
         self.name = stream.name

@@ -379,9 +379,6 @@ class Config(_Base, frozen=True):
     #: Where this config came from (not a TOML key).
     source: str = ""
 
-    def stream(self, name: str) -> StreamConfig | None:
-        return self.streams.get(name)
-
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "oceanus.toml"
 

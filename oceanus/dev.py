@@ -51,7 +51,7 @@ from typing import IO
 
 import msgspec
 
-from oceanus import config, devstate
+from oceanus import config, devstate, discovery
 from oceanus.buffer import Keys
 from oceanus.errors import OceanusError
 
@@ -214,7 +214,7 @@ def check_not_running(data_dir: Path) -> None:
     # sessions, may have survived it.
     for name, pid in (("redis-server", stale.redis_pid), ("collector", stale.collector_pid),
                       ("flusher", stale.flusher_pid)):
-        if devstate.pid_alive(pid):
+        if discovery.pid_alive(pid):
             raise DevError(
                 f"a {name} (pid {pid}) from an earlier oceanus dev still runs on {data_dir}; stop it with: kill {pid}"
             )
@@ -285,7 +285,7 @@ def python_cmd(*args: str) -> list[str]:
 
 
 def flusher_admin_url(duckdb_path: Path, pid: int) -> str | None:
-    info = devstate.read_flusher_info(duckdb_path)
+    info = discovery.read_flusher_info(duckdb_path)
     if info is None or info.pid != pid:
         return None
     return info.admin_url if http_ok(info.admin_url + "/healthz") else None

@@ -9,7 +9,7 @@
     DIR/warehouse.duckdb           the DuckDB warehouse
     DIR/warehouse.duckdb.flusher.json
                                    written by the flusher while it holds DuckDB's
-                                   single-writer lock: {"pid", "admin_url"}
+                                   single-writer lock (:mod:`oceanus.discovery`)
     DIR/query.token                the bearer token of the flusher's POST /query,
                                    new on every start, mode 0600 (only this user
                                    may query the warehouse through the flusher)
@@ -20,20 +20,19 @@ file layout above when it is not (the stack is stopped).
 
 from __future__ import annotations
 
-import errno
 import os
 import secrets
 from pathlib import Path
 
 import msgspec
 
+from oceanus.discovery import pid_alive
+
 DEV_FILE = "dev.json"
 WAREHOUSE_FILE = "warehouse.duckdb"
 REDIS_DIR = "redis"
 SPOOL_DIR = "spool"
 LOG_DIR = "logs"
-#: Suffix the flusher adds to the DuckDB path for its discovery file.
-FLUSHER_FILE_SUFFIX = ".flusher.json"
 QUERY_TOKEN_FILE = "query.token"
 #: Random bytes in a /query token (URL-safe base64: 43 characters).
 QUERY_TOKEN_BYTES = 32
@@ -56,35 +55,8 @@ class DevInfo(msgspec.Struct, frozen=True, kw_only=True):
     started_at: float
 
 
-class FlusherInfo(msgspec.Struct, frozen=True):
-    """The flusher's discovery file beside the DuckDB file."""
-
-    pid: int
-    admin_url: str
-
-
-def pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except OSError as exc:
-        # EPERM: the process exists but belongs to someone else.
-        return exc.errno == errno.EPERM
-    try:
-        # A zombie (exited, not yet reaped by whoever adopted it) holds no port or file.
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
 def warehouse_path(data_dir: Path) -> Path:
     return (data_dir / WAREHOUSE_FILE).resolve()
-
-
-def flusher_file(duckdb_path: Path) -> Path:
-    return duckdb_path.with_name(duckdb_path.name + FLUSHER_FILE_SUFFIX)
 
 
 def write_dev_info(data_dir: Path, info: DevInfo) -> None:
@@ -113,15 +85,6 @@ def remove_dev_info(data_dir: Path, pid: int) -> None:
         return
     if current.pid == pid:
         path.unlink(missing_ok=True)
-
-
-def read_flusher_info(duckdb_path: Path) -> FlusherInfo | None:
-    """The live flusher holding ``duckdb_path``, or None."""
-    try:
-        info = msgspec.json.decode(flusher_file(duckdb_path).read_bytes(), type=FlusherInfo)
-    except (OSError, msgspec.DecodeError):
-        return None
-    return info if pid_alive(info.pid) else None
 
 
 def query_token_path(data_dir: Path) -> Path:

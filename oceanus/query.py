@@ -27,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-from oceanus import devstate
+from oceanus import devstate, discovery
 from oceanus.errors import OceanusError
 
 HTTP_TIMEOUT_S = 60.0
@@ -138,7 +138,7 @@ def _local(path: Path, sql: str) -> Result:
 
 def run_sql(data_dir: Path, sql: str, timeout: float = HTTP_TIMEOUT_S) -> Result:
     path = duckdb_path_for(data_dir)
-    flusher = devstate.read_flusher_info(path)
+    flusher = discovery.read_flusher_info(path)
     if flusher is not None:
         result = _via_flusher(flusher.admin_url, sql, timeout, query_token(data_dir))
         if result is not None:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import redis
 
-from oceanus import devstate
+from oceanus import devstate, discovery
 from oceanus.buffer import Keys
 from tests.support.servers import free_port, wait_for
 
@@ -96,7 +96,7 @@ class Dev:
             self.proc.wait()
         if self.info is not None:
             for pid in (self.info.collector_pid, self.info.flusher_pid, self.info.redis_pid):
-                if devstate.pid_alive(pid):
+                if discovery.pid_alive(pid):
                     os.kill(pid, signal.SIGCONT)
                     os.kill(pid, signal.SIGKILL)
 
@@ -196,7 +196,7 @@ def test_demo_query_status_restart(dev: Dev, tmp_path: Path) -> None:
     assert order == sorted(order), out
     assert not (dev.data_dir / devstate.DEV_FILE).exists()
     for pid in (info.collector_pid, info.flusher_pid, info.redis_pid):
-        assert not devstate.pid_alive(pid)
+        assert not discovery.pid_alive(pid)
 
     # Run 2 resumes what was buffered, and takes more traffic.
     dev.start()
@@ -268,7 +268,7 @@ def test_a_closed_terminal_or_a_killed_supervisor_leaves_no_orphans(dev: Dev, tm
     dev.proc.kill()
     dev.proc.wait(timeout=10)
     children = (info.collector_pid, info.flusher_pid, info.redis_pid)
-    wait_for(lambda: not any(devstate.pid_alive(p) for p in children), timeout=60, what="the children to exit")
+    wait_for(lambda: not any(discovery.pid_alive(p) for p in children), timeout=60, what="the children to exit")
 
     # Nothing is left holding the port, the AOF or the DuckDB file: the next start just works,
     # and every acknowledged event is there exactly once.

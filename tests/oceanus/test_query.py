@@ -15,7 +15,7 @@ import pytest
 
 from flusher.runner import Flusher, _write_discovery
 from flusher.sinks.duckdb import DuckDBSink
-from oceanus import cli, config, devstate, query
+from oceanus import cli, config, devstate, discovery, query
 from tests.flusher.helpers import make_config_text
 from tests.flusher.test_runner import run_flusher
 from tests.support.servers import RedisServer
@@ -92,14 +92,14 @@ def test_no_warehouse_yet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 def test_stale_flusher_file_falls_back_to_the_file(data_dir: Path) -> None:
     # A flusher killed with -9 leaves its discovery file; its pid is gone.
     path = devstate.warehouse_path(data_dir)
-    devstate.flusher_file(path).write_text(json.dumps({"pid": 2**22 + 7, "admin_url": "http://127.0.0.1:9"}))
+    discovery.flusher_file(path).write_text(json.dumps({"pid": 2**22 + 7, "admin_url": "http://127.0.0.1:9"}))
     assert query.run_sql(data_dir, "SELECT count(*) FROM pageview").rows == [[3]]
 
 
 def test_live_flusher_that_stopped_answering_falls_back(data_dir: Path) -> None:
     path = devstate.warehouse_path(data_dir)
     # Our own pid is alive; nothing listens on port 9 of loopback.
-    devstate.flusher_file(path).write_text(json.dumps({"pid": os.getpid(), "admin_url": "http://127.0.0.1:9"}))
+    discovery.flusher_file(path).write_text(json.dumps({"pid": os.getpid(), "admin_url": "http://127.0.0.1:9"}))
     assert query.run_sql(data_dir, "SELECT count(*) FROM pageview").rows == [[3]]
 
 
@@ -135,7 +135,7 @@ def _serve_queries(redis_server: RedisServer, data_dir: Path, check: Callable[[]
 
     async def body(f: Flusher) -> None:
         assert f.admin is not None
-        _write_discovery(devstate.flusher_file(path), f.admin.url)
+        _write_discovery(discovery.flusher_file(path), f.admin.url)
         await asyncio.get_running_loop().run_in_executor(None, check)
 
     run_flusher(cfg, DuckDBSink(cfg), body)

@@ -41,6 +41,14 @@ class PayloadTooLarge(SinkError):
         super().__init__(message, retryable=False, reason="too_large")
 
 
+class QueryError(OceanusError):
+    """The SQL was refused or failed, or the warehouse cannot be reached: one line for the user (HTTP 400)."""
+
+
+class QueryTimeout(QueryError):
+    """The query ran past ``flusher.query_timeout_s`` and was interrupted (HTTP 400, naming the limit)."""
+
+
 class SourceError(OceanusError):
     """Reading a source database for ``oceanus import`` failed (connection, a refused
     query, a column type oceanus cannot store exactly). The message names the import

@@ -12,31 +12,26 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
-import decimal
 import io
 import json
 import os
 import sys
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from oceanus import devstate, discovery
-from oceanus.errors import OceanusError
+from flusher.sinks.common import plain
+from oceanus import discovery
+from oceanus.commands import devstate
+from oceanus.errors import QueryError as QueryError  # re-exported: commands catch it from here
 
 HTTP_TIMEOUT_S = 60.0
 #: Table format: longer cells are cut, so one wide JSON column does not wrap every line.
 MAX_CELL_CHARS = 80
-
-
-class QueryError(OceanusError):
-    """The SQL failed or the warehouse cannot be reached; one line for the user."""
 
 
 class Result(msgspec.Struct, frozen=True):
@@ -51,26 +46,6 @@ class _ErrorBody(msgspec.Struct):
 def duckdb_path_for(data_dir: Path) -> Path:
     info = devstate.read_dev_info(data_dir)
     return Path(info.duckdb_path) if info is not None else devstate.warehouse_path(data_dir)
-
-
-def plain(value: Any) -> Any:
-    """A JSON-friendly form of a DuckDB value (the flusher's /query answers the same way)."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, dt.datetime | dt.date | dt.time):
-        return value.isoformat()
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value).hex()
-    if isinstance(value, decimal.Decimal):
-        # DuckDB types a literal like 1.5 as DECIMAL; JSON readers want a number.
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, uuid.UUID | dt.timedelta):
-        return str(value)
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    return str(value)
 
 
 def query_token(data_dir: Path, env: Mapping[str, str] | None = None) -> str | None:

@@ -15,6 +15,10 @@ from typing import Any, Protocol, runtime_checkable
 import msgspec
 
 from oceanus.config import StreamConfig
+from oceanus.errors import QueryError, QueryTimeout
+
+__all__ = ["Batch", "Preparable", "QueryError", "QueryResult", "QueryTimeout", "Queryable", "RowError", "Sink",
+           "WriteResult", "WriteState"]
 
 
 class Batch(msgspec.Struct, frozen=True, kw_only=True):
@@ -83,18 +87,10 @@ class Sink(Protocol):
 
 
 class QueryResult(msgspec.Struct, frozen=True):
-    """``POST /query``'s answer: JSON-friendly values (see :func:`oceanus.query.plain`)."""
+    """``POST /query``'s answer: JSON-friendly values (see :func:`flusher.sinks.common.plain`)."""
 
     columns: list[str]
     rows: list[list[Any]]
-
-
-class QueryError(Exception):
-    """The SQL was refused or failed; the message is shown to the user (HTTP 400)."""
-
-
-class QueryTimeout(QueryError):
-    """The query ran past ``flusher.query_timeout_s`` and was interrupted (HTTP 400, naming the limit)."""
 
 
 @runtime_checkable

@@ -67,9 +67,10 @@ import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flusher.sinks.base import Batch, QueryError, QueryResult, QueryTimeout, RowError, WriteResult, WriteState
+from flusher.sinks.base import Batch, QueryResult, RowError, WriteResult, WriteState
+from flusher.sinks.common import plain
 from oceanus.config import EXTRA_COLUMN, Config, FieldType, StreamConfig
-from oceanus.errors import ConfigError, SinkError
+from oceanus.errors import ConfigError, QueryError, QueryTimeout, SinkError
 
 #: Warehouse type of each config field type.
 DUCKDB_TYPES: dict[FieldType, str] = {
@@ -412,8 +413,6 @@ class DuckDBSink:
     # ------------------------------------------------------------------ reads
 
     def query(self, sql: str, timeout_s: float = QUERY_TIMEOUT_S) -> QueryResult:
-        from oceanus.query import plain
-
         with self._read_lock:
             cur = self._reader
             try:

@@ -68,8 +68,17 @@ def find_prefix(resources: tuple[Resource, ...], kind: str, prefix: str) -> Reso
     return hits[0]
 
 
+def pod_spec(workload: Resource) -> dict[str, Any]:
+    """The pod template's spec of a Deployment, StatefulSet, DaemonSet, Job or CronJob."""
+    spec = workload["spec"]
+    if workload["kind"] == "CronJob":
+        spec = spec["jobTemplate"]["spec"]
+    result: dict[str, Any] = spec["template"]["spec"]
+    return result
+
+
 def containers(workload: Resource, init: bool = False) -> list[dict[str, Any]]:
-    spec = workload["spec"]["template"]["spec"]
+    spec = pod_spec(workload)
     return list(spec.get("initContainers", []) if init else spec["containers"])
 
 

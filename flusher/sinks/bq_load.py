@@ -45,7 +45,7 @@ RETRY_JOB_REASONS = frozenset({"backendError", "internalError", "rateLimitExceed
 
 _json = msgspec.json.Encoder()
 #: What encoding raises on a value a load file cannot carry: that row is refused, the rest loaded
-#: (the flusher's own rule for row-specific errors, flusher/runner.py ROW_ERRORS).
+#: (the flusher's own rule for row-specific errors, flusher/worker.py ROW_ERRORS).
 _ROW_ERRORS = (ArithmeticError, ValueError, TypeError, LookupError, msgspec.EncodeError)
 
 

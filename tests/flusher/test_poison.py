@@ -17,10 +17,11 @@ from typing import Any
 import msgspec
 import pytest
 
-from flusher.runner import Flusher, row_specific
+from flusher.runner import Flusher
 from flusher.sinks.base import Batch, WriteResult, WriteState
 from flusher.sinks.bigquery import BigQuerySink, json_row_converter
 from flusher.sinks.duckdb import DuckDBSink
+from flusher.worker import row_specific
 from oceanus.buffer import Keys, encode_frame
 from oceanus.config import Config, StreamConfig
 from oceanus.errors import SinkError

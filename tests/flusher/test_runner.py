@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from flusher.claim import Claimer
-from flusher.runner import Flusher, backoff_s
+from flusher.runner import Flusher
 from flusher.sinks.base import Batch, WriteResult, WriteState
 from flusher.sinks.duckdb import DuckDBSink
+from flusher.worker import backoff_s
 from oceanus.buffer import Keys, encode_frame
 from oceanus.config import Config, StreamConfig
 from oceanus.errors import PayloadTooLarge, SinkError

@@ -4,7 +4,7 @@ Two properties:
 
 - whatever a frame holds (a stale collector, a corrupt row), each conversion
   either succeeds, refuses the row per row, or raises an exception the flusher
-  isolates (``flusher.runner.row_specific``): never one it would retry for ever;
+  isolates (``flusher.worker.row_specific``): never one it would retry for ever;
 - whatever the edge accepts (``StreamValidator``) converts in every sink, and
   DuckDB stores it.
 
@@ -26,12 +26,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from collector.validate import Invalid, StreamValidator
-from flusher.runner import row_specific
 from flusher.sinks.base import Batch
 from flusher.sinks.bigquery import json_row_converter
 from flusher.sinks.bq_load import ndjson, parquet
 from flusher.sinks.bq_storage_write import _Encoder
 from flusher.sinks.duckdb import DuckDBSink
+from flusher.worker import row_specific
 from oceanus import config
 from oceanus.buffer import EventIds, decode_frame, encode_frame
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import msgspec
 
-from collector import web
+from collector import legacy, web
 from collector._types import Message, Receive, Scope, Send
 from collector.access import StreamGate, load_keys
 from collector.enrich import ClientIp, DeviceCache, ip_store
@@ -138,6 +138,8 @@ class App:
         self._gif_ok_headers = gif_base + self._cors_static
         # The same message for every accepted pixel: servers only read it.
         self._gif_ok_start: Message = {"type": "http.response.start", "status": 200, "headers": self._gif_ok_headers}
+        # The 2016 URLs (collector/legacy.py), looked up only when no route of ours matched.
+        self._legacy = legacy.build(self)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -280,8 +282,12 @@ class App:
 
     # events -----------------------------------------------------------------------------
 
-    async def _events(self, name: str, scope: Scope, method: str, receive: Receive, send: Send) -> int:
-        validator = self._validators.get(name)
+    async def _events(self, name: str, scope: Scope, method: str, receive: Receive, send: Send,
+                      validator: StreamValidator | None = None, plain_ok: bool = False) -> int:
+        """``validator``: a legacy route's profile; ``plain_ok``: answer an empty text/plain
+        200 as the 2016 form endpoint did, instead of the JSON count."""
+        if validator is None:
+            validator = self._validators.get(name)
         if validator is None:
             return await self._error(send, 404, "stream", "unknown", f"no stream named {name!r}")
         if method != "POST":
@@ -298,7 +304,7 @@ class App:
         bodies[ip] = count + 1
         held = [0]  # body bytes this request holds of the worker's max_pending_body_bytes
         try:
-            return await self._accept_events(name, validator, scope, receive, send, ip, ua, device, held)
+            return await self._accept_events(name, validator, scope, receive, send, ip, ua, device, held, plain_ok)
         finally:
             self._pending -= held[0]
             left = bodies[ip] - 1
@@ -308,7 +314,7 @@ class App:
                 del bodies[ip]
 
     async def _accept_events(self, name: str, validator: StreamValidator, scope: Scope, receive: Receive,
-                             send: Send, ip: str, ua: str, device: str, held: list[int]) -> int:
+                             send: Send, ip: str, ua: str, device: str, held: list[int], plain_ok: bool = False) -> int:
         rules = self._rules.get(name)
         if rules is not None and rules[0] is not None:
             # Before the body is read: a refused sender costs no body buffering.
@@ -342,9 +348,10 @@ class App:
             await self._submit(name, validator, rows)
         except Unavailable as exc:
             return await self._error(send, 503, "spool", "full", str(exc))
-        body = b'{"accepted":%d}' % accepted
+        body = b'{"accepted":%d}' % accepted if not plain_ok else b""
         await send({"type": "http.response.start", "status": 200, "headers": [
-            _JSON_TYPE, _NO_STORE, (b"content-length", b"%d" % len(body)), *self._cors(scope)]})
+            _JSON_TYPE if not plain_ok else _TEXT_TYPE, _NO_STORE, (b"content-length", b"%d" % len(body)),
+            *self._cors(scope)]})
         await send({"type": "http.response.body", "body": body})
         return 200
 
@@ -582,6 +589,9 @@ class App:
     # other routes ---------------------------------------------------------------------------
 
     async def _other(self, path: str, method: str, scope: Scope, receive: Receive, send: Send) -> int:
+        old = self._legacy.get(path)
+        if old is not None:
+            return await old(self, scope, method, receive, send)
         if method == "GET" or method == "HEAD":
             route = self._routes.get(path)
             if route is not None:

@@ -7,12 +7,18 @@ or raises :class:`Invalid` naming the field and the rule. The server-set columns
 
 Rules, in the order they are applied to one value:
 
-- transforms (``strip``, ``lowercase``, ``uppercase``, in the configured order);
+- the field's ``aliases`` (another key that names it), ``null_values`` (stored
+  as NULL), ``map`` (exact replacements) and ``default`` (when absent);
+- transforms (``strip``, ``lowercase``, ``uppercase``, ``truncate``,
+  ``remove:<chars>``, in the configured order; ``sort_keys`` for json);
 - type: query/form values are text and are parsed (``int``, ``float``, ``bool``
   ``1/0/true/false``, ``timestamp`` ISO 8601 or unix seconds/milliseconds,
   ``json`` a JSON text); JSON bodies must carry the matching JSON type (a
-  ``json`` field takes any JSON value, or a string holding JSON text);
+  ``json`` field takes any JSON value, or a string holding JSON text; a
+  ``coerce`` field also the text form); timestamps without an offset are in the
+  stream's ``timezone``;
 - ``required``: absent, null, or an empty string after the transforms;
+  ``present``: absent only;
 - ``max_length`` (characters; UTF-8 bytes for ``json``), ``pattern``
   (``re.search``, with ``$`` meaning the end of the value: ``\\Z``), ``enum``,
   ``format = "email"``, ``min``/``max``.
@@ -31,22 +37,26 @@ limit, never a silent drop, so a client that sends too much finds out at once.
 from __future__ import annotations
 
 import codecs
+import json
 import math
 import re
 import sys
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 from urllib.parse import unquote_plus
+from zoneinfo import ZoneInfo
 
 import msgspec
 
 from oceanus.config import (
     BIGQUERY_TIMESTAMP_END_US,
     BIGQUERY_TIMESTAMP_MIN_US,
+    REMOVE_PREFIX,
     RESERVED_NAMES,
     CollectorConfig,
     FieldConfig,
+    ProfileConfig,
     StreamConfig,
 )
 
@@ -109,10 +119,17 @@ Check = Callable[[Any, bool], Any]
 """``check(value, from_text) -> stored value``; raises :class:`Invalid`."""
 
 
-def _transform(transforms: tuple[str, ...]) -> Callable[[str], str] | None:
+def _transform(transforms: tuple[str, ...], max_length: int | None = None) -> Callable[[str], str] | None:
     funcs: list[Callable[[str], str]] = []
     for t in transforms:
-        funcs.append(_TRANSFORMS[t])
+        if t.startswith(REMOVE_PREFIX):
+            table = str.maketrans("", "", t[len(REMOVE_PREFIX):])
+            funcs.append(lambda v, table=table: v.translate(table))  # type: ignore[misc]
+        elif t == "truncate":
+            n = max_length or sys.maxsize
+            funcs.append(lambda v, n=n: v[:n])  # type: ignore[misc]
+        else:
+            funcs.append(_TRANSFORMS[t])
     if not funcs:
         return None
     if len(funcs) == 1:
@@ -127,7 +144,7 @@ def _transform(transforms: tuple[str, ...]) -> Callable[[str], str] | None:
 
 
 def _string_check(name: str, f: FieldConfig) -> Check:
-    transform = _transform(f.transforms)
+    transform = _transform(f.transforms, f.max_length)
     max_length = f.max_length
     pattern = re.compile(end_anchored(f.pattern)) if f.pattern is not None else None
     enum = frozenset(f.enum) if f.enum is not None else None
@@ -230,16 +247,17 @@ def _bool_check(name: str, f: FieldConfig) -> Check:
     return check
 
 
-def parse_timestamp(v: Any) -> int:
+def parse_timestamp(v: Any, tz: tzinfo = UTC) -> int:
     """ISO 8601 text or unix seconds/milliseconds -> int microseconds (UTC).
 
-    Raises ``ValueError``. Naive ISO times are taken as UTC.
+    Raises ``ValueError``. Naive ISO times are taken in ``tz`` (a time that
+    does not exist or occurs twice there takes the offset before the change).
     """
     if type(v) is str:
         if _NUMBER_RE.match(v) is None:
             dt = datetime.fromisoformat(v)
             if dt.tzinfo is None:
-                dt = dt.replace(tzinfo=UTC)
+                dt = dt.replace(tzinfo=tz)
             delta = dt - _EPOCH
             iso = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
             # 9999-12-31T23:59:59-14:00 is in the year 10000 UTC, 0001-01-01T00:00+14:00 in year 0.
@@ -259,10 +277,10 @@ def parse_timestamp(v: Any) -> int:
     return micros
 
 
-def _timestamp_check(name: str, f: FieldConfig) -> Check:
+def _timestamp_check(name: str, f: FieldConfig, tz: tzinfo = UTC) -> Check:
     def check(v: Any, from_text: bool) -> Any:
         try:
-            return parse_timestamp(v)
+            return parse_timestamp(v, tz)
         except (ValueError, OverflowError) as exc:
             if str(exc) == _TS_RANGE:
                 raise Invalid(name, "range", f"outside {_TS_RANGE}") from None
@@ -273,6 +291,7 @@ def _timestamp_check(name: str, f: FieldConfig) -> Check:
 
 def _json_check(name: str, f: FieldConfig) -> Check:
     max_length = f.max_length
+    sort_keys = "sort_keys" in f.transforms
 
     def check(v: Any, from_text: bool) -> Any:
         if type(v) is str:
@@ -281,16 +300,23 @@ def _json_check(name: str, f: FieldConfig) -> Check:
             if max_length is not None and 4 * len(v) > max_length and _utf8_len(v) > max_length:
                 raise Invalid(name, "max_length", f"longer than {max_length} bytes")
             try:
-                _json_decode(v)
+                value = _json_decode(v)
             except (msgspec.DecodeError, RecursionError):
                 raise Invalid(name, "type", "is not valid JSON text (or nested too deeply)") from None
-            return v
+            return _python_json(value) if sort_keys else v
         text = _json_encode(v)
         if max_length is not None and len(text) > max_length:
             raise Invalid(name, "max_length", f"longer than {max_length} bytes")
-        return text.decode()
+        return _python_json(v) if sort_keys else text.decode()
 
     return check
+
+
+def _python_json(value: Any) -> str:
+    """``json.dumps(value, sort_keys=True)``: the text the 2016 oceanus stored
+    (", " and ": " separators, non-ASCII as \\u escapes), so old SQL that matches
+    on it keeps matching."""
+    return json.dumps(value, sort_keys=True)
 
 
 def _utf8_len(text: str) -> int:
@@ -435,8 +461,9 @@ class StreamValidator:
     def __init__(self, stream: StreamConfig, collector: CollectorConfig) -> None:
         self.name = stream.name
         self.columns = stream.columns
+        tz = _zone(stream.timezone)
         self._fields: tuple[tuple[str, Check, bool, bool, int], ...] = tuple(
-            (name, _BUILDERS[f.type](name, f), f.required, f.type != "string", _plain_max(f))
+            (name, _build(name, f, tz), f.required, f.type != "string", _plain_max(f))
             for name, f in stream.fields.items()
         )
         self._max_extra_keys = collector.max_extra_keys
@@ -489,5 +516,96 @@ class StreamValidator:
         return text.decode()
 
 
+def _zone(name: str) -> tzinfo:
+    return UTC if name == "UTC" else ZoneInfo(name)
+
+
+def _build(name: str, f: FieldConfig, tz: tzinfo) -> Check:
+    if f.type == "timestamp":
+        return _timestamp_check(name, f, tz)
+    return _BUILDERS[f.type](name, f)
+
+
+def _is_plain(f: FieldConfig) -> bool:
+    """True when the field needs none of what only :class:`MappedValidator` does."""
+    return not (f.aliases or f.null_values or f.map or f.default is not None or f.coerce or f.present)
+
+
+_MISSING: Any = object()
+
+
+class MappedValidator(StreamValidator):
+    """A stream (or a profile of one) that renames, maps, nulls or defaults values
+    before the checks. Streams without any of that keep :class:`StreamValidator`,
+    whose loop has none of these steps: they cost nothing where they are not used."""
+
+    __slots__ = ("_mapped", "_drop_unknown", "_keep")
+
+    def __init__(self, stream: StreamConfig, collector: CollectorConfig, *, drop_unknown: bool = False,
+                 keep: tuple[str, ...] = ()) -> None:
+        super().__init__(stream, collector)
+        self._drop_unknown = drop_unknown
+        self._keep = keep
+        self._mapped = tuple(
+            (name, check, required, empty_is_absent, f.present, f.aliases, frozenset(f.null_values), dict(f.map),
+             f.default, f.coerce)
+            for (name, check, required, empty_is_absent, _plain), f in zip(self._fields, stream.fields.values(),
+                                                                           strict=True)
+        )
+
+    def values(self, event: dict[str, Any], from_text: bool) -> list[Any]:
+        out: list[Any] = []
+        append = out.append
+        pop = event.pop
+        for name, check, required, empty_is_absent, present, aliases, nulls, mapping, default, coerce in self._mapped:
+            v = pop(name, _MISSING)
+            for alias in aliases:
+                other = pop(alias, _MISSING)
+                if v is _MISSING:
+                    v = other
+            text = from_text
+            if v is _MISSING:
+                if present:
+                    raise Invalid(name, "required", "is required (it may be empty)")
+                if default is None:
+                    if required:
+                        raise Invalid(name, "required", "is required")
+                    append(None)
+                    continue
+                v, text = default, True
+            if nulls and v is not None and (v if type(v) is str else _json_encode(v).decode()) in nulls:
+                v = None
+            elif mapping and type(v) is str:
+                v = mapping.get(v, v)
+            if coerce and type(v) is str:
+                text = True
+            if v is None or (text and empty_is_absent and v == ""):
+                if required:
+                    raise Invalid(name, "required", "is required")
+                append(None)
+                continue
+            append(check(v, text))
+        if event and self._drop_unknown:
+            event = {k: event[k] for k in self._keep if k in event}
+        if event:
+            append(self._extra(event))
+        else:
+            append(None)
+        return out
+
+
+def make_validator(stream: StreamConfig, collector: CollectorConfig,
+                   profile: ProfileConfig | None = None) -> StreamValidator:
+    """The validator of ``stream``, or of one of its profiles (same columns, other rules)."""
+    drop = False
+    keep: tuple[str, ...] = ()
+    if profile is not None:
+        stream = msgspec.structs.replace(stream, fields={**stream.fields, **profile.fields})
+        drop, keep = profile.unknown == "drop", profile.keep
+    if drop or not all(_is_plain(f) for f in stream.fields.values()):
+        return MappedValidator(stream, collector, drop_unknown=drop, keep=keep)
+    return StreamValidator(stream, collector)
+
+
 def compile_streams(streams: Iterable[StreamConfig], collector: CollectorConfig) -> dict[str, StreamValidator]:
-    return {s.name: StreamValidator(s, collector) for s in streams}
+    return {s.name: make_validator(s, collector) for s in streams}

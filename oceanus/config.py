@@ -27,6 +27,7 @@ import os
 import re
 import tomllib
 import typing
+import zoneinfo
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -44,7 +45,15 @@ PositiveFloat = Annotated[float, Meta(gt=0)]
 Name = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 
 FieldType = Literal["string", "int", "float", "bool", "timestamp", "json"]
-Transform = Literal["lowercase", "uppercase", "strip"]
+#: Value transforms, applied in order before the checks. Strings: ``lowercase``,
+#: ``uppercase``, ``strip``, ``truncate`` (cut at ``max_length`` instead of refusing),
+#: ``remove:<chars>`` (delete each of the characters); json: ``sort_keys`` (re-encoded
+#: with sorted keys and the separators of Python's ``json.dumps``, as the 2016 oceanus stored it).
+Transform = str
+STRING_TRANSFORMS = frozenset(("lowercase", "uppercase", "strip", "truncate"))
+JSON_TRANSFORMS = frozenset(("sort_keys",))
+#: Prefix of the transform that deletes characters (``remove:/``).
+REMOVE_PREFIX = "remove:"
 FieldFormat = Literal["email"]
 
 #: Columns every row carries, set by the collector (never by the client).
@@ -84,6 +93,19 @@ class FieldConfig(_Base, frozen=True):
     transforms: tuple[Transform, ...] = ()
     format: FieldFormat | None = None
     description: str = ""
+    #: The key must be sent, but may be empty (``required`` refuses empty values too).
+    present: bool = False
+    #: Other names a sender may use for this field (``userid`` for ``user_id``); the value
+    #: is stored in this field's column. The field's own name wins when both are sent.
+    aliases: tuple[str, ...] = ()
+    #: Values that mean "unknown": stored as NULL (``"999"`` for an age). Compared as text.
+    null_values: tuple[str, ...] = ()
+    #: Exact values replaced before the checks (``{ F = "female" }``).
+    map: dict[str, str] = {}
+    #: Stored when the key is absent (text, parsed like a query value).
+    default: str | None = None
+    #: Accept the value's text form in JSON bodies too (``"age": "42"`` for an int field).
+    coerce: bool = False
 
     def __post_init__(self) -> None:
         if self.pattern is not None:
@@ -99,10 +121,28 @@ class FieldConfig(_Base, frozen=True):
             raise ValueError("`min`/`max` apply to int and float fields only")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError("`min` is greater than `max`")
-        if self.transforms and self.type != "string":
-            raise ValueError("`transforms` apply to string fields only")
+        self._check_transforms()
         if self.format is not None and self.type != "string":
             raise ValueError("`format` applies to string fields only")
+        if self.map and self.type != "string":
+            raise ValueError("`map` applies to string fields only")
+        if self.coerce and self.type not in ("int", "float", "bool"):
+            raise ValueError("`coerce` applies to int, float and bool fields only")
+        if self.required and self.default is not None:
+            raise ValueError("`default` and `required` exclude each other")
+
+    def _check_transforms(self) -> None:
+        for t in self.transforms:
+            if self.type == "json":
+                if t not in JSON_TRANSFORMS:
+                    raise ValueError(f"`transforms`: {t!r} does not apply to json fields (known: sort_keys)")
+            elif self.type != "string":
+                raise ValueError("`transforms` apply to string and json fields only")
+            elif t not in STRING_TRANSFORMS and not (t.startswith(REMOVE_PREFIX) and len(t) > len(REMOVE_PREFIX)):
+                raise ValueError(f"`transforms`: unknown transform {t!r} (known: lowercase, uppercase, strip, "
+                                 "truncate, remove:<characters>)")
+        if "truncate" in self.transforms and self.max_length is None:
+            raise ValueError("`transforms`: `truncate` needs `max_length`")
 
 
 class BatchConfig(_Base, frozen=True):
@@ -119,6 +159,36 @@ class BatchConfig(_Base, frozen=True):
             raise ValueError("`min_rows` is greater than `max_rows`")
 
 
+class ProfileConfig(_Base, frozen=True):
+    """``[streams.NAME.profiles.PROFILE]``: other rules for the same columns, used by
+    the legacy routes that name it (the 2016 oceanus's validation, for instance)."""
+
+    #: Fields whose rules differ: each replaces the stream's definition of that field
+    #: for this profile (same name, same type); the fields not listed keep theirs.
+    fields: dict[str, FieldConfig] = {}
+    #: Keys that are no field: "extra" (kept in the extra column) or "drop" (ignored,
+    #: as the 2016 oceanus did).
+    unknown: Literal["extra", "drop"] = "extra"
+    #: With ``unknown = "drop"``: keys still kept in extra (the 2016 form's uid, oid, url, enc).
+    keep: tuple[str, ...] = ()
+
+
+#: Legacy route kinds: ``pixel`` (GET, 1x1 GIF), ``form`` (POST form or GET; empty
+#: text/plain 200), ``gaze`` (GET; a delayed redirect chain open -> see -> read ->
+#: done), ``pierce`` (GET; server-side hit, answers ``ok``).
+AliasKind = Literal["pixel", "form", "gaze", "pierce"]
+AliasPath = Annotated[str, Meta(pattern=r"^/[A-Za-z0-9_./-]{0,255}$")]
+
+
+class RouteAlias(_Base, frozen=True):
+    """One legacy URL of a stream (``[[streams.NAME.aliases]]``)."""
+
+    path: AliasPath
+    kind: AliasKind = "pixel"
+    #: A profile of the stream (empty: the stream's own rules).
+    profile: str = ""
+
+
 class StreamConfig(_Base, frozen=True):
     """One kind of data: a Redis list, a warehouse table, an endpoint."""
 
@@ -130,6 +200,11 @@ class StreamConfig(_Base, frozen=True):
     #: How the BigQuery sink writes this stream.
     mode: Literal["insert_all", "storage_write", "load"] = "insert_all"
     batch: BatchConfig = BatchConfig()
+    #: IANA zone of timestamps sent without an offset ("Asia/Tokyo"); stored in UTC.
+    timezone: str = "UTC"
+    #: Legacy URLs answered for this stream (docs/MIGRATION.md).
+    aliases: tuple[RouteAlias, ...] = ()
+    profiles: dict[str, ProfileConfig] = {}
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -219,6 +294,15 @@ class CollectorConfig(_Base, frozen=True):
     demo: bool = False
     status_page: bool = False
     status_token: str = ""
+    #: Client networks whose ``?debug=1`` on a legacy route gets a plain-text dump of the
+    #: parsed event, the verdict and the Redis result instead of the usual answer. Empty: nobody.
+    debug_networks: tuple[str, ...] = ()
+    #: Legacy routes that are no stream's: path -> what it answers (docs/MIGRATION.md).
+    legacy_routes: dict[AliasPath, Literal["health", "backlog", "robots", "favicon", "tag"]] = {}
+    #: The waits of the gaze redirect chain: open -> see, see -> read, read -> done.
+    gaze_waits_s: tuple[Annotated[float, Meta(ge=0, le=30)], ...] = (2.0, 4.0, 4.0)
+    #: Gaze requests one worker holds in their wait at once; past it, the redirect is immediate.
+    max_gazes: PositiveInt = 1024
 
     def __post_init__(self) -> None:
         if self.ip_mode == "hash" and len(self.ip_hash_key) < IP_HASH_KEY_MIN_CHARS:
@@ -432,7 +516,38 @@ def _decode_stream(name: str, raw: Any) -> StreamConfig:
             raise ConfigError(f"{path}.clustering[{i}]: `{col}` is not a column of the stream")
     if len(stream.clustering) > 4:
         raise ConfigError(f"{path}.clustering: BigQuery allows at most 4 clustering columns")
+    _check_stream_extras(stream, path)
     return stream
+
+
+def _check_stream_extras(stream: StreamConfig, path: str) -> None:
+    """Field aliases, the time zone, profiles and legacy routes of one stream."""
+    try:
+        zoneinfo.ZoneInfo(stream.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{path}.timezone: unknown time zone {stream.timezone!r} (an IANA name, "
+                          "e.g. \"Asia/Tokyo\")") from None
+    names: dict[str, str] = {n: n for n in stream.fields}
+    for fname, f in stream.fields.items():
+        for i, alias in enumerate(f.aliases):
+            if alias in RESERVED_NAMES:
+                raise ConfigError(f"{path}.fields.{fname}.aliases[{i}]: `{alias}` is a column oceanus sets itself")
+            if alias in names:
+                raise ConfigError(f"{path}.fields.{fname}.aliases[{i}]: `{alias}` already names "
+                                  f"field `{names[alias]}`")
+            names[alias] = fname
+    for pname, profile in stream.profiles.items():
+        for fname, f in profile.fields.items():
+            own = stream.fields.get(fname)
+            if own is None:
+                raise ConfigError(f"{path}.profiles.{pname}.fields.{fname}: not a field of the stream "
+                                  "(a profile changes rules, never columns)")
+            if f.type != own.type:
+                raise ConfigError(f"{path}.profiles.{pname}.fields.{fname}.type: {f.type!r}, but the stream's "
+                                  f"field is {own.type!r}")
+    for i, route in enumerate(stream.aliases):
+        if route.profile and route.profile not in stream.profiles:
+            raise ConfigError(f"{path}.aliases[{i}].profile: no profile named {route.profile!r}")
 
 
 def _env_paths(struct_type: type[Struct], prefix: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:
@@ -554,7 +669,30 @@ def decode(raw: dict[str, Any], source: str = "") -> Config:
     for name in imports:
         if name in streams or name.removesuffix("_latest") in streams:
             raise ConfigError(f"imports.{name}: a stream has that table name")
+    _check_route_paths(base.collector, streams)
     return msgspec.structs.replace(base, streams=streams, imports=imports, source=source)
+
+
+#: Paths (and prefixes, ending in "/") the collector answers itself: no legacy route may take them.
+NATIVE_PATHS = ("/b/", "/e/", "/_/", "/demo", "/healthz", "/readyz", "/metrics", "/openapi.json", "/oceanus.js")
+
+
+def _check_route_paths(c: CollectorConfig, streams: Mapping[str, StreamConfig]) -> None:
+    seen: dict[str, str] = {}
+    routes = [(f"collector.legacy_routes.{p}", p) for p in c.legacy_routes]
+    for name, s in streams.items():
+        routes.extend((f"streams.{name}.aliases[{i}].path", a.path) for i, a in enumerate(s.aliases))
+    for where, route in routes:
+        if any(route == n or route.startswith(n) if n.endswith("/") else route == n for n in NATIVE_PATHS):
+            raise ConfigError(f"{where}: {route} is a route of the collector itself")
+        if route in seen:
+            raise ConfigError(f"{where}: {route} is also {seen[route]}")
+        seen[route] = where
+    for i, net in enumerate(c.debug_networks):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(f"collector.debug_networks[{i}]: {net!r} is not an address or network") from None
 
 
 def _decode_import(name: str, raw: Any) -> ImportConfig:

@@ -14,17 +14,17 @@ from oceanus.errors import OceanusError
 # subcommand -> "module:function"; the function takes the parsed args and returns an exit code.
 COMMANDS: dict[str, str] = {
     "collector": "collector.server:main",
-    "check-config": "oceanus.checkconfig:main",
+    "check-config": "oceanus.commands.checkconfig:main",
     "flusher": "flusher.runner:main",
     "tables": "flusher.tables:main",
-    "dev": "oceanus.dev:main",
-    "query": "oceanus.query:main",
-    "status": "oceanus.status:main",
-    "demo": "oceanus.demo:main",
-    "cost": "oceanus.cost:main",
+    "dev": "oceanus.commands.dev:main",
+    "query": "oceanus.commands.query:main",
+    "status": "oceanus.commands.status:main",
+    "demo": "oceanus.commands.demo:main",
+    "cost": "oceanus.commands.cost:main",
     "import": "importer.runner:main",
-    "dead": "oceanus.dead:main",
-    "forget": "oceanus.forget:main",
+    "dead": "oceanus.commands.dead:main",
+    "forget": "oceanus.commands.forget:main",
 }
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from collector import web
 from collector.spool import REPLAY_CHUNK_RECORDS, Spool, quarantine_path, usage
-from oceanus import status
+from oceanus.commands import status
 
 Record = tuple[str, bytes]
 

@@ -22,8 +22,9 @@ import pytest
 from flusher.admin import MAX_QUERIES_IN_FLIGHT, MIN_TOKEN_CHARS, QUERY_TOKEN_ENV, load_query_token
 from flusher.runner import Flusher
 from flusher.sinks.duckdb import DuckDBSink
-from oceanus import config, devstate
+from oceanus import config
 from oceanus.buffer import Keys
+from oceanus.commands import devstate
 from oceanus.config import Config, FlusherConfig
 from oceanus.errors import ConfigError
 from tests.flusher.helpers import make_config, make_config_text, push_frames

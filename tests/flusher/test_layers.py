@@ -6,8 +6,8 @@ import ast
 from pathlib import Path
 
 import flusher
+import oceanus.commands.query
 import oceanus.errors
-import oceanus.query
 from flusher.sinks import base
 
 FLUSHER = Path(flusher.__file__).parent
@@ -40,5 +40,5 @@ def test_sinks_import_only_the_core_of_oceanus() -> None:
 
 def test_one_query_error() -> None:
     assert base.QueryError is oceanus.errors.QueryError
-    assert oceanus.query.QueryError is oceanus.errors.QueryError
+    assert oceanus.commands.query.QueryError is oceanus.errors.QueryError
     assert issubclass(base.QueryTimeout, oceanus.errors.QueryError)

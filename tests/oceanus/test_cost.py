@@ -9,8 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from oceanus import config, cost
+from oceanus import config
 from oceanus.cli import main as cli_main
+from oceanus.commands import cost
 from oceanus.errors import ConfigError
 from tests.support.servers import free_port
 

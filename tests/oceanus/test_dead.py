@@ -114,7 +114,7 @@ def test_dead_list_replay_purge(dead_env: RedisServer, capsys: pytest.CaptureFix
 
 def test_replay_splits_frames_by_columns_and_size(dead_env: RedisServer, capsys: pytest.CaptureFixture[str],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from oceanus import dead
+    from oceanus.commands import dead
 
     monkeypatch.setattr(dead, "REPLAY_ROWS_PER_FRAME", 2)
     client = dead_env.client()

@@ -12,7 +12,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from collector.validate import Invalid, StreamValidator, compile_streams, parse_pairs
-from oceanus import cli, config, demo
+from oceanus import cli, config
+from oceanus.commands import demo
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -19,8 +19,9 @@ import msgspec
 import pytest
 import redis
 
-from oceanus import cli, config, dev, devstate
+from oceanus import cli, config
 from oceanus.buffer import Keys, encode_frame
+from oceanus.commands import dev, devstate
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 import redis
 
-from oceanus import devstate, discovery
+from oceanus import discovery
 from oceanus.buffer import Keys
+from oceanus.commands import devstate
 from tests.support.servers import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flusher.sinks.bigquery import BigQuerySink
-from oceanus.forget import _bigquery_delete
+from oceanus.commands.forget import _bigquery_delete
 from tests.support.bq_helpers import MemState, bq_config, emulator_client, make_batch, make_rows
 from tests.support.servers import BigQueryEmulator
 

@@ -15,7 +15,8 @@ import pytest
 
 from flusher.runner import Flusher, _write_discovery
 from flusher.sinks.duckdb import DuckDBSink
-from oceanus import cli, config, devstate, discovery, query
+from oceanus import cli, config, discovery
+from oceanus.commands import devstate, query
 from tests.flusher.helpers import make_config_text
 from tests.flusher.test_runner import run_flusher
 from tests.support.servers import RedisServer

@@ -10,8 +10,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from oceanus import cli, devstate, status
+from oceanus import cli
 from oceanus.buffer import EventIds, Keys, encode_frame
+from oceanus.commands import devstate, status
 from tests.support.servers import RedisServer
 
 REPO = Path(__file__).resolve().parents[2]

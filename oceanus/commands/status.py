@@ -1,6 +1,6 @@
 """``oceanus status``: where every event of the local stack is, per stream.
 
-Rows stored come from the warehouse (through :mod:`oceanus.query`, so it works
+Rows stored come from the warehouse (through :mod:`oceanus.commands.query`, so it works
 while the flusher holds DuckDB's lock); the Redis backlog is counted in rows by
 decoding the frames (one frame holds a whole collector micro-batch); the spool
 depth in bytes is :func:`collector.spool.usage` of the spool directory (the
@@ -21,9 +21,11 @@ from pathlib import Path
 import msgspec
 
 from collector.spool import usage as spool_usage
-from oceanus import config, devstate
+from oceanus import config
 from oceanus.buffer import FrameError, Keys, decode_frame
-from oceanus.query import QueryError, run_sql
+from oceanus.commands import devstate
+from oceanus.commands.query import run_sql
+from oceanus.errors import QueryError
 
 #: Frames fetched per LRANGE while counting the backlog.
 SCAN_CHUNK_FRAMES = 500

@@ -51,8 +51,9 @@ from typing import IO
 
 import msgspec
 
-from oceanus import config, devstate, discovery
+from oceanus import config, discovery
 from oceanus.buffer import Keys
+from oceanus.commands import devstate
 from oceanus.errors import OceanusError
 
 if sys.platform == "linux":

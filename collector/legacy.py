@@ -119,6 +119,8 @@ class StreamRoute:
                                      "written (Redis, or the local spool while Redis is unreachable)")
         if self.kind == "pierce":
             return await _plain(send, 200, b"ok", app._cors(scope))
+        if self.kind == "form":
+            return await _plain(send, 200, b"", app._cors(scope))
         if self.kind == "gaze":
             step = row[self.evt_index] if self.evt_index >= 0 else None
             if isinstance(step, str) and step in GAZE_NEXT:

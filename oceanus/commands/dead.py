@@ -26,6 +26,7 @@ import redis
 
 from oceanus import config
 from oceanus.buffer import Keys, encode_frame
+from oceanus.commands import UsageError
 from oceanus.errors import OceanusError
 
 #: Rows per replayed frame: the collector's own micro-batch bound.
@@ -109,7 +110,7 @@ def _streams(cfg: config.Config, only: str | None) -> list[str]:
     if only is None:
         return list(cfg.streams)
     if only not in cfg.streams:
-        raise OceanusError(f"--stream {only}: no such stream (known: {', '.join(cfg.streams)})")
+        raise UsageError(f"--stream {only}: no such stream (known: {', '.join(cfg.streams)})")
     return [only]
 
 

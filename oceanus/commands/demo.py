@@ -31,6 +31,7 @@ from urllib.parse import urlencode, urlsplit
 
 import msgspec
 
+from oceanus.commands import UsageError
 from oceanus.errors import OceanusError
 
 HTTP_TIMEOUT_S = 10.0
@@ -230,7 +231,7 @@ class Client:
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise DemoError(f"--url {url!r}: expected http://HOST:PORT")
+            raise UsageError(f"--url {url!r}: expected http://HOST:PORT")
         self.https = parts.scheme == "https"
         self.host = parts.hostname
         self.port = parts.port or (443 if self.https else 80)
@@ -292,7 +293,7 @@ class Progress:
 
 def run(url: str, events: int, rate: float, seed: int | None, progress: bool) -> Report:
     if events < 0 or rate <= 0:
-        raise DemoError("--events must be >= 0 and --rate > 0")
+        raise UsageError("--events must be >= 0 and --rate > 0")
     client = Client(url)
     try:
         client.send("GET", "/healthz", None, {})

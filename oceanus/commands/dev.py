@@ -53,7 +53,7 @@ import msgspec
 
 from oceanus import config, discovery
 from oceanus.buffer import Keys
-from oceanus.commands import devstate
+from oceanus.commands import EXIT_FAILED, UsageError, devstate
 from oceanus.errors import OceanusError
 
 if sys.platform == "linux":
@@ -177,7 +177,7 @@ def check_port(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as exc:
-            raise DevError(
+            raise UsageError(
                 f"port {port} is in use ({exc.strerror}); stop what listens there or choose another with --port"
             ) from None
 
@@ -197,7 +197,7 @@ def prepare_data_dir(data_dir: Path) -> None:
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as exc:
-        raise DevError(
+        raise UsageError(
             f"data dir {data_dir} is not writable ({exc.strerror}); choose another with --data-dir"
         ) from None
 
@@ -534,7 +534,7 @@ def main(args: argparse.Namespace) -> int:
             info = stack.start()
         except DevError as exc:
             _say(str(exc))
-            return 2
+            return EXIT_FAILED
         print(banner(cfg, data_dir, info.collector_url, info.redis_url, stack.admin_url,
                      default_data_dir=args.data_dir == ".oceanus", default_port=int(args.port) == 8080), flush=True)
         died = stack.supervise()

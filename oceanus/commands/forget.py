@@ -41,6 +41,7 @@ import redis
 
 from oceanus import config
 from oceanus.buffer import FrameError, Keys, decode_frame, encode_frame
+from oceanus.commands import UsageError
 from oceanus.errors import OceanusError
 
 #: Column types ``forget`` compares as text (timestamps and JSON have no single text form).
@@ -87,7 +88,7 @@ def _matches(value: Any, wanted: str) -> bool:
 def streams_with(cfg: config.Config, field: str, only: str | None) -> list[config.StreamConfig]:
     names = [only] if only else list(cfg.streams)
     if only and only not in cfg.streams:
-        raise ForgetError(f"--stream {only}: no such stream (known: {', '.join(cfg.streams)})")
+        raise UsageError(f"--stream {only}: no such stream (known: {', '.join(cfg.streams)})")
     out: list[config.StreamConfig] = []
     for name in names:
         stream = cfg.streams[name]
@@ -95,7 +96,7 @@ def streams_with(cfg: config.Config, field: str, only: str | None) -> list[confi
         if field in FORGETTABLE_SERVER_COLUMNS or (fc is not None and fc.type in FORGETTABLE_TYPES):
             out.append(stream)
     if not out:
-        raise ForgetError(f"--field {field}: not a string, int or bool field (or ip) of "
+        raise UsageError(f"--field {field}: not a string, int or bool field (or ip) of "
                           + (f"stream {only}" if only else "any stream"))
     return out
 

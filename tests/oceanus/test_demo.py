@@ -79,7 +79,7 @@ def test_no_collector_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
         port = s.getsockname()[1]  # bound, not listening: connections are refused
         code = cli.main(["demo", "--url", f"http://127.0.0.1:{port}", "--events", "5"])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "no collector answers" in err
+    assert code == 1 and err.count("\n") == 1 and "no collector answers" in err
 
 
 def test_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:

@@ -90,7 +90,7 @@ def test_redis_server_missing(tmp_path: Path) -> None:
         [sys.executable, "-m", "oceanus.cli", "dev", "--data-dir", str(tmp_path / "d"), "--port", "0"],
         env={**os.environ, "PATH": str(bindir)}, capture_output=True, text=True, timeout=60, cwd=REPO,
     )
-    assert proc.returncode == 2
+    assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1
     assert "redis-server is not installed" in proc.stderr and "apt-get install" in proc.stderr
 
@@ -108,7 +108,7 @@ def test_refuses_a_second_dev_on_the_same_dir(tmp_path: Path, capsys: pytest.Cap
     tmp_path.joinpath("d").mkdir()
     devstate.write_dev_info(tmp_path / "d", _info(tmp_path / "d", os.getpid()))
     code, err = run_dev(capsys, "--data-dir", str(tmp_path / "d"), "--port", "0")
-    assert code == 2 and f"(pid {os.getpid()}) is already running" in err
+    assert code == 1 and f"(pid {os.getpid()}) is already running" in err
 
 
 def test_refuses_while_an_orphaned_child_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -119,7 +119,7 @@ def test_refuses_while_an_orphaned_child_runs(tmp_path: Path, capsys: pytest.Cap
         # The supervisor is gone (a pid that cannot exist), its redis-server is not.
         devstate.write_dev_info(data, _info(data, 2**22 + 7, redis=orphan.pid))
         code, err = run_dev(capsys, "--data-dir", str(data), "--port", "0")
-        assert code == 2 and f"redis-server (pid {orphan.pid})" in err and f"kill {orphan.pid}" in err
+        assert code == 1 and f"redis-server (pid {orphan.pid})" in err and f"kill {orphan.pid}" in err
     finally:
         orphan.kill()
         orphan.wait()

@@ -75,19 +75,19 @@ def test_json_format_is_typed(data_dir: Path, capsys: pytest.CaptureFixture[str]
 
 def test_sql_error_is_one_line(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "--data-dir", str(data_dir), "SELECT nope FROM pageview")
-    assert code == 2 and out == ""
+    assert code == 1 and out == ""
     assert err.count("\n") == 1 and "nope" in err
 
 
 def test_read_only(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "--data-dir", str(data_dir), "DELETE FROM pageview")
-    assert code == 2 and "read-only" in err.lower()
+    assert code == 1 and "read-only" in err.lower()
     assert query.run_sql(data_dir, "SELECT count(*) FROM pageview").rows == [[3]]
 
 
 def test_no_warehouse_yet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "--data-dir", str(tmp_path), "SELECT 1")
-    assert code == 2 and "no warehouse at" in err and "oceanus dev" in err
+    assert code == 1 and "no warehouse at" in err and "oceanus dev" in err
 
 
 def test_stale_flusher_file_falls_back_to_the_file(data_dir: Path) -> None:

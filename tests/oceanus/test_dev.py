@@ -21,7 +21,7 @@ import redis
 
 from oceanus import cli, config
 from oceanus.buffer import Keys, encode_frame
-from oceanus.commands import dev, devstate
+from oceanus.commands import banner, dev, devstate
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -164,7 +164,7 @@ def test_banner_examples_are_valid_events(tmp_path: Path) -> None:
     from collector.validate import Invalid, compile_streams
 
     cfg = config.load(REPO / "oceanus.toml", env={})
-    text = dev.banner(cfg, tmp_path, "http://127.0.0.1:8080", "redis://127.0.0.1:1/0", "http://127.0.0.1:2",
+    text = banner.banner(cfg, tmp_path, "http://127.0.0.1:8080", "redis://127.0.0.1:1/0", "http://127.0.0.1:2",
                       default_data_dir=False, default_port=True)
     validators = compile_streams(cfg.streams.values(), cfg.collector)
     pixel = next(line.split()[-1] for line in text.splitlines() if line.startswith("Pixel URL:"))

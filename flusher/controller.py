@@ -31,6 +31,7 @@ import math
 import statistics
 
 from oceanus.config import BatchConfig
+from oceanus.errors import Reason
 
 #: Multiplicative decrease on congestion.
 DECREASE_FACTOR = 0.5
@@ -60,14 +61,17 @@ class Outcome(enum.Enum):
     ERROR = "error"
 
     @classmethod
-    def from_reason(cls, reason: str) -> Outcome:
-        if reason == "throttled":
-            return cls.THROTTLED
-        if reason == "timeout":
-            return cls.TIMEOUT
-        if reason == "too_large":
-            return cls.TOO_LARGE
-        return cls.ERROR
+    def of(cls, reason: Reason) -> Outcome:
+        """What a failure of ``reason`` says about congestion (anything else is an error)."""
+        return _CONGESTION.get(reason, cls.ERROR)
+
+
+#: The reasons that mean "send less at a time".
+_CONGESTION: dict[Reason, Outcome] = {
+    Reason.THROTTLED: Outcome.THROTTLED,
+    Reason.TIMEOUT: Outcome.TIMEOUT,
+    Reason.TOO_LARGE: Outcome.TOO_LARGE,
+}
 
 
 class BatchController:

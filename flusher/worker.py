@@ -41,9 +41,9 @@ from redis.exceptions import RedisError
 from flusher.batch import BatchBuilder, Built, dead_frame, dead_row, frame_oldest_ms
 from flusher.claim import Claim, RedisWriteState
 from flusher.controller import BatchController, Outcome
-from flusher.sinks.base import Batch, Preparable, WriteResult
+from flusher.sinks.base import Batch, Preparable, RowRetry, WriteResult
 from oceanus.config import StreamConfig
-from oceanus.errors import PayloadTooLarge, SinkError
+from oceanus.errors import Pacing, PayloadTooLarge, PermanentError, Reason, SinkError
 
 if TYPE_CHECKING:
     from flusher.runner import Flusher
@@ -56,8 +56,6 @@ IDLE_POLL_S = 0.1
 #: Pause after a Redis error before the worker tries again (seconds, doubled up to the cap).
 REDIS_RETRY_BASE_S = 0.2
 REDIS_RETRY_MAX_S = 5.0
-#: ``SinkError.reason`` of a write refused only until a quota slot opens (``retry_after_s`` says when).
-PACING_REASON = "pacing"
 
 
 class _GiveBack(Exception):
@@ -93,11 +91,15 @@ class _Isolate(Exception):
 class _Part:
     """A claimed batch on its way to the sink, or a half of it (of a half ...)."""
 
-    __slots__ = ("batch", "state", "inherited", "sibling", "written", "failures", "strikes")
+    __slots__ = ("batch", "state", "inherited", "sibling", "written", "failures", "strikes", "wait_s")
 
-    def __init__(self, batch: Batch, state: RedisWriteState, inherited: int = 0) -> None:
+    def __init__(self, batch: Batch, state: RedisWriteState, inherited: int = 0, wait_s: float = 0.0) -> None:
         self.batch = batch
         self.state = state
+        #: Backoff before its first write: rows the sink asked to re-send (``WriteResult.retry``)
+        #: come back after the same pause as a failed write, and are never given back (their
+        #: batch is partly written).
+        self.wait_s = wait_s
         #: Failures of the parts it was split from: the backoff goes on growing, not from scratch.
         self.inherited = inherited
         #: The other half of the split that made it (None for a whole batch).
@@ -380,6 +382,10 @@ class StreamWorker:
                 if 0 <= err.index < len(batch.rows):
                     dead.append(dead_row(self.name, err.reason, batch.columns, batch.rows[err.index]))
             total += result.written
+            if result.retry:
+                resend = self._resend(part, result.retry)
+                if resend is not None:
+                    todo.appendleft(resend)
         return total
 
     @staticmethod
@@ -420,10 +426,13 @@ class StreamWorker:
         f = self.f
         batch, state = part.batch, part.state
         hist = f.metrics.sink_write_duration.labels(self.name)
+        if part.wait_s > 0:
+            await self._pause(part.wait_s, give_back=False)
         while True:
             # The first attempt always runs: finishing a batch is quicker than
             # giving it back and writing it again later.
-            if f.stopping.is_set() and not state.has_sink_state() and part.inherited + part.failures > 0:
+            if (f.stopping.is_set() and not state.has_sink_state() and part.inherited + part.failures > 0
+                    and not part.wait_s):
                 raise _GiveBack()
             t0 = time.perf_counter()
             try:
@@ -433,24 +442,18 @@ class StreamWorker:
                 raise
             except Exception as exc:  # noqa: BLE001 - any sink failure keeps the batch claimed
                 elapsed = time.perf_counter() - t0
-                if isinstance(exc, SinkError) and exc.reason == PACING_REASON and exc.retry_after_s is not None:
+                if isinstance(exc, Pacing) and exc.retry_after_s is not None:
                     # A quota's schedule (load jobs: one per table per interval), not a
                     # failure: wait exactly as long as the sink says, leave the batch size
                     # and the retry count alone, and do not alert (no sink_retries_total).
                     log.debug("stream %s: batch %s waits %.1fs for the sink's next slot: %s",
                               self.name, batch.batch_id, exc.retry_after_s, exc)
-                    if f.stopping.is_set():
-                        if not state.has_sink_state():
-                            raise _GiveBack() from None
-                        await asyncio.sleep(exc.retry_after_s)
-                    else:
-                        await f.sleep(exc.retry_after_s)
+                    await self._pause(exc.retry_after_s, give_back=not state.has_sink_state() and not part.wait_s)
                     continue
                 hist.observe(elapsed)
-                err = exc if isinstance(exc, SinkError) else SinkError(
-                    f"{type(exc).__name__}: {exc}", retryable=False,
-                    reason="row" if row_specific(exc) else "bug")
-                self.controller.observe_write(len(batch.rows), elapsed, Outcome.from_reason(err.reason), True)
+                err = exc if isinstance(exc, SinkError) else PermanentError(
+                    f"{type(exc).__name__}: {exc}", Reason.ROW if row_specific(exc) else Reason.BUG)
+                self.controller.observe_write(len(batch.rows), elapsed, Outcome.of(err.reason), True)
                 f.metrics.sink_retries.labels(self.name, err.reason).inc()
                 f.metrics.batch_target_rows.labels(self.name).set(self.controller.target_rows)
                 part.failures += 1
@@ -466,17 +469,37 @@ class StreamWorker:
                         self.name, batch.batch_id, len(batch.rows), "" if err.retryable else " (not retryable: "
                         "fix the cause; the batch stays claimed)", part.failures, delay, err,
                         exc_info=not isinstance(exc, SinkError))
-                if f.stopping.is_set():
-                    if not state.has_sink_state():
-                        raise _GiveBack() from None
-                    await asyncio.sleep(delay)  # draining a batch the sink has begun: keep the pace
-                else:
-                    await f.sleep(delay)
+                await self._pause(delay, give_back=not state.has_sink_state() and not part.wait_s)
                 continue
             elapsed = time.perf_counter() - t0
             hist.observe(elapsed)
             self.controller.observe_write(len(batch.rows), elapsed, Outcome.OK, self.backlog)
             return result
+
+    async def _pause(self, seconds: float, *, give_back: bool) -> None:
+        """Wait before the next write; at shutdown, give the batch back if ``give_back`` allows."""
+        if not self.f.stopping.is_set():
+            await self.f.sleep(seconds)
+        elif give_back:
+            raise _GiveBack()
+        else:
+            await asyncio.sleep(seconds)  # draining a batch the sink has begun: keep the pace
+
+    def _resend(self, part: _Part, retry: Sequence[RowRetry]) -> _Part | None:
+        """The rows the sink asked to re-send, as a part of their own that waits one backoff first."""
+        batch = part.batch
+        rows = [batch.rows[r.index] for r in retry if 0 <= r.index < len(batch.rows)]
+        if not rows:
+            return None
+        reason = retry[0].reason
+        self.f.metrics.sink_retries.labels(self.name, reason).inc()
+        attempt = part.inherited + part.failures
+        delay = backoff_s(attempt, self.f.cfg.flusher.retry_base_s, self.f.cfg.flusher.retry_max_s, self.rng)
+        tag = f"r{attempt}"
+        log.warning("stream %s: %d rows of batch %s refused as transient (%s), re-sent in %.2fs",
+                    self.name, len(rows), batch.batch_id, reason, delay)
+        # A pause of 0 would let a shutdown give back a partly written batch: at least a tick.
+        return _Part(_sub(batch, rows, tag), part.state.child(tag), attempt + 1, wait_s=max(delay, 1e-6))
 
 
 def _sub(batch: Batch, rows: Sequence[Sequence[Any]], part: str) -> Batch:

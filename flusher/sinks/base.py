@@ -15,10 +15,10 @@ from typing import Any, Protocol, runtime_checkable
 import msgspec
 
 from oceanus.config import StreamConfig
-from oceanus.errors import QueryError, QueryTimeout
+from oceanus.errors import QueryError, QueryTimeout, Reason
 
-__all__ = ["Batch", "Preparable", "QueryError", "QueryResult", "QueryTimeout", "Queryable", "RowError", "Sink",
-           "WriteResult", "WriteState"]
+__all__ = ["Batch", "Preparable", "QueryError", "QueryResult", "QueryTimeout", "Queryable", "RowError", "RowRetry",
+           "Sink", "WriteResult", "WriteState"]
 
 
 class Batch(msgspec.Struct, frozen=True, kw_only=True):
@@ -48,9 +48,23 @@ class RowError(msgspec.Struct, frozen=True):
     reason: str
 
 
+class RowRetry(msgspec.Struct, frozen=True):
+    """One row the warehouse refused for a transient reason (insertAll's ``backendError``, ``stopped``).
+
+    The sink does not re-send it: the flusher's worker writes the rows of
+    ``WriteResult.retry`` again as a batch of their own, after its backoff.
+    """
+
+    index: int
+    reason: Reason
+
+
 class WriteResult(msgspec.Struct, frozen=True, kw_only=True):
+    """``written`` rows stored; ``rejected`` refused for good (dead letters); ``retry`` to send again."""
+
     written: int
     rejected: tuple[RowError, ...] = ()
+    retry: tuple[RowRetry, ...] = ()
 
 
 class WriteState(Protocol):
@@ -77,9 +91,12 @@ class Sink(Protocol):
     def write(self, batch: Batch, state: WriteState) -> WriteResult:
         """Write every row exactly once (per event_id) or raise.
 
-        Raises :class:`oceanus.errors.SinkError` (``retryable`` set) for
-        whole-batch failures and :class:`oceanus.errors.PayloadTooLarge` when
-        the batch must be split. Per-row refusals come back in ``rejected``.
+        Makes one attempt and classifies what went wrong; never retries (the
+        flusher's worker does, with its backoff). Raises one of
+        :class:`oceanus.errors.TransientError`, :class:`~oceanus.errors.Pacing`,
+        :class:`~oceanus.errors.PayloadTooLarge` (the worker splits the batch) or
+        :class:`~oceanus.errors.PermanentError` for whole-batch failures. Per-row
+        refusals come back in ``rejected`` (for good) or ``retry`` (transient).
         """
         ...
 

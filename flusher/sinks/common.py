@@ -9,7 +9,109 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import uuid
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from flusher.sinks.base import Batch, RowError
+from oceanus.config import EXTRA_COLUMN, FieldType, StreamConfig
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+#: Columns the collector sets, first in every table, with their config type.
+SERVER_COLUMNS: tuple[tuple[str, FieldType], ...] = (
+    ("event_id", "string"),  # 32 hex digits
+    ("received_at", "timestamp"),
+    ("ip", "string"),
+    ("ua", "string"),
+    ("device", "string"),
+)
+#: Server columns every row has (a warehouse may declare them NOT NULL / REQUIRED).
+REQUIRED_COLUMNS = frozenset({"event_id", "received_at"})
+#: Suffix of the view beside each table that shows one row per event_id (same name in every sink).
+DEDUP_VIEW_SUFFIX = "_dedup"
+
+_json = msgspec.json.Encoder()
+
+
+def column_types(stream: StreamConfig) -> list[tuple[str, FieldType]]:
+    """Every column of the stream's table with its config type, in table order."""
+    cols: list[tuple[str, FieldType]] = list(SERVER_COLUMNS)
+    cols += [(name, f.type) for name, f in stream.fields.items()]
+    cols.append((EXTRA_COLUMN, "json"))
+    return cols
+
+
+def column_type(stream: StreamConfig, column: str) -> FieldType:
+    """The config type of one column of the stream's table (a column the config dropped: string)."""
+    for name, ftype in SERVER_COLUMNS:
+        if name == column:
+            return ftype
+    if column == EXTRA_COLUMN:
+        return "json"
+    field = stream.fields.get(column)
+    return field.type if field is not None else "string"
+
+
+def arrow_types(timestamp_tz: str | None) -> dict[FieldType, pa.DataType]:
+    """Arrow type of each config type; timestamps are microseconds (``timestamp_tz`` None: naive)."""
+    import pyarrow as pa
+
+    return {
+        "string": pa.string(),
+        "json": pa.string(),
+        "int": pa.int64(),
+        "float": pa.float64(),
+        "bool": pa.bool_(),
+        "timestamp": pa.timestamp("us", tz=timestamp_tz),
+    }
+
+
+def event_id_text(value: Any) -> str:
+    """An event id as the warehouse stores it: 16 raw bytes -> 32 hex digits (text passes as is)."""
+    return value.hex() if isinstance(value, bytes | bytearray) else str(value)
+
+
+# --------------------------------------------------------------------------- progress marks
+#
+# A sink that sends one batch in several requests records how far it got in the
+# batch's WriteState, so the retry the worker makes does not send stored rows
+# again. A mark names the batch and its size: a mark of another batch (a split
+# half, a new claim) is ignored.
+
+
+def progress_mark(batch: Batch, *fields: object) -> str:
+    """``<batch_id>:<rows>:<field>:...``."""
+    return ":".join([batch.batch_id, str(len(batch.rows)), *map(str, fields)])
+
+
+def read_progress(batch: Batch, mark: str | None, fields: int) -> list[str] | None:
+    """The ``fields`` values of ``mark`` if it is this batch's, else None."""
+    if not mark:
+        return None
+    parts = mark.rsplit(":", fields + 1)
+    if len(parts) != fields + 2 or parts[0] != batch.batch_id or parts[1] != str(len(batch.rows)):
+        return None
+    return parts[2:]
+
+
+def encode_refused(refused: Mapping[int, str]) -> str:
+    """Rows refused so far, for the WriteState (JSON ``[[row, reason], ...]``)."""
+    return _json.encode(sorted(refused.items())).decode()
+
+
+def decode_refused(raw: str | None) -> dict[int, str]:
+    try:
+        return dict(msgspec.json.decode(raw or "[]", type=list[tuple[int, str]]))
+    except msgspec.DecodeError:
+        return {}
+
+
+def refused_rows(refused: Mapping[int, str]) -> tuple[RowError, ...]:
+    """``{row: reason}`` -> ``WriteResult.rejected``, in row order."""
+    return tuple(RowError(i, reason) for i, reason in sorted(refused.items()))
 
 
 def plain(value: Any) -> Any:

@@ -68,9 +68,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flusher.sinks.base import Batch, QueryResult, RowError, WriteResult, WriteState
-from flusher.sinks.common import plain
-from oceanus.config import EXTRA_COLUMN, Config, FieldType, StreamConfig
-from oceanus.errors import ConfigError, QueryError, QueryTimeout, SinkError
+from flusher.sinks.common import DEDUP_VIEW_SUFFIX, arrow_types, column_types, plain
+from oceanus.config import Config, FieldType, StreamConfig
+from oceanus.errors import ConfigError, PermanentError, QueryError, QueryTimeout, Reason, SinkError, TransientError
 
 #: Warehouse type of each config field type.
 DUCKDB_TYPES: dict[FieldType, str] = {
@@ -81,14 +81,6 @@ DUCKDB_TYPES: dict[FieldType, str] = {
     "timestamp": "TIMESTAMP",
     "json": "JSON",
 }
-SERVER_TYPES: tuple[tuple[str, FieldType], ...] = (
-    ("event_id", "string"),
-    ("received_at", "timestamp"),
-    ("ip", "string"),
-    ("ua", "string"),
-    ("device", "string"),
-)
-DEDUP_VIEW_SUFFIX = "_dedup"
 #: ``POST /query`` answers at most this many rows; more is a 400 asking for a LIMIT.
 MAX_QUERY_ROWS = 10_000
 #: Statement kinds /query runs: nothing that writes, attaches or copies files.
@@ -107,25 +99,13 @@ LOCKED_DOWN: dict[str, str | bool | int] = {
 }
 #: A query's timeout when the caller gives none (seconds; flusher.query_timeout_s).
 QUERY_TIMEOUT_S = 10.0
+#: Passes of one write: rows Arrow refuses, then rows whose JSON DuckDB refuses, then the insert.
+ISOLATION_PASSES = 3
 
-_ARROW: dict[FieldType, pa.DataType] = {
-    "string": pa.string(),
-    "int": pa.int64(),
-    "float": pa.float64(),
-    "bool": pa.bool_(),
-    "timestamp": pa.timestamp("us"),
-    "json": pa.string(),
-}
+#: Naive timestamps: DuckDB's TIMESTAMP holds UTC without a zone.
+_ARROW: dict[FieldType, pa.DataType] = arrow_types(None)
 _ARROW_ERRORS = (pa.ArrowException, OverflowError, TypeError, ValueError, AttributeError)
 _json_dec = msgspec.json.Decoder()
-
-
-def column_types(stream: StreamConfig) -> list[tuple[str, FieldType]]:
-    """Every column of the stream's table with its config type, in table order."""
-    cols: list[tuple[str, FieldType]] = list(SERVER_TYPES)
-    cols += [(name, f.type) for name, f in stream.fields.items()]
-    cols.append((EXTRA_COLUMN, "json"))
-    return cols
 
 
 def _q(name: str) -> str:
@@ -210,7 +190,7 @@ class DuckDBSink:
                 self._con, self._reader = self._open()
             except ConfigError as exc:
                 self._reopen_failed = True
-                raise SinkError(f"duckdb: cannot reopen {self.path}: {exc}", retryable=True) from None
+                raise TransientError(f"duckdb: cannot reopen {self.path}: {exc}", Reason.IO) from None
         self._rows_since_open = 0
         self._reopen_failed = False
         self.reopens += 1
@@ -276,7 +256,7 @@ class DuckDBSink:
                 if not create:
                     changes.append(f"duckdb: (re)created view {view}")
         except duckdb.Error as exc:
-            raise SinkError(f"duckdb: cannot create or migrate table {table}: {exc}", retryable=False) from None
+            raise PermanentError(f"duckdb: cannot create or migrate table {table}: {exc}") from None
         self._tables[table] = list(self._existing(table))
         return changes
 
@@ -315,7 +295,9 @@ class DuckDBSink:
         rows = batch.rows
         rejected: dict[int, str] = {}
         ready = batch.prepared if isinstance(batch.prepared, _Prepared) and batch.prepared.rows == len(rows) else None
-        for _attempt in range(3):
+        # Not a retry: each pass drops the rows the last one found invalid (Arrow
+        # conversion first, then JSON the insert refused); the third must insert.
+        for _pass in range(ISOLATION_PASSES):
             keep = [i for i in range(len(rows)) if i not in rejected] if rejected else None
             if ready is not None and keep is None:
                 table: pa.Table | None = ready.table
@@ -328,14 +310,14 @@ class DuckDBSink:
             except duckdb.ConversionException as exc:
                 bad = self._bad_json(batch, keep)
                 if not bad:
-                    raise SinkError(f"duckdb: insert into {batch.stream.name} failed: {exc}", retryable=False) from None
+                    raise PermanentError(f"duckdb: insert into {batch.stream.name} failed: {exc}") from None
                 rejected.update(bad)
                 continue
             except duckdb.Error as exc:
-                raise _map_error(exc, batch.stream.name) from None
+                raise _classify(exc, batch.stream.name) from None
             errors = tuple(RowError(i, reason) for i, reason in sorted(rejected.items()))
             return WriteResult(written=table.num_rows, rejected=errors)
-        raise SinkError(f"duckdb: could not isolate the invalid rows of {batch.stream.name}", retryable=False)
+        raise PermanentError(f"duckdb: could not isolate the invalid rows of {batch.stream.name}")
 
     def _arrow(
         self, batch: Batch, rows: Sequence[Sequence[Any]], index: list[int] | None, rejected: dict[int, str]
@@ -357,8 +339,7 @@ class DuckDBSink:
             except _ARROW_ERRORS:
                 bad = _bad_values(name, ftype, values)
                 if not bad:
-                    raise SinkError(f"duckdb: column {name} of {batch.stream.name} cannot be converted",
-                                    retryable=False) from None
+                    raise PermanentError(f"duckdb: column {name} of {batch.stream.name} cannot be converted") from None
                 for pos, reason in bad:
                     rejected[index[pos] if index is not None else pos] = reason
                 return None
@@ -535,9 +516,10 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def _map_error(exc: duckdb.Error, table: str) -> SinkError:
-    # Disk full, I/O hiccups and write-write conflicts pass; a constraint or
-    # catalog error will not, but the flusher backs off either way and alerts.
-    retryable = isinstance(exc, duckdb.IOException | duckdb.TransactionException | duckdb.OutOfMemoryException)
-    reason = "io" if retryable else "error"
-    return SinkError(f"duckdb: insert into {table} failed: {_one_line(exc)}", retryable=retryable, reason=reason)
+def _classify(exc: duckdb.Error, table: str) -> SinkError:
+    """DuckDB's classifier. Disk full, I/O hiccups and write-write conflicts pass; a
+    constraint or catalog error will not, but the worker backs off either way and alerts."""
+    message = f"duckdb: insert into {table} failed: {_one_line(exc)}"
+    if isinstance(exc, duckdb.IOException | duckdb.TransactionException | duckdb.OutOfMemoryException):
+        return TransientError(message, Reason.IO)
+    return PermanentError(message)

@@ -15,7 +15,7 @@ import pytest
 from google.api_core import exceptions as gexc
 
 from flusher.sinks.bigquery import BigQuerySink
-from flusher.sinks.bq_load import STATE_JOB, LoadWriter, job_id_for, ndjson
+from flusher.sinks.bigquery.load import STATE_JOB, LoadWriter, job_id_for, ndjson
 from oceanus import config
 from oceanus.errors import ConfigError, SinkError
 from tests.support.bq_modes import MemState, batch, mode_config, mode_sink

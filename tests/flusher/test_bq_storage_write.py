@@ -21,18 +21,15 @@ from typing import Any
 import pytest
 
 from flusher.sinks.bigquery import BigQuerySink
-from flusher.sinks.bq_storage_write import (
-    _ALREADY_EXISTS,
-    _FAILED_PRECONDITION,
-    _NOT_FOUND,
-    _OUT_OF_RANGE,
-    _RESOURCE_EXHAUSTED,
-    _UNAVAILABLE,
-    STATE_OFFSET,
-    STATE_STREAM,
-    StorageWriter,
-    _StreamGone,
+from flusher.sinks.bigquery.errors import (
+    ALREADY_EXISTS,
+    FAILED_PRECONDITION,
+    NOT_FOUND,
+    OUT_OF_RANGE,
+    RESOURCE_EXHAUSTED,
+    UNAVAILABLE,
 )
+from flusher.sinks.bigquery.storage_write import STATE_OFFSET, STATE_STREAM, StorageWriter, _StreamGone
 from oceanus.config import Config
 from oceanus.errors import SinkError
 from tests.support.bq_modes import MemState, batch, mode_config, mode_sink
@@ -259,15 +256,15 @@ def test_default_stream_is_at_least_once_and_skips_stored_requests(bq_emulator: 
     ("code", "message", "outcome"),
     [
         (0, "", True),
-        (_ALREADY_EXISTS, "Offset 0 already committed; next expected 100", False),
-        (_OUT_OF_RANGE, "Offset 120 beyond the end", _StreamGone),
-        (_FAILED_PRECONDITION, "Stream is FINALIZED", _StreamGone),
-        (_NOT_FOUND, "Stream not found: projects/p/datasets/d/tables/t/streams/x", _StreamGone),
+        (ALREADY_EXISTS, "Offset 0 already committed; next expected 100", False),
+        (OUT_OF_RANGE, "Offset 120 beyond the end", _StreamGone),
+        (FAILED_PRECONDITION, "Stream is FINALIZED", _StreamGone),
+        (NOT_FOUND, "Stream not found: projects/p/datasets/d/tables/t/streams/x", _StreamGone),
         (3, "Input schema has more fields than BigQuery schema, extra fields: 'z'", _StreamGone),
-        (_UNAVAILABLE, "connection reset", "connection"),
-        (_RESOURCE_EXHAUSTED, "quota", "throttled"),
-        (_NOT_FOUND, "Table not found for default stream: projects/p/datasets/d/tables/t", "not_found"),
-        (3, "Cannot parse value", "error"),
+        (UNAVAILABLE, "connection reset", "connection"),
+        (RESOURCE_EXHAUSTED, "quota", "throttled"),
+        (NOT_FOUND, "Table not found for default stream: projects/p/datasets/d/tables/t", "not_found"),
+        (3, "Cannot parse value", "invalid"),
     ],
 )
 def test_append_outcomes(code: int, message: str, outcome: object) -> None:
@@ -290,7 +287,7 @@ CHILD = textwrap.dedent(
     import sys, threading
     import redis
     from flusher.sinks.bigquery import BigQuerySink
-    from flusher.sinks.bq_storage_write import StorageWriter
+    from flusher.sinks.bigquery.storage_write import StorageWriter
     from tests.support.bq_modes import batch, mode_config
 
     rest, grpc_target, project, dataset, redis_port = sys.argv[1:6]

@@ -9,6 +9,7 @@ import pytest
 
 from flusher.controller import LATENCY_WINDOW, BatchController, Outcome
 from oceanus.config import BatchConfig
+from oceanus.errors import Reason
 
 BOUNDS = BatchConfig(min_rows=100, max_rows=10_000, max_bytes=9_000_000, max_wait_s=5.0)
 
@@ -166,4 +167,6 @@ def test_non_congestion_errors_leave_the_size_alone() -> None:
     before = c.target_rows
     c.observe_write(before, 0.1, Outcome.ERROR, True)
     assert c.target_rows == before and c.slow_start
-    assert Outcome.from_reason("throttled") is Outcome.THROTTLED and Outcome.from_reason("server") is Outcome.ERROR
+    congestion = {Reason.THROTTLED: Outcome.THROTTLED, Reason.TIMEOUT: Outcome.TIMEOUT,
+                  Reason.TOO_LARGE: Outcome.TOO_LARGE}
+    assert {r: Outcome.of(r) for r in Reason} == {r: congestion.get(r, Outcome.ERROR) for r in Reason}

@@ -85,7 +85,7 @@ class RefusesRequestsWith(_Wrapped):
         if any(r[sid] == POISON_SID for r in batch.rows):
             raise SinkError("HTTP 400 invalid request (injected)" if not self.retryable else
                             "HTTP 503 backendError (injected)", retryable=self.retryable,
-                            reason="server" if self.retryable else "http_400")
+                            reason="server" if self.retryable else "invalid")
         return self.inner.write(batch, state)
 
 
@@ -101,7 +101,7 @@ class DownFor(_Wrapped):
         self.calls.append(len(batch.rows))
         if len(self.calls) <= self.calls_down:
             raise SinkError("HTTP 403 Access Denied (injected)", retryable=self.retryable,
-                            reason="server" if self.retryable else "http_403")
+                            reason="server" if self.retryable else "auth")
         return self.inner.write(batch, state)
 
 
@@ -350,7 +350,7 @@ def test_load_job_refuses_a_row_it_cannot_encode_and_loads_the_rest(bq_emulator:
                                                                     fmt: str) -> None:
     # One load job per table per interval: isolating a row by halving would cost
     # paced jobs, so the load writer refuses that row itself and loads the others.
-    from flusher.sinks.bq_load import STATE_JOB
+    from flusher.sinks.bigquery.load import STATE_JOB
     from tests.support.bq_modes import MemState, batch, mode_sink
 
     sink = mode_sink(bq_emulator, "load", load_format=fmt)

@@ -14,16 +14,17 @@ import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from flusher.claim import Claimer
 from flusher.runner import Flusher
-from flusher.sinks.base import Batch, WriteResult, WriteState
+from flusher.sinks.base import Batch, RowRetry, WriteResult, WriteState
 from flusher.sinks.duckdb import DuckDBSink
 from flusher.worker import backoff_s
 from oceanus.buffer import Keys, encode_frame
 from oceanus.config import Config, StreamConfig
-from oceanus.errors import PayloadTooLarge, SinkError
+from oceanus.errors import Pacing, PayloadTooLarge, Reason, SinkError
 from tests.flusher.helpers import STREAMS_TOML, make_config, make_rows, push_frames
 from tests.support.servers import RedisServer
 
@@ -266,6 +267,49 @@ def test_partial_batch_is_claimed_once_older_than_the_linger(
     asyncio.run(main())
 
 
+class TransientRows:
+    """The real DuckDB sink, but the rows with an odd ``n`` are refused as transient on their first write."""
+
+    name = "duckdb"
+
+    def __init__(self, inner: DuckDBSink) -> None:
+        self.inner = inner
+        self.refused: set[int] = set()
+        self.calls: list[list[int]] = []  # the ``n`` of each write's rows
+
+    def ensure_tables(self, streams: Sequence[StreamConfig]) -> list[str]:
+        return self.inner.ensure_tables(streams)
+
+    def write(self, batch: Batch, state: WriteState) -> WriteResult:
+        n = batch.columns.index("n")
+        self.calls.append([r[n] for r in batch.rows])
+        again = [i for i, r in enumerate(batch.rows) if r[n] % 2 and r[n] not in self.refused]
+        self.refused.update(batch.rows[i][n] for i in again)
+        keep = [r for i, r in enumerate(batch.rows) if i not in again]
+        written = self.inner.write(msgspec.structs.replace(batch, rows=keep, prepared=None), state).written
+        return WriteResult(written=written, retry=tuple(RowRetry(i, Reason.SERVER) for i in again))
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_rows_the_sink_hands_back_are_resent_once_by_the_worker(redis_server: RedisServer, tmp_path: Path) -> None:
+    cfg = _cfg(redis_server, tmp_path)
+    keys = Keys(cfg.redis.key_prefix)
+    ids = push_frames(redis_server.client(), keys, cfg.streams["pv"], frames=1, rows_per_frame=6)
+    sink = TransientRows(_sink(cfg))
+
+    async def body(f: Flusher) -> None:
+        await until(lambda: _drained_and_counted(f, 6), "queue drained")
+        text = f.metrics.render().decode()
+        assert 'oceanus_sink_retries_total{reason="server",stream="pv"} 1.0' in text
+
+    run_flusher(cfg, sink, body)
+    # The batch, then its three odd rows alone: no row written twice, none left out.
+    assert sink.calls == [[0, 1, 2, 3, 4, 5], [1, 3, 5]]
+    assert sorted(r[0] for r in DuckDBSink(cfg).query("SELECT event_id FROM pv").rows) == sorted(ids)
+
+
 def test_orphaned_batch_of_a_dead_flusher_is_written(redis_server: RedisServer, tmp_path: Path) -> None:
     cfg = _cfg(redis_server, tmp_path)
     keys = Keys(cfg.redis.key_prefix)
@@ -325,8 +369,8 @@ def test_backoff_is_full_jitter_and_capped(attempt: int) -> None:
 class PacedSink:
     """The real DuckDB sink behind a load-mode style slot: one write per ``interval_s``.
 
-    Like ``bq_load``'s pacing, a write before the slot opens is refused with
-    ``reason="pacing"`` and the exact wait in ``retry_after_s``.
+    Like load mode's pacing, a write before the slot opens is refused with
+    :class:`Pacing` and the exact wait in ``retry_after_s``.
     """
 
     name = "duckdb"
@@ -344,8 +388,8 @@ class PacedSink:
         now = time.monotonic()
         if self.last_start is not None and now < self.last_start + self.interval_s:
             self.calls.append((now, False))
-            raise SinkError("next load slot not open yet (injected)", retryable=True, reason="pacing",
-                            retry_after_s=self.last_start + self.interval_s - now)
+            raise Pacing("next load slot not open yet (injected)",
+                         retry_after_s=self.last_start + self.interval_s - now)
         self.calls.append((now, True))
         self.last_start = now
         return self.inner.write(batch, state)

@@ -28,8 +28,8 @@ from hypothesis import strategies as st
 from collector.validate import Invalid, StreamValidator
 from flusher.sinks.base import Batch
 from flusher.sinks.bigquery import json_row_converter
-from flusher.sinks.bq_load import ndjson, parquet
-from flusher.sinks.bq_storage_write import _Encoder
+from flusher.sinks.bigquery.load import ndjson, parquet
+from flusher.sinks.bigquery.storage_write import _Encoder
 from flusher.sinks.duckdb import DuckDBSink
 from flusher.worker import row_specific
 from oceanus import config

@@ -4,7 +4,7 @@ Load jobs cost nothing, but BigQuery allows about 1,500 of them per table per
 day (failed ones included). So this writer starts at most one job per table
 every ``sink.bigquery.load_interval_s`` (config refuses an interval under
 86400 / 1500 = 57.6 s) and a batch handed over earlier is given back with
-``SinkError(reason="pacing", retry_after_s=...)``; give load streams a
+``Pacing(retry_after_s=...)``; give load streams a
 ``batch.max_wait_s`` near the interval so that each job carries a full batch.
 The pacing is per flusher process: N flushers draining one load stream may
 start N jobs per interval, so multiply ``load_interval_s`` by N.
@@ -27,9 +27,11 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from flusher.sinks.base import Batch, RowError, WriteResult, WriteState
-from flusher.sinks.bigquery import json_row_converter, map_error
-from oceanus.config import BIGQUERY_TIMESTAMP_END_US, BIGQUERY_TIMESTAMP_MIN_US, FieldType, StreamConfig
-from oceanus.errors import SinkError
+from flusher.sinks.bigquery.errors import RETRY_JOB_REASONS, classify
+from flusher.sinks.bigquery.schema import json_row_converter
+from flusher.sinks.common import arrow_types, column_type, event_id_text
+from oceanus.config import BIGQUERY_TIMESTAMP_END_US, BIGQUERY_TIMESTAMP_MIN_US
+from oceanus.errors import Pacing, PermanentError, Reason, SinkError, TransientError
 
 if TYPE_CHECKING:
     from google.cloud import bigquery
@@ -39,9 +41,6 @@ if TYPE_CHECKING:
 #: WriteState keys: the job id of this batch's load, and how many failed jobs came before it.
 STATE_JOB = "load_job"
 STATE_ATTEMPT = "load_attempt"
-
-#: Job error reasons that say "the service failed, the data may be fine".
-RETRY_JOB_REASONS = frozenset({"backendError", "internalError", "rateLimitExceeded", "quotaExceeded", "timeout"})
 
 _json = msgspec.json.Encoder()
 #: What encoding raises on a value a load file cannot carry: that row is refused, the rest loaded
@@ -59,7 +58,7 @@ def job_id_for(batch: Batch, table_id: str, attempt: int = 0) -> str:
 def ndjson(batch: Batch) -> bytes:
     """One JSON object per row; JSON columns embedded as JSON, not as strings holding JSON."""
     convert = json_row_converter(batch.stream, batch.columns)
-    json_cols = [c for c in batch.columns if _kind(batch.stream, c) == "json"]
+    json_cols = [c for c in batch.columns if column_type(batch.stream, c) == "json"]
     out = bytearray()
     for row in batch.rows:
         obj = convert(row)
@@ -81,17 +80,14 @@ def parquet(batch: Batch) -> bytes:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    types = {
-        "string": pa.string(), "json": pa.string(), "int": pa.int64(), "float": pa.float64(),
-        "bool": pa.bool_(), "timestamp": pa.timestamp("us", tz="UTC"),
-    }
+    types = arrow_types("UTC")
     arrays = []
     fields = []
     for j, col in enumerate(batch.columns):
-        kind = _kind(batch.stream, col)
+        kind = column_type(batch.stream, col)
         values = [r[j] for r in batch.rows]
         if col == "event_id":
-            values = [v.hex() if isinstance(v, bytes | bytearray) else v for v in values]
+            values = [event_id_text(v) if v is not None else None for v in values]
         array = pa.array(values, type=types[kind])
         if kind == "timestamp" and len(array) > array.null_count:
             # Arrow takes any int64; BigQuery would fail the whole job on one value out of its range.
@@ -103,15 +99,6 @@ def parquet(batch: Batch) -> bytes:
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_arrays(arrays, schema=pa.schema(fields)), buf, compression="zstd")
     return buf.getvalue()
-
-
-def _kind(stream: StreamConfig, column: str) -> FieldType:
-    if column == "received_at":
-        return "timestamp"
-    if column == "extra":
-        return "json"
-    field = stream.fields.get(column)
-    return field.type if field is not None else "string"
 
 
 class LoadWriter:
@@ -148,13 +135,13 @@ class LoadWriter:
             except gexc.Conflict:
                 # This batch's job already exists (a re-submission): never load twice.
                 job = self.sink.client.get_job(
-                    job_id, location=self.settings.location, retry=self.sink.retry, timeout=self.sink.timeout_s
+                    job_id, location=self.settings.location, retry=self.sink.write_retry, timeout=self.sink.timeout_s
                 )
             self._wait(job, table_id)
         except SinkError:
             raise
         except Exception as exc:
-            raise map_error(exc, f"load job {job_id} into {table_id}") from exc
+            raise classify(exc, f"load job {job_id} into {table_id}") from exc
         if job.error_result:
             self._failed(job, job_id, table_id, state, attempt)
         return WriteResult(written=len(batch.rows) - len(rejected), rejected=rejected)
@@ -187,11 +174,9 @@ class LoadWriter:
             return
         wait = last + self.settings.load_interval_s - self.clock()
         if wait > 0:
-            raise SinkError(
+            raise Pacing(
                 f"load into {table_id}: next job allowed in {wait:.0f} s (one per sink.bigquery.load_interval_s = "
                 f"{self.settings.load_interval_s:g} s, to stay under BigQuery's 1,500 loads per table per day)",
-                retryable=True,
-                reason="pacing",
                 retry_after_s=wait,
             )
 
@@ -218,11 +203,11 @@ class LoadWriter:
         import concurrent.futures
 
         try:
-            job.result(timeout=self.sink.timeout_s, retry=self.sink.retry)
+            job.result(timeout=self.sink.timeout_s, retry=self.sink.write_retry)
         except concurrent.futures.TimeoutError:
-            raise SinkError(
+            raise TransientError(
                 f"load job {job.job_id} into {table_id} still {job.state} after {self.sink.timeout_s:g} s",
-                retryable=True, reason="timeout",
+                Reason.TIMEOUT,
             ) from None
         except Exception:
             if getattr(job, "error_result", None):
@@ -235,12 +220,10 @@ class LoadWriter:
         result = job.error_result or {}
         reason = str(result.get("reason", ""))
         details = "; ".join(str(e.get("message", "")) for e in (job.errors or [])[:3]) or result.get("message", "")
-        retryable = reason in RETRY_JOB_REASONS
-        raise SinkError(
-            f"load job {job_id} into {table_id} failed: {reason or 'error'}: {details}",
-            retryable=retryable,
-            reason="server" if retryable else "invalid",
-        )
+        message = f"load job {job_id} into {table_id} failed: {reason or 'error'}: {details}"
+        if reason in RETRY_JOB_REASONS:
+            raise TransientError(message, Reason.SERVER)
+        raise PermanentError(message, Reason.INVALID)
 
     def close(self) -> None:
         self._last_start.clear()

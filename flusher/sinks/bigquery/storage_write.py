@@ -47,9 +47,28 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from flusher.sinks.base import Batch, RowError, WriteResult, WriteState
-from oceanus.config import BIGQUERY_MAX_REQUEST_BYTES, FieldType, StreamConfig
-from oceanus.errors import SinkError
+from flusher.sinks.base import Batch, WriteResult, WriteState
+from flusher.sinks.bigquery.errors import (
+    ALREADY_EXISTS,
+    FAILED_PRECONDITION,
+    INVALID_ARGUMENT,
+    NOT_FOUND,
+    OUT_OF_RANGE,
+    classify_grpc,
+    grpc_code,
+)
+from flusher.sinks.common import (
+    arrow_types,
+    column_type,
+    decode_refused,
+    encode_refused,
+    event_id_text,
+    progress_mark,
+    read_progress,
+    refused_rows,
+)
+from oceanus.config import BIGQUERY_MAX_REQUEST_BYTES, StreamConfig
+from oceanus.errors import Reason, SinkError, TransientError
 
 if TYPE_CHECKING:
     from google.cloud.bigquery_storage_v1 import BigQueryWriteClient, types
@@ -73,27 +92,9 @@ REQUEST_OVERHEAD_BYTES = 64 * 1024
 #: Per proto row: the repeated-bytes tag and length varint.
 PROTO_ROW_OVERHEAD_BYTES = 6
 
-# gRPC status codes (google.rpc.Code), as carried by AppendRowsResponse.error.
-_INVALID_ARGUMENT = 3
-_DEADLINE_EXCEEDED = 4
-_NOT_FOUND = 5
-_ALREADY_EXISTS = 6
-_PERMISSION_DENIED = 7
-_RESOURCE_EXHAUSTED = 8
-_FAILED_PRECONDITION = 9
-_ABORTED = 10
-_OUT_OF_RANGE = 11
-_INTERNAL = 13
-_UNAVAILABLE = 14
-_UNAUTHENTICATED = 16
-_RETRYABLE = {_DEADLINE_EXCEEDED: "timeout", _ABORTED: "server", _INTERNAL: "server", _UNAVAILABLE: "connection"}
-
 #: Words of FAILED_PRECONDITION / INVALID_ARGUMENT messages that are about the
 #: write stream rather than the rows (BigQuery's StorageError codes say the same).
 _STREAM_GONE_WORDS = ("finalized", "expired", "schema", "extra field", "invalid stream", "stream not found")
-
-_json = msgspec.json.Encoder()
-
 
 class _StreamGone(Exception):
     """The write stream cannot take this append (finalized, missing, schema, offset gap)."""
@@ -115,7 +116,8 @@ class _Encoder:
 
     def __init__(self, stream: StreamConfig, columns: Sequence[str], fmt: str) -> None:
         self.columns = tuple(columns)
-        self.kinds = tuple(_column_kind(stream, c) for c in self.columns)
+        # event_id is its own kind: raw bytes in the frame, hex text in the table.
+        self.kinds = tuple("event_id" if c == "event_id" else column_type(stream, c) for c in self.columns)
         self.fmt = fmt
         digest = hashlib.sha1(repr((self.columns, self.kinds)).encode()).hexdigest()[:12]
         #: Changes with the column layout: a write stream opened for one layout
@@ -153,7 +155,7 @@ class _Encoder:
         self._message = message_factory.GetMessageClass(pool.FindMessageTypeByName(f"oceanus_{digest}.Row"))
         self.descriptor = message
         self._converters: tuple[Callable[[Any], Any] | None, ...] = tuple(
-            _hex if kind == "event_id" else None for kind in self.kinds
+            event_id_text if kind == "event_id" else None for kind in self.kinds
         )
 
     def proto_rows(self, rows: Sequence[Sequence[Any]]) -> list[bytes]:
@@ -175,15 +177,8 @@ class _Encoder:
     def _init_arrow(self) -> None:
         import pyarrow as pa
 
-        arrow_type = {
-            "event_id": pa.string(),
-            "string": pa.string(),
-            "json": pa.string(),
-            "int": pa.int64(),
-            "float": pa.float64(),
-            "bool": pa.bool_(),
-            "timestamp": pa.timestamp("us", tz="UTC"),
-        }
+        arrow_type: dict[str, pa.DataType] = {str(k): t for k, t in arrow_types("UTC").items()}
+        arrow_type["event_id"] = pa.string()
         self.arrow_schema = pa.schema([(c, arrow_type[k]) for c, k in zip(self.columns, self.kinds, strict=True)])
         self.serialized_schema: bytes = self.arrow_schema.serialize().to_pybytes()
 
@@ -194,26 +189,10 @@ class _Encoder:
         for j, (kind, field) in enumerate(zip(self.kinds, self.arrow_schema, strict=True)):
             values = [r[j] for r in rows]
             if kind == "event_id":
-                values = [_hex(v) if v is not None else None for v in values]
+                values = [event_id_text(v) if v is not None else None for v in values]
             arrays.append(pa.array(values, type=field.type))
         batch = pa.record_batch(arrays, schema=self.arrow_schema)
         return bytes(batch.serialize().to_pybytes())
-
-
-def _column_kind(stream: StreamConfig, column: str) -> str:
-    if column == "event_id":
-        return "event_id"
-    if column == "received_at":
-        return "timestamp"
-    if column == "extra":
-        return "json"
-    field = stream.fields.get(column)
-    kind: FieldType = field.type if field is not None else "string"
-    return kind
-
-
-def _hex(v: Any) -> str:
-    return v.hex() if isinstance(v, bytes | bytearray) else str(v)
 
 
 # --------------------------------------------------------------------------- plans
@@ -259,29 +238,25 @@ class _Reservation(msgspec.Struct, kw_only=True):
             **{
                 STATE_STREAM: self.stream,
                 STATE_OFFSET: str(self.offset),
-                STATE_PLAN: f"{batch.batch_id}:{len(batch.rows)}:{self.first_row}:{self.cap}",
-                STATE_REJECTED: _json.encode(sorted(self.rejected.items())).decode(),
+                STATE_PLAN: progress_mark(batch, self.first_row, self.cap),
+                STATE_REJECTED: encode_refused(self.rejected),
             }
         )
 
     @classmethod
     def load(cls, batch: Batch, state: WriteState) -> _Reservation | None:
-        plan = state.get(STATE_PLAN)
         stream = state.get(STATE_STREAM)
         offset = state.get(STATE_OFFSET)
-        if not plan or not stream or offset is None:
-            return None
-        parts = plan.rsplit(":", 3)
         # A reservation of another batch (a split half, a new claim) is not ours.
-        if len(parts) != 4 or parts[0] != batch.batch_id or parts[1] != str(len(batch.rows)):
+        plan = read_progress(batch, state.get(STATE_PLAN), 2)
+        if plan is None or not stream or offset is None:
             return None
         try:
-            rejected = dict(msgspec.json.decode(state.get(STATE_REJECTED) or "[]", type=list[tuple[int, str]]))
             return cls(
-                stream=stream, offset=int(offset), first_row=int(parts[2]), cap=int(parts[3]),
-                rejected=rejected, resumed=True,
+                stream=stream, offset=int(offset), first_row=int(plan[0]), cap=int(plan[1]),
+                rejected=decode_refused(state.get(STATE_REJECTED)), resumed=True,
             )
-        except (ValueError, msgspec.DecodeError):
+        except ValueError:
             return None
 
 
@@ -401,47 +376,38 @@ class StorageWriter:
             responses = list(
                 self.client.append_rows(
                     iter([request]),
+                    # One attempt: the flusher's worker retries (the library's own retry hides time).
+                    retry=None,
                     timeout=self.timeout_s,
                     metadata=(("x-goog-request-params", f"write_stream={name}"),),
                 )
             )
         except gexc.GoogleAPICallError as exc:
-            code = exc.grpc_status_code.value[0] if exc.grpc_status_code is not None else 0
-            return self._outcome(code, str(exc.message), [], name)
+            return self._outcome(grpc_code(exc), str(exc.message), [], name)
         except Exception as exc:
-            raise SinkError(f"AppendRows to {name}: {type(exc).__name__}: {exc}", retryable=True,
-                            reason="connection") from exc
+            raise TransientError(f"AppendRows to {name}: {type(exc).__name__}: {exc}", Reason.CONNECTION) from exc
         if not responses:
-            raise SinkError(f"AppendRows to {name}: no response", retryable=True, reason="server")
+            raise TransientError(f"AppendRows to {name}: no response")
         resp = responses[0]
         row_errors = [(int(e.index), str(e.message)) for e in resp.row_errors]
         return self._outcome(int(resp.error.code), str(resp.error.message), row_errors, name)
 
     @staticmethod
     def _outcome(code: int, message: str, row_errors: list[tuple[int, str]], name: str) -> bool:
+        """What one append's status means for this writer; anything it cannot route is classified."""
         lowered = message.lower()
         if code == 0:
             return True
-        if code == _ALREADY_EXISTS:
+        if code == ALREADY_EXISTS:
             return False
         if row_errors:
             raise _RowsRefused({i: f"invalid: {m}" for i, m in row_errors})
-        table_missing = code == _NOT_FOUND and lowered.startswith("table")
-        if code == _OUT_OF_RANGE or code == _NOT_FOUND and not table_missing:
+        table_missing = code == NOT_FOUND and lowered.startswith("table")
+        if code == OUT_OF_RANGE or code == NOT_FOUND and not table_missing:
             raise _StreamGone(message)
-        if code in (_FAILED_PRECONDITION, _INVALID_ARGUMENT) and any(w in lowered for w in _STREAM_GONE_WORDS):
+        if code in (FAILED_PRECONDITION, INVALID_ARGUMENT) and any(w in lowered for w in _STREAM_GONE_WORDS):
             raise _StreamGone(message)
-        where = f"AppendRows to {name}: gRPC {code} {message}"
-        if code in _RETRYABLE:
-            raise SinkError(where, retryable=True, reason=_RETRYABLE[code])
-        if code == _RESOURCE_EXHAUSTED:
-            raise SinkError(where, retryable=True, reason="throttled")
-        if code == _NOT_FOUND:
-            raise SinkError(where + " (run `oceanus tables sync`)", retryable=False, reason="not_found")
-        if code in (_PERMISSION_DENIED, _UNAUTHENTICATED):
-            raise SinkError(where + " (check the service account's BigQuery roles)", retryable=False,
-                            reason="auth")
-        raise SinkError(where, retryable=False, reason="error")
+        raise classify_grpc(code, f"AppendRows to {name}: gRPC {code} {message}")
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         from google.api_core import exceptions as gexc
@@ -449,13 +415,10 @@ class StorageWriter:
         try:
             return fn()
         except gexc.GoogleAPICallError as exc:
-            code = exc.grpc_status_code.value[0] if exc.grpc_status_code is not None else 0
-            reason = _RETRYABLE.get(code, "throttled" if code == _RESOURCE_EXHAUSTED else "")
-            hint = " (run `oceanus tables sync`)" if code == _NOT_FOUND else ""
-            raise SinkError(f"{what}: gRPC {code} {exc.message}{hint}", retryable=bool(reason),
-                            reason=reason or "error") from exc
+            code = grpc_code(exc)
+            raise classify_grpc(code, f"{what}: gRPC {code} {exc.message}") from exc
         except Exception as exc:
-            raise SinkError(f"{what}: {type(exc).__name__}: {exc}", retryable=True, reason="connection") from exc
+            raise TransientError(f"{what}: {type(exc).__name__}: {exc}", Reason.CONNECTION) from exc
 
     def _open_stream(self, parent: str) -> str:
         from google.cloud.bigquery_storage_v1 import types
@@ -465,6 +428,7 @@ class StorageWriter:
             lambda: self.client.create_write_stream(
                 parent=parent,
                 write_stream=types.WriteStream(type_=types.WriteStream.Type.COMMITTED),
+                retry=None,
                 timeout=self.timeout_s,
             ),
         )
@@ -475,11 +439,11 @@ class StorageWriter:
         from google.api_core import exceptions as gexc
 
         try:
-            resp = self.client.finalize_write_stream(name=name, timeout=self.timeout_s)
+            resp = self.client.finalize_write_stream(name=name, retry=None, timeout=self.timeout_s)
         except (gexc.NotFound, gexc.InvalidArgument):
             return None
         except gexc.GoogleAPICallError as exc:
-            raise SinkError(f"FinalizeWriteStream {name}: {exc.message}", retryable=True, reason="server") from exc
+            raise TransientError(f"FinalizeWriteStream {name}: {exc.message}") from exc
         return int(resp.row_count)
 
     # ----------------------------------------------------------------- write
@@ -494,8 +458,7 @@ class StorageWriter:
         else:
             with self._lock(parent):
                 rejected = self._write_committed(batch, state, enc, parent)
-        errors = tuple(RowError(i, reason) for i, reason in sorted(rejected.items()))
-        return WriteResult(written=len(batch.rows) - len(errors), rejected=errors)
+        return WriteResult(written=len(batch.rows) - len(rejected), rejected=refused_rows(rejected))
 
     def _write_committed(self, batch: Batch, state: WriteState, enc: _Encoder, parent: str) -> dict[int, str]:
         n = len(batch.rows)
@@ -518,8 +481,7 @@ class StorageWriter:
             if own is not None and own.name == res.stream and not res.resumed:
                 own.next_offset = res.offset + len(res.pending(n))
             return res.rejected
-        raise SinkError(f"stream {batch.stream.name}: write streams keep failing; see the log",
-                        retryable=True, reason="server")
+        raise TransientError(f"stream {batch.stream.name}: write streams keep failing; see the log")
 
     def _reserve(self, batch: Batch, state: WriteState, enc: _Encoder, parent: str, *, first_row: int,
                  rejected: dict[int, str]) -> _Reservation:
@@ -607,11 +569,10 @@ class StorageWriter:
         n = len(batch.rows)
         done = 0
         rejected: dict[int, str] = {}
-        mark = (state.get(STATE_DEFAULT_DONE) or "").rsplit(":", 2)
-        if len(mark) == 3 and mark[0] == batch.batch_id and mark[1] == str(n):
-            done = int(mark[2])
-            raw = state.get(STATE_REJECTED) or "[]"
-            rejected = dict(msgspec.json.decode(raw, type=list[tuple[int, str]]))
+        mark = read_progress(batch, state.get(STATE_DEFAULT_DONE), 1)
+        if mark is not None:
+            done = int(mark[0])
+            rejected = decode_refused(state.get(STATE_REJECTED))
         while True:
             pending = [i for i in range(done, n) if i not in rejected]
             if not pending:
@@ -626,9 +587,8 @@ class StorageWriter:
                 except _RowsRefused as exc:
                     rejected.update({chunk.rows[i]: r for i, r in exc.errors.items() if i < len(chunk.rows)})
                 except _StreamGone as gone:
-                    raise SinkError(f"AppendRows to {name}: {gone}", retryable=True, reason="server") from None
-            state.set(**{STATE_DEFAULT_DONE: f"{batch.batch_id}:{n}:{done}",
-                         STATE_REJECTED: _json.encode(sorted(rejected.items())).decode()})
+                    raise TransientError(f"AppendRows to {name}: {gone}") from None
+            state.set(**{STATE_DEFAULT_DONE: progress_mark(batch, done), STATE_REJECTED: encode_refused(rejected)})
 
     def close(self) -> None:
         own, self._own = list(self._own.values()), {}

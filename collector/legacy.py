@@ -283,8 +283,8 @@ async def _favicon(app: App, scope: Scope, method: str, receive: Receive, send: 
 
 
 async def _tag(app: App, scope: Scope, method: str, receive: Receive, send: Send) -> int:
-    """The tag at its 2016 path: the same bytes, ETag and caching as /oceanus.js."""
-    await web.handle({**scope, "path": "/oceanus.js"}, receive, send, app)
+    """The tag at its 2016 path, with the 2016 API: the same bytes, ETag and caching as /oceanus-2016.js."""
+    await web.handle({**scope, "path": "/oceanus-2016.js"}, receive, send, app)
     return 200
 
 

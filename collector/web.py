@@ -5,6 +5,7 @@ to :func:`handle`.
 Routes::
 
     GET /oceanus.js         the browser tag; ETag + Cache-Control, gzip when accepted
+    GET /oceanus-2016.js    the same plus the 2016 tag's API (loaded by the tag on a page with the 2016 snippet)
     GET /demo, /demo/...    a page exercising the tag (``collector.demo``)
     GET /_/status           live status page (``collector.status_page``)
     GET /_/status.json      what the page polls
@@ -119,8 +120,13 @@ def minify_js(source: str) -> str:
     return "\n".join(line for line in lines if line and not line.startswith("//")) + "\n"
 
 
-def render_tag(cfg: Config) -> bytes:
+def render_tag(cfg: Config, *, legacy: bool = False) -> bytes:
+    """The tag; with ``legacy``, also the 2016 tag's API (static/oceanus-2016.js)."""
     source = (STATIC_DIR / "oceanus.js").read_text(encoding="utf-8")
+    if "/*LEGACY2016*/" not in source:
+        raise RuntimeError("oceanus.js lost its /*LEGACY2016*/ placeholder")
+    extra = (STATIC_DIR / "oceanus-2016.js").read_text(encoding="utf-8") if legacy else ""
+    source = source.replace("/*LEGACY2016*/", extra)
     schema = msgspec.json.encode(tag_schema(list(cfg.streams.values()))).decode()
     if "/*SCHEMA*/{}" not in source:
         raise RuntimeError("oceanus.js lost its /*SCHEMA*/ placeholder")
@@ -146,6 +152,9 @@ class Pages:
         self.tag = Asset(render_tag(cfg), b"application/javascript; charset=utf-8",
                          b"public, max-age=%d, stale-while-revalidate=%d" % (TAG_MAX_AGE_S, TAG_STALE_S),
                          [(b"cross-origin-resource-policy", b"cross-origin")])
+        self.tag2016 = Asset(render_tag(cfg, legacy=True), b"application/javascript; charset=utf-8",
+                             b"public, max-age=%d, stale-while-revalidate=%d" % (TAG_MAX_AGE_S, TAG_STALE_S),
+                             [(b"cross-origin-resource-policy", b"cross-origin")])
         demo = (STATIC_DIR / "demo.html").read_bytes()
         self.demo = Asset(demo, b"text/html; charset=utf-8", b"no-cache")
         status = (STATIC_DIR / "status.html").read_text(encoding="utf-8")
@@ -426,6 +435,9 @@ async def handle(scope: Scope, receive: Receive, send: Send, app: Any) -> bool:
     c = state.cfg.collector
     if path == "/oceanus.js":
         await _asset(scope, send, state.pages.tag)
+        return True
+    if path == "/oceanus-2016.js":
+        await _asset(scope, send, state.pages.tag2016)
         return True
     if c.demo and (path == "/demo" or path.startswith("/demo/")):
         # Any /demo/... path: the demo is a single-page app and a reload keeps its route.

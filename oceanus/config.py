@@ -674,7 +674,8 @@ def decode(raw: dict[str, Any], source: str = "") -> Config:
 
 
 #: Paths (and prefixes, ending in "/") the collector answers itself: no legacy route may take them.
-NATIVE_PATHS = ("/b/", "/e/", "/_/", "/demo", "/healthz", "/readyz", "/metrics", "/openapi.json", "/oceanus.js")
+NATIVE_PATHS = ("/b/", "/e/", "/_/", "/demo", "/healthz", "/readyz", "/metrics", "/openapi.json", "/oceanus.js",
+                "/oceanus-2016.js")
 
 
 def _check_route_paths(c: CollectorConfig, streams: Mapping[str, StreamConfig]) -> None:

@@ -64,7 +64,8 @@
   }
 
   function cookie() {
-    var m = d.cookie.match(/(?:^|;\s*)oceanus_sid=([0-9a-f]{32})/), c, b, i;
+    // 1-32 hex digits: the 2016 tag drew 16, and a returning visitor keeps the id it has.
+    var m = d.cookie.match(/(?:^|;\s*)oceanus_sid=([0-9a-fA-F]{1,32})(?:;|$)/), c, b, i;
     if (m) {
       sid = m[1];
     } else {
@@ -197,9 +198,7 @@
     else fn();
   }
 
-  function init(o) {
-    if (cfg) return;
-    o = o || {};
+  function settings(o) {
     cfg = {
       endpoint: (o.endpoint || (me && me.src ? new URL(me.src).origin : loc.origin)).replace(/\/+$/, ''),
       stream: o.stream || 'pageview',
@@ -212,6 +211,12 @@
       gpc: o.gpc !== false,
       transport: o.transport || 'beacon'
     };
+  }
+
+  function init(o) {
+    if (cfg) return;
+    o = o || {};
+    settings(o);
     uid = o.uid || '';
     // Honoured privacy signals: no cookie, no listeners, nothing sent.
     if (blocked()) return;
@@ -229,6 +234,7 @@
     if (o.page !== false) ready(page);
   }
 
+  /*LEGACY2016*/
   function call(a) {
     var c = a[0];
     if (c == 'init') {
@@ -243,6 +249,15 @@
     } else if (c == 'identify') {
       uid = a[1] || '';
     }
+  }
+
+  // The 2016 snippet makes window.oceanus an array: its API is in /oceanus-2016.js
+  // (the same tag plus that API), kept out of this file so every other page stays small.
+  if (Array.isArray(old)) {
+    settings({});
+    if (typeof legacy == 'function') legacy(old);
+    else d.head.appendChild(d.createElement('script')).src = cfg.endpoint + '/oceanus-2016.js';
+    return;
   }
 
   function api() {

@@ -132,6 +132,8 @@ class App:
         self._idle: asyncio.Event | None = None
         self._redis: Any = None
         self._link: RedisLink | None = None
+        #: The pages' state (collector/web.py), made on the first page request.
+        self.web: web.WebState | None = None
         gif_base: Headers = [_GIF_TYPE, _NO_STORE, (b"content-length", b"43")]
         self._gif_headers = gif_base
         self._cors_static: Headers = [(b"access-control-allow-origin", b"*"), _EXPOSE] if self._wildcard else []
@@ -188,6 +190,9 @@ class App:
         if self._redis is not None:
             with contextlib.suppress(Exception):
                 await self._redis.aclose()
+        if self.web is not None:
+            with contextlib.suppress(Exception):
+                await self.web.aclose()
         if self.spool is not None:
             self.spool.close()
 

@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from prometheus_client import Counter
 
-from collector import web
+from collector import status, web
 from collector._types import Receive, Scope, Send
 from collector.pusher import Unavailable
 from collector.validate import Invalid, StreamValidator, make_validator, parse_pairs
@@ -250,7 +250,7 @@ async def _backlog(app: App, scope: Scope, method: str, receive: Receive, send: 
     limit = BACKLOG_LIMIT_FACTOR * sum(s.batch.max_rows for s in cfg.streams.values())
     if app._redis is None:
         return await _plain(send, 503, b"503 server error\n", [])
-    snap = await web.snapshot(cfg, app._redis)
+    snap = await status.snapshot(cfg, app._redis)
     if not snap.redis_up:
         return await _plain(send, 503, b"503 server error\n", [])
     lists = {s.name: s.backlog_rows for s in snap.streams}

@@ -8,7 +8,7 @@ Routes::
     GET /oceanus-2016.js    the same plus the 2016 tag's API (loaded by the tag on a page with the 2016 snippet)
     GET /demo, /demo/...    a page exercising the tag (``collector.demo``)
     GET /_/status           live status page (``collector.status_page``)
-    GET /_/status.json      what the page polls
+    GET /_/status.json      what the page polls (:func:`collector.status.snapshot`)
 
 With ``collector.status_token`` set, both status routes want the token in an
 ``X-Oceanus-Token`` header, ``Authorization: Bearer``, or ``?token=``.
@@ -19,25 +19,24 @@ request only picks the prepared bytes.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import gzip
 import hashlib
 import hmac
 import re
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 import msgspec
-from redis.exceptions import RedisError
 
+from collector import status
 from collector._types import Receive, Scope, Send
-from collector.spool import usage as spool_usage
-from oceanus.buffer import FrameError, Keys, decode_frame, event_id_time_ms
 from oceanus.config import Config, StreamConfig
+
+if TYPE_CHECKING:
+    from collector.app import App
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -46,14 +45,6 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 TAG_MAX_AGE_S = 3600
 #: ...and may keep using a stale copy for a day while revalidating in the background.
 TAG_STALE_S = 86_400
-#: Minutes of per-minute history on the status page (the sparkline).
-STATUS_HISTORY_MIN = 15
-#: Recent validation errors shown.
-STATUS_ERRORS_SHOWN = 20
-#: In-flight batches inspected for the oldest unflushed event (bounded work per poll).
-STATUS_MAX_INFLIGHT_KEYS = 64
-#: Redis work of one status snapshot may take this long before the page says Redis is slow.
-STATUS_REDIS_TIMEOUT_S = 2.0
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -61,6 +52,7 @@ _NO_STORE = (b"cache-control", b"no-store")
 _NOSNIFF = (b"x-content-type-options", b"nosniff")
 _HTML = (b"content-type", b"text/html; charset=utf-8")
 _JSON = (b"content-type", b"application/json")
+_snapshot_json = msgspec.json.Encoder()
 
 
 # -- prepared assets ----------------------------------------------------------------------
@@ -166,186 +158,14 @@ class Pages:
         ])
 
 
-# -- status snapshot ----------------------------------------------------------------------
-
-
-class StreamStatus(msgspec.Struct, kw_only=True):
-    name: str
-    #: Events accepted per second over the last 60 s (this minute plus the
-    #: overlapping share of the previous one).
-    events_per_s: float
-    rejected_per_s: float
-    #: Rejected / (accepted + rejected) over the same window; 0 when idle.
-    reject_ratio: float
-    #: Accepted per minute, oldest first, the current (partial) minute last.
-    history: list[int]
-    backlog_frames: int
-    #: Rows in the backlog: exact up to two frames, else frames x the mean of
-    #: the head and tail frames (counting every frame would cost a full read).
-    backlog_rows: int
-    backlog_rows_exact: bool
-    inflight_batches: int
-    #: Age of the oldest event not yet in the warehouse (queue head or a claimed batch).
-    oldest_unflushed_s: float | None
-
-
-class RecentError(msgspec.Struct, kw_only=True):
-    stream: str
-    field: str
-    rule: str
-    at: float
-
-
-class SpoolStatus(msgspec.Struct, kw_only=True):
-    #: Bytes written to the collectors' disk spools and not yet replayed (all workers).
-    bytes: int
-    files: int
-
-
-class Snapshot(msgspec.Struct, kw_only=True):
-    generated_at: float
-    redis_up: bool
-    redis_error: str | None = None
-    streams: list[StreamStatus]
-    recent_errors: list[RecentError]
-    spool: SpoolStatus
-
-
-class _ErrorItem(msgspec.Struct):
-    stream: str = ""
-    field: str = ""
-    rule: str = ""
-    at: float = 0.0
-
-
-_error_item = msgspec.json.Decoder(_ErrorItem)
-_snapshot_json = msgspec.json.Encoder()
-
-
-def spool_status(directory: str) -> SpoolStatus:
-    """Pending spool bytes of every worker (the same reading as ``oceanus status``)."""
-    used = spool_usage(directory)
-    return SpoolStatus(bytes=used.bytes, files=used.files)
-
-
-def _oldest_ms(item: Any) -> tuple[int | None, int]:
-    """(event time of the first row in ms, rows) of one frame; (None, 0) if unreadable."""
-    if not isinstance(item, bytes):
-        return None, 0
-    try:
-        columns, rows = decode_frame(item)
-    except FrameError:
-        return None, 0
-    if not rows:
-        return None, 0
-    try:
-        idx = columns.index("event_id")
-    except ValueError:
-        return None, len(rows)
-    # Rows of a frame are in arrival order and event ids are time-ordered: the first is the oldest.
-    first = rows[0][idx]
-    return (event_id_time_ms(first) if isinstance(first, bytes) else None), len(rows)
-
-
-def _rates(counts: list[tuple[int, int]], now: float) -> tuple[float, float]:
-    """Accepted and rejected per second over the last 60 s from per-minute counts
-    (``counts[-1]`` the current minute, ``counts[-2]`` the previous one)."""
-    share = 1.0 - (now % 60) / 60.0
-    acc = counts[-1][0] + counts[-2][0] * share
-    rej = counts[-1][1] + counts[-2][1] * share
-    return acc / 60.0, rej / 60.0
-
-
-async def _fetch(redis: Any, keys: Keys, names: list[str], minutes: range) -> tuple[list[Any], dict[str, list[str]],
-                                                                                 list[Any]]:
-    """Two pipelined round trips: counters, queue ends, in-flight sets and errors;
-    then the head frame of every in-flight batch."""
-    pipe = redis.pipeline(transaction=False)
-    for name in names:
-        for m in minutes:
-            pipe.hmget(keys.stats(name, m), "accepted", "rejected")
-        pipe.llen(keys.queue(name))
-        pipe.lindex(keys.queue(name), 0)
-        pipe.lindex(keys.queue(name), -1)
-        pipe.smembers(keys.inflight_index(name))
-    pipe.lrange(keys.recent_errors(), 0, STATUS_ERRORS_SHOWN - 1)
-    results = list(await pipe.execute())
-    per_stream = len(minutes) + 4
-    inflight: dict[str, list[str]] = {}
-    for i, name in enumerate(names):
-        members = results[i * per_stream + per_stream - 1]
-        inflight[name] = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)[
-            :STATUS_MAX_INFLIGHT_KEYS
-        ]
-    heads: list[Any] = []
-    if any(inflight.values()):
-        pipe = redis.pipeline(transaction=False)
-        for name in names:
-            for key in inflight[name]:
-                pipe.lindex(key, 0)
-        heads = list(await pipe.execute())
-    return results, inflight, heads
-
-
-async def snapshot(cfg: Config, redis: Any, now: float | None = None) -> Snapshot:
-    """Everything the status page shows, from Redis and the spool directory."""
-    now = time.time() if now is None else now
-    keys = Keys(cfg.redis.key_prefix)
-    minute = int(now // 60)
-    minutes = range(minute - STATUS_HISTORY_MIN + 1, minute + 1)
-    names = list(cfg.streams)
-    spool = spool_status(cfg.collector.spool_dir)
-    try:
-        async with asyncio.timeout(STATUS_REDIS_TIMEOUT_S):
-            results, inflight, heads = await _fetch(redis, keys, names, minutes)
-    except (RedisError, OSError, TimeoutError) as exc:
-        return Snapshot(generated_at=now, redis_up=False, redis_error=str(exc) or type(exc).__name__,
-                        streams=[], recent_errors=[], spool=spool)
-    per_stream = len(minutes) + 4
-
-    streams: list[StreamStatus] = []
-    now_ms = now * 1000.0
-    for i, name in enumerate(names):
-        base = i * per_stream
-        counts = [(int(a or 0), int(r or 0)) for a, r in results[base : base + len(minutes)]]
-        frames = int(results[base + len(minutes)])
-        head_ms, head_rows = _oldest_ms(results[base + len(minutes) + 1])
-        _, tail_rows = _oldest_ms(results[base + len(minutes) + 2])
-        if frames <= 1:
-            rows, exact = head_rows if frames else 0, True
-        elif frames == 2:
-            rows, exact = head_rows + tail_rows, True
-        else:
-            rows, exact = round(frames * (head_rows + tail_rows) / 2), False
-        oldest = [head_ms] if head_ms is not None else []
-        for _ in inflight[name]:
-            ms, _n = _oldest_ms(heads.pop(0))
-            if ms is not None:
-                oldest.append(ms)
-        acc_s, rej_s = _rates(counts, now)
-        total = acc_s + rej_s
-        streams.append(StreamStatus(
-            name=name, events_per_s=round(acc_s, 3), rejected_per_s=round(rej_s, 3),
-            reject_ratio=round(rej_s / total, 4) if total else 0.0, history=[a for a, _r in counts],
-            backlog_frames=frames, backlog_rows=rows, backlog_rows_exact=exact,
-            inflight_batches=len(inflight[name]),
-            oldest_unflushed_s=round(max(now_ms - min(oldest), 0.0) / 1000.0, 3) if oldest else None,
-        ))
-    errors: list[RecentError] = []
-    for raw in results[-1]:
-        try:
-            item = _error_item.decode(raw)
-        except msgspec.DecodeError:
-            continue
-        # Only names from the contract reach the page; the payload never is in the item.
-        errors.append(RecentError(stream=item.stream, field=item.field, rule=item.rule, at=item.at))
-    return Snapshot(generated_at=now, redis_up=True, streams=streams, recent_errors=errors, spool=spool)
-
-
 # -- the app seam ---------------------------------------------------------------------------
 
 
-class _State:
+class WebState:
+    """What the pages keep between requests, owned by the app (``App.web``): the
+    prepared assets and, when the app has no Redis client of its own, the status
+    page's small one."""
+
     __slots__ = ("cfg", "pages", "redis")
 
     def __init__(self, cfg: Config) -> None:
@@ -353,27 +173,29 @@ class _State:
         self.pages = Pages(cfg)
         self.redis: Any = None
 
-
-_states: dict[int, _State] = {}
-
-
-def _state(app: Any) -> _State:
-    state = _states.get(id(app))
-    if state is None or state.cfg is not app.cfg:
-        state = _states[id(app)] = _State(app.cfg)
-    return state
+    async def aclose(self) -> None:
+        if self.redis is not None:
+            client, self.redis = self.redis, None
+            await client.aclose()
 
 
-def _redis(app: Any, state: _State) -> Any:
+def _state(app: App) -> WebState:
+    # Made on the first page request: an app that serves only events never renders the tag.
+    if app.web is None:
+        app.web = WebState(app.cfg)
+    return app.web
+
+
+def _redis(app: App, state: WebState) -> Any:
     """The app's own client when it has one (its pool, closed at its shutdown);
     else a small client of ours, made on first use."""
-    client = getattr(app, "_redis", None)
+    client = app._redis
     if client is not None:
         return client
     if state.redis is None:
         import redis.asyncio as aioredis
 
-        t = min(state.cfg.redis.timeout_s, STATUS_REDIS_TIMEOUT_S)
+        t = min(state.cfg.redis.timeout_s, status.STATUS_REDIS_TIMEOUT_S)
         state.redis = aioredis.Redis.from_url(state.cfg.redis.url, socket_timeout=t, socket_connect_timeout=t,
                                               max_connections=2)
     return state.redis
@@ -428,7 +250,7 @@ async def _unauthorized(send: Send) -> None:
                                (b"www-authenticate", b'Bearer realm="oceanus status"')], body)
 
 
-async def handle(scope: Scope, receive: Receive, send: Send, app: Any) -> bool:
+async def handle(scope: Scope, receive: Receive, send: Send, app: App) -> bool:
     """Serve ``scope`` if it is one of the web pages; return False if it is not."""
     path: str = scope["path"]
     state = _state(app)
@@ -450,7 +272,7 @@ async def handle(scope: Scope, receive: Receive, send: Send, app: Any) -> bool:
         if path == "/_/status":
             await _asset(scope, send, state.pages.status)
             return True
-        snap = await snapshot(state.cfg, _redis(app, state))
+        snap = await status.snapshot(state.cfg, _redis(app, state))
         await _respond(send, 200, [_JSON, _NO_STORE, _NOSNIFF], _snapshot_json.encode(snap))
         return True
     return False

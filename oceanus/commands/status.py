@@ -2,10 +2,11 @@
 
 Rows stored come from the warehouse (through :mod:`oceanus.commands.query`, so it works
 while the flusher holds DuckDB's lock); the Redis backlog is counted in rows by
-decoding the frames (one frame holds a whole collector micro-batch); the spool
-depth in bytes is :func:`collector.spool.usage` of the spool directory (the
-bytes not yet replayed, the same reading as the collector's ``/_/status``), and
-its frames come from the collector's ``/metrics`` while it runs.
+decoding the frames (one frame holds a whole collector micro-batch). Frames,
+the oldest event and the spool depth (the bytes not yet replayed) are read
+through :mod:`collector.status`, the read model behind the collector's
+``/_/status`` too; the spool's frames come from the collector's ``/metrics``
+while it runs.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from pathlib import Path
 
 import msgspec
 
-from collector.spool import usage as spool_usage
+from collector import status as read_model
 from oceanus import config
-from oceanus.buffer import FrameError, Keys, decode_frame
+from oceanus.buffer import Keys
 from oceanus.commands import devstate
 from oceanus.commands.query import run_sql
 from oceanus.errors import QueryError
@@ -66,28 +67,17 @@ class Status(msgspec.Struct, kw_only=True):
 
 
 class _Acc:
-    """Rows and the oldest ``received_at`` over a set of frames."""
+    """Rows and the oldest event over a set of frames."""
 
     def __init__(self) -> None:
         self.rows = 0
-        self.oldest_us: int | None = None
+        self.oldest_ms: int | None = None
 
     def add(self, item: bytes | str) -> None:
-        if isinstance(item, str):  # only with decode_responses=True, which we never set
-            return
-        try:
-            columns, rows = decode_frame(item)
-        except FrameError:
-            return
-        self.rows += len(rows)
-        try:
-            idx = columns.index("received_at")
-        except ValueError:
-            return
-        for row in rows:
-            value = row[idx]
-            if isinstance(value, int) and (self.oldest_us is None or value < self.oldest_us):
-                self.oldest_us = value
+        frame = read_model.summarize(item)
+        self.rows += frame.rows
+        if frame.oldest_ms is not None and (self.oldest_ms is None or frame.oldest_ms < self.oldest_ms):
+            self.oldest_ms = frame.oldest_ms
 
 
 def redis_counts(redis_url: str, prefix: str, streams: list[str], now: float) -> dict[str, StreamStatus]:
@@ -108,12 +98,11 @@ def redis_counts(redis_url: str, prefix: str, streams: list[str], now: float) ->
             for key in client.smembers(keys.inflight_index(name)):
                 for item in client.lrange(key, 0, -1):
                     inflight.add(item)
-            oldest = [t for t in (queued.oldest_us, inflight.oldest_us) if t is not None]
             out[name] = StreamStatus(
                 backlog_frames=nframes,
                 backlog_rows=queued.rows,
                 inflight_rows=inflight.rows,
-                oldest_unflushed_age_s=round(max(0.0, now - min(oldest) / 1e6), 3) if oldest else None,
+                oldest_unflushed_age_s=read_model.unflushed_age_s(now, (queued.oldest_ms, inflight.oldest_ms)),
                 dead_letters=int(client.llen(keys.dead(name))),
             )
     finally:
@@ -149,7 +138,7 @@ def metric_values(text: str, names: set[str]) -> dict[str, float]:
 
 
 def spool_status(collector_url: str | None, spool_dir: Path) -> SpoolStatus:
-    pending = spool_usage(spool_dir).bytes
+    pending = read_model.spool_status(spool_dir).bytes
     if collector_url:
         try:
             with urllib.request.urlopen(collector_url + "/metrics", timeout=REDIS_TIMEOUT_S) as resp:

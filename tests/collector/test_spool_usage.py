@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from collector import web
+from collector import status as read_model
 from collector.spool import REPLAY_CHUNK_RECORDS, Spool, quarantine_path, usage
-from oceanus.commands import status
+from oceanus.commands import status as status_command
 
 Record = tuple[str, bytes]
 
@@ -44,9 +44,9 @@ def test_status_and_status_page_agree_on_a_partly_replayed_spool(tmp_path: Path)
     assert expected == 1266
 
     assert usage(spool_dir).bytes == expected
-    assert web.spool_status(str(spool_dir)).bytes == expected
-    assert status.spool_status(None, spool_dir).bytes == expected
-    assert web.spool_status(str(spool_dir)).files == 2
+    assert read_model.spool_status(spool_dir).bytes == expected
+    assert status_command.spool_status(None, spool_dir).bytes == expected
+    assert read_model.spool_status(spool_dir).files == 2
     assert claimer.pending_bytes + live.pending_bytes == expected
     claimer.close()
     live.close()

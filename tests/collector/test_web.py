@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from collector import web
+from collector import status, web
 from collector.app import App
 from oceanus import config
 from oceanus.buffer import EventIds, Keys, encode_frame
@@ -56,9 +56,8 @@ def _get(app: App, path: str, query: bytes = b"", headers: dict[str, str] | None
         try:
             return await web.handle(scope, receive, send, app)
         finally:
-            state = web._states.pop(id(app), None)
-            if state is not None and state.redis is not None:
-                await state.redis.aclose()
+            if app.web is not None:
+                await app.web.aclose()
 
     handled = asyncio.run(run())
     if not handled:
@@ -207,12 +206,12 @@ def test_snapshot_counts_rates_backlog_age_and_errors(redis_server: RedisServer,
     r.lpush(keys.recent_errors(), b'{"stream":"pageview","field":"sid","rule":"pattern","at":1800000025}',
             b"not json")
 
-    async def take() -> web.Snapshot:
+    async def take() -> status.Snapshot:
         import redis.asyncio as aioredis
 
         client = aioredis.Redis.from_url(redis_server.url)
         try:
-            return await web.snapshot(cfg, client, now=now)
+            return await status.snapshot(cfg, client, now=now)
         finally:
             await client.aclose()
 
@@ -224,7 +223,7 @@ def test_snapshot_counts_rates_backlog_age_and_errors(redis_server: RedisServer,
     assert pv.events_per_s == pytest.approx(1.0)
     assert pv.rejected_per_s == pytest.approx(0.1)
     assert pv.reject_ratio == pytest.approx(6 / 66, abs=1e-4)
-    assert len(pv.history) == web.STATUS_HISTORY_MIN
+    assert len(pv.history) == status.STATUS_HISTORY_MIN
     assert pv.history[-1] == 30 and pv.history[-2] == 60 and pv.history[-6] == 7 and sum(pv.history) == 97
     assert pv.backlog_frames == 3
     assert (pv.backlog_rows, pv.backlog_rows_exact) == (24, False)  # 3 x (10 + 6) / 2
@@ -256,4 +255,4 @@ def test_snapshot_when_redis_is_unreachable(tmp_path: Path) -> None:
     snap = json.loads(resp.body)
     assert snap["redis_up"] is False and snap["redis_error"]
     assert snap["spool"] == {"bytes": 600, "files": 1}
-    assert time.monotonic() - t0 < web.STATUS_REDIS_TIMEOUT_S + 3
+    assert time.monotonic() - t0 < status.STATUS_REDIS_TIMEOUT_S + 3

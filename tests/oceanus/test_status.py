@@ -20,9 +20,10 @@ COLUMNS = ["event_id", "received_at", "ip", "ua", "device", "sid", "evt"]
 
 
 def frame(n: int, received_us: int) -> bytes:
+    # As the collector makes rows: the event id carries the receive time too.
     ids = EventIds()
-    return encode_frame(COLUMNS, [[ids.new(), received_us + i, "127.0.0.1", "ua", "pc", "ab", "view"]
-                                  for i in range(n)])
+    return encode_frame(COLUMNS, [[ids.new((received_us + i) * 1000), received_us + i, "127.0.0.1", "ua", "pc",
+                                   "ab", "view"] for i in range(n)])
 
 
 @pytest.fixture

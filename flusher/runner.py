@@ -49,6 +49,7 @@ from flusher.worker import StreamWorker
 from oceanus import config as config_mod
 from oceanus.buffer import Keys
 from oceanus.config import Config
+from oceanus.discovery import FlusherInfo as _FlusherInfo
 
 log = logging.getLogger("oceanus.flusher")
 
@@ -58,11 +59,6 @@ GAUGE_INTERVAL_S = 1.0
 FLUSHER_FILE_SUFFIX = ".flusher.json"
 
 T = TypeVar("T")
-
-
-class _FlusherInfo(msgspec.Struct):
-    pid: int
-    admin_url: str
 
 
 class Flusher:

@@ -57,3 +57,13 @@ def test_pid_alive() -> None:
         assert not discovery.pid_alive(child.pid)
     finally:
         child.wait()
+
+
+def test_the_flusher_writes_the_file_the_commands_read(tmp_path: Path) -> None:
+    from flusher import runner
+
+    assert runner._FlusherInfo is discovery.FlusherInfo  # one definition of the format
+    theirs, ours = tmp_path / "a.flusher.json", tmp_path / "b.flusher.json"
+    runner._write_discovery(theirs, "http://127.0.0.1:9102")
+    discovery.write_flusher_info(ours, "http://127.0.0.1:9102")
+    assert theirs.read_bytes() == ours.read_bytes()

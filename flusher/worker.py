@@ -91,15 +91,19 @@ class _Isolate(Exception):
 class _Part:
     """A claimed batch on its way to the sink, or a half of it (of a half ...)."""
 
-    __slots__ = ("batch", "state", "inherited", "sibling", "written", "failures", "strikes", "wait_s")
+    __slots__ = ("batch", "state", "inherited", "sibling", "written", "failures", "strikes", "wait_s",
+                 "begun")
 
-    def __init__(self, batch: Batch, state: RedisWriteState, inherited: int = 0, wait_s: float = 0.0) -> None:
+    def __init__(self, batch: Batch, state: RedisWriteState, inherited: int = 0, wait_s: float = 0.0,
+                 begun: bool = False) -> None:
         self.batch = batch
         self.state = state
         #: Backoff before its first write: rows the sink asked to re-send (``WriteResult.retry``)
-        #: come back after the same pause as a failed write, and are never given back (their
-        #: batch is partly written).
+        #: come back after the same pause as a failed write.
         self.wait_s = wait_s
+        #: Rows of a batch the sink has partly written (and their halves): never given back at
+        #: shutdown, since the frames would bring the written rows back too.
+        self.begun = begun
         #: Failures of the parts it was split from: the backoff goes on growing, not from scratch.
         self.inherited = inherited
         #: The other half of the split that made it (None for a whole batch).
@@ -393,8 +397,8 @@ class StreamWorker:
         batch = part.batch
         mid = len(batch.rows) // 2
         inherited = part.inherited + part.failures
-        a = _Part(_sub(batch, batch.rows[:mid], "a"), part.state.child("a"), inherited)
-        b = _Part(_sub(batch, batch.rows[mid:], "b"), part.state.child("b"), inherited)
+        a = _Part(_sub(batch, batch.rows[:mid], "a"), part.state.child("a"), inherited, begun=part.begun)
+        b = _Part(_sub(batch, batch.rows[mid:], "b"), part.state.child("b"), inherited, begun=part.begun)
         a.sibling, b.sibling = b, a
         return a, b
 
@@ -432,7 +436,7 @@ class StreamWorker:
             # The first attempt always runs: finishing a batch is quicker than
             # giving it back and writing it again later.
             if (f.stopping.is_set() and not state.has_sink_state() and part.inherited + part.failures > 0
-                    and not part.wait_s):
+                    and not part.begun):
                 raise _GiveBack()
             t0 = time.perf_counter()
             try:
@@ -448,7 +452,7 @@ class StreamWorker:
                     # and the retry count alone, and do not alert (no sink_retries_total).
                     log.debug("stream %s: batch %s waits %.1fs for the sink's next slot: %s",
                               self.name, batch.batch_id, exc.retry_after_s, exc)
-                    await self._pause(exc.retry_after_s, give_back=not state.has_sink_state() and not part.wait_s)
+                    await self._pause(exc.retry_after_s, give_back=not state.has_sink_state() and not part.begun)
                     continue
                 hist.observe(elapsed)
                 err = exc if isinstance(exc, SinkError) else PermanentError(
@@ -469,7 +473,7 @@ class StreamWorker:
                         self.name, batch.batch_id, len(batch.rows), "" if err.retryable else " (not retryable: "
                         "fix the cause; the batch stays claimed)", part.failures, delay, err,
                         exc_info=not isinstance(exc, SinkError))
-                await self._pause(delay, give_back=not state.has_sink_state() and not part.wait_s)
+                await self._pause(delay, give_back=not state.has_sink_state() and not part.begun)
                 continue
             elapsed = time.perf_counter() - t0
             hist.observe(elapsed)
@@ -498,8 +502,7 @@ class StreamWorker:
         tag = f"r{attempt}"
         log.warning("stream %s: %d rows of batch %s refused as transient (%s), re-sent in %.2fs",
                     self.name, len(rows), batch.batch_id, reason, delay)
-        # A pause of 0 would let a shutdown give back a partly written batch: at least a tick.
-        return _Part(_sub(batch, rows, tag), part.state.child(tag), attempt + 1, wait_s=max(delay, 1e-6))
+        return _Part(_sub(batch, rows, tag), part.state.child(tag), attempt + 1, wait_s=delay, begun=True)
 
 
 def _sub(batch: Batch, rows: Sequence[Sequence[Any]], part: str) -> Batch:

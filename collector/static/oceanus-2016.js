@@ -83,6 +83,9 @@
   function legacy(o) {
     var q = o.q || [], i, keys = Object.keys(q);
     o.v = 1;
+    // The 2016 cookie was set for the whole site (domain .bizocean.jp): `oceanus.cookieDomain`
+    // in the snippet keeps it so; without it the cookie is the page host's.
+    if (o.cookieDomain) cfg.domain = o.cookieDomain;
     if (blocked()) return;
     cookie();
     for (i = 0; i < keys.length; i++) if (typeof q[keys[i]] == 'object') legacySend(q[keys[i]]);

@@ -18,6 +18,7 @@ import pytest
 
 from collector.app import GIF, App
 from collector.enrich import DeviceCache
+from collector.validate import MappedValidator, StreamValidator
 from oceanus import config
 from oceanus.errors import ConfigError
 from tests.collector.asgi import request, running
@@ -341,3 +342,13 @@ async def test_truncate_and_remove_transforms(make_config: MakeConfig, redis_ser
         r = await request(app, "GET", "/b/s", "a=a-b/cdef")
     assert r.status == 200
     assert [row["a"] for row in queued_rows(redis_server, "s")] == ["abc"]
+
+
+def test_native_pixel_path_keeps_the_plain_validator(make_config: MakeConfig) -> None:
+    # Aliases, maps and profiles live in other validators and in a dict consulted only
+    # after every native route missed: /b/pageview runs the same loop as before them.
+    app = App(make_config())
+    assert type(app._validators["pageview"]) is StreamValidator
+    assert type(app._validators["form"]) is StreamValidator
+    assert type(app._validators["ecview"]) is MappedValidator
+    assert "/b/pageview" not in app._legacy and "/swallow" in app._legacy

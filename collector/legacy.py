@@ -91,13 +91,24 @@ class StreamRoute:
         event: dict[str, Any] = parse_pairs(scope["query_string"].decode("utf-8", "replace"))
         debug = event.pop("debug", None) is not None and self.debug.allows(ip)
         admit_ip = ip
+        gated: Scope | None = scope
         if self.kind == "pierce":
+            rules = app._rules.get(name)
+            gate = rules[0] if rules is not None else None
+            if gate is not None:
+                # The write key first: it decides whether rad/ua may be read at all.
+                denied = gate.check(scope["headers"])
+                if denied is not None:
+                    code, fname, rule, detail = denied
+                    app._rejected(name, Invalid(fname, rule, detail))
+                    return await app._error(send, code, fname, rule, detail)
+                gated = None
             try:
                 admit_ip, ua, device = self._pierce_client(app, name, ip, ua, device, event)
             except Invalid as exc:
                 app._rejected(name, exc)
                 return await app._error(send, 400, exc.field, exc.rule, exc.detail)
-        refused = app._admit(name, scope, admit_ip, 1)
+        refused = app._admit(name, gated, admit_ip, 1)
         if refused is not None:
             return await app._refuse(name, send, refused, pixel=pixel)
         parsed = dict(event) if debug else None

@@ -352,3 +352,20 @@ def test_native_pixel_path_keeps_the_plain_validator(make_config: MakeConfig) ->
     assert type(app._validators["form"]) is StreamValidator
     assert type(app._validators["ecview"]) is MappedValidator
     assert "/b/pageview" not in app._legacy and "/swallow" in app._legacy
+
+
+async def test_pierce_with_a_write_key_speaks_for_the_end_client(make_config: MakeConfig, redis_server: RedisServer,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OCEANUS_TEST_PV_KEYS", "k-shortener-0123456789")
+    cfg = make_config(access={"pageview": config.StreamAccess(keys_env="OCEANUS_TEST_PV_KEYS")})
+    query = "evt=click&oid=1&url=u&rad=198.51.100.7&ua=Bot%2F2"
+    async with running(App(cfg)) as app:
+        keyless = await request(app, "GET", "/pierce", query)
+        wrong = await request(app, "GET", "/pierce", "evt=click&oid=1&url=u&rad=bad",
+                              headers=[("X-Oceanus-Key", "nope")])
+        keyed = await request(app, "GET", "/pierce", query, headers=[("X-Oceanus-Key", "k-shortener-0123456789")])
+    assert keyless.status == 401 and keyless.error.startswith("key: required")
+    assert wrong.status == 401 and wrong.error.startswith("key: valid")  # the key before the parameters
+    assert keyed.status == 200 and keyed.body == b"ok"
+    [row] = queued_rows(redis_server, "pageview")
+    assert (row["ip"], row["ua"], row["device"]) == ("198.51.100.7", "Bot/2", "bot")

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from flusher.sinks.base import Batch
 from flusher.sinks.bigquery import BigQuerySink
 from flusher.sinks.bigquery.errors import (
     ALREADY_EXISTS,
@@ -31,7 +32,7 @@ from flusher.sinks.bigquery.errors import (
 )
 from flusher.sinks.bigquery.storage_write import STATE_OFFSET, STATE_STREAM, StorageWriter, _StreamGone
 from oceanus.config import Config
-from oceanus.errors import SinkError
+from oceanus.errors import Reason, SinkError, TransientError
 from tests.support.bq_modes import MemState, batch, mode_config, mode_sink
 from tests.support.servers import BigQueryEmulator, RedisServer, wait_for
 
@@ -154,6 +155,14 @@ def test_requests_split_under_the_cap_and_resume_at_their_offsets(bq_emulator: B
         sink.close()
 
 
+def _moved_then_written(sink: BigQuerySink, b: Batch, state: MemState) -> int:
+    """A stream-level error: the first attempt moves the batch and raises, the worker's next one writes it."""
+    with pytest.raises(TransientError, match="on the next attempt") as info:
+        sink.write(b, state)
+    assert info.value.reason == Reason.SERVER
+    return sink.write(b, state).written
+
+
 def test_finalized_stream_moves_the_rest_to_a_new_stream(bq_emulator: BigQueryEmulator) -> None:
     sink = _sink(bq_emulator, max_request_bytes=64 * 1024 + 3000)
     try:
@@ -164,8 +173,12 @@ def test_finalized_stream_moves_the_rest_to_a_new_stream(bq_emulator: BigQueryEm
         sink.write(batch(ev, 6, 5), s1)
         writer.client.finalize_write_stream(name=s1.values[STATE_STREAM])
         s2 = MemState()
-        assert sink.write(batch(ev, 7, 5), s2).written == 5
+        assert _moved_then_written(sink, batch(ev, 7, 5), s2) == 5
         assert s2.get(STATE_STREAM) != s1.get(STATE_STREAM)
+        # The stream it moved to is that batch's alone: the next batch opens its own.
+        s3 = MemState()
+        assert sink.write(batch(ev, 13, 5), s3).written == 5
+        assert s3.get(STATE_STREAM) not in (s1.get(STATE_STREAM), s2.get(STATE_STREAM))
 
         # A half-written batch whose stream was finalized (an operator, an
         # expiry): a fresh writer seals it, keeps what it holds, moves the rest.
@@ -189,11 +202,11 @@ def test_finalized_stream_moves_the_rest_to_a_new_stream(bq_emulator: BigQueryEm
         fresh = _sink(bq_emulator, dataset=sink.config.sink.bigquery.dataset,
                       max_request_bytes=64 * 1024 + 3000)
         try:
-            assert fresh.write(b, state).written == 60
+            assert _moved_then_written(fresh, b, state) == 60
         finally:
             fresh.close()
         assert state.values[STATE_STREAM] != old
-        assert sorted(_ids(sink)) == _expected(sink.config, (6, 5), (7, 5), (8, 60))
+        assert sorted(_ids(sink)) == _expected(sink.config, (6, 5), (7, 5), (13, 5), (8, 60))
     finally:
         sink.close()
 
@@ -205,7 +218,7 @@ def test_offset_past_the_end_moves_the_batch(sink: BigQuerySink) -> None:
     b = batch(ev, 10, 10)
     # A reservation at offset 1000 of a 10-row stream: nothing of it is there.
     forged = MemState({**s1.values, STATE_OFFSET: "1000", "sw_plan": f"{b.batch_id}:10:0:100000", "sw_rejected": "[]"})
-    assert sink.write(b, forged).written == 10
+    assert _moved_then_written(sink, b, forged) == 10
     assert forged.values[STATE_STREAM] != s1.values[STATE_STREAM]
     assert sorted(_ids(sink)) == _expected(sink.config, (9, 10), (10, 10))
 

@@ -24,7 +24,9 @@ Invariants that make this hold:
   in the reservation), so each append is all-or-nothing at a known offset.
 
 Stream-level errors (finalized, not found, expired, schema mismatch, offset
-out of range) move the rest of the batch to a new stream. When the batch may
+out of range) move the rest of the batch to a new stream: the new reservation
+is persisted and the write raises a transient error, so the rest is appended
+by the worker's next attempt (the writer never retries by itself). When the batch may
 have appended to the old stream before (a resumed reservation), the old stream
 is *sealed* first with FinalizeWriteStream, whose row count says exactly which
 offsets hold rows - and which fences off a flusher presumed dead that is in
@@ -465,23 +467,28 @@ class StorageWriter:
         res = _Reservation.load(batch, state)
         if res is None:
             res = self._reserve(batch, state, enc, parent, first_row=0, rejected={})
-        # Reopening after a stream-level error happens at most a few times per call.
-        for _ in range(4):
-            try:
-                self._append_reserved(batch, state, enc, parent, res)
-            except _StreamGone as gone:
-                res = self._move(batch, state, enc, parent, res, gone)
-                continue
-            except BaseException:
-                # Whatever failed, this batch keeps its reservation: its stream
-                # must not take another batch's rows at those offsets.
-                self._drop_own(parent, res.stream)
-                raise
-            own = self._own.get(parent)
-            if own is not None and own.name == res.stream and not res.resumed:
-                own.next_offset = res.offset + len(res.pending(n))
-            return res.rejected
-        raise TransientError(f"stream {batch.stream.name}: write streams keep failing; see the log")
+        try:
+            self._append_reserved(batch, state, enc, parent, res)
+        except _StreamGone as gone:
+            moved = self._move(batch, state, enc, parent, res, gone)
+            if moved.first_row >= n:
+                return moved.rejected  # the old stream held every row: nothing moves
+            # The rest goes to the new stream on the worker's next attempt, which resumes
+            # the reservation just persisted; meanwhile no other batch may take that tail.
+            self._drop_own(parent, moved.stream)
+            raise TransientError(
+                f"write stream {res.stream} cannot take batch {batch.batch_id} ({gone}); rows {moved.first_row}.. "
+                f"move to {moved.stream} on the next attempt"
+            ) from None
+        except BaseException:
+            # Whatever failed, this batch keeps its reservation: its stream
+            # must not take another batch's rows at those offsets.
+            self._drop_own(parent, res.stream)
+            raise
+        own = self._own.get(parent)
+        if own is not None and own.name == res.stream and not res.resumed:
+            own.next_offset = res.offset + len(res.pending(n))
+        return res.rejected
 
     def _reserve(self, batch: Batch, state: WriteState, enc: _Encoder, parent: str, *, first_row: int,
                  rejected: dict[int, str]) -> _Reservation:

@@ -276,6 +276,8 @@ class TransientRows:
         self.inner = inner
         self.refused: set[int] = set()
         self.calls: list[list[int]] = []  # the ``n`` of each write's rows
+        #: Called (in the sink's thread) once the first write has handed rows back.
+        self.after_first: Callable[[], object] | None = None
 
     def ensure_tables(self, streams: Sequence[StreamConfig]) -> list[str]:
         return self.inner.ensure_tables(streams)
@@ -287,6 +289,8 @@ class TransientRows:
         self.refused.update(batch.rows[i][n] for i in again)
         keep = [r for i, r in enumerate(batch.rows) if i not in again]
         written = self.inner.write(msgspec.structs.replace(batch, rows=keep, prepared=None), state).written
+        if again and self.after_first is not None:
+            self.after_first()
         return WriteResult(written=written, retry=tuple(RowRetry(i, Reason.SERVER) for i in again))
 
     def close(self) -> None:
@@ -307,6 +311,30 @@ def test_rows_the_sink_hands_back_are_resent_once_by_the_worker(redis_server: Re
     run_flusher(cfg, sink, body)
     # The batch, then its three odd rows alone: no row written twice, none left out.
     assert sink.calls == [[0, 1, 2, 3, 4, 5], [1, 3, 5]]
+    assert sorted(r[0] for r in DuckDBSink(cfg).query("SELECT event_id FROM pv").rows) == sorted(ids)
+
+
+def test_rows_handed_back_are_still_written_when_shutdown_comes_first(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # A backoff of up to 1 s before the re-send, and SIGTERM arriving before it: the batch
+    # is partly written, so giving its frames back would bring rows 0, 2, 4 back too.
+    cfg = make_config(redis_server.url, tmp_path / "w.duckdb", retry_base_s=1.0, retry_max_s=1.0)
+    keys = Keys(cfg.redis.key_prefix)
+    sink = TransientRows(_sink(cfg))
+    ids: list[str] = []
+
+    async def body(f: Flusher) -> None:
+        loop = asyncio.get_running_loop()
+        # Set from the sink's thread before its result reaches the worker: the stop is seen first.
+        sink.after_first = lambda: loop.call_soon_threadsafe(f.stopping.set)
+        ids.extend(push_frames(redis_server.client(), keys, cfg.streams["pv"], frames=1, rows_per_frame=6))
+        await f.stopping.wait()
+
+    run_flusher(cfg, sink, body)
+    assert sink.calls == [[0, 1, 2, 3, 4, 5], [1, 3, 5]]
+    client = redis_server.client()
+    assert client.llen(keys.queue("pv")) == 0 and client.keys("oceanus:inflight*") == []
     assert sorted(r[0] for r in DuckDBSink(cfg).query("SELECT event_id FROM pv").rows) == sorted(ids)
 
 

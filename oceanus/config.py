@@ -446,6 +446,275 @@ class ImportConfig(_Base, frozen=True, kw_only=True):
             raise ValueError('`soft_delete_column` applies to `deletes = "soft"` only')
 
 
+#: A rule or channel name: like a stream's (it appears in metric labels and Redis keys).
+RuleName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+#: An environment variable holding a secret (never the secret itself).
+EnvName = Annotated[str, Meta(pattern=r"^$|^[A-Z_][A-Z0-9_]{0,127}$")]
+#: Operators of a rule condition; exactly one per condition (docs/NOTIFY.md).
+CONDITION_OPS: tuple[str, ...] = ("eq", "ne", "in", "contains", "prefix", "regex", "gt", "ge", "lt", "le", "exists")
+#: Names a message template may insert besides the stream's columns.
+TEMPLATE_NAMES: tuple[str, ...] = ("rule", "stream", "count", "group", "window_s")
+
+
+class Condition(_Base, frozen=True):
+    """One test on one field, or a nested ``all``/``any`` list of conditions."""
+
+    field: str = ""
+    eq: str | int | float | bool | None = None
+    ne: str | int | float | bool | None = None
+    in_: tuple[str | int | float, ...] | None = msgspec.field(default=None, name="in")
+    contains: str | None = None
+    prefix: str | None = None
+    regex: str | None = None
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+    exists: bool | None = None
+    all: tuple[Condition, ...] | None = None
+    any: tuple[Condition, ...] | None = None
+
+    def __post_init__(self) -> None:
+        ops = [op for op in (*CONDITION_OPS, "all", "any")
+               if getattr(self, "in_" if op == "in" else op) is not None]
+        if len(ops) != 1:
+            raise ValueError(f"a condition has exactly one operator of {', '.join(CONDITION_OPS)}, all, any "
+                             f"(got {', '.join(ops) or 'none'})")
+        if ops[0] in ("all", "any"):
+            if self.field:
+                raise ValueError(f"`{ops[0]}` takes a list of conditions, not `field`")
+        elif not self.field:
+            raise ValueError(f"`{ops[0]}` needs `field`")
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as exc:
+                raise ValueError(f"`regex` {self.regex!r} does not compile: {exc}") from None
+
+    @property
+    def op(self) -> str:
+        return next(op for op in (*CONDITION_OPS, "all", "any")
+                    if getattr(self, "in_" if op == "in" else op) is not None)
+
+
+class ThresholdConfig(_Base, frozen=True, kw_only=True):
+    """Fire once when ``count`` matching events arrive within ``window_s`` (per ``group_by`` value)."""
+
+    count: Annotated[int, Meta(ge=2)]
+    window_s: PositiveFloat
+    group_by: str = ""
+
+
+class RateLimitConfig(_Base, frozen=True):
+    """At most ``max`` messages per rule and channel every ``per_s``; the rest are summed up."""
+
+    max: PositiveInt = 20
+    per_s: PositiveFloat = 300.0
+
+
+class RuleConfig(_Base, frozen=True, kw_only=True):
+    """``[rules.NAME]``: which events of a stream go to which channels, and the message."""
+
+    name: RuleName = "unnamed"
+    stream: str
+    channels: Annotated[tuple[str, ...], Meta(min_length=1)]
+    #: ``all`` conditions must hold, or ``any`` one; no conditions: every event of the stream.
+    match: Literal["all", "any"] = "all"
+    conditions: tuple[Condition, ...] = ()
+    #: The message: text with ``{field}`` insertions only (a column, or rule, stream, count, group, window_s).
+    template: str = "{rule}: {stream} event {event_id}"
+    #: E-mail subject (same insertions), one line.
+    subject: str = "oceanus: {rule}"
+    #: Columns of a Sheets row and of a webhook's ``event`` object (default: every column).
+    fields: tuple[str, ...] = ()
+    threshold: ThresholdConfig | None = None
+    rate_limit: RateLimitConfig = RateLimitConfig()
+    enabled: bool = True
+
+
+class _ChannelBase(_Base, frozen=True, kw_only=True, tag_field="kind"):
+    #: A delivery that has failed for this long goes to the dead-letter list (seconds).
+    give_up_after_s: PositiveFloat = 3600.0
+    retry_base_s: PositiveFloat = 1.0
+    retry_max_s: PositiveFloat = 60.0
+    timeout_s: PositiveFloat = 10.0
+
+    def secrets(self) -> dict[str, tuple[str, str]]:
+        """Secret name -> (environment variable, file) it is read from."""
+        return {}
+
+
+class LogChannel(_ChannelBase, frozen=True, kw_only=True, tag="log"):
+    """One line per notification on stdout, or appended to ``path``."""
+
+    path: str = ""
+
+
+class SlackChannel(_ChannelBase, frozen=True, kw_only=True, tag="slack"):
+    """A Slack incoming webhook; its URL is the secret."""
+
+    url_env: EnvName = ""
+    url_file: str = ""
+
+    def secrets(self) -> dict[str, tuple[str, str]]:
+        return {"url": (self.url_env, self.url_file)}
+
+
+class WebhookChannel(_ChannelBase, frozen=True, kw_only=True, tag="webhook"):
+    """A signed JSON POST (``X-Oceanus-Signature``, docs/NOTIFY.md)."""
+
+    url: Annotated[str, Meta(pattern=r"^https?://")]
+    secret_env: EnvName = ""
+    secret_file: str = ""
+
+    def secrets(self) -> dict[str, tuple[str, str]]:
+        return {"secret": (self.secret_env, self.secret_file)}
+
+
+class SheetsChannel(_ChannelBase, frozen=True, kw_only=True, tag="sheets"):
+    """Google Sheets ``spreadsheets.values.append``; one row per notification."""
+
+    spreadsheet_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,200}$")]
+    #: The tab; ``{yyyy}`` and ``{mm}`` insert the event's UTC year and month (monthly tabs).
+    tab: Annotated[str, Meta(min_length=1, max_length=100)] = "oceanus {yyyy}-{mm}"
+    endpoint: Annotated[str, Meta(pattern=r"^https?://")] = "https://sheets.googleapis.com"
+    #: Empty: Application Default Credentials. Else a variable holding an OAuth access token.
+    token_env: EnvName = ""
+
+
+class EmailChannel(_ChannelBase, frozen=True, kw_only=True, tag="email"):
+    """SMTP with STARTTLS (``starttls = false`` only for a relay on localhost)."""
+
+    host: Annotated[str, Meta(min_length=1)]
+    port: Annotated[int, Meta(ge=1, le=65535)] = 587
+    starttls: bool = True
+    #: PEM file of the CA(s) to trust instead of the system's.
+    ca_file: str = ""
+    username: str = ""
+    password_env: EnvName = ""
+    password_file: str = ""
+    sender: Annotated[str, Meta(pattern=r"^[^\s<>@]+@[^\s<>@]+$")]
+    to: Annotated[tuple[Annotated[str, Meta(pattern=r"^[^\s<>@,]+@[^\s<>@,]+$")], ...], Meta(min_length=1)]
+
+    def secrets(self) -> dict[str, tuple[str, str]]:
+        return {"password": (self.password_env, self.password_file)} if self.username else {}
+
+
+ChannelConfig = LogChannel | SlackChannel | WebhookChannel | SheetsChannel | EmailChannel
+
+
+class NotifyConfig(_Base, frozen=True):
+    """``oceanus notify``: the rules consumer and the channel workers."""
+
+    admin_host: str = "127.0.0.1"
+    admin_port: Annotated[int, Meta(ge=0, le=65535)] = 9102
+    #: Frames claimed from a stream's notify queue at once.
+    claim_frames: PositiveInt = 64
+    #: How often an idle notifier looks at its queues (seconds).
+    poll_s: Annotated[float, Meta(gt=0, le=5)] = 0.05
+    heartbeat_ttl_s: PositiveFloat = 30.0
+    #: How long a delivery key remembers a sent notification (seconds; redelivery within it is not re-sent).
+    delivered_ttl_s: PositiveFloat = 604_800.0
+    #: Characters of one field value inserted into a message (longer values are cut, marked with …).
+    max_value_chars: Annotated[int, Meta(ge=16, le=100_000)] = 500
+    dead_letter_max: PositiveInt = 10_000
+    drain_timeout_s: PositiveFloat = 10.0
+
+
+def _decode_rule(name: str, raw: Any, streams: Mapping[str, StreamConfig],
+                 channels: Mapping[str, ChannelConfig]) -> RuleConfig:
+    path = f"rules.{name}"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a table")
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", name):
+        raise ConfigError(f"{path}: rule names are lowercase letters, digits and _ (<= 63)")
+    rule = _convert({**raw, "name": name}, RuleConfig, path)
+    stream = streams.get(rule.stream)
+    if stream is None:
+        raise ConfigError(f"{path}.stream: no stream named {rule.stream!r}")
+    columns = set(stream.columns)
+    for i, ch in enumerate(rule.channels):
+        if ch not in channels:
+            raise ConfigError(f"{path}.channels[{i}]: no channel named {ch!r} ([channels.{ch}])")
+
+    def check(conds: tuple[Condition, ...], where: str) -> None:
+        for i, c in enumerate(conds):
+            if c.all is not None or c.any is not None:
+                check(c.all or c.any or (), f"{where}[{i}].{c.op}")
+            elif c.field not in columns:
+                raise ConfigError(f"{where}[{i}].field: `{c.field}` is not a column of stream {stream.name!r}")
+
+    check(rule.conditions, f"{path}.conditions")
+    for key in ("template", "subject"):
+        for ref in _template_names(getattr(rule, key), f"{path}.{key}"):
+            if ref not in columns and ref not in TEMPLATE_NAMES:
+                raise ConfigError(f"{path}.{key}: {{{ref}}} is not a column of stream {stream.name!r} "
+                                  f"nor one of {', '.join(TEMPLATE_NAMES)}")
+    if "\n" in rule.subject or "\r" in rule.subject:
+        raise ConfigError(f"{path}.subject: one line")
+    for i, f in enumerate(rule.fields):
+        if f not in columns:
+            raise ConfigError(f"{path}.fields[{i}]: `{f}` is not a column of stream {stream.name!r}")
+    if rule.threshold is not None and rule.threshold.group_by and rule.threshold.group_by not in columns:
+        raise ConfigError(f"{path}.threshold.group_by: `{rule.threshold.group_by}` is not a column of stream "
+                          f"{stream.name!r}")
+    return rule
+
+
+_TEMPLATE_PART = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+
+
+def _template_names(template: str, where: str) -> list[str]:
+    """The names a template inserts; anything but ``{name}``, ``{{`` and ``}}`` is an error (no code)."""
+    names: list[str] = []
+    for m in _TEMPLATE_PART.finditer(template):
+        token = m.group(0)
+        if token in ("{{", "}}"):
+            continue
+        name = m.group(1)
+        if name is None or not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name):
+            raise ConfigError(f"{where}: {token!r} at offset {m.start()}: a template inserts `{{field}}` only "
+                              "(write {{ and }} for braces)")
+        names.append(name)
+    return names
+
+
+def _decode_channel(name: str, raw: Any) -> ChannelConfig:
+    path = f"channels.{name}"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a table")
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", name):
+        raise ConfigError(f"{path}: channel names are lowercase letters, digits and _ (<= 63)")
+    if "kind" not in raw:
+        raise ConfigError(f"{path}.kind: required (log, slack, webhook, sheets or email)")
+    for key in ("url", "secret", "password", "token"):
+        if key in raw and not (key == "url" and raw.get("kind") == "webhook"):
+            raise ConfigError(f"{path}.{key}: secrets are never written in oceanus.toml; use {key}_env or "
+                              f"{key}_file")
+    channel = _convert(raw, ChannelConfig, path)  # type: ignore[arg-type]
+    for secret, (env, file) in channel.secrets().items():
+        if not env and not file:
+            raise ConfigError(f"{path}: the {secret} comes from {secret}_env or {secret}_file; set one")
+    return channel
+
+
+def missing_secrets(cfg: Config, env: Mapping[str, str] | None = None) -> list[str]:
+    """``channels.NAME: VAR`` for every secret a channel cannot read (``oceanus check-config``)."""
+    env = os.environ if env is None else env
+    out: list[str] = []
+    for name, channel in cfg.channels.items():
+        for secret, (var, file) in channel.secrets().items():
+            if var and env.get(var):
+                continue
+            if file and Path(file).is_file():
+                continue
+            where = " or ".join(x for x in (f"${var}" if var else "", f"file {file}" if file else "") if x)
+            out.append(f"channels.{name}: the {secret} is missing ({where})")
+        if isinstance(channel, SheetsChannel) and channel.token_env and not env.get(channel.token_env):
+            out.append(f"channels.{name}: the token is missing (${channel.token_env})")
+    return out
+
+
 class SinkConfig(_Base, frozen=True):
     kind: Literal["duckdb", "bigquery"] = "duckdb"
     duckdb: DuckDBConfig = DuckDBConfig()
@@ -460,6 +729,10 @@ class Config(_Base, frozen=True):
     streams: dict[str, StreamConfig] = {}
     #: Shop tables copied into the warehouse: ``[imports.NAME]`` (``oceanus import``).
     imports: dict[str, ImportConfig] = {}
+    #: ``oceanus notify``: ``[notify]``, ``[rules.NAME]``, ``[channels.NAME]``.
+    notify: NotifyConfig = NotifyConfig()
+    rules: dict[str, RuleConfig] = {}
+    channels: dict[str, ChannelConfig] = {}
     #: Where this config came from (not a TOML key).
     source: str = ""
 
@@ -554,7 +827,7 @@ def _env_paths(struct_type: type[Struct], prefix: tuple[str, ...] = ()) -> dict[
     """Map ``OCEANUS_A_B`` names to key paths for every scalar key outside ``streams``."""
     out: dict[str, tuple[str, ...]] = {}
     for field in msgspec.structs.fields(struct_type):
-        if not prefix and field.name in ("streams", "imports", "source"):
+        if not prefix and field.name in ("streams", "imports", "rules", "channels", "source"):
             continue
         path = (*prefix, field.name)
         ftype = field.type
@@ -653,6 +926,10 @@ def decode(raw: dict[str, Any], source: str = "") -> Config:
     raw = dict(raw)
     raw_streams = raw.pop("streams", {})
     raw_imports = raw.pop("imports", {})
+    raw_rules = raw.pop("rules", {})
+    raw_channels = raw.pop("channels", {})
+    if not isinstance(raw_rules, dict) or not isinstance(raw_channels, dict):
+        raise ConfigError("rules, channels: expected tables ([rules.NAME], [channels.NAME])")
     if not isinstance(raw_imports, dict):
         raise ConfigError("imports: expected a table of imports ([imports.NAME])")
     imports = {name: _decode_import(name, body) for name, body in raw_imports.items()}
@@ -670,12 +947,20 @@ def decode(raw: dict[str, Any], source: str = "") -> Config:
         if name in streams or name.removesuffix("_latest") in streams:
             raise ConfigError(f"imports.{name}: a stream has that table name")
     _check_route_paths(base.collector, streams)
-    return msgspec.structs.replace(base, streams=streams, imports=imports, source=source)
+    channels = {name: _decode_channel(name, body) for name, body in raw_channels.items()}
+    rules = {name: _decode_rule(name, body, streams, channels) for name, body in raw_rules.items()}
+    return msgspec.structs.replace(base, streams=streams, imports=imports, rules=rules, channels=channels,
+                                   source=source)
+
+
+def rule_streams(cfg: Config) -> tuple[str, ...]:
+    """Streams with at least one enabled rule: the collector copies their frames to the notify queue."""
+    return tuple(sorted({r.stream for r in cfg.rules.values() if r.enabled}))
 
 
 #: Paths (and prefixes, ending in "/") the collector answers itself: no legacy route may take them.
-NATIVE_PATHS = ("/b/", "/e/", "/_/", "/demo", "/healthz", "/readyz", "/metrics", "/openapi.json", "/oceanus.js",
-                "/oceanus-2016.js")
+NATIVE_PATHS = ("/b/", "/e/", "/_/", "/demo", "/demo/", "/healthz", "/readyz", "/metrics", "/openapi.json",
+                "/oceanus.js", "/oceanus-2016.js")
 
 
 def _check_route_paths(c: CollectorConfig, streams: Mapping[str, StreamConfig]) -> None:

@@ -18,6 +18,11 @@ Keys (``P`` is ``redis.key_prefix``, default ``oceanus``)::
     P:recent-errors              LIST   newest first, capped at RECENT_ERRORS_MAX items; each
                                         item is JSON ``{"stream", "field", "rule", "at"}``
                                         (``at`` unix seconds) -- never the payload
+    P:notify:q:{stream}          LIST   the same frames again, for ``oceanus notify`` (RPUSH by
+                                        collectors, only for streams with rules; the notifier's
+                                        own keys live under ``P:notify:`` too, see notifier/keys.py)
+    P:notify:recent              LIST   newest first: the latest notifications and failures, JSON
+                                        ``{"rule", "channel", "outcome", "at", "detail"}``
 
 Collectors write the stats and recent errors in the same pipeline as their
 RPUSH, once per micro-batch, never per event.
@@ -246,6 +251,17 @@ class Keys:
 
     def recent_errors(self) -> str:
         return f"{self.prefix}:recent-errors"
+
+    def notify_queue(self, stream: str) -> str:
+        """Frames of a stream with rules, copied for the notifier (``Keys(notify_prefix).queue``)."""
+        return f"{self.notify_prefix()}:q:{stream}"
+
+    def notify_prefix(self) -> str:
+        """The notifier's namespace: ``Keys(this)`` gives its queue, in-flight and heartbeat keys."""
+        return f"{self.prefix}:notify"
+
+    def notify_recent(self) -> str:
+        return f"{self.prefix}:notify:recent"
 
     @staticmethod
     def owner_of(inflight_key: str) -> str:

@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "import": "importer.runner:main",
     "dead": "oceanus.commands.dead:main",
     "forget": "oceanus.commands.forget:main",
+    "notify": "oceanus.commands.notify:main",
 }
 
 EPILOG = """\
@@ -164,6 +165,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--field", required=True, metavar="F", help="a string/int/bool field, or ip (e.g. uid)")
     p.add_argument("--value", required=True, metavar="X", help="rows whose field equals X (as text)")
     p.add_argument("--stream", metavar="S", help="one stream (default: every stream with the field)")
+
+    p = _command(sub, "notify", "act on events within seconds: [rules.*] to Slack, webhooks, Sheets, e-mail, a log",
+                 "oceanus notify", "oceanus notify test paid --set evt=paid",
+                 "oceanus notify dead list --channel team", "oceanus notify dead replay --channel team")
+    _config_arg(p)
+    p.add_argument("action", nargs="?", choices=["serve", "test", "dead"],
+                   help="serve (default): evaluate rules and deliver; test RULE: send a sample through the "
+                        "rule's channels; dead list|replay: the deliveries given up on")
+    p.add_argument("target", nargs="?", help="test: the rule; dead: list or replay")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="test: a value of the sample event (repeatable)")
+    p.add_argument("--channel", metavar="C", help="dead: one channel (default: every channel)")
+    p.add_argument("--limit", type=int, default=20, metavar="N", help="dead list: items shown per channel")
     return parser
 
 

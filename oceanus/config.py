@@ -645,6 +645,13 @@ def _decode_rule(name: str, raw: Any, streams: Mapping[str, StreamConfig],
                 raise ConfigError(f"{where}[{i}].field: `{c.field}` is not a column of stream {stream.name!r}")
 
     check(rule.conditions, f"{path}.conditions")
+    _check_rule_texts(rule, path, stream)
+    return rule
+
+
+def _check_rule_texts(rule: RuleConfig, path: str, stream: StreamConfig) -> None:
+    """The template, subject, fields and threshold group of a rule name columns of its stream."""
+    columns = set(stream.columns)
     for key in ("template", "subject"):
         for ref in _template_names(getattr(rule, key), f"{path}.{key}"):
             if ref not in columns and ref not in TEMPLATE_NAMES:
@@ -658,7 +665,6 @@ def _decode_rule(name: str, raw: Any, streams: Mapping[str, StreamConfig],
     if rule.threshold is not None and rule.threshold.group_by and rule.threshold.group_by not in columns:
         raise ConfigError(f"{path}.threshold.group_by: `{rule.threshold.group_by}` is not a column of stream "
                           f"{stream.name!r}")
-    return rule
 
 
 _TEMPLATE_PART = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
@@ -691,7 +697,10 @@ def _decode_channel(name: str, raw: Any) -> ChannelConfig:
         if key in raw and not (key == "url" and raw.get("kind") == "webhook"):
             raise ConfigError(f"{path}.{key}: secrets are never written in oceanus.toml; use {key}_env or "
                               f"{key}_file")
-    channel = _convert(raw, ChannelConfig, path)  # type: ignore[arg-type]
+    try:
+        channel: ChannelConfig = msgspec.convert(raw, ChannelConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_with_path(str(exc), path)) from None
     for secret, (env, file) in channel.secrets().items():
         if not env and not file:
             raise ConfigError(f"{path}: the {secret} comes from {secret}_env or {secret}_file; set one")

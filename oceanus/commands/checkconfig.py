@@ -1,10 +1,12 @@
-"""``oceanus check-config``: validate the config and print the streams."""
+"""``oceanus check-config``: validate the config, print the streams, rules and channels, and name
+every channel secret (environment variable or file) that is missing."""
 
 from __future__ import annotations
 
 import argparse
 
 from oceanus import config
+from oceanus.errors import ConfigError
 
 
 def describe(cfg: config.Config) -> str:
@@ -27,9 +29,20 @@ def describe(cfg: config.Config) -> str:
                 rules.append(f"format={field.format}")
             rules.extend(field.transforms)
             lines.append(f"  {name}: {', '.join(rules)}")
+    for name, ch in cfg.channels.items():
+        lines.append(f"channel {name} ({type(ch).__name__.removesuffix('Channel').lower()})")
+    for rule in cfg.rules.values():
+        extra = f", threshold {rule.threshold.count} in {rule.threshold.window_s:g} s" if rule.threshold else ""
+        lines.append(f"rule {rule.name}: stream {rule.stream}, {len(rule.conditions)} condition(s) "
+                     f"({rule.match}){extra} -> {', '.join(rule.channels)}")
     return "\n".join(lines)
 
 
 def main(args: argparse.Namespace) -> int:
-    print(describe(config.load(args.config)))
+    cfg = config.load(args.config)
+    print(describe(cfg))
+    missing = config.missing_secrets(cfg)
+    if missing:
+        # A channel without its secret would stop `oceanus notify` at start-up: say so now.
+        raise ConfigError("secrets missing: " + "; ".join(missing))
     return 0

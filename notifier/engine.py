@@ -1,0 +1,169 @@
+"""Evaluation: claim frames from a stream's notify queue, match rules, write delivery jobs.
+
+Per claim (one round trip each)::
+
+    P:notify:q:{stream} --claim (flusher.claim.Claimer)--> in flight
+        --decode, match--> RPUSH jobs / threshold script (one pipeline) --> finish (release the claim)
+
+The jobs are in Redis before the claim is released, so a crash at any point
+leaves every frame either still claimable or turned into jobs; a frame
+evaluated twice (crash between the two) writes the same job ids again, and the
+delivery key stops the second send.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from flusher.claim import Claim, Claimer
+from notifier import jobs
+from notifier.keys import NotifyKeys
+from notifier.metrics import NotifyMetrics
+from notifier.rules import Predicate, compile_rule, cut, needed_fields
+from oceanus.buffer import FrameError, decode_frame, event_id_time_ms
+from oceanus.config import Config, RuleConfig
+
+log = logging.getLogger("oceanus.notify")
+
+# KEYS: window zset, fired key, then one job list per channel.
+# ARGV: member (event id), event ms, window ms, count, then one job JSON per channel.
+# One event joins the window; when it holds `count` events within `window` of this one and the rule has
+# not fired in the last window for this group, fire: mark it and write the jobs, atomically. Re-run for
+# the same event (redelivery), ZADD changes nothing and the mark stops a second fire.
+_THRESHOLD_LUA = """
+local t = tonumber(ARGV[2])
+local w = tonumber(ARGV[3])
+redis.call('ZADD', KEYS[1], t, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', t - 2 * w)
+redis.call('PEXPIRE', KEYS[1], 2 * w)
+if redis.call('ZCOUNT', KEYS[1], t - w, t) < tonumber(ARGV[4]) then return 0 end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', w) then return 0 end
+for i = 3, #KEYS do redis.call('RPUSH', KEYS[i], ARGV[i + 2]) end
+return 1
+"""
+
+
+class Compiled:
+    __slots__ = ("rule", "match")
+
+    def __init__(self, rule: RuleConfig) -> None:
+        self.rule = rule
+        self.match: Predicate = compile_rule(rule)
+
+
+def event_values(columns: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
+    ev = dict(zip(columns, row, strict=False))
+    raw = ev.get("event_id")
+    if isinstance(raw, bytes):
+        ev["event_id"] = raw.hex()
+    return ev
+
+
+class Evaluator:
+    def __init__(self, cfg: Config, client: aioredis.Redis, claimer: Claimer, metrics: NotifyMetrics) -> None:
+        self.cfg = cfg
+        self.client = client
+        self.claimer = claimer
+        self.metrics = metrics
+        self.keys = NotifyKeys(cfg.redis.key_prefix)
+        self.by_stream: dict[str, list[Compiled]] = {}
+        for rule in cfg.rules.values():
+            if rule.enabled:
+                self.by_stream.setdefault(rule.stream, []).append(Compiled(rule))
+        self._threshold = client.register_script(_THRESHOLD_LUA)
+
+    @property
+    def streams(self) -> list[str]:
+        return sorted(self.by_stream)
+
+    def _job(self, rule: RuleConfig, channel: str, stream: str, ev: dict[str, Any], columns: Sequence[str],
+             extra: dict[str, Any], job_id: str, kind: str) -> bytes:
+        limit = self.cfg.notify.max_value_chars
+        fields = needed_fields(rule, [c for c in columns if c != "event_id"] + ["event_id"])
+        values = {f: cut(ev.get(f), limit) for f in fields}
+        values.update({"rule": rule.name, "stream": stream, **extra})
+        raw_id = ev.get("event_id", "")
+        event_ms = event_id_time_ms(bytes.fromhex(raw_id)) if isinstance(raw_id, str) and len(raw_id) == 32 \
+            else int(time.time() * 1000)
+        return jobs.encode(jobs.Job(
+            id=job_id, kind=kind, rule=rule.name, channel=channel, stream=stream,  # type: ignore[arg-type]
+            event_id=str(raw_id), event_ms=event_ms, created_ms=int(time.time() * 1000), template=rule.template,
+            subject=rule.subject, values=values, fields=tuple(rule.fields or fields),
+        ))
+
+    async def evaluate(self, claim: Claim) -> int:
+        """Write the jobs of one claimed batch; returns how many events matched."""
+        rules = self.by_stream.get(claim.stream, [])
+        matched = 0
+        async with self.client.pipeline(transaction=False) as pipe:
+            queued = 0
+            for frame in claim.frames:
+                try:
+                    columns, rows = decode_frame(frame)
+                except FrameError as exc:
+                    # Not ours to keep: the flusher dead-letters its own copy of this frame.
+                    log.error("notify queue of %s: skipping a frame that does not decode: %s", claim.stream, exc)
+                    self.metrics.corrupt_frames.inc()
+                    continue
+                for row in rows:
+                    ev = event_values(columns, row)
+                    for c in rules:
+                        if not c.match(ev):
+                            continue
+                        matched += 1
+                        self.metrics.matched.labels(c.rule.name).inc()
+                        queued += await self._queue(pipe, c.rule, claim.stream, ev, columns)
+            if queued:
+                await pipe.execute()
+        return matched
+
+    async def _queue(self, pipe: Any, rule: RuleConfig, stream: str, ev: dict[str, Any], columns: Sequence[str]) -> int:
+        eid = str(ev.get("event_id", ""))
+        th = rule.threshold
+        if th is None:
+            for ch in rule.channels:
+                pipe.rpush(self.keys.jobs(ch), self._job(rule, ch, stream, ev, columns, {}, f"{rule.name}:{ch}:{eid}",
+                                                         "event"))
+            return len(rule.channels)
+        group = str(cut(ev.get(th.group_by), 100)) if th.group_by else ""
+        extra = {"count": th.count, "window_s": f"{th.window_s:g}", "group": group}
+        job_list = [self._job(rule, ch, stream, ev, columns, extra, f"{rule.name}:{ch}:thr:{group}:{eid}",
+                              "threshold") for ch in rule.channels]
+        window_ms = max(1, int(th.window_s * 1000))
+        event_ms = jobs.decode(job_list[0]).event_ms
+        await self._threshold(
+            keys=[self.keys.threshold(rule.name, group), self.keys.fired(rule.name, group),
+                  *(self.keys.jobs(ch) for ch in rule.channels)],
+            args=[eid, event_ms, window_ms, th.count, *job_list], client=pipe,
+        )
+        return 1
+
+    async def round(self) -> int:
+        """Claim and evaluate once per stream (and orphans); returns the frames handled."""
+        handled = 0
+        for stream in self.streams:
+            claim = await self.claimer.claim(stream, self.cfg.notify.claim_frames)
+            if claim is None:
+                continue
+            await self.evaluate(claim)
+            await self.claimer.finish(claim)
+            handled += len(claim.frames)
+        return handled
+
+    async def reclaim_orphans(self) -> int:
+        n = 0
+        for stream in self.streams:
+            for orphan in await self.claimer.orphans(stream):
+                claim = await self.claimer.reclaim(stream, orphan)
+                if claim is None:
+                    continue
+                log.info("re-evaluating %d frames of %s left by a notifier that stopped", len(claim.frames), stream)
+                await self.evaluate(claim)
+                await self.claimer.finish(claim)
+                n += 1
+        return n

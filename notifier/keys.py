@@ -1,0 +1,70 @@
+"""The notifier's Redis keys, all under ``P:notify`` (``P`` = ``redis.key_prefix``).
+
+Claiming reuses :class:`flusher.claim.Claimer` over ``Keys(P:notify)``, so the
+frames' queue, in-flight batches and heartbeats are the flusher's shapes in a
+namespace of their own::
+
+    P:notify:q:{stream}                     LIST   frames copied by the collector (oceanus.buffer)
+    P:notify:inflight:{stream}:{owner}:{n}  LIST   frames being evaluated by one notifier
+    P:notify:hb:{owner}                     STRING heartbeat of a notifier (TTL)
+
+Delivery, per channel ``C`` and rule ``R``::
+
+    P:notify:jobs:{C}                 LIST   delivery jobs waiting (JSON :class:`notifier.jobs.Job`)
+    P:notify:sending:{C}:{owner}      LIST   the job a notifier is delivering (moved back if it dies)
+    P:notify:sending-index:{C}        SET    names of the channel's sending lists
+    P:notify:dead:{C}                 LIST   jobs given up on, JSON ``{"job", "reason", "at"}``
+    P:notify:sent:{job id}            STRING the delivery key: set once the channel accepted (TTL)
+    P:notify:rate:{R}:{C}:{window}    STRING messages sent in one rate-limit window (TTL)
+    P:notify:held:{R}:{C}:{window}    STRING messages held back in that window (summed up later)
+    P:notify:thr:{R}:{group}          ZSET   event ids of a threshold window, scored by event ms
+    P:notify:fired:{R}:{group}        STRING a threshold fired; set for its window (PX)
+    P:notify:recent                   LIST   newest first, the latest outcomes (the status page)
+"""
+
+from __future__ import annotations
+
+from oceanus.buffer import Keys
+
+#: Outcomes kept for the status page.
+RECENT_MAX = 100
+
+
+class NotifyKeys:
+    __slots__ = ("base", "claim")
+
+    def __init__(self, prefix: str) -> None:
+        core = Keys(prefix)
+        self.base = core.notify_prefix()
+        #: The namespace handed to the flusher's Claimer.
+        self.claim = Keys(self.base)
+
+    def jobs(self, channel: str) -> str:
+        return f"{self.base}:jobs:{channel}"
+
+    def sending(self, channel: str, owner: str) -> str:
+        return f"{self.base}:sending:{channel}:{owner}"
+
+    def sending_index(self, channel: str) -> str:
+        return f"{self.base}:sending-index:{channel}"
+
+    def dead(self, channel: str) -> str:
+        return f"{self.base}:dead:{channel}"
+
+    def sent(self, job_id: str) -> str:
+        return f"{self.base}:sent:{job_id}"
+
+    def rate(self, rule: str, channel: str, window: int) -> str:
+        return f"{self.base}:rate:{rule}:{channel}:{window}"
+
+    def held(self, rule: str, channel: str, window: int) -> str:
+        return f"{self.base}:held:{rule}:{channel}:{window}"
+
+    def threshold(self, rule: str, group: str) -> str:
+        return f"{self.base}:thr:{rule}:{group}"
+
+    def fired(self, rule: str, group: str) -> str:
+        return f"{self.base}:fired:{rule}:{group}"
+
+    def recent(self) -> str:
+        return Keys(self.base.removesuffix(":notify")).notify_recent()

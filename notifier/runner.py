@@ -1,0 +1,160 @@
+"""``oceanus notify``: the process. One evaluator loop, one delivery worker per channel, a heartbeat,
+the orphan scan, gauges, and a small admin HTTP server (``/metrics``, ``/healthz``, ``/readyz``).
+
+SIGTERM: stop claiming, let the round in progress write its jobs and release
+its claim, give each channel's unfinished job back to the head of its list,
+drop the heartbeat, exit 0 -- all within ``notify.drain_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from flusher.claim import Claimer, make_owner_id
+from notifier.channels import make_channel
+from notifier.delivery import Worker, return_orphans
+from notifier.engine import Evaluator
+from notifier.keys import NotifyKeys
+from notifier.metrics import NotifyMetrics
+from oceanus.config import Config
+
+log = logging.getLogger("oceanus.notify")
+#: Gauges are refreshed this often (seconds).
+GAUGES_EVERY_S = 1.0
+#: Longest request head the admin server reads (bytes).
+MAX_HEAD_BYTES = 8192
+
+
+def make_client(cfg: Config) -> aioredis.Redis:
+    # No hidden retries: a claim script re-sent by the client could run twice (flusher/claim.py).
+    return aioredis.Redis.from_url(cfg.redis.url, socket_timeout=cfg.redis.timeout_s,
+                                   socket_connect_timeout=cfg.redis.timeout_s, retry=Retry(NoBackoff(), 0))
+
+
+class Notifier:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.keys = NotifyKeys(cfg.redis.key_prefix)
+        self.owner = make_owner_id()
+        self.client = make_client(cfg)
+        self.metrics = NotifyMetrics()
+        self.stopping = asyncio.Event()
+        self.ready = False
+        self.claimer = Claimer(self.client, self.keys.claim, self.owner, cfg.notify.heartbeat_ttl_s)
+        self.evaluator = Evaluator(cfg, self.client, self.claimer, self.metrics)
+        self.workers = [Worker(cfg, name, make_channel(name, ch), self.client, self.owner, self.metrics,
+                               self.stopping) for name, ch in cfg.channels.items()]
+        self.admin_port = 0
+
+    async def _evaluate_loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                handled = await self.evaluator.round()
+            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
+                log.warning("Redis: %s; evaluating again shortly", exc)
+                self.ready = False
+                handled = 0
+            else:
+                self.ready = True
+            if not handled:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), self.cfg.notify.poll_s)
+
+    async def _housekeeping(self) -> None:
+        ttl = self.cfg.notify.heartbeat_ttl_s
+        scan_due = 0.0
+        loop = asyncio.get_running_loop()
+        while not self.stopping.is_set():
+            try:
+                await self.claimer.heartbeat()
+                if loop.time() >= scan_due:
+                    scan_due = loop.time() + ttl / 2
+                    await self.evaluator.reclaim_orphans()
+                    moved = await return_orphans(self.client, self.cfg, self.owner)
+                    if moved:
+                        log.info("gave %d unfinished deliveries of a stopped notifier back to their queues", moved)
+                await self._gauges()
+            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
+                log.warning("Redis: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), min(ttl / 3, GAUGES_EVERY_S))
+
+    async def _gauges(self) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for stream in self.evaluator.streams:
+                pipe.llen(self.keys.claim.queue(stream))
+            for name in self.cfg.channels:
+                pipe.llen(self.keys.jobs(name))
+                pipe.llen(self.keys.dead(name))
+            out = await pipe.execute()
+        it = iter(out)
+        for stream in self.evaluator.streams:
+            self.metrics.frames_backlog.labels(stream).set(next(it))
+        for name in self.cfg.channels:
+            self.metrics.jobs_backlog.labels(name).set(next(it))
+            self.metrics.dead_letters.labels(name).set(next(it))
+
+    async def _admin(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            path = head.split(b" ", 2)[1] if head.count(b" ") >= 2 else b"/"
+            if path == b"/metrics":
+                status, body, ctype = 200, self.metrics.render(), b"text/plain; version=0.0.4"
+            elif path == b"/healthz":
+                status, body, ctype = 200, b"ok\n", b"text/plain"
+            elif path == b"/readyz":
+                ok = self.ready and not self.stopping.is_set()
+                status, body, ctype = (200, b"ready\n", b"text/plain") if ok else (503, b"not ready\n", b"text/plain")
+            else:
+                status, body, ctype = 404, b"not found\n", b"text/plain"
+            reason = {200: b"OK", 404: b"Not Found", 503: b"Service Unavailable"}[status]
+            writer.write(b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                         % (status, reason, ctype, len(body)) + body)
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def run(self, on_started: Callable[[], Awaitable[None]] | None = None) -> None:
+        server = await asyncio.start_server(self._admin, self.cfg.notify.admin_host, self.cfg.notify.admin_port,
+                                            limit=MAX_HEAD_BYTES)
+        self.admin_port = server.sockets[0].getsockname()[1]
+        await self.claimer.heartbeat()
+        self.ready = True
+        log.info("oceanus notify: %d rules on %s, channels %s; admin http://%s:%d/metrics",
+                 len(self.cfg.rules), ", ".join(self.evaluator.streams) or "no stream",
+                 ", ".join(self.cfg.channels) or "none", self.cfg.notify.admin_host, self.admin_port)
+        tasks = [asyncio.create_task(self._evaluate_loop(), name="notify-evaluate"),
+                 asyncio.create_task(self._housekeeping(), name="notify-housekeeping"),
+                 *(asyncio.create_task(w.run(), name=f"notify-{w.name}") for w in self.workers)]
+        if on_started is not None:
+            await on_started()
+        await self.stopping.wait()
+        _, pending = await asyncio.wait(tasks, timeout=self.cfg.notify.drain_timeout_s)
+        for t in pending:
+            t.cancel()
+        for t in tasks:
+            if t.done() and not t.cancelled() and t.exception() is not None:
+                log.error("%s failed: %r", t.get_name(), t.exception())
+        with contextlib.suppress(Exception):
+            await self.claimer.drop_heartbeat()
+        server.close()
+        await self.client.aclose()
+
+
+async def serve(cfg: Config) -> int:
+    notifier = Notifier(cfg)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, notifier.stopping.set)
+    await notifier.run()
+    return 0

@@ -368,8 +368,9 @@ class BigQueryConfig(_Base, frozen=True):
     max_rows_per_request: Annotated[int, Meta(gt=0, le=50_000)] = 500
     max_request_bytes: Annotated[int, Meta(gt=0, le=BIGQUERY_MAX_REQUEST_BYTES)] = 9_000_000
     timeout_s: PositiveFloat = 30.0
-    #: Bound on the client library's own retries of one call (0: none). Short on
-    #: purpose: the flusher retries for ever with backoff and counts each retry.
+    #: Bound on the client library's own retries of table sync and of imports (0:
+    #: none). Row writes make one attempt each: the flusher's worker retries them
+    #: for ever with backoff and counts each retry.
     retry_deadline_s: Annotated[float, Meta(ge=0)] = 10.0
     #: Load-job mode: one job per table at most this often (the daily quota is 1,500).
     load_interval_s: PositiveFloat = 300.0

@@ -138,9 +138,9 @@ class BigQueryTarget:
         except (SinkError, SourceError):
             raise
         except Exception as exc:
-            from flusher.sinks.bigquery import map_error
+            from flusher.sinks.bigquery.errors import classify
 
-            raise map_error(exc, what) from None
+            raise classify(exc, what) from None
 
     def _query(self, sql: str, params: Sequence[tuple[str, str, Any]] = ()) -> list[Any]:
         from google.cloud import bigquery

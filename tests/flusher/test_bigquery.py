@@ -31,8 +31,8 @@ from flusher.sinks.base import Batch, RowRetry, WriteResult, WriteState
 from flusher.sinks.bigquery import (
     STATE_DONE,
     BigQuerySink,
+    classify,
     dedup_view_sql,
-    map_error,
     timestamp_us_to_rfc3339,
 )
 from oceanus.config import FieldConfig
@@ -408,16 +408,16 @@ def test_error_mapping_from_service_exceptions() -> None:
     def err(cls: type[gexc.GoogleAPICallError], reason: str, message: str = "m") -> gexc.GoogleAPICallError:
         return cls(message, errors=[{"reason": reason, "message": message}])
 
-    assert map_error(err(gexc.Forbidden, "rateLimitExceeded"), "w").reason == "throttled"
-    assert map_error(err(gexc.Forbidden, "quotaExceeded"), "w").retryable
-    assert map_error(err(gexc.InternalServerError, "internalError"), "w").reason == "server"
+    assert classify(err(gexc.Forbidden, "rateLimitExceeded"), "w").reason == "throttled"
+    assert classify(err(gexc.Forbidden, "quotaExceeded"), "w").retryable
+    assert classify(err(gexc.InternalServerError, "internalError"), "w").reason == "server"
     too_big = err(gexc.BadRequest, "invalid", "Request payload size exceeds the limit: 10485760 bytes.")
-    assert isinstance(map_error(too_big, "w"), PayloadTooLarge)
-    assert not map_error(err(gexc.Forbidden, "accessDenied"), "w").retryable
-    assert not map_error(err(gexc.NotFound, "notFound"), "w").retryable
+    assert isinstance(classify(too_big, "w"), PayloadTooLarge)
+    assert not classify(err(gexc.Forbidden, "accessDenied"), "w").retryable
+    assert not classify(err(gexc.NotFound, "notFound"), "w").retryable
     wrapped = gexc.RetryError("deadline", cause=requests.exceptions.ReadTimeout("read timed out"))  # type: ignore[no-untyped-call]
-    assert map_error(wrapped, "w").reason == "timeout"
-    assert map_error(requests.exceptions.ConnectionError("refused"), "w").reason == "connection"
+    assert classify(wrapped, "w").reason == "timeout"
+    assert classify(requests.exceptions.ConnectionError("refused"), "w").reason == "connection"
 
 
 def test_value_conversion_and_view_sql() -> None:

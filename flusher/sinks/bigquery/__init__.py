@@ -32,11 +32,8 @@ from oceanus.errors import ConfigError
 if TYPE_CHECKING:
     from google.cloud import bigquery
 
-#: The name ``oceanus import``'s BigQuery target knows the classifier by.
-map_error = classify
-
 __all__ = ["STATE_DONE", "BigQuerySink", "ModeWriter", "classify", "dedup_view_sql", "json_row_converter",
-           "make_client", "map_error", "table_schema", "timestamp_us_to_rfc3339"]
+           "make_client", "table_schema", "timestamp_us_to_rfc3339"]
 
 
 class ModeWriter(Protocol):

@@ -54,14 +54,32 @@ def test_imports_sees_function_level_and_from_imports(tmp_path: Path) -> None:
 
 def test_the_core_imports_nothing_above_it() -> None:
     files = [REPO / p for p in CORE]
-    assert offenders(files, ("collector", "flusher", "importer", *COMMANDS)) == []
+    assert offenders(files, ("collector", "flusher", "importer", "notifier", *COMMANDS)) == []
 
 
 def test_no_component_imports_a_command() -> None:
-    files = package("collector") + package("flusher") + package("importer")
+    files = package("collector") + package("flusher") + package("importer") + package("notifier")
     assert offenders(files, COMMANDS) == []
 
 
 def test_collector_and_flusher_do_not_import_each_other() -> None:
     assert offenders(package("collector"), ("flusher", "importer")) == []
     assert offenders(package("flusher"), ("collector", "importer")) == []
+
+
+#: The one edge from the notifier into another component: the flusher's claim protocol, generic over a
+#: ``Keys(prefix)``, which the notifier runs in a namespace of its own (docs/ARCHITECTURE.md, "Notifier").
+NOTIFIER_MAY_IMPORT_FROM_FLUSHER = ("flusher.claim",)
+
+
+def test_nothing_imports_the_notifier() -> None:
+    files = package("collector") + package("flusher") + package("importer")
+    assert offenders(files, ("notifier",)) == []
+
+
+def test_the_notifier_imports_only_the_claim_protocol_of_the_flusher() -> None:
+    files = package("notifier")
+    assert offenders(files, ("collector", "importer")) == []
+    edges = [o for o in offenders(files, ("flusher",))
+             if not any(o.endswith(f" imports {m}") or f" imports {m}." in o for m in NOTIFIER_MAY_IMPORT_FROM_FLUSHER)]
+    assert edges == []

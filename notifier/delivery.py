@@ -27,6 +27,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -63,9 +64,17 @@ def period_text(seconds: float) -> str:
 class Worker:
     """Delivers one channel's jobs, one at a time, in order."""
 
-    def __init__(self, cfg: Config, name: str, channel: Channel, client: aioredis.Redis, owner: str,
-                 metrics: NotifyMetrics, stopping: asyncio.Event,
-                 sleep: Callable[[float], float] = lambda s: random.uniform(0, s)) -> None:  # noqa: S311
+    def __init__(
+        self,
+        cfg: Config,
+        name: str,
+        channel: Channel,
+        client: aioredis.Redis,
+        owner: str,
+        metrics: NotifyMetrics,
+        stopping: asyncio.Event,
+        sleep: Callable[[float], float] = lambda s: random.uniform(0, s),
+    ) -> None:
         self.cfg = cfg
         self.name = name
         self.ccfg: ChannelConfig = cfg.channels[name]
@@ -87,7 +96,8 @@ class Worker:
             raw: bytes | None = await self.client.lindex(self.sending, 0)  # type: ignore[assignment]
             if raw is None:
                 raw = await self.client.lmove(  # type: ignore[assignment]
-                    self.keys.jobs(self.name), self.sending, "LEFT", "RIGHT")
+                    self.keys.jobs(self.name), self.sending, "LEFT", "RIGHT"
+                )
             if raw is None:
                 await self._summaries()
                 await self._wait(self.cfg.notify.poll_s)
@@ -99,10 +109,8 @@ class Worker:
         await self._return(keys=[self.sending, self.keys.jobs(self.name), self.keys.sending_index(self.name)])
 
     async def _wait(self, seconds: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), seconds)
-        except TimeoutError:
-            pass
 
     async def deliver(self, raw: bytes) -> bool:
         """True when the job is finished (sent, duplicate, held, dead); False when stopping mid-retry."""
@@ -127,12 +135,17 @@ class Worker:
                     await self._dead(job, raw, exc.reason)
                     return True
                 if age_s >= self.ccfg.give_up_after_s:
-                    log.error("channels.%s: %s failing for %.0f s (give_up_after_s), dead-lettered: %s",
-                              self.name, job.id, age_s, exc.reason)
+                    log.error(
+                        "channels.%s: %s failing for %.0f s (give_up_after_s), dead-lettered: %s",
+                        self.name,
+                        job.id,
+                        age_s,
+                        exc.reason,
+                    )
                     await self._dead(job, raw, f"gave up after {age_s:.0f} s: {exc.reason}")
                     return True
                 self.metrics.retries.labels(self.name).inc()
-                wait = self._jitter(min(self.ccfg.retry_max_s, self.ccfg.retry_base_s * 2 ** attempt))
+                wait = self._jitter(min(self.ccfg.retry_max_s, self.ccfg.retry_base_s * 2**attempt))
                 wait = min(wait, max(0.0, self.ccfg.give_up_after_s - age_s))
                 if attempt == 0:
                     log.warning("channels.%s: %s failed, retrying: %s", self.name, job.id, exc.reason)
@@ -154,8 +167,9 @@ class Worker:
         self.metrics.latency.labels(self.name).observe(max(0.0, now - job.event_ms / 1000))
 
     def _recent(self, pipe: aioredis.client.Pipeline, rule: str, outcome: str, detail: str) -> None:
-        item = _json.encode({"rule": rule, "channel": self.name, "outcome": outcome, "at": int(time.time()),
-                             "detail": detail[:300]})
+        item = _json.encode(
+            {"rule": rule, "channel": self.name, "outcome": outcome, "at": int(time.time()), "detail": detail[:300]}
+        )
         pipe.lpush(self.keys.recent(), item)
         pipe.ltrim(self.keys.recent(), 0, RECENT_MAX - 1)
 
@@ -207,10 +221,18 @@ class Worker:
                 if not n:
                     continue
                 text = f"{{rule}}: and {int(n)} more in the last {period_text(per)} (rate limit)"
-                job = jobs.Job(id=f"{rule.name}:{self.name}:summary:{window}", kind="summary", rule=rule.name,
-                               channel=self.name, stream=rule.stream, event_ms=int(window * per * 1000),
-                               created_ms=int(now * 1000), template=text, subject="oceanus: {rule} (summary)",
-                               values={"rule": rule.name, "stream": rule.stream, "count": int(n)})
+                job = jobs.Job(
+                    id=f"{rule.name}:{self.name}:summary:{window}",
+                    kind="summary",
+                    rule=rule.name,
+                    channel=self.name,
+                    stream=rule.stream,
+                    event_ms=int(window * per * 1000),
+                    created_ms=int(now * 1000),
+                    template=text,
+                    subject="oceanus: {rule} (summary)",
+                    values={"rule": rule.name, "stream": rule.stream, "count": int(n)},
+                )
                 # Push, then forget the count: a crash between them pushes the same job id again,
                 # which its delivery key drops.
                 await self.client.rpush(self.keys.jobs(self.name), jobs.encode(job))

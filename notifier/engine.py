@@ -49,7 +49,7 @@ return 1
 
 
 class Compiled:
-    __slots__ = ("rule", "match")
+    __slots__ = ("match", "rule")
 
     def __init__(self, rule: RuleConfig) -> None:
         self.rule = rule
@@ -81,20 +81,43 @@ class Evaluator:
     def streams(self) -> list[str]:
         return sorted(self.by_stream)
 
-    def _job(self, rule: RuleConfig, channel: str, stream: str, ev: dict[str, Any], columns: Sequence[str],
-             extra: dict[str, Any], job_id: str, kind: str) -> bytes:
+    def _job(
+        self,
+        rule: RuleConfig,
+        channel: str,
+        stream: str,
+        ev: dict[str, Any],
+        columns: Sequence[str],
+        extra: dict[str, Any],
+        job_id: str,
+        kind: str,
+    ) -> bytes:
         limit = self.cfg.notify.max_value_chars
         fields = needed_fields(rule, [c for c in columns if c != "event_id"] + ["event_id"])
         values = {f: cut(ev.get(f), limit) for f in fields}
         values.update({"rule": rule.name, "stream": stream, **extra})
         raw_id = ev.get("event_id", "")
-        event_ms = event_id_time_ms(bytes.fromhex(raw_id)) if isinstance(raw_id, str) and len(raw_id) == 32 \
+        event_ms = (
+            event_id_time_ms(bytes.fromhex(raw_id))
+            if isinstance(raw_id, str) and len(raw_id) == 32
             else int(time.time() * 1000)
-        return jobs.encode(jobs.Job(
-            id=job_id, kind=kind, rule=rule.name, channel=channel, stream=stream,  # type: ignore[arg-type]
-            event_id=str(raw_id), event_ms=event_ms, created_ms=int(time.time() * 1000), template=rule.template,
-            subject=rule.subject, values=values, fields=tuple(rule.fields or fields),
-        ))
+        )
+        return jobs.encode(
+            jobs.Job(
+                id=job_id,
+                kind=kind,
+                rule=rule.name,
+                channel=channel,
+                stream=stream,  # type: ignore[arg-type]
+                event_id=str(raw_id),
+                event_ms=event_ms,
+                created_ms=int(time.time() * 1000),
+                template=rule.template,
+                subject=rule.subject,
+                values=values,
+                fields=tuple(rule.fields or fields),
+            )
+        )
 
     async def evaluate(self, claim: Claim) -> int:
         """Write the jobs of one claimed batch; returns how many events matched."""
@@ -127,19 +150,26 @@ class Evaluator:
         th = rule.threshold
         if th is None:
             for ch in rule.channels:
-                pipe.rpush(self.keys.jobs(ch), self._job(rule, ch, stream, ev, columns, {}, f"{rule.name}:{ch}:{eid}",
-                                                         "event"))
+                pipe.rpush(
+                    self.keys.jobs(ch), self._job(rule, ch, stream, ev, columns, {}, f"{rule.name}:{ch}:{eid}", "event")
+                )
             return len(rule.channels)
         group = str(cut(ev.get(th.group_by), 100)) if th.group_by else ""
         extra = {"count": th.count, "window_s": f"{th.window_s:g}", "group": group}
-        job_list = [self._job(rule, ch, stream, ev, columns, extra, f"{rule.name}:{ch}:thr:{group}:{eid}",
-                              "threshold") for ch in rule.channels]
+        job_list = [
+            self._job(rule, ch, stream, ev, columns, extra, f"{rule.name}:{ch}:thr:{group}:{eid}", "threshold")
+            for ch in rule.channels
+        ]
         window_ms = max(1, int(th.window_s * 1000))
         event_ms = jobs.decode(job_list[0]).event_ms
         await self._threshold(
-            keys=[self.keys.threshold(rule.name, group), self.keys.fired(rule.name, group),
-                  *(self.keys.jobs(ch) for ch in rule.channels)],
-            args=[eid, event_ms, window_ms, th.count, *job_list], client=pipe,
+            keys=[
+                self.keys.threshold(rule.name, group),
+                self.keys.fired(rule.name, group),
+                *(self.keys.jobs(ch) for ch in rule.channels),
+            ],
+            args=[eid, event_ms, window_ms, th.count, *job_list],
+            client=pipe,
         )
         return 1
 

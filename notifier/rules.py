@@ -77,7 +77,10 @@ def compile_condition(c: Condition) -> Predicate:
         return lambda row: (row.get(f) is not None and row.get(f) != "") is want
     bound = float(getattr(c, op))
     cmp: Callable[[float, float], bool] = {
-        "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b, "lt": lambda a, b: a < b, "le": lambda a, b: a <= b,
+        "gt": lambda a, b: a > b,
+        "ge": lambda a, b: a >= b,
+        "lt": lambda a, b: a < b,
+        "le": lambda a, b: a <= b,
     }[op]
 
     def numeric(row: Row) -> bool:

@@ -35,8 +35,12 @@ MAX_HEAD_BYTES = 8192
 
 def make_client(cfg: Config) -> aioredis.Redis:
     # No hidden retries: a claim script re-sent by the client could run twice (flusher/claim.py).
-    return aioredis.Redis.from_url(cfg.redis.url, socket_timeout=cfg.redis.timeout_s,
-                                   socket_connect_timeout=cfg.redis.timeout_s, retry=Retry(NoBackoff(), 0))
+    return aioredis.Redis.from_url(
+        cfg.redis.url,
+        socket_timeout=cfg.redis.timeout_s,
+        socket_connect_timeout=cfg.redis.timeout_s,
+        retry=Retry(NoBackoff(), 0),
+    )
 
 
 class Notifier:
@@ -50,8 +54,10 @@ class Notifier:
         self.ready = False
         self.claimer = Claimer(self.client, self.keys.claim, self.owner, cfg.notify.heartbeat_ttl_s)
         self.evaluator = Evaluator(cfg, self.client, self.claimer, self.metrics)
-        self.workers = [Worker(cfg, name, make_channel(name, ch), self.client, self.owner, self.metrics,
-                               self.stopping) for name, ch in cfg.channels.items()]
+        self.workers = [
+            Worker(cfg, name, make_channel(name, ch), self.client, self.owner, self.metrics, self.stopping)
+            for name, ch in cfg.channels.items()
+        ]
         self.admin_port = 0
 
     async def _evaluate_loop(self) -> None:
@@ -116,8 +122,11 @@ class Notifier:
             else:
                 status, body, ctype = 404, b"not found\n", b"text/plain"
             reason = {200: b"OK", 404: b"Not Found", 503: b"Service Unavailable"}[status]
-            writer.write(b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
-                         % (status, reason, ctype, len(body)) + body)
+            writer.write(
+                b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                % (status, reason, ctype, len(body))
+                + body
+            )
             await writer.drain()
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             pass
@@ -125,17 +134,25 @@ class Notifier:
             writer.close()
 
     async def run(self, on_started: Callable[[], Awaitable[None]] | None = None) -> None:
-        server = await asyncio.start_server(self._admin, self.cfg.notify.admin_host, self.cfg.notify.admin_port,
-                                            limit=MAX_HEAD_BYTES)
+        server = await asyncio.start_server(
+            self._admin, self.cfg.notify.admin_host, self.cfg.notify.admin_port, limit=MAX_HEAD_BYTES
+        )
         self.admin_port = server.sockets[0].getsockname()[1]
         await self.claimer.heartbeat()
         self.ready = True
-        log.info("oceanus notify: %d rules on %s, channels %s; admin http://%s:%d/metrics",
-                 len(self.cfg.rules), ", ".join(self.evaluator.streams) or "no stream",
-                 ", ".join(self.cfg.channels) or "none", self.cfg.notify.admin_host, self.admin_port)
-        tasks = [asyncio.create_task(self._evaluate_loop(), name="notify-evaluate"),
-                 asyncio.create_task(self._housekeeping(), name="notify-housekeeping"),
-                 *(asyncio.create_task(w.run(), name=f"notify-{w.name}") for w in self.workers)]
+        log.info(
+            "oceanus notify: %d rules on %s, channels %s; admin http://%s:%d/metrics",
+            len(self.cfg.rules),
+            ", ".join(self.evaluator.streams) or "no stream",
+            ", ".join(self.cfg.channels) or "none",
+            self.cfg.notify.admin_host,
+            self.admin_port,
+        )
+        tasks = [
+            asyncio.create_task(self._evaluate_loop(), name="notify-evaluate"),
+            asyncio.create_task(self._housekeeping(), name="notify-housekeeping"),
+            *(asyncio.create_task(w.run(), name=f"notify-{w.name}") for w in self.workers),
+        ]
         if on_started is not None:
             await on_started()
         await self.stopping.wait()

@@ -38,8 +38,9 @@ class EmailSink:
     def __init__(self, name: str, cfg: EmailChannel) -> None:
         self.name = name
         self.cfg = cfg
-        self.password = (read_secret(cfg.password_env, cfg.password_file, f"channels.{name}.password_env")
-                         if cfg.username else "")
+        self.password = (
+            read_secret(cfg.password_env, cfg.password_file, f"channels.{name}.password_env") if cfg.username else ""
+        )
         self.context = ssl.create_default_context(cafile=cfg.ca_file or None)
 
     def message(self, job: Job) -> EmailMessage:

@@ -23,8 +23,12 @@ class LogSink:
 
     def line(self, job: Job) -> bytes:
         # JSON-encoded: a CR/LF in a value cannot start a forged line.
-        return _json.encode({"notify": job.rule, "channel": self.name, "id": job.id,
-                             "message": render(job.template, job.values)}) + b"\n"
+        return (
+            _json.encode(
+                {"notify": job.rule, "channel": self.name, "id": job.id, "message": render(job.template, job.values)}
+            )
+            + b"\n"
+        )
 
     async def send(self, job: Job) -> None:
         data = self.line(job)

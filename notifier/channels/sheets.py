@@ -82,8 +82,9 @@ class SheetsSink:
         tab = tab_for(self.cfg.tab, job.event_ms)
         rng = a1_range(tab)
         base = f"{self.cfg.endpoint.rstrip('/')}/v4/spreadsheets/{self.cfg.spreadsheet_id}"
-        url = (f"{base}/values/{urllib.parse.quote(rng, safe='')}:append"
-               "?valueInputOption=RAW&insertDataOption=INSERT_ROWS")
+        url = (
+            f"{base}/values/{urllib.parse.quote(rng, safe='')}:append?valueInputOption=RAW&insertDataOption=INSERT_ROWS"
+        )
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         body = _json.encode({"range": rng, "majorDimension": "ROWS", "values": [self.row(job)]})
         status, answer = await post(url, body, headers, self.cfg.timeout_s)

@@ -18,8 +18,9 @@ from oceanus.config import SlackChannel
 #: Slack cuts a message's text at 40,000 characters; stay well below.
 MAX_TEXT_CHARS = 3_000
 _ZWSP = "\u200b"
-_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "*": "*" + _ZWSP, "_": "_" + _ZWSP,
-                          "~": "~" + _ZWSP, "`": "`" + _ZWSP})
+_ESCAPES = str.maketrans(
+    {"&": "&amp;", "<": "&lt;", ">": "&gt;", "*": "*" + _ZWSP, "_": "_" + _ZWSP, "~": "~" + _ZWSP, "`": "`" + _ZWSP}
+)
 _json = msgspec.json.Encoder()
 
 
@@ -42,6 +43,5 @@ class SlackSink:
         return _json.encode({"text": text})
 
     async def send(self, job: Job) -> None:
-        status, body = await post(self.url, self.payload(job), {"Content-Type": "application/json"},
-                                  self.cfg.timeout_s)
+        status, body = await post(self.url, self.payload(job), {"Content-Type": "application/json"}, self.cfg.timeout_s)
         check_status(status, body, f"Slack (channels.{self.name})")

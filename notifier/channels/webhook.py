@@ -36,16 +36,27 @@ class WebhookSink:
         self.secret = read_secret(cfg.secret_env, cfg.secret_file, f"channels.{name}.secret_env").encode()
 
     def body(self, job: Job) -> bytes:
-        return _json.encode({
-            "id": job.id, "kind": job.kind, "rule": job.rule, "stream": job.stream, "event_id": job.event_id,
-            "event_ms": job.event_ms, "message": render(job.template, job.values),
-            "event": {f: job.values.get(f) for f in job.fields},
-        })
+        return _json.encode(
+            {
+                "id": job.id,
+                "kind": job.kind,
+                "rule": job.rule,
+                "stream": job.stream,
+                "event_id": job.event_id,
+                "event_ms": job.event_ms,
+                "message": render(job.template, job.values),
+                "event": {f: job.values.get(f) for f in job.fields},
+            }
+        )
 
     async def send(self, job: Job) -> None:
         body = self.body(job)
         ts = str(int(time.time()))
-        headers = {"Content-Type": "application/json", "X-Oceanus-Timestamp": ts,
-                   "X-Oceanus-Signature": sign(self.secret, ts, body), "Idempotency-Key": job.id}
+        headers = {
+            "Content-Type": "application/json",
+            "X-Oceanus-Timestamp": ts,
+            "X-Oceanus-Signature": sign(self.secret, ts, body),
+            "Idempotency-Key": job.id,
+        }
         status, answer = await post(self.cfg.url, body, headers, self.cfg.timeout_s)
         check_status(status, answer, f"webhook {self.cfg.url} (channels.{self.name})")

@@ -33,8 +33,15 @@ def sample_values(stream: config.StreamConfig, overrides: list[str]) -> dict[str
     values: dict[str, Any] = {}
     for name, f in stream.fields.items():
         values[name] = {"int": 1, "float": 1.5, "bool": True}.get(f.type, f"sample {name}")
-    values.update({"ip": "203.0.113.7", "ua": "oceanus notify test", "device": "desktop",
-                   "event_id": "0" * 32, "received_at": int(time.time() * 1_000_000)})
+    values.update(
+        {
+            "ip": "203.0.113.7",
+            "ua": "oceanus notify test",
+            "device": "desktop",
+            "event_id": "0" * 32,
+            "received_at": int(time.time() * 1_000_000),
+        }
+    )
     for item in overrides:
         key, sep, val = item.partition("=")
         if not sep or key not in values:
@@ -51,14 +58,31 @@ async def _test(cfg: config.Config, rule_name: str, overrides: list[str]) -> int
     ev = sample_values(stream, overrides)
     fields = needed_fields(rule, list(ev))
     values = {f: cut(ev.get(f), cfg.notify.max_value_chars) for f in fields}
-    values.update({"rule": rule.name, "stream": rule.stream, "count": rule.threshold.count if rule.threshold else 1,
-                   "group": "test", "window_s": f"{rule.threshold.window_s:g}" if rule.threshold else ""})
+    values.update(
+        {
+            "rule": rule.name,
+            "stream": rule.stream,
+            "count": rule.threshold.count if rule.threshold else 1,
+            "group": "test",
+            "window_s": f"{rule.threshold.window_s:g}" if rule.threshold else "",
+        }
+    )
     failed = 0
     for ch in rule.channels:
         now_ms = int(time.time() * 1000)
-        job = jobs.Job(id=f"{rule.name}:{ch}:test:{now_ms}", rule=rule.name, channel=ch, stream=rule.stream,
-                       event_id=ev["event_id"], event_ms=now_ms, created_ms=now_ms, template=rule.template,
-                       subject=rule.subject, values=values, fields=rule.fields or fields)
+        job = jobs.Job(
+            id=f"{rule.name}:{ch}:test:{now_ms}",
+            rule=rule.name,
+            channel=ch,
+            stream=rule.stream,
+            event_id=ev["event_id"],
+            event_ms=now_ms,
+            created_ms=now_ms,
+            template=rule.template,
+            subject=rule.subject,
+            values=values,
+            fields=rule.fields or fields,
+        )
         try:
             await make_channel(ch, cfg.channels[ch]).send(job)
         except DeliveryError as exc:
@@ -84,8 +108,10 @@ def _dead_cmd(cfg: config.Config, action: str, channel: str | None, limit: int) 
                 for raw in items:
                     d = _dead.decode(raw)
                     job_id = _dead.decode(d["job"]).get("id", "?") if d.get("job", "").startswith("{") else "?"
-                    print(f"  {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(d.get('at', 0)))}Z {job_id}: "
-                          f"{d.get('reason', '')}")
+                    print(
+                        f"  {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(d.get('at', 0)))}Z {job_id}: "
+                        f"{d.get('reason', '')}"
+                    )
             else:
                 moved = skipped = 0
                 now_ms = int(time.time() * 1000)

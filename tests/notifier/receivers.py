@@ -40,6 +40,8 @@ class Receiver:
     secret: bytes = b""
     status: int = 200
     down_until: float = 0.0
+    #: Seconds each accepted post takes (deliveries in flight when a test kills the notifier).
+    delay_s: float = 0.0
     posts: list[Received] = field(default_factory=list)
     bad_signatures: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -69,7 +71,7 @@ def http_receiver(receiver: Receiver) -> Iterator[Receiver]:
         def log_message(self, *args: Any) -> None:
             pass
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             headers = {k.lower(): v for k, v in self.headers.items()}
             if time.time() < receiver.down_until:
@@ -82,6 +84,8 @@ def http_receiver(receiver: Receiver) -> Iterator[Receiver]:
                 self.send_response(401)
                 self.end_headers()
                 return
+            if receiver.delay_s:
+                time.sleep(receiver.delay_s)
             if receiver.status == 200:
                 with receiver.lock:
                     receiver.posts.append(Received(self.path, headers, body, time.time()))
@@ -135,7 +139,7 @@ def sheets_server(fake: FakeSheets, spreadsheet_id: str) -> Iterator[FakeSheets]
             self.end_headers()
             self.wfile.write(body)
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"{}")
             if self.headers.get("Authorization") != f"Bearer {fake.token}":
                 return self.answer(401, _google_error(401, "UNAUTHENTICATED", "Request had invalid credentials."))
@@ -217,7 +221,7 @@ class Mailbox:
 def smtp_server(directory: Path) -> Iterator[tuple[Mailbox, Path]]:
     """aiosmtpd on a free port, STARTTLS required, with a fresh self-signed certificate (returned as the CA)."""
     from aiosmtpd.controller import Controller
-    from aiosmtpd.smtp import Envelope, Session, SMTP
+    from aiosmtpd.smtp import SMTP, Envelope, Session
 
     from tests.support.servers import free_port
 
@@ -227,7 +231,7 @@ def smtp_server(directory: Path) -> Iterator[tuple[Mailbox, Path]]:
     box = Mailbox(port=free_port())
 
     class Handler:
-        async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
+        async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
             data = envelope.content if isinstance(envelope.content, bytes) else str(envelope.content).encode()
             box.messages.append((str(envelope.mail_from), list(envelope.rcpt_tos), data))
             return "250 OK"

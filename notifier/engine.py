@@ -90,7 +90,7 @@ class Evaluator:
         columns: Sequence[str],
         extra: dict[str, Any],
         job_id: str,
-        kind: str,
+        kind: jobs.Kind,
     ) -> bytes:
         limit = self.cfg.notify.max_value_chars
         fields = needed_fields(rule, [c for c in columns if c != "event_id"] + ["event_id"])
@@ -108,7 +108,7 @@ class Evaluator:
                 kind=kind,
                 rule=rule.name,
                 channel=channel,
-                stream=stream,  # type: ignore[arg-type]
+                stream=stream,
                 event_id=str(raw_id),
                 event_ms=event_ms,
                 created_ms=int(time.time() * 1000),

@@ -7,13 +7,14 @@ from typing import Literal
 import msgspec
 
 Value = str | int | float | bool | None
+Kind = Literal["event", "threshold", "summary"]
 
 
 class Job(msgspec.Struct, frozen=True, kw_only=True):
     #: ``rule:channel:<event id hex>`` (or ``...:thr:<group>:<event id>``, ``...:summary:<window>``):
     #: the delivery key, and the ``Idempotency-Key`` a webhook receiver sees.
     id: str
-    kind: Literal["event", "threshold", "summary"] = "event"
+    kind: Kind = "event"
     rule: str
     channel: str
     stream: str

@@ -1,14 +1,16 @@
 """``oceanus dev``: the whole pipeline on one machine.
 
 Starts, in this order, a ``redis-server`` child (free loopback port, AOF on,
-data in ``DIR/redis``), the flusher writing to ``DIR/warehouse.duckdb``, and
-the collector on ``--port``; publishes ``DIR/dev.json`` for ``oceanus status``
+data in ``DIR/redis``), the flusher writing to ``DIR/warehouse.duckdb``,
+``oceanus notify`` when the config has rules (its ``log`` channel's lines are
+echoed to the terminal), and the collector on ``--port``; publishes ``DIR/dev.json`` for ``oceanus status``
 and ``oceanus query``; then waits for Ctrl-C / SIGTERM and stops them in the
 reverse order, each after the previous one has exited:
 
 1. collector: stops accepting, writes what it acknowledged to Redis;
-2. flusher: finishes or gives back the batch in hand;
-3. redis-server: SIGTERM, which Redis handles as SHUTDOWN (fsync the AOF).
+2. notify: gives the delivery in hand back to its queue;
+3. flusher: finishes or gives back the batch in hand;
+4. redis-server: SIGTERM, which Redis handles as SHUTDOWN (fsync the AOF).
 
 The next ``oceanus dev`` on the same directory replays the AOF, so whatever was
 still buffered (queued or claimed in flight) is flushed then.
@@ -31,7 +33,9 @@ hold the port, the AOF and the DuckDB file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import json
 import os
 import shutil
 import signal
@@ -67,8 +71,10 @@ if sys.platform == "linux":
         if os.getppid() != parent:  # the supervisor died between fork and prctl
             os._exit(1)
 else:  # pragma: no cover - the children outlive a killed supervisor there
+
     def _die_with_parent(parent: int) -> None:
         return None
+
 
 REDIS_READY_TIMEOUT_S = 30.0
 FLUSHER_READY_TIMEOUT_S = 60.0
@@ -112,9 +118,13 @@ class Child:
         self._log: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 - lives as long as the child
         try:
             self.proc = subprocess.Popen(
-                cmd, env=dict(env), stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                cmd,
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=functools.partial(_die_with_parent, os.getpid()),  # noqa: PLW1509 - no other threads
+                preexec_fn=functools.partial(_die_with_parent, os.getpid()),
             )
         except OSError as exc:
             self._log.close()
@@ -148,20 +158,16 @@ class Child:
             self.proc.send_signal(signal.SIGTERM)
             deadline = time.monotonic() + timeout
             while self.alive() and time.monotonic() < deadline and not stop.forced.is_set():
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     self.proc.wait(timeout=SUPERVISE_INTERVAL_S)
-                except subprocess.TimeoutExpired:
-                    pass
             if self.alive():
                 print(f"oceanus dev: {self.name} did not stop in time; killing it", file=sys.stderr, flush=True)
                 self.proc.kill()
                 self.proc.wait()
         # The child leads its own process group: SIGKILL whatever it left behind
         # (granian workers outlive a main process that was killed mid-drain).
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         self._log.close()
         return self.proc.returncode
 
@@ -212,8 +218,11 @@ def check_not_running(data_dir: Path) -> None:
         return
     # The supervisor was killed (kill -9) but its children, in their own
     # sessions, may have survived it.
-    for name, pid in (("redis-server", stale.redis_pid), ("collector", stale.collector_pid),
-                      ("flusher", stale.flusher_pid)):
+    for name, pid in (
+        ("redis-server", stale.redis_pid),
+        ("collector", stale.collector_pid),
+        ("flusher", stale.flusher_pid),
+    ):
         if discovery.pid_alive(pid):
             raise DevError(
                 f"a {name} (pid {pid}) from an earlier oceanus dev still runs on {data_dir}; stop it with: kill {pid}"
@@ -270,10 +279,26 @@ def start_redis(data_dir: Path, env: Mapping[str, str], stop: _Stop) -> tuple[Ch
     port = free_port()
     redis_dir = data_dir / devstate.REDIS_DIR
     cmd = [
-        redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--protected-mode", "yes",
-        "--dir", str(redis_dir), "--appendonly", "yes", "--appendfsync", "always",
+        redis_binary(),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--protected-mode",
+        "yes",
+        "--dir",
+        str(redis_dir),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
         # The AOF is the only persistence: RDB snapshots would add fork pauses for nothing.
-        "--save", "", "--daemonize", "no", "--logfile", "",
+        "--save",
+        "",
+        "--daemonize",
+        "no",
+        "--logfile",
+        "",
     ]
     child = Child("redis-server", cmd, env, data_dir / devstate.LOG_DIR / "redis.log")
     wait_until(child, lambda: redis_ping(port), REDIS_READY_TIMEOUT_S, "redis-server", stop)
@@ -293,22 +318,24 @@ def flusher_admin_url(duckdb_path: Path, pid: int) -> str | None:
 
 def child_env(data_dir: Path, redis_url: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({
-        "OCEANUS_REDIS_URL": redis_url,
-        "OCEANUS_SINK_KIND": "duckdb",
-        "OCEANUS_SINK_DUCKDB_PATH": str(devstate.warehouse_path(data_dir)),
-        "OCEANUS_COLLECTOR_SPOOL_DIR": str((data_dir / devstate.SPOOL_DIR).resolve()),
-        # 0: the flusher picks a free port and publishes it in its discovery file.
-        "OCEANUS_FLUSHER_ADMIN_PORT": "0",
-        # `oceanus query` and `oceanus status` go through the flusher's /query: on
-        # loopback only, with the token Stack.start writes to DIR/query.token.
-        "OCEANUS_FLUSHER_ADMIN_HOST": "127.0.0.1",
-        "OCEANUS_FLUSHER_QUERY_ENABLED": "true",
-        "OCEANUS_FLUSHER_QUERY_TOKEN_FILE": str(devstate.query_token_path(data_dir)),
-        "OCEANUS_COLLECTOR_DEMO": "true",
-        "OCEANUS_COLLECTOR_STATUS_PAGE": "true",
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "OCEANUS_REDIS_URL": redis_url,
+            "OCEANUS_SINK_KIND": "duckdb",
+            "OCEANUS_SINK_DUCKDB_PATH": str(devstate.warehouse_path(data_dir)),
+            "OCEANUS_COLLECTOR_SPOOL_DIR": str((data_dir / devstate.SPOOL_DIR).resolve()),
+            # 0: the flusher picks a free port and publishes it in its discovery file.
+            "OCEANUS_FLUSHER_ADMIN_PORT": "0",
+            # `oceanus query` and `oceanus status` go through the flusher's /query: on
+            # loopback only, with the token Stack.start writes to DIR/query.token.
+            "OCEANUS_FLUSHER_ADMIN_HOST": "127.0.0.1",
+            "OCEANUS_FLUSHER_QUERY_ENABLED": "true",
+            "OCEANUS_FLUSHER_QUERY_TOKEN_FILE": str(devstate.query_token_path(data_dir)),
+            "OCEANUS_COLLECTOR_DEMO": "true",
+            "OCEANUS_COLLECTOR_STATUS_PAGE": "true",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     # A token in the caller's environment would win over the file the CLI reads.
     env.pop("OCEANUS_QUERY_TOKEN", None)
     return env
@@ -348,11 +375,14 @@ class Stack:
         self.redis: Child | None = None
         self.flusher: Child | None = None
         self.collector: Child | None = None
+        #: ``oceanus notify``, when the config has rules; its log channel's lines are echoed here.
+        self.notifier: Child | None = None
+        self._notify_offset = 0
         self.redis_port = 0
         self.admin_url = ""
 
     def children(self) -> list[Child]:
-        return [c for c in (self.redis, self.flusher, self.collector) if c is not None]
+        return [c for c in (self.redis, self.flusher, self.notifier, self.collector) if c is not None]
 
     def start(self) -> devstate.DevInfo:
         self.redis, self.redis_port = start_redis(self.data_dir, os.environ, self.stop)
@@ -361,8 +391,9 @@ class Stack:
         duckdb_path = devstate.warehouse_path(self.data_dir)
         logs = self.data_dir / devstate.LOG_DIR
         devstate.write_query_token(self.data_dir)
-        self.flusher = Child("flusher", python_cmd("flusher", "--config", str(self.config_file)), env,
-                             logs / "flusher.log")
+        self.flusher = Child(
+            "flusher", python_cmd("flusher", "--config", str(self.config_file)), env, logs / "flusher.log"
+        )
         flusher = self.flusher
         admin: list[str] = []
 
@@ -373,19 +404,44 @@ class Stack:
             return bool(url)
 
         wait_until(flusher, flusher_ready, FLUSHER_READY_TIMEOUT_S, "flusher", self.stop)
+        if self.cfg.rules:
+            # Before the collector: the notify queue it fills has a consumer from the first event on.
+            notify_port = free_port()
+            notifier = self.notifier = Child(
+                "notify", python_cmd("notify", "--config", str(self.config_file)),
+                {**env, "OCEANUS_NOTIFY_ADMIN_HOST": "127.0.0.1", "OCEANUS_NOTIFY_ADMIN_PORT": str(notify_port)},
+                logs / "notify.log",
+            )
+            self._notify_offset = notifier.log_path.stat().st_size
+            wait_until(notifier, lambda: http_ok(f"http://127.0.0.1:{notify_port}/healthz"),
+                       FLUSHER_READY_TIMEOUT_S, "notify", self.stop)
         self.collector = Child(
             "collector",
             python_cmd("collector", "--config", str(self.config_file), "--host", "127.0.0.1", "--port", str(self.port)),
-            env, logs / "collector.log",
+            env,
+            logs / "collector.log",
         )
         collector_url = f"http://127.0.0.1:{self.port}"
-        wait_until(self.collector, lambda: http_ok(collector_url + "/readyz"), COLLECTOR_READY_TIMEOUT_S,
-                   "collector", self.stop)
+        wait_until(
+            self.collector,
+            lambda: http_ok(collector_url + "/readyz"),
+            COLLECTOR_READY_TIMEOUT_S,
+            "collector",
+            self.stop,
+        )
         info = devstate.DevInfo(
-            pid=os.getpid(), config=str(self.config_file), data_dir=str(self.data_dir.resolve()),
-            collector_url=collector_url, collector_pid=self.collector.pid, flusher_pid=flusher.pid,
-            redis_url=redis_url, redis_pid=self.redis.pid, key_prefix=self.cfg.redis.key_prefix,
-            duckdb_path=str(duckdb_path), spool_dir=env["OCEANUS_COLLECTOR_SPOOL_DIR"], started_at=time.time(),
+            pid=os.getpid(),
+            config=str(self.config_file),
+            data_dir=str(self.data_dir.resolve()),
+            collector_url=collector_url,
+            collector_pid=self.collector.pid,
+            flusher_pid=flusher.pid,
+            redis_url=redis_url,
+            redis_pid=self.redis.pid,
+            key_prefix=self.cfg.redis.key_prefix,
+            duckdb_path=str(duckdb_path),
+            spool_dir=env["OCEANUS_COLLECTOR_SPOOL_DIR"],
+            started_at=time.time(),
         )
         devstate.write_dev_info(self.data_dir, info)
         self.admin_url = admin[-1]
@@ -394,10 +450,31 @@ class Stack:
     def supervise(self) -> Child | None:
         """Wait for a stop signal; return the child that died on its own, if one did."""
         while not self.stop.requested.wait(SUPERVISE_INTERVAL_S):
+            self.echo_notifications()
             for child in self.children():
                 if not child.alive():
                     return child
         return None
+
+    def echo_notifications(self) -> None:
+        """Show the ``log`` channel's lines (JSON, in the notifier's log) in the terminal."""
+        if self.notifier is None:
+            return
+        try:
+            with open(self.notifier.log_path, "rb") as f:
+                f.seek(self._notify_offset)
+                data = f.read()
+        except OSError:
+            return
+        end = data.rfind(b"\n") + 1
+        self._notify_offset += end
+        for line in data[:end].splitlines():
+            if line.startswith(b'{"notify":'):
+                try:
+                    item = json.loads(line)
+                except ValueError:
+                    continue
+                _say(f"rule {item.get('notify')} -> {item.get('channel')}: {item.get('message')}")
 
     def shutdown(self) -> None:
         say = _say
@@ -405,6 +482,11 @@ class Stack:
             if self.collector.alive():
                 say("stopping the collector (writing what it acknowledged to Redis)...")
             self.collector.stop(self.cfg.collector.drain_timeout_s + STOP_GRACE_S, self.stop)
+        if self.notifier is not None:
+            if self.notifier.alive():
+                say("stopping the notifier (the delivery in hand goes back to its queue)...")
+            self.notifier.stop(self.cfg.notify.drain_timeout_s + STOP_GRACE_S, self.stop)
+            self.echo_notifications()
         if self.flusher is not None:
             if self.flusher.alive():
                 say("stopping the flusher (finishing the batch in hand)...")
@@ -446,8 +528,18 @@ def main(args: argparse.Namespace) -> int:
         except DevError as exc:
             _say(str(exc))
             return EXIT_FAILED
-        print(banner(cfg, data_dir, info.collector_url, info.redis_url, stack.admin_url,
-                     default_data_dir=args.data_dir == ".oceanus", default_port=int(args.port) == 8080), flush=True)
+        print(
+            banner(
+                cfg,
+                data_dir,
+                info.collector_url,
+                info.redis_url,
+                stack.admin_url,
+                default_data_dir=args.data_dir == ".oceanus",
+                default_port=int(args.port) == 8080,
+            ),
+            flush=True,
+        )
         died = stack.supervise()
         if died is not None:
             _say(died.died_error("unexpectedly").args[0])

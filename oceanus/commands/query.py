@@ -112,10 +112,14 @@ def _local(path: Path, sql: str) -> Result:
 
 
 def run_sql(data_dir: Path, sql: str, timeout: float = HTTP_TIMEOUT_S) -> Result:
-    path = duckdb_path_for(data_dir)
+    return run_sql_at(duckdb_path_for(data_dir), sql, query_token(data_dir), timeout)
+
+
+def run_sql_at(path: Path, sql: str, token: str | None, timeout: float = HTTP_TIMEOUT_S) -> Result:
+    """``sql`` on the DuckDB file ``path``: through the flusher holding it, else opened read-only here."""
     flusher = discovery.read_flusher_info(path)
     if flusher is not None:
-        result = _via_flusher(flusher.admin_url, sql, timeout, query_token(data_dir))
+        result = _via_flusher(flusher.admin_url, sql, timeout, token)
         if result is not None:
             return result
     return _local(path, sql)
@@ -141,8 +145,8 @@ def format_table(result: Result) -> str:
     cells = [[_cell(v) for v in row] for row in result.rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(result.columns)]
     numeric = [
-        bool(result.rows) and all(isinstance(r[i], int | float) and not isinstance(r[i], bool) or r[i] is None
-                                  for r in result.rows)
+        bool(result.rows)
+        and all((isinstance(r[i], int | float) and not isinstance(r[i], bool)) or r[i] is None for r in result.rows)
         for i in range(len(result.columns))
     ]
 

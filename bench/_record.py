@@ -72,11 +72,19 @@ def machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count() or 0, "cpu": model, "mem_gib": mem_gib, "system": platform.platform(terse=True)}
 
 
-def make_record(bench: str, args: list[str], result: Mapping[str, Any], now: datetime.datetime | None = None
-                ) -> dict[str, Any]:
+def make_record(
+    bench: str, args: list[str], result: Mapping[str, Any], now: datetime.datetime | None = None
+) -> dict[str, Any]:
     at = (now or datetime.datetime.now(datetime.UTC)).isoformat(timespec="seconds")
-    return {"bench": bench, "args": list(args), "at": at, "commit": commit(), "versions": versions(),
-            "machine": machine(), "result": dict(result)}
+    return {
+        "bench": bench,
+        "args": list(args),
+        "at": at,
+        "commit": commit(),
+        "versions": versions(),
+        "machine": machine(),
+        "result": dict(result),
+    }
 
 
 def append(record: Mapping[str, Any], path: Path = RESULTS_FILE) -> None:

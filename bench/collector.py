@@ -86,9 +86,25 @@ def redis_child(directory: Path, appendfsync: str = "everysec") -> Iterator[int]
     port = free_port()
     directory.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory), "--save", "",
-         "--appendonly", "yes", "--appendfsync", appendfsync, "--logfile", str(directory / "redis.log")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(directory),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            appendfsync,
+            "--logfile",
+            str(directory / "redis.log"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         import redis
@@ -103,9 +119,9 @@ def redis_child(directory: Path, appendfsync: str = "everysec") -> Iterator[int]
 @contextlib.contextmanager
 def server(cmd: list[str], env: dict[str, str], ready_url: str, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     with open(log_path, "wb") as logf:
-        proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT, cwd=REPO,
-                                start_new_session=True)
+        proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
     try:
+
         def ready() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(f"{cmd[0]} exited; see {log_path}")
@@ -141,9 +157,22 @@ def wrk(url: str, seconds: float, connections: int, threads: int) -> dict[str, A
     if not url.startswith("http://127.0.0.1:"):
         raise ValueError("load is only ever sent to loopback")
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "5s",
-         "-H", f"User-Agent: {USER_AGENT}", url],
-        capture_output=True, text=True, check=True, timeout=seconds + 60,
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--latency",
+            "--timeout",
+            "5s",
+            "-H",
+            f"User-Agent: {USER_AGENT}",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds + 60,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
@@ -152,8 +181,14 @@ def wrk(url: str, seconds: float, connections: int, threads: int) -> dict[str, A
     p99_m = re.search(r"^\s+99%\s+(\S+)", out, re.M)
     p99 = _ms(p99_m.group(1)) if p99_m else float("nan")
     errors = re.search(r"Socket errors: (.*)", out)
-    return {"rps": rps, "requests": total, "ok": total - non2xx, "non2xx": non2xx, "p99_ms": p99,
-            "socket_errors": errors.group(1) if errors else ""}
+    return {
+        "rps": rps,
+        "requests": total,
+        "ok": total - non2xx,
+        "non2xx": non2xx,
+        "p99_ms": p99,
+        "socket_errors": errors.group(1) if errors else "",
+    }
 
 
 def count_rows(port: int, key_pattern: str) -> int:
@@ -187,14 +222,28 @@ def run_collector(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     with redis_child(tmp / "redis-collector") as rport:
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("OCEANUS_")}
-        env.update({
-            "OCEANUS_REDIS_URL": f"redis://127.0.0.1:{rport}/0",
-            "OCEANUS_COLLECTOR_SPOOL_DIR": f'"{tmp / "spool"}"',
-        })
+        env.update(
+            {
+                "OCEANUS_REDIS_URL": f"redis://127.0.0.1:{rport}/0",
+                "OCEANUS_COLLECTOR_SPOOL_DIR": f'"{tmp / "spool"}"',
+            }
+        )
         if args.linger_ms is not None:
             env["OCEANUS_COLLECTOR_BATCH_LINGER_MS"] = str(args.linger_ms)
-        cmd = [sys.executable, "-m", "oceanus.cli", "collector", "--config", str(REPO / "oceanus.toml"),
-               "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "oceanus.cli",
+            "collector",
+            "--config",
+            str(REPO / "oceanus.toml"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(args.workers),
+        ]
         url = f"http://127.0.0.1:{port}/b/pageview?{PAGEVIEW_QUERY}"
         with server(cmd, env, f"http://127.0.0.1:{port}/readyz", tmp / "collector.log") as proc:
             warm_ok = wrk(url, args.warmup, args.connections, args.threads)["ok"] if args.warmup else 0
@@ -212,8 +261,25 @@ def run_collector(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 def run_bare(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     port = free_port()
-    cmd = [sys.executable, "-m", "granian", "--interface", "asgi", "--loop", "uvloop", "--workers", str(args.workers),
-           "--host", "127.0.0.1", "--port", str(port), "--no-ws", "--log-level", "warning", "bench.baselines.bare:app"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "granian",
+        "--interface",
+        "asgi",
+        "--loop",
+        "uvloop",
+        "--workers",
+        str(args.workers),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-ws",
+        "--log-level",
+        "warning",
+        "bench.baselines.bare:app",
+    ]
     url = f"http://127.0.0.1:{port}/b/pageview?{PAGEVIEW_QUERY}"
     with server(cmd, dict(os.environ), url, tmp / "bare.log"):
         if args.warmup:
@@ -226,8 +292,20 @@ def run_legacy(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         port = free_port()
         env = dict(os.environ, LEGACY_REDIS_URL=f"redis://127.0.0.1:{rport}/0")
         gunicorn = str(Path(sys.executable).parent / "gunicorn")
-        cmd = [gunicorn, "-k", "gevent", "-w", str(args.workers), "--worker-connections", "1000",
-               "-b", f"127.0.0.1:{port}", "--log-level", "warning", "bench.baselines.legacy:app"]
+        cmd = [
+            gunicorn,
+            "-k",
+            "gevent",
+            "-w",
+            str(args.workers),
+            "--worker-connections",
+            "1000",
+            "-b",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+            "bench.baselines.legacy:app",
+        ]
         url = f"http://127.0.0.1:{port}/b/pageview?{PAGEVIEW_QUERY}"
         with server(cmd, env, url, tmp / "legacy.log"):
             if args.warmup:
@@ -257,12 +335,20 @@ def main(argv: list[str]) -> int:
             log(f"{name}: {args.seconds:g}s at c{args.connections}, {args.workers} workers ...")
             results[name] = runners[name](Path(d), args)
             log(f"{name}: {json.dumps(results[name])}")
-    out: dict[str, Any] = {"workers": args.workers, "connections": args.connections, "seconds": args.seconds,
-                           "linger_ms": args.linger_ms}
+    out: dict[str, Any] = {
+        "workers": args.workers,
+        "connections": args.connections,
+        "seconds": args.seconds,
+        "linger_ms": args.linger_ms,
+    }
     c, b, lg = results.get("collector"), results.get("bare"), results.get("legacy")
     if c:
-        out.update(collector_rps=round(c["rps"]), p99_ms=c["p99_ms"], collector_non2xx=c["non2xx"],
-                   mean_batch_events=c["mean_batch_events"])
+        out.update(
+            collector_rps=round(c["rps"]),
+            p99_ms=c["p99_ms"],
+            collector_non2xx=c["non2xx"],
+            mean_batch_events=c["mean_batch_events"],
+        )
     if b:
         out["bare_rps"] = round(b["rps"])
         out["bare_p99_ms"] = b["p99_ms"]

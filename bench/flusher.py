@@ -58,13 +58,22 @@ def pageview_rows(stream: StreamConfig, n: int, rng: random.Random, ids: EventId
     for i in range(n):
         page = rng.choice(_PAGES)
         values = {
-            "event_id": ids.new(now_ns + i * 1000), "received_at": now_us + i, "ip": f"203.0.113.{rng.randrange(256)}",
-            "ua": rng.choice(_UAS), "device": rng.choice(("pc", "sp", "tablet")),
-            "sid": f"{rng.getrandbits(64):016x}", "evt": "pv",
+            "event_id": ids.new(now_ns + i * 1000),
+            "received_at": now_us + i,
+            "ip": f"203.0.113.{rng.randrange(256)}",
+            "ua": rng.choice(_UAS),
+            "device": rng.choice(("pc", "sp", "tablet")),
+            "sid": f"{rng.getrandbits(64):016x}",
+            "evt": "pv",
             "uid": f"u{rng.randrange(10**6)}" if i % 4 == 0 else None,
-            "oid": str(rng.randrange(10**5)) if i % 3 == 0 else None, "url": "https://www.bizocean.jp" + page,
-            "ref": "https://www.google.com/" if i % 2 else None, "tit": "書式の王様 bizocean - テンプレート",
-            "jsn": '{"ab":"b"}' if i % 10 == 0 else None, "scr": "1920x1080", "vie": "1280x720", "enc": "UTF-8",
+            "oid": str(rng.randrange(10**5)) if i % 3 == 0 else None,
+            "url": "https://www.bizocean.jp" + page,
+            "ref": "https://www.google.com/" if i % 2 else None,
+            "tit": "書式の王様 bizocean - テンプレート",
+            "jsn": '{"ab":"b"}' if i % 10 == 0 else None,
+            "scr": "1920x1080",
+            "vie": "1280x720",
+            "enc": "UTF-8",
             "extra": None,
         }
         rows.append([values.get(c) for c in stream.columns])
@@ -110,11 +119,15 @@ def run_duckdb(rows: int, frame_rows: int, max_rows: int | None) -> dict[str, An
     with tempfile.TemporaryDirectory(prefix="oceanus-bench-") as tmp:
         server = RedisServer(Path(tmp) / "redis").start()
         try:
-            cfg = config.load(config.REPO_CONFIG, env={
-                "OCEANUS_REDIS_URL": server.url, "OCEANUS_SINK_KIND": "duckdb",
-                "OCEANUS_SINK_DUCKDB_PATH": str(Path(tmp) / "warehouse.duckdb"),
-                "OCEANUS_FLUSHER_ADMIN_PORT": "0",
-            })
+            cfg = config.load(
+                config.REPO_CONFIG,
+                env={
+                    "OCEANUS_REDIS_URL": server.url,
+                    "OCEANUS_SINK_KIND": "duckdb",
+                    "OCEANUS_SINK_DUCKDB_PATH": str(Path(tmp) / "warehouse.duckdb"),
+                    "OCEANUS_FLUSHER_ADMIN_PORT": "0",
+                },
+            )
             stream = cfg.streams["pageview"]
             if max_rows is not None:
                 batch = msgspec.structs.replace(stream.batch, max_rows=max_rows)
@@ -134,14 +147,27 @@ def run_duckdb(rows: int, frame_rows: int, max_rows: int | None) -> dict[str, An
             if stored != rows:
                 raise RuntimeError(f"expected {rows} rows in DuckDB, found {stored}")
             return {
-                "bench": "flusher", "mode": "duckdb", "rows": rows, "frames": frames, "rows_per_frame": frame_rows,
-                "seconds": round(seconds, 3), "rows_per_s": round(rows / seconds),
+                "bench": "flusher",
+                "mode": "duckdb",
+                "rows": rows,
+                "frames": frames,
+                "rows_per_frame": frame_rows,
+                "seconds": round(seconds, 3),
+                "rows_per_s": round(rows / seconds),
                 "cpu_us_per_row": round(cpu / rows * 1e6, 2),
                 "final_target_rows": flusher.workers["pageview"].controller.target_rows,
                 # Share of the drain spent inside sink.write (Arrow conversion + DuckDB insert):
                 # the rest is Redis, frame decoding and the loop.
-                "sink_write_share": round((flusher.metrics.registry.get_sample_value(
-                    "oceanus_sink_write_duration_seconds_sum", {"stream": "pageview"}) or 0.0) / seconds, 3),
+                "sink_write_share": round(
+                    (
+                        flusher.metrics.registry.get_sample_value(
+                            "oceanus_sink_write_duration_seconds_sum", {"stream": "pageview"}
+                        )
+                        or 0.0
+                    )
+                    / seconds,
+                    3,
+                ),
             }
         finally:
             server.stop()
@@ -163,8 +189,11 @@ def main(argv: list[str]) -> int:
         try:
             from bench import flusher_bigquery
         except ImportError:
-            print(f"--mode {args.mode}: bench/flusher_bigquery.py is not there (the BigQuery benchmark is "
-                  "not installed in this checkout)", file=sys.stderr)
+            print(
+                f"--mode {args.mode}: bench/flusher_bigquery.py is not there (the BigQuery benchmark is "
+                "not installed in this checkout)",
+                file=sys.stderr,
+            )
             return 2
         result = dict(flusher_bigquery.run(mode=args.mode, rows=args.rows))
     print(f"{result.get('rows_per_s', 0):,} rows/s, {result.get('cpu_us_per_row')} CPU µs/row", file=sys.stderr)

@@ -47,13 +47,23 @@ def pageviews(stream: config.StreamConfig, n: int, start: int = 0) -> list[list[
     out: list[list[Any]] = []
     for i in range(start, start + n):
         values: dict[str, Any] = {
-            "event_id": ids.new(), "received_at": now_us + i, "ip": f"203.0.113.{i % 250}",
+            "event_id": ids.new(),
+            "received_at": now_us + i,
+            "ip": f"203.0.113.{i % 250}",
             "ua": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36",
-            "device": "pc" if i % 3 else "sp", "sid": f"{i * 2654435761 % 2**64:016x}", "evt": "pv",
-            "uid": f"u{i % 5000}" if i % 4 == 0 else None, "oid": f"{i % 9000}",
-            "url": f"https://www.bizocean.jp/doc/detail/{i % 90000}/", "ref": "https://www.google.com/",
-            "tit": f"テンプレート {i % 90000} | bizocean", "jsn": None, "scr": "1920x1080", "vie": "1536x740",
-            "enc": "UTF-8", "extra": None,
+            "device": "pc" if i % 3 else "sp",
+            "sid": f"{i * 2654435761 % 2**64:016x}",
+            "evt": "pv",
+            "uid": f"u{i % 5000}" if i % 4 == 0 else None,
+            "oid": f"{i % 9000}",
+            "url": f"https://www.bizocean.jp/doc/detail/{i % 90000}/",
+            "ref": "https://www.google.com/",
+            "tit": f"テンプレート {i % 90000} | bizocean",
+            "jsn": None,
+            "scr": "1920x1080",
+            "vie": "1536x740",
+            "enc": "UTF-8",
+            "extra": None,
         }
         out.append([values.get(c) for c in stream.columns])
     return out
@@ -65,17 +75,20 @@ def _config(emu: Any, mode: str) -> config.Config:
     pageview = msgspec.structs.replace(cfg.streams["pageview"], mode=base)
     bq = msgspec.structs.replace(
         cfg.sink.bigquery,
-        project=emu.project, dataset=f"bench_{uuid.uuid4().hex[:8]}", api_endpoint=emu.rest_url,
-        grpc_endpoint=emu.grpc_target, retry_deadline_s=30.0, timeout_s=120.0, load_interval_s=60.0,
+        project=emu.project,
+        dataset=f"bench_{uuid.uuid4().hex[:8]}",
+        api_endpoint=emu.rest_url,
+        grpc_endpoint=emu.grpc_target,
+        retry_deadline_s=30.0,
+        timeout_s=120.0,
+        load_interval_s=60.0,
         max_rows_per_request=500,
         write_format="arrow" if variant == "arrow" else "proto",
         write_stream="default" if variant == "default" else "committed",
         load_format="ndjson" if variant == "ndjson" else "parquet",
     )
     sink_cfg = msgspec.structs.replace(cfg.sink, kind="bigquery", bigquery=bq)
-    return msgspec.structs.replace(
-        cfg, sink=sink_cfg, streams={"pageview": pageview}
-    )
+    return msgspec.structs.replace(cfg, sink=sink_cfg, streams={"pageview": pageview})
 
 
 def run(mode: str, rows: int) -> dict[str, Any]:
@@ -100,13 +113,19 @@ def run(mode: str, rows: int) -> dict[str, Any]:
                 writer.clock = itertools.count(0.0, 3600.0).__next__
             per_batch = stream.batch.max_rows
             batches = [
-                Batch(stream=stream, batch_id=uuid.uuid4().hex, columns=stream.columns,
-                      rows=pageviews(stream, min(per_batch, rows - lo), lo))
+                Batch(
+                    stream=stream,
+                    batch_id=uuid.uuid4().hex,
+                    columns=stream.columns,
+                    rows=pageviews(stream, min(per_batch, rows - lo), lo),
+                )
                 for lo in range(0, rows, per_batch)
             ]
             # One small batch first: connections, table metadata, stream creation.
-            sink.write(Batch(stream=stream, batch_id="warm", columns=stream.columns,
-                             rows=pageviews(stream, 10, rows)), MemState())
+            sink.write(
+                Batch(stream=stream, batch_id="warm", columns=stream.columns, rows=pageviews(stream, 10, rows)),
+                MemState(),
+            )
             cpu0, t0 = time.process_time(), time.perf_counter()
             written = sum(sink.write(b, MemState()).written for b in batches)
             wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
@@ -115,9 +134,15 @@ def run(mode: str, rows: int) -> dict[str, Any]:
         finally:
             emu.stop()
     return {
-        "bench": "flusher_bigquery", "mode": mode, "rows": rows, "written": written,
-        "stored": int(stored[0]["n"]) - 10, "batch_rows": per_batch, "seconds": round(wall, 3),
-        "rows_per_s": round(written / wall), "cpu_us_per_row": round(cpu / max(written, 1) * 1e6, 2),
+        "bench": "flusher_bigquery",
+        "mode": mode,
+        "rows": rows,
+        "written": written,
+        "stored": int(stored[0]["n"]) - 10,
+        "batch_rows": per_batch,
+        "seconds": round(wall, 3),
+        "rows_per_s": round(written / wall),
+        "cpu_us_per_row": round(cpu / max(written, 1) * 1e6, 2),
     }
 
 
@@ -131,9 +156,12 @@ def main(argv: list[str]) -> int:
     for mode in args.mode or MODES:
         result = run(mode, args.rows)
         results.append(result)
-        print(json.dumps(result) if args.json else
-              f"{mode:<22} {result['rows_per_s']:>9,} rows/s  {result['cpu_us_per_row']:>7} µs CPU/row",
-              file=sys.stderr if args.json else sys.stdout)
+        print(
+            json.dumps(result)
+            if args.json
+            else f"{mode:<22} {result['rows_per_s']:>9,} rows/s  {result['cpu_us_per_row']:>7} µs CPU/row",
+            file=sys.stderr if args.json else sys.stdout,
+        )
     if args.json:
         print(json.dumps(results if len(results) > 1 else results[0]))
     return 0

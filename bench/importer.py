@@ -115,8 +115,12 @@ def measure(kind: str, rows: int, batch_rows: int, work: Path) -> dict[str, Any]
         tracemalloc.stop()
     finally:
         drop()
-    return {"rows": result.rows, "seconds": round(seconds, 2), "rows_per_s": round(result.rows / seconds),
-            "peak_python_mb": round(peak / 1e6, 1)}
+    return {
+        "rows": result.rows,
+        "seconds": round(seconds, 2),
+        "rows_per_s": round(result.rows / seconds),
+        "peak_python_mb": round(peak / 1e6, 1),
+    }
 
 
 def main(argv: list[str]) -> int:

@@ -37,10 +37,27 @@ import msgspec
 
 from bench.collector import log, redis_child
 
-TITLES = ["請求書 テンプレート", "見積書の書き方", "履歴書 無料ダウンロード", "議事録 フォーマット", "退職届 例文",
-          "Invoice template (Excel)", "領収書 エクセル", "送付状 テンプレート 無料", "契約書 ひな形", "年賀状 文例"]
-REFS = ["https://www.google.com/", "https://www.google.co.jp/", "https://search.yahoo.co.jp/", "",
-        "https://www.bing.com/", "https://www.bizocean.jp/", "https://t.co/x1"]
+TITLES = [
+    "請求書 テンプレート",
+    "見積書の書き方",
+    "履歴書 無料ダウンロード",
+    "議事録 フォーマット",
+    "退職届 例文",
+    "Invoice template (Excel)",
+    "領収書 エクセル",
+    "送付状 テンプレート 無料",
+    "契約書 ひな形",
+    "年賀状 文例",
+]
+REFS = [
+    "https://www.google.com/",
+    "https://www.google.co.jp/",
+    "https://search.yahoo.co.jp/",
+    "",
+    "https://www.bing.com/",
+    "https://www.bizocean.jp/",
+    "https://t.co/x1",
+]
 UAS = [
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36",
     "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148",
@@ -58,11 +75,15 @@ def pageviews(n: int, seed: int = 7) -> list[tuple[str, str]]:
     for _ in range(n):
         scr, vie = rnd.choice(SCREENS)
         fields = {
-            "sid": rnd.choice(visitors), "evt": "view",
+            "sid": rnd.choice(visitors),
+            "evt": "view",
             "uid": f"u{rnd.randrange(10**7):07d}" if rnd.random() < 0.3 else "",
             "url": f"https://www.bizocean.jp/doc/detail/{rnd.randrange(200000)}/",
-            "ref": rnd.choice(REFS), "tit": rnd.choice(TITLES) + " | bizocean",
-            "scr": scr, "vie": vie, "enc": "UTF-8",
+            "ref": rnd.choice(REFS),
+            "tit": rnd.choice(TITLES) + " | bizocean",
+            "scr": scr,
+            "vie": vie,
+            "enc": "UTF-8",
         }
         query = "&".join(f"{k}={quote(v, safe='')}" for k, v in fields.items() if v)
         out.append((query, rnd.choice(UAS)))
@@ -75,9 +96,12 @@ async def fill(redis_url: str, spool_dir: str, batch: int, events: list[tuple[st
     from oceanus import config
 
     base = config.load(env={"OCEANUS_REDIS_URL": redis_url})
-    cfg = msgspec.structs.replace(base, collector=msgspec.structs.replace(
-        base.collector, batch_max_events=batch, batch_linger_ms=60_000.0, spool_dir=spool_dir,
-        ip_rate_per_s=0.0))  # one client address sends everything: no per-IP limit
+    cfg = msgspec.structs.replace(
+        base,
+        collector=msgspec.structs.replace(
+            base.collector, batch_max_events=batch, batch_linger_ms=60_000.0, spool_dir=spool_dir, ip_rate_per_s=0.0
+        ),
+    )  # one client address sends everything: no per-IP limit
     app = App(cfg)
     await app.startup()
     ok = 0
@@ -93,15 +117,21 @@ async def fill(redis_url: str, spool_dir: str, batch: int, events: list[tuple[st
             if message["type"] == "http.response.start":
                 status = message["status"]
 
-        scope = {"type": "http", "method": "GET", "path": "/b/pageview", "raw_path": b"/b/pageview",
-                 "query_string": query.encode(), "headers": [(b"user-agent", ua.encode())],
-                 "client": ("198.51.100.20", 50000)}
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/b/pageview",
+            "raw_path": b"/b/pageview",
+            "query_string": query.encode(),
+            "headers": [(b"user-agent", ua.encode())],
+            "client": ("198.51.100.20", 50000),
+        }
         await app(scope, receive, send)
         return status
 
     try:
         for start in range(0, len(events), batch):
-            statuses = await asyncio.gather(*(one(q, ua) for q, ua in events[start:start + batch]))
+            statuses = await asyncio.gather(*(one(q, ua) for q, ua in events[start : start + batch]))
             ok += sum(1 for s in statuses if s == 200)
     finally:
         await app.shutdown()
@@ -146,8 +176,13 @@ def pageview_rows(n: int) -> tuple[list[str], list[list[Any]]]:
     rows = []
     for i, (query, ua) in enumerate(pageviews(n)):
         fields = dict(parse_qsl(query))
-        server = {"event_id": ids.new(), "received_at": 1_780_000_000_000_000 + i * 50, "ip": "198.51.100.20",
-                  "ua": ua, "device": "mobile" if "Mobile" in ua else "desktop"}
+        server = {
+            "event_id": ids.new(),
+            "received_at": 1_780_000_000_000_000 + i * 50,
+            "ip": "198.51.100.20",
+            "ua": ua,
+            "device": "mobile" if "Mobile" in ua else "desktop",
+        }
         rows.append([server.get(c, fields.get(c)) for c in columns])
     return columns, rows
 
@@ -174,8 +209,10 @@ def codec_cpu(sizes: list[int]) -> dict[str, dict[str, float]]:
         res: dict[str, float] = {}
         for name, enc in (("o1", encode_o1), ("current", encode_frame)):
             frame = enc(columns, chunk)
-            calls = (("encode", functools.partial(enc, columns, chunk)),
-                     ("decode", functools.partial(decode_frame, frame)))
+            calls = (
+                ("encode", functools.partial(enc, columns, chunk)),
+                ("decode", functools.partial(decode_frame, frame)),
+            )
             for op, fn in calls:
                 runs = [timeit.timeit(fn, number=number) / number / b * 1e6 for _ in range(9)]
                 res[f"{op}_us_{name}"] = round(statistics.median(runs), 2)

@@ -41,8 +41,11 @@ def _rows(columns: tuple[str, ...], n: int, ids: EventIds) -> list[list[Any]]:
     out = []
     for _ in range(n):
         row: dict[str, Any] = {
-            "received_at": time.time_ns() // 1000, "ip": f"203.0.{os.urandom(1)[0]}.{os.urandom(1)[0]}",
-            "device": "pc", "evt": "view", "sid": os.urandom(8).hex(),
+            "received_at": time.time_ns() // 1000,
+            "ip": f"203.0.{os.urandom(1)[0]}.{os.urandom(1)[0]}",
+            "device": "pc",
+            "evt": "view",
+            "sid": os.urandom(8).hex(),
             "ua": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36",
             "url": f"https://shop.example.com/p/{os.urandom(6).hex()}?page={os.urandom(1)[0]}",
             "ref": "https://www.example.org/",
@@ -67,8 +70,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--mb", type=float, default=100.0, help="MB of spool to replay")
     ap.add_argument("--events", type=int, default=1, help="events per spooled frame")
     ap.add_argument("--appendfsync", default="everysec", choices=("always", "everysec", "no"))
-    ap.add_argument("--chunk-records", type=int, default=spool_mod.REPLAY_CHUNK_RECORDS,
-                    help="records per replay round trip (256 before the drain replay; for comparison)")
+    ap.add_argument(
+        "--chunk-records",
+        type=int,
+        default=spool_mod.REPLAY_CHUNK_RECORDS,
+        help="records per replay round trip (256 before the drain replay; for comparison)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     spool_mod.REPLAY_CHUNK_RECORDS = args.chunk_records
@@ -93,13 +100,23 @@ def main(argv: list[str]) -> int:
             spool.close()
         finally:
             redis.stop()
-    result = {"spool_mb": round(size / 1e6, 1), "frames": frames, "events_per_frame": args.events,
-              "chunk_records": args.chunk_records,
-              "appendfsync": args.appendfsync, "seconds": round(elapsed, 2),
-              "mb_per_s": round(size / 1e6 / elapsed, 1), "frames_per_s": round(frames / elapsed),
-              "left_bytes": left, "drained": ok}
-    print(f"replayed {result['spool_mb']} MB in {result['seconds']} s: {result['mb_per_s']} MB/s, "
-          f"{result['frames_per_s']} frames/s (left {left} bytes)", file=sys.stderr)
+    result = {
+        "spool_mb": round(size / 1e6, 1),
+        "frames": frames,
+        "events_per_frame": args.events,
+        "chunk_records": args.chunk_records,
+        "appendfsync": args.appendfsync,
+        "seconds": round(elapsed, 2),
+        "mb_per_s": round(size / 1e6 / elapsed, 1),
+        "frames_per_s": round(frames / elapsed),
+        "left_bytes": left,
+        "drained": ok,
+    }
+    print(
+        f"replayed {result['spool_mb']} MB in {result['seconds']} s: {result['mb_per_s']} MB/s, "
+        f"{result['frames_per_s']} frames/s (left {left} bytes)",
+        file=sys.stderr,
+    )
     if args.json:
         print(json.dumps(result))
     return 0 if ok and not left else 1

@@ -24,11 +24,19 @@ END = "<!-- summary:end -->"
 
 #: Per benchmark, the figures a reader looks for first: (label, path into the JSON result).
 HEADLINES: dict[str, list[tuple[str, str]]] = {
-    "collector": [("collector rps", "collector_rps"), ("ratio vs bare granian", "ratio_vs_bare"),
-                  ("ratio vs 2016 shape", "ratio_vs_legacy"), ("collector p99 ms", "p99_ms"),
-                  ("bare p99 ms", "bare_p99_ms")],
-    "flusher": [("rows/s", "rows_per_s"), ("CPU µs/row", "cpu_us_per_row"),
-                ("DuckDB ceiling rows/s", "duckdb_ceiling_rows_per_s"), ("ratio vs ceiling", "ratio_vs_ceiling")],
+    "collector": [
+        ("collector rps", "collector_rps"),
+        ("ratio vs bare granian", "ratio_vs_bare"),
+        ("ratio vs 2016 shape", "ratio_vs_legacy"),
+        ("collector p99 ms", "p99_ms"),
+        ("bare p99 ms", "bare_p99_ms"),
+    ],
+    "flusher": [
+        ("rows/s", "rows_per_s"),
+        ("CPU µs/row", "cpu_us_per_row"),
+        ("DuckDB ceiling rows/s", "duckdb_ceiling_rows_per_s"),
+        ("ratio vs ceiling", "ratio_vs_ceiling"),
+    ],
     "memory": [("Redis bytes/event", "redis_bytes_per_event")],
     "spool_replay": [("replay MB/s", "mb_per_s")],
     "importer": [("PostgreSQL rows/s", "postgres.rows_per_s"), ("MariaDB rows/s", "mysql.rows_per_s")],
@@ -72,9 +80,18 @@ def summarise(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             values = [v for r in same if (v := _get(r["result"], path)) is not None]
             if not values:
                 continue
-            rows.append({"command": command, "figure": label, "median": statistics.median(values),
-                         "low": min(values), "high": max(values), "runs": len(values),
-                         "commit": newest.get("commit", "?"), "at": str(newest.get("at", ""))[:10]})
+            rows.append(
+                {
+                    "command": command,
+                    "figure": label,
+                    "median": statistics.median(values),
+                    "low": min(values),
+                    "high": max(values),
+                    "runs": len(values),
+                    "commit": newest.get("commit", "?"),
+                    "at": str(newest.get("at", ""))[:10],
+                }
+            )
     return rows
 
 
@@ -99,9 +116,11 @@ def render(records: Sequence[Mapping[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        spread = f"{_fmt(r['low'])}–{_fmt(r['high'])}" if r["runs"] > 1 else ""
-        lines.append(f"| `{r['command']}` | {r['figure']} | **{_fmt(r['median'])}** | {spread} | {r['runs']} "
-                     f"| {r['commit']} | {r['at']} |")
+        spread = f"{_fmt(r['low'])} to {_fmt(r['high'])}" if r["runs"] > 1 else ""
+        lines.append(
+            f"| `{r['command']}` | {r['figure']} | **{_fmt(r['median'])}** | {spread} | {r['runs']} "
+            f"| {r['commit']} | {r['at']} |"
+        )
     lines += ["", END, ""]
     return "\n".join(lines)
 

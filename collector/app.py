@@ -26,7 +26,7 @@ import signal
 import time
 import zlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 
@@ -111,8 +111,9 @@ class App:
         if c.ip_rate_per_s > 0:
             # A trusted proxy's own address names no client (a proxy that sent no
             # X-Forwarded-For, or loopback senders such as `oceanus dev` and the benchmarks).
-            self._ip_limit = TokenBuckets(*per_worker(c.ip_rate_per_s, c.ip_burst, c.workers),
-                                          exempt=self._client_ip.is_trusted)
+            self._ip_limit = TokenBuckets(
+                *per_worker(c.ip_rate_per_s, c.ip_burst, c.workers), exempt=self._client_ip.is_trusted
+            )
         # Streams with access rules only: for the others the lookup misses at once.
         self._rules: dict[str, tuple[StreamGate | None, TokenBuckets | None]] = {}
         for name, rule in c.access.items():
@@ -142,6 +143,11 @@ class App:
         self._gif_ok_start: Message = {"type": "http.response.start", "status": 200, "headers": self._gif_ok_headers}
         # The 2016 URLs (collector/legacy.py), looked up only when no route of ours matched.
         self._legacy = legacy.build(self)
+        # The Segment and Snowplow paths (collector/protocols/) join the same after-a-miss lookup.
+        # Imported here: the routes module builds on this one.
+        from collector.protocols import routes as protocol_routes
+
+        self._legacy.update(protocol_routes.build(self))
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -233,12 +239,24 @@ class App:
         method: str = scope["method"]
         if len(scope.get("raw_path") or path) + len(scope["query_string"]) > self._max_url:
             stream, route = "-", "other"
-            status = await self._error(send, 414, "url", "max_url_bytes",
-                                       f"URL longer than {self._max_url} bytes", pixel=path.startswith("/b/"))
+            status = await self._error(
+                send,
+                414,
+                "url",
+                "max_url_bytes",
+                f"URL longer than {self._max_url} bytes",
+                pixel=path.startswith("/b/"),
+            )
         elif len(scope["headers"]) > self._max_headers:
             stream, route = "-", "other"
-            status = await self._error(send, 431, "headers", "max_headers",
-                                       f"more than {self._max_headers} headers", pixel=path.startswith("/b/"))
+            status = await self._error(
+                send,
+                431,
+                "headers",
+                "max_headers",
+                f"more than {self._max_headers} headers",
+                pixel=path.startswith("/b/"),
+            )
         elif path.startswith("/b/"):
             stream, route = path[3:], "pixel"
             status = await self._pixel(stream, scope, method, send)
@@ -261,8 +279,9 @@ class App:
         if method != "GET" and method != "HEAD":
             if method == "OPTIONS":
                 return await self._preflight(scope, send)
-            return await self._error(send, 405, "method", "allowed", "use GET or OPTIONS", pixel=True,
-                                     allow=b"GET, HEAD, OPTIONS")
+            return await self._error(
+                send, 405, "method", "allowed", "use GET or OPTIONS", pixel=True, allow=b"GET, HEAD, OPTIONS"
+            )
         ip, ua, device = self._client(scope)
         refused = self._admit(name, scope, ip, 1)
         if refused is not None:
@@ -287,8 +306,16 @@ class App:
 
     # events -----------------------------------------------------------------------------
 
-    async def _events(self, name: str, scope: Scope, method: str, receive: Receive, send: Send,
-                      validator: StreamValidator | None = None, plain_ok: bool = False) -> int:
+    async def _events(
+        self,
+        name: str,
+        scope: Scope,
+        method: str,
+        receive: Receive,
+        send: Send,
+        validator: StreamValidator | None = None,
+        plain_ok: bool = False,
+    ) -> int:
         """``validator``: a legacy route's profile; ``plain_ok``: answer an empty text/plain
         200 as the 2016 form endpoint did, instead of the JSON count."""
         if validator is None:
@@ -303,9 +330,17 @@ class App:
         bodies = self._bodies
         count = bodies.get(ip, 0)
         if count >= self._max_bodies_per_ip > 0 and not self._client_ip.is_trusted(ip):
-            return await self._refuse(name, send, _Reject(
-                429, "ip", "max_bodies_per_ip",
-                f"{ip} already has {count} request bodies in flight (collector.max_bodies_per_ip)", 1))
+            return await self._refuse(
+                name,
+                send,
+                _Reject(
+                    429,
+                    "ip",
+                    "max_bodies_per_ip",
+                    f"{ip} already has {count} request bodies in flight (collector.max_bodies_per_ip)",
+                    1,
+                ),
+            )
         bodies[ip] = count + 1
         held = [0]  # body bytes this request holds of the worker's max_pending_body_bytes
         try:
@@ -318,8 +353,19 @@ class App:
             else:
                 del bodies[ip]
 
-    async def _accept_events(self, name: str, validator: StreamValidator, scope: Scope, receive: Receive,
-                             send: Send, ip: str, ua: str, device: str, held: list[int], plain_ok: bool = False) -> int:
+    async def _accept_events(
+        self,
+        name: str,
+        validator: StreamValidator,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        ip: str,
+        ua: str,
+        device: str,
+        held: list[int],
+        plain_ok: bool = False,
+    ) -> int:
         rules = self._rules.get(name)
         if rules is not None and rules[0] is not None:
             # Before the body is read: a refused sender costs no body buffering.
@@ -354,9 +400,18 @@ class App:
         except Unavailable as exc:
             return await self._error(send, 503, "spool", "full", str(exc))
         body = b'{"accepted":%d}' % accepted if not plain_ok else b""
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            _JSON_TYPE if not plain_ok else _TEXT_TYPE, _NO_STORE, (b"content-length", b"%d" % len(body)),
-            *self._cors(scope)]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    _JSON_TYPE if not plain_ok else _TEXT_TYPE,
+                    _NO_STORE,
+                    (b"content-length", b"%d" % len(body)),
+                    *self._cors(scope),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
         return 200
 
@@ -398,8 +453,12 @@ class App:
         return [data], False, False
 
     def _too_many_values(self) -> _Reject:
-        return _Reject(413, "body", "max_json_values",
-                       f"more than {self._max_values} JSON values (commas and brackets) in the body")
+        return _Reject(
+            413,
+            "body",
+            "max_json_values",
+            f"more than {self._max_values} JSON values (commas and brackets) in the body",
+        )
 
     def _decode_json(self, body: bytes, *, counted: bool) -> Any:
         if not counted and len(body) > self._max_values:
@@ -420,8 +479,12 @@ class App:
     def _hold(self, held: list[int], n: int) -> None:
         """Count ``n`` more body bytes against the worker's max_pending_body_bytes."""
         if self._pending + n > self._max_pending:
-            raise _Reject(503, "body", "max_pending_body_bytes",
-                          f"this worker already holds {self._pending} bytes of request bodies; retry shortly")
+            raise _Reject(
+                503,
+                "body",
+                "max_pending_body_bytes",
+                f"this worker already holds {self._pending} bytes of request bodies; retry shortly",
+            )
         self._pending += n
         held[0] += n
 
@@ -461,8 +524,9 @@ class App:
                 data = inflater.unconsumed_tail
                 size += len(out)
                 if size > self._max_inflated:
-                    raise _Reject(413, "body", "max_decompressed_bytes",
-                                  f"body inflates to more than {self._max_inflated} bytes")
+                    raise _Reject(
+                        413, "body", "max_decompressed_bytes", f"body inflates to more than {self._max_inflated} bytes"
+                    )
                 if is_json is None and out.strip():
                     is_json = out.lstrip()[:1] in (b"{", b"[")
                 if is_json:
@@ -498,8 +562,9 @@ class App:
         peer = client[0] if client else ""
         return self._client_ip.resolve(peer, xff, real_ip), ua, self._device(ua)
 
-    def _row(self, validator: StreamValidator, event: dict[str, Any], from_text: bool, ip: str, ua: str,
-             device: str) -> list[Any]:
+    def _row(
+        self, validator: StreamValidator, event: dict[str, Any], from_text: bool, ip: str, ua: str, device: str
+    ) -> list[Any]:
         values = validator.values(event, from_text)
         now_ns = time.time_ns()
         store = self._ip_store
@@ -524,22 +589,33 @@ class App:
             wait = ip_limit.take(ip, n, now)
             if wait:
                 c = self.cfg.collector
-                return _Reject(429, "ip", "ip_rate_per_s", f"{ip} sent more than collector.ip_rate_per_s = "
-                               f"{c.ip_rate_per_s:g} events/s (burst {c.ip_burst})", retry_after(wait))
+                return _Reject(
+                    429,
+                    "ip",
+                    "ip_rate_per_s",
+                    f"{ip} sent more than collector.ip_rate_per_s = {c.ip_rate_per_s:g} events/s (burst {c.ip_burst})",
+                    retry_after(wait),
+                )
         if limit is not None:
             wait = limit.take(name, n, now)
             if wait:
                 rule = self.cfg.collector.access[name]
-                return _Reject(429, "stream", "rate_per_s", f"more than collector.access.{name}.rate_per_s = "
-                               f"{rule.rate_per_s:g} events/s (burst {rule.burst})", retry_after(wait))
+                return _Reject(
+                    429,
+                    "stream",
+                    "rate_per_s",
+                    f"more than collector.access.{name}.rate_per_s = {rule.rate_per_s:g} events/s (burst {rule.burst})",
+                    retry_after(wait),
+                )
         return None
 
     async def _refuse(self, name: str, send: Send, rej: _Reject, *, pixel: bool = False) -> int:
         if rej.status < 500:  # a full body budget is the worker's state, not the client's mistake
             self._rejected(name, rej.invalid)
         inv = rej.invalid
-        return await self._error(send, rej.status, inv.field, inv.rule, inv.detail, pixel=pixel,
-                                 retry_after=rej.retry_after)
+        return await self._error(
+            send, rej.status, inv.field, inv.rule, inv.detail, pixel=pixel, retry_after=rej.retry_after
+        )
 
     async def _submit(self, name: str, validator: StreamValidator, rows: list[list[Any]]) -> None:
         pusher = self.pusher
@@ -567,8 +643,19 @@ class App:
         await send({"type": "http.response.body", "body": b""})
         return 204
 
-    async def _error(self, send: Send, status: int, field: str, rule: str, detail: str, *, pixel: bool = False,
-                     index: int | None = None, allow: bytes | None = None, retry_after: int | None = None) -> int:
+    async def _error(
+        self,
+        send: Send,
+        status: int,
+        field: str,
+        rule: str,
+        detail: str,
+        *,
+        pixel: bool = False,
+        index: int | None = None,
+        allow: bytes | None = None,
+        retry_after: int | None = None,
+    ) -> int:
         """Every error names the field (or limit) and the rule, in a header and the body."""
         err = Invalid(field, rule, detail, index)
         headers: Headers = [(b"x-oceanus-error", err.header().encode("latin-1")), _NO_STORE, *self._cors_static]
@@ -617,14 +704,24 @@ class App:
 
     async def _metrics(self, send: Send) -> int:
         body, content_type = self.metrics.render()
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", content_type.encode()), (b"content-length", b"%d" % len(body))]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", content_type.encode()), (b"content-length", b"%d" % len(body))],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
         return 200
 
     async def _text(self, send: Send, status: int, body: bytes) -> int:
-        await send({"type": "http.response.start", "status": status, "headers": [
-            _TEXT_TYPE, _NO_STORE, (b"content-length", b"%d" % len(body))]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [_TEXT_TYPE, _NO_STORE, (b"content-length", b"%d" % len(body))],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
         return status
 
@@ -635,15 +732,20 @@ class App:
             from collector import openapi
 
             body = self._openapi_body = _json_encode(openapi.build(self.cfg))
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            _JSON_TYPE, *self._cors_static, (b"content-length", b"%d" % len(body))]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [_JSON_TYPE, *self._cors_static, (b"content-length", b"%d" % len(body))],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
         return 200
 
     _openapi_body: bytes | None = None
 
     #: GET routes the app answers itself.
-    _routes: dict[str, Callable[[App, Send], Awaitable[int]]] = {
+    _routes: ClassVar[dict[str, Callable[[App, Send], Awaitable[int]]]] = {
         "/healthz": _healthz,
         "/readyz": _readyz,
         "/metrics": _metrics,

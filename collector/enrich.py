@@ -16,7 +16,17 @@ from collections.abc import Callable, Iterable
 CACHE_MAX_ENTRIES = 4096
 
 _BOT_WORDS = (
-    "bot", "crawl", "spider", "slurp", "headless", "curl/", "wget/", "python-", "go-http", "java/", "lighthouse",
+    "bot",
+    "crawl",
+    "spider",
+    "slurp",
+    "headless",
+    "curl/",
+    "wget/",
+    "python-",
+    "go-http",
+    "java/",
+    "lighthouse",
 )
 _TABLET_WORDS = ("ipad", "tablet", "kindle", "silk/", "playbook")
 _MOBILE_WORDS = ("mobi", "iphone", "ipod", "android", "windows phone", "blackberry", "opera mini")
@@ -105,7 +115,7 @@ class ClientIp:
             if self._skip:
                 if len(hops) <= self._skip:
                     return peer  # not what the proxy writes: believe nothing in it
-                del hops[-self._skip:]
+                del hops[-self._skip :]
             for hop in reversed(hops):
                 hop = hop.strip()
                 if not _is_ip(hop):

@@ -57,10 +57,19 @@ class _Gazes:
 class StreamRoute:
     """One legacy URL of a stream: its kind and its compiled profile."""
 
-    __slots__ = ("path", "stream", "kind", "profile", "validator", "evt_index", "debug", "gazes", "ignored")
+    __slots__ = ("debug", "evt_index", "gazes", "ignored", "kind", "path", "profile", "stream", "validator")
 
-    def __init__(self, path: str, stream: str, kind: AliasKind, profile: str, validator: StreamValidator,
-                 debug: DebugNets, gazes: _Gazes, ignored: Counter) -> None:
+    def __init__(
+        self,
+        path: str,
+        stream: str,
+        kind: AliasKind,
+        profile: str,
+        validator: StreamValidator,
+        debug: DebugNets,
+        gazes: _Gazes,
+        ignored: Counter,
+    ) -> None:
         self.path = path
         self.stream = stream
         self.kind = kind
@@ -76,12 +85,18 @@ class StreamRoute:
         if method == "OPTIONS":
             return await app._preflight(scope, send)
         if self.kind == "form" and method == "POST":
-            return await app._events(self.stream, scope, method, receive, send, validator=self.validator,
-                                     plain_ok=True)
+            return await app._events(self.stream, scope, method, receive, send, validator=self.validator, plain_ok=True)
         if method != "GET" and method != "HEAD":
             allow = b"GET, POST, OPTIONS" if self.kind == "form" else b"GET, HEAD, OPTIONS"
-            return await app._error(send, 405, "method", "allowed", f"use {allow.decode()}", allow=allow,
-                                    pixel=self.kind in ("pixel", "gaze"))
+            return await app._error(
+                send,
+                405,
+                "method",
+                "allowed",
+                f"use {allow.decode()}",
+                allow=allow,
+                pixel=self.kind in ("pixel", "gaze"),
+            )
         return await self._get(app, scope, method, send)
 
     async def _get(self, app: App, scope: Scope, method: str, send: Send) -> int:
@@ -126,8 +141,9 @@ class StreamRoute:
                 return await self._debug(app, send, 503, parsed, row, "valid", f"not written: {exc}")
             return await app._error(send, 503, "spool", "full", str(exc), pixel=pixel)
         if parsed is not None:
-            return await self._debug(app, send, 200, parsed, row, "valid",
-                                     "written (Redis, or the local spool while Redis is unreachable)")
+            return await self._debug(
+                app, send, 200, parsed, row, "valid", "written (Redis, or the local spool while Redis is unreachable)"
+            )
         if self.kind == "pierce":
             return await _plain(send, 200, b"ok", app._cors(scope))
         if self.kind == "form":
@@ -138,8 +154,9 @@ class StreamRoute:
                 return await self._gaze(app, scope, send, step, GAZE_NEXT[step])
         return await _gif(send, 200, method, app._cors(scope))
 
-    def _pierce_client(self, app: App, name: str, ip: str, ua: str, device: str,
-                       event: dict[str, Any]) -> tuple[str, str, str]:
+    def _pierce_client(
+        self, app: App, name: str, ip: str, ua: str, device: str, event: dict[str, Any]
+    ) -> tuple[str, str, str]:
         """The end client's address and user agent from ``rad``/``ua`` when the sender
         may speak for it (a trusted proxy, or a write key the gate checked); else the
         sender's own, and the ignored parameters counted."""
@@ -177,23 +194,40 @@ class StreamRoute:
             await asyncio.sleep(min(wait, c.body_timeout_s))
         finally:
             gazes.waiting -= 1
-        pairs = [(k, following if k == "evt" else v)
-                 for k, v in parse_qsl(scope["query_string"].decode("utf-8", "replace"), keep_blank_values=True)]
+        pairs = [
+            (k, following if k == "evt" else v)
+            for k, v in parse_qsl(scope["query_string"].decode("utf-8", "replace"), keep_blank_values=True)
+        ]
         location = (self.path + "?" + urlencode(pairs)).encode("latin-1", "replace")
-        headers = [(b"location", location), (b"content-type", b"image/gif"), _NO_STORE,
-                   (b"content-length", b"%d" % len(_GIF)), *app._cors(scope)]
+        headers = [
+            (b"location", location),
+            (b"content-type", b"image/gif"),
+            _NO_STORE,
+            (b"content-length", b"%d" % len(_GIF)),
+            *app._cors(scope),
+        ]
         await send({"type": "http.response.start", "status": 302, "headers": headers})
         await send({"type": "http.response.body", "body": _GIF})
         return 302
 
-    async def _debug(self, app: App, send: Send, status: int, parsed: dict[str, Any], row: list[Any] | None,
-                     verdict: str, written: str) -> int:
+    async def _debug(
+        self,
+        app: App,
+        send: Send,
+        status: int,
+        parsed: dict[str, Any],
+        row: list[Any] | None,
+        verdict: str,
+        written: str,
+    ) -> int:
         """The 2016 debug page without what must never leave the server: no headers,
         no environment, no Redis keys."""
         stored = "-" if row is None else pformat(dict(zip(self.validator.columns, row, strict=True)), width=100)
-        body = (f"oceanus debug\n\nroute: {self.path} -> stream {self.stream}"
-                f"{f' (profile {self.profile})' if self.profile else ''}\n\nparameters:\n{pformat(parsed, width=100)}"
-                f"\n\nvalidation: {verdict}\n\nrow:\n{stored}\n\nredis: {written}\n").encode("utf-8", "replace")
+        body = (
+            f"oceanus debug\n\nroute: {self.path} -> stream {self.stream}"
+            f"{f' (profile {self.profile})' if self.profile else ''}\n\nparameters:\n{pformat(parsed, width=100)}"
+            f"\n\nvalidation: {verdict}\n\nrow:\n{stored}\n\nredis: {written}\n"
+        ).encode("utf-8", "replace")
         return await _plain(send, status, body, [])
 
 
@@ -225,15 +259,25 @@ _TEXT = (b"content-type", b"text/plain; charset=utf-8")
 
 async def _gif(send: Send, status: int, method: str, cors: list[tuple[bytes, bytes]]) -> int:
     body = _GIF if method != "HEAD" else b""
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"image/gif"), _NO_STORE, (b"content-length", b"%d" % len(_GIF)), *cors]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"image/gif"), _NO_STORE, (b"content-length", b"%d" % len(_GIF)), *cors],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
     return status
 
 
 async def _plain(send: Send, status: int, body: bytes, cors: list[tuple[bytes, bytes]]) -> int:
-    await send({"type": "http.response.start", "status": status, "headers": [
-        _TEXT, _NO_STORE, (b"content-length", b"%d" % len(body)), *cors]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [_TEXT, _NO_STORE, (b"content-length", b"%d" % len(body)), *cors],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
     return status
 
@@ -280,15 +324,21 @@ async def _backlog(app: App, scope: Scope, method: str, receive: Receive, send: 
 
 
 async def _robots(app: App, scope: Scope, method: str, receive: Receive, send: Send) -> int:
-    await send({"type": "http.response.start", "status": 200, "headers": [
-        _TEXT, (b"cache-control", b"public, max-age=86400"), (b"content-length", b"%d" % len(ROBOTS))]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [_TEXT, (b"cache-control", b"public, max-age=86400"), (b"content-length", b"%d" % len(ROBOTS))],
+        }
+    )
     await send({"type": "http.response.body", "body": ROBOTS if method != "HEAD" else b""})
     return 200
 
 
 async def _favicon(app: App, scope: Scope, method: str, receive: Receive, send: Send) -> int:
-    await send({"type": "http.response.start", "status": 204, "headers": [
-        (b"cache-control", b"public, max-age=86400")]})
+    await send(
+        {"type": "http.response.start", "status": 204, "headers": [(b"cache-control", b"public, max-age=86400")]}
+    )
     await send({"type": "http.response.body", "body": b""})
     return 204
 
@@ -300,7 +350,11 @@ async def _tag(app: App, scope: Scope, method: str, receive: Receive, send: Send
 
 
 _FIXED: dict[str, Handler] = {
-    "health": _health, "backlog": _backlog, "robots": _robots, "favicon": _favicon, "tag": _tag,
+    "health": _health,
+    "backlog": _backlog,
+    "robots": _robots,
+    "favicon": _favicon,
+    "tag": _tag,
 }
 
 
@@ -310,8 +364,12 @@ def build(app: App) -> dict[str, Handler]:
     c = cfg.collector
     debug = DebugNets(c.debug_networks)
     gazes = _Gazes()
-    ignored = Counter("oceanus_legacy_params_ignored", "rad/ua parameters of /pierce from senders that may not set "
-                      "them, ignored", ["stream", "param"], registry=app.metrics.registry)
+    ignored = Counter(
+        "oceanus_legacy_params_ignored",
+        "rad/ua parameters of /pierce from senders that may not set them, ignored",
+        ["stream", "param"],
+        registry=app.metrics.registry,
+    )
     routes: dict[str, Handler] = {}
     for stream in cfg.streams.values():
         validators: dict[str, StreamValidator] = {}
@@ -320,8 +378,9 @@ def build(app: App) -> dict[str, Handler]:
             if validator is None:
                 profile = stream.profiles[alias.profile] if alias.profile else None
                 validator = validators[alias.profile] = make_validator(stream, c, profile)
-            routes[alias.path] = StreamRoute(alias.path, stream.name, alias.kind, alias.profile, validator, debug,
-                                             gazes, ignored)
+            routes[alias.path] = StreamRoute(
+                alias.path, stream.name, alias.kind, alias.profile, validator, debug, gazes, ignored
+            )
     for path, what in c.legacy_routes.items():
         routes[path] = _get_only(_FIXED[what])
     return routes

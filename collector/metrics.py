@@ -41,12 +41,13 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
-            "oceanus_http_requests", "Requests answered", ["stream", "status"], registry=r
-        )
+        self.requests = Counter("oceanus_http_requests", "Requests answered", ["stream", "status"], registry=r)
         self.duration = Histogram(
-            "oceanus_http_request_duration_seconds", "Time from request to response sent", ["route"],
-            buckets=DURATION_BUCKETS_S, registry=r,
+            "oceanus_http_request_duration_seconds",
+            "Time from request to response sent",
+            ["route"],
+            buckets=DURATION_BUCKETS_S,
+            registry=r,
         )
         self.accepted = Counter("oceanus_events_accepted", "Events acknowledged", ["stream"], registry=r)
         self.rejected = Counter(
@@ -59,21 +60,27 @@ class Metrics:
             "oceanus_redis_push_duration_seconds", "Pipelined RPUSH round trip", buckets=PUSH_BUCKETS_S, registry=r
         )
         # Gauges: how to merge workers. Up is the worst worker (min), draining any (max), spool a sum.
-        self.redis_up = Gauge("oceanus_redis_up", "1 when the last Redis round trip succeeded",
-                              multiprocess_mode="livemin", registry=r)
-        self.spool_bytes = Gauge("oceanus_spool_bytes", "Bytes in the local disk spool",
-                                 multiprocess_mode="livesum", registry=r)
-        self.spool_frames = Gauge("oceanus_spool_frames", "Frames waiting in the spool",
-                                  multiprocess_mode="livesum", registry=r)
+        self.redis_up = Gauge(
+            "oceanus_redis_up", "1 when the last Redis round trip succeeded", multiprocess_mode="livemin", registry=r
+        )
+        self.spool_bytes = Gauge(
+            "oceanus_spool_bytes", "Bytes in the local disk spool", multiprocess_mode="livesum", registry=r
+        )
+        self.spool_frames = Gauge(
+            "oceanus_spool_frames", "Frames waiting in the spool", multiprocess_mode="livesum", registry=r
+        )
         self.draining = Gauge("oceanus_collector_draining", "1 after SIGTERM", multiprocess_mode="livemax", registry=r)
         self.spool_quarantined = Counter(
-            "oceanus_spool_quarantined_bytes", "Unreadable spool bytes skipped and copied to a quarantine file",
-            ["reason"], registry=r,
+            "oceanus_spool_quarantined_bytes",
+            "Unreadable spool bytes skipped and copied to a quarantine file",
+            ["reason"],
+            registry=r,
         )
         for reason in (TORN_TAIL, CORRUPT):  # exposed at 0, so rate() and the alert see the series start
             self.spool_quarantined.labels(reason)
         self.spool_abandoned = Counter(
-            "oceanus_spool_abandoned_bytes", "Spool bytes a worker exited with (drain budget spent or Redis down)",
+            "oceanus_spool_abandoned_bytes",
+            "Spool bytes a worker exited with (drain budget spent or Redis down)",
             registry=r,
         )
         self.redis_up.set(1)

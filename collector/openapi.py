@@ -133,8 +133,11 @@ def _common_errors(cfg: Config, pixel: bool = False) -> dict[str, Any]:
     c = cfg.collector
     return {
         "400": _error("An event broke a rule; the answer names the field and the rule.", pixel),
-        "413": _error(f"Body over {c.max_body_bytes} bytes, over {c.max_decompressed_bytes} bytes decompressed, "
-                      f"or more than {c.max_batch_events} events in one array.", pixel),
+        "413": _error(
+            f"Body over {c.max_body_bytes} bytes, over {c.max_decompressed_bytes} bytes decompressed, "
+            f"or more than {c.max_batch_events} events in one array.",
+            pixel,
+        ),
         "414": _error(f"URL over {c.max_url_bytes} bytes.", pixel),
         "503": _error("Redis is unreachable and the local spool is full, or the collector is draining.", pixel),
     }
@@ -143,7 +146,10 @@ def _common_errors(cfg: Config, pixel: bool = False) -> dict[str, Any]:
 def _pixel(stream: StreamConfig, cfg: Config) -> dict[str, Any]:
     params = [
         {
-            "name": name, "in": "query", "required": f.required, "schema": field_schema(f, text=True),
+            "name": name,
+            "in": "query",
+            "required": f.required,
+            "schema": field_schema(f, text=True),
             **({"description": f.description} if f.description else {}),
         }
         for name, f in stream.fields.items()
@@ -154,8 +160,10 @@ def _pixel(stream: StreamConfig, cfg: Config) -> dict[str, Any]:
             "summary": f"One {stream.name} event as a query string (an image beacon).",
             "parameters": params,
             "responses": {
-                "200": {"description": "Stored in Redis (or the spool): a 1x1 GIF.",
-                        "content": {"image/gif": {"schema": {"type": "string", "format": "binary"}}}},
+                "200": {
+                    "description": "Stored in Redis (or the spool): a 1x1 GIF.",
+                    "content": {"image/gif": {"schema": {"type": "string", "format": "binary"}}},
+                },
                 **_common_errors(cfg, pixel=True),
             },
         }
@@ -179,14 +187,20 @@ def _events(stream: StreamConfig, cfg: Config) -> dict[str, Any]:
             "responses": {
                 "200": {
                     "description": "Every event is stored in Redis (or the spool).",
-                    "content": {JSON_TYPE: {"schema": {
-                        "type": "object", "properties": {"accepted": {"type": "integer", "minimum": 0}},
-                        "required": ["accepted"],
-                    }}},
+                    "content": {
+                        JSON_TYPE: {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"accepted": {"type": "integer", "minimum": 0}},
+                                "required": ["accepted"],
+                            }
+                        }
+                    },
                 },
                 **_common_errors(cfg),
-                "408": _error(f"The body did not arrive within collector.body_timeout_s "
-                              f"({cfg.collector.body_timeout_s:g} s)."),
+                "408": _error(
+                    f"The body did not arrive within collector.body_timeout_s ({cfg.collector.body_timeout_s:g} s)."
+                ),
                 "415": _error("A Content-Encoding other than gzip."),
             },
         }
@@ -194,10 +208,15 @@ def _events(stream: StreamConfig, cfg: Config) -> dict[str, Any]:
 
 
 def _probe(summary: str, media: str = "text/plain") -> dict[str, Any]:
-    return {"get": {"summary": summary, "responses": {
-        "200": {"description": "OK", "content": {media: {"schema": {"type": "string"}}}},
-        "503": {"description": "Not ready", "content": {media: {"schema": {"type": "string"}}}},
-    }}}
+    return {
+        "get": {
+            "summary": summary,
+            "responses": {
+                "200": {"description": "OK", "content": {media: {"schema": {"type": "string"}}}},
+                "503": {"description": "Not ready", "content": {media: {"schema": {"type": "string"}}}},
+            },
+        }
+    }
 
 
 def build(cfg: Config) -> dict[str, Any]:

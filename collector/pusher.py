@@ -69,7 +69,7 @@ class Unavailable(Exception):
 
 
 class _Batch:
-    __slots__ = ("rows", "columns", "count", "future", "started")
+    __slots__ = ("columns", "count", "future", "rows", "started")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.rows: dict[str, list[list[Any]]] = {}
@@ -207,7 +207,7 @@ class Pusher:
             self._batch = _Batch(self._loop)
             try:
                 await self._write(batch)
-            except Exception as exc:  # noqa: BLE001 - the writer must outlive any one batch
+            except Exception as exc:
                 # e.g. the spool's disk failing: these requests get a 503, the next batch a new try.
                 log.exception("writing a batch failed")
                 _fail(batch.future, Unavailable(f"the batch could not be stored: {exc}"))
@@ -237,8 +237,10 @@ class Pusher:
     async def _idle_round(self) -> None:
         if self._spool.pending:
             await self._replay()
-        if (self._stats or self._errors) and not self._spool.pending and (
-            self.redis_up or time.monotonic() >= self._retry_at
+        if (
+            (self._stats or self._errors)
+            and not self._spool.pending
+            and (self.redis_up or time.monotonic() >= self._retry_at)
         ):
             await self._push([], with_stats=True)
         self._metrics.flush()
@@ -423,8 +425,9 @@ class Pusher:
         # two replay rounds, rather than being cancelled in the middle of one.
         self._drain_deadline = time.monotonic() + max(timeout_s - IDLE_ROUND_S, 0.0)
         if self._spool.pending:
-            log.info("draining: replaying %d bytes of spool to Redis within %.1f s",
-                     self._spool.pending_bytes, timeout_s)
+            log.info(
+                "draining: replaying %d bytes of spool to Redis within %.1f s", self._spool.pending_bytes, timeout_s
+            )
         self._stopping = True
         if self._full is not None and not self._full.done():
             self._full.set_result(None)
@@ -449,9 +452,13 @@ class Pusher:
         left = self._spool.pending_bytes
         if left:
             self._metrics.spool_abandoned.inc(left)
-            log.error("exiting with %d bytes of acknowledged events still in the spool %s (Redis %s); "
-                      "they are lost if this disk goes away with the pod", left, self._spool.directory,
-                      "answering" if self.redis_up else "unreachable")
+            log.error(
+                "exiting with %d bytes of acknowledged events still in the spool %s (Redis %s); "
+                "they are lost if this disk goes away with the pod",
+                left,
+                self._spool.directory,
+                "answering" if self.redis_up else "unreachable",
+            )
         return left
 
 

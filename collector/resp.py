@@ -155,8 +155,12 @@ class RedisLink:
                 _, protocol = await loop.create_unix_connection(_Protocol, self._path)
             else:
                 _, protocol = await loop.create_connection(
-                    _Protocol, self._host, self._port, ssl=self._ssl,
-                    server_hostname=self._host if self._ssl is not None else None)
+                    _Protocol,
+                    self._host,
+                    self._port,
+                    ssl=self._ssl,
+                    server_hostname=self._host if self._ssl is not None else None,
+                )
         self._protocol = protocol
         for command in self._hello:
             reply = (await self._round(protocol, command, 1))[0]

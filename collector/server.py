@@ -72,11 +72,15 @@ def edge_limits(c: CollectorConfig) -> dict[str, Any]:
     return {
         "http": {"1": HTTPModes.http1, "2": HTTPModes.http2, "auto": HTTPModes.auto}[c.http],
         "backpressure": c.max_connections,
-        "http1_settings": HTTP1Settings(header_read_timeout=max(1, round(c.header_timeout_s * 1000)),
-                                        max_buffer_size=c.max_header_bytes),
-        "http2_settings": HTTP2Settings(max_headers_size=c.max_header_bytes, max_concurrent_streams=HTTP2_MAX_STREAMS,
-                                        keep_alive_interval=max(1, round(c.header_timeout_s * 1000)),
-                                        keep_alive_timeout=max(1, math.ceil(c.header_timeout_s))),
+        "http1_settings": HTTP1Settings(
+            header_read_timeout=max(1, round(c.header_timeout_s * 1000)), max_buffer_size=c.max_header_bytes
+        ),
+        "http2_settings": HTTP2Settings(
+            max_headers_size=c.max_header_bytes,
+            max_concurrent_streams=HTTP2_MAX_STREAMS,
+            keep_alive_interval=max(1, round(c.header_timeout_s * 1000)),
+            keep_alive_timeout=max(1, math.ceil(c.header_timeout_s)),
+        ),
     }
 
 
@@ -84,8 +88,11 @@ def main(args: argparse.Namespace) -> int:
     from granian import Granian
     from granian.constants import Interfaces, Loops
 
-    overrides = {"OCEANUS_COLLECTOR_HOST": args.host, "OCEANUS_COLLECTOR_PORT": args.port,
-                 "OCEANUS_COLLECTOR_WORKERS": args.workers}
+    overrides = {
+        "OCEANUS_COLLECTOR_HOST": args.host,
+        "OCEANUS_COLLECTOR_PORT": args.port,
+        "OCEANUS_COLLECTOR_WORKERS": args.workers,
+    }
     for name, value in overrides.items():
         if value is not None:
             os.environ[name] = str(value) if not isinstance(value, str) else f'"{value}"'
@@ -124,7 +131,11 @@ def main(args: argparse.Namespace) -> int:
         shutil.rmtree(metrics_dir, ignore_errors=True)
     left = spool.usage(c.spool_dir, unowned_only=True)
     if left.bytes:
-        print(f"oceanus collector: exiting with {left.bytes} bytes of acknowledged events not replayed to Redis "
-              f"in {left.files} spool file(s) under {c.spool_dir}", file=sys.stderr, flush=True)
+        print(
+            f"oceanus collector: exiting with {left.bytes} bytes of acknowledged events not replayed to Redis "
+            f"in {left.files} spool file(s) under {c.spool_dir}",
+            file=sys.stderr,
+            flush=True,
+        )
         return EXIT_SPOOL_LEFT
     return 0

@@ -133,7 +133,7 @@ def usage(directory: str | os.PathLike[str], unowned_only: bool = False) -> Usag
 
 
 class _File:
-    __slots__ = ("path", "fd", "offset", "size", "frames", "own", "quarantined_to")
+    __slots__ = ("fd", "frames", "offset", "own", "path", "quarantined_to", "size")
 
     def __init__(self, path: Path, fd: int, own: bool) -> None:
         self.path = path
@@ -331,11 +331,21 @@ class Spool:
             os.close(fd)
         self.quarantined[bad.reason] += len(data)
         if bad.reason == CORRUPT:
-            log.error("spool %s: %d unreadable bytes at offset %d skipped (resynced on the next valid record), "
-                      "copied to %s", f.path, len(data), bad.start, qpath)
+            log.error(
+                "spool %s: %d unreadable bytes at offset %d skipped (resynced on the next valid record), copied to %s",
+                f.path,
+                len(data),
+                bad.start,
+                qpath,
+            )
         else:
-            log.warning("spool %s: torn tail of %d bytes at offset %d (an append cut short, never "
-                        "acknowledged), copied to %s", f.path, len(data), bad.start, qpath)
+            log.warning(
+                "spool %s: torn tail of %d bytes at offset %d (an append cut short, never acknowledged), copied to %s",
+                f.path,
+                len(data),
+                bad.start,
+                qpath,
+            )
 
     def _finish(self, f: _File) -> None:
         """A file is fully replayed: truncate ours, delete a claimed one."""

@@ -134,8 +134,9 @@ def _rates(counts: list[tuple[int, int]], now: float) -> tuple[float, float]:
     return acc / 60.0, rej / 60.0
 
 
-async def _fetch(redis: Any, keys: Keys, names: list[str], minutes: range) -> tuple[list[Any], dict[str, list[str]],
-                                                                                 list[Any]]:
+async def _fetch(
+    redis: Any, keys: Keys, names: list[str], minutes: range
+) -> tuple[list[Any], dict[str, list[str]], list[Any]]:
     """Two pipelined round trips: counters, queue ends, in-flight sets and errors;
     then the head frame of every in-flight batch."""
     pipe = redis.pipeline(transaction=False)
@@ -177,8 +178,14 @@ async def snapshot(cfg: Config, redis: Any, now: float | None = None) -> Snapsho
         async with asyncio.timeout(STATUS_REDIS_TIMEOUT_S):
             results, inflight, heads = await _fetch(redis, keys, names, minutes)
     except (RedisError, OSError, TimeoutError) as exc:
-        return Snapshot(generated_at=now, redis_up=False, redis_error=str(exc) or type(exc).__name__,
-                        streams=[], recent_errors=[], spool=spool)
+        return Snapshot(
+            generated_at=now,
+            redis_up=False,
+            redis_error=str(exc) or type(exc).__name__,
+            streams=[],
+            recent_errors=[],
+            spool=spool,
+        )
     per_stream = len(minutes) + 4
 
     streams: list[StreamStatus] = []
@@ -197,13 +204,20 @@ async def snapshot(cfg: Config, redis: Any, now: float | None = None) -> Snapsho
         oldest = [head.oldest_ms, *(summarize(heads.pop(0)).oldest_ms for _ in inflight[name])]
         acc_s, rej_s = _rates(counts, now)
         total = acc_s + rej_s
-        streams.append(StreamStatus(
-            name=name, events_per_s=round(acc_s, 3), rejected_per_s=round(rej_s, 3),
-            reject_ratio=round(rej_s / total, 4) if total else 0.0, history=[a for a, _r in counts],
-            backlog_frames=frames, backlog_rows=rows, backlog_rows_exact=exact,
-            inflight_batches=len(inflight[name]),
-            oldest_unflushed_s=unflushed_age_s(now, oldest),
-        ))
+        streams.append(
+            StreamStatus(
+                name=name,
+                events_per_s=round(acc_s, 3),
+                rejected_per_s=round(rej_s, 3),
+                reject_ratio=round(rej_s / total, 4) if total else 0.0,
+                history=[a for a, _r in counts],
+                backlog_frames=frames,
+                backlog_rows=rows,
+                backlog_rows_exact=exact,
+                inflight_batches=len(inflight[name]),
+                oldest_unflushed_s=unflushed_age_s(now, oldest),
+            )
+        )
     errors: list[RecentError] = []
     for raw in results[-1]:
         try:

@@ -90,7 +90,7 @@ _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 class Invalid(ValueError):
     """One event broke one rule of one field."""
 
-    __slots__ = ("field", "rule", "detail", "index")
+    __slots__ = ("detail", "field", "index", "rule")
 
     def __init__(self, field: str, rule: str, detail: str, index: int | None = None) -> None:
         super().__init__(f"{field}: {detail}")
@@ -123,7 +123,7 @@ def _transform(transforms: tuple[str, ...], max_length: int | None = None) -> Ca
     funcs: list[Callable[[str], str]] = []
     for t in transforms:
         if t.startswith(REMOVE_PREFIX):
-            table = str.maketrans("", "", t[len(REMOVE_PREFIX):])
+            table = str.maketrans("", "", t[len(REMOVE_PREFIX) :])
             funcs.append(lambda v, table=table: v.translate(table))  # type: ignore[misc]
         elif t == "truncate":
             n = max_length or sys.maxsize
@@ -456,7 +456,7 @@ def _plain_max(f: FieldConfig) -> int:
 class StreamValidator:
     """The compiled rules of one stream."""
 
-    __slots__ = ("name", "columns", "_fields", "_max_extra_keys", "_max_extra_bytes", "_max_extra_depth")
+    __slots__ = ("_fields", "_max_extra_bytes", "_max_extra_depth", "_max_extra_keys", "columns", "name")
 
     def __init__(self, stream: StreamConfig, collector: CollectorConfig) -> None:
         self.name = stream.name
@@ -539,18 +539,35 @@ class MappedValidator(StreamValidator):
     before the checks. Streams without any of that keep :class:`StreamValidator`,
     whose loop has none of these steps: they cost nothing where they are not used."""
 
-    __slots__ = ("_mapped", "_drop_unknown", "_keep")
+    __slots__ = ("_drop_unknown", "_keep", "_mapped")
 
-    def __init__(self, stream: StreamConfig, collector: CollectorConfig, *, drop_unknown: bool = False,
-                 keep: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        stream: StreamConfig,
+        collector: CollectorConfig,
+        *,
+        drop_unknown: bool = False,
+        keep: tuple[str, ...] = (),
+    ) -> None:
         super().__init__(stream, collector)
         self._drop_unknown = drop_unknown
         self._keep = keep
         self._mapped = tuple(
-            (name, check, required, empty_is_absent, f.present, f.aliases, frozenset(f.null_values), dict(f.map),
-             f.default, f.coerce)
-            for (name, check, required, empty_is_absent, _plain), f in zip(self._fields, stream.fields.values(),
-                                                                           strict=True)
+            (
+                name,
+                check,
+                required,
+                empty_is_absent,
+                f.present,
+                f.aliases,
+                frozenset(f.null_values),
+                dict(f.map),
+                f.default,
+                f.coerce,
+            )
+            for (name, check, required, empty_is_absent, _plain), f in zip(
+                self._fields, stream.fields.values(), strict=True
+            )
         )
 
     def values(self, event: dict[str, Any], from_text: bool) -> list[Any]:
@@ -594,8 +611,9 @@ class MappedValidator(StreamValidator):
         return out
 
 
-def make_validator(stream: StreamConfig, collector: CollectorConfig,
-                   profile: ProfileConfig | None = None) -> StreamValidator:
+def make_validator(
+    stream: StreamConfig, collector: CollectorConfig, profile: ProfileConfig | None = None
+) -> StreamValidator:
     """The validator of ``stream``, or of one of its profiles (same columns, other rules)."""
     drop = False
     keep: tuple[str, ...] = ()

@@ -61,16 +61,22 @@ _snapshot_json = msgspec.json.Encoder()
 class Asset:
     """One response body, prepared once: identity and gzip bytes and an ETag."""
 
-    __slots__ = ("body", "gzipped", "etag", "headers")
+    __slots__ = ("body", "etag", "gzipped", "headers")
 
-    def __init__(self, body: bytes, content_type: bytes, cache_control: bytes,
-                 extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    def __init__(
+        self, body: bytes, content_type: bytes, cache_control: bytes, extra: Sequence[tuple[bytes, bytes]] = ()
+    ) -> None:
         self.body = body
         # mtime=0: the same bytes (and ETag) in every worker and after every restart.
         self.gzipped = gzip.compress(body, 9, mtime=0)
         self.etag = b'"' + hashlib.sha256(body).hexdigest()[:20].encode() + b'"'
-        self.headers: Headers = [(b"content-type", content_type), (b"cache-control", cache_control), _NOSNIFF,
-                                 (b"vary", b"Accept-Encoding"), *extra]
+        self.headers: Headers = [
+            (b"content-type", content_type),
+            (b"cache-control", cache_control),
+            _NOSNIFF,
+            (b"vary", b"Accept-Encoding"),
+            *extra,
+        ]
 
 
 def tag_schema(streams: Sequence[StreamConfig]) -> dict[str, dict[str, list[Any]]]:
@@ -92,8 +98,11 @@ def tag_schema(streams: Sequence[StreamConfig]) -> dict[str, dict[str, list[Any]
             if f.type not in ("string", "json"):
                 continue
             cased = "lowercase" in f.transforms or "uppercase" in f.transforms
-            rule: list[Any] = [f.max_length or 0, "" if cased or f.pattern is None else f.pattern,
-                               1 if f.format == "email" else 0]
+            rule: list[Any] = [
+                f.max_length or 0,
+                "" if cased or f.pattern is None else f.pattern,
+                1 if f.format == "email" else 0,
+            ]
             while len(rule) > 1 and not rule[-1]:
                 rule.pop()
             fields[name] = rule
@@ -141,21 +150,32 @@ class Pages:
     """Everything static, rendered for one config."""
 
     def __init__(self, cfg: Config) -> None:
-        self.tag = Asset(render_tag(cfg), b"application/javascript; charset=utf-8",
-                         b"public, max-age=%d, stale-while-revalidate=%d" % (TAG_MAX_AGE_S, TAG_STALE_S),
-                         [(b"cross-origin-resource-policy", b"cross-origin")])
-        self.tag2016 = Asset(render_tag(cfg, legacy=True), b"application/javascript; charset=utf-8",
-                             b"public, max-age=%d, stale-while-revalidate=%d" % (TAG_MAX_AGE_S, TAG_STALE_S),
-                             [(b"cross-origin-resource-policy", b"cross-origin")])
+        self.tag = Asset(
+            render_tag(cfg),
+            b"application/javascript; charset=utf-8",
+            b"public, max-age=%d, stale-while-revalidate=%d" % (TAG_MAX_AGE_S, TAG_STALE_S),
+            [(b"cross-origin-resource-policy", b"cross-origin")],
+        )
+        self.tag2016 = Asset(
+            render_tag(cfg, legacy=True),
+            b"application/javascript; charset=utf-8",
+            b"public, max-age=%d, stale-while-revalidate=%d" % (TAG_MAX_AGE_S, TAG_STALE_S),
+            [(b"cross-origin-resource-policy", b"cross-origin")],
+        )
         demo = (STATIC_DIR / "demo.html").read_bytes()
         self.demo = Asset(demo, b"text/html; charset=utf-8", b"no-cache")
         status = (STATIC_DIR / "status.html").read_text(encoding="utf-8")
-        self.status = Asset(status.encode(), b"text/html; charset=utf-8", b"no-store", [
-            (b"content-security-policy", _inline_script_csp(status)),
-            # The token may be in the URL: never hand it on.
-            (b"referrer-policy", b"no-referrer"),
-            (b"x-frame-options", b"DENY"),
-        ])
+        self.status = Asset(
+            status.encode(),
+            b"text/html; charset=utf-8",
+            b"no-store",
+            [
+                (b"content-security-policy", _inline_script_csp(status)),
+                # The token may be in the URL: never hand it on.
+                (b"referrer-policy", b"no-referrer"),
+                (b"x-frame-options", b"DENY"),
+            ],
+        )
 
 
 # -- the app seam ---------------------------------------------------------------------------
@@ -196,8 +216,9 @@ def _redis(app: App, state: WebState) -> Any:
         import redis.asyncio as aioredis
 
         t = min(state.cfg.redis.timeout_s, status.STATUS_REDIS_TIMEOUT_S)
-        state.redis = aioredis.Redis.from_url(state.cfg.redis.url, socket_timeout=t, socket_connect_timeout=t,
-                                              max_connections=2)
+        state.redis = aioredis.Redis.from_url(
+            state.cfg.redis.url, socket_timeout=t, socket_connect_timeout=t, max_connections=2
+        )
     return state.redis
 
 
@@ -224,8 +245,9 @@ def _token_ok(scope: Scope, token: str) -> bool:
 
 
 async def _respond(send: Send, status: int, headers: Headers, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [*headers, (b"content-length", b"%d" % len(body))]})
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [*headers, (b"content-length", b"%d" % len(body))]}
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -244,10 +266,21 @@ async def _asset(scope: Scope, send: Send, asset: Asset) -> None:
 
 
 async def _unauthorized(send: Send) -> None:
-    body = b'{"error":{"field":"token","rule":"status_token","message":"missing or wrong status token; ' \
-           b'send X-Oceanus-Token, Authorization: Bearer, or ?token="}}'
-    await _respond(send, 401, [_JSON, _NO_STORE, (b"x-oceanus-error", b"token: status_token: missing or wrong"),
-                               (b"www-authenticate", b'Bearer realm="oceanus status"')], body)
+    body = (
+        b'{"error":{"field":"token","rule":"status_token","message":"missing or wrong status token; '
+        b'send X-Oceanus-Token, Authorization: Bearer, or ?token="}}'
+    )
+    await _respond(
+        send,
+        401,
+        [
+            _JSON,
+            _NO_STORE,
+            (b"x-oceanus-error", b"token: status_token: missing or wrong"),
+            (b"www-authenticate", b'Bearer realm="oceanus status"'),
+        ],
+        body,
+    )
 
 
 async def handle(scope: Scope, receive: Receive, send: Send, app: App) -> bool:

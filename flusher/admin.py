@@ -201,14 +201,20 @@ class AdminServer:
                 headers[k.strip().lower()] = v.strip()
         if path == "/query":
             if self._query is None:
-                return _error(404, "POST /query is off: set flusher.query_enabled = true and a token "
-                                   f"({QUERY_TOKEN_ENV} or flusher.query_token_file); only the DuckDB sink serves it")
+                return _error(
+                    404,
+                    "POST /query is off: set flusher.query_enabled = true and a token "
+                    f"({QUERY_TOKEN_ENV} or flusher.query_token_file); only the DuckDB sink serves it",
+                )
             if method != "POST":
                 return _error(405, "/query takes POST with the SQL as the body")
             # Before the body is read: an unauthenticated client gets nothing but this.
             if not self._query.authorized(headers.get("authorization", "")):
-                return _error(401, "/query needs the header Authorization: Bearer <token> "
-                                   f"(the flusher's {QUERY_TOKEN_ENV} or flusher.query_token_file)")
+                return _error(
+                    401,
+                    "/query needs the header Authorization: Bearer <token> "
+                    f"(the flusher's {QUERY_TOKEN_ENV} or flusher.query_token_file)",
+                )
             try:
                 length = int(headers.get("content-length", "0"))
             except ValueError:
@@ -240,8 +246,10 @@ class AdminServer:
         except QueryError as exc:
             return _error(400, str(exc))
         if result is None:
-            return _error(429, f"{MAX_QUERIES_IN_FLIGHT} queries are already waiting or running (the limit); "
-                               "retry when one is done")
+            return _error(
+                429,
+                f"{MAX_QUERIES_IN_FLIGHT} queries are already waiting or running (the limit); retry when one is done",
+            )
         return 200, "application/json", _json.encode(result)
 
 
@@ -250,7 +258,13 @@ def _error(status: int, message: str) -> tuple[int, str, bytes]:
 
 
 _REASONS = {
-    200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
-    413: "Content Too Large", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Content Too Large",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
     503: "Service Unavailable",
 }

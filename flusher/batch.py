@@ -73,8 +73,10 @@ def _jsonable(value: Any) -> Any:
 
 
 def dead_row(stream: str, reason: str, columns: Sequence[str], row: Sequence[Any]) -> bytes:
-    obj = {c: (event_id_hex(v) if c == "event_id" and isinstance(v, bytes) else _jsonable(v))
-           for c, v in zip(columns, row, strict=False)}
+    obj = {
+        c: (event_id_hex(v) if c == "event_id" and isinstance(v, bytes) else _jsonable(v))
+        for c, v in zip(columns, row, strict=False)
+    }
     return _dead_enc.encode(DeadRow(stream=stream, reason=reason, row=obj))
 
 
@@ -113,7 +115,7 @@ def _merge_extra(extra: Any, moved: dict[str, Any]) -> str | None:
 class _Plan:
     """How rows encoded with one column list map onto the stream's columns."""
 
-    __slots__ = ("identity", "width", "take", "moved", "extra_src")
+    __slots__ = ("extra_src", "identity", "moved", "take", "width")
 
     def __init__(self, frame_cols: Sequence[str], target: Sequence[str]) -> None:
         self.identity = tuple(frame_cols) == tuple(target)
@@ -186,9 +188,9 @@ class BatchBuilder:
         batch = Batch(stream=self.stream, batch_id=batch_id, columns=self.columns, rows=rows, nbytes=nbytes)
         return Built(batch=batch, dead=dead)
 
-
-    def _normalise(self, plan: _Plan, cols: Sequence[str],
-                   frows: Sequence[Sequence[Any]]) -> tuple[list[Sequence[Any]], list[bytes]]:
+    def _normalise(
+        self, plan: _Plan, cols: Sequence[str], frows: Sequence[Sequence[Any]]
+    ) -> tuple[list[Sequence[Any]], list[bytes]]:
         rows: list[Sequence[Any]] = []
         dead: list[bytes] = []
         for r in frows:

@@ -105,7 +105,7 @@ def make_owner_id() -> str:
 class Claim:
     """One claimed batch: its in-flight key and the frames in it, in queue order."""
 
-    __slots__ = ("stream", "key", "frames", "batch_id", "claimed_ms", "reclaimed")
+    __slots__ = ("batch_id", "claimed_ms", "frames", "key", "reclaimed", "stream")
 
     def __init__(
         self, stream: str, key: str, frames: list[bytes], batch_id: str, claimed_ms: int, reclaimed: bool = False
@@ -152,9 +152,16 @@ class RedisWriteState:
 class Claimer:
     """The Redis side of one flusher instance (asyncio client)."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys, owner: str, heartbeat_ttl_s: float, *,
-                 dead_letter_max: int = _FLUSHER_DEFAULTS.dead_letter_max,
-                 dead_letter_ttl_s: float = _FLUSHER_DEFAULTS.dead_letter_ttl_s) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        keys: Keys,
+        owner: str,
+        heartbeat_ttl_s: float,
+        *,
+        dead_letter_max: int = _FLUSHER_DEFAULTS.dead_letter_max,
+        dead_letter_ttl_s: float = _FLUSHER_DEFAULTS.dead_letter_ttl_s,
+    ) -> None:
         self.client = client
         self.dead_letter_max = dead_letter_max
         self.dead_letter_ttl_s = max(1, int(dead_letter_ttl_s))
@@ -208,10 +215,13 @@ class Claimer:
         key = self._next_key(stream)
         now_ms = int(time.time() * 1000)
         batch_id = key.rsplit(":", 2)[-2] + "-" + key.rsplit(":", 1)[-1]
-        frames = await self._run_holding(key, self._claim(
-            keys=[self.keys.queue(stream), key, self.keys.inflight_index(stream), self.keys.state(key)],
-            args=[max(1, max_frames), batch_id, now_ms],
-        ))
+        frames = await self._run_holding(
+            key,
+            self._claim(
+                keys=[self.keys.queue(stream), key, self.keys.inflight_index(stream), self.keys.state(key)],
+                args=[max(1, max_frames), batch_id, now_ms],
+            ),
+        )
         if not frames:
             return None
         return Claim(stream, key, list(frames), batch_id, now_ms)
@@ -241,13 +251,20 @@ class Claimer:
         if own and orphan in self._held:
             return None  # taken back meanwhile by a worker of ours: not an orphan
         key = self._next_key(stream)
-        frames = await self._run_holding(key, self._reclaim(
-            keys=[
-                orphan, key, self.keys.inflight_index(stream), self.keys.heartbeat(Keys.owner_of(orphan)),
-                self.keys.state(orphan), self.keys.state(key),
-            ],
-            args=["1" if own else "0"],
-        ))
+        frames = await self._run_holding(
+            key,
+            self._reclaim(
+                keys=[
+                    orphan,
+                    key,
+                    self.keys.inflight_index(stream),
+                    self.keys.heartbeat(Keys.owner_of(orphan)),
+                    self.keys.state(orphan),
+                    self.keys.state(key),
+                ],
+                args=["1" if own else "0"],
+            ),
+        )
         if not frames:
             return None
         state = await self.load_state(key)
@@ -285,8 +302,12 @@ class Claimer:
     async def give_back(self, claim: Claim) -> int:
         """Return the frames to the head of the queue, in order (shutdown before the write)."""
         moved = await self._give_back(
-            keys=[claim.key, self.keys.queue(claim.stream), self.keys.inflight_index(claim.stream),
-                  self.keys.state(claim.key)],
+            keys=[
+                claim.key,
+                self.keys.queue(claim.stream),
+                self.keys.inflight_index(claim.stream),
+                self.keys.state(claim.key),
+            ],
         )
         self._held.discard(claim.key)
         return int(moved)

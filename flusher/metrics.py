@@ -15,29 +15,42 @@ class FlusherMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.backlog_items = Gauge("oceanus_backlog_items", "Frames waiting in the stream's Redis list",
-                                   ["stream"], registry=r)
-        self.inflight_batches = Gauge("oceanus_inflight_batches", "Claimed batches not yet written",
-                                      ["stream"], registry=r)
+        self.backlog_items = Gauge(
+            "oceanus_backlog_items", "Frames waiting in the stream's Redis list", ["stream"], registry=r
+        )
+        self.inflight_batches = Gauge(
+            "oceanus_inflight_batches", "Claimed batches not yet written", ["stream"], registry=r
+        )
         self.rows_written = Counter("oceanus_rows_written", "Rows the warehouse accepted", ["stream"], registry=r)
-        self.written_bytes = Counter("oceanus_written_bytes", "Bytes of the rows the warehouse accepted (batch nbytes)",
-                                     ["stream"], registry=r)
-        self.rows_dead_lettered = Counter("oceanus_rows_dead_lettered",
-                                          "Rows the warehouse refused, moved to the dead-letter list",
-                                          ["stream"], registry=r)
-        self.batch_target_rows = Gauge("oceanus_batch_target_rows", "The adaptive batch size now",
-                                       ["stream"], registry=r)
-        self.sink_write_duration = Histogram("oceanus_sink_write_duration_seconds", "One sink write call",
-                                             ["stream"], buckets=WRITE_BUCKETS_S, registry=r)
-        self.sink_retries = Counter("oceanus_sink_retries", "Retried writes by reason",
-                                    ["stream", "reason"], registry=r)
+        self.written_bytes = Counter(
+            "oceanus_written_bytes", "Bytes of the rows the warehouse accepted (batch nbytes)", ["stream"], registry=r
+        )
+        self.rows_dead_lettered = Counter(
+            "oceanus_rows_dead_lettered",
+            "Rows the warehouse refused, moved to the dead-letter list",
+            ["stream"],
+            registry=r,
+        )
+        self.batch_target_rows = Gauge(
+            "oceanus_batch_target_rows", "The adaptive batch size now", ["stream"], registry=r
+        )
+        self.sink_write_duration = Histogram(
+            "oceanus_sink_write_duration_seconds",
+            "One sink write call",
+            ["stream"],
+            buckets=WRITE_BUCKETS_S,
+            registry=r,
+        )
+        self.sink_retries = Counter(
+            "oceanus_sink_retries", "Retried writes by reason", ["stream", "reason"], registry=r
+        )
         self.lag_seconds = Gauge("oceanus_lag_seconds", "Age of the oldest unflushed event", ["stream"], registry=r)
         self.redis_used_memory = Gauge("oceanus_redis_used_memory_bytes", "Redis used_memory", registry=r)
-        self.redis_maxmemory = Gauge("oceanus_redis_maxmemory_bytes", "Redis maxmemory (0 = unlimited)",
-                                     registry=r)
+        self.redis_maxmemory = Gauge("oceanus_redis_maxmemory_bytes", "Redis maxmemory (0 = unlimited)", registry=r)
         self.draining = Gauge("oceanus_flusher_draining", "1 after SIGTERM", registry=r)
-        self.worker_restarts = Counter("oceanus_worker_restarts",
-                                       "Worker loops restarted after an unexpected exception", ["stream"], registry=r)
+        self.worker_restarts = Counter(
+            "oceanus_worker_restarts", "Worker loops restarted after an unexpected exception", ["stream"], registry=r
+        )
 
     def init_stream(self, stream: str) -> None:
         """Create the labelled series at 0 so dashboards see every stream from the start."""

@@ -73,14 +73,20 @@ class Flusher:
         # No retries inside the client: a claim script is not idempotent (run twice
         # under one key, its first frames would be appended and never returned), and
         # the worker's own loop already retries with the outcome of every call known.
-        self.aredis: aioredis.Redis = aioredis.from_url(cfg.redis.url, socket_timeout=timeout,
-                                                        socket_connect_timeout=timeout,
-                                                        retry=AsyncRetry(NoBackoff(), 0))
-        self.sync_redis: redis.Redis = redis.from_url(cfg.redis.url, socket_timeout=timeout,
-                                                      socket_connect_timeout=timeout)
-        self.claimer = Claimer(self.aredis, self.keys, self.owner, cfg.flusher.heartbeat_ttl_s,
-                               dead_letter_max=cfg.flusher.dead_letter_max,
-                               dead_letter_ttl_s=cfg.flusher.dead_letter_ttl_s)
+        self.aredis: aioredis.Redis = aioredis.from_url(
+            cfg.redis.url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=AsyncRetry(NoBackoff(), 0)
+        )
+        self.sync_redis: redis.Redis = redis.from_url(
+            cfg.redis.url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+        self.claimer = Claimer(
+            self.aredis,
+            self.keys,
+            self.owner,
+            cfg.flusher.heartbeat_ttl_s,
+            dead_letter_max=cfg.flusher.dead_letter_max,
+            dead_letter_ttl_s=cfg.flusher.dead_letter_ttl_s,
+        )
         self.metrics = FlusherMetrics()
         self.stopping = asyncio.Event()
         self.redis_ok = False
@@ -89,8 +95,7 @@ class Flusher:
         # Sink writes and frame decoding leave the event loop free for the admin
         # server; a pool of our own so a stuck write cannot starve anything else.
         # Per stream one write and one decode of the batch claimed ahead, plus one spare.
-        self._pool = ThreadPoolExecutor(max_workers=2 * len(self.workers) + 1,
-                                        thread_name_prefix="oceanus-sink")
+        self._pool = ThreadPoolExecutor(max_workers=2 * len(self.workers) + 1, thread_name_prefix="oceanus-sink")
         self.admin: AdminServer | None = None
         for name in cfg.streams:
             self.metrics.init_stream(name)
@@ -135,8 +140,13 @@ class Flusher:
                 claim = await self.claimer.reclaim(name, key)
                 if claim is not None:
                     found += 1
-                    log.info("stream %s: re-claimed orphaned batch %s (%d frames) from %s",
-                             name, claim.batch_id, len(claim.frames), key)
+                    log.info(
+                        "stream %s: re-claimed orphaned batch %s (%d frames) from %s",
+                        name,
+                        claim.batch_id,
+                        len(claim.frames),
+                        key,
+                    )
                     worker.reclaimed.append(claim)
         return found
 
@@ -159,7 +169,8 @@ class Flusher:
                 pipe.lindex(self.keys.queue(name), 0)
             results = await pipe.execute()
         inflight_heads = await self.claimer.oldest_inflight_frame(
-            [n for i, n in enumerate(names) if results[3 * i + 1]])
+            [n for i, n in enumerate(names) if results[3 * i + 1]]
+        )
         now_ms = time.time() * 1000
         for i, name in enumerate(names):
             backlog, inflight, head = results[3 * i : 3 * i + 3]
@@ -211,8 +222,9 @@ class Flusher:
         workers = [asyncio.create_task(w.run(), name=f"stream-{w.name}") for w in self.workers.values()]
         await self.stopping.wait()
         self.metrics.draining.set(1)
-        log.info("draining: no new claims; finishing the batches in hand (at most %.0fs)",
-                 self.cfg.flusher.drain_timeout_s)
+        log.info(
+            "draining: no new claims; finishing the batches in hand (at most %.0fs)", self.cfg.flusher.drain_timeout_s
+        )
         _, pending = await asyncio.wait(workers, timeout=self.cfg.flusher.drain_timeout_s)
         clean = not pending
         for task in pending:
@@ -274,8 +286,9 @@ async def serve(cfg: Config) -> int:
             return
         if disco is not None:
             _write_discovery(disco, flusher.admin.url)
-        log.info("flusher %s: %d stream(s) -> %s; admin %s", flusher.owner, len(cfg.streams), sink.name,
-                 flusher.admin.url)
+        log.info(
+            "flusher %s: %d stream(s) -> %s; admin %s", flusher.owner, len(cfg.streams), sink.name, flusher.admin.url
+        )
 
     clean = True
     try:
@@ -309,4 +322,3 @@ def main(args: argparse.Namespace) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency
         runner = asyncio.run
     return int(runner(serve(cfg)))
-

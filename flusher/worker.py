@@ -66,8 +66,7 @@ class _GiveBack(Exception):
 #: OverflowError formatting a timestamp, a ValueError/TypeError from Arrow or
 #: protobuf, msgspec's EncodeError). Sinks wrap every warehouse or client failure
 #: in SinkError, so one of these escaping ``write`` is about the rows it was given.
-ROW_ERRORS: tuple[type[BaseException], ...] = (ArithmeticError, ValueError, TypeError, LookupError,
-                                                msgspec.EncodeError)
+ROW_ERRORS: tuple[type[BaseException], ...] = (ArithmeticError, ValueError, TypeError, LookupError, msgspec.EncodeError)
 
 
 def row_specific(exc: BaseException) -> bool:
@@ -91,11 +90,21 @@ class _Isolate(Exception):
 class _Part:
     """A claimed batch on its way to the sink, or a half of it (of a half ...)."""
 
-    __slots__ = ("batch", "state", "inherited", "sibling", "written", "failures", "strikes", "wait_s",
-                 "begun")
+    __slots__ = (
+        "batch",
+        "begun",
+        "failures",
+        "inherited",
+        "sibling",
+        "state",
+        "strikes",
+        "wait_s",
+        "written",
+    )
 
-    def __init__(self, batch: Batch, state: RedisWriteState, inherited: int = 0, wait_s: float = 0.0,
-                 begun: bool = False) -> None:
+    def __init__(
+        self, batch: Batch, state: RedisWriteState, inherited: int = 0, wait_s: float = 0.0, begun: bool = False
+    ) -> None:
         self.batch = batch
         self.state = state
         #: Backoff before its first write: rows the sink asked to re-send (``WriteResult.retry``)
@@ -167,7 +176,7 @@ class StreamWorker:
                     f.redis_ok = False
                     log.warning("stream %s: Redis error, retrying in %.1fs: %s", self.name, delay, exc)
                     await f.sleep(delay)
-                except Exception:  # noqa: BLE001 - a bug must not end the stream's task in silence
+                except Exception:
                     # The claim in hand (if any) went back to `reclaimed` in _process.
                     delay = min(REDIS_RETRY_MAX_S, REDIS_RETRY_BASE_S * 2**crashes)
                     crashes += 1
@@ -225,9 +234,13 @@ class StreamWorker:
         if isinstance(sink, Preparable):
             try:
                 built.batch = sink.prepare(built.batch)
-            except Exception:  # noqa: BLE001 - write() takes unprepared batches and isolates the cause
-                log.warning("stream %s: preparing batch %s failed; it is written unprepared",
-                            self.name, claim.batch_id, exc_info=True)
+            except Exception:
+                log.warning(
+                    "stream %s: preparing batch %s failed; it is written unprepared",
+                    self.name,
+                    claim.batch_id,
+                    exc_info=True,
+                )
         return built
 
     async def _next_claim(self) -> Claim | None:
@@ -317,16 +330,21 @@ class StreamWorker:
         while True:
             try:
                 if not await self.f.claimer.finish(claim, dead):
-                    log.warning("stream %s: batch %s was re-claimed by another flusher while being written; "
-                                "the sink's dedupe absorbs the second write", self.name, claim.batch_id)
+                    log.warning(
+                        "stream %s: batch %s was re-claimed by another flusher while being written; "
+                        "the sink's dedupe absorbs the second write",
+                        self.name,
+                        claim.batch_id,
+                    )
                 return
             except RedisError as exc:
                 # The rows are in the warehouse: retrying is harmless, giving up
                 # would only mean writing them again after a re-claim.
                 delay = min(REDIS_RETRY_MAX_S, REDIS_RETRY_BASE_S * 2**attempt)
                 attempt += 1
-                log.warning("stream %s: cannot release batch %s, retrying in %.1fs: %s",
-                            self.name, claim.batch_id, delay, exc)
+                log.warning(
+                    "stream %s: cannot release batch %s, retrying in %.1fs: %s", self.name, claim.batch_id, delay, exc
+                )
                 await asyncio.sleep(delay)
 
     async def _write_part(self, batch: Batch, state: RedisWriteState, dead: list[bytes]) -> int:
@@ -361,8 +379,12 @@ class StreamWorker:
                 if len(batch.rows) == 1:
                     dead.append(dead_row(self.name, f"too large for the sink: {exc}", batch.columns, batch.rows[0]))
                     continue
-                log.info("stream %s: batch %s too large for the sink, splitting %d rows in halves",
-                         self.name, batch.batch_id, len(batch.rows))
+                log.info(
+                    "stream %s: batch %s too large for the sink, splitting %d rows in halves",
+                    self.name,
+                    batch.batch_id,
+                    len(batch.rows),
+                )
                 todo.extendleft(reversed(await self._split(part, root)))
                 continue
             except _Isolate as iso:
@@ -373,12 +395,21 @@ class StreamWorker:
                     todo.extendleft((part, sibling))
                 elif iso.verdict == _DEAD:
                     reason = f"poison: {type(iso.exc).__name__}: {iso.exc}"
-                    log.error("stream %s: the row of batch %s goes to the dead letters, the sink cannot write it: %s",
-                              self.name, batch.batch_id, reason)
+                    log.error(
+                        "stream %s: the row of batch %s goes to the dead letters, the sink cannot write it: %s",
+                        self.name,
+                        batch.batch_id,
+                        reason,
+                    )
                     dead.append(dead_row(self.name, reason, batch.columns, batch.rows[0]))
                 else:
-                    log.warning("stream %s: batch %s (%d rows) keeps failing, splitting it in halves to isolate "
-                                "the rows: %s", self.name, batch.batch_id, len(batch.rows), iso.exc)
+                    log.warning(
+                        "stream %s: batch %s (%d rows) keeps failing, splitting it in halves to isolate the rows: %s",
+                        self.name,
+                        batch.batch_id,
+                        len(batch.rows),
+                        iso.exc,
+                    )
                     todo.extendleft(reversed(await self._split(part, root)))
                 continue
             part.written = True
@@ -435,8 +466,12 @@ class StreamWorker:
         while True:
             # The first attempt always runs: finishing a batch is quicker than
             # giving it back and writing it again later.
-            if (f.stopping.is_set() and not state.has_sink_state() and part.inherited + part.failures > 0
-                    and not part.begun):
+            if (
+                f.stopping.is_set()
+                and not state.has_sink_state()
+                and part.inherited + part.failures > 0
+                and not part.begun
+            ):
                 raise _GiveBack()
             t0 = time.perf_counter()
             try:
@@ -444,19 +479,27 @@ class StreamWorker:
             except PayloadTooLarge:
                 self.controller.observe_write(len(batch.rows), time.perf_counter() - t0, Outcome.TOO_LARGE, True)
                 raise
-            except Exception as exc:  # noqa: BLE001 - any sink failure keeps the batch claimed
+            except Exception as exc:
                 elapsed = time.perf_counter() - t0
                 if isinstance(exc, Pacing) and exc.retry_after_s is not None:
                     # A quota's schedule (load jobs: one per table per interval), not a
                     # failure: wait exactly as long as the sink says, leave the batch size
                     # and the retry count alone, and do not alert (no sink_retries_total).
-                    log.debug("stream %s: batch %s waits %.1fs for the sink's next slot: %s",
-                              self.name, batch.batch_id, exc.retry_after_s, exc)
+                    log.debug(
+                        "stream %s: batch %s waits %.1fs for the sink's next slot: %s",
+                        self.name,
+                        batch.batch_id,
+                        exc.retry_after_s,
+                        exc,
+                    )
                     await self._pause(exc.retry_after_s, give_back=not state.has_sink_state() and not part.begun)
                     continue
                 hist.observe(elapsed)
-                err = exc if isinstance(exc, SinkError) else PermanentError(
-                    f"{type(exc).__name__}: {exc}", Reason.ROW if row_specific(exc) else Reason.BUG)
+                err = (
+                    exc
+                    if isinstance(exc, SinkError)
+                    else PermanentError(f"{type(exc).__name__}: {exc}", Reason.ROW if row_specific(exc) else Reason.BUG)
+                )
                 self.controller.observe_write(len(batch.rows), elapsed, Outcome.of(err.reason), True)
                 f.metrics.sink_retries.labels(self.name, err.reason).inc()
                 f.metrics.batch_target_rows.labels(self.name).set(self.controller.target_rows)
@@ -466,13 +509,29 @@ class StreamWorker:
                 verdict = self._verdict(part, exc, todo[0] if todo else None)
                 if verdict != _RETRY:
                     raise _Isolate(verdict, exc) from None
-                delay = err.retry_after_s if err.retry_after_s is not None else backoff_s(
-                    part.inherited + part.failures - 1, f.cfg.flusher.retry_base_s, f.cfg.flusher.retry_max_s, self.rng)
+                delay = (
+                    err.retry_after_s
+                    if err.retry_after_s is not None
+                    else backoff_s(
+                        part.inherited + part.failures - 1,
+                        f.cfg.flusher.retry_base_s,
+                        f.cfg.flusher.retry_max_s,
+                        self.rng,
+                    )
+                )
                 level = logging.WARNING if err.retryable else logging.ERROR
-                log.log(level, "stream %s: write of batch %s (%d rows) failed%s, attempt %d, retrying in %.2fs: %s",
-                        self.name, batch.batch_id, len(batch.rows), "" if err.retryable else " (not retryable: "
-                        "fix the cause; the batch stays claimed)", part.failures, delay, err,
-                        exc_info=not isinstance(exc, SinkError))
+                log.log(
+                    level,
+                    "stream %s: write of batch %s (%d rows) failed%s, attempt %d, retrying in %.2fs: %s",
+                    self.name,
+                    batch.batch_id,
+                    len(batch.rows),
+                    "" if err.retryable else " (not retryable: fix the cause; the batch stays claimed)",
+                    part.failures,
+                    delay,
+                    err,
+                    exc_info=not isinstance(exc, SinkError),
+                )
                 await self._pause(delay, give_back=not state.has_sink_state() and not part.begun)
                 continue
             elapsed = time.perf_counter() - t0
@@ -500,12 +559,23 @@ class StreamWorker:
         attempt = part.inherited + part.failures
         delay = backoff_s(attempt, self.f.cfg.flusher.retry_base_s, self.f.cfg.flusher.retry_max_s, self.rng)
         tag = f"r{attempt}"
-        log.warning("stream %s: %d rows of batch %s refused as transient (%s), re-sent in %.2fs",
-                    self.name, len(rows), batch.batch_id, reason, delay)
+        log.warning(
+            "stream %s: %d rows of batch %s refused as transient (%s), re-sent in %.2fs",
+            self.name,
+            len(rows),
+            batch.batch_id,
+            reason,
+            delay,
+        )
         return _Part(_sub(batch, rows, tag), part.state.child(tag), attempt + 1, wait_s=delay, begun=True)
 
 
 def _sub(batch: Batch, rows: Sequence[Sequence[Any]], part: str) -> Batch:
     ratio = len(rows) / max(1, len(batch.rows))
-    return Batch(stream=batch.stream, batch_id=f"{batch.batch_id}.{part}", columns=batch.columns, rows=rows,
-                 nbytes=int(batch.nbytes * ratio))
+    return Batch(
+        stream=batch.stream,
+        batch_id=f"{batch.batch_id}.{part}",
+        columns=batch.columns,
+        rows=rows,
+        nbytes=int(batch.nbytes * ratio),
+    )

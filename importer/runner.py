@@ -21,7 +21,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
 from typing import Any
 
@@ -84,14 +84,16 @@ def run_import(
     stop: threading.Event | None = None,
     metrics: ImportMetrics | None = None,
     env: Mapping[str, str] | None = None,
+    target_opener: Callable[[Config], Target] = open_target,
 ) -> RunResult:
-    """One run of ``imp``; raises :class:`OceanusError` (counted as a failure in ``metrics``)."""
+    """One run of ``imp``; raises :class:`OceanusError` (counted as a failure in ``metrics``).
+    ``target_opener``: the warehouse connection (the flusher's database when it hosts the imports)."""
     env = os.environ if env is None else env
     stop = stop or threading.Event()
     try:
         source = open_source(source_url(imp, env), f"imports.{imp.name}.source_url_env")
         try:
-            target = open_target(cfg)
+            target = target_opener(cfg)
             try:
                 result = _run(imp, source, target, stop, metrics)
             finally:
@@ -116,7 +118,7 @@ def _check_columns(imp: ImportConfig, columns: Sequence[Column]) -> None:
         if col.name == imp.cursor_column and col.nullable and imp.mode == "incremental":
             raise SourceError(
                 f"{where}.cursor_column: column `{col.name}` may be NULL, and a row with a NULL cursor would "
-                "never be imported; declare it NOT NULL (or use mode = \"full\")"
+                'never be imported; declare it NOT NULL (or use mode = "full")'
             )
 
 
@@ -198,8 +200,16 @@ def _run(
     if metrics is not None and complete:
         metrics.last_success.labels(imp.name).set(time.time())
         metrics.watermark_lag.labels(imp.name).set(max(0.0, time.time() - current_to))
-    return RunResult(name=imp.name, rows=rows, tombstones=tombstones, seconds=seconds, watermark=watermark,
-                     order=order, complete=complete, current_to=current_to)
+    return RunResult(
+        name=imp.name,
+        rows=rows,
+        tombstones=tombstones,
+        seconds=seconds,
+        watermark=watermark,
+        order=order,
+        complete=complete,
+        current_to=current_to,
+    )
 
 
 def _key_diff_due(imp: ImportConfig, state: ImportState) -> bool:
@@ -269,7 +279,19 @@ def serve_command(cfg: Config, name: str | None, metrics_host: str, metrics_port
         from prometheus_client import start_http_server
 
         start_http_server(metrics_port, addr=metrics_host, registry=metrics.registry)
-    imports = _selected(cfg, name)
+    serve_loop(cfg, _selected(cfg, name), stop, metrics)
+    log.info("stopped")
+    return 0
+
+
+def serve_loop(
+    cfg: Config,
+    imports: Sequence[ImportConfig],
+    stop: threading.Event,
+    metrics: ImportMetrics,
+    target_opener: Callable[[Config], Target] = open_target,
+) -> None:
+    """Each import every ``every_s`` until ``stop`` is set (a run in progress commits its batch first)."""
     for imp in imports:
         # Every series exists from the start: an alert on `increase(...)` needs the zero.
         metrics.rows.labels(imp.name)
@@ -281,7 +303,7 @@ def serve_command(cfg: Config, name: str | None, metrics_host: str, metrics_port
             if stop.is_set() or time.monotonic() < due[imp.name]:
                 continue
             try:
-                result = run_import(cfg, imp, stop=stop, metrics=metrics)
+                result = run_import(cfg, imp, stop=stop, metrics=metrics, target_opener=target_opener)
                 log.info("%s", result.summary())
                 if result.complete:
                     current_to[imp.name] = result.current_to
@@ -296,8 +318,6 @@ def serve_command(cfg: Config, name: str | None, metrics_host: str, metrics_port
             metrics.watermark_lag.labels(imp_name).set(max(0.0, time.time() - since))
         wait = min([GAUGE_REFRESH_S, *(max(0.0, d - time.monotonic()) for d in due.values())])
         stop.wait(wait)
-    log.info("stopped")
-    return 0
 
 
 def setup_logging() -> None:

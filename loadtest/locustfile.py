@@ -79,15 +79,28 @@ class _Base(FastHttpUser):
 
     def pixel(self) -> None:
         query = urlencode(pageview(self.sid))
-        with self.client.get(f"/b/pageview?{query}", name="/b/pageview", headers={"User-Agent": self.ua},
-                             catch_response=True) as resp:
+        with self.client.get(
+            f"/b/pageview?{query}", name="/b/pageview", headers={"User-Agent": self.ua}, catch_response=True
+        ) as resp:
             self._ok(resp)
 
     def form(self) -> None:
-        body = urlencode({"sid": self.sid, "name": "山田 太郎", "cname": "Example K.K.",
-                          "email": f"user{random.randint(1, 10**6)}@example.com", "tel": "03-1234-5678"})
-        with self.client.post("/e/form", data=body, name="/e/form", catch_response=True,
-                              headers={"Content-Type": "application/x-www-form-urlencoded"}) as resp:
+        body = urlencode(
+            {
+                "sid": self.sid,
+                "name": "山田 太郎",
+                "cname": "Example K.K.",
+                "email": f"user{random.randint(1, 10**6)}@example.com",
+                "tel": "03-1234-5678",
+            }
+        )
+        with self.client.post(
+            "/e/form",
+            data=body,
+            name="/e/form",
+            catch_response=True,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        ) as resp:
             self._ok(resp)
 
     def batch(self) -> None:
@@ -100,8 +113,7 @@ class _Base(FastHttpUser):
     def invalid(self) -> None:
         bad = pageview(self.sid)
         bad["sid"] = "NOT-HEX!"
-        with self.client.get(f"/b/pageview?{urlencode(bad)}", name="/b/pageview[invalid]",
-                             catch_response=True) as resp:
+        with self.client.get(f"/b/pageview?{urlencode(bad)}", name="/b/pageview[invalid]", catch_response=True) as resp:
             if resp.status_code == 400 and resp.headers.get("X-Oceanus-Error"):
                 resp.success()
             else:

@@ -61,16 +61,32 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if host is None:
             port = _free_port()
-            dev = subprocess.Popen([str(bindir / "oceanus"), "dev", "--data-dir", data_dir, "--port", str(port)],
-                                   stdout=subprocess.DEVNULL)
+            dev = subprocess.Popen(
+                [str(bindir / "oceanus"), "dev", "--data-dir", data_dir, "--port", str(port)], stdout=subprocess.DEVNULL
+            )
             host = f"http://127.0.0.1:{port}"
             _ready(f"{host}/readyz", 60, dev)
         cmd = [
-            str(bindir / "locust"), "-f", str(HERE / "locustfile.py"), "--headless", "-H", host,
-            "-u", str(args.users), "-r", str(args.spawn_rate), "-t", args.run_time, "--stop-timeout", "5",
-            "--csv", str(reports / f"{stamp}-{args.user_class}"),
-            "--html", str(reports / f"{stamp}-{args.user_class}.html"),
-            "--only-summary", args.user_class,
+            str(bindir / "locust"),
+            "-f",
+            str(HERE / "locustfile.py"),
+            "--headless",
+            "-H",
+            host,
+            "-u",
+            str(args.users),
+            "-r",
+            str(args.spawn_rate),
+            "-t",
+            args.run_time,
+            "--stop-timeout",
+            "5",
+            "--csv",
+            str(reports / f"{stamp}-{args.user_class}"),
+            "--html",
+            str(reports / f"{stamp}-{args.user_class}.html"),
+            "--only-summary",
+            args.user_class,
         ]
         code = subprocess.call(cmd, env={**os.environ, "PYTHONWARNINGS": "ignore"})
         print(f"report: {reports / f'{stamp}-{args.user_class}.html'}")

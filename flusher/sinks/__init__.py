@@ -17,6 +17,8 @@ from oceanus.errors import ConfigError
 SINKS: dict[str, str] = {
     "duckdb": "flusher.sinks.duckdb:DuckDBSink",
     "bigquery": "flusher.sinks.bigquery:BigQuerySink",
+    "postgres": "flusher.sinks.postgres:PostgresSink",
+    "mysql": "flusher.sinks.mysql:MySQLSink",
 }
 
 

@@ -17,8 +17,19 @@ import msgspec
 from oceanus.config import StreamConfig
 from oceanus.errors import QueryError, QueryTimeout, Reason
 
-__all__ = ["Batch", "Preparable", "QueryError", "QueryResult", "QueryTimeout", "Queryable", "RowError", "RowRetry",
-           "Sink", "WriteResult", "WriteState"]
+__all__ = [
+    "Batch",
+    "Preparable",
+    "QueryError",
+    "QueryResult",
+    "QueryTimeout",
+    "Queryable",
+    "RowError",
+    "RowRetry",
+    "Sink",
+    "WriteResult",
+    "WriteState",
+]
 
 
 class Batch(msgspec.Struct, frozen=True, kw_only=True):

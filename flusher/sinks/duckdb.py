@@ -57,6 +57,7 @@ which keeps the flusher's memory flat however large the tables grow.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -160,16 +161,19 @@ class DuckDBSink:
         self.reopens = 0
         self._tables: dict[str, list[str]] = {}
 
+    def _config(self) -> dict[str, str | bool | int]:
+        settings: dict[str, str | bool | int] = {}
+        if self._settings.threads:
+            settings["threads"] = int(self._settings.threads)
+        if self._settings.memory_limit:
+            settings["memory_limit"] = self._settings.memory_limit
+        # At connect time: with the configuration locked, no later SET is possible.
+        return {**settings, **LOCKED_DOWN}
+
     def _open(self) -> tuple[duckdb.DuckDBPyConnection, duckdb.DuckDBPyConnection]:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            settings: dict[str, str | bool | int] = {}
-            if self._settings.threads:
-                settings["threads"] = int(self._settings.threads)
-            if self._settings.memory_limit:
-                settings["memory_limit"] = self._settings.memory_limit
-            # At connect time: with the configuration locked, no later SET is possible.
-            con = duckdb.connect(str(self.path), config={**settings, **LOCKED_DOWN})
+            con = duckdb.connect(str(self.path), config=self._config())
             return con, con.cursor()
         except (OSError, duckdb.Error) as exc:
             text = " ".join(str(exc).split())
@@ -276,10 +280,9 @@ class DuckDBSink:
             self._rows_since_open += len(batch.rows)
             limit = self._settings.reopen_rows
             if limit and self._rows_since_open >= limit:
-                try:
+                # This batch is written; the next write retries the reopen first.
+                with contextlib.suppress(SinkError):
                     self._reopen()
-                except SinkError:
-                    pass  # this batch is written; the next write retries the reopen first
             return result
 
     def _plan_and_apply(self, stream: StreamConfig) -> None:
@@ -332,10 +335,7 @@ class DuckDBSink:
             if ftype is None:
                 continue
             try:
-                if name == "event_id":
-                    arr = _event_id_array(values)
-                else:
-                    arr = pa.array(values, _ARROW[ftype])
+                arr = _event_id_array(values) if name == "event_id" else pa.array(values, _ARROW[ftype])
             except _ARROW_ERRORS:
                 bad = _bad_values(name, ftype, values)
                 if not bad:
@@ -390,6 +390,21 @@ class DuckDBSink:
                     bad[i] = f"{c}: not valid JSON (nested too deeply to check)"
                     break
         return bad
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """A connection of its own to this sink's database, for work the flusher process hosts
+        (``[imports]``: DuckDB lets no other process open the file while the flusher holds it).
+
+        Same path and settings, so DuckDB hands back the database this process already has
+        open rather than refusing a second one. It never shares the writer's or the reader's
+        connection (their locks stay theirs), and closing it is the caller's. While it is
+        open a :meth:`_reopen` keeps the database itself open: the memory it would free is
+        freed at the first reopen after the caller closed it.
+        """
+        try:
+            return duckdb.connect(str(self.path), config=self._config())
+        except duckdb.Error as exc:
+            raise TransientError(f"duckdb: cannot connect to {self.path}: {_one_line(exc)}", Reason.IO) from None
 
     # ------------------------------------------------------------------ reads
 
@@ -455,7 +470,7 @@ class DuckDBSink:
 class _Prepared:
     """A batch's Arrow table, built by :meth:`DuckDBSink.prepare`."""
 
-    __slots__ = ("table", "rows")
+    __slots__ = ("rows", "table")
 
     def __init__(self, table: pa.Table, rows: int) -> None:
         self.table = table
@@ -502,12 +517,16 @@ def _received_range(column: pa.ChunkedArray) -> tuple[str, list[int]]:
 def _bad_values(name: str, ftype: FieldType, values: Sequence[Any]) -> list[tuple[int, str]]:
     check: Callable[[Any], bool]
     if name == "event_id":
+
         def check(v: Any) -> bool:
             return _event_id_hex(v) is not None
+
         want = "16 bytes"
     else:
+
         def check(v: Any) -> bool:
             return _value_ok(ftype, v)
+
         want = ftype
     return [(i, f"{name}: expected {want}, got {type(v).__name__}") for i, v in enumerate(values) if not check(v)]
 

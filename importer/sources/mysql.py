@@ -9,6 +9,7 @@ server waits on us while the warehouse commits a batch.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 from collections.abc import Iterator, Sequence
@@ -137,8 +138,15 @@ class MySQLSource:
                 raise SourceError(f"column `{col}` is not a column of {table} (or the table does not exist)")
             _, data_type, column_type, precision, scale, nullable = row
             out.append(
-                _column(col, str(data_type).lower(), str(column_type).lower(), precision, scale,
-                        nullable == "YES", col in json_checked)
+                _column(
+                    col,
+                    str(data_type).lower(),
+                    str(column_type).lower(),
+                    precision,
+                    scale,
+                    nullable == "YES",
+                    col in json_checked,
+                )
             )
         return out
 
@@ -181,31 +189,40 @@ class MySQLSource:
         except pymysql.Error as exc:
             raise _wrap(exc, f"{table}: reading failed") from None
         finally:
-            try:
-                cur.close()  # an unbuffered cursor closed early reads the rest off the wire
-            except pymysql.Error:
-                pass
+            # An unbuffered cursor closed early reads the rest off the wire.
+            with contextlib.suppress(pymysql.Error):
+                cur.close()
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(pymysql.Error):
             self.conn.close()
-        except pymysql.Error:
-            pass
 
 
 def _column(
     name: str, data_type: str, column_type: str, precision: Any, scale: Any, nullable: bool, json_checked: bool
 ) -> Column:
     if data_type == "decimal":
-        return decimal_column(name, int(precision) if precision is not None else None,
-                              int(scale) if scale is not None else 0, column_type, nullable=nullable)
+        return decimal_column(
+            name,
+            int(precision) if precision is not None else None,
+            int(scale) if scale is not None else 0,
+            column_type,
+            nullable=nullable,
+        )
     if column_type.startswith("tinyint(1)"):
         # MySQL's BOOLEAN is TINYINT(1).
         return Column(name=name, kind="bool", source_type="boolean", nullable=nullable, convert=bool)
     if data_type == "bigint" and "unsigned" in column_type:
         # Up to 2**64 - 1: past BIGINT, so an exact DECIMAL(20,0).
-        return Column(name=name, kind="decimal", precision=20, scale=0, source_type=column_type,
-                      nullable=nullable, convert=Decimal)
+        return Column(
+            name=name,
+            kind="decimal",
+            precision=20,
+            scale=0,
+            source_type=column_type,
+            nullable=nullable,
+            convert=Decimal,
+        )
     if data_type == "timestamp":
         return Column(name=name, kind="timestamptz", source_type="timestamp", nullable=nullable, convert=_utc)
     if data_type == "longtext" and json_checked:

@@ -7,6 +7,7 @@ the whole table, so a row appears at most once per run even while it changes.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -58,8 +59,12 @@ class PostgresSource:
             raise SourceError("the PostgreSQL source URL is not valid (not shown: it holds a password)") from None
         password = str(params.get("password") or "") or None
         try:
-            self.conn = psycopg.connect(url, autocommit=False, application_name="oceanus-import",
-                                        connect_timeout=int(params.get("connect_timeout") or CONNECT_TIMEOUT_S))
+            self.conn = psycopg.connect(
+                url,
+                autocommit=False,
+                application_name="oceanus-import",
+                connect_timeout=int(params.get("connect_timeout") or CONNECT_TIMEOUT_S),
+            )
         except psycopg.Error as exc:
             raise _wrap(exc, "cannot connect to the PostgreSQL source", password) from None
         # JSON arrives as the text the server sends, not parsed into dicts: the
@@ -140,10 +145,8 @@ class PostgresSource:
             raise _wrap(exc, f"{table}: reading failed") from None
 
     def _rollback_quietly(self) -> None:
-        try:
+        with contextlib.suppress(psycopg.Error):
             self.conn.rollback()
-        except psycopg.Error:
-            pass
 
     def close(self) -> None:
         self._rollback_quietly()

@@ -54,7 +54,11 @@ class Target(Protocol):
     def save_state(self, imp: ImportConfig, state: ImportState) -> None: ...
 
     def tombstone_missing(
-        self, imp: ImportConfig, key_column: Column, keys: Iterator[list[Any]], imported_at: dt.datetime,
+        self,
+        imp: ImportConfig,
+        key_column: Column,
+        keys: Iterator[list[Any]],
+        imported_at: dt.datetime,
         state: ImportState,
     ) -> int:
         """Append a tombstone for every key in the ``_latest`` view that ``keys`` (the source's

@@ -125,7 +125,8 @@ class BigQueryTarget:
         self.timeout_s = self.settings.timeout_s
         self.retry: Any = (
             bigquery.DEFAULT_RETRY.with_deadline(self.settings.retry_deadline_s)
-            if self.settings.retry_deadline_s > 0 else None
+            if self.settings.retry_deadline_s > 0
+            else None
         )
         self._run_stamp = ""
 
@@ -137,7 +138,7 @@ class BigQueryTarget:
             return fn(*args, **kw)
         except (SinkError, SourceError):
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every client failure is classified, none passes unnamed
             from flusher.sinks.bigquery.errors import classify
 
             raise classify(exc, what) from None
@@ -150,8 +151,9 @@ class BigQueryTarget:
         )
 
         def run() -> list[Any]:
-            job = self.client.query(sql, job_config=job_config, retry=self.retry, timeout=self.timeout_s,
-                                    location=self.settings.location)
+            job = self.client.query(
+                sql, job_config=job_config, retry=self.retry, timeout=self.timeout_s, location=self.settings.location
+            )
             return list(job.result(timeout=self.timeout_s, retry=self.retry))
 
         result: list[Any] = self._call("query", run)
@@ -169,20 +171,28 @@ class BigQueryTarget:
                 dataset.location = self.settings.location
                 self.client.create_dataset(dataset, exists_ok=True, retry=self.retry, timeout=self.timeout_s)
             state_schema = [
-                bigquery.SchemaField("name", "STRING"), bigquery.SchemaField("watermark", "STRING"),
-                bigquery.SchemaField("full_loaded_at", "TIMESTAMP"), bigquery.SchemaField("key_diff_at", "TIMESTAMP"),
-                bigquery.SchemaField("last_run_at", "TIMESTAMP"), bigquery.SchemaField("updated_at", "TIMESTAMP"),
+                bigquery.SchemaField("name", "STRING"),
+                bigquery.SchemaField("watermark", "STRING"),
+                bigquery.SchemaField("full_loaded_at", "TIMESTAMP"),
+                bigquery.SchemaField("key_diff_at", "TIMESTAMP"),
+                bigquery.SchemaField("last_run_at", "TIMESTAMP"),
+                bigquery.SchemaField("updated_at", "TIMESTAMP"),
             ]
-            self.client.create_table(bigquery.Table(self.state_id, schema=state_schema), exists_ok=True,
-                                     retry=self.retry, timeout=self.timeout_s)
+            self.client.create_table(
+                bigquery.Table(self.state_id, schema=state_schema),
+                exists_ok=True,
+                retry=self.retry,
+                timeout=self.timeout_s,
+            )
             wanted = [_field(col.name, *bigquery_type(col)) for col in columns]
             wanted += [bigquery.SchemaField(IMPORTED_AT, "TIMESTAMP"), bigquery.SchemaField(DELETED, "BOOL")]
             table_id = self._table_id(imp.name)
             try:
                 table = self.client.get_table(table_id, retry=self.retry, timeout=self.timeout_s)
             except gexc.NotFound:
-                self.client.create_table(bigquery.Table(table_id, schema=wanted), exists_ok=True,
-                                         retry=self.retry, timeout=self.timeout_s)
+                self.client.create_table(
+                    bigquery.Table(table_id, schema=wanted), exists_ok=True, retry=self.retry, timeout=self.timeout_s
+                )
             else:
                 have = {f.name: f.field_type for f in table.schema}
                 added = [f for f in wanted if f.name not in have]
@@ -222,9 +232,13 @@ class BigQueryTarget:
         self._query(
             f"INSERT INTO `{self.state_id}` (name, watermark, full_loaded_at, key_diff_at, last_run_at, updated_at) "
             "VALUES (@name, @watermark, @full_loaded_at, @key_diff_at, @last_run_at, CURRENT_TIMESTAMP())",
-            [("name", "STRING", state.name), ("watermark", "STRING", state.watermark),
-             ("full_loaded_at", "TIMESTAMP", state.full_loaded_at), ("key_diff_at", "TIMESTAMP", state.key_diff_at),
-             ("last_run_at", "TIMESTAMP", state.last_run_at)],
+            [
+                ("name", "STRING", state.name),
+                ("watermark", "STRING", state.watermark),
+                ("full_loaded_at", "TIMESTAMP", state.full_loaded_at),
+                ("key_diff_at", "TIMESTAMP", state.key_diff_at),
+                ("last_run_at", "TIMESTAMP", state.last_run_at),
+            ],
         )
 
     def _load(self, table_id: str, data: bytes, job_id: str, truncate: bool = False) -> None:
@@ -232,8 +246,9 @@ class BigQueryTarget:
 
         job_config = bigquery.LoadJobConfig(
             source_format=bigquery.SourceFormat.NEWLINE_DELIMITED_JSON,
-            write_disposition=(bigquery.WriteDisposition.WRITE_TRUNCATE if truncate
-                               else bigquery.WriteDisposition.WRITE_APPEND),
+            write_disposition=(
+                bigquery.WriteDisposition.WRITE_TRUNCATE if truncate else bigquery.WriteDisposition.WRITE_APPEND
+            ),
             create_disposition=bigquery.CreateDisposition.CREATE_NEVER,
         )
 
@@ -242,9 +257,14 @@ class BigQueryTarget:
 
             job: Any
             try:
-                job = self.client.load_table_from_file(io.BytesIO(data), table_id, job_id=job_id,
-                                                       job_config=job_config, location=self.settings.location,
-                                                       timeout=self.timeout_s)
+                job = self.client.load_table_from_file(
+                    io.BytesIO(data),
+                    table_id,
+                    job_id=job_id,
+                    job_config=job_config,
+                    location=self.settings.location,
+                    timeout=self.timeout_s,
+                )
             except gexc.Conflict:
                 # The same job id ran already (a retried call): wait for that job instead.
                 job = self.client.get_job(job_id, location=self.settings.location, retry=self.retry)
@@ -259,21 +279,31 @@ class BigQueryTarget:
         self.save_state(imp, state)
 
     def tombstone_missing(
-        self, imp: ImportConfig, key_column: Column, keys: Iterator[list[Any]], imported_at: dt.datetime,
+        self,
+        imp: ImportConfig,
+        key_column: Column,
+        keys: Iterator[list[Any]],
+        imported_at: dt.datetime,
         state: ImportState,
     ) -> int:
         from google.cloud import bigquery
 
         scratch_id = self._table_id(f"_oceanus_keys_{imp.name}")
-        self._call("create the key table", self.client.create_table,
-                   bigquery.Table(scratch_id, schema=[_field("k", *bigquery_type(key_column))]),
-                   exists_ok=True, retry=self.retry, timeout=self.timeout_s)
+        self._call(
+            "create the key table",
+            self.client.create_table,
+            bigquery.Table(scratch_id, schema=[_field("k", *bigquery_type(key_column))]),
+            exists_ok=True,
+            retry=self.retry,
+            timeout=self.timeout_s,
+        )
         conv = key_column.convert
         enc = msgspec.json.Encoder()
         first = True
         for n, batch in enumerate(keys):
-            data = b"".join(enc.encode({"k": _json_value(v if conv is None or v is None else conv(v))}) + b"\n"
-                            for v in batch)
+            data = b"".join(
+                enc.encode({"k": _json_value(v if conv is None or v is None else conv(v))}) + b"\n" for v in batch
+            )
             self._load(scratch_id, data, f"oceanus_keys_{imp.name}_{self._run_stamp}_{n}", truncate=first)
             first = False
         if first:  # an empty source: every key goes

@@ -6,8 +6,10 @@ point leaves a watermark that matches the rows exactly and the next run goes on
 from there with no duplicate and no gap.
 
 DuckDB lets one process open a file for writing: while the flusher holds
-``sink.duckdb.path``, ``oceanus import`` cannot open it and says so. Run imports
-while the flusher is stopped, or use BigQuery (docs/ARCHITECTURE.md, importer).
+``sink.duckdb.path``, ``oceanus import`` cannot open it and says so. The flusher
+runs the ``[imports]`` itself then, on a connection of its own to the database it
+holds (:mod:`importer.hosted`); each batch is still one transaction with its
+watermark (docs/ARCHITECTURE.md, importer).
 """
 
 from __future__ import annotations
@@ -87,7 +89,20 @@ def _aware(value: dt.datetime | None) -> dt.datetime | None:
 class DuckDBTarget:
     name = "duckdb"
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, con: duckdb.DuckDBPyConnection | None = None) -> None:
+        """``con``: a connection the caller opened (the flusher's, when it hosts the imports);
+        this target closes it. Otherwise the file is opened here."""
+        if con is not None:
+            self.con = con
+        else:
+            self.con = self._open(cfg)
+        self.con.execute(
+            f"CREATE TABLE IF NOT EXISTS {STATE_TABLE} (name VARCHAR PRIMARY KEY, watermark VARCHAR, "
+            "full_loaded_at TIMESTAMP, key_diff_at TIMESTAMP, last_run_at TIMESTAMP, updated_at TIMESTAMP)"
+        )
+
+    @staticmethod
+    def _open(cfg: Config) -> duckdb.DuckDBPyConnection:
         db = cfg.sink.duckdb
         path = Path(db.path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,17 +112,15 @@ class DuckDBTarget:
         if db.memory_limit:
             settings["memory_limit"] = db.memory_limit
         try:
-            self.con = duckdb.connect(str(path), config=settings)
+            return duckdb.connect(str(path), config=settings)
         except duckdb.IOException as exc:
             raise SinkError(
                 f"sink.duckdb.path: cannot open {path} ({str(exc).splitlines()[0]}); DuckDB allows one "
-                "writing process per file: stop the flusher (or the other import) while importing",
-                retryable=True, reason="locked",
+                "writing process per file, and a running flusher runs the [imports] itself (every every_s): "
+                "leave them to it, or stop it to import by hand",
+                retryable=True,
+                reason="locked",
             ) from None
-        self.con.execute(
-            f"CREATE TABLE IF NOT EXISTS {STATE_TABLE} (name VARCHAR PRIMARY KEY, watermark VARCHAR, "
-            "full_loaded_at TIMESTAMP, key_diff_at TIMESTAMP, last_run_at TIMESTAMP, updated_at TIMESTAMP)"
-        )
 
     def prepare(self, imp: ImportConfig, columns: Sequence[Column]) -> None:
         wanted = [(c.name, duckdb_type(c)) for c in columns] + [(IMPORTED_AT, "TIMESTAMP"), (DELETED, "BOOLEAN")]
@@ -144,15 +157,24 @@ class DuckDBTarget:
         if row is None:
             return ImportState(name=imp.name)
         return ImportState(
-            name=imp.name, watermark=row[0], full_loaded_at=_aware(row[1]), key_diff_at=_aware(row[2]),
+            name=imp.name,
+            watermark=row[0],
+            full_loaded_at=_aware(row[1]),
+            key_diff_at=_aware(row[2]),
             last_run_at=_aware(row[3]),
         )
 
     def _put_state(self, state: ImportState) -> None:
         self.con.execute(
             f"INSERT OR REPLACE INTO {STATE_TABLE} VALUES (?, ?, ?, ?, ?, ?)",
-            [state.name, state.watermark, _naive_utc(state.full_loaded_at), _naive_utc(state.key_diff_at),
-             _naive_utc(state.last_run_at), dt.datetime.now(dt.UTC).replace(tzinfo=None)],
+            [
+                state.name,
+                state.watermark,
+                _naive_utc(state.full_loaded_at),
+                _naive_utc(state.key_diff_at),
+                _naive_utc(state.last_run_at),
+                dt.datetime.now(dt.UTC).replace(tzinfo=None),
+            ],
         )
 
     def write(self, imp: ImportConfig, batch: pa.Table, state: ImportState, batch_no: int) -> None:
@@ -174,7 +196,11 @@ class DuckDBTarget:
         self._put_state(state)
 
     def tombstone_missing(
-        self, imp: ImportConfig, key_column: Column, keys: Iterator[list[Any]], imported_at: dt.datetime,
+        self,
+        imp: ImportConfig,
+        key_column: Column,
+        keys: Iterator[list[Any]],
+        imported_at: dt.datetime,
         state: ImportState,
     ) -> int:
         con = self.con

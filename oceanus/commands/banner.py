@@ -55,8 +55,15 @@ def example_fields(stream: config.StreamConfig) -> dict[str, object]:
     return out
 
 
-def banner(cfg: config.Config, data_dir: Path, collector_url: str, redis_url: str, admin_url: str,
-           default_data_dir: bool, default_port: bool) -> str:
+def banner(
+    cfg: config.Config,
+    data_dir: Path,
+    collector_url: str,
+    redis_url: str,
+    admin_url: str,
+    default_data_dir: bool,
+    default_port: bool,
+) -> str:
     from urllib.parse import urlencode
 
     dd = "" if default_data_dir else f" --data-dir {shlex.quote(str(data_dir))}"
@@ -92,8 +99,9 @@ def banner(cfg: config.Config, data_dir: Path, collector_url: str, redis_url: st
         "Then:",
         f"  oceanus demo{url_opt} --events 1000    # realistic traffic, a few invalid requests",
         f"  oceanus status{dd}    # rows stored, backlog, lag per stream",
-        f"  oceanus query{dd} \"SELECT evt, count(*) AS n FROM {first.name}_dedup GROUP BY ALL\""
-        if first.name == "pageview" else f"  oceanus query{dd} \"SELECT count(*) FROM {first.name}_dedup\"",
+        f'  oceanus query{dd} "SELECT evt, count(*) AS n FROM {first.name}_dedup GROUP BY ALL"'
+        if first.name == "pageview"
+        else f'  oceanus query{dd} "SELECT count(*) FROM {first.name}_dedup"',
         "",
     ]
     return "\n".join(lines)

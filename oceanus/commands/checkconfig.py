@@ -33,8 +33,10 @@ def describe(cfg: config.Config) -> str:
         lines.append(f"channel {name} ({type(ch).__name__.removesuffix('Channel').lower()})")
     for rule in cfg.rules.values():
         extra = f", threshold {rule.threshold.count} in {rule.threshold.window_s:g} s" if rule.threshold else ""
-        lines.append(f"rule {rule.name}: stream {rule.stream}, {len(rule.conditions)} condition(s) "
-                     f"({rule.match}){extra} -> {', '.join(rule.channels)}")
+        lines.append(
+            f"rule {rule.name}: stream {rule.stream}, {len(rule.conditions)} condition(s) "
+            f"({rule.match}){extra} -> {', '.join(rule.channels)}"
+        )
     return "\n".join(lines)
 
 

@@ -89,7 +89,7 @@ def flusher_metrics(cfg: config.Config, timeout_s: float = METRICS_TIMEOUT_S) ->
 
     url = f"http://{cfg.flusher.admin_host}:{cfg.flusher.admin_port}/metrics"
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - our own admin port
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
             text = resp.read().decode()
     except (OSError, ValueError):
         return {}
@@ -160,8 +160,9 @@ def report(cfg: config.Config, loads: Mapping[str, Load]) -> str:
         if stream.mode == "storage_write":
             sw_total += monthly
         elif stream.mode == "insert_all":
-            chosen_other += gross_usd("insert_all", billed_bytes("insert_all", ld.events_per_day * DAYS_PER_MONTH,
-                                                                 ld.avg_bytes))
+            chosen_other += gross_usd(
+                "insert_all", billed_bytes("insert_all", ld.events_per_day * DAYS_PER_MONTH, ld.avg_bytes)
+            )
     total = chosen_other + storage_write_usd(sw_total)
     lines += [
         "",

@@ -133,8 +133,11 @@ def main(args: argparse.Namespace) -> int:
                     out.write(f"  ... {total - len(items)} more (--limit)\n")
             elif args.action == "replay":
                 replayed, left = replay(client, keys, stream)
-                out.write(f"{stream}: {replayed} row(s) back in the queue"
-                          + (f"; {left} undecodable frame(s) left (purge them)" if left else "") + "\n")
+                out.write(
+                    f"{stream}: {replayed} row(s) back in the queue"
+                    + (f"; {left} undecodable frame(s) left (purge them)" if left else "")
+                    + "\n"
+                )
             else:
                 out.write(f"{stream}: {purge(client, keys, stream)} dead letter(s) deleted\n")
     except redis.RedisError as exc:

@@ -59,13 +59,22 @@ PAGES = (
     ("/search?q=contract", "Search: contract"),
 )
 REFERRERS = (
-    "", "", "https://www.google.com/", "https://www.bing.com/search?q=invoice+template",
-    "https://t.co/x1y2z3", "https://docs.example.com/templates/invoice", "https://news.example.net/article/42",
+    "",
+    "",
+    "https://www.google.com/",
+    "https://www.bing.com/search?q=invoice+template",
+    "https://t.co/x1y2z3",
+    "https://docs.example.com/templates/invoice",
+    "https://news.example.net/article/42",
 )
 SCREENS = ("1920x1080", "1366x768", "390x844", "412x915", "820x1180", "2560x1440")
 OCCUPATIONS = ("engineer", "teacher", "designer", "accountant", "student", "sales", "")
-NAMES = (("Ada Lovelace", "Analytical Engines Ltd"), ("Grace Hopper", "Compilers Inc"),
-         ("Hedy Lamarr", "Spread Spectrum KK"), ("Alan Turing", "Bombe & Co"))
+NAMES = (
+    ("Ada Lovelace", "Analytical Engines Ltd"),
+    ("Grace Hopper", "Compilers Inc"),
+    ("Hedy Lamarr", "Spread Spectrum KK"),
+    ("Alan Turing", "Bombe & Co"),
+)
 SITE = "https://docs.example.com"
 
 
@@ -123,10 +132,16 @@ class Generator:
         sid, ua = self.rng.choice(self.visitors)
         path, title = self.rng.choice(PAGES)
         params = {
-            "sid": sid, "evt": self.rng.choices(("view", "click", "scroll"), (8, 1, 1))[0],
-            "url": SITE + path, "ref": self.rng.choice(REFERRERS), "tit": title,
-            "scr": self.rng.choice(SCREENS), "vie": self.rng.choice(SCREENS), "enc": "UTF-8",
-            "oid": demo_id.rsplit("-", 1)[-1][-16:], "demo_id": demo_id,
+            "sid": sid,
+            "evt": self.rng.choices(("view", "click", "scroll"), (8, 1, 1))[0],
+            "url": SITE + path,
+            "ref": self.rng.choice(REFERRERS),
+            "tit": title,
+            "scr": self.rng.choice(SCREENS),
+            "vie": self.rng.choice(SCREENS),
+            "enc": "UTF-8",
+            "oid": demo_id.rsplit("-", 1)[-1][-16:],
+            "demo_id": demo_id,
         }
         if self.rng.random() < 0.3:
             params["uid"] = f"u{self.rng.randrange(1, 500)}"
@@ -135,17 +150,27 @@ class Generator:
     def pageview(self) -> Request:
         demo_id = self.next_id()
         params, ua = self.pageview_params(demo_id)
-        return Request(stream="pageview", method="GET", path="/b/pageview?" + urlencode(params),
-                       headers={"user-agent": ua, "referer": params["url"]}, ids=[demo_id], kind="pixel")
+        return Request(
+            stream="pageview",
+            method="GET",
+            path="/b/pageview?" + urlencode(params),
+            headers={"user-agent": ua, "referer": params["url"]},
+            ids=[demo_id],
+            kind="pixel",
+        )
 
     def form(self) -> Request:
         demo_id = self.next_id()
         sid, ua = self.rng.choice(self.visitors)
         name, company = self.rng.choice(NAMES)
         event = {
-            "sid": sid, "name": f"  {name} ", "cname": company,
-            "email": name.split()[0].upper() + "@Example.com ", "tel": "+81 3-1234-5678",
-            "jsn": json.dumps({"plan": self.rng.choice(("free", "pro"))}), "demo_id": demo_id,
+            "sid": sid,
+            "name": f"  {name} ",
+            "cname": company,
+            "email": name.split()[0].upper() + "@Example.com ",
+            "tel": "+81 3-1234-5678",
+            "jsn": json.dumps({"plan": self.rng.choice(("free", "pro"))}),
+            "demo_id": demo_id,
         }
         if self.rng.random() < 0.5:
             body = urlencode(event).encode()
@@ -153,8 +178,15 @@ class Generator:
         else:
             body = json.dumps(event).encode()
             ctype, kind = "application/json", "json"
-        return Request(stream="form", method="POST", path="/e/form", body=body, ids=[demo_id], kind=kind,
-                       headers={"content-type": ctype, "user-agent": ua})
+        return Request(
+            stream="form",
+            method="POST",
+            path="/e/form",
+            body=body,
+            ids=[demo_id],
+            kind=kind,
+            headers={"content-type": ctype, "user-agent": ua},
+        )
 
     def ecview_event(self, demo_id: str) -> dict[str, object]:
         event: dict[str, object] = {
@@ -173,15 +205,22 @@ class Generator:
         ids = [self.next_id() for _ in range(n)]
         events = [self.ecview_event(i) for i in ids]
         body = json.dumps(events if n > 1 else events[0]).encode()
-        return Request(stream="ecview", method="POST", path="/e/ecview", body=body, ids=ids,
-                       kind="batch" if n > 1 else "json",
-                       headers={"content-type": "application/json", "user-agent": self.rng.choice(USER_AGENTS)})
+        return Request(
+            stream="ecview",
+            method="POST",
+            path="/e/ecview",
+            body=body,
+            ids=ids,
+            kind="batch" if n > 1 else "json",
+            headers={"content-type": "application/json", "user-agent": self.rng.choice(USER_AGENTS)},
+        )
 
     def invalid(self) -> Request:
         """One request the collector must refuse, naming the field."""
         demo_id = self.next_id()
-        kind = self.rng.choice(("missing-sid", "bad-sid", "long-ref", "bad-email", "bad-age", "bad-gender",
-                                "unknown-stream"))
+        kind = self.rng.choice(
+            ("missing-sid", "bad-sid", "long-ref", "bad-email", "bad-age", "bad-gender", "unknown-stream")
+        )
         params, ua = self.pageview_params(demo_id)
         headers = {"user-agent": ua}
         if kind == "missing-sid":
@@ -191,23 +230,53 @@ class Generator:
         elif kind == "long-ref":
             params["ref"] = SITE + "/" + "x" * 1100
         if kind in ("missing-sid", "bad-sid", "long-ref"):
-            return Request(stream="pageview", method="GET", path="/b/pageview?" + urlencode(params),
-                           headers=headers, ids=[demo_id], valid=False, kind=kind)
+            return Request(
+                stream="pageview",
+                method="GET",
+                path="/b/pageview?" + urlencode(params),
+                headers=headers,
+                ids=[demo_id],
+                valid=False,
+                kind=kind,
+            )
         if kind == "unknown-stream":
-            return Request(stream="nosuchstream", method="GET", path="/b/nosuchstream?" + urlencode(params),
-                           headers=headers, ids=[demo_id], valid=False, kind=kind)
+            return Request(
+                stream="nosuchstream",
+                method="GET",
+                path="/b/nosuchstream?" + urlencode(params),
+                headers=headers,
+                ids=[demo_id],
+                valid=False,
+                kind=kind,
+            )
         headers["content-type"] = "application/json"
         if kind == "bad-email":
             body = {"sid": params["sid"], "email": "not an address", "demo_id": demo_id}
-            return Request(stream="form", method="POST", path="/e/form", body=json.dumps(body).encode(),
-                           headers=headers, ids=[demo_id], valid=False, kind=kind)
+            return Request(
+                stream="form",
+                method="POST",
+                path="/e/form",
+                body=json.dumps(body).encode(),
+                headers=headers,
+                ids=[demo_id],
+                valid=False,
+                kind=kind,
+            )
         event = self.ecview_event(demo_id)
         if kind == "bad-age":
             event["age"] = 200
         else:
             event["gender"] = "robot"
-        return Request(stream="ecview", method="POST", path="/e/ecview", body=json.dumps(event).encode(),
-                       headers=headers, ids=[demo_id], valid=False, kind=kind)
+        return Request(
+            stream="ecview",
+            method="POST",
+            path="/e/ecview",
+            body=json.dumps(event).encode(),
+            headers=headers,
+            ids=[demo_id],
+            valid=False,
+            kind=kind,
+        )
 
     def requests(self, events: int) -> Iterator[Request]:
         sent = 0
@@ -248,8 +317,9 @@ class Client:
                 self.conn.request(method, self.base + path, body=body, headers=headers)
                 resp = self.conn.getresponse()
                 data = resp.read()
-                error = resp.getheader("x-oceanus-error") or (data.decode(errors="replace") if resp.status >= 400
-                                                              else "")
+                error = resp.getheader("x-oceanus-error") or (
+                    data.decode(errors="replace") if resp.status >= 400 else ""
+                )
                 return resp.status, error
             except (OSError, http.client.HTTPException):
                 self.close()
@@ -281,8 +351,9 @@ class Progress:
         self.last = now
         filled = BAR_WIDTH * done // max(1, self.total)
         bar = "#" * filled + "-" * (BAR_WIDTH - filled)
-        sys.stderr.write(f"\r[{bar}] {done}/{self.total} events  2xx {counts['2xx']}  4xx {counts['4xx']}"
-                         f"  errors {counts['err']} ")
+        sys.stderr.write(
+            f"\r[{bar}] {done}/{self.total} events  2xx {counts['2xx']}  4xx {counts['4xx']}  errors {counts['err']} "
+        )
         sys.stderr.flush()
 
     def finish(self) -> None:
@@ -367,7 +438,8 @@ def summary(report: Report) -> str:
         f"({rate:.0f} events/s) to {report.url}",
         f"  2xx: {sum(ok.values())} events (" + ", ".join(f"{s} {n}" for s, n in sorted(ok.items())) + ")",
         f"  4xx: {sum(bad.values())} events, invalid on purpose ("
-        + ", ".join(f"{c}: {n}" for c, n in codes_4xx.items()) + ")",
+        + ", ".join(f"{c}: {n}" for c, n in codes_4xx.items())
+        + ")",
     ]
     lines += [f"       e.g. {s}" for s in report.error_samples if s[:1] == "4"]
     lines.append(f"  5xx or connection errors: {report.errors} events")
@@ -375,14 +447,21 @@ def summary(report: Report) -> str:
     if report.unexpected:
         lines.append(f"  UNEXPECTED outcomes: {len(report.unexpected)} (is the collector using another config?)")
         lines += [f"       {u}" for u in report.unexpected[:5]]
-    lines.append("  find them: oceanus query \"SELECT count(*) FROM pageview_dedup "
-                 f"WHERE json_extract_string(extra, '$.demo_id') LIKE '{report.run_id}-%'\"")
+    lines.append(
+        '  find them: oceanus query "SELECT count(*) FROM pageview_dedup '
+        f"WHERE json_extract_string(extra, '$.demo_id') LIKE '{report.run_id}-%'\""
+    )
     return "\n".join(lines)
 
 
 def main(args: argparse.Namespace) -> int:
-    report = run(args.url, args.events, args.rate, getattr(args, "seed", None),
-                 progress=sys.stderr.isatty() and not getattr(args, "quiet", False))
+    report = run(
+        args.url,
+        args.events,
+        args.rate,
+        getattr(args, "seed", None),
+        progress=sys.stderr.isatty() and not getattr(args, "quiet", False),
+    )
     if getattr(args, "report", None):
         with open(args.report, "wb") as f:
             f.write(msgspec.json.encode(report))

@@ -96,8 +96,10 @@ def streams_with(cfg: config.Config, field: str, only: str | None) -> list[confi
         if field in FORGETTABLE_SERVER_COLUMNS or (fc is not None and fc.type in FORGETTABLE_TYPES):
             out.append(stream)
     if not out:
-        raise UsageError(f"--field {field}: not a string, int or bool field (or ip) of "
-                          + (f"stream {only}" if only else "any stream"))
+        raise UsageError(
+            f"--field {field}: not a string, int or bool field (or ip) of "
+            + (f"stream {only}" if only else "any stream")
+        )
     return out
 
 
@@ -153,8 +155,9 @@ def forget_buffered(client: redis.Redis, keys: Keys, stream: str, field: str, wa
     return report
 
 
-def _duckdb_delete(cfg: config.Config, streams: Sequence[config.StreamConfig], field: str,
-                   wanted: str) -> dict[str, int]:
+def _duckdb_delete(
+    cfg: config.Config, streams: Sequence[config.StreamConfig], field: str, wanted: str
+) -> dict[str, int]:
     import duckdb
 
     path = cfg.sink.duckdb.path
@@ -164,7 +167,8 @@ def _duckdb_delete(cfg: config.Config, streams: Sequence[config.StreamConfig], f
         if "lock" in str(exc).lower():
             raise ForgetError(
                 f"sink.duckdb.path {path}: a flusher holds the file; stop it (its events wait in Redis), "
-                "run oceanus forget, then start it again") from None
+                "run oceanus forget, then start it again"
+            ) from None
         raise ForgetError(f"sink.duckdb.path {path}: {exc}") from None
     out: dict[str, int] = {}
     try:
@@ -181,8 +185,9 @@ def _duckdb_delete(cfg: config.Config, streams: Sequence[config.StreamConfig], f
     return out
 
 
-def _bigquery_delete(cfg: config.Config, streams: Sequence[config.StreamConfig], field: str,
-                     wanted: str) -> dict[str, int]:
+def _bigquery_delete(
+    cfg: config.Config, streams: Sequence[config.StreamConfig], field: str, wanted: str
+) -> dict[str, int]:
     from google.api_core import exceptions as gexc
     from google.cloud import bigquery
 
@@ -194,7 +199,8 @@ def _bigquery_delete(cfg: config.Config, streams: Sequence[config.StreamConfig],
         for s in streams:
             table = f"{client.project}.{cfg.sink.bigquery.dataset}.{s.name}"
             job_config = bigquery.QueryJobConfig(
-                query_parameters=[bigquery.ScalarQueryParameter("v", "STRING", wanted)])
+                query_parameters=[bigquery.ScalarQueryParameter("v", "STRING", wanted)]
+            )
             sql = f"DELETE FROM `{table}` WHERE CAST(`{field}` AS STRING) = @v"
             try:
                 job = client.query(sql, job_config=job_config)
@@ -203,8 +209,10 @@ def _bigquery_delete(cfg: config.Config, streams: Sequence[config.StreamConfig],
                 out[s.name] = 0
                 continue
             except gexc.GoogleAPICallError as exc:
-                raise ForgetError(f"BigQuery {table}: {exc.message} (rows still in the streaming buffer "
-                                  "cannot be deleted for up to ~30 minutes: run again later)") from None
+                raise ForgetError(
+                    f"BigQuery {table}: {exc.message} (rows still in the streaming buffer "
+                    "cannot be deleted for up to ~30 minutes: run again later)"
+                ) from None
             out[s.name] = int(job.num_dml_affected_rows or 0)
     finally:
         client.close()  # type: ignore[no-untyped-call]
@@ -235,11 +243,15 @@ def main(args: argparse.Namespace) -> int:
     reports = forget(cfg, args.field, args.value, args.stream)
     waiting = 0
     for r in reports:
-        sys.stdout.write(f"{r.stream}: {r.warehouse} row(s) deleted from the warehouse, {r.queued} from queued "
-                         f"frames, {r.dead} dead letter(s); {r.in_flight} in batches being written\n")
+        sys.stdout.write(
+            f"{r.stream}: {r.warehouse} row(s) deleted from the warehouse, {r.queued} from queued "
+            f"frames, {r.dead} dead letter(s); {r.in_flight} in batches being written\n"
+        )
         waiting += r.in_flight
     if waiting:
-        sys.stderr.write(f"oceanus forget: {waiting} matching row(s) are in batches a flusher is writing now; "
-                         "run the same command again once they are written (oceanus status: in flight 0)\n")
+        sys.stderr.write(
+            f"oceanus forget: {waiting} matching row(s) are in batches a flusher is writing now; "
+            "run the same command again once they are written (oceanus status: in flight 0)\n"
+        )
         return 1
     return 0

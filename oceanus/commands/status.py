@@ -112,8 +112,11 @@ def redis_counts(redis_url: str, prefix: str, streams: list[str], now: float) ->
 
 def stored_rows(data_dir: Path, streams: list[str]) -> dict[str, int]:
     """Rows per stream table; streams without a table yet are absent."""
-    tables = run_sql(data_dir, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'",
-                     timeout=WAREHOUSE_TIMEOUT_S)
+    tables = run_sql(
+        data_dir,
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'",
+        timeout=WAREHOUSE_TIMEOUT_S,
+    )
     present = {row[0] for row in tables.rows}
     wanted = [s for s in streams if s in present]
     if not wanted:
@@ -201,16 +204,26 @@ def _age(value: float | None) -> str:
 
 def format_table(status: Status) -> str:
     if status.running:
-        lines = [f"oceanus dev: running (pid {status.pid}); collector {status.collector_url}, "
-                 f"redis {status.redis_url} ({'up' if status.redis_up else 'NOT ANSWERING'})"]
+        lines = [
+            f"oceanus dev: running (pid {status.pid}); collector {status.collector_url}, "
+            f"redis {status.redis_url} ({'up' if status.redis_up else 'NOT ANSWERING'})"
+        ]
     else:
-        lines = [f"oceanus dev: not running on {status.data_dir}; Redis backlog unknown until it runs "
-                 "(it is kept in the AOF and flushed on the next start)"]
+        lines = [
+            f"oceanus dev: not running on {status.data_dir}; Redis backlog unknown until it runs "
+            "(it is kept in the AOF and flushed on the next start)"
+        ]
     lines.append(f"warehouse: {status.warehouse}" + (f" ({status.warehouse_error})" if status.warehouse_error else ""))
     header = ("stream", "rows stored", "backlog rows", "in flight rows", "oldest unflushed", "dead letters")
     body = [
-        (name, _n(s.rows_stored), _n(s.backlog_rows), _n(s.inflight_rows), _age(s.oldest_unflushed_age_s),
-         _n(s.dead_letters))
+        (
+            name,
+            _n(s.rows_stored),
+            _n(s.backlog_rows),
+            _n(s.inflight_rows),
+            _age(s.oldest_unflushed_age_s),
+            _n(s.dead_letters),
+        )
         for name, s in status.streams.items()
     ]
     widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]

@@ -14,10 +14,18 @@ import pytest
 from bench import _record, summary
 
 
-def _rec(bench: str, at: str, commit: str, result: dict[str, object], args: tuple[str, ...] = ("--json",)
-         ) -> dict[str, object]:
-    return {"bench": bench, "args": list(args), "at": at, "commit": commit, "result": result,
-            "versions": {"duckdb": "1.5.5"}, "machine": {"cpus": 2, "cpu": "x", "mem_gib": 24.0, "system": "L"}}
+def _rec(
+    bench: str, at: str, commit: str, result: dict[str, object], args: tuple[str, ...] = ("--json",)
+) -> dict[str, object]:
+    return {
+        "bench": bench,
+        "args": list(args),
+        "at": at,
+        "commit": commit,
+        "result": result,
+        "versions": {"duckdb": "1.5.5"},
+        "machine": {"cpus": 2, "cpu": "x", "mem_gib": 24.0, "system": "L"},
+    }
 
 
 def test_the_median_of_the_newest_commits_runs_per_command() -> None:
@@ -54,8 +62,10 @@ def test_write_replaces_only_the_block_between_the_markers(tmp_path: Path) -> No
     records.append(_rec("memory", "2026-12-03T10:00:00", "def", {"redis_bytes_per_event": 80.0}))
     summary.write(md, summary.render(records))
     second = md.read_text()
-    assert second.count(summary.START) == 1 and second.count(summary.END) == 1
-    assert "**80** |  | 1 | def |" in second and "**78.8**" not in second
+    assert second.count(summary.START) == 1
+    assert second.count(summary.END) == 1
+    assert "**80** |  | 1 | def |" in second
+    assert "**78.8**" not in second
     assert second.endswith("## History\n\nold figures\n")
 
 
@@ -64,7 +74,8 @@ def test_a_recorded_run_carries_commit_versions_and_machine(tmp_path: Path) -> N
     rec = _record.make_record("memory", ["--json"], {"redis_bytes_per_event": 78.8}, now=now)
     assert rec["at"] == "2026-12-04T12:00:00+00:00"
     assert rec["versions"]["python"] == ".".join(map(str, sys.version_info[:3]))
-    assert "duckdb" in rec["versions"] and rec["machine"]["cpus"] >= 1
+    assert "duckdb" in rec["versions"]
+    assert rec["machine"]["cpus"] >= 1
     path = tmp_path / "results.jsonl"
     _record.append(rec, path)
     _record.append(rec, path)
@@ -83,17 +94,41 @@ def test_the_last_json_line_is_the_result() -> None:
 def test_summary_command_prints_the_table(tmp_path: Path) -> None:
     path = tmp_path / "results.jsonl"
     _record.append(_rec("spool_replay", "2026-12-02T10:00:00", "abc", {"mb_per_s": 25.9}), path)
-    out = subprocess.run([sys.executable, "-m", "bench", "summary", "--file", str(path)],
-                         capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "bench", "summary", "--file", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert "| `python -m bench spool_replay` | replay MB/s | **25.9** |" in out.stdout
 
 
 def test_record_runs_the_benchmark_and_appends_its_result(tmp_path: Path) -> None:
     path = tmp_path / "results.jsonl"
     env = {**os.environ, "OCEANUS_BENCH_RESULTS": str(path)}
-    out = subprocess.run([sys.executable, "-m", "bench", "--record", "memory", "--events", "160", "--batches", "16",
-                          "--realistic-batch", "16"], capture_output=True, text=True, timeout=120, env=env, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--record",
+            "memory",
+            "--events",
+            "160",
+            "--batches",
+            "16",
+            "--realistic-batch",
+            "16",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=True,
+    )
     [rec] = _record.load(path)
-    assert rec["bench"] == "memory" and rec["args"][-1] == "--json"
+    assert rec["bench"] == "memory"
+    assert rec["args"][-1] == "--json"
     assert rec["result"] == json.loads(out.stdout.strip().splitlines()[-1])
     assert rec["result"]["redis_bytes_per_event"] > 0

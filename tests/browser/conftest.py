@@ -64,9 +64,25 @@ class LiveCollector:
         }
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "oceanus.cli", "collector", "--config", str(REPO / "oceanus.toml"),
-                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp, start_new_session=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "oceanus.cli",
+                    "collector",
+                    "--config",
+                    str(REPO / "oceanus.toml"),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    "1",
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=tmp,
+                start_new_session=True,
             )
 
         def ready() -> bool:
@@ -131,8 +147,9 @@ def browser() -> Iterator[Any]:
     except ImportError:
         pytest.skip("playwright is not installed: pip install -e '.[test]'")
     with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium"),
-                               args=CHROMIUM_ARGS)
+        b = pw.chromium.launch(
+            executable_path=CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium"), args=CHROMIUM_ARGS
+        )
         try:
             yield b
         finally:

@@ -44,19 +44,26 @@ def sent_2016(opt: dict[str, Any], page: dict[str, str], search: dict[str, str])
     jsn = dict(opt.get("jsn") or {})
     jsn.update(search)
     args: dict[str, Any] = {
-        "oid": opt.get("oid") or 2, "evt": opt.get("evt") or "pageview",
-        "uid": opt.get("uid") or page["member_id"], "ref": (opt.get("ref") or page["referrer"])[:1024],
-        "tit": (opt.get("tit") or page["title"])[:256], "url": (opt.get("url") or page["url"])[:1024],
-        "enc": page["charset"], "scr": page["screen"], "vie": page["viewport"],
-        "jsn": json.dumps(jsn, ensure_ascii=False, separators=(",", ":")) if jsn else None, "sid": page["sid"],
+        "oid": opt.get("oid") or 2,
+        "evt": opt.get("evt") or "pageview",
+        "uid": opt.get("uid") or page["member_id"],
+        "ref": (opt.get("ref") or page["referrer"])[:1024],
+        "tit": (opt.get("tit") or page["title"])[:256],
+        "url": (opt.get("url") or page["url"])[:1024],
+        "enc": page["charset"],
+        "scr": page["screen"],
+        "vie": page["viewport"],
+        "jsn": json.dumps(jsn, ensure_ascii=False, separators=(",", ":")) if jsn else None,
+        "sid": page["sid"],
     }
     return {k: str(v) for k, v in args.items() if v}
 
 
 def stored_2016(query: dict[str, str]) -> dict[str, Any]:
     """What swallow.py put in the row for that query: adjust_user_data, then clean_json."""
-    row: dict[str, Any] = {k: query.get(k) for k in ("sid", "evt", "oid", "uid", "url", "ref", "tit", "jsn",
-                                                       "scr", "vie", "enc")}
+    row: dict[str, Any] = {
+        k: query.get(k) for k in ("sid", "evt", "oid", "uid", "url", "ref", "tit", "jsn", "scr", "vie", "enc")
+    }
     row["sid"] = row["sid"].lower()
     row["evt"] = row["evt"].lower()
     if row["enc"]:
@@ -71,9 +78,12 @@ def context(browser: Any, live: LiveCollector) -> Iterator[Any]:
     ctx = browser.new_context(viewport={"width": 1000, "height": 700})
     ctx.set_default_timeout(PAGE_TIMEOUT_MS)
     ctx.add_cookies([{"name": "oceanus_sid", "value": OLD_SID, "url": live.url}])
-    ctx.route(re.compile(r".*/search/12/.*"),
-              lambda route: route.fulfill(status=200, content_type="text/html; charset=utf-8",
-                                          body=LEGACY_PAGE % {"title": TITLE}))
+    ctx.route(
+        re.compile(r".*/search/12/.*"),
+        lambda route: route.fulfill(
+            status=200, content_type="text/html; charset=utf-8", body=LEGACY_PAGE % {"title": TITLE}
+        ),
+    )
     try:
         yield ctx
     finally:
@@ -112,15 +122,34 @@ def test_2016_snippet_sends_and_stores_what_2016_did(live: LiveCollector, contex
         page.mouse.click(x, y)
     rows = live.wait_rows("pageview", OLD_SID, 4)
 
-    assert facts["charset"] == "UTF-8" and facts["title"] == TITLE
+    assert facts["charset"] == "UTF-8"
+    assert facts["title"] == TITLE
     search = {"kwd": "請求書", "cat": "12"}
     expected = [
         ("/swallow", sent_2016({"evt": "Search", "oid": "77", "jsn": {"b": 1, "a": "é"}}, facts, search)),
-        ("/swallow", sent_2016({"evt": "banner", "uid": "u-1", "url": "https://x.jp/p", "tit": "T",
-                                "ref": "https://r.jp/"}, facts, search)),
+        (
+            "/swallow",
+            sent_2016(
+                {"evt": "banner", "uid": "u-1", "url": "https://x.jp/p", "tit": "T", "ref": "https://r.jp/"},
+                facts,
+                search,
+            ),
+        ),
         ("/swallow/skj", sent_2016({"evt": "Later"}, facts, search)),
-        ("/swallow", sent_2016({"evt": "linkclick", "url": "#next", "ref": facts["url"],
-                                "tit": "[text]Next page[alt]arrow", "jsn": {"pageX": x, "pageY": y}}, facts, search)),
+        (
+            "/swallow",
+            sent_2016(
+                {
+                    "evt": "linkclick",
+                    "url": "#next",
+                    "ref": facts["url"],
+                    "tit": "[text]Next page[alt]arrow",
+                    "jsn": {"pageX": x, "pageY": y},
+                },
+                facts,
+                search,
+            ),
+        ),
     ]
     # Requests: the same path and query, parameter for parameter (JSON compared as values).
     assert len(sent) == 4
@@ -132,16 +161,21 @@ def test_2016_snippet_sends_and_stores_what_2016_did(live: LiveCollector, contex
         assert json.loads(got["jsn"]) == json.loads(query["jsn"])
     # Rows: column for column what swallow.py stored, plus the server's own columns.
     stored = {r["evt"]: r for r in rows}
-    assert len(rows) == 4 and len(stored) == 4
+    assert len(rows) == 4
+    assert len(stored) == 4
     for _path, query in expected:
         want = stored_2016(query)
         row = stored[want["evt"]]
         assert {k: row[k] for k in want} == want
-        assert row["ua"] == facts["ua"] and row["ip"] == "127.0.0.1" and row["extra"] is None
+        assert row["ua"] == facts["ua"]
+        assert row["ip"] == "127.0.0.1"
+        assert row["extra"] is None
     click = stored["linkclick"]
-    assert click["url"] == "#next" and click["tit"] == "[text]Next page[alt]arrow"
+    assert click["url"] == "#next"
+    assert click["tit"] == "[text]Next page[alt]arrow"
     assert json.loads(click["jsn"]) == {"pageX": int(x), "pageY": int(y), "kwd": "請求書", "cat": "12"}
-    assert stored["search"]["uid"] == "m-7" and stored["banner"]["uid"] == "u-1"
+    assert stored["search"]["uid"] == "m-7"
+    assert stored["banner"]["uid"] == "u-1"
     # The returning visitor kept the 16-hex id.
     assert next(c["value"] for c in context.cookies() if c["name"] == "oceanus_sid") == OLD_SID
 
@@ -151,17 +185,25 @@ def test_autosend_sends_one_default_page_view_through_the_lean_tag(live: LiveCol
     ctx = browser.new_context()
     ctx.set_default_timeout(PAGE_TIMEOUT_MS)
     ctx.add_cookies([{"name": "oceanus_sid", "value": "abc", "url": live.url}])
-    page_html = ("<!doctype html><html><head><meta charset='utf-8'><title>plain</title>"
-                 "<script>var oceanus = oceanus || [];</script>"
-                 "<script async src='/oceanus.js'></script></head><body>x</body></html>")
-    ctx.route(re.compile(r".*/plain$"), lambda route: route.fulfill(status=200, content_type="text/html",
-                                                                   body=page_html))
+    page_html = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>plain</title>"
+        "<script>var oceanus = oceanus || [];</script>"
+        "<script async src='/oceanus.js'></script></head><body>x</body></html>"
+    )
+    ctx.route(
+        re.compile(r".*/plain$"), lambda route: route.fulfill(status=200, content_type="text/html", body=page_html)
+    )
     try:
         page = ctx.new_page()
         page.goto(live.url + "/plain")
         [row] = live.wait_rows("pageview", "abc", 1)
         assert (row["evt"], row["oid"], row["url"], row["tit"], row["jsn"]) == (
-            "pageview", "2", live.url + "/plain", "plain", None)
+            "pageview",
+            "2",
+            live.url + "/plain",
+            "plain",
+            None,
+        )
     finally:
         ctx.close()
 

@@ -27,8 +27,10 @@ def context(browser: Any) -> Iterator[Any]:
     ctx = browser.new_context(viewport={"width": 1200, "height": 800})
     ctx.set_default_timeout(PAGE_TIMEOUT_MS)
     # Outbound links go nowhere real: answered inside the browser.
-    ctx.route(re.compile(r"^https://example\.(com|org)/.*"),
-              lambda route: route.fulfill(status=200, content_type="text/html", body="<title>away</title>"))
+    ctx.route(
+        re.compile(r"^https://example\.(com|org)/.*"),
+        lambda route: route.fulfill(status=200, content_type="text/html", body="<title>away</title>"),
+    )
     try:
         yield ctx
     finally:
@@ -90,10 +92,12 @@ def test_demo_journey_rows_sid_types_and_ref_chain(live: LiveCollector, context:
     assert [(r["evt"], r["url"], r["ref"], r["tit"]) for r in rows] == expected
     for r in rows:
         assert r["sid"] == sid
-        assert r["scr"] and re.fullmatch(r"\d+x\d+", r["scr"])
+        assert r["scr"]
+        assert re.fullmatch(r"\d+x\d+", r["scr"])
         assert r["vie"] == "1200x800"
         assert r["enc"] == "UTF-8"
-        assert r["ip"] == "127.0.0.1" and "Chrome" in r["ua"]
+        assert r["ip"] == "127.0.0.1"
+        assert "Chrome" in r["ua"]
         assert r["extra"] is None  # the tag sends only the stream's own fields
     # uid comes from init, and only the first document was given it.
     assert [r["uid"] for r in rows] == ["u-42"] * 5 + [None]
@@ -106,11 +110,19 @@ def test_demo_journey_rows_sid_types_and_ref_chain(live: LiveCollector, context:
     form = forms[0]
     # Stored after the server's transforms (strip, lowercase).
     assert (form["name"], form["cname"], form["email"], form["tel"]) == (
-        "Ada Lovelace", "Analytical Engines", "ada@example.com", "+44 20 7946 0000")
-    assert json.loads(form["jsn"]) == {"form": "contact", "url": f"{u}/contact",
-                                       "fields": {"message": "Please call back"}}
+        "Ada Lovelace",
+        "Analytical Engines",
+        "ada@example.com",
+        "+44 20 7946 0000",
+    )
+    assert json.loads(form["jsn"]) == {
+        "form": "contact",
+        "url": f"{u}/contact",
+        "fields": {"message": "Please call back"},
+    }
     flat = json.dumps([str(v) for v in form.values()])
-    assert "hunter2" not in flat and "not-sent" not in flat  # passwords and hidden fields never leave
+    assert "hunter2" not in flat
+    assert "not-sent" not in flat
 
 
 def test_pixel_transport_fallback(live: LiveCollector, context: Any) -> None:
@@ -123,14 +135,19 @@ def test_pixel_transport_fallback(live: LiveCollector, context: Any) -> None:
         page.click("#custom")
     rows = live.wait_rows("pageview", sid, 2)
     assert [r["evt"] for r in rows] == ["page", "signup"]
-    assert rows[0]["url"] == f"{live.url}/demo?transport=pixel" and rows[0]["tit"] == "oceanus demo: home"
+    assert rows[0]["url"] == f"{live.url}/demo?transport=pixel"
+    assert rows[0]["tit"] == "oceanus demo: home"
     assert json.loads(rows[1]["jsn"]) == {"plan": "pro", "seats": 3}
 
 
-@pytest.mark.parametrize(("option", "signal"), [
-    ("dnt", "Object.defineProperty(Navigator.prototype, 'doNotTrack', {get: () => '1'})"),
-    ("gpc", "Object.defineProperty(Navigator.prototype, 'globalPrivacyControl', {get: () => true})"),
-], ids=["dnt", "gpc"])
+@pytest.mark.parametrize(
+    ("option", "signal"),
+    [
+        ("dnt", "Object.defineProperty(Navigator.prototype, 'doNotTrack', {get: () => '1'})"),
+        ("gpc", "Object.defineProperty(Navigator.prototype, 'globalPrivacyControl', {get: () => true})"),
+    ],
+    ids=["dnt", "gpc"],
+)
 def test_privacy_signal_honoured_by_default(live: LiveCollector, context: Any, option: str, signal: str) -> None:
     context.add_init_script(signal)
     sent: list[str] = []
@@ -157,12 +174,14 @@ def test_status_page_shows_live_counts_and_errors(live: LiveCollector, context: 
         assert http_get(f"{base}/b/pageview?sid=abc{i}&evt=status")[0] == 200
     payload = "NOT-A-HEX-SECRET"
     status, headers, _ = http_get(f"{base}/b/pageview?sid={urllib.parse.quote(payload)}&evt=x")
-    assert status == 400 and headers["x-oceanus-error"].startswith("sid: pattern")
+    assert status == 400
+    assert headers["x-oceanus-error"].startswith("sid: pattern")
 
     assert http_get(f"{base}/_/status")[0] == 401
     assert http_get(f"{base}/_/status.json", {"X-Oceanus-Token": "nope"})[0] == 401
     code, _, body = http_get(f"{base}/_/status.json", {"X-Oceanus-Token": STATUS_TOKEN})
-    assert code == 200 and payload.lower() not in body.decode().lower()
+    assert code == 200
+    assert payload.lower() not in body.decode().lower()
 
     page = context.new_page()
     page.goto(f"{base}/_/status?token={STATUS_TOKEN}")
@@ -178,9 +197,14 @@ def test_status_page_shows_live_counts_and_errors(live: LiveCollector, context: 
     assert page.locator("#redis").inner_text() == "up"
     assert cells.nth(8).inner_text() != "-"  # the oldest unflushed event has an age
     # Collectors publish errors with their next Redis round: wait for the page to show it.
-    wait_for(lambda: any("pageview" in e and "sid" in e and "pattern" in e
-                         for e in page.locator("#errors tbody tr").all_inner_texts()),
-             timeout=10, what="the sid/pattern error on the page")
+    wait_for(
+        lambda: any(
+            "pageview" in e and "sid" in e and "pattern" in e
+            for e in page.locator("#errors tbody tr").all_inner_texts()
+        ),
+        timeout=10,
+        what="the sid/pattern error on the page",
+    )
     assert payload.lower() not in page.content().lower()
 
     # The page refreshes itself: more traffic shows up without a reload.
@@ -234,7 +258,7 @@ def site(live: LiveCollector, proxy: HoldingProxy) -> Iterator[str]:
     }
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        def do_GET(self) -> None:
             html = pages["/leave" if self.path.startswith("/leave") else "/shop"]
             self.send_response(200)
             self.send_header("Content-Type", "text/html; charset=utf-8")
@@ -242,7 +266,7 @@ def site(live: LiveCollector, proxy: HoldingProxy) -> Iterator[str]:
             self.end_headers()
             self.wfile.write(html)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
@@ -257,8 +281,9 @@ def site(live: LiveCollector, proxy: HoldingProxy) -> Iterator[str]:
         thread.join(timeout=5)
 
 
-def test_tag_on_another_site_cookie_options_history_and_form_fitting(live: LiveCollector, context: Any,
-                                                                     site: str) -> None:
+def test_tag_on_another_site_cookie_options_history_and_form_fitting(
+    live: LiveCollector, context: Any, site: str
+) -> None:
     site = f"{site}/shop"
     page = context.new_page()
     with page.expect_request(lambda r: r.url == f"{live.url}/e/pageview") as first:
@@ -266,7 +291,8 @@ def test_tag_on_another_site_cookie_options_history_and_form_fitting(live: LiveC
     assert first.value.resource_type == "fetch"  # transport: 'fetch' chosen in init
     sid = _sid(page)
     cookie = next(c for c in context.cookies() if c["name"] == "oceanus_sid")
-    assert cookie["domain"] == "localhost" and cookie["sameSite"] == "Strict"
+    assert cookie["domain"] == "localhost"
+    assert cookie["sameSite"] == "Strict"
     assert cookie["expires"] == -1  # cookieDays: 0 -> a session cookie
 
     # A call queued before init waits for it; two fetches in flight may land in either order.
@@ -281,17 +307,24 @@ def test_tag_on_another_site_cookie_options_history_and_form_fitting(live: LiveC
     rows = live.wait_rows("pageview", sid, 4)
     assert len(rows) == 4
     assert [(r["url"], r["ref"], r["uid"]) for r in rows] == [
-        (f"{site}/home", None, None), (f"{site}/home", None, None),
-        (f"{site}/cart", f"{site}/home", "u-9"), (f"{site}/home", f"{site}/cart", "u-9")]
+        (f"{site}/home", None, None),
+        (f"{site}/home", None, None),
+        (f"{site}/cart", f"{site}/home", "u-9"),
+        (f"{site}/home", f"{site}/cart", "u-9"),
+    ]
     page.click("#away")  # clicks: false (the page keeps the link from navigating)
     page.click("#f button")
     form = live.wait_rows("form", sid, 1)[0]
     # Trimmed to the field's max_length instead of refused; the email the stream
     # would refuse moved into jsn, so the post is still stored.
     assert form["name"] == "N" * 128
-    assert form["email"] is None and form["tel"] == "+1 555"
-    assert json.loads(form["jsn"]) == {"form": "lead", "url": f"{site}/home",
-                                       "fields": {"email": "not an address", "topic": "pricing", "news": "yes"}}
+    assert form["email"] is None
+    assert form["tel"] == "+1 555"
+    assert json.loads(form["jsn"]) == {
+        "form": "lead",
+        "url": f"{site}/home",
+        "fields": {"email": "not an address", "topic": "pricing", "news": "yes"},
+    }
     assert all(r["evt"] != "click" for r in live.rows("pageview", sid))
 
 
@@ -307,8 +340,9 @@ LEAVE_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>leave</t
 </body></html>"""
 
 
-def test_page_closed_right_after_an_outbound_click_still_delivers_it(live: LiveCollector, context: Any,
-                                                                     site: str, proxy: HoldingProxy) -> None:
+def test_page_closed_right_after_an_outbound_click_still_delivers_it(
+    live: LiveCollector, context: Any, site: str, proxy: HoldingProxy
+) -> None:
     # Events go through a proxy that forwards a request only if the browser still
     # holds it half a second later: the page is long gone by then.
     page = context.new_page()
@@ -321,11 +355,14 @@ def test_page_closed_right_after_an_outbound_click_still_delivers_it(live: LiveC
     page.close()
     rows = live.wait_rows("pageview", sid, 2)
     click = rows[1]
-    assert click["evt"] == "click" and click["url"] == f"{site}/leave"
+    assert click["evt"] == "click"
+    assert click["url"] == f"{site}/leave"
     jsn = json.loads(click["jsn"])
-    assert jsn["href"] == "https://example.com/" and jsn["text"] == "example.com"
+    assert jsn["href"] == "https://example.com/"
+    assert jsn["text"] == "example.com"
     # The position: page coordinates inside the link, and which link of the page it was.
     assert box["x"] <= jsn["x"] <= box["x"] + box["width"]
-    assert box["y"] <= jsn["y"] <= box["y"] + box["height"] and jsn["y"] > 250
+    assert box["y"] <= jsn["y"] <= box["y"] + box["height"]
+    assert jsn["y"] > 250
     assert jsn["idx"] == 0
     assert proxy.dropped == 0

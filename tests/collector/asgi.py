@@ -39,10 +39,18 @@ async def request(
 ) -> Response:
     raw_query = query.encode()
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
-        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": raw_query,
-        "root_path": "", "headers": [(k.lower().encode(), v.encode("latin-1")) for k, v in headers],
-        "client": client, "server": ("127.0.0.1", 8080),
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": raw_query,
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode("latin-1")) for k, v in headers],
+        "client": client,
+        "server": ("127.0.0.1", 8080),
     }
     parts = list(chunks) if chunks is not None else [body]
     messages = [{"type": "http.request", "body": p, "more_body": i < len(parts) - 1} for i, p in enumerate(parts)]

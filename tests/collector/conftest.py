@@ -24,11 +24,14 @@ def make_config(redis_server: RedisServer, tmp_path: Path) -> Callable[..., conf
     """The repo's oceanus.toml pointed at the test Redis and spool, with collector overrides."""
 
     def make(**collector: Any) -> config.Config:
-        base = config.load(REPO / "oceanus.toml", env={
-            "OCEANUS_REDIS_URL": redis_server.url,
-            "OCEANUS_REDIS_TIMEOUT_S": "0.5",
-            "OCEANUS_COLLECTOR_SPOOL_DIR": f'"{tmp_path / "spool"}"',
-        })
+        base = config.load(
+            REPO / "oceanus.toml",
+            env={
+                "OCEANUS_REDIS_URL": redis_server.url,
+                "OCEANUS_REDIS_TIMEOUT_S": "0.5",
+                "OCEANUS_COLLECTOR_SPOOL_DIR": f'"{tmp_path / "spool"}"',
+            },
+        )
         return msgspec.structs.replace(base, collector=msgspec.structs.replace(base.collector, **collector))
 
     return make

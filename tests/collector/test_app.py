@@ -26,12 +26,14 @@ PAGEVIEW = "sid=ABCdef01&evt=view&url=https%3A%2F%2Fexample.jp%2Fa%3Fb%3D1&tit=%
 MakeConfig = Callable[..., config.Config]
 
 
-async def test_pixel_valid_is_one_frame_with_the_enriched_row(make_config: MakeConfig,
-                                                              redis_server: RedisServer) -> None:
+async def test_pixel_valid_is_one_frame_with_the_enriched_row(
+    make_config: MakeConfig, redis_server: RedisServer
+) -> None:
     async with running(App(make_config())) as app:
         r = await request(app, "GET", "/b/pageview", PAGEVIEW, headers=[("User-Agent", UA_IPHONE)])
     assert r.status == 200
-    assert r.body == GIF and len(GIF) == 43
+    assert r.body == GIF
+    assert len(GIF) == 43
     assert r.headers["content-type"] == "image/gif"
     assert r.headers["cache-control"].startswith("no-store")
     assert r.headers["access-control-allow-origin"] == "*"
@@ -45,7 +47,8 @@ async def test_pixel_valid_is_one_frame_with_the_enriched_row(make_config: MakeC
     assert row["ua"] == UA_IPHONE
     assert row["device"] == "mobile"
     assert json.loads(row["extra"]) == {"utm_source": "mail"}
-    assert isinstance(row["event_id"], bytes) and len(row["event_id"]) == 16
+    assert isinstance(row["event_id"], bytes)
+    assert len(row["event_id"]) == 16
     assert row["received_at"] > 1_600_000_000_000_000
     assert row["uid"] is None
 
@@ -77,8 +80,13 @@ async def test_each_rule_is_a_400_naming_it_and_nothing_is_queued(
 ) -> None:
     async with running(App(make_config())) as app:
         pixel = await request(app, "GET", f"/b/{stream}", query)
-        post = await request(app, "POST", f"/e/{stream}", body=query.encode(),
-                             headers=[("Content-Type", "application/x-www-form-urlencoded")])
+        post = await request(
+            app,
+            "POST",
+            f"/e/{stream}",
+            body=query.encode(),
+            headers=[("Content-Type", "application/x-www-form-urlencoded")],
+        )
     assert pixel.status == 400
     assert pixel.body == GIF
     assert pixel.error.startswith(f"{field}: {rule}:")
@@ -92,30 +100,37 @@ async def test_json_types_are_checked(make_config: MakeConfig, redis_server: Red
     async with running(App(make_config())) as app:
         # ecview's age has `coerce` (the shop sends "42"): a string is parsed, a boolean never.
         r = await request(app, "POST", "/e/ecview", body=b'{"user_id": "u", "age": true}')
-        ok = await request(app, "POST", "/e/ecview",
-                           body=b'{"user_id": "u", "age": 3, "viewed_at": 1700000000123, "gender": "Female"}')
-    assert r.status == 400 and r.json()["error"] == {"field": "age", "rule": "type",
-                                                     "message": "expected an integer, got a boolean"}
-    assert ok.status == 200 and ok.json() == {"accepted": 1}
+        ok = await request(
+            app, "POST", "/e/ecview", body=b'{"user_id": "u", "age": 3, "viewed_at": 1700000000123, "gender": "Female"}'
+        )
+    assert r.status == 400
+    assert r.json()["error"] == {"field": "age", "rule": "type", "message": "expected an integer, got a boolean"}
+    assert ok.status == 200
+    assert ok.json() == {"accepted": 1}
     [row] = queued_rows(redis_server, "ecview")
     assert row["viewed_at"] == 1_700_000_000_123_000
     assert row["gender"] == "female"
 
 
-async def test_batch_is_all_or_nothing_and_names_the_index(make_config: MakeConfig,
-                                                           redis_server: RedisServer) -> None:
+async def test_batch_is_all_or_nothing_and_names_the_index(make_config: MakeConfig, redis_server: RedisServer) -> None:
     good = [{"sid": f"{i:x}", "evt": "view"} for i in range(3)]
     async with running(App(make_config(max_batch_events=5))) as app:
         bad = await request(app, "POST", "/e/pageview", body=json.dumps([*good, {"evt": "view"}]).encode())
         not_obj = await request(app, "POST", "/e/pageview", body=json.dumps([good[0], 7]).encode())
         too_many = await request(app, "POST", "/e/pageview", body=json.dumps(good * 2).encode())
         assert frame_count(redis_server, "pageview") == 0
-        ok = await request(app, "POST", "/e/pageview", body=json.dumps(good).encode(),
-                           headers=[("Content-Type", "application/json")])
-    assert bad.status == 400 and bad.json()["error"]["index"] == 3 and bad.json()["error"]["field"] == "sid"
-    assert not_obj.status == 400 and not_obj.json()["error"]["index"] == 1
-    assert too_many.status == 413 and too_many.json()["error"]["rule"] == "max_batch_events"
-    assert ok.status == 200 and ok.json() == {"accepted": 3}
+        ok = await request(
+            app, "POST", "/e/pageview", body=json.dumps(good).encode(), headers=[("Content-Type", "application/json")]
+        )
+    assert bad.status == 400
+    assert bad.json()["error"]["index"] == 3
+    assert bad.json()["error"]["field"] == "sid"
+    assert not_obj.status == 400
+    assert not_obj.json()["error"]["index"] == 1
+    assert too_many.status == 413
+    assert too_many.json()["error"]["rule"] == "max_batch_events"
+    assert ok.status == 200
+    assert ok.json() == {"accepted": 3}
     assert frame_count(redis_server, "pageview") == 1
     assert [r["sid"] for r in queued_rows(redis_server, "pageview")] == ["0", "1", "2"]
 
@@ -124,14 +139,23 @@ async def test_gzip_body_and_bomb_cap(make_config: MakeConfig, redis_server: Red
     body = json.dumps([{"sid": "ab", "evt": "view", "tit": "t" * 500}] * 4).encode()
     bomb = gzip.compress(b"[" + b" " * 200_000 + b"]")
     async with running(App(make_config(max_decompressed_bytes=100_000))) as app:
-        ok = await request(app, "POST", "/e/pageview", body=gzip.compress(body),
-                           headers=[("Content-Encoding", "gzip"), ("Content-Type", "application/json")])
+        ok = await request(
+            app,
+            "POST",
+            "/e/pageview",
+            body=gzip.compress(body),
+            headers=[("Content-Encoding", "gzip"), ("Content-Type", "application/json")],
+        )
         big = await request(app, "POST", "/e/pageview", body=bomb, headers=[("Content-Encoding", "gzip")])
         broken = await request(app, "POST", "/e/pageview", body=b"\x1f\x8bnope", headers=[("Content-Encoding", "gzip")])
         brotli = await request(app, "POST", "/e/pageview", body=body, headers=[("Content-Encoding", "br")])
-    assert ok.status == 200 and ok.json() == {"accepted": 4}
-    assert len(bomb) < 1000 and big.status == 413 and big.json()["error"]["rule"] == "max_decompressed_bytes"
-    assert broken.status == 400 and broken.json()["error"]["rule"] == "gzip"
+    assert ok.status == 200
+    assert ok.json() == {"accepted": 4}
+    assert len(bomb) < 1000
+    assert big.status == 413
+    assert big.json()["error"]["rule"] == "max_decompressed_bytes"
+    assert broken.status == 400
+    assert broken.json()["error"]["rule"] == "gzip"
     assert brotli.status == 415
     assert len(queued_rows(redis_server, "pageview")) == 4
 
@@ -148,18 +172,27 @@ async def test_404_405_413_414_and_preflight(make_config: MakeConfig, redis_serv
         long_url = await request(app, "GET", "/b/pageview", "sid=ab&evt=v&x=" + "a" * 300)
         preflight = await request(app, "OPTIONS", "/e/pageview", headers=[("Origin", "https://a.example")])
         empty = await request(app, "POST", "/e/pageview")
-    assert unknown_pixel.status == 404 and unknown_pixel.body == GIF and unknown_pixel.error.startswith("stream:")
-    assert unknown_events.status == 404 and unknown_events.json()["error"]["field"] == "stream"
+    assert unknown_pixel.status == 404
+    assert unknown_pixel.body == GIF
+    assert unknown_pixel.error.startswith("stream:")
+    assert unknown_events.status == 404
+    assert unknown_events.json()["error"]["field"] == "stream"
     assert unknown_path.status == 404
-    assert post_pixel.status == 405 and "GET" in post_pixel.headers["allow"]
-    assert get_events.status == 405 and "POST" in get_events.headers["allow"]
-    assert declared.status == 413 and declared.json()["error"]["rule"] == "max_body_bytes"
-    assert streamed.status == 413 and streamed.json()["error"]["rule"] == "max_body_bytes"
-    assert long_url.status == 414 and long_url.error.startswith("url: max_url_bytes")
+    assert post_pixel.status == 405
+    assert "GET" in post_pixel.headers["allow"]
+    assert get_events.status == 405
+    assert "POST" in get_events.headers["allow"]
+    assert declared.status == 413
+    assert declared.json()["error"]["rule"] == "max_body_bytes"
+    assert streamed.status == 413
+    assert streamed.json()["error"]["rule"] == "max_body_bytes"
+    assert long_url.status == 414
+    assert long_url.error.startswith("url: max_url_bytes")
     assert preflight.status == 204
     assert "POST" in preflight.headers["access-control-allow-methods"]
     assert preflight.headers["access-control-allow-origin"] == "*"
-    assert empty.status == 400 and empty.json()["error"]["field"] == "body"
+    assert empty.status == 400
+    assert empty.json()["error"]["field"] == "body"
     assert frame_count(redis_server, "pageview") == 0
 
 
@@ -186,9 +219,7 @@ async def test_client_ip_trusts_only_configured_proxies(
 
 async def test_concurrent_requests_share_micro_batches(make_config: MakeConfig, redis_server: RedisServer) -> None:
     async with running(App(make_config(batch_linger_ms=20.0))) as app:
-        results = await asyncio.gather(*(
-            request(app, "GET", "/b/pageview", f"sid={i:x}&evt=view") for i in range(200)
-        ))
+        results = await asyncio.gather(*(request(app, "GET", "/b/pageview", f"sid={i:x}&evt=view") for i in range(200)))
     assert all(r.status == 200 for r in results)
     rows = queued_rows(redis_server, "pageview")
     assert sorted(int(r["sid"], 16) for r in rows) == list(range(200))
@@ -196,8 +227,9 @@ async def test_concurrent_requests_share_micro_batches(make_config: MakeConfig, 
     assert frame_count(redis_server, "pageview") < 20
 
 
-async def test_stats_and_recent_errors_are_written(make_config: MakeConfig, redis_server: RedisServer,
-                                                   redis_client: Any) -> None:
+async def test_stats_and_recent_errors_are_written(
+    make_config: MakeConfig, redis_server: RedisServer, redis_client: Any
+) -> None:
     async with running(App(make_config())) as app:
         await request(app, "GET", "/b/pageview", "sid=ab&evt=v")
         await request(app, "GET", "/b/pageview", "sid=zz&evt=v&tit=secret-payload")
@@ -220,15 +252,26 @@ async def test_health_ready_and_metrics(make_config: MakeConfig, redis_server: R
         metrics = (await request(app, "GET", "/metrics")).body.decode()
         app.begin_drain()
         draining = await request(app, "GET", "/readyz")
-    assert health.status == 200 and ready.status == 200 and draining.status == 503
-    for name in ("oceanus_http_requests_total", "oceanus_http_request_duration_seconds_bucket",
-                 "oceanus_events_accepted_total", "oceanus_events_rejected_total",
-                 "oceanus_collector_batch_events_bucket", "oceanus_redis_push_duration_seconds_bucket",
-                 "oceanus_redis_up", "oceanus_spool_bytes", "oceanus_spool_frames", "oceanus_collector_draining"):
+    assert health.status == 200
+    assert ready.status == 200
+    assert draining.status == 503
+    for name in (
+        "oceanus_http_requests_total",
+        "oceanus_http_request_duration_seconds_bucket",
+        "oceanus_events_accepted_total",
+        "oceanus_events_rejected_total",
+        "oceanus_collector_batch_events_bucket",
+        "oceanus_redis_push_duration_seconds_bucket",
+        "oceanus_redis_up",
+        "oceanus_spool_bytes",
+        "oceanus_spool_frames",
+        "oceanus_collector_draining",
+    ):
         assert name in metrics, name
     assert 'oceanus_events_accepted_total{stream="pageview"} 1.0' in metrics
     # Rounds are summed locally and moved into the histograms before a scrape.
-    assert "oceanus_collector_batch_events_count 1.0" in metrics and "oceanus_collector_batch_events_sum 1.0" in metrics
+    assert "oceanus_collector_batch_events_count 1.0" in metrics
+    assert "oceanus_collector_batch_events_sum 1.0" in metrics
     assert 'oceanus_collector_batch_events_bucket{le="1.0"} 1.0' in metrics
     assert re.search(r"^oceanus_redis_push_duration_seconds_count [1-9]", metrics, re.M)
     assert 'oceanus_events_rejected_total{reason="required",stream="pageview"} 1.0' in metrics
@@ -258,4 +301,5 @@ async def test_lifespan_startup_freezes_the_heap(make_config: MakeConfig, redis_
     finally:
         gc.unfreeze()  # the test process keeps its collector as it was
     assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
-    assert frozen_at_startup and frozen_at_startup[0] > 1000
+    assert frozen_at_startup
+    assert frozen_at_startup[0] > 1000

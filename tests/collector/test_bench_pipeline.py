@@ -25,8 +25,7 @@ QUERIES = {
     ),
     "form": "sid=ab12&name=+Taro+Yamada+&cname=bizocean&email=Taro%40Example.JP&tel=03-1234-5678&jsn=%7B%22q%22%3A1%7D",
     "ecview": (
-        "user_id=u-778&age=34&gender=Female&occupation=engineer&screen=1920x1080"
-        "&viewed_at=2024-05-01T10%3A00%3A00Z"
+        "user_id=u-778&age=34&gender=Female&occupation=engineer&screen=1920x1080&viewed_at=2024-05-01T10%3A00%3A00Z"
     ),
 }
 BATCH = 32

@@ -126,21 +126,28 @@ def _p99(samples: list[float]) -> float:
 
 @pytest.fixture
 def attacked(redis_server: RedisServer, tmp_path: Path) -> Iterator[tuple[Collector, int]]:
-    c = Collector(redis_server, tmp_path, 1,
-                  OCEANUS_COLLECTOR_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S),
-                  OCEANUS_COLLECTOR_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S),
-                  OCEANUS_COLLECTOR_MAX_CONNECTIONS=str(MAX_CONNECTIONS),
-                  OCEANUS_COLLECTOR_MAX_PENDING_BODY_BYTES=str(MAX_PENDING_BODY_BYTES))
+    c = Collector(
+        redis_server,
+        tmp_path,
+        1,
+        OCEANUS_COLLECTOR_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S),
+        OCEANUS_COLLECTOR_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S),
+        OCEANUS_COLLECTOR_MAX_CONNECTIONS=str(MAX_CONNECTIONS),
+        OCEANUS_COLLECTOR_MAX_PENDING_BODY_BYTES=str(MAX_PENDING_BODY_BYTES),
+    )
     try:
-        [worker] = wait_for(lambda: [int(p) for p in Path(f"/proc/{c.proc.pid}/task/{c.proc.pid}/children")
-                                     .read_text().split()], what="the worker")
+        [worker] = wait_for(
+            lambda: [int(p) for p in Path(f"/proc/{c.proc.pid}/task/{c.proc.pid}/children").read_text().split()],
+            what="the worker",
+        )
         yield c, worker
     finally:
         c.stop()
 
 
-def test_attacks_keep_memory_bounded_and_pixels_fast(attacked: tuple[Collector, int],
-                                                     redis_server: RedisServer) -> None:
+def test_attacks_keep_memory_bounded_and_pixels_fast(
+    attacked: tuple[Collector, int], redis_server: RedisServer
+) -> None:
     c, worker = attacked
     sent = 0
     for _ in range(50):  # warm-up: imports, caches, the writer's first rounds
@@ -180,8 +187,10 @@ def test_attacks_keep_memory_bounded_and_pixels_fast(attacked: tuple[Collector, 
         phase_done("idle connections")
 
         # 3. Slow POST bodies: a head, then 1 KB of a promised 60 KB.
-        slow = (b"POST /e/pageview HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Content-Length: 60000\r\n\r\n[" + b" " * 1000)
+        slow = (
+            b"POST /e/pageview HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 60000\r\n\r\n[" + b" " * 1000
+        )
         socks = _open(c.port, ATTACKERS, slow)
         valid_traffic("slow bodies")
         answers = _answers(socks, BODY_TIMEOUT_S + 3)
@@ -195,8 +204,10 @@ def test_attacks_keep_memory_bounded_and_pixels_fast(attacked: tuple[Collector, 
         def bomber() -> None:
             for _ in range(40):
                 with socket.create_connection(("127.0.0.1", c.port), timeout=10) as s:
-                    s.sendall(b"POST /e/pageview HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n"
-                              b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(bomb) + bomb)
+                    s.sendall(
+                        b"POST /e/pageview HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n"
+                        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(bomb) + bomb
+                    )
                     data = b""
                     while chunk := s.recv(65536):
                         data += chunk
@@ -219,10 +230,14 @@ def test_attacks_keep_memory_bounded_and_pixels_fast(attacked: tuple[Collector, 
     finally:
         sampler.stop()
 
-    report = "; ".join(f"{k}: RSS peak {peaks.get(k, 0) / 2**20:.0f} MiB, pixels p99 {p:.1f} ms (median {m:.1f})"
-                       for k, (p, m) in figures.items())
-    print(f"\nworker RSS baseline {baseline / 2**20:.0f} MiB, peak {sampler.peak / 2**20:.0f} MiB, "
-          f"bound {bound / 2**20:.0f} MiB; {report}")
+    report = "; ".join(
+        f"{k}: RSS peak {peaks.get(k, 0) / 2**20:.0f} MiB, pixels p99 {p:.1f} ms (median {m:.1f})"
+        for k, (p, m) in figures.items()
+    )
+    print(
+        f"\nworker RSS baseline {baseline / 2**20:.0f} MiB, peak {sampler.peak / 2**20:.0f} MiB, "
+        f"bound {bound / 2**20:.0f} MiB; {report}"
+    )
     assert sampler.peak <= bound
     for phase, (p99, _) in figures.items():
         assert p99 < P99_LIMIT_MS, f"{phase}: valid pixels p99 {p99:.1f} ms"
@@ -235,22 +250,30 @@ def test_attacks_keep_memory_bounded_and_pixels_fast(attacked: tuple[Collector, 
 def test_slow_bodies_from_one_address_beyond_the_connection_cap(redis_server: RedisServer, tmp_path: Path) -> None:
     """More slow bodies than the worker has connection slots, all from one client address:
     past max_bodies_per_ip each is answered 429 at once, so its slot is freed for others."""
-    c = Collector(redis_server, tmp_path, 1,
-                  OCEANUS_COLLECTOR_TRUSTED_PROXIES="[]",  # loopback is the client here, not a proxy
-                  OCEANUS_COLLECTOR_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S),
-                  OCEANUS_COLLECTOR_MAX_CONNECTIONS="200",
-                  OCEANUS_COLLECTOR_MAX_BODIES_PER_IP="32")
+    c = Collector(
+        redis_server,
+        tmp_path,
+        1,
+        OCEANUS_COLLECTOR_TRUSTED_PROXIES="[]",  # loopback is the client here, not a proxy
+        OCEANUS_COLLECTOR_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S),
+        OCEANUS_COLLECTOR_MAX_CONNECTIONS="200",
+        OCEANUS_COLLECTOR_MAX_BODIES_PER_IP="32",
+    )
     try:
-        slow = (b"POST /e/pageview HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Content-Length: 60000\r\n\r\n[" + b" " * 1000)
+        slow = (
+            b"POST /e/pageview HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 60000\r\n\r\n[" + b" " * 1000
+        )
         socks = _open(c.port, 2500, slow)
         ms = [_pixel_ms(c.port, i) for i in range(VALID_PER_PHASE)]
         answers = _answers(socks, BODY_TIMEOUT_S + 3)
     finally:
         c.stop()
     statuses = sorted(a.split(b" ", 2)[1] if a.startswith(b"HTTP/1.1") else a for a in answers)
-    print(f"\nslow bodies beyond the cap: pixels p99 {_p99(ms):.1f} ms (median {statistics.median(ms):.1f}); "
-          f"answers {dict((s, statuses.count(s)) for s in set(statuses))}")
+    print(
+        f"\nslow bodies beyond the cap: pixels p99 {_p99(ms):.1f} ms (median {statistics.median(ms):.1f}); "
+        f"answers {dict((s, statuses.count(s)) for s in set(statuses))}"
+    )
     assert statuses.count(b"408") == 32
     assert statuses.count(b"429") == 2500 - 32
     assert _p99(ms) < P99_LIMIT_MS
@@ -277,12 +300,14 @@ def test_http2_header_flood_when_enabled(redis_server: RedisServer, tmp_path: Pa
     """With `http = "auto"`, a header block that never ends is cut at max_header_bytes, not 16 MB."""
     c = Collector(redis_server, tmp_path, 1, OCEANUS_COLLECTOR_HTTP='"auto"')
     try:
-        [worker] = wait_for(lambda: [int(p) for p in Path(f"/proc/{c.proc.pid}/task/{c.proc.pid}/children")
-                                     .read_text().split()], what="the worker")
+        [worker] = wait_for(
+            lambda: [int(p) for p in Path(f"/proc/{c.proc.pid}/task/{c.proc.pid}/children").read_text().split()],
+            what="the worker",
+        )
         pad = 1_000_000
         # :method GET, :path /, :scheme http (static table), then x-pad: <1 MB> without indexing.
         block = b"\x82\x84\x86" + b"\x00" + _hpack_int(5) + b"x-pad" + _hpack_int(pad) + b"a" * pad
-        chunks = [block[i:i + 16_384] for i in range(0, len(block), 16_384)]
+        chunks = [block[i : i + 16_384] for i in range(0, len(block), 16_384)]
         baseline = RssSampler.rss(worker)
         sampler = RssSampler(worker)
         sampler.start()
@@ -301,8 +326,9 @@ def test_http2_header_flood_when_enabled(redis_server: RedisServer, tmp_path: Pa
     finally:
         c.stop()
     growth = sampler.peak - baseline
-    print(f"\nHTTP/2 header flood: {cut} of 40 cut mid-block, RSS +{growth / 2**20:.1f} MiB, "
-          f"pixels p99 {_p99(ms):.1f} ms")
+    print(
+        f"\nHTTP/2 header flood: {cut} of 40 cut mid-block, RSS +{growth / 2**20:.1f} MiB, pixels p99 {_p99(ms):.1f} ms"
+    )
     assert answers.count(b"OPEN") == 0
     assert growth < 40 * 2**20 // 4  # far below the 40 MB the blocks would hold
     assert _p99(ms) < P99_LIMIT_MS

@@ -99,8 +99,9 @@ def test_tracked_keys_are_bounded() -> None:
 # -- per-IP limit ----------------------------------------------------------------------
 
 
-async def test_ip_limit_429_at_the_limit_not_below_and_nothing_stored(make_config: MakeConfig,
-                                                                       redis_server: RedisServer) -> None:
+async def test_ip_limit_429_at_the_limit_not_below_and_nothing_stored(
+    make_config: MakeConfig, redis_server: RedisServer
+) -> None:
     async with running(App(make_config(ip_rate_per_s=0.01, ip_burst=3))) as app:
         ok = [await request(app, "GET", "/b/pageview", _pixel(i)) for i in range(3)]
         over = await request(app, "GET", "/b/pageview", _pixel(3))
@@ -137,16 +138,20 @@ async def test_ip_limit_is_split_over_the_workers(make_config: MakeConfig, redis
     assert statuses == [200, 200, 429]
 
 
-async def test_ip_limit_keys_on_the_address_through_trusted_proxies(make_config: MakeConfig,
-                                                                     redis_server: RedisServer) -> None:
+async def test_ip_limit_keys_on_the_address_through_trusted_proxies(
+    make_config: MakeConfig, redis_server: RedisServer
+) -> None:
     proxy = ("127.0.0.1", 1)  # trusted by default
     async with running(App(make_config(ip_rate_per_s=0.01, ip_burst=1))) as app:
-        a = await request(app, "GET", "/b/pageview", _pixel(1), client=proxy,
-                          headers=[("X-Forwarded-For", "198.51.100.1")])
-        b = await request(app, "GET", "/b/pageview", _pixel(2), client=proxy,
-                          headers=[("X-Forwarded-For", "198.51.100.2")])
-        a_again = await request(app, "GET", "/b/pageview", _pixel(3), client=proxy,
-                                headers=[("X-Forwarded-For", "198.51.100.1")])
+        a = await request(
+            app, "GET", "/b/pageview", _pixel(1), client=proxy, headers=[("X-Forwarded-For", "198.51.100.1")]
+        )
+        b = await request(
+            app, "GET", "/b/pageview", _pixel(2), client=proxy, headers=[("X-Forwarded-For", "198.51.100.2")]
+        )
+        a_again = await request(
+            app, "GET", "/b/pageview", _pixel(3), client=proxy, headers=[("X-Forwarded-For", "198.51.100.1")]
+        )
         # An untrusted peer cannot pick a fresh bucket by naming one.
         direct = await request(app, "GET", "/b/pageview", _pixel(4), headers=[("X-Forwarded-For", "198.51.100.3")])
         spoof = await request(app, "GET", "/b/pageview", _pixel(5), headers=[("X-Forwarded-For", "198.51.100.4")])
@@ -154,16 +159,30 @@ async def test_ip_limit_keys_on_the_address_through_trusted_proxies(make_config:
     assert "198.51.100.1 sent more" in a_again.error
     assert "203.0.113.5 sent more" in spoof.error
     assert sorted(r["ip"] for r in queued_rows(redis_server, "pageview")) == [
-        "198.51.100.1", "198.51.100.2", "203.0.113.5"]
+        "198.51.100.1",
+        "198.51.100.2",
+        "203.0.113.5",
+    ]
 
 
-async def test_ip_limit_spares_a_trusted_proxy_that_names_no_client(make_config: MakeConfig,
-                                                                      redis_server: RedisServer) -> None:
+async def test_ip_limit_spares_a_trusted_proxy_that_names_no_client(
+    make_config: MakeConfig, redis_server: RedisServer
+) -> None:
     async with running(App(make_config(ip_rate_per_s=0.01, ip_burst=1))) as app:
-        bare = [(await request(app, "GET", "/b/pageview", _pixel(i), client=("127.0.0.1", 1))).status
-                for i in range(3)]
-        named = [(await request(app, "GET", "/b/pageview", _pixel(i), client=("127.0.0.1", 1),
-                                headers=[("X-Real-IP", "198.51.100.8")])).status for i in range(3, 5)]
+        bare = [(await request(app, "GET", "/b/pageview", _pixel(i), client=("127.0.0.1", 1))).status for i in range(3)]
+        named = [
+            (
+                await request(
+                    app,
+                    "GET",
+                    "/b/pageview",
+                    _pixel(i),
+                    client=("127.0.0.1", 1),
+                    headers=[("X-Real-IP", "198.51.100.8")],
+                )
+            ).status
+            for i in range(3, 5)
+        ]
     assert bare == [200, 200, 200]
     assert named == [200, 429]
 
@@ -184,7 +203,8 @@ async def test_stream_limit_429_names_the_stream_rule(make_config: MakeConfig, r
         over = await request(app, "GET", "/b/pageview", _pixel(2), client=("198.51.100.9", 1))
         form = await request(app, "POST", "/e/form", body=b'{"sid":"1","email":"a@example.jp"}')
     assert [r.status for r in ok] == [200, 200]
-    assert over.status == 429 and over.headers["retry-after"] == "100"
+    assert over.status == 429
+    assert over.headers["retry-after"] == "100"
     assert over.error.startswith("stream: rate_per_s: more than collector.access.pageview.rate_per_s = 0.01")
     assert form.status != 429  # other streams are not limited by it
     assert len(queued_rows(redis_server, "pageview")) == 2
@@ -199,15 +219,20 @@ async def test_origin_allow_list(make_config: MakeConfig, redis_server: RedisSer
         # <img> pixels and server-side senders send no Origin at all.
         none = await request(app, "GET", "/b/pageview", _pixel(4))
     assert bad.status == 403
-    assert bad.json()["error"] == {"field": "origin", "rule": "allowed",
-                                   "message": "origin 'https://evil.example' may not send to this stream"}
-    assert bad_pixel.status == 403 and bad_pixel.error.startswith("origin: allowed:")
+    assert bad.json()["error"] == {
+        "field": "origin",
+        "rule": "allowed",
+        "message": "origin 'https://evil.example' may not send to this stream",
+    }
+    assert bad_pixel.status == 403
+    assert bad_pixel.error.startswith("origin: allowed:")
     assert (good.status, none.status) == (200, 200)
     assert sorted(int(r["sid"], 16) for r in queued_rows(redis_server, "pageview")) == [3, 4]
 
 
-async def test_write_keys_from_env_and_file(make_config: MakeConfig, redis_server: RedisServer,
-                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_write_keys_from_env_and_file(
+    make_config: MakeConfig, redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     keys_file = tmp_path / "keys"
     keys_file.write_text("# rotated 2026-11\nfile-key-2\n\n")
     monkeypatch.setenv("PAGEVIEW_KEYS", "env-key-1\n")
@@ -217,22 +242,27 @@ async def test_write_keys_from_env_and_file(make_config: MakeConfig, redis_serve
         missing = await request(app, "POST", "/e/pageview", body=_events(1))
         wrong = await request(app, "POST", "/e/pageview", body=_events(2), headers=[("X-Oceanus-Key", "env-key-")])
         by_header = await request(app, "POST", "/e/pageview", body=_events(3), headers=[("X-Oceanus-Key", "env-key-1")])
-        by_basic = await request(app, "POST", "/e/pageview", body=_events(4),
-                                 headers=[("Authorization", f"Basic {basic}")])
+        by_basic = await request(
+            app, "POST", "/e/pageview", body=_events(4), headers=[("Authorization", f"Basic {basic}")]
+        )
         pixel = await request(app, "GET", "/b/pageview", _pixel(5))
         other = await request(app, "POST", "/e/form", body=b'{"sid":"1","email":"a@example.jp"}')
     assert missing.status == 401
     assert missing.headers["www-authenticate"] == 'Basic realm="oceanus"'
-    assert missing.json()["error"]["field"] == "key" and missing.json()["error"]["rule"] == "required"
-    assert wrong.status == 401 and wrong.json()["error"]["rule"] == "valid"
+    assert missing.json()["error"]["field"] == "key"
+    assert missing.json()["error"]["rule"] == "required"
+    assert wrong.status == 401
+    assert wrong.json()["error"]["rule"] == "valid"
     assert (by_header.status, by_basic.status) == (200, 200)
-    assert pixel.status == 401 and pixel.error.startswith("key: required:")
+    assert pixel.status == 401
+    assert pixel.error.startswith("key: required:")
     assert other.status == 200  # only the stream with keys wants one
     assert sorted(int(r["sid"], 16) for r in queued_rows(redis_server, "pageview")) == [3, 4]
 
 
-def test_write_key_sources_fail_at_start_naming_the_key(make_config: MakeConfig, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_write_key_sources_fail_at_start_naming_the_key(
+    make_config: MakeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("NO_SUCH_KEYS", raising=False)
     with pytest.raises(ConfigError, match=r"^collector\.access\.pageview\.keys_env: .*NO_SUCH_KEYS is not set"):
         App(make_config(access={"pageview": StreamAccess(keys_env="NO_SUCH_KEYS")}))
@@ -244,7 +274,7 @@ def test_write_key_sources_fail_at_start_naming_the_key(make_config: MakeConfig,
 
 
 def test_access_for_an_unknown_stream_is_a_config_error() -> None:
-    text = (REPO / "oceanus.toml").read_text() + '\n[collector.access.nope]\nrate_per_s = 5.0\n'
+    text = (REPO / "oceanus.toml").read_text() + "\n[collector.access.nope]\nrate_per_s = 5.0\n"
     with pytest.raises(ConfigError, match=r"^collector\.access\.nope: no stream named 'nope'"):
         config.loads(text.replace("[collector]\n", "[collector]\n", 1))
 
@@ -268,7 +298,8 @@ async def test_json_values_counted_before_decoding(make_config: MakeConfig, redi
     print(f"peak traced memory for the bomb: {peak / 2**20:.2f} MiB")
     assert peak < 2**20  # inflated in 64 KB steps and refused at ~300 KB, never 1.3 M dicts (~90 MiB)
     # 49,999 commas + 1 bracket + 1 brace = 50,001 <= 100,000: decoded, then refused per event.
-    assert at_limit.status == 413 and at_limit.json()["error"]["rule"] == "max_batch_events"
+    assert at_limit.status == 413
+    assert at_limit.json()["error"]["rule"] == "max_batch_events"
     assert queued_rows(redis_server, "pageview") == []
 
 
@@ -278,12 +309,16 @@ async def test_gzip_body_inflated_in_many_steps(make_config: MakeConfig, redis_s
     assert len(raw) > 3 * INFLATE_STEP_BYTES
     async with running(App(make_config())) as app:
         r = await request(app, "POST", "/e/pageview", body=gzip.compress(raw), headers=[("Content-Encoding", "gzip")])
-        cut = await request(app, "POST", "/e/pageview", body=gzip.compress(raw)[:-9],
-                            headers=[("Content-Encoding", "gzip")])
-    assert r.status == 200 and r.json() == {"accepted": 300}
-    assert cut.status == 400 and cut.json()["error"]["rule"] == "gzip"
+        cut = await request(
+            app, "POST", "/e/pageview", body=gzip.compress(raw)[:-9], headers=[("Content-Encoding", "gzip")]
+        )
+    assert r.status == 200
+    assert r.json() == {"accepted": 300}
+    assert cut.status == 400
+    assert cut.json()["error"]["rule"] == "gzip"
     rows = queued_rows(redis_server, "pageview")
-    assert sorted(int(row["sid"], 16) for row in rows) == list(range(300)) and {row["url"] for row in rows} == {url}
+    assert sorted(int(row["sid"], 16) for row in rows) == list(range(300))
+    assert {row["url"] for row in rows} == {url}
 
 
 async def test_json_values_just_over_the_limit(make_config: MakeConfig, redis_server: RedisServer) -> None:
@@ -298,8 +333,10 @@ async def test_json_values_just_over_the_limit(make_config: MakeConfig, redis_se
         over = await request(app, "POST", "/e/pageview", body=body)
         over_gz = await request(app, "POST", "/e/pageview", body=gzip.compress(body), headers=gz)
     assert (ok.status, ok_gz.status) == (200, 200)
-    assert over.status == 413 and over.json()["error"]["rule"] == "max_json_values"
-    assert over_gz.status == 413 and over_gz.json()["error"]["rule"] == "max_json_values"
+    assert over.status == 413
+    assert over.json()["error"]["rule"] == "max_json_values"
+    assert over_gz.status == 413
+    assert over_gz.json()["error"]["rule"] == "max_json_values"
     assert len(queued_rows(redis_server, "pageview")) == 6
 
 
@@ -317,8 +354,9 @@ async def test_pending_body_budget(make_config: MakeConfig, redis_server: RedisS
     assert [r["sid"] for r in queued_rows(redis_server, "pageview")] == ["63"]
 
 
-async def test_pending_body_budget_is_shared_by_requests_in_flight(make_config: MakeConfig,
-                                                                   redis_server: RedisServer) -> None:
+async def test_pending_body_budget_is_shared_by_requests_in_flight(
+    make_config: MakeConfig, redis_server: RedisServer
+) -> None:
     first_half = b'[{"sid":"1","evt":"view"},' + b" " * 500
     app = App(make_config(max_pending_body_bytes=1000, body_timeout_s=30.0))
     async with running(app):
@@ -339,15 +377,23 @@ async def test_pending_body_budget_is_shared_by_requests_in_flight(make_config: 
             if message["type"] == "http.response.start":
                 statuses.append(message["status"])
 
-        scope = {"type": "http", "method": "POST", "path": "/e/pageview", "raw_path": b"/e/pageview",
-                 "query_string": b"", "headers": [], "client": ("203.0.113.5", 1)}
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/e/pageview",
+            "raw_path": b"/e/pageview",
+            "query_string": b"",
+            "headers": [],
+            "client": ("203.0.113.5", 1),
+        }
         slow = asyncio.ensure_future(app(scope, slow_receive, send))
         while app._pending < len(first_half):
             await asyncio.sleep(0)
         over = await request(app, "POST", "/e/pageview", body=_events(*range(20)))
         release.set()
         await slow
-    assert over.status == 503 and over.json()["error"]["rule"] == "max_pending_body_bytes"
+    assert over.status == 503
+    assert over.json()["error"]["rule"] == "max_pending_body_bytes"
     assert statuses == [200]
     assert app._pending == 0
     assert sorted(r["sid"] for r in queued_rows(redis_server, "pageview")) == ["1", "2"]
@@ -372,13 +418,23 @@ async def test_slow_body_is_a_408_naming_the_limit(make_config: MakeConfig, redi
         async def send(message: Any) -> None:
             out.append(message)
 
-        scope = {"type": "http", "method": "POST", "path": "/e/pageview", "raw_path": b"/e/pageview",
-                 "query_string": b"", "headers": [], "client": ("203.0.113.5", 1)}
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/e/pageview",
+            "raw_path": b"/e/pageview",
+            "query_string": b"",
+            "headers": [],
+            "client": ("203.0.113.5", 1),
+        }
         await asyncio.wait_for(app(scope, trickle, send), 5)
         assert app._pending == 0
     assert out[0]["status"] == 408
     assert json.loads(out[1]["body"])["error"] == {
-        "field": "body", "rule": "body_timeout_s", "message": "body not received within 0.2s"}
+        "field": "body",
+        "rule": "body_timeout_s",
+        "message": "body not received within 0.2s",
+    }
     assert queued_rows(redis_server, "pageview") == []
 
 
@@ -388,7 +444,8 @@ async def test_header_count_cap(make_config: MakeConfig, redis_server: RedisServ
         ok = await request(app, "GET", "/b/pageview", _pixel(1), headers=headers)
         over = await request(app, "GET", "/b/pageview", _pixel(2), headers=[*headers, ("X-H9", "1")])
     assert ok.status == 200
-    assert over.status == 431 and over.error == "headers: max_headers: more than 9 headers"
+    assert over.status == 431
+    assert over.error == "headers: max_headers: more than 9 headers"
     assert [r["sid"] for r in queued_rows(redis_server, "pageview")] == ["1"]
 
 
@@ -413,9 +470,14 @@ def test_granian_gets_the_edge_limits() -> None:
     assert (limits["http1_settings"].max_buffer_size, limits["http1_settings"].header_read_timeout) == (16384, 5000)
     assert limits["http2_settings"].max_headers_size == 16384
     assert limits["http2_settings"].max_concurrent_streams == HTTP2_MAX_STREAMS
-    auto = edge_limits(config.loads((REPO / "oceanus.toml").read_text(), env={
-        "OCEANUS_COLLECTOR_HTTP": '"auto"', "OCEANUS_COLLECTOR_HEADER_TIMEOUT_S": "0.25"}).collector)
-    assert auto["http"] == HTTPModes.auto and auto["http1_settings"].header_read_timeout == 250
+    auto = edge_limits(
+        config.loads(
+            (REPO / "oceanus.toml").read_text(),
+            env={"OCEANUS_COLLECTOR_HTTP": '"auto"', "OCEANUS_COLLECTOR_HEADER_TIMEOUT_S": "0.25"},
+        ).collector
+    )
+    assert auto["http"] == HTTPModes.auto
+    assert auto["http1_settings"].header_read_timeout == 250
 
 
 async def test_bodies_in_flight_per_ip(make_config: MakeConfig, redis_server: RedisServer) -> None:
@@ -438,8 +500,15 @@ async def test_bodies_in_flight_per_ip(make_config: MakeConfig, redis_server: Re
                 if message["type"] == "http.response.start":
                     statuses[sid] = message["status"]
 
-            scope = {"type": "http", "method": "POST", "path": "/e/pageview", "raw_path": b"/e/pageview",
-                     "query_string": b"", "headers": [], "client": (ip, 1)}
+            scope = {
+                "type": "http",
+                "method": "POST",
+                "path": "/e/pageview",
+                "raw_path": b"/e/pageview",
+                "query_string": b"",
+                "headers": [],
+                "client": (ip, 1),
+            }
             return asyncio.ensure_future(app(scope, receive, send))
 
         statuses: dict[int, int] = {}
@@ -453,9 +522,12 @@ async def test_bodies_in_flight_per_ip(make_config: MakeConfig, redis_server: Re
         await asyncio.gather(*held)
         again = await request(app, "POST", "/e/pageview", body=_events(5))
         assert app._bodies == {}
-    assert third.status == 429 and third.headers["retry-after"] == "1"
-    assert third.error == "ip: max_bodies_per_ip: 203.0.113.5 already has 2 request bodies in flight " \
-                          "(collector.max_bodies_per_ip)"
+    assert third.status == 429
+    assert third.headers["retry-after"] == "1"
+    assert (
+        third.error == "ip: max_bodies_per_ip: 203.0.113.5 already has 2 request bodies in flight "
+        "(collector.max_bodies_per_ip)"
+    )
     assert (other_ip.status, pixel.status, again.status) == (200, 200, 200)
     assert statuses == {0: 200, 1: 200, 10: 200, 11: 200, 12: 200}  # a trusted proxy's address is not limited
     assert sorted(int(r["sid"], 16) for r in queued_rows(redis_server, "pageview")) == [0, 1, 3, 4, 5, 10, 11, 12]

@@ -18,8 +18,9 @@ from tests.support.servers import RedisServer
 pytestmark = pytest.mark.anyio
 
 
-async def test_concurrent_arrays_each_get_their_own_count(make_config: Callable[..., config.Config],
-                                                          redis_server: RedisServer) -> None:
+async def test_concurrent_arrays_each_get_their_own_count(
+    make_config: Callable[..., config.Config], redis_server: RedisServer
+) -> None:
     rng = random.Random(7)
     sizes = [rng.randint(2, 20) for _ in range(200)]
     answers: list[tuple[int, int, int]] = []
@@ -30,8 +31,13 @@ async def test_concurrent_arrays_each_get_their_own_count(make_config: Callable[
         async def post(i: int, n: int) -> None:
             events = [{"sid": f"{i:x}0{k:x}", "evt": "view", "url": ""} for k in range(n)]
             async with gate:
-                r = await request(app, "POST", "/e/pageview", body=json.dumps(events).encode(),
-                                  headers=[("Content-Type", "application/json")])
+                r = await request(
+                    app,
+                    "POST",
+                    "/e/pageview",
+                    body=json.dumps(events).encode(),
+                    headers=[("Content-Type", "application/json")],
+                )
             answers.append((n, r.status, json.loads(r.body)["accepted"]))
 
         await asyncio.gather(*(post(i, n) for i, n in enumerate(sizes)))

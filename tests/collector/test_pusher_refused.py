@@ -21,8 +21,9 @@ pytestmark = pytest.mark.anyio
 MakeConfig = Callable[..., config.Config]
 
 
-async def test_a_refused_push_is_spooled_then_replayed(make_config: MakeConfig, redis_server: RedisServer,
-                                                       redis_client: Any) -> None:
+async def test_a_refused_push_is_spooled_then_replayed(
+    make_config: MakeConfig, redis_server: RedisServer, redis_client: Any
+) -> None:
     queue = Keys().queue("pageview")
     redis_client.set(queue, "not a list")  # every RPUSH now fails with WRONGTYPE
     async with running(App(make_config())) as app:
@@ -31,7 +32,8 @@ async def test_a_refused_push_is_spooled_then_replayed(make_config: MakeConfig, 
         app.pusher._stats_due = time.monotonic() + 60
         r = await request(app, "GET", "/b/pageview", "sid=ab01&evt=view")
         assert r.status == 200  # durable in the spool, so acknowledged
-        assert app.spool is not None and app.spool.pending
+        assert app.spool is not None
+        assert app.spool.pending
         assert not app.pusher.redis_up
         redis_client.delete(queue)
         deadline = time.monotonic() + 10.0

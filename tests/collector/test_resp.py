@@ -29,14 +29,18 @@ def test_url_options_it_cannot_honour_are_refused() -> None:
 
 
 async def test_a_round_returns_every_reply_in_order_and_error_replies_in_place(
-        redis_server: RedisServer, redis_client: Any) -> None:
+    redis_server: RedisServer, redis_client: Any
+) -> None:
     redis_client.set("not-a-list", "x")
     link = RedisLink(redis_server.url, 2.0)
     try:
-        replies = await link.call(pack("RPUSH", "q", b"f1") + pack("RPUSH", "not-a-list", b"f2")
-                                  + pack("RPUSH", "q", b"f3", b"f4"), 3)
-        assert replies[0] == 1 and replies[2] == 3
-        assert isinstance(replies[1], hiredis.ReplyError) and "WRONGTYPE" in str(replies[1])
+        replies = await link.call(
+            pack("RPUSH", "q", b"f1") + pack("RPUSH", "not-a-list", b"f2") + pack("RPUSH", "q", b"f3", b"f4"), 3
+        )
+        assert replies[0] == 1
+        assert replies[2] == 3
+        assert isinstance(replies[1], hiredis.ReplyError)
+        assert "WRONGTYPE" in str(replies[1])
         # The connection is still in step after an error reply.
         assert await link.call(pack("LLEN", "q"), 1) == [3]
         # A large frame arrives in several reads and is still one reply.
@@ -67,8 +71,7 @@ async def test_user_password_and_database_come_from_the_url(redis_server: RedisS
     refused.close()
 
 
-async def test_a_killed_connection_is_replaced_on_the_next_round(redis_server: RedisServer,
-                                                                redis_client: Any) -> None:
+async def test_a_killed_connection_is_replaced_on_the_next_round(redis_server: RedisServer, redis_client: Any) -> None:
     link = RedisLink(redis_server.url, 2.0)
     try:
         assert await link.call(pack("PING"), 1) == [b"PONG"]
@@ -89,7 +92,7 @@ async def test_a_killed_connection_is_replaced_on_the_next_round(redis_server: R
 
 async def test_refused_and_silent_servers_raise_oserror_within_the_timeout() -> None:
     link = RedisLink(f"redis://127.0.0.1:{free_port()}/0", 1.0)
-    with pytest.raises(OSError):
+    with pytest.raises(ConnectionRefusedError):
         await link.call(pack("PING"), 1)
 
     closed = asyncio.Event()

@@ -39,9 +39,24 @@ class Collector:
         }
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "oceanus.cli", "collector", "--config", str(REPO / "oceanus.toml"),
-                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers)],
-                env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp,
+                [
+                    sys.executable,
+                    "-m",
+                    "oceanus.cli",
+                    "collector",
+                    "--config",
+                    str(REPO / "oceanus.toml"),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    str(workers),
+                ],
+                env=full_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=tmp,
                 # Its own process group: granian's workers must not outlive a killed parent.
                 start_new_session=True,
             )
@@ -87,8 +102,9 @@ def collector_factory(redis_server: RedisServer, tmp_path: Path) -> Iterator[typ
             c.stop()
 
 
-def test_pixel_through_granian_workers_and_merged_metrics(collector_factory: type[Collector],
-                                                          redis_server: RedisServer) -> None:
+def test_pixel_through_granian_workers_and_merged_metrics(
+    collector_factory: type[Collector], redis_server: RedisServer
+) -> None:
     c = collector_factory(workers=2)
     statuses = [_get(c.port, f"/b/pageview?sid={i:x}&evt=view")[0] for i in range(20)]
     assert statuses == [200] * 20
@@ -97,9 +113,11 @@ def test_pixel_through_granian_workers_and_merged_metrics(collector_factory: typ
 
     def counted() -> bool:
         body = _get(c.port, "/metrics")[1].decode()
-        return ('oceanus_events_accepted_total{stream="pageview"} 20.0' in body
-                and 'oceanus_http_requests_total{status="400",stream="pageview"} 1.0' in body
-                and 'oceanus_http_requests_total{status="200",stream="pageview"} 20.0' in body)
+        return (
+            'oceanus_events_accepted_total{stream="pageview"} 20.0' in body
+            and 'oceanus_http_requests_total{status="400",stream="pageview"} 1.0' in body
+            and 'oceanus_http_requests_total{status="200",stream="pageview"} 20.0' in body
+        )
 
     # Each worker moves its counts into the shared files once per round; poll for the total.
     wait_for(counted, timeout=10, what="merged counts")
@@ -116,12 +134,17 @@ def _server_rx_queues(port: int) -> list[int]:
     return out
 
 
-def test_sigterm_drains_in_flight_events_and_exits_zero(collector_factory: type[Collector],
-                                                        redis_server: RedisServer) -> None:
+def test_sigterm_drains_in_flight_events_and_exits_zero(
+    collector_factory: type[Collector], redis_server: RedisServer
+) -> None:
     # A linger longer than the drain keeps the events queued in the workers when the
     # signal lands: only the drain itself can get them out in time.
-    c = collector_factory(workers=2, OCEANUS_COLLECTOR_BATCH_LINGER_MS="60000",
-                          OCEANUS_COLLECTOR_BATCH_MAX_EVENTS="100000", OCEANUS_COLLECTOR_DRAIN_TIMEOUT_S="8")
+    c = collector_factory(
+        workers=2,
+        OCEANUS_COLLECTOR_BATCH_LINGER_MS="60000",
+        OCEANUS_COLLECTOR_BATCH_MAX_EVENTS="100000",
+        OCEANUS_COLLECTOR_DRAIN_TIMEOUT_S="8",
+    )
     n = 40
     socks = []
     for i in range(n):
@@ -129,8 +152,11 @@ def test_sigterm_drains_in_flight_events_and_exits_zero(collector_factory: type[
         s.sendall(f"GET /b/pageview?sid={i:x}&evt=view HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         socks.append(s)
     # Every request has been read by a worker (nothing left in the kernel's receive queues).
-    wait_for(lambda: len(_server_rx_queues(c.port)) >= n and not any(_server_rx_queues(c.port)),
-             timeout=10, what="requests read by the workers")
+    wait_for(
+        lambda: len(_server_rx_queues(c.port)) >= n and not any(_server_rx_queues(c.port)),
+        timeout=10,
+        what="requests read by the workers",
+    )
     assert queued_rows(redis_server, "pageview") == []  # still lingering: in flight
     t0 = time.monotonic()
     c.proc.send_signal(signal.SIGTERM)
@@ -167,11 +193,11 @@ def _spooled_pids(spool: Path) -> set[int]:
     return {int(f.name.split("-")[1]) for f in spool.glob("spool-*.log") if f.stat().st_size > 0}
 
 
-def test_killed_worker_is_respawned_and_its_spool_replayed(collector_factory: type[Collector],
-                                                            tmp_path: Path) -> None:
+def test_killed_worker_is_respawned_and_its_spool_replayed(collector_factory: type[Collector], tmp_path: Path) -> None:
     # Redis is not up yet (connection refused): every acknowledged event is in a spool file.
     redis = RedisServer(tmp_path / "late-redis", port=free_port())
     c = collector_factory(workers=2, OCEANUS_REDIS_URL=redis.url, OCEANUS_REDIS_TIMEOUT_S="0.5")
+
     def two_workers() -> list[int]:
         now = _workers(c.proc.pid)
         return now if len(now) == 2 else []
@@ -207,8 +233,11 @@ def test_killed_worker_is_respawned_and_its_spool_replayed(collector_factory: ty
             return sorted(int(r["sid"], 16) for r in queued_rows(redis, "pageview")) == list(range(n))
 
         wait_for(all_rows, timeout=20, what=f"all {n} acknowledged events in Redis")
-        wait_for(lambda: victim not in _spooled_pids(spool) and not list(spool.glob(f"spool-{victim}-*")),
-                 timeout=10, what="the dead worker's spool file replayed and removed")
+        wait_for(
+            lambda: victim not in _spooled_pids(spool) and not list(spool.glob(f"spool-{victim}-*")),
+            timeout=10,
+            what="the dead worker's spool file replayed and removed",
+        )
     finally:
         c.stop()
         redis.stop()

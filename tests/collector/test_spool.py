@@ -35,17 +35,20 @@ async def test_outage_spools_then_replays_in_order(make_config: MakeConfig, redi
         redis_server.stop()
         during = [await request(app, "GET", "/b/pageview", f"sid={i:x}&evt=view") for i in range(1, 31)]
         batch = await request(app, "POST", "/e/pageview", body=b'[{"sid":"1f","evt":"a"},{"sid":"20","evt":"b"}]')
-        assert app.spool is not None and app.spool.pending_frames > 0
+        assert app.spool is not None
+        assert app.spool.pending_frames > 0
         ready_while_down = await request(app, "GET", "/readyz")
         metrics = (await request(app, "GET", "/metrics")).body.decode()
         redis_server.start()  # same port, same AOF directory
         await _until(lambda: app.spool is not None and not app.spool.pending)
-    assert before.status == 200 and batch.status == 200
+    assert before.status == 200
+    assert batch.status == 200
     assert [r.status for r in during] == [200] * 30
     # A Redis outage alone must not pull the collector out of the load balancer.
     assert ready_while_down.status == 200
     assert "oceanus_redis_up 0.0" in metrics
-    assert "oceanus_spool_frames" in metrics and "oceanus_spool_bytes 0.0" not in metrics
+    assert "oceanus_spool_frames" in metrics
+    assert "oceanus_spool_bytes 0.0" not in metrics
     rows = queued_rows(redis_server, "pageview")
     assert [int(r["sid"], 16) for r in rows] == list(range(33))
     assert len({r["event_id"] for r in rows}) == 33
@@ -57,13 +60,16 @@ async def test_spool_full_is_503_and_not_ready(make_config: MakeConfig, redis_se
         r = await request(app, "GET", "/b/pageview", "sid=ab&evt=view")
         post = await request(app, "POST", "/e/pageview", body=b'{"sid":"ab","evt":"v"}')
         ready = await request(app, "GET", "/readyz")
-    assert r.status == 503 and r.error.startswith("spool: full")
-    assert post.status == 503 and post.json()["error"]["field"] == "spool"
+    assert r.status == 503
+    assert r.error.startswith("spool: full")
+    assert post.status == 503
+    assert post.json()["error"]["field"] == "spool"
     assert ready.status == 503
 
 
-async def test_spool_survives_a_collector_restart(make_config: MakeConfig, redis_server: RedisServer,
-                                                  tmp_path: Path) -> None:
+async def test_spool_survives_a_collector_restart(
+    make_config: MakeConfig, redis_server: RedisServer, tmp_path: Path
+) -> None:
     # A short drain: with Redis down the shutdown retries it until the budget is spent.
     cfg = make_config(drain_timeout_s=0.5)
     redis_server.stop()
@@ -108,7 +114,8 @@ def test_a_live_owner_keeps_its_file(tmp_path: Path) -> None:
     second = Spool(tmp_path, 1 << 20).open()
     assert second.pending_frames == 0  # first still holds the lock
     first.close()
-    assert second.claim_orphans() == 1 and second.pending_frames == 1
+    assert second.claim_orphans() == 1
+    assert second.pending_frames == 1
     second.close()
 
 

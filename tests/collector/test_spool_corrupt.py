@@ -76,7 +76,8 @@ def test_a_corrupt_record_mid_file_costs_only_itself(tmp_path: Path, where: str)
     assert pushed == RECORDS[:bad] + RECORDS[bad + 1 :]
     assert quarantine_path(path).read_bytes() == bytes(data[start:end])
     assert spool.quarantined == {CORRUPT: end - start, TORN_TAIL: 0}
-    assert not spool.pending and not path.exists()  # a claimed file, fully replayed, is removed
+    assert not spool.pending
+    assert not path.exists()
     spool.close()
 
 

@@ -47,8 +47,10 @@ def test_unflushed_age_is_from_the_oldest_known_event() -> None:
 
 
 def test_status_command_and_status_page_agree(redis_server: RedisServer, tmp_path: Path) -> None:
-    cfg = config.load(REPO / "oceanus.toml", env={"OCEANUS_COLLECTOR_SPOOL_DIR": str(tmp_path / "spool"),
-                                                  "OCEANUS_REDIS_URL": f'"{redis_server.url}"'})
+    cfg = config.load(
+        REPO / "oceanus.toml",
+        env={"OCEANUS_COLLECTOR_SPOOL_DIR": str(tmp_path / "spool"), "OCEANUS_REDIS_URL": f'"{redis_server.url}"'},
+    )
     keys = Keys(cfg.redis.key_prefix)
     ids = EventIds()
     r = redis_server.client()
@@ -74,8 +76,10 @@ def test_status_command_and_status_page_agree(redis_server: RedisServer, tmp_pat
     command = status_command.redis_counts(redis_server.url, cfg.redis.key_prefix, list(cfg.streams), NOW)
     assert set(page) == set(command)
     for name, st in command.items():
-        assert (st.backlog_frames, st.oldest_unflushed_age_s) == (page[name].backlog_frames,
-                                                                   page[name].oldest_unflushed_s), name
+        assert (st.backlog_frames, st.oldest_unflushed_age_s) == (
+            page[name].backlog_frames,
+            page[name].oldest_unflushed_s,
+        ), name
     assert command["pageview"].oldest_unflushed_age_s == 90.0  # the id's millisecond, not received_at's
     assert command["form"].oldest_unflushed_age_s == 300.0
     assert command["ecview"].oldest_unflushed_age_s is None
@@ -103,11 +107,14 @@ def test_each_app_owns_its_pages_and_closes_the_status_client(tmp_path: Path) ->
     async def run() -> None:
         assert await get(first, "/oceanus.js") == 200
         assert await get(second, "/_/status.json") == 200  # Redis is not there: the page says so
-        assert first.web is not None and second.web is not None and first.web is not second.web
+        assert first.web is not None
+        assert second.web is not None
+        assert first.web is not second.web
         pages = first.web.pages
         assert await get(first, "/oceanus.js") == 200
         assert first.web.pages is pages  # rendered once per app
-        assert first.web.redis is None and second.web.redis is not None
+        assert first.web.redis is None
+        assert second.web.redis is not None
         await second.shutdown()
         assert second.web.redis is None
 

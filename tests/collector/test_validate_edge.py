@@ -62,8 +62,7 @@ TS_RANGE = ("t", "range", "outside 0001-01-01 to 9999-12-31 UTC")
         ("1704067200.5", {"t": 1_704_067_200_500_000}),
     ],
 )
-def test_timestamps_outside_every_warehouse_are_refused(validator: StreamValidator, value: str,
-                                                        expected: Any) -> None:
+def test_timestamps_outside_every_warehouse_are_refused(validator: StreamValidator, value: str, expected: Any) -> None:
     assert outcome(validator, {"t": value}) == expected
 
 
@@ -106,8 +105,15 @@ def test_pattern_dollar_is_the_end_of_the_value(validator: StreamValidator) -> N
 
 @pytest.mark.parametrize(
     ("pattern", "anchored"),
-    [("^a$", "^a\\Z"), ("[$]$", "[$]\\Z"), ("\\$$", "\\$\\Z"), ("[]$]x", "[]$]x"), ("[^]$]$", "[^]$]\\Z"),
-     ("a|b$", "a|b\\Z"), ("no", "no")],
+    [
+        ("^a$", "^a\\Z"),
+        ("[$]$", "[$]\\Z"),
+        ("\\$$", "\\$\\Z"),
+        ("[]$]x", "[]$]x"),
+        ("[^]$]$", "[^]$]\\Z"),
+        ("a|b$", "a|b\\Z"),
+        ("no", "no"),
+    ],
 )
 def test_end_anchored(pattern: str, anchored: str) -> None:
     assert end_anchored(pattern) == anchored
@@ -117,18 +123,26 @@ def test_json_max_length_counts_utf8_bytes(validator: StreamValidator) -> None:
     # Five characters, twelve bytes: at the limit. One more two-byte character is past it.
     assert outcome(validator, {"j": '"\u00e9\u00e9\u00e9\u00e9\u00e9"'}) == {"j": '"\u00e9\u00e9\u00e9\u00e9\u00e9"'}
     assert outcome(validator, {"j": '"\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9"'}) == (
-        "j", "max_length", "longer than 12 bytes")
-    assert outcome(validator, {"j": '"\U0001f600\U0001f600\U0001f600"'}) == (
-        "j", "max_length", "longer than 12 bytes")
+        "j",
+        "max_length",
+        "longer than 12 bytes",
+    )
+    assert outcome(validator, {"j": '"\U0001f600\U0001f600\U0001f600"'}) == ("j", "max_length", "longer than 12 bytes")
 
 
 def test_extra_nesting_is_capped(validator: StreamValidator) -> None:
     at_limit = {"x": {"y": [1]}}  # extra, x's object, y's array: three levels
     assert outcome(validator, dict(at_limit), False) == {"extra": '{"x":{"y":[1]}}'}
     assert outcome(validator, {"x": {"y": [[1]]}}, False) == (
-        "extra", "max_extra_depth", "unknown keys nest deeper than 3 levels")
+        "extra",
+        "max_extra_depth",
+        "unknown keys nest deeper than 3 levels",
+    )
     assert outcome(validator, {"x": [{}, [[{"z": 1}]]]}, False) == (
-        "extra", "max_extra_depth", "unknown keys nest deeper than 3 levels")
+        "extra",
+        "max_extra_depth",
+        "unknown keys nest deeper than 3 levels",
+    )
     deep = msgspec.json.decode(b"[" * 900 + b"]" * 900)
     assert outcome(validator, {"x": deep}, False)[1] == "max_extra_depth"
 
@@ -143,14 +157,16 @@ def anyio_backend() -> str:
 
 
 @pytest.mark.anyio
-async def test_far_future_timestamp_is_a_400_and_nothing_is_queued(
-        make_config: Any, redis_server: RedisServer) -> None:
+async def test_far_future_timestamp_is_a_400_and_nothing_is_queued(make_config: Any, redis_server: RedisServer) -> None:
     body = b'{"user_id":"x","viewed_at":"9999-12-31T23:59:59-14:00"}'
     async with running(App(make_config())) as app:
         bad = await request(app, "POST", "/e/ecview", body=body)
         ok = await request(app, "POST", "/e/ecview", body=b'{"user_id":"x","viewed_at":"9999-12-31T23:59:59Z"}')
     assert bad.status == 400
-    assert bad.json()["error"] == {"field": "viewed_at", "rule": "range",
-                                   "message": "outside 0001-01-01 to 9999-12-31 UTC"}
+    assert bad.json()["error"] == {
+        "field": "viewed_at",
+        "rule": "range",
+        "message": "outside 0001-01-01 to 9999-12-31 UTC",
+    }
     assert ok.status == 200
     assert frame_count(redis_server, "ecview") == 1

@@ -37,19 +37,28 @@ def outcome(v: StreamValidator, event: dict[str, Any], from_text: bool) -> Any:
 def test_plain_string_rules(validator: StreamValidator, from_text: bool) -> None:
     assert outcome(validator, {"need": "abc", "free": "x" * 5000}, from_text)[:3] == [None, "abc", "x" * 5000]
     assert outcome(validator, {"need": "abc", "plain": "abcd"}, from_text) == (
-        "plain", "max_length", "longer than 3 characters")
+        "plain",
+        "max_length",
+        "longer than 3 characters",
+    )
     assert outcome(validator, {"need": ""}, from_text) == ("need", "required", "is required and may not be empty")
     assert outcome(validator, {}, from_text) == ("need", "required", "is required")
     assert outcome(validator, {"need": "a", "plain": ""}, from_text)[:2] == ["", "a"]
     assert outcome(validator, {"need": "a", "low": "ABC"}, from_text)[3] == "abc"
     assert outcome(validator, {"need": "a", "low": "ABCD"}, from_text) == (
-        "low", "max_length", "longer than 3 characters")
+        "low",
+        "max_length",
+        "longer than 3 characters",
+    )
 
 
 def test_plain_string_refuses_other_json_types(validator: StreamValidator) -> None:
     assert outcome(validator, {"need": 12}, False) == ("need", "type", "expected a string, got a number")
     assert outcome(validator, {"need": "a", "plain": ["x"]}, False) == (
-        "plain", "type", "expected a string, got an array")
+        "plain",
+        "type",
+        "expected a string, got an array",
+    )
 
 
 @given(st.text(max_size=6))

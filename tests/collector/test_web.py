@@ -48,7 +48,10 @@ def _get(app: App, path: str, query: bytes = b"", headers: dict[str, str] | None
         return {"type": "http.request", "body": b"", "more_body": False}
 
     scope = {
-        "type": "http", "method": "GET", "path": path, "query_string": query,
+        "type": "http",
+        "method": "GET",
+        "path": path,
+        "query_string": query,
         "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
     }
 
@@ -101,7 +104,8 @@ def test_rendered_tag_embeds_the_schema_and_stays_small(default_config: config.C
 def test_tag_caching_headers_gzip_and_revalidation(tmp_path: Path) -> None:
     app = App(_cfg(tmp_path))
     plain = _get(app, "/oceanus.js")
-    assert plain is not None and plain.status == 200
+    assert plain is not None
+    assert plain.status == 200
     assert plain.headers["content-type"].startswith("application/javascript")
     assert "max-age=3600" in plain.headers["cache-control"]
     assert plain.headers["vary"] == "Accept-Encoding"
@@ -110,22 +114,28 @@ def test_tag_caching_headers_gzip_and_revalidation(tmp_path: Path) -> None:
     assert int(plain.headers["content-length"]) == len(plain.body)
 
     zipped = _get(app, "/oceanus.js", headers={"Accept-Encoding": "gzip, deflate, br"})
-    assert zipped is not None and zipped.headers["content-encoding"] == "gzip"
+    assert zipped is not None
+    assert zipped.headers["content-encoding"] == "gzip"
     assert gzip.decompress(zipped.body) == plain.body
     assert zipped.headers["etag"] != plain.headers["etag"]
 
     for etag, encoding in ((plain.headers["etag"], ""), (zipped.headers["etag"], "gzip")):
         again = _get(app, "/oceanus.js", headers={"If-None-Match": etag, "Accept-Encoding": encoding})
-        assert again is not None and again.status == 304 and again.body == b""
+        assert again is not None
+        assert again.status == 304
+        assert again.body == b""
     stale = _get(app, "/oceanus.js", headers={"If-None-Match": '"0000"'})
-    assert stale is not None and stale.status == 200
+    assert stale is not None
+    assert stale.status == 200
 
 
 def test_the_etag_is_the_same_in_every_worker(tmp_path: Path) -> None:
     one = _get(App(_cfg(tmp_path)), "/oceanus.js", headers={"Accept-Encoding": "gzip"})
     two = _get(App(_cfg(tmp_path)), "/oceanus.js", headers={"Accept-Encoding": "gzip"})
-    assert one is not None and two is not None
-    assert one.headers["etag"] == two.headers["etag"] and one.body == two.body
+    assert one is not None
+    assert two is not None
+    assert one.headers["etag"] == two.headers["etag"]
+    assert one.body == two.body
 
 
 # -- page switches ------------------------------------------------------------------------
@@ -141,9 +151,11 @@ def test_demo_serves_every_route_of_the_single_page_app(tmp_path: Path) -> None:
     app = App(_cfg(tmp_path, OCEANUS_COLLECTOR_DEMO="true"))
     for path in ("/demo", "/demo/pricing", "/demo/contact"):
         resp = _get(app, path)
-        assert resp is not None and resp.status == 200
+        assert resp is not None
+        assert resp.status == 200
         assert resp.headers["content-type"].startswith("text/html")
-        assert b"/oceanus.js" in resp.body and b"data-oceanus-form" in resp.body
+        assert b"/oceanus.js" in resp.body
+        assert b"data-oceanus-form" in resp.body
     assert _get(app, "/demonstration") is None
 
 
@@ -151,24 +163,31 @@ def test_status_token_via_header_bearer_or_query(tmp_path: Path) -> None:
     app = App(_cfg(tmp_path, OCEANUS_COLLECTOR_STATUS_PAGE="true", OCEANUS_COLLECTOR_STATUS_TOKEN='"s3cret"'))
     for headers, query in (({}, b""), ({"X-Oceanus-Token": "wrong"}, b""), ({}, b"token=s3cre")):
         resp = _get(app, "/_/status", query=query, headers=headers)
-        assert resp is not None and resp.status == 401
+        assert resp is not None
+        assert resp.status == 401
         assert resp.headers["x-oceanus-error"].startswith("token: status_token")
         assert json.loads(resp.body)["error"]["field"] == "token"
-    for headers, query in (({"X-Oceanus-Token": "s3cret"}, b""), ({"Authorization": "Bearer s3cret"}, b""),
-                           ({}, b"x=1&token=s3cret")):
+    for headers, query in (
+        ({"X-Oceanus-Token": "s3cret"}, b""),
+        ({"Authorization": "Bearer s3cret"}, b""),
+        ({}, b"x=1&token=s3cret"),
+    ):
         resp = _get(app, "/_/status", query=query, headers=headers)
-        assert resp is not None and resp.status == 200, (headers, query)
+        assert resp is not None, (headers, query)
+        assert resp.status == 200, (headers, query)
 
 
 def test_status_page_is_self_contained(tmp_path: Path) -> None:
     app = App(_cfg(tmp_path, OCEANUS_COLLECTOR_STATUS_PAGE="true"))
     resp = _get(app, "/_/status")
-    assert resp is not None and resp.status == 200
+    assert resp is not None
+    assert resp.status == 200
     html = resp.body.decode()
     # No external script, style or font: nothing but this collector.
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
     csp = resp.headers["content-security-policy"]
-    assert "default-src 'none'" in csp and "connect-src 'self'" in csp
+    assert "default-src 'none'" in csp
+    assert "connect-src 'self'" in csp
     assert csp.count("'sha256-") == html.count("<script>")
     assert resp.headers["referrer-policy"] == "no-referrer"
 
@@ -203,8 +222,7 @@ def test_snapshot_counts_rates_backlog_age_and_errors(redis_server: RedisServer,
     inflight = keys.inflight("form", "flusher-1", 1)
     r.rpush(inflight, _frame(cfg, "form", ids, int((now - 300) * 1000), 2))
     r.sadd(keys.inflight_index("form"), inflight)
-    r.lpush(keys.recent_errors(), b'{"stream":"pageview","field":"sid","rule":"pattern","at":1800000025}',
-            b"not json")
+    r.lpush(keys.recent_errors(), b'{"stream":"pageview","field":"sid","rule":"pattern","at":1800000025}', b"not json")
 
     async def take() -> status.Snapshot:
         import redis.asyncio as aioredis
@@ -224,14 +242,18 @@ def test_snapshot_counts_rates_backlog_age_and_errors(redis_server: RedisServer,
     assert pv.rejected_per_s == pytest.approx(0.1)
     assert pv.reject_ratio == pytest.approx(6 / 66, abs=1e-4)
     assert len(pv.history) == status.STATUS_HISTORY_MIN
-    assert pv.history[-1] == 30 and pv.history[-2] == 60 and pv.history[-6] == 7 and sum(pv.history) == 97
+    assert pv.history[-1] == 30
+    assert pv.history[-2] == 60
+    assert pv.history[-6] == 7
+    assert sum(pv.history) == 97
     assert pv.backlog_frames == 3
     assert (pv.backlog_rows, pv.backlog_rows_exact) == (24, False)  # 3 x (10 + 6) / 2
     assert pv.oldest_unflushed_s == pytest.approx(90.0, abs=0.01)
     form = by_name["form"]
     assert (form.backlog_frames, form.inflight_batches) == (0, 1)
     assert form.oldest_unflushed_s == pytest.approx(300.0, abs=0.01)
-    assert by_name["ecview"].oldest_unflushed_s is None and by_name["ecview"].events_per_s == 0
+    assert by_name["ecview"].oldest_unflushed_s is None
+    assert by_name["ecview"].events_per_s == 0
     assert [(e.stream, e.field, e.rule) for e in snap.recent_errors] == [("pageview", "sid", "pattern")]
 
 
@@ -251,8 +273,10 @@ def test_snapshot_when_redis_is_unreachable(tmp_path: Path) -> None:
     assert resp is None
     app = App(msgspec.structs.replace(cfg, collector=msgspec.structs.replace(cfg.collector, status_page=True)))
     resp = _get(app, "/_/status.json")
-    assert resp is not None and resp.status == 200  # Redis down is news for the page, not a 5xx
+    assert resp is not None
+    assert resp.status == 200
     snap = json.loads(resp.body)
-    assert snap["redis_up"] is False and snap["redis_error"]
+    assert snap["redis_up"] is False
+    assert snap["redis_error"]
     assert snap["spool"] == {"bytes": 600, "files": 1}
     assert time.monotonic() - t0 < status.STATUS_REDIS_TIMEOUT_S + 3

@@ -22,12 +22,14 @@ ALERTS = DOCKER / "prometheus" / "alerts.yml"
 DASHBOARD = DOCKER / "grafana" / "oceanus.json"
 
 #: Custom resources of GKE add-ons: no schema in kubernetes-validate, checked by hand.
-GKE_CUSTOM_KINDS = frozenset({
-    ("cloud.google.com/v1", "BackendConfig"),
-    ("monitoring.googleapis.com/v1", "PodMonitoring"),
-    ("networking.gke.io/v1", "ManagedCertificate"),
-    ("networking.gke.io/v1beta1", "FrontendConfig"),
-})
+GKE_CUSTOM_KINDS = frozenset(
+    {
+        ("cloud.google.com/v1", "BackendConfig"),
+        ("monitoring.googleapis.com/v1", "PodMonitoring"),
+        ("networking.gke.io/v1", "ManagedCertificate"),
+        ("networking.gke.io/v1beta1", "FrontendConfig"),
+    }
+)
 
 Resource = dict[str, Any]
 
@@ -45,9 +47,7 @@ def kustomize(target: str) -> tuple[Resource, ...]:
     exe = kubectl()
     if exe is None:
         raise RuntimeError("kubectl is not installed")
-    out = subprocess.run(
-        [exe, "kustomize", str(K8S / target)], capture_output=True, text=True, timeout=60, check=False
-    )
+    out = subprocess.run([exe, "kustomize", str(K8S / target)], capture_output=True, text=True, timeout=60, check=False)
     if out.returncode != 0:
         raise AssertionError(f"kubectl kustomize {target} failed: {out.stderr.strip()}")
     return tuple(doc for doc in yaml.safe_load_all(out.stdout) if doc)

@@ -27,9 +27,22 @@ def redis_with(args: list[str], data_dir: Path) -> Iterator[int]:
         pytest.skip("redis-server is not installed")
     port = free_port()
     proc = subprocess.Popen(
-        [binary, *args, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
-         "--appendfsync", "everysec", "--daemonize", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            binary,
+            *args,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data_dir),
+            "--appendfsync",
+            "everysec",
+            "--daemonize",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_for(lambda: port_open(port) or proc.poll() is not None, what=f"redis-server on {port}")
@@ -81,5 +94,13 @@ def assert_admits_only(url: str, port: int, password: str) -> None:
 def probe_passes(command: list[str], port: int, password: str) -> bool:
     """A ``redis-cli`` health check, pointed at ``port``, with REDISCLI_AUTH set."""
     cmd = [a.replace("redis-cli", f"redis-cli -p {port}") for a in command]
-    return subprocess.run(cmd, env={"REDISCLI_AUTH": password, "PATH": "/usr/bin:/bin:/usr/local/bin"},
-                          capture_output=True, timeout=10, check=False).returncode == 0
+    return (
+        subprocess.run(
+            cmd,
+            env={"REDISCLI_AUTH": password, "PATH": "/usr/bin:/bin:/usr/local/bin"},
+            capture_output=True,
+            timeout=10,
+            check=False,
+        ).returncode
+        == 0
+    )

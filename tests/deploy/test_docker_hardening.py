@@ -45,7 +45,7 @@ def test_every_variable_a_stage_uses_is_in_scope() -> None:
                 assert not missing, f"{op} {arg[:60]}...: {sorted(missing)} not declared in this stage"
     final = _stages()[-1]
     labels = " ".join(a for op, a in final if op == "LABEL")
-    assert "org.opencontainers.image.base.name=\"${PYTHON_IMAGE}\"" in labels
+    assert 'org.opencontainers.image.base.name="${PYTHON_IMAGE}"' in labels
 
 
 def test_the_image_writes_only_to_the_directories_it_makes() -> None:
@@ -100,12 +100,18 @@ def test_the_image_installs_pinned_versions() -> None:
 
 def test_constraints_are_the_environments_closure() -> None:
     """docker/constraints.py --check: the file equals what it would write now."""
-    out = subprocess.run([sys.executable, str(m.DOCKER / "constraints.py"), "--check"],
-                         capture_output=True, text=True, timeout=60, check=False)
+    out = subprocess.run(
+        [sys.executable, str(m.DOCKER / "constraints.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
 
 
 # --- compose -----------------------------------------------------------------------------
+
 
 def _bytes(text: str) -> int:
     num, unit = re.fullmatch(r"(\d+)([kmg]?)b?", str(text).lower()).groups()  # type: ignore[union-attr]
@@ -117,7 +123,9 @@ def test_compose_images_are_pinned() -> None:
     for name, svc in m.compose()["services"].items():
         image = _interpolate(svc["image"])
         repo, _, tag = image.rpartition(":")
-        assert repo and tag and "latest" not in tag, f"{name}: image {image} has no fixed tag"
+        assert repo, f"{name}: image {image} has no fixed tag"
+        assert tag, f"{name}: image {image} has no fixed tag"
+        assert "latest" not in tag, f"{name}: image {image} has no fixed tag"
         if repo == "oceanus":
             assert tag.split("-")[0] == version, f"{name}: {image} is not this tree's version {version}"
 
@@ -141,7 +149,8 @@ def test_grafana_has_no_default_password_and_stays_local() -> None:
     grafana = m.compose()["services"]["grafana"]
     env = grafana["environment"]
     assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?[^}]+\}", env["GF_SECURITY_ADMIN_PASSWORD"]), (
-        "the admin password must come from the environment and be required")
+        "the admin password must come from the environment and be required"
+    )
     assert env.get("GF_AUTH_ANONYMOUS_ORG_ROLE", "Viewer") == "Viewer"
     assert grafana["ports"] == ["127.0.0.1:3000:3000"]
 
@@ -162,7 +171,8 @@ def test_compose_redis_admits_only_the_oceanus_user(tmp_path: Path) -> None:
     env = {"OCEANUS_REDIS_PASSWORD": password, "GRAFANA_ADMIN_PASSWORD": "x"}
     raw = services["redis"]["command"]
     assert [u[:2] for u in _redis_user_lines(raw)] == [["default", "off"], ["oceanus", "on"]]
-    assert "nopass" not in raw and all("requirepass" not in str(a) for a in raw)
+    assert "nopass" not in raw
+    assert all("requirepass" not in str(a) for a in raw)
     cmd = [_interpolate(str(a), env) for a in raw]
     assert cmd[0] == "redis-server"
     url = _interpolate(m.compose()["x-oceanus-env"]["OCEANUS_REDIS_URL"], env)

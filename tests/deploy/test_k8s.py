@@ -89,8 +89,9 @@ def test_configmap_decodes_with_the_real_loader(target: str) -> None:
 
 
 def _mounted(c: dict[str, Any], path: str) -> bool:
-    return any(path == v["mountPath"] or path.startswith(v["mountPath"].rstrip("/") + "/")
-               for v in c.get("volumeMounts", []))
+    return any(
+        path == v["mountPath"] or path.startswith(v["mountPath"].rstrip("/") + "/") for v in c.get("volumeMounts", [])
+    )
 
 
 def _prestop_s(c: dict[str, Any]) -> float:
@@ -130,7 +131,9 @@ def test_collector_deployment(target: str) -> None:
     )
     assert _mounted(c, cfg.collector.spool_dir), f"spool_dir {cfg.collector.spool_dir} is not on a volume"
     assert {t["topologyKey"] for t in pod["topologySpreadConstraints"]} == {
-        "topology.kubernetes.io/zone", "kubernetes.io/hostname"}
+        "topology.kubernetes.io/zone",
+        "kubernetes.io/hostname",
+    }
     assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     _assert_hardened(pod, c)
 
@@ -154,10 +157,12 @@ def test_flusher_deployment(target: str) -> None:
     # The init container must write to the same warehouse as the flusher.
     assert _config_for(resources, init).sink == cfg.sink
     if cfg.sink.kind == "duckdb":
-        assert _mounted(c, cfg.sink.duckdb.path) and _mounted(init, cfg.sink.duckdb.path)
+        assert _mounted(c, cfg.sink.duckdb.path)
+        assert _mounted(init, cfg.sink.duckdb.path)
         volume = next(v for v in pod["volumes"] if v["name"] == "warehouse")
         assert "persistentVolumeClaim" in volume, "a DuckDB warehouse on an emptyDir dies with the pod"
-        assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+        assert dep["spec"]["replicas"] == 1
+        assert dep["spec"]["strategy"]["type"] == "Recreate"
     _assert_hardened(pod, c)
 
 
@@ -165,7 +170,8 @@ def _assert_hardened(pod: dict[str, Any], c: dict[str, Any]) -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
-    assert c["resources"]["requests"]["cpu"] and c["resources"]["limits"]["memory"]
+    assert c["resources"]["requests"]["cpu"]
+    assert c["resources"]["limits"]["memory"]
 
 
 _MEMORY_UNITS = {"": 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "K": 10**3, "M": 10**6, "G": 10**9}
@@ -288,5 +294,5 @@ def test_gke_custom_resources_and_identity() -> None:
     assert flusher["spec"]["template"]["spec"]["serviceAccountName"] == "oceanus-flusher"
     assert _config_for(resources, m.container(flusher, "flusher")).sink.kind == "bigquery"
     spool = next(v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == "spool")
-    assert "ephemeral" in spool and "emptyDir" not in spool
-
+    assert "ephemeral" in spool
+    assert "emptyDir" not in spool

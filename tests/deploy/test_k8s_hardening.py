@@ -49,6 +49,7 @@ def test_every_pod_spec_disables_service_links(target: str) -> None:
 
 # --- Redis: one ACL user, the password from a Secret ------------------------------------------
 
+
 def _env_entry(c: dict[str, Any], name: str) -> tuple[int, dict[str, Any]]:
     for i, e in enumerate(c.get("env", [])):
         if e["name"] == name:
@@ -100,7 +101,8 @@ def test_redis_wants_the_acl_user_from_the_secret(target: str) -> None:
     assert _secret_ref(c, "REDISCLI_AUTH") == REDIS_SECRET
     (user,) = _options(c["args"][1:])["user"]
     assert user[:3] == ["oceanus", "on", ">$(REDISCLI_AUTH)"]
-    assert "-@dangerous" in user and "nopass" not in user
+    assert "-@dangerous" in user
+    assert "nopass" not in user
     probe = " ".join(c["readinessProbe"]["exec"]["command"])
     assert "redis-cli --user oceanus ping" in probe
     svc_port = m.find(resources, "Service", "redis")["spec"]["ports"][0]["port"]
@@ -111,8 +113,10 @@ def test_redis_wants_the_acl_user_from_the_secret(target: str) -> None:
         assert (parts.scheme, parts.username, parts.password) == ("redis", "oceanus", "$(REDIS_PASSWORD)")
         assert (parts.hostname, parts.port) == ("redis", svc_port)
         # The env wins over the ConfigMap's password-less URL.
-        cfg = config.loads(m.find_prefix(resources, "ConfigMap", "oceanus-config")["data"]["oceanus.toml"],
-                           env={"OCEANUS_REDIS_URL": _redis_url(app)})
+        cfg = config.loads(
+            m.find_prefix(resources, "ConfigMap", "oceanus-config")["data"]["oceanus.toml"],
+            env={"OCEANUS_REDIS_URL": _redis_url(app)},
+        )
         assert cfg.redis.url == _redis_url(app)
 
 

@@ -32,8 +32,9 @@ class Process:
         args = [sys.executable, "-m", "oceanus.cli", role, "--config", str(m.REPO / "oceanus.toml")]
         if role == "collector":
             args += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-        self.proc = subprocess.Popen(args, cwd=log.parent, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            args, cwd=log.parent, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -85,13 +86,15 @@ class Process:
 def _env(redis: RedisServer, tmp: Path, **extra: str) -> dict[str, str]:
     # Only this test's settings: an OCEANUS_* variable from the caller's shell would change the run.
     env = {k: v for k, v in os.environ.items() if not k.startswith("OCEANUS_")}
-    env.update({
-        "OCEANUS_REDIS_URL": redis.url,
-        "OCEANUS_COLLECTOR_SPOOL_DIR": str(tmp / "spool"),
-        "OCEANUS_SINK_KIND": "duckdb",
-        "OCEANUS_SINK_DUCKDB_PATH": str(tmp / "warehouse.duckdb"),
-        **extra,
-    })
+    env.update(
+        {
+            "OCEANUS_REDIS_URL": redis.url,
+            "OCEANUS_COLLECTOR_SPOOL_DIR": str(tmp / "spool"),
+            "OCEANUS_SINK_KIND": "duckdb",
+            "OCEANUS_SINK_DUCKDB_PATH": str(tmp / "warehouse.duckdb"),
+            **extra,
+        }
+    )
     return env
 
 
@@ -99,9 +102,17 @@ def _env(redis: RedisServer, tmp: Path, **extra: str) -> dict[str, str]:
 def processes(redis_server: RedisServer, tmp_path: Path) -> Iterator[tuple[Process, Process]]:
     collector_port, flusher_port = free_ports(2)
     collector = Process("collector", collector_port, _env(redis_server, tmp_path), tmp_path / "collector.log")
-    flusher = Process("flusher", flusher_port, _env(
-        redis_server, tmp_path, OCEANUS_FLUSHER_ADMIN_HOST="127.0.0.1", OCEANUS_FLUSHER_ADMIN_PORT=str(flusher_port),
-    ), tmp_path / "flusher.log")
+    flusher = Process(
+        "flusher",
+        flusher_port,
+        _env(
+            redis_server,
+            tmp_path,
+            OCEANUS_FLUSHER_ADMIN_HOST="127.0.0.1",
+            OCEANUS_FLUSHER_ADMIN_PORT=str(flusher_port),
+        ),
+        tmp_path / "flusher.log",
+    )
     try:
         collector.wait_healthy()
         flusher.wait_healthy()
@@ -112,8 +123,13 @@ def processes(redis_server: RedisServer, tmp_path: Path) -> Iterator[tuple[Proce
 
 
 def _probe(url: str) -> int:
-    return subprocess.run([sys.executable, str(m.DOCKER / "healthcheck.py")], env={"HEALTHCHECK_URL": url},
-                          capture_output=True, timeout=30, check=False).returncode
+    return subprocess.run(
+        [sys.executable, str(m.DOCKER / "healthcheck.py")],
+        env={"HEALTHCHECK_URL": url},
+        capture_output=True,
+        timeout=30,
+        check=False,
+    ).returncode
 
 
 def test_dashboard_and_alerts_query_only_live_metrics(processes: tuple[Process, Process]) -> None:
@@ -158,4 +174,5 @@ def test_sigterm_drain_fits_the_manifests(processes: tuple[Process, Process]) ->
     assert budgets["collector"] > defaults.collector.drain_timeout_s
     collector.get("/b/pageview?sid=abc123&evt=view")
     took = {proc.role: proc.terminate(budgets[proc.role]) for proc in (collector, flusher)}
-    assert took["collector"] < budgets["collector"] and took["flusher"] < budgets["flusher"]
+    assert took["collector"] < budgets["collector"]
+    assert took["flusher"] < budgets["flusher"]

@@ -58,8 +58,11 @@ def test_alerts_cover_the_promised_conditions() -> None:
     for rule in alerts.values():
         assert rule["labels"]["severity"] in ("info", "warning", "critical")
         assert rule["annotations"]["summary"]
-    tested = {t["alertname"] for case in m.load_yaml(m.DOCKER / "prometheus" / "alerts_test.yml")["tests"]
-              for t in case["alert_rule_test"]}
+    tested = {
+        t["alertname"]
+        for case in m.load_yaml(m.DOCKER / "prometheus" / "alerts_test.yml")["tests"]
+        for t in case["alert_rule_test"]
+    }
     assert tested == set(alerts), f"alerts without a promtool test: {set(alerts) - tested}"
 
 
@@ -102,13 +105,21 @@ def test_dashboard_shows_what_operators_need() -> None:
     assert dash["uid"] == "oceanus"
     text = "\n".join(m.dashboard_exprs())
     for metric in (
-        "oceanus_events_accepted_total", "oceanus_http_requests_total", "oceanus_http_request_duration_seconds_bucket",
-        "oceanus_backlog_items", "oceanus_redis_used_memory_bytes", "oceanus_lag_seconds",
-        "oceanus_rows_written_total", "oceanus_batch_target_rows", "oceanus_sink_retries_total",
-        "oceanus_rows_dead_lettered_total", "oceanus_spool_frames",
+        "oceanus_events_accepted_total",
+        "oceanus_http_requests_total",
+        "oceanus_http_request_duration_seconds_bucket",
+        "oceanus_backlog_items",
+        "oceanus_redis_used_memory_bytes",
+        "oceanus_lag_seconds",
+        "oceanus_rows_written_total",
+        "oceanus_batch_target_rows",
+        "oceanus_sink_retries_total",
+        "oceanus_rows_dead_lettered_total",
+        "oceanus_spool_frames",
     ):
         assert metric in text, f"dashboard lacks {metric}"
-    assert "histogram_quantile(0.99" in text and "histogram_quantile(0.50" in text
+    assert "histogram_quantile(0.99" in text
+    assert "histogram_quantile(0.50" in text
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     for panel in dash["panels"]:
@@ -124,7 +135,8 @@ def test_grafana_provisioning_matches_the_dashboard_and_compose() -> None:
     targets = [v.split(":")[1] for v in grafana["volumes"]]
     assert provider["options"]["path"] + "/oceanus.json" in targets
     prometheus = m.compose()["services"]["prometheus"]
-    assert ds["url"] == "http://prometheus:9090" and "prometheus" in m.compose()["services"]
+    assert ds["url"] == "http://prometheus:9090"
+    assert "prometheus" in m.compose()["services"]
     assert any(v.startswith("./prometheus:/etc/prometheus") for v in prometheus["volumes"])
 
 
@@ -132,8 +144,10 @@ def test_scrape_targets_are_the_compose_services() -> None:
     prom = m.load_yaml(m.DOCKER / "prometheus" / "prometheus.yml")
     services = m.compose()["services"]
     env = m.compose()["x-oceanus-env"]
-    cfg = config.loads((m.REPO / "oceanus.toml").read_text(encoding="utf-8"), env={
-        k: v for k, v in env.items() if k.startswith("OCEANUS_") and "$" not in v})
+    cfg = config.loads(
+        (m.REPO / "oceanus.toml").read_text(encoding="utf-8"),
+        env={k: v for k, v in env.items() if k.startswith("OCEANUS_") and "$" not in v},
+    )
     expected = {
         "oceanus-collector": f"collector:{cfg.collector.port}",
         "oceanus-flusher": f"flusher:{cfg.flusher.admin_port}",

@@ -28,8 +28,14 @@ jsn = { type = "json" }
 
 
 def make_config_text(redis_url: str, duckdb_path: Path, streams_toml: str = STREAMS_TOML, **flusher: Any) -> str:
-    fl = {"admin_port": 0, "heartbeat_ttl_s": 1.0, "drain_timeout_s": 5.0, "retry_base_s": 0.01,
-          "retry_max_s": 0.05, **flusher}
+    fl = {
+        "admin_port": 0,
+        "heartbeat_ttl_s": 1.0,
+        "drain_timeout_s": 5.0,
+        "retry_base_s": 0.01,
+        "retry_max_s": 0.05,
+        **flusher,
+    }
     lines = "\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in fl.items())
     return (
         f'[redis]\nurl = "{redis_url}"\n\n[flusher]\n{lines}\n\n[sink]\nkind = "duckdb"\n\n'
@@ -50,16 +56,26 @@ def make_rows(stream: StreamConfig, n: int, start: int = 0) -> list[list[Any]]:
     rows = []
     for i in range(start, start + n):
         values: dict[str, Any] = {
-            "event_id": _ids.new(), "received_at": now_us, "ip": "192.0.2.1", "ua": "Mozilla/5.0", "device": "pc",
-            "sid": f"{i:x}", "n": i, "score": i / 2, "ok": i % 2 == 0, "at": now_us - i, "jsn": f'{{"i": {i}}}',
+            "event_id": _ids.new(),
+            "received_at": now_us,
+            "ip": "192.0.2.1",
+            "ua": "Mozilla/5.0",
+            "device": "pc",
+            "sid": f"{i:x}",
+            "n": i,
+            "score": i / 2,
+            "ok": i % 2 == 0,
+            "at": now_us - i,
+            "jsn": f'{{"i": {i}}}',
             "extra": None,
         }
         rows.append([values.get(c) for c in stream.columns])
     return rows
 
 
-def push_frames(client: redis.Redis, keys: Keys, stream: StreamConfig, frames: int, rows_per_frame: int,
-                start: int = 0) -> list[str]:
+def push_frames(
+    client: redis.Redis, keys: Keys, stream: StreamConfig, frames: int, rows_per_frame: int, start: int = 0
+) -> list[str]:
     """RPUSH ``frames`` frames; returns the event ids (hex) in order."""
     ids: list[str] = []
     items = []

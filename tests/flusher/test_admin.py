@@ -36,8 +36,9 @@ TOKEN = "t0ken-for-the-admin-tests-0123456789"
 SLOW_SQL = b"SELECT sum(a.range * b.range) FROM range(100000) AS a, range(100000) AS b"
 
 
-def _http(url: str, data: bytes | None = None, token: str | None = None,
-          timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
+def _http(
+    url: str, data: bytes | None = None, token: str | None = None, timeout: float = 30
+) -> tuple[int, dict[str, str], bytes]:
     headers = {"authorization": f"Bearer {token}"} if token is not None else {}
     req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET", headers=headers)
     try:
@@ -72,7 +73,8 @@ def test_query_is_off_by_default_and_probes_stay_public(redis_server: RedisServe
         assert f.admin is not None
         url = f.admin.url
         status, _, answer = await _call(url + "/query", b"SELECT 1", TOKEN)
-        assert status == 404 and "flusher.query_enabled" in _error(answer)
+        assert status == 404
+        assert "flusher.query_enabled" in _error(answer)
         assert (await _call(url + "/healthz"))[0] == 200
         assert (await _call(url + "/readyz"))[0] == 200
         assert (await _call(url + "/metrics"))[0] == 200
@@ -100,14 +102,17 @@ def test_query_needs_the_bearer_token(redis_server: RedisServer, tmp_path: Path)
     run_flusher(cfg, DuckDBSink(cfg), body)
 
 
-@pytest.mark.parametrize("sql", [
-    "SELECT * FROM read_text('/etc/passwd')",
-    "SELECT * FROM glob('/etc/*')",
-    "SELECT * FROM read_csv('/etc/passwd')",
-    "SELECT content FROM read_blob('/etc/passwd')",
-    # A URL: DuckDB would auto-install and load httpfs from the internet, then fetch it.
-    "SELECT * FROM read_parquet('https://extensions.duckdb.org/x.parquet')",
-])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM read_text('/etc/passwd')",
+        "SELECT * FROM glob('/etc/*')",
+        "SELECT * FROM read_csv('/etc/passwd')",
+        "SELECT content FROM read_blob('/etc/passwd')",
+        # A URL: DuckDB would auto-install and load httpfs from the internet, then fetch it.
+        "SELECT * FROM read_parquet('https://extensions.duckdb.org/x.parquet')",
+    ],
+)
 def test_query_reads_no_file_directory_or_url(redis_server: RedisServer, tmp_path: Path, sql: str) -> None:
     cfg = _query_cfg(redis_server, tmp_path)
 
@@ -127,20 +132,30 @@ def test_query_cannot_install_load_or_unlock(tmp_path: Path, redis_server: Redis
     sink = DuckDBSink(cfg)
     try:
         for sql in ("INSTALL httpfs", "LOAD httpfs", "SET enable_external_access = true"):
-            with pytest.raises(Exception, match="disabled|locked|read-only"):
+            with pytest.raises(Exception, match=r"disabled|locked|read-only"):
                 sink.query(sql)
         # Below the statement filter: the database refuses them too.
-        for sql, why in (("INSTALL httpfs", "disabled by configuration"),
-                         ("LOAD httpfs", "disabled through configuration"),
-                         ("SET enable_external_access = true", "configuration has been locked"),
-                         ("SET autoinstall_known_extensions = true", "configuration has been locked")):
+        for sql, why in (
+            ("INSTALL httpfs", "disabled by configuration"),
+            ("LOAD httpfs", "disabled through configuration"),
+            ("SET enable_external_access = true", "configuration has been locked"),
+            ("SET autoinstall_known_extensions = true", "configuration has been locked"),
+        ):
             with pytest.raises(Exception, match=why):
                 sink._reader.execute(sql)
-        settings = dict(sink.query(
-            "SELECT name, value FROM duckdb_settings() WHERE name IN ('enable_external_access', "
-            "'autoinstall_known_extensions', 'autoload_known_extensions', 'lock_configuration', 'threads')").rows)
-        assert settings == {"enable_external_access": "false", "autoinstall_known_extensions": "false",
-                            "autoload_known_extensions": "false", "lock_configuration": "true", "threads": "1"}
+        settings = dict(
+            sink.query(
+                "SELECT name, value FROM duckdb_settings() WHERE name IN ('enable_external_access', "
+                "'autoinstall_known_extensions', 'autoload_known_extensions', 'lock_configuration', 'threads')"
+            ).rows
+        )
+        assert settings == {
+            "enable_external_access": "false",
+            "autoinstall_known_extensions": "false",
+            "autoload_known_extensions": "false",
+            "lock_configuration": "true",
+            "threads": "1",
+        }
     finally:
         sink.close()
 
@@ -154,8 +169,9 @@ def test_slow_query_is_interrupted_at_the_timeout(redis_server: RedisServer, tmp
         status, _, answer = await _call(f.admin.url + "/query", SLOW_SQL, TOKEN)
         took = time.monotonic() - t0
         assert status == 400
-        assert _error(answer) == ("query interrupted after 0.5 s (flusher.query_timeout_s); "
-                                  "narrow it with a WHERE or a LIMIT")
+        assert _error(answer) == (
+            "query interrupted after 0.5 s (flusher.query_timeout_s); narrow it with a WHERE or a LIMIT"
+        )
         assert 0.5 <= took < 3.0
         # The reader connection is usable again at once.
         status, _, answer = await _call(f.admin.url + "/query", b"SELECT 7 AS n", TOKEN)
@@ -204,7 +220,8 @@ def test_writes_continue_while_eight_slow_queries_run(redis_server: RedisServer,
 
 
 async def _in_flight(f: Flusher, n: int) -> bool:
-    assert f.admin is not None and f.admin._query is not None
+    assert f.admin is not None
+    assert f.admin._query is not None
     return f.admin._query._in_flight == n
 
 
@@ -224,26 +241,30 @@ def test_token_comes_from_the_env_then_the_file(tmp_path: Path) -> None:
 
 
 def test_enabled_without_a_token_or_with_a_short_one_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"^flusher.query_enabled: /query needs a bearer token; set "
-                                          r"OCEANUS_QUERY_TOKEN or flusher.query_token_file"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^flusher.query_enabled: /query needs a bearer token; set "
+        r"OCEANUS_QUERY_TOKEN or flusher.query_token_file",
+    ):
         load_query_token(FlusherConfig(query_enabled=True), env={})
-    with pytest.raises(ConfigError, match=f"^OCEANUS_QUERY_TOKEN: the /query token is 15 characters, "
-                                          f"under {MIN_TOKEN_CHARS}$"):
+    with pytest.raises(
+        ConfigError, match=f"^OCEANUS_QUERY_TOKEN: the /query token is 15 characters, under {MIN_TOKEN_CHARS}$"
+    ):
         load_query_token(FlusherConfig(query_enabled=True), env={QUERY_TOKEN_ENV: "x" * 15})
     assert load_query_token(FlusherConfig(query_enabled=True), env={QUERY_TOKEN_ENV: "x" * 16}) == "x" * 16
-    with pytest.raises(ConfigError, match="^flusher.query_token_file: cannot read"):
+    with pytest.raises(ConfigError, match=r"^flusher\.query_token_file: cannot read"):
         load_query_token(FlusherConfig(query_enabled=True, query_token_file=str(tmp_path / "nope")), env={})
 
 
-def test_a_flusher_with_query_enabled_and_no_token_does_not_start(redis_server: RedisServer,
-                                                                  tmp_path: Path) -> None:
-    cfg = config.loads(make_config_text(redis_server.url, tmp_path / "w.duckdb"),
-                       env={"OCEANUS_FLUSHER_QUERY_ENABLED": "true"})
+def test_a_flusher_with_query_enabled_and_no_token_does_not_start(redis_server: RedisServer, tmp_path: Path) -> None:
+    cfg = config.loads(
+        make_config_text(redis_server.url, tmp_path / "w.duckdb"), env={"OCEANUS_FLUSHER_QUERY_ENABLED": "true"}
+    )
 
     async def main() -> None:
         f = Flusher(cfg, DuckDBSink(cfg))
         try:
-            with pytest.raises(ConfigError, match="flusher.query_enabled"):
+            with pytest.raises(ConfigError, match=r"flusher\.query_enabled"):
                 await f.run()
         finally:
             await f.close()
@@ -255,7 +276,8 @@ def test_dev_token_file_is_private_and_new_each_time(tmp_path: Path) -> None:
     first = devstate.write_query_token(tmp_path)
     assert stat.S_IMODE(first.stat().st_mode) == 0o600
     token = devstate.read_query_token(tmp_path)
-    assert token is not None and len(token) == 43
+    assert token is not None
+    assert len(token) == 43
     first.chmod(0o644)  # a file left readable by an older version
     devstate.write_query_token(tmp_path)
     assert stat.S_IMODE(first.stat().st_mode) == 0o600
@@ -269,4 +291,7 @@ def test_readme_query_example_decodes() -> None:
     raw.setdefault("flusher", {}).update(tomllib.loads("query_enabled = true\n" + snippet.split("```", 1)[0]))
     fcfg = config.decode(raw).flusher
     assert (fcfg.query_enabled, fcfg.query_token_file, fcfg.query_timeout_s) == (
-        True, "/run/secrets/oceanus-query-token", 10.0)
+        True,
+        "/run/secrets/oceanus-query-token",
+        10.0,
+    )

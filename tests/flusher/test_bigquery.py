@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 import pytest
@@ -93,7 +93,8 @@ def test_rows_land_typed_with_insert_ids(bq_emulator: BigQueryEmulator, proxy: F
     rows = make_rows(stream, 4)
     rows[1][stream.columns.index("n")] = None  # a null leaves the key out
     result = sink.write(make_batch(stream, rows), MemState())
-    assert result.written == 4 and result.rejected == ()
+    assert result.written == 4
+    assert result.rejected == ()
 
     stored = {r["event_id"]: r for r in _query(bq_emulator, f"SELECT * FROM `{sink.table_id(stream)}`")}
     assert len(stored) == 4
@@ -101,11 +102,14 @@ def test_rows_land_typed_with_insert_ids(bq_emulator: BigQueryEmulator, proxy: F
     for row in rows:
         got = stored[row[0].hex()]
         assert got["received_at"] == dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=row[1])
-        assert got["s"] == row[col("s")] and got["f"] == row[col("f")] and got["b"] is row[col("b")]
+        assert got["s"] == row[col("s")]
+        assert got["f"] == row[col("f")]
+        assert got["b"] is row[col("b")]
         assert got["n"] == row[col("n")]
         assert got["t"] == dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=row[col("t")])
         assert got["j"] == {"i": int(row[col("s")][1:]), "tags": ["a", "b"]}
-        assert got["ip"] == "192.0.2.1" and got["device"] == "pc"
+        assert got["ip"] == "192.0.2.1"
+        assert got["device"] == "pc"
     assert stored[rows[0][0].hex()]["extra"] == {"utm": "mail"}
     assert stored[rows[1][0].hex()]["extra"] is None
 
@@ -131,10 +135,17 @@ def test_table_partitioned_clustered_and_sync_idempotent(bq_emulator: BigQueryEm
     assert table.clustering_fields == ["s", "n"]
     schema = {f.name: (f.field_type, f.mode) for f in table.schema}
     assert schema == {
-        "event_id": ("STRING", "REQUIRED"), "received_at": ("TIMESTAMP", "REQUIRED"),
-        "ip": ("STRING", "NULLABLE"), "ua": ("STRING", "NULLABLE"), "device": ("STRING", "NULLABLE"),
-        "s": ("STRING", "NULLABLE"), "n": ("INT64", "NULLABLE"), "f": ("FLOAT64", "NULLABLE"),
-        "b": ("BOOL", "NULLABLE"), "t": ("TIMESTAMP", "NULLABLE"), "j": ("JSON", "NULLABLE"),
+        "event_id": ("STRING", "REQUIRED"),
+        "received_at": ("TIMESTAMP", "REQUIRED"),
+        "ip": ("STRING", "NULLABLE"),
+        "ua": ("STRING", "NULLABLE"),
+        "device": ("STRING", "NULLABLE"),
+        "s": ("STRING", "NULLABLE"),
+        "n": ("INT64", "NULLABLE"),
+        "f": ("FLOAT64", "NULLABLE"),
+        "b": ("BOOL", "NULLABLE"),
+        "t": ("TIMESTAMP", "NULLABLE"),
+        "j": ("JSON", "NULLABLE"),
         "extra": ("JSON", "NULLABLE"),
     }
     assert [f.name for f in table.schema] == list(stream.columns)
@@ -167,7 +178,8 @@ def test_requests_split_by_rows_and_bytes(bq_emulator: BigQueryEmulator, proxy: 
         before = len(proxy.seen("insertAll"))
         assert sink.write(make_batch(stream, big), MemState()).written == 6
         sent = proxy.seen("insertAll")[before:]
-        assert len(sent) >= 3 and all(len(s.body) <= 4000 for s in sent)
+        assert len(sent) >= 3
+        assert all(len(s.body) <= 4000 for s in sent)
         assert sum(len(s.json()["rows"]) for s in sent) == 6
 
         # A row that alone exceeds the request limit cannot ever be sent: dead-lettered, the rest written.
@@ -195,16 +207,15 @@ def test_503_is_retryable_and_retry_writes_the_rows_once(
     for _ in range(2):
         with pytest.raises(SinkError) as info:
             sink.write(batch, MemState())
-        assert info.value.retryable and info.value.reason == "server"
+        assert info.value.retryable
+        assert info.value.reason == "server"
         assert "503" in str(info.value)
     assert sink.write(batch, MemState()).written == 3
     assert proxy.count("insertAll", fault="unavailable") == 2
     assert sorted(_stored_ids(bq_emulator, sink.table_id(stream))) == sorted(r[0].hex() for r in batch.rows)
 
 
-def test_a_write_makes_one_attempt_even_with_a_retry_deadline(
-    bq_emulator: BigQueryEmulator, proxy: FaultProxy
-) -> None:
+def test_a_write_makes_one_attempt_even_with_a_retry_deadline(bq_emulator: BigQueryEmulator, proxy: FaultProxy) -> None:
     # retry_deadline_s bounds table sync only: a write's 503 is the worker's to retry, with its backoff.
     sink = _sink(bq_emulator, proxy, retry_deadline_s=30.0)
     try:
@@ -213,7 +224,8 @@ def test_a_write_makes_one_attempt_even_with_a_retry_deadline(
         started = time.monotonic()
         with pytest.raises(TransientError) as info:
             sink.write(make_batch(stream, make_rows(stream, 2)), MemState())
-        assert info.value.retryable and info.value.reason == Reason.SERVER
+        assert info.value.retryable
+        assert info.value.reason == Reason.SERVER
         assert proxy.count("insertAll") == 1
         assert time.monotonic() - started < 10
         assert sink.write(make_batch(stream, make_rows(stream, 2)), MemState()).written == 2
@@ -227,7 +239,8 @@ def test_429_rate_limit_is_throttled(proxy: FaultProxy, sink: BigQuerySink) -> N
     proxy.inject("throttled", times=1)
     with pytest.raises(SinkError) as info:
         sink.write(make_batch(stream, make_rows(stream, 2)), MemState())
-    assert info.value.retryable and info.value.reason == "throttled"
+    assert info.value.retryable
+    assert info.value.reason == "throttled"
 
 
 def test_hang_is_a_retryable_timeout(bq_emulator: BigQueryEmulator, proxy: FaultProxy) -> None:
@@ -238,7 +251,8 @@ def test_hang_is_a_retryable_timeout(bq_emulator: BigQueryEmulator, proxy: Fault
         started = time.monotonic()
         with pytest.raises(SinkError) as info:
             sink.write(make_batch(stream, make_rows(stream, 2)), MemState())
-        assert info.value.retryable and info.value.reason == "timeout"
+        assert info.value.retryable
+        assert info.value.reason == "timeout"
         assert time.monotonic() - started < 10
     finally:
         proxy.clear()
@@ -258,7 +272,8 @@ def test_other_4xx_is_not_retryable(proxy: FaultProxy, sink: BigQuerySink) -> No
     proxy.inject("status", status=404, times=1)
     with pytest.raises(SinkError) as info:
         sink.write(make_batch(stream, make_rows(stream, 2)), MemState())
-    assert not info.value.retryable and not isinstance(info.value, PayloadTooLarge)
+    assert not info.value.retryable
+    assert not isinstance(info.value, PayloadTooLarge)
     assert "404" in str(info.value)
 
 
@@ -269,7 +284,8 @@ def test_connection_refused_is_retryable(bq_emulator: BigQueryEmulator) -> None:
         stream = cfg.streams["ev"]
         with pytest.raises(SinkError) as info:
             sink.write(make_batch(stream, make_rows(stream, 1)), MemState())
-        assert info.value.retryable and info.value.reason == "connection"
+        assert info.value.retryable
+        assert info.value.reason == "connection"
     finally:
         sink.close()
 
@@ -294,7 +310,8 @@ def test_stopped_rows_come_back_to_be_resent_not_dead_lettered(
     rows = make_rows(stream, 5)
     proxy.inject("row_errors", rows={0: "invalid", 2: "stopped", 4: "backendError"})
     result = sink.write(make_batch(stream, rows), MemState())
-    assert [e.index for e in result.rejected] == [0] and result.written == 2
+    assert [e.index for e in result.rejected] == [0]
+    assert result.written == 2
     # Not re-sent inside the call: the worker sends them again after its backoff.
     assert result.retry == (RowRetry(2, Reason.SERVER), RowRetry(4, Reason.SERVER))
     (first,) = proxy.seen("insertAll")
@@ -302,9 +319,7 @@ def test_stopped_rows_come_back_to_be_resent_not_dead_lettered(
     assert sorted(_stored_ids(bq_emulator, sink.table_id(stream))) == sorted(rows[i][0].hex() for i in (1, 3))
 
 
-def test_rows_to_resend_survive_a_failed_request_after_them(
-    bq_emulator: BigQueryEmulator, proxy: FaultProxy
-) -> None:
+def test_rows_to_resend_survive_a_failed_request_after_them(bq_emulator: BigQueryEmulator, proxy: FaultProxy) -> None:
     sink = _sink(bq_emulator, proxy, max_rows_per_request=2)
     try:
         stream = sink.config.streams["ev"]
@@ -316,7 +331,8 @@ def test_rows_to_resend_survive_a_failed_request_after_them(
             sink.write(batch, state)
         result = sink.write(batch, state)
         # Row 1 was refused as transient by the first request: still to be re-sent, never forgotten.
-        assert result.retry == (RowRetry(1, Reason.SERVER),) and result.written == 3
+        assert result.retry == (RowRetry(1, Reason.SERVER),)
+        assert result.written == 3
         assert [len(s.json()["rows"]) for s in proxy.seen("insertAll")] == [2, 2, 2]
     finally:
         sink.close()
@@ -335,7 +351,8 @@ def test_failed_request_midway_resumes_without_resending(bq_emulator: BigQueryEm
         assert state.get(STATE_DONE) == f"{batch.batch_id}:6:4"
         result = sink.write(batch, state)
         # The rejection from the first attempt is still reported; rows 0-3 were not sent again.
-        assert [e.index for e in result.rejected] == [0] and result.written == 5
+        assert [e.index for e in result.rejected] == [0]
+        assert result.written == 5
         assert [len(s.json()["rows"]) for s in proxy.seen("insertAll")] == [2, 2, 2, 2]
         assert sorted(_stored_ids(bq_emulator, sink.table_id(stream))) == sorted(r[0].hex() for r in batch.rows[1:])
         # A different batch ignores the mark.
@@ -369,7 +386,10 @@ def test_added_field_becomes_a_nullable_column(bq_emulator: BigQueryEmulator, pr
         finally:
             client.close()  # type: ignore[no-untyped-call]
         assert (table.schema[-1].name, table.schema[-1].field_type, table.schema[-1].mode) == (
-            "score", "FLOAT64", "NULLABLE")
+            "score",
+            "FLOAT64",
+            "NULLABLE",
+        )
         assert sink2.ensure_tables([stream]) == []
         rows = make_rows(stream, 1)
         rows[0][stream.columns.index("score")] = 9.5
@@ -393,7 +413,9 @@ def test_type_change_is_refused(bq_emulator: BigQueryEmulator, proxy: FaultProxy
         with pytest.raises(ConfigError) as info:
             sink2.ensure_tables([stream])
         message = str(info.value)
-        assert "streams.ev.fields.n" in message and "STRING" in message and "INT64" in message
+        assert "streams.ev.fields.n" in message
+        assert "STRING" in message
+        assert "INT64" in message
     finally:
         sink2.close()
 
@@ -425,7 +447,8 @@ def test_value_conversion_and_view_sql() -> None:
     assert timestamp_us_to_rfc3339(1_700_000_000_123_456) == "2023-11-14T22:13:20.123456Z"
     assert timestamp_us_to_rfc3339(-1) == "1969-12-31T23:59:59.999999Z"
     sql = dedup_view_sql("p.d.t")
-    assert "ROW_NUMBER() OVER (PARTITION BY received_at, event_id" in sql and "`p.d.t`" in sql
+    assert "ROW_NUMBER() OVER (PARTITION BY received_at, event_id" in sql
+    assert "`p.d.t`" in sql
 
 
 def test_emulator_host_from_environment_needs_a_project(
@@ -433,7 +456,7 @@ def test_emulator_host_from_environment_needs_a_project(
 ) -> None:
     monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", bq_emulator.rest_url.removeprefix("http://"))
     cfg = bq_config("", "")
-    with pytest.raises(ConfigError, match="sink.bigquery.project"):
+    with pytest.raises(ConfigError, match=r"sink\.bigquery\.project"):
         BigQuerySink(cfg)
     sink = BigQuerySink(bq_config("", bq_emulator.project))
     try:
@@ -445,7 +468,7 @@ def test_emulator_host_from_environment_needs_a_project(
 class RecordingWriter:
     """A ModeWriter that records its calls: checks the sink's dispatch, not BigQuery."""
 
-    instances: list[RecordingWriter] = []
+    instances: ClassVar[list[RecordingWriter]] = []
 
     def __init__(self, sink: BigQuerySink) -> None:
         self.sink = sink
@@ -472,7 +495,8 @@ def test_other_modes_dispatch_to_a_lazily_built_writer(
     for _ in range(2):
         assert sink.write(make_batch(stream, make_rows(stream, 3)), MemState()).written == 3
     (writer,) = RecordingWriter.instances
-    assert writer.sink is sink and len(writer.batches) == 2
+    assert writer.sink is sink
+    assert len(writer.batches) == 2
     assert proxy.count("insertAll") == 0
     with pytest.raises(ConfigError, match="storage_write"):
         sink.write(make_batch(msgspec.structs.replace(stream, mode="storage_write"), []), MemState())
@@ -491,7 +515,8 @@ def test_lost_reply_duplicates_are_removed_by_the_view(bq_emulator: BigQueryEmul
         proxy.inject("lost_reply", times=1)
         with pytest.raises(SinkError) as info:
             sink.write(batch, MemState())
-        assert info.value.retryable and info.value.reason == "timeout"
+        assert info.value.retryable
+        assert info.value.reason == "timeout"
         assert sink.write(batch, MemState()).written == 4
         first, second = proxy.seen("insertAll")
         assert [r["insertId"] for r in first.json()["rows"]] == [r["insertId"] for r in second.json()["rows"]]

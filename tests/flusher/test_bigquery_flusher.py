@@ -68,9 +68,7 @@ max_rows_per_request = {b.max_rows_per_request}
 clustering = ["s", "n"]
 batch = {{ max_rows = 1000, min_rows = 100, max_wait_s = 0.2 }}
 [streams.ev.fields]
-""" + "\n".join(
-        f'{name} = {{ type = "{field.type}" }}' for name, field in base.streams["ev"].fields.items()
-    )
+""" + "\n".join(f'{name} = {{ type = "{field.type}" }}' for name, field in base.streams["ev"].fields.items())
     path = tmp_path / "oceanus.toml"
     path.write_text(text, encoding="utf-8")
     return path
@@ -133,8 +131,9 @@ def _rows(bq_emulator: BigQueryEmulator, table: str) -> list[dict[str, Any]]:
         client.close()  # type: ignore[no-untyped-call]
 
 
-def _setup(tmp_path: Path, redis: RedisServer, proxy: FaultProxy, bq_emulator: BigQueryEmulator, n: int,
-           **bq: Any) -> tuple[Path, config.Config, BigQuerySink, list[list[Any]]]:
+def _setup(
+    tmp_path: Path, redis: RedisServer, proxy: FaultProxy, bq_emulator: BigQueryEmulator, n: int, **bq: Any
+) -> tuple[Path, config.Config, BigQuerySink, list[list[Any]]]:
     path = _config_file(tmp_path, redis, proxy, bq_emulator.project, **bq)
     cfg = config.load(path, env={})
     # The tables exist before the flusher starts (it would create them too), so
@@ -154,8 +153,11 @@ def test_outage_of_503s_then_recovery_writes_every_row_once(
     _push(redis_server, cfg.streams["ev"], rows)
     flusher = Flusher(path, tmp_path / "flusher.log")
     try:
-        wait_for(lambda: proxy.pending() == 0 and _drained(redis_server, "ev"), timeout=90,
-                 what="the flusher to ride out the outage and drain")
+        wait_for(
+            lambda: proxy.pending() == 0 and _drained(redis_server, "ev"),
+            timeout=90,
+            what="the flusher to ride out the outage and drain",
+        )
         assert flusher.alive()
     finally:
         code = flusher.stop()
@@ -170,8 +172,9 @@ def test_outage_of_503s_then_recovery_writes_every_row_once(
 def test_kill9_mid_batch_then_restart_duplicates_only_by_event_id(
     tmp_path: Path, redis_server: RedisServer, proxy: FaultProxy, bq_emulator: BigQueryEmulator
 ) -> None:
-    path, cfg, sink, rows = _setup(tmp_path, redis_server, proxy, bq_emulator, 600, max_rows_per_request=50,
-                                   timeout_s=60.0)
+    path, cfg, sink, rows = _setup(
+        tmp_path, redis_server, proxy, bq_emulator, 600, max_rows_per_request=50, timeout_s=60.0
+    )
     table, view = sink.table_id("ev"), sink.dedup_view_id("ev")
     # The third insertAll request is stored but its answer never comes: the
     # flusher is killed while waiting for it, mid-batch.

@@ -40,8 +40,9 @@ def sink(bq_emulator: BigQueryEmulator) -> Iterator[BigQuerySink]:
 def _rows(sink: BigQuerySink) -> list[dict[str, Any]]:
     from google.cloud import bigquery
 
-    job = sink.client.query(f"SELECT * FROM `{sink.table_id('ev')}` ORDER BY n",
-                            retry=bigquery.DEFAULT_RETRY.with_deadline(5))
+    job = sink.client.query(
+        f"SELECT * FROM `{sink.table_id('ev')}` ORDER BY n", retry=bigquery.DEFAULT_RETRY.with_deadline(5)
+    )
     return [dict(r.items()) for r in job.result()]
 
 
@@ -57,7 +58,10 @@ def test_rows_land_typed(bq_emulator: BigQueryEmulator, fmt: str) -> None:
         rows = _rows(sink)
         assert [r["event_id"] for r in rows] == [r[0].hex() for r in b.rows]
         r4 = rows[4]
-        assert r4["s"] == "s1-4" and r4["n"] == 4 and r4["f"] == 1.0 and r4["b"] is True
+        assert r4["s"] == "s1-4"
+        assert r4["n"] == 4
+        assert r4["f"] == 1.0
+        assert r4["b"] is True
         assert int(r4["received_at"].timestamp() * 1_000_000) == b.rows[4][ev.columns.index("received_at")]
         assert int(r4["t"].timestamp() * 1_000_000) == b.rows[4][ev.columns.index("t")]
     finally:
@@ -77,7 +81,8 @@ def test_job_id_is_deterministic_per_batch_and_table() -> None:
 def test_ndjson_embeds_json_columns_as_json() -> None:
     cfg = mode_config("http://127.0.0.1:1", "127.0.0.1:2", "p", "load")
     line = ndjson(batch(cfg.streams["ev"], 1, 1)).splitlines()[0]
-    assert b'"j":{"i": 0}' in line and b'"extra":{"utm": "mail"}' in line
+    assert b'"j":{"i": 0}' in line
+    assert b'"extra":{"utm": "mail"}' in line
 
 
 class ConflictingClient:
@@ -167,7 +172,8 @@ def test_conflict_with_a_failed_job_retries_under_a_new_id() -> None:
     state = MemState()
     with pytest.raises(SinkError) as info:
         LoadWriter(sink).write(b, state)
-    assert info.value.retryable and "backendError" in str(info.value)
+    assert info.value.retryable
+    assert "backendError" in str(info.value)
     assert state.get("load_attempt") == "1"
     client.existing = FakeJob("y")
     assert LoadWriter(sink).write(b, state).written == 5
@@ -179,7 +185,8 @@ def test_invalid_data_is_not_retryable() -> None:
     sink = _unit_sink(client)
     with pytest.raises(SinkError) as info:
         LoadWriter(sink).write(batch(sink.config.streams["ev"], 5, 5), MemState())
-    assert not info.value.retryable and "INT64" in str(info.value)
+    assert not info.value.retryable
+    assert "INT64" in str(info.value)
 
 
 def test_pacing_keeps_one_job_per_interval_per_table() -> None:
@@ -192,7 +199,8 @@ def test_pacing_keeps_one_job_per_interval_per_table() -> None:
     now[0] += 59.0
     with pytest.raises(SinkError) as info:
         writer.write(batch(ev, 7, 2), MemState())
-    assert info.value.reason == "pacing" and info.value.retryable
+    assert info.value.reason == "pacing"
+    assert info.value.retryable
     assert info.value.retry_after_s == pytest.approx(1.0)
     now[0] += 1.0
     assert writer.write(batch(ev, 7, 2), MemState()).written == 2
@@ -204,7 +212,9 @@ def test_config_refuses_a_load_interval_over_the_daily_quota() -> None:
         config.loads(text)
     message = str(info.value)
     assert message.startswith("sink.bigquery.load_interval_s:")
-    assert "86400 / 30 = 2,880" in message and "1,500" in message and "57.6" in message
+    assert "86400 / 30 = 2,880" in message
+    assert "1,500" in message
+    assert "57.6" in message
     assert config.loads(text.replace("30", "57.6")).sink.bigquery.load_interval_s == 57.6
     # No load stream: the interval does not matter.
     assert config.loads(text.replace('mode = "load"', 'mode = "storage_write"'))

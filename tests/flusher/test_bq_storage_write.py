@@ -79,8 +79,10 @@ def test_committed_rows_land_typed(bq_emulator: BigQueryEmulator, fmt: str) -> N
         ev = sink.config.streams["ev"]
         state = MemState()
         result = sink.write(batch(ev, 1, 50), state)
-        assert result.written == 50 and result.rejected == ()
-        assert state.get(STATE_STREAM) and state.get(STATE_OFFSET) == "0"
+        assert result.written == 50
+        assert result.rejected == ()
+        assert state.get(STATE_STREAM)
+        assert state.get(STATE_OFFSET) == "0"
         from google.cloud import bigquery
 
         job = sink.client.query(
@@ -89,14 +91,18 @@ def test_committed_rows_land_typed(bq_emulator: BigQueryEmulator, fmt: str) -> N
         (row,) = list(job.result())
         sent = batch(ev, 1, 50).rows[4]
         assert row["event_id"] == sent[0].hex()
-        assert row["s"] == "s1-4" and row["n"] == 4 and row["f"] == 1.0 and row["b"] is True
+        assert row["s"] == "s1-4"
+        assert row["n"] == 4
+        assert row["f"] == 1.0
+        assert row["b"] is True
         assert int(row["received_at"].timestamp() * 1_000_000) == sent[ev.columns.index("received_at")]
         assert int(row["t"].timestamp() * 1_000_000) == sent[ev.columns.index("t")]
         assert sorted(_ids(sink)) == _expected(sink.config, (1, 50))
         # The next batch continues the same stream after the first one's rows.
         state2 = MemState()
         sink.write(batch(ev, 2, 10), state2)
-        assert state2.get(STATE_STREAM) == state.get(STATE_STREAM) and state2.get(STATE_OFFSET) == "50"
+        assert state2.get(STATE_STREAM) == state.get(STATE_STREAM)
+        assert state2.get(STATE_OFFSET) == "50"
         assert sorted(_ids(sink)) == _expected(sink.config, (1, 50), (2, 10))
     finally:
         sink.close()
@@ -126,7 +132,8 @@ def test_requests_split_under_the_cap_and_resume_at_their_offsets(bq_emulator: B
         b = batch(ev, 4, 60, pad=250)
         writer = _writer(sink)
         chunks = writer._plan(writer._encoder(b), b, list(range(60)), 0, writer.cap)
-        assert len(chunks) >= 5 and sum(len(c.rows) for c in chunks) == 60
+        assert len(chunks) >= 5
+        assert sum(len(c.rows) for c in chunks) == 60
         state = MemState()
         # Crash after two appends: the third raises, as a dead connection would.
         calls = {"n": 0}
@@ -199,8 +206,7 @@ def test_finalized_stream_moves_the_rest_to_a_new_stream(bq_emulator: BigQueryEm
         writer._append = real  # type: ignore[method-assign]
         old = state.values[STATE_STREAM]
         writer.client.finalize_write_stream(name=old)
-        fresh = _sink(bq_emulator, dataset=sink.config.sink.bigquery.dataset,
-                      max_request_bytes=64 * 1024 + 3000)
+        fresh = _sink(bq_emulator, dataset=sink.config.sink.bigquery.dataset, max_request_bytes=64 * 1024 + 3000)
         try:
             assert _moved_then_written(fresh, b, state) == 60
         finally:
@@ -233,8 +239,12 @@ def test_new_field_in_config_reopens_with_the_new_schema(bq_emulator: BigQueryEm
         s1 = MemState()
         sink.write(batch(ev, 11, 5), s1)
         grown = mode_config(
-            bq_emulator.rest_url, bq_emulator.grpc_target, bq_emulator.project, "storage_write",
-            dataset=dataset, extra_fields='z = { type = "string" }\n',
+            bq_emulator.rest_url,
+            bq_emulator.grpc_target,
+            bq_emulator.project,
+            "storage_write",
+            dataset=dataset,
+            extra_fields='z = { type = "string" }\n',
         )
         ev2 = grown.streams["ev"]
         sink.ensure_tables([ev2])
@@ -342,9 +352,18 @@ def test_kill9_mid_append_then_resume_zero_duplicates_zero_loss(
     sink = _sink(bq_emulator, max_request_bytes=64 * 1024 + 3000)
     r = redis_server.client()
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, bq_emulator.rest_url, bq_emulator.grpc_target, bq_emulator.project,
-         sink.config.sink.bigquery.dataset, str(redis_server.port)],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            bq_emulator.rest_url,
+            bq_emulator.grpc_target,
+            bq_emulator.project,
+            sink.config.sink.bigquery.dataset,
+            str(redis_server.port),
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     try:
         wait_for(lambda: r.get("appended") or child.poll() is not None, timeout=60, what="seven appends")
@@ -353,7 +372,8 @@ def test_kill9_mid_append_then_resume_zero_duplicates_zero_loss(
         child.wait(timeout=20)
         started = sorted(int(x) for x in r.smembers("started"))
         done = {int(x) for x in r.smembers("done")}
-        assert started and max(started) not in done, "the kill must land inside a batch"
+        assert started, "the kill must land inside a batch"
+        assert max(started) not in done, "the kill must land inside a batch"
         ev = sink.config.streams["ev"]
         # A new flusher re-claims every batch not deleted, with its state (a Redis hash).
         for no in started:

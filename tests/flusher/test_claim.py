@@ -83,12 +83,14 @@ def test_orphan_is_reclaimed_with_its_state_and_batch_id(redis_server: RedisServ
         orphans = await alive.orphans("pv")
         assert orphans == [claim.key]
         again = await alive.reclaim("pv", claim.key)
-        assert again is not None and again.reclaimed
+        assert again is not None
+        assert again.reclaimed
         assert again.frames == claim.frames
         assert again.batch_id == claim.batch_id
         assert KEYS.owner_of(again.key) == "alive"
         state = await alive.load_state(again.key)
-        assert state["offset"] == "42" and state[STATE_BATCH_ID] == claim.batch_id
+        assert state["offset"] == "42"
+        assert state[STATE_BATCH_ID] == claim.batch_id
         assert await dead.client.exists(claim.key, KEYS.state(claim.key)) == 0
         assert await alive.client.smembers(KEYS.inflight_index("pv")) == {again.key.encode()}
         # a second re-claimer finds nothing left
@@ -112,13 +114,15 @@ def test_give_back_restores_the_frames_at_the_head_in_order(redis_server: RedisS
     async def scenario() -> None:
         c = _claimer(redis_server, "o1")
         claim = await c.claim("pv", 4)
-        assert claim is not None and claim.frames == before[:4]
+        assert claim is not None
+        assert claim.frames == before[:4]
         assert await c.give_back(claim) == 4
         await c.client.aclose()
 
     asyncio.run(scenario())
     assert client.lrange(KEYS.queue("pv"), 0, -1) == before
-    assert client.keys("t:inflight*") == [] and client.keys("t:state:*") == []
+    assert client.keys("t:inflight*") == []
+    assert client.keys("t:state:*") == []
 
 
 def _sha(script: str) -> bytes:
@@ -142,22 +146,31 @@ def test_a_claim_whose_reply_was_lost_is_recovered_by_its_owner(redis_server: Re
             await owner.claim("pv", 3)
         assert proxy.dropped == 1
         stranded = [m.decode() for m in client.smembers(KEYS.inflight_index("pv"))]
-        assert len(stranded) == 1 and client.llen(stranded[0]) == 3
+        assert len(stranded) == 1
+        assert client.llen(stranded[0]) == 3
         batch_id = client.hget(KEYS.state(stranded[0]), STATE_BATCH_ID)
         # The owner lives, so nobody else may take it; the owner knows it does not hold it.
         assert await other.orphans("pv") == []
         assert not owner.holds(stranded[0])
         assert await owner.orphans("pv") == stranded
         again = await owner.reclaim("pv", stranded[0])
-        assert again is not None and again.reclaimed and owner.holds(again.key)
+        assert again is not None
+        assert again.reclaimed
+        assert owner.holds(again.key)
         assert again.frames == client.lrange(again.key, 0, -1)
-        assert len(again.frames) == 3 and again.batch_id == (batch_id or b"").decode()
-        assert await owner.orphans("pv") == [] and await other.orphans("pv") == []
+        assert len(again.frames) == 3
+        assert again.batch_id == (batch_id or b"").decode()
+        assert await owner.orphans("pv") == []
+        assert await other.orphans("pv") == []
         # The next claim takes the next frames: nothing was claimed twice.
         nxt = await owner.claim("pv", 10)
-        assert nxt is not None and len(nxt.frames) == 2 and not set(nxt.frames) & set(again.frames)
-        assert await owner.finish(again) and await owner.finish(nxt)
-        assert not owner.holds(again.key) and not owner.holds(nxt.key)
+        assert nxt is not None
+        assert len(nxt.frames) == 2
+        assert not set(nxt.frames) & set(again.frames)
+        assert await owner.finish(again)
+        assert await owner.finish(nxt)
+        assert not owner.holds(again.key)
+        assert not owner.holds(nxt.key)
         await owner.client.aclose()
         await other.client.aclose()
 
@@ -165,7 +178,8 @@ def test_a_claim_whose_reply_was_lost_is_recovered_by_its_owner(redis_server: Re
         asyncio.run(scenario())
     finally:
         proxy.stop()
-    assert client.keys("t:inflight*") == [] and client.keys("t:state:*") == []
+    assert client.keys("t:inflight*") == []
+    assert client.keys("t:state:*") == []
 
 
 def test_a_reclaim_whose_reply_was_lost_is_recovered_too(redis_server: RedisServer, tmp_path: Path) -> None:
@@ -186,10 +200,13 @@ def test_a_reclaim_whose_reply_was_lost_is_recovered_too(redis_server: RedisServ
         with pytest.raises(redis.exceptions.ConnectionError):
             await owner.reclaim("pv", claim.key)
         renamed = [m.decode() for m in client.smembers(KEYS.inflight_index("pv"))]
-        assert len(renamed) == 1 and KEYS.owner_of(renamed[0]) == "owner"
+        assert len(renamed) == 1
+        assert KEYS.owner_of(renamed[0]) == "owner"
         assert await owner.orphans("pv") == renamed
         again = await owner.reclaim("pv", renamed[0])
-        assert again is not None and again.frames == claim.frames and again.batch_id == claim.batch_id
+        assert again is not None
+        assert again.frames == claim.frames
+        assert again.batch_id == claim.batch_id
         assert (await owner.load_state(again.key))["offset"] == "7"
         assert await owner.finish(again)
         await owner.client.aclose()
@@ -199,7 +216,8 @@ def test_a_reclaim_whose_reply_was_lost_is_recovered_too(redis_server: RedisServ
         asyncio.run(scenario())
     finally:
         proxy.stop()
-    assert client.keys("t:inflight*") == [] and client.llen(KEYS.queue("pv")) == 0
+    assert client.keys("t:inflight*") == []
+    assert client.llen(KEYS.queue("pv")) == 0
 
 
 def test_a_key_held_by_a_worker_is_never_an_orphan_of_its_owner(redis_server: RedisServer, tmp_path: Path) -> None:
@@ -209,10 +227,12 @@ def test_a_key_held_by_a_worker_is_never_an_orphan_of_its_owner(redis_server: Re
         c = _claimer(redis_server, "o1")
         await c.heartbeat()
         claim = await c.claim("pv", 2)
-        assert claim is not None and c.holds(claim.key)
+        assert claim is not None
+        assert c.holds(claim.key)
         assert await c.orphans("pv") == []
         assert await c.reclaim("pv", claim.key) is None
-        assert await c.give_back(claim) == 2 and not c.holds(claim.key)
+        assert await c.give_back(claim) == 2
+        assert not c.holds(claim.key)
         assert await c.claim("pv", 0) is not None  # at least one frame, whatever is asked
         await c.client.aclose()
 

@@ -60,11 +60,15 @@ def test_throttling_halves_then_additive_increase_settles_below_capacity() -> No
     tail = sizes[-100:]
     # AIMD sawtooth: most writes fit, and the size stays within a factor of two of capacity
     assert sum(s <= 3000 for s in tail) >= 90
-    assert min(tail) >= 1500 and max(tail) <= 3000 + BOUNDS.min_rows
+    assert min(tail) >= 1500
+    assert max(tail) <= 3000 + BOUNDS.min_rows
     # after the first decrease growth is additive: + min_rows per write
     first_drop = next(i for i in range(1, len(sizes)) if sizes[i] < sizes[i - 1])
-    steps = {b - a for a, b in zip(sizes[first_drop:first_drop + 5], sizes[first_drop + 1:first_drop + 6],
-                                   strict=True) if b > a}
+    steps = {
+        b - a
+        for a, b in zip(sizes[first_drop : first_drop + 5], sizes[first_drop + 1 : first_drop + 6], strict=True)
+        if b > a
+    }
     assert steps == {BOUNDS.min_rows}
 
 
@@ -81,7 +85,8 @@ def test_sustained_rising_cost_per_row_shrinks_the_batch_once() -> None:
         writes += 1
     # the majority of a full window must be slow: a single write never decides
     assert writes == LATENCY_WINDOW // 2 + 1
-    assert c.decreases == 1 and c.target_rows == before // 2
+    assert c.decreases == 1
+    assert c.target_rows == before // 2
     # re-baselined at the new level: no spiral down, additive growth resumes
     drive(c, slow, 30)
     assert c.decreases == 1
@@ -95,7 +100,8 @@ def test_one_slow_write_is_noise() -> None:
     # a checkpoint or GC pause: one write five times slower, then back to normal
     c.observe_write(before, 5 * (0.01 + before * 1e-5), Outcome.OK, True)
     drive(c, SimulatedSink(per_row_s=1e-5), 10)
-    assert c.decreases == 0 and c.target_rows == before
+    assert c.decreases == 0
+    assert c.target_rows == before
 
 
 class NoisySink(SimulatedSink):
@@ -116,14 +122,16 @@ def test_noise_of_50_percent_never_shrinks_the_batch(seed: int) -> None:
     c = BatchController(BOUNDS)
     sizes = drive(c, NoisySink(0.5, seed, per_row_s=1e-5), 300)
     assert c.decreases == 0
-    assert c.target_rows == BOUNDS.max_rows and sizes[-1] == BOUNDS.max_rows
+    assert c.target_rows == BOUNDS.max_rows
+    assert sizes[-1] == BOUNDS.max_rows
 
 
 @pytest.mark.parametrize("seed", range(5))
 def test_noise_does_not_hide_throttling_or_timeouts(seed: int) -> None:
     c = BatchController(BOUNDS)
     sizes = drive(c, NoisySink(0.5, seed, per_row_s=1e-5, capacity_rows=3000), 200)
-    assert c.decreases >= 2 and max(sizes[-100:]) <= 3000 + BOUNDS.min_rows
+    assert c.decreases >= 2
+    assert max(sizes[-100:]) <= 3000 + BOUNDS.min_rows
     before = c.target_rows
     c.observe_write(before, 30.0, Outcome.TIMEOUT, True)
     assert c.target_rows == max(BOUNDS.min_rows, int(before * 0.5))
@@ -166,7 +174,11 @@ def test_non_congestion_errors_leave_the_size_alone() -> None:
     drive(c, SimulatedSink(), 5)
     before = c.target_rows
     c.observe_write(before, 0.1, Outcome.ERROR, True)
-    assert c.target_rows == before and c.slow_start
-    congestion = {Reason.THROTTLED: Outcome.THROTTLED, Reason.TIMEOUT: Outcome.TIMEOUT,
-                  Reason.TOO_LARGE: Outcome.TOO_LARGE}
+    assert c.target_rows == before
+    assert c.slow_start
+    congestion = {
+        Reason.THROTTLED: Outcome.THROTTLED,
+        Reason.TIMEOUT: Outcome.TIMEOUT,
+        Reason.TOO_LARGE: Outcome.TOO_LARGE,
+    }
     assert {r: Outcome.of(r) for r in Reason} == {r: congestion.get(r, Outcome.ERROR) for r in Reason}

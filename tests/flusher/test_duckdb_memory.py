@@ -43,7 +43,7 @@ def test_cap_from_the_environment(tmp_path: Path) -> None:
 
 
 def test_a_bad_cap_names_the_key(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="sink.duckdb.memory_limit"):
+    with pytest.raises(ConfigError, match=r"sink\.duckdb\.memory_limit"):
         _sink(tmp_path, "1; DROP TABLE x")
 
 
@@ -52,8 +52,10 @@ def test_file_is_reopened_after_reopen_rows_and_keeps_every_guarantee(tmp_path: 
     try:
         stream = config.loads(make_config_text("redis://unused", sink.path)).streams["pv"]
         sink.ensure_tables([stream])
-        batches = [Batch(stream=stream, batch_id=f"b{i}", columns=stream.columns, rows=make_rows(stream, 100, i * 100))
-                   for i in range(6)]
+        batches = [
+            Batch(stream=stream, batch_id=f"b{i}", columns=stream.columns, rows=make_rows(stream, 100, i * 100))
+            for i in range(6)
+        ]
         for b in batches[:3]:
             assert sink.write(b, NoState()).written == 100
         assert sink.reopens == 1  # after 300 rows, not before 250
@@ -99,8 +101,10 @@ def test_a_failed_reopen_is_retried_by_the_next_write(tmp_path: Path, monkeypatc
             return real_open(self)
 
         monkeypatch.setattr(DuckDBSink, "_open", open_once_failing)
-        batches = [Batch(stream=stream, batch_id=f"b{i}", columns=stream.columns, rows=make_rows(stream, 100, i * 100))
-                   for i in range(2)]
+        batches = [
+            Batch(stream=stream, batch_id=f"b{i}", columns=stream.columns, rows=make_rows(stream, 100, i * 100))
+            for i in range(2)
+        ]
         assert sink.write(batches[0], NoState()).written == 100  # written; its reopen failed quietly
         with pytest.raises(SinkError, match="cannot reopen") as err:
             sink.write(batches[1], NoState())  # the retry fails too: nothing is written, the flusher backs off

@@ -31,15 +31,30 @@ def _batch(sink: DuckDBSink, rows: list[list[object]], batch_id: str = "b1") -> 
 
 
 def test_table_and_view_are_derived_from_the_config(sink: DuckDBSink) -> None:
-    types = dict(sink._con.execute(
-        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'pv'").fetchall())
+    types = dict(
+        sink._con.execute(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'pv'"
+        ).fetchall()
+    )
     assert types == {
-        "event_id": "VARCHAR", "received_at": "TIMESTAMP", "ip": "VARCHAR", "ua": "VARCHAR", "device": "VARCHAR",
-        "sid": "VARCHAR", "n": "BIGINT", "score": "DOUBLE", "ok": "BOOLEAN", "at": "TIMESTAMP", "jsn": "JSON",
+        "event_id": "VARCHAR",
+        "received_at": "TIMESTAMP",
+        "ip": "VARCHAR",
+        "ua": "VARCHAR",
+        "device": "VARCHAR",
+        "sid": "VARCHAR",
+        "n": "BIGINT",
+        "score": "DOUBLE",
+        "ok": "BOOLEAN",
+        "at": "TIMESTAMP",
+        "jsn": "JSON",
         "extra": "JSON",
     }
-    kinds = dict(sink._con.execute(
-        "SELECT table_name, table_type FROM information_schema.tables WHERE table_name LIKE 'pv%'").fetchall())
+    kinds = dict(
+        sink._con.execute(
+            "SELECT table_name, table_type FROM information_schema.tables WHERE table_name LIKE 'pv%'"
+        ).fetchall()
+    )
     assert kinds == {"pv": "BASE TABLE", "pv_dedup": "VIEW"}
     assert sink.ensure_tables([_batch(sink, []).stream]) == []  # idempotent
 
@@ -51,8 +66,9 @@ def test_replayed_batch_inserts_nothing_twice(sink: DuckDBSink) -> None:
     sink.write(_batch(sink, rows + rows[:5]), NoState())
     n, distinct = sink._con.execute("SELECT count(*), count(DISTINCT event_id) FROM pv").fetchone() or (0, 0)
     assert (n, distinct) == (50, 50)
-    got = sink._con.execute("SELECT event_id, n, score, ok, jsn->>'i', epoch_us(received_at) FROM pv "
-                            "WHERE n = 7").fetchone()
+    got = sink._con.execute(
+        "SELECT event_id, n, score, ok, jsn->>'i', epoch_us(received_at) FROM pv WHERE n = 7"
+    ).fetchone()
     assert got == (rows[7][0].hex(), 7, 3.5, False, "7", rows[7][1])
 
 
@@ -116,8 +132,13 @@ def test_second_writer_process_gets_a_config_error(sink: DuckDBSink, tmp_path: P
         f"try:\n    DuckDBSink(make_config('redis://x', {str(sink.path)!r}))\n"
         "except ConfigError as e:\n    print(e)\n    sys.exit(3)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          cwd=Path(__file__).resolve().parents[2])
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert proc.returncode == 3, proc.stderr
     assert proc.stdout.startswith("sink.duckdb.path: cannot open")
 
@@ -144,7 +165,8 @@ def test_event_ids_of_the_wrong_length_are_rejected_not_misaligned(sink: DuckDBS
     rows[3][0] = rows[3][0][:15]
     rows[4][0] = rows[4][0] + b"x"
     result = sink.write(_batch(sink, rows), NoState())
-    assert result.written == 8 and {e.index for e in result.rejected} == {3, 4}
+    assert result.written == 8
+    assert {e.index for e in result.rejected} == {3, 4}
     stored = sorted(r[0] for r in sink._con.execute("SELECT event_id FROM pv").fetchall())
     assert stored == sorted(r[0].hex() for i, r in enumerate(rows) if i not in (3, 4))
 
@@ -157,8 +179,9 @@ def test_a_keyed_table_of_an_earlier_version_still_dedupes(tmp_path: Path) -> No
     cfg = make_config("redis://unused", tmp_path / "old.duckdb")
     stream = cfg.streams["pv"]
     con = duckdb.connect(str(tmp_path / "old.duckdb"))
-    cols = ", ".join(f'"{n}" {DUCKDB_TYPES[t]}' + (" PRIMARY KEY" if n == "event_id" else "")
-                     for n, t in column_types(stream))
+    cols = ", ".join(
+        f'"{n}" {DUCKDB_TYPES[t]}' + (" PRIMARY KEY" if n == "event_id" else "") for n, t in column_types(stream)
+    )
     con.execute(f"CREATE TABLE pv ({cols})")
     con.close()
     s = DuckDBSink(cfg)
@@ -184,7 +207,8 @@ def test_threads_setting(tmp_path: Path, threads: int) -> None:
     try:
         got = s._con.execute("SELECT current_setting('threads')").fetchone()
         default = duckdb.connect().execute("SELECT current_setting('threads')").fetchone()
-        assert got is not None and int(got[0]) == (threads or int(default[0] if default else -1))
+        assert got is not None
+        assert int(got[0]) == (threads or int(default[0] if default else -1))
     finally:
         s.close()
 
@@ -202,7 +226,8 @@ def test_prepared_batches_write_the_same_rows(sink: DuckDBSink) -> None:
     unprepared = sink.prepare(_batch(sink, bad, "b3"))
     assert unprepared.prepared is None
     result = sink.write(unprepared, NoState())
-    assert result.written == 4 and [e.index for e in result.rejected] == [1]
+    assert result.written == 4
+    assert [e.index for e in result.rejected] == [1]
     got = sink._con.execute("SELECT count(*), count(DISTINCT event_id), sum(n) FROM pv").fetchone()
     assert got == (34, 34, sum(range(30)) + 30 + 32 + 33 + 34)
 
@@ -252,14 +277,22 @@ def test_queries_during_writes_do_not_deadlock(tmp_path: Path) -> None:
     import sys
 
     repo = Path(__file__).resolve().parents[2]
-    code = ("import sys; from tests.flusher.test_duckdb_sink import concurrent_writes_and_queries as f; "
-            "f(sys.argv[1], float(sys.argv[2]))")
+    code = (
+        "import sys; from tests.flusher.test_duckdb_sink import concurrent_writes_and_queries as f; "
+        "f(sys.argv[1], float(sys.argv[2]))"
+    )
     try:
-        proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "w.duckdb"), "4"], cwd=repo,
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / "w.duckdb"), "4"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     except subprocess.TimeoutExpired as exc:
         raise AssertionError(f"writes and queries deadlocked:\n{exc.stderr!r}") from None
     assert proc.returncode == 0, f"writes and queries deadlocked or failed:\n{proc.stderr[-3000:]}"
     writes, queries, total = map(int, proc.stdout.split())
-    assert writes > 0 and queries > 0
+    assert writes > 0
+    assert queries > 0
     assert total == writes * 200

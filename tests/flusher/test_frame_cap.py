@@ -58,8 +58,10 @@ def test_a_frame_at_the_cap_inflates_and_one_byte_over_is_refused() -> None:
     over = _zeros_frame(FRAME_MAX_INFLATED_BYTES + 1)
     with pytest.raises(FrameError) as info:
         frame_payload(over)
-    assert str(info.value) == (f"frame inflates past FRAME_MAX_INFLATED_BYTES ({FRAME_MAX_INFLATED_BYTES} bytes); "
-                               "no collector writes one so large")
+    assert str(info.value) == (
+        f"frame inflates past FRAME_MAX_INFLATED_BYTES ({FRAME_MAX_INFLATED_BYTES} bytes); "
+        "no collector writes one so large"
+    )
 
 
 def test_the_previous_format_is_capped_too() -> None:
@@ -70,8 +72,7 @@ def test_the_previous_format_is_capped_too() -> None:
         frame_payload(_zeros_frame(MIB, FRAME_MAGIC_O1)[:-8])
 
 
-def test_a_forged_frame_is_dead_lettered_and_memory_stays_bounded(redis_server: RedisServer,
-                                                                  tmp_path: Path) -> None:
+def test_a_forged_frame_is_dead_lettered_and_memory_stays_bounded(redis_server: RedisServer, tmp_path: Path) -> None:
     cfg = make_config(redis_server.url, tmp_path / "w.duckdb")
     keys = Keys(cfg.redis.key_prefix)
     client = redis_server.client()
@@ -96,8 +97,10 @@ def test_a_forged_frame_is_dead_lettered_and_memory_stays_bounded(redis_server: 
     assert peak < 3 * FRAME_MAX_INFLATED_BYTES, f"peak {peak / MIB:.0f} MiB"
     [dead] = client.lrange(keys.dead("pv"), 0, -1)
     letter = json.loads(dead)
-    assert letter["reason"] == (f"frame inflates past FRAME_MAX_INFLATED_BYTES ({FRAME_MAX_INFLATED_BYTES} bytes); "
-                                "no collector writes one so large")
+    assert letter["reason"] == (
+        f"frame inflates past FRAME_MAX_INFLATED_BYTES ({FRAME_MAX_INFLATED_BYTES} bytes); "
+        "no collector writes one so large"
+    )
     assert base64.b64decode(letter["frame_b64"]) == forged
     stored = DuckDBSink(cfg).query("SELECT event_id FROM pv ORDER BY event_id").rows
     assert [r[0] for r in stored] == sorted(ids)
@@ -106,5 +109,7 @@ def test_a_forged_frame_is_dead_lettered_and_memory_stays_bounded(redis_server: 
 
 async def _counted(f: Flusher, written: int, dead: int) -> bool:
     get = f.metrics.registry.get_sample_value
-    return (get("oceanus_rows_written_total", {"stream": "pv"}) == written
-            and get("oceanus_rows_dead_lettered_total", {"stream": "pv"}) == dead)
+    return (
+        get("oceanus_rows_written_total", {"stream": "pv"}) == written
+        and get("oceanus_rows_dead_lettered_total", {"stream": "pv"}) == dead
+    )

@@ -31,6 +31,7 @@ def test_lost_claim_replies_strand_nothing(redis_server: RedisServer, tmp_path) 
     proxy.drop_reply_after(hashlib.sha1(_CLAIM_LUA.encode()).hexdigest().encode(), times=4, every=2)
     sink = DuckDBSink(cfg)
     try:
+
         async def body(f: Flusher) -> None:
             async def drained() -> bool:
                 return client.llen(keys.queue("pv")) == 0 and client.scard(keys.inflight_index("pv")) == 0

@@ -83,9 +83,11 @@ class RefusesRequestsWith(_Wrapped):
         self.calls.append(len(batch.rows))
         sid = batch.columns.index("sid")
         if any(r[sid] == POISON_SID for r in batch.rows):
-            raise SinkError("HTTP 400 invalid request (injected)" if not self.retryable else
-                            "HTTP 503 backendError (injected)", retryable=self.retryable,
-                            reason="server" if self.retryable else "invalid")
+            raise SinkError(
+                "HTTP 400 invalid request (injected)" if not self.retryable else "HTTP 503 backendError (injected)",
+                retryable=self.retryable,
+                reason="server" if self.retryable else "invalid",
+            )
         return self.inner.write(batch, state)
 
 
@@ -100,8 +102,11 @@ class DownFor(_Wrapped):
     def write(self, batch: Batch, state: WriteState) -> WriteResult:
         self.calls.append(len(batch.rows))
         if len(self.calls) <= self.calls_down:
-            raise SinkError("HTTP 403 Access Denied (injected)", retryable=self.retryable,
-                            reason="server" if self.retryable else "auth")
+            raise SinkError(
+                "HTTP 403 Access Denied (injected)",
+                retryable=self.retryable,
+                reason="server" if self.retryable else "auth",
+            )
         return self.inner.write(batch, state)
 
 
@@ -124,7 +129,8 @@ def _stored_sids(cfg: Config) -> list[str]:
 
 
 def test_a_row_the_sink_cannot_encode_is_dead_lettered_and_the_rest_written(
-        redis_server: RedisServer, tmp_path: Path) -> None:
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
     cfg = _cfg(redis_server, tmp_path)
     stream = cfg.streams["pv"]
     client = redis_server.client()
@@ -151,8 +157,9 @@ def test_a_row_the_sink_cannot_encode_is_dead_lettered_and_the_rest_written(
 
 
 @pytest.mark.parametrize("retryable", [False, True])
-def test_a_request_refused_for_one_row_isolates_that_row(redis_server: RedisServer, tmp_path: Path,
-                                                         retryable: bool) -> None:
+def test_a_request_refused_for_one_row_isolates_that_row(
+    redis_server: RedisServer, tmp_path: Path, retryable: bool
+) -> None:
     cfg = _cfg(redis_server, tmp_path)
     stream = cfg.streams["pv"]
     client = redis_server.client()
@@ -174,8 +181,9 @@ def test_a_request_refused_for_one_row_isolates_that_row(redis_server: RedisServ
 
 
 @pytest.mark.parametrize("retryable", [False, True])
-def test_a_whole_batch_error_is_retried_and_never_dead_letters(redis_server: RedisServer, tmp_path: Path,
-                                                               retryable: bool) -> None:
+def test_a_whole_batch_error_is_retried_and_never_dead_letters(
+    redis_server: RedisServer, tmp_path: Path, retryable: bool
+) -> None:
     # A revoked role or an outage fails every row alike: 25 failed calls, far more
     # than it takes to halve 64 rows down to one, and still nothing is dropped.
     cfg = _cfg(redis_server, tmp_path)
@@ -242,7 +250,8 @@ class ResultBug(_Wrapped):
 
 
 def test_an_unexpected_exception_restarts_the_worker_and_the_stream_goes_on(
-        redis_server: RedisServer, tmp_path: Path) -> None:
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
     cfg = _cfg(redis_server, tmp_path)
     client = redis_server.client()
     push_frames(client, Keys(cfg.redis.key_prefix), cfg.streams["pv"], frames=3, rows_per_frame=4)
@@ -258,7 +267,8 @@ def test_an_unexpected_exception_restarts_the_worker_and_the_stream_goes_on(
 
 
 def test_a_batch_the_worker_keeps_failing_on_goes_to_the_dead_letters_whole(
-        redis_server: RedisServer, tmp_path: Path) -> None:
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
     cfg = _cfg(redis_server, tmp_path)
     client = redis_server.client()
     keys = Keys(cfg.redis.key_prefix)
@@ -270,9 +280,11 @@ def test_a_batch_the_worker_keeps_failing_on_goes_to_the_dead_letters_whole(
 
     run_flusher(cfg, sink, body)
     dead = _dead(client, cfg)
-    assert len(dead) == 2 and all(d["frame_b64"] and d["row"] is None for d in dead)
-    assert all(d["reason"].startswith("poison: the flusher failed on this batch 2 times: AttributeError")
-               for d in dead), dead
+    assert len(dead) == 2
+    assert all(d["frame_b64"] and d["row"] is None for d in dead)
+    assert all(
+        d["reason"].startswith("poison: the flusher failed on this batch 2 times: AttributeError") for d in dead
+    ), dead
 
 
 def test_a_frame_that_cannot_be_normalised_is_dead_lettered_alone(redis_server: RedisServer, tmp_path: Path) -> None:
@@ -284,24 +296,31 @@ def test_a_frame_that_cannot_be_normalised_is_dead_lettered_alone(redis_server: 
     rows = make_rows(stream, 3)
     odd = [[*r, msgspec.msgpack.Ext(5, b"x")] for r in rows]
     good = make_rows(stream, 4, start=3)
-    client.rpush(Keys(cfg.redis.key_prefix).queue("pv"), encode_frame([*stream.columns, "gone"], odd),
-                 encode_frame(stream.columns, good))
+    client.rpush(
+        Keys(cfg.redis.key_prefix).queue("pv"),
+        encode_frame([*stream.columns, "gone"], odd),
+        encode_frame(stream.columns, good),
+    )
 
     async def body(f: Flusher) -> None:
         await until(lambda: _drained_and_counted(f, 4), "the good frame written")
 
     run_flusher(cfg, _Wrapped(DuckDBSink(cfg)), body)
     dead = _dead(client, cfg)
-    assert len(dead) == 1 and dead[0]["reason"].startswith("cannot normalise the frame: ")
+    assert len(dead) == 1
+    assert dead[0]["reason"].startswith("cannot normalise the frame: ")
     assert _stored_sids(cfg) == sorted(f"{i:x}" for i in range(3, 7))
 
 
 def test_row_specific_is_the_data_shaped_exceptions() -> None:
     assert row_specific(OverflowError("date value out of range"))
-    assert row_specific(ValueError("x")) and row_specific(TypeError("x")) and row_specific(KeyError("x"))
+    assert row_specific(ValueError("x"))
+    assert row_specific(TypeError("x"))
+    assert row_specific(KeyError("x"))
     assert row_specific(msgspec.EncodeError("x"))
     assert not row_specific(SinkError("x", retryable=False))
-    assert not row_specific(RuntimeError("x")) and not row_specific(AttributeError("x"))
+    assert not row_specific(RuntimeError("x"))
+    assert not row_specific(AttributeError("x"))
 
 
 # ----------------------------------------------------------------------------- BigQuery, through bqemulator
@@ -309,7 +328,8 @@ def test_row_specific_is_the_data_shaped_exceptions() -> None:
 
 @pytest.mark.timeout(120)
 def test_bigquery_insert_all_far_future_timestamp_is_dead_lettered(
-        redis_server: RedisServer, bq_emulator: BigQueryEmulator) -> None:
+    redis_server: RedisServer, bq_emulator: BigQueryEmulator
+) -> None:
     from tests.support.bq_helpers import bq_config, emulator_client
     from tests.support.bq_helpers import make_rows as bq_rows
 
@@ -317,8 +337,14 @@ def test_bigquery_insert_all_far_future_timestamp_is_dead_lettered(
     cfg = msgspec.structs.replace(
         base,
         redis=msgspec.structs.replace(base.redis, url=redis_server.url),
-        flusher=msgspec.structs.replace(base.flusher, admin_port=0, heartbeat_ttl_s=1.0, retry_base_s=0.01,
-                                        retry_max_s=0.05, poison_after_failures=2),
+        flusher=msgspec.structs.replace(
+            base.flusher,
+            admin_port=0,
+            heartbeat_ttl_s=1.0,
+            retry_base_s=0.01,
+            retry_max_s=0.05,
+            poison_after_failures=2,
+        ),
     )
     stream = cfg.streams["ev"]
     rows = bq_rows(stream, 10)
@@ -341,13 +367,13 @@ def test_bigquery_insert_all_far_future_timestamp_is_dead_lettered(
         bq.close()  # type: ignore[no-untyped-call]
     assert sorted(got) == sorted(f"x{i}" for i in range(10) if i != 6)
     [dead] = [json.loads(x) for x in client.lrange(Keys(cfg.redis.key_prefix).dead("ev"), 0, -1)]
-    assert dead["row"]["s"] == "x6" and dead["reason"].startswith("poison: OverflowError")
+    assert dead["row"]["s"] == "x6"
+    assert dead["reason"].startswith("poison: OverflowError")
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("fmt", ["parquet", "ndjson"])
-def test_load_job_refuses_a_row_it_cannot_encode_and_loads_the_rest(bq_emulator: BigQueryEmulator,
-                                                                    fmt: str) -> None:
+def test_load_job_refuses_a_row_it_cannot_encode_and_loads_the_rest(bq_emulator: BigQueryEmulator, fmt: str) -> None:
     # One load job per table per interval: isolating a row by halving would cost
     # paced jobs, so the load writer refuses that row itself and loads the others.
     from flusher.sinks.bigquery.load import STATE_JOB
@@ -367,8 +393,9 @@ def test_load_job_refuses_a_row_it_cannot_encode_and_loads_the_rest(bq_emulator:
         assert state.get(STATE_JOB) is not None
         from google.cloud import bigquery
 
-        job = sink.client.query(f"SELECT event_id FROM `{sink.table_id('ev')}`",
-                                retry=bigquery.DEFAULT_RETRY.with_deadline(5))
+        job = sink.client.query(
+            f"SELECT event_id FROM `{sink.table_id('ev')}`", retry=bigquery.DEFAULT_RETRY.with_deadline(5)
+        )
         got = sorted(r["event_id"] for r in job.result())
         assert got == sorted(r[0].hex() for i, r in enumerate(rows) if i != 2)
     finally:

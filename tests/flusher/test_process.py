@@ -29,8 +29,13 @@ def _env() -> dict[str, str]:
 
 def _start(config_file: Path, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "oceanus.cli", "flusher", "--config", str(config_file)],
-                                cwd=REPO, env=_env(), stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "oceanus.cli", "flusher", "--config", str(config_file)],
+            cwd=REPO,
+            env=_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def _admin_url(db: Path, proc: subprocess.Popen[bytes]) -> str:
@@ -85,7 +90,8 @@ def test_sigterm_drains_and_exits_zero(redis_server: RedisServer, tmp_path: Path
         if proc.poll() is None:
             proc.kill()
     assert not db.with_name(db.name + ".flusher.json").exists()
-    assert client.scard(KEYS.inflight_index("pv")) == 0 and client.keys("oceanus:inflight:*") == []
+    assert client.scard(KEYS.inflight_index("pv")) == 0
+    assert client.keys("oceanus:inflight:*") == []
     stored, waiting = _stored(db), _rows_in_queue(client)
     assert stored, "some rows were written before the signal"
     assert sorted(stored + waiting) == sorted(ids)  # every row exactly once, in the table or still queued
@@ -117,8 +123,11 @@ def test_kill_9_mid_batch_then_restart_recovers_every_row_once(redis_server: Red
     proc = _start(config_file, log)
     try:
         _admin_url(db, proc)
-        wait_for(lambda: client.llen(KEYS.queue("pv")) == 0 and client.scard(KEYS.inflight_index("pv")) == 0,
-                 timeout=60, what="backlog and orphans drained")
+        wait_for(
+            lambda: client.llen(KEYS.queue("pv")) == 0 and client.scard(KEYS.inflight_index("pv")) == 0,
+            timeout=60,
+            what="backlog and orphans drained",
+        )
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
@@ -127,7 +136,8 @@ def test_kill_9_mid_batch_then_restart_recovers_every_row_once(redis_server: Red
     text = log.read_text()
     assert "re-claimed orphaned batch" in text
     stored = _stored(db)
-    assert len(stored) == len(ids) and sorted(stored) == sorted(ids)
+    assert len(stored) == len(ids)
+    assert sorted(stored) == sorted(ids)
     assert all(client.exists(k) == 0 for k in orphaned)
 
 
@@ -141,8 +151,9 @@ def test_tables_sync_prints_the_changes(redis_server: RedisServer, tmp_path: Pat
     assert first.stdout.splitlines() == ["duckdb: created table pv (12 columns)"]
     second = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=60)
     assert second.stdout.strip() == "duckdb: 1 table(s) up to date"
-    config_file.write_text(make_config_text(redis_server.url, db).replace('n = { type = "int" }',
-                                                                          'n = { type = "bool" }'))
+    config_file.write_text(
+        make_config_text(redis_server.url, db).replace('n = { type = "int" }', 'n = { type = "bool" }')
+    )
     third = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=60)
     assert third.returncode == 2
     assert third.stderr.startswith("oceanus tables: streams.pv.fields.n:")

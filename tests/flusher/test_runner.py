@@ -8,6 +8,7 @@ refuses come from genuinely invalid values.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 import urllib.request
@@ -36,8 +37,14 @@ class FaultySink:
 
     name = "duckdb"
 
-    def __init__(self, inner: DuckDBSink, fail_first: int = 0, reason: str = "server",
-                 max_rows: int | None = None, always_fail: bool = False) -> None:
+    def __init__(
+        self,
+        inner: DuckDBSink,
+        fail_first: int = 0,
+        reason: str = "server",
+        max_rows: int | None = None,
+        always_fail: bool = False,
+    ) -> None:
         self.inner = inner
         self.fail_left = fail_first
         self.reason = reason
@@ -134,7 +141,8 @@ def test_drains_every_row_exactly_once_and_serves_admin(redis_server: RedisServe
         assert await loop.run_in_executor(None, _http, url + "/readyz") == (200, b"ready\n")
         # /query is off unless enabled (tests/flusher/test_admin.py has it on, with its token).
         status, body = await loop.run_in_executor(None, _http, url + "/query", b"SELECT event_id FROM pv")
-        assert status == 404 and "flusher.query_enabled" in json.loads(body)["error"]
+        assert status == 404
+        assert "flusher.query_enabled" in json.loads(body)["error"]
         await f.sample_gauges()
         status, metrics = await loop.run_in_executor(None, _http, url + "/metrics")
         assert status == 200
@@ -142,9 +150,15 @@ def test_drains_every_row_exactly_once_and_serves_admin(redis_server: RedisServe
         assert 'oceanus_rows_written_total{stream="pv"} 5000.0' in text
         assert 'oceanus_backlog_items{stream="pv"} 0.0' in text
         assert 'oceanus_lag_seconds{stream="pv"} 0.0' in text
-        for name in ("oceanus_inflight_batches", "oceanus_batch_target_rows", "oceanus_sink_write_duration_seconds",
-                     "oceanus_redis_used_memory_bytes", "oceanus_redis_maxmemory_bytes", "oceanus_flusher_draining",
-                     "oceanus_rows_dead_lettered_total"):
+        for name in (
+            "oceanus_inflight_batches",
+            "oceanus_batch_target_rows",
+            "oceanus_sink_write_duration_seconds",
+            "oceanus_redis_used_memory_bytes",
+            "oceanus_redis_maxmemory_bytes",
+            "oceanus_flusher_draining",
+            "oceanus_rows_dead_lettered_total",
+        ):
             assert name in text
         assert (await loop.run_in_executor(None, _http, url + "/nope"))[0] == 404
 
@@ -183,7 +197,8 @@ def test_retry_split_and_dead_letters_leave_the_exact_row_set(redis_server: Redi
     row_items = sorted((d["row"]["n"], d["reason"][:19]) for d in dead if d["row"] is not None)
     assert row_items == [(i, "jsn: not valid JSON") for i in sorted(bad)]
     frame_items = [d for d in dead if d["row"] is None]
-    assert len(frame_items) == 1 and frame_items[0]["reason"].startswith("corrupt frame")
+    assert len(frame_items) == 1
+    assert frame_items[0]["reason"].startswith("corrupt frame")
     assert all(d["stream"] == "pv" for d in dead)
     # the batch grew past the sink's limit and was split in halves until it fitted
     assert any(c > 30 for c in sink.calls)
@@ -334,7 +349,8 @@ def test_rows_handed_back_are_still_written_when_shutdown_comes_first(
     run_flusher(cfg, sink, body)
     assert sink.calls == [[0, 1, 2, 3, 4, 5], [1, 3, 5]]
     client = redis_server.client()
-    assert client.llen(keys.queue("pv")) == 0 and client.keys("oceanus:inflight*") == []
+    assert client.llen(keys.queue("pv")) == 0
+    assert client.keys("oceanus:inflight*") == []
     assert sorted(r[0] for r in DuckDBSink(cfg).query("SELECT event_id FROM pv").rows) == sorted(ids)
 
 
@@ -379,7 +395,8 @@ def test_shutdown_gives_a_failing_batch_back_in_order(redis_server: RedisServer,
 
     flusher = run_flusher(cfg, sink, body)
     assert client.lrange(keys.queue("pv"), 0, -1) == before
-    assert client.keys("oceanus:inflight*") == [] and client.keys("oceanus:state:*") == []
+    assert client.keys("oceanus:inflight*") == []
+    assert client.keys("oceanus:state:*") == []
     assert flusher.workers["pv"].controller.decreases >= 2
 
 
@@ -391,7 +408,8 @@ def test_backoff_is_full_jitter_and_capped(attempt: int) -> None:
     samples = [backoff_s(attempt, 0.5, 60.0, rng) for _ in range(500)]
     cap = min(60.0, 0.5 * 2**attempt)
     assert all(0 <= s <= cap for s in samples)
-    assert max(samples) > cap * 0.9 and min(samples) < cap * 0.1
+    assert max(samples) > cap * 0.9
+    assert min(samples) < cap * 0.1
 
 
 class PacedSink:
@@ -416,8 +434,9 @@ class PacedSink:
         now = time.monotonic()
         if self.last_start is not None and now < self.last_start + self.interval_s:
             self.calls.append((now, False))
-            raise Pacing("next load slot not open yet (injected)",
-                         retry_after_s=self.last_start + self.interval_s - now)
+            raise Pacing(
+                "next load slot not open yet (injected)", retry_after_s=self.last_start + self.interval_s - now
+            )
         self.calls.append((now, True))
         self.last_start = now
         return self.inner.write(batch, state)
@@ -448,7 +467,8 @@ def test_pacing_waits_exactly_retry_after_without_retry_count_or_shrinking(
         await until(lambda: _drained_and_counted(f, 40), "paced batch")
         push_frames(client, keys, stream, frames=1, rows_per_frame=20, start=40)
         await until(lambda: _drained_and_counted(f, 60), "third batch")
-        assert worker.controller.target_rows >= target and worker.controller.decreases == 0
+        assert worker.controller.target_rows >= target
+        assert worker.controller.decreases == 0
         text = f.metrics.render().decode()
         assert "oceanus_sink_retries_total{" not in text
         assert 'oceanus_rows_written_total{stream="pv"} 60.0' in text
@@ -459,13 +479,13 @@ def test_pacing_waits_exactly_retry_after_without_retry_count_or_shrinking(
     assert len(accepted) == 3
     # One refusal per paced batch, not a burst of jittered retries.
     assert 1 <= len(refused) <= 2
-    for prev, nxt in zip(accepted, accepted[1:], strict=False):
+    for prev, nxt in itertools.pairwise(accepted):
         assert nxt - prev >= interval_s
     # The refused write was retried when the slot opened, not later (one event-loop hop of slack).
     for t in refused:
         opened = max(a for a in accepted if a < t) + interval_s
         after = min(a for a in accepted if a > t)
-        assert opened <= after <= opened + 0.25, (after - opened)
+        assert opened <= after <= opened + 0.25, after - opened
     assert DuckDBSink(cfg).query("SELECT count(*) FROM pv").rows == [[60]]
 
 
@@ -493,7 +513,8 @@ def test_written_bytes_metric_appears_and_grows(redis_server: RedisServer, tmp_p
         assert second > first * 1.5
         assert f.admin is not None
         status, text = await asyncio.get_running_loop().run_in_executor(None, _http, f.admin.url + "/metrics")
-        assert status == 200 and f'oceanus_written_bytes_total{{stream="pv"}} {second}' in text.decode()
+        assert status == 200
+        assert f'oceanus_written_bytes_total{{stream="pv"}} {second}' in text.decode()
 
     run_flusher(cfg, _sink(cfg), body)
 
@@ -549,6 +570,8 @@ def test_next_batch_is_claimed_during_a_write_and_given_back_in_order_on_shutdow
     run_flusher(cfg, sink, body)
     # The batch in the sink was finished; the one claimed ahead went back to the head, in order.
     written = [r[0] for r in DuckDBSink(cfg).query("SELECT event_id FROM pv ORDER BY event_id").rows]
-    assert written and written == sorted(ids[: len(written)])
+    assert written
+    assert written == sorted(ids[: len(written)])
     assert client.lrange(keys.queue("pv"), 0, -1) == before[len(written) // 10 :]
-    assert client.keys("oceanus:inflight*") == [] and client.keys("oceanus:state:*") == []
+    assert client.keys("oceanus:inflight*") == []
+    assert client.keys("oceanus:state:*") == []

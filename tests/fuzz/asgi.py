@@ -60,15 +60,27 @@ class Driver:
         )
 
     async def _request(
-        self, method: str, path: str, query: bytes, body: bytes | Sequence[bytes],
+        self,
+        method: str,
+        path: str,
+        query: bytes,
+        body: bytes | Sequence[bytes],
         headers: Sequence[tuple[bytes, bytes]],
     ) -> Response:
         chunks = [body] if isinstance(body, bytes) else list(body)
         scope: dict[str, Any] = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
-            "scheme": "http", "path": path, "raw_path": path.encode("utf-8", "surrogateescape"),
-            "query_string": query, "root_path": "", "headers": [(k.lower(), v) for k, v in headers],
-            "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8080),
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode("utf-8", "surrogateescape"),
+            "query_string": query,
+            "root_path": "",
+            "headers": [(k.lower(), v) for k, v in headers],
+            "client": ("127.0.0.1", 40000),
+            "server": ("127.0.0.1", 8080),
         }
 
         async def receive() -> dict[str, Any]:

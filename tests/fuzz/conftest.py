@@ -27,12 +27,15 @@ def fuzz_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer
 @pytest.fixture(scope="package")
 def fuzz_config(fuzz_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> config.Config:
     spool = tmp_path_factory.mktemp("fuzz-spool")
-    return config.load(REPO / "oceanus.toml", env={
-        "OCEANUS_REDIS_URL": fuzz_redis.url,
-        "OCEANUS_COLLECTOR_SPOOL_DIR": str(spool),
-        # Short, so the slow-body test is quick; the rule is the same at any value.
-        "OCEANUS_COLLECTOR_BODY_TIMEOUT_S": "1.0",
-    })
+    return config.load(
+        REPO / "oceanus.toml",
+        env={
+            "OCEANUS_REDIS_URL": fuzz_redis.url,
+            "OCEANUS_COLLECTOR_SPOOL_DIR": str(spool),
+            # Short, so the slow-body test is quick; the rule is the same at any value.
+            "OCEANUS_COLLECTOR_BODY_TIMEOUT_S": "1.0",
+        },
+    )
 
 
 @pytest.fixture(scope="package")
@@ -47,8 +50,9 @@ def driver(fuzz_config: config.Config) -> Iterator[Driver]:
 @pytest.fixture(scope="package")
 def live_collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """redis-server + ``oceanus collector`` (2 granian workers) on free loopback ports; no flusher."""
-    stack = Stack(tmp_path_factory.mktemp("live"), workers=2, appendfsync="no",
-                  env={"OCEANUS_COLLECTOR_BODY_TIMEOUT_S": "1.0"})
+    stack = Stack(
+        tmp_path_factory.mktemp("live"), workers=2, appendfsync="no", env={"OCEANUS_COLLECTOR_BODY_TIMEOUT_S": "1.0"}
+    )
     stack.redis.start()
     try:
         stack.start_collector()

@@ -67,7 +67,9 @@ def headers_of(response: bytes) -> list[tuple[bytes, bytes]]:
 
 def wait_healthy(port: int) -> None:
     def ok() -> bool:
-        return status_of(raw_exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-                                      timeout=2.0)) == 200
+        return (
+            status_of(raw_exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", timeout=2.0))
+            == 200
+        )
 
     wait_for(ok, timeout=20, what="collector /healthz after a hostile request")

@@ -37,7 +37,8 @@ def still_accepts(driver: Driver) -> None:
 
 def test_ten_megabyte_query_string_in_process(driver: Driver) -> None:
     resp = timed(driver, "GET", "/b/pageview", query=b"sid=ab&evt=pv&x=" + b"a" * 10_000_000)
-    assert resp.status == 414 and resp.error.startswith("url: max_url_bytes")
+    assert resp.status == 414
+    assert resp.error.startswith("url: max_url_bytes")
     still_accepts(driver)
 
 
@@ -52,9 +53,11 @@ def test_ten_megabyte_query_string_on_the_wire(live_collector: Stack) -> None:
 def test_million_key_json(driver: Driver) -> None:
     body = json.dumps({f"k{i}": 0 for i in range(1_000_000)}).encode()
     resp = timed(driver, "POST", "/e/pageview", body=body, headers=JSON)
-    assert resp.status == 413 and resp.error.startswith("body: max_body_bytes")
+    assert resp.status == 413
+    assert resp.error.startswith("body: max_body_bytes")
     resp = timed(driver, "POST", "/e/pageview", body=gzip.compress(body, 1), headers=GZIP_JSON)
-    assert resp.status == 413 and "max_" in resp.error
+    assert resp.status == 413
+    assert "max_" in resp.error
     still_accepts(driver)
 
 
@@ -63,7 +66,8 @@ def test_many_keys_inside_every_limit(driver: Driver) -> None:
     event = {"sid": "ab", "evt": "pv", **{f"k{i}": 0 for i in range(90_000)}}
     body = gzip.compress(json.dumps(event).encode(), 6)
     resp = timed(driver, "POST", "/e/pageview", body=body, headers=GZIP_JSON)
-    assert resp.status == 400 and resp.error.startswith("extra: max_extra_keys"), resp.error
+    assert resp.status == 400, resp.error
+    assert resp.error.startswith("extra: max_extra_keys"), resp.error
     still_accepts(driver)
 
 
@@ -81,7 +85,8 @@ def test_deep_nesting_in_json_text_of_a_query(driver: Driver) -> None:
     resp = timed(driver, "GET", "/b/pageview", query=query[:8000])
     assert resp.status in (400, 414), resp.error
     resp = timed(driver, "GET", "/b/pageview", query=b"sid=ab&evt=pv&jsn=" + b"[" * depth + b"]" * depth)
-    assert resp.status == 400 and resp.error.startswith("jsn: "), resp.error
+    assert resp.status == 400, resp.error
+    assert resp.error.startswith("jsn: "), resp.error
     still_accepts(driver)
 
 
@@ -96,9 +101,15 @@ def test_invalid_utf8(driver: Driver) -> None:
     resp = timed(driver, "GET", "/b/pageview", query=b"sid=ab&evt=\xff\xfe&tit=%ff%c3%28")
     assert resp.status in (200, 400)
     resp = timed(driver, "POST", "/e/pageview", body=b'{"sid":"ab","evt":"\xff\xfe"}', headers=JSON)
-    assert resp.status == 400 and resp.error.startswith("body: "), resp.error
-    resp = timed(driver, "POST", "/e/form", body=b"sid=ab&name=\xff%ff%c3%28",
-                 headers=[(b"content-type", b"application/x-www-form-urlencoded")])
+    assert resp.status == 400, resp.error
+    assert resp.error.startswith("body: "), resp.error
+    resp = timed(
+        driver,
+        "POST",
+        "/e/form",
+        body=b"sid=ab&name=\xff%ff%c3%28",
+        headers=[(b"content-type", b"application/x-www-form-urlencoded")],
+    )
     assert resp.status in (200, 400)
     resp = timed(driver, "POST", "/e/pageview", body=b'{"sid":"ab","evt":"pv","\xc3\x28":1}', headers=JSON)
     assert resp.status == 400
@@ -109,7 +120,8 @@ def test_gzip_bomb(driver: Driver) -> None:
     bomb = gzip.compress(b'{"sid":"ab","evt":"pv","x":"' + b"0" * 200_000_000 + b'"}', 9)
     assert len(bomb) < 1_000_000  # it fits the body limit: only the inflate bound stops it
     resp = timed(driver, "POST", "/e/pageview", body=bomb, headers=GZIP_JSON)
-    assert resp.status == 413 and resp.error.startswith("body: max_decompressed_bytes"), resp.error
+    assert resp.status == 413, resp.error
+    assert resp.error.startswith("body: max_decompressed_bytes"), resp.error
     truncated = timed(driver, "POST", "/e/pageview", body=bomb[: len(bomb) // 2], headers=GZIP_JSON)
     assert truncated.status in (400, 413)
     still_accepts(driver)
@@ -127,30 +139,43 @@ def test_header_injection_in_values(live_collector: Stack) -> None:
         b"GET /b/pageview?sid=ab&evt=pv&event_id=%0d%0aX-Evil:%201 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     ]
     body = b'{"sid":"ab","evt":"pv","\\r\\nSet-Cookie: evil=1":1,"event_id":"\\r\\nX-Evil: 1"}'
-    probes.append(b"POST /e/pageview HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                  b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    probes.append(
+        b"POST /e/pageview HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
     for probe in probes:
         resp = raw_exchange(port, probe)
         status = status_of(resp)
         assert 200 <= status < 500, (status, probe[:80])
         names = [name for name, _ in headers_of(resp)]
-        assert b"set-cookie" not in names and b"x-evil" not in names, resp[:400]
+        assert b"set-cookie" not in names, resp[:400]
+        assert b"x-evil" not in names, resp[:400]
 
 
 def test_path_traversal_in_static_paths(live_collector: Stack) -> None:
     port = live_collector.port
     secret = (REPO / "pyproject.toml").read_bytes()[:40]
     targets = [
-        b"/../pyproject.toml", b"/%2e%2e/pyproject.toml", b"/..%2fpyproject.toml", b"/oceanus.js/../../pyproject.toml",
-        b"/static/../../pyproject.toml", b"/static/..%2f..%2fpyproject.toml", b"/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
-        b"/oceanus.js%00.html", b"/....//....//pyproject.toml", b"/static/%252e%252e/pyproject.toml",
-        b"/collector/static/../app.py", b"//etc/passwd",
+        b"/../pyproject.toml",
+        b"/%2e%2e/pyproject.toml",
+        b"/..%2fpyproject.toml",
+        b"/oceanus.js/../../pyproject.toml",
+        b"/static/../../pyproject.toml",
+        b"/static/..%2f..%2fpyproject.toml",
+        b"/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+        b"/oceanus.js%00.html",
+        b"/....//....//pyproject.toml",
+        b"/static/%252e%252e/pyproject.toml",
+        b"/collector/static/../app.py",
+        b"//etc/passwd",
     ]
     for target in targets:
         resp = raw_exchange(port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         status = status_of(resp)
         assert status == 0 or 400 <= status < 500, (target, status)
-        assert secret not in resp and b"root:x:0:0" not in resp and b"import " not in resp, target
+        assert secret not in resp, target
+        assert b"root:x:0:0" not in resp, target
+        assert b"import " not in resp, target
 
 
 def test_slow_body_is_cut_at_body_timeout(live_collector: Stack) -> None:
@@ -182,9 +207,11 @@ def test_integer_beyond_64_bits(fuzz_redis: RedisServer) -> None:
             for n in (2**64, -(2**63) - 1, 10**400):
                 body = b'{"n":%d}' % n
                 resp = timed(d, "POST", "/e/counter", body=body, headers=JSON)
-                assert resp.status == 400 and resp.error.startswith("n: "), (n, resp.status, resp.error)
+                assert resp.status == 400, (n, resp.status, resp.error)
+                assert resp.error.startswith("n: "), (n, resp.status, resp.error)
             resp = timed(d, "GET", "/b/counter", query=b"n=" + b"9" * 30)
-            assert resp.status == 400 and resp.error.startswith("n: "), resp.error
+            assert resp.status == 400, resp.error
+            assert resp.error.startswith("n: "), resp.error
             resp = timed(d, "POST", "/e/counter", body=b'{"n":1,"f":1e400}', headers=JSON)
             assert resp.status == 400
             ok = d.request("POST", "/e/counter", body=b'{"n":1}', headers=JSON)
@@ -199,9 +226,11 @@ def test_far_future_timestamp(fuzz_config: config.Config) -> None:
     d = Driver(fuzz_config)
     try:
         resp = timed(d, "GET", "/b/ecview", query=b"user_id=u1&viewed_at=1e300")
-        assert resp.status == 400 and resp.error.startswith("viewed_at: "), (resp.status, resp.error)
+        assert resp.status == 400, (resp.status, resp.error)
+        assert resp.error.startswith("viewed_at: "), (resp.status, resp.error)
         resp = timed(d, "POST", "/e/ecview", body=b'{"user_id":"u1","viewed_at":1e300}', headers=JSON)
-        assert resp.status == 400 and resp.error.startswith("viewed_at: "), (resp.status, resp.error)
+        assert resp.status == 400, (resp.status, resp.error)
+        assert resp.error.startswith("viewed_at: "), (resp.status, resp.error)
         still_accepts(d)
     finally:
         d.close()

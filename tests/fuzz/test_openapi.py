@@ -35,7 +35,8 @@ def test_document_follows_the_config() -> None:
     cfg = config.loads((REPO / "oceanus.toml").read_text() + EXTRA_STREAM)
     doc = openapi.build(cfg)
     for name in cfg.streams:
-        assert f"/b/{name}" in doc["paths"] and f"/e/{name}" in doc["paths"]
+        assert f"/b/{name}" in doc["paths"]
+        assert f"/e/{name}" in doc["paths"]
     signup = doc["components"]["schemas"]["SignupEvent"]
     assert signup["required"] == ["email"]
     assert signup["properties"]["plan"]["enum"] == ["free", "pro"]
@@ -45,7 +46,8 @@ def test_document_follows_the_config() -> None:
     assert pageview["properties"]["sid"]["pattern"] == cfg.streams["pageview"].fields["sid"].pattern
     params = {p["name"]: p for p in doc["paths"]["/b/pageview"]["get"]["parameters"]}
     assert set(params) == set(cfg.streams["pageview"].fields)
-    assert params["sid"]["required"] and not params["uid"]["required"]
+    assert params["sid"]["required"]
+    assert not params["uid"]["required"]
     batch = doc["paths"]["/e/pageview"]["post"]["requestBody"]["content"]["application/json"]["schema"]["oneOf"][1]
     assert batch["maxItems"] == cfg.collector.max_batch_events
     # A stream that is not configured has no path.
@@ -62,7 +64,8 @@ def test_served_document_is_the_built_one(driver: Driver, fuzz_config: config.Co
     import json
 
     resp = driver.request("GET", "/openapi.json")
-    assert resp.status == 200 and resp.headers[b"content-type"] == b"application/json"
+    assert resp.status == 200
+    assert resp.headers[b"content-type"] == b"application/json"
     assert json.loads(resp.body) == json.loads(json.dumps(openapi.build(fuzz_config)))
 
 

@@ -28,16 +28,35 @@ FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 FEW = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 STREAMS = ("pageview", "form", "ecview", "nosuch")
-FIELD_NAMES = ("sid", "evt", "uid", "oid", "url", "jsn", "name", "email", "tel", "user_id", "age", "gender",
-               "viewed_at", "event_id", "extra", "ip", "x", "")
+FIELD_NAMES = (
+    "sid",
+    "evt",
+    "uid",
+    "oid",
+    "url",
+    "jsn",
+    "name",
+    "email",
+    "tel",
+    "user_id",
+    "age",
+    "gender",
+    "viewed_at",
+    "event_id",
+    "extra",
+    "ip",
+    "x",
+    "",
+)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
-text_values = st.text(max_size=60) | st.sampled_from(["", " ", "0", "-1", "1e400", "nan", "inf", "true", "[]",
-                                                      "{", "2024-02-30T00:00:00", "9" * 40, "ABCDEF", "a@b"])
+text_values = st.text(max_size=60) | st.sampled_from(
+    ["", " ", "0", "-1", "1e400", "nan", "inf", "true", "[]", "{", "2024-02-30T00:00:00", "9" * 40, "ABCDEF", "a@b"]
+)
 events = st.dictionaries(st.sampled_from(FIELD_NAMES) | st.text(max_size=10), json_values, max_size=8)
 text_events = st.dictionaries(st.sampled_from(FIELD_NAMES) | st.text(max_size=10), text_values, max_size=8)
 
@@ -62,7 +81,8 @@ def test_parse_timestamp_raises_only_value_errors(value: Any) -> None:
         micros = parse_timestamp(value)
     except (ValueError, OverflowError):
         return
-    assert isinstance(micros, int) and micros >= 0
+    assert isinstance(micros, int)
+    assert micros >= 0
 
 
 @given(st.binary(max_size=512))
@@ -129,8 +149,11 @@ def test_json_bodies(driver: Driver, stream: str, body: Any) -> None:
 @given(stream=st.sampled_from(STREAMS), event=text_events)
 def test_form_bodies(driver: Driver, stream: str, event: dict[str, str]) -> None:
     body = urlencode({k: v.encode("utf-8", "surrogatepass") for k, v in event.items()}).encode()
-    assert_answer(driver.request("POST", f"/e/{stream}", body=body,
-                                 headers=[(b"content-type", b"application/x-www-form-urlencoded")]))
+    assert_answer(
+        driver.request(
+            "POST", f"/e/{stream}", body=body, headers=[(b"content-type", b"application/x-www-form-urlencoded")]
+        )
+    )
 
 
 @FUZZ
@@ -146,7 +169,7 @@ def test_any_body_bytes(
 ) -> None:
     data = gzip.compress(body) if gzipped else body
     step = max(1, len(data) // chunked)
-    chunks = [data[i: i + step] for i in range(0, len(data), step)] or [b""]
+    chunks = [data[i : i + step] for i in range(0, len(data), step)] or [b""]
     headers = [(b"content-type", content_type)] + ([(b"content-encoding", encoding)] if encoding else [])
     assert_answer(driver.request("POST", "/e/pageview", body=chunks, headers=headers))
 
@@ -156,15 +179,25 @@ header_values = st.binary(max_size=120).map(lambda b: bytes(c for c in b if c no
 
 @FUZZ
 @given(
-    ua=header_values, xff=header_values, real_ip=header_values, origin=header_values, length=header_values,
+    ua=header_values,
+    xff=header_values,
+    real_ip=header_values,
+    origin=header_values,
+    length=header_values,
     method=st.sampled_from(["GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"]),
     path=st.sampled_from(["/b/pageview", "/e/pageview", "/healthz", "/readyz", "/nowhere", "/b/", "/e/"]),
 )
 def test_headers_and_methods(
     driver: Driver, ua: bytes, xff: bytes, real_ip: bytes, origin: bytes, length: bytes, method: str, path: str
 ) -> None:
-    headers = [(b"user-agent", ua), (b"x-forwarded-for", xff), (b"x-real-ip", real_ip), (b"origin", origin),
-               (b"content-length", length), (b"content-type", b"application/json")]
+    headers = [
+        (b"user-agent", ua),
+        (b"x-forwarded-for", xff),
+        (b"x-real-ip", real_ip),
+        (b"origin", origin),
+        (b"content-length", length),
+        (b"content-type", b"application/json"),
+    ]
     resp = driver.request(method, path, query=b"sid=ab&evt=pv", body=b'{"sid":"ab","evt":"pv"}', headers=headers)
     assert_answer(resp)
 
@@ -219,8 +252,9 @@ def test_valid_events_are_accepted(driver: Driver, fuzz_config: Config, name: st
     @FEW
     @given(event=valid_event(stream))
     def check(event: dict[str, Any]) -> None:
-        resp = driver.request("POST", f"/e/{name}", body=json.dumps(event).encode(),
-                              headers=[(b"content-type", b"application/json")])
+        resp = driver.request(
+            "POST", f"/e/{name}", body=json.dumps(event).encode(), headers=[(b"content-type", b"application/json")]
+        )
         assert resp.status == 200, (resp.status, resp.error, event)
         text = {k: v if isinstance(v, str) else json.dumps(v) for k, v in event.items()}
         query = "&".join(f"{quote(k)}={quote(v, safe='')}" for k, v in text.items()).encode()

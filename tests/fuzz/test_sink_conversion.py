@@ -98,8 +98,11 @@ def _arrow(batch: Batch) -> None:
 
 
 ENCODERS: dict[str, Callable[[Batch], Any]] = {
-    "insert_all": _insert_all, "load_ndjson": ndjson, "load_parquet": parquet,
-    "storage_write_proto": _proto, "storage_write_arrow": _arrow,
+    "insert_all": _insert_all,
+    "load_ndjson": ndjson,
+    "load_parquet": parquet,
+    "storage_write_proto": _proto,
+    "storage_write_arrow": _arrow,
 }
 
 
@@ -164,7 +167,8 @@ _offsets = st.integers(min_value=-14 * 60, max_value=14 * 60).map(lambda m: time
 iso_times = st.builds(
     lambda dt, tz, sep: dt.replace(tzinfo=tz).isoformat(sep=sep),
     st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59, 999999)),
-    st.none() | _offsets | st.just(UTC), st.sampled_from(["T", " "]),
+    st.none() | _offsets | st.just(UTC),
+    st.sampled_from(["T", " "]),
 )
 edge_text = {
     "s": st.text(max_size=30),
@@ -186,15 +190,17 @@ edge_json = {
 
 @PROPS
 @given(data=st.data(), from_text=st.booleans())
-def test_what_the_edge_accepts_converts_in_every_sink(cfg: config.Config, duck: DuckDBSink, data: st.DataObject,
-                                                     from_text: bool) -> None:
+def test_what_the_edge_accepts_converts_in_every_sink(
+    cfg: config.Config, duck: DuckDBSink, data: st.DataObject, from_text: bool
+) -> None:
     stream = cfg.streams["ev"]
     validator = StreamValidator(stream, cfg.collector)
     strategies = edge_text if from_text else edge_json
     event = {k: data.draw(st.none() | v) for k, v in strategies.items()}
     event = {k: v for k, v in event.items() if v is not None}
-    extra = data.draw(st.dictionaries(st.sampled_from(["u", "v"]), any_value if not from_text else st.text(max_size=9),
-                                      max_size=2))
+    extra = data.draw(
+        st.dictionaries(st.sampled_from(["u", "v"]), any_value if not from_text else st.text(max_size=9), max_size=2)
+    )
     event.update(extra)
     try:
         values = validator.values(dict(event), from_text)
@@ -222,8 +228,9 @@ def test_an_edge_timestamp_round_trips_through_duckdb(cfg: config.Config, duck: 
 
 
 @pytest.mark.parametrize("text", ["[" * 5000, "[" * 5000 + "]" * 4999, "[" * 100 + "}"])
-def test_invalid_json_of_any_depth_is_refused_per_row_by_duckdb(cfg: config.Config, duck: DuckDBSink,
-                                                                text: str) -> None:
+def test_invalid_json_of_any_depth_is_refused_per_row_by_duckdb(
+    cfg: config.Config, duck: DuckDBSink, text: str
+) -> None:
     stream = cfg.streams["ev"]
     row: list[Any] = [_ids.new(), time.time_ns() // 1000, "192.0.2.1", "ua", "pc", *([None] * 5), text, None]
     result = duck.write(_batch(stream, [row]), _NoState())

@@ -60,12 +60,16 @@ def latest_rows(cfg: config.Config, columns: tuple[str, ...] = ALLOWED) -> list[
 
 
 def column_checksums(rows: list[tuple[Any, ...]], columns: tuple[str, ...]) -> dict[str, str]:
-    return {name: hashlib.sha256(repr([r[i] for r in rows]).encode()).hexdigest()[:16]
-            for i, name in enumerate(columns)}
+    return {
+        name: hashlib.sha256(repr([r[i] for r in rows]).encode()).hexdigest()[:16] for i, name in enumerate(columns)
+    }
 
 
 def assert_same(
-    shop: ShopDB, cfg: config.Config, where: str = "", columns: tuple[str, ...] = ALLOWED,
+    shop: ShopDB,
+    cfg: config.Config,
+    where: str = "",
+    columns: tuple[str, ...] = ALLOWED,
     got: list[tuple[Any, ...]] | None = None,
 ) -> int:
     """The warehouse's ``users_latest`` equals the source's allowed columns: count, per-column

@@ -26,7 +26,14 @@ def _load(name: str = "users", **keys: str | None) -> config.Config:
 def test_a_good_import_decodes_with_its_defaults() -> None:
     imp = _load().imports["users"]
     assert (imp.name, imp.table, imp.columns, imp.mode, imp.deletes, imp.every_s, imp.batch_rows) == (
-        "users", "shop.users", ("id", "age", "updated_at", "deleted_at"), "incremental", "none", 3600.0, 10_000)
+        "users",
+        "shop.users",
+        ("id", "age", "updated_at", "deleted_at"),
+        "incremental",
+        "none",
+        3600.0,
+        10_000,
+    )
     assert config.loads(BASE).imports == {}
 
 
@@ -37,15 +44,23 @@ def test_a_good_import_decodes_with_its_defaults() -> None:
         ({"cursor_column": None}, 'imports.users: `cursor_column` is required when `mode = "incremental"`'),
         ({"cursor_column": '"ts"'}, "imports.users: `cursor_column` `ts` is not in `columns`"),
         ({"deletes": '"soft"'}, 'imports.users: `soft_delete_column` is required when `deletes = "soft"`'),
-        ({"deletes": '"soft"', "soft_delete_column": '"gone"'},
-         "imports.users: `soft_delete_column` `gone` is not in `columns`"),
-        ({"soft_delete_column": '"deleted_at"'},
-         'imports.users: `soft_delete_column` applies to `deletes = "soft"` only'),
-        ({"mode": '"full"', "deletes": '"key_diff"'},
-         'imports.users: `deletes = "key_diff"` applies to `mode = "incremental"`: a full reload drops gone rows'),
+        (
+            {"deletes": '"soft"', "soft_delete_column": '"gone"'},
+            "imports.users: `soft_delete_column` `gone` is not in `columns`",
+        ),
+        (
+            {"soft_delete_column": '"deleted_at"'},
+            'imports.users: `soft_delete_column` applies to `deletes = "soft"` only',
+        ),
+        (
+            {"mode": '"full"', "deletes": '"key_diff"'},
+            'imports.users: `deletes = "key_diff"` applies to `mode = "incremental"`: a full reload drops gone rows',
+        ),
         ({"columns": '["id", "id"]', "cursor_column": '"id"'}, "imports.users: `columns` lists a column twice"),
-        ({"columns": '["id", "_deleted"]', "cursor_column": '"id"'},
-         "imports.users: `columns`: `_deleted` is a column oceanus adds itself"),
+        (
+            {"columns": '["id", "_deleted"]', "cursor_column": '"id"'},
+            "imports.users: `columns`: `_deleted` is a column oceanus adds itself",
+        ),
         ({"columns": "[]"}, "imports.users.columns: Expected `array` of length >= 1"),
         ({"columns": '["id", "a b"]'}, "imports.users.columns[1]: Expected `str` matching regex"),
         ({"table": '"users; drop"'}, "imports.users.table: Expected `str` matching regex"),

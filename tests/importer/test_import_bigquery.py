@@ -45,8 +45,10 @@ def _latest(emulator: BigQueryEmulator, cfg: config.Config) -> list[tuple[Any, .
 
     client = emulator_client(emulator)
     try:
-        sql = (f"SELECT {', '.join(COLUMNS)} FROM `{emulator.project}.{cfg.sink.bigquery.dataset}.users_latest` "
-               "ORDER BY id")
+        sql = (
+            f"SELECT {', '.join(COLUMNS)} FROM `{emulator.project}.{cfg.sink.bigquery.dataset}.users_latest` "
+            "ORDER BY id"
+        )
         rows = client.query(sql, retry=bigquery.DEFAULT_RETRY.with_deadline(5)).result()
         return [normalize(COLUMNS, tuple(r.values())) for r in rows]
     finally:
@@ -122,8 +124,14 @@ def test_killed_after_its_first_batch_then_rerun(
 
 @pytest.mark.parametrize(
     ("precision", "scale", "expected"),
-    [(12, 2, ("NUMERIC", 12, 2)), (38, 9, ("NUMERIC", 38, 9)), (39, 9, ("BIGNUMERIC", 39, 9)),
-     (30, 10, ("BIGNUMERIC", 30, 10)), (76, 38, ("BIGNUMERIC", 76, 38)), (20, 0, ("NUMERIC", 20, 0))],
+    [
+        (12, 2, ("NUMERIC", 12, 2)),
+        (38, 9, ("NUMERIC", 38, 9)),
+        (39, 9, ("BIGNUMERIC", 39, 9)),
+        (30, 10, ("BIGNUMERIC", 30, 10)),
+        (76, 38, ("BIGNUMERIC", 76, 38)),
+        (20, 0, ("NUMERIC", 20, 0)),
+    ],
 )
 def test_decimals_keep_precision_and_scale(precision: int, scale: int, expected: tuple[str, int, int]) -> None:
     col = Column(name="d", kind="decimal", precision=precision, scale=scale, source_type="numeric")
@@ -142,14 +150,16 @@ def test_ndjson_keeps_values_exact() -> None:
 
     import pyarrow as pa
 
-    batch = pa.table({
-        "n": pa.array([Decimal("12345678901234567890.0123456789")], type=pa.decimal128(30, 10)),
-        "t": pa.array([dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)], type=pa.timestamp("us", tz="UTC")),
-        "w": pa.array([dt.datetime(2026, 1, 2, 3, 4, 5)], type=pa.timestamp("us")),
-        "d": pa.array([dt.date(1999, 12, 31)], type=pa.date32()),
-        "b": pa.array([b"\x00\xff"], type=pa.binary()),
-        "j": pa.array(['{"a": [1, 2]}'], type=pa.string()),
-    })
+    batch = pa.table(
+        {
+            "n": pa.array([Decimal("12345678901234567890.0123456789")], type=pa.decimal128(30, 10)),
+            "t": pa.array([dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)], type=pa.timestamp("us", tz="UTC")),
+            "w": pa.array([dt.datetime(2026, 1, 2, 3, 4, 5)], type=pa.timestamp("us")),
+            "d": pa.array([dt.date(1999, 12, 31)], type=pa.date32()),
+            "b": pa.array([b"\x00\xff"], type=pa.binary()),
+            "j": pa.array(['{"a": [1, 2]}'], type=pa.string()),
+        }
+    )
     assert ndjson(batch) == (
         b'{"n":"12345678901234567890.0123456789","t":"2026-01-02T03:04:05.678901+00:00",'
         b'"w":"2026-01-02T03:04:05","d":"1999-12-31","b":"AP8=","j":"{\\"a\\": [1, 2]}"}\n'

@@ -88,7 +88,11 @@ def _import_process(cfg_path: Path, shop: ShopDB, *args: str) -> subprocess.Pope
     env.pop("OCEANUS_CONFIG", None)
     return subprocess.Popen(
         [sys.executable, "-m", "oceanus.cli", "import", *args, "--config", str(cfg_path)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -140,7 +144,7 @@ def test_unlisted_columns_never_leave_the_source(tmp_path: Path, shop: ShopDB) -
     try:
         names = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()]
         for name in names:
-            cols = [r[0] for r in con.execute(f"DESCRIBE \"{name}\"").fetchall()]
+            cols = [r[0] for r in con.execute(f'DESCRIBE "{name}"').fetchall()]
             assert not {"email", "password_hash"} & set(cols), f"{name} has a secret column"
             text = con.execute(f"SELECT string_agg(CAST(t AS VARCHAR), '|') FROM \"{name}\" t").fetchone()
             assert shop.secret not in str(text), f"a secret reached {name}"
@@ -241,12 +245,19 @@ def test_a_warehouse_held_by_another_process_is_named(tmp_path: Path, pg_shop: S
     pg_shop.fill(1, 10)
     cfg = import_config(tmp_path, pg_shop)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('open', flush=True); "
-         "sys.stdin.read()", cfg.sink.duckdb.path],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('open', flush=True); sys.stdin.read()",
+            cfg.sink.duckdb.path,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
-        assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "open\n"
         with pytest.raises(SinkError, match=r"^sink\.duckdb\.path: cannot open .*one writing process per file"):
             run_import(cfg, cfg.imports["users"], env={URL_ENV: pg_shop.url})
     finally:

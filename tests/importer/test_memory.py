@@ -24,14 +24,20 @@ MAX_PEAK_BYTES = 12_000_000
 
 
 def test_peak_memory_is_bounded_by_the_batch(tmp_path: Path, shop: ShopDB) -> None:
-    shop.execute(f"CREATE TABLE {shop.table} (id bigint PRIMARY KEY, updated_at timestamp NOT NULL, "
-                 "name varchar(40), amount decimal(12,2))")
+    shop.execute(
+        f"CREATE TABLE {shop.table} (id bigint PRIMARY KEY, updated_at timestamp NOT NULL, "
+        "name varchar(40), amount decimal(12,2))"
+    )
     if shop.kind == "postgres":
-        shop.execute(f"INSERT INTO {shop.table} SELECT g, TIMESTAMP '2026-01-01 00:00:00' + g * INTERVAL '1 second', "
-                     f"'name-' || g, g * 0.01 FROM generate_series(1, {ROWS}) g")
+        shop.execute(
+            f"INSERT INTO {shop.table} SELECT g, TIMESTAMP '2026-01-01 00:00:00' + g * INTERVAL '1 second', "
+            f"'name-' || g, g * 0.01 FROM generate_series(1, {ROWS}) g"
+        )
     else:
-        shop.execute(f"INSERT INTO {shop.table} SELECT seq, TIMESTAMP '2026-01-01 00:00:00' + INTERVAL seq SECOND, "
-                     f"CONCAT('name-', seq), seq * 0.01 FROM seq_1_to_{ROWS}")
+        shop.execute(
+            f"INSERT INTO {shop.table} SELECT seq, TIMESTAMP '2026-01-01 00:00:00' + INTERVAL seq SECOND, "
+            f"CONCAT('name-', seq), seq * 0.01 FROM seq_1_to_{ROWS}"
+        )
     cfg = import_config(tmp_path, shop, columns=("id", "updated_at", "name", "amount"), batch_rows=BATCH_ROWS)
     tracemalloc.start()
     try:

@@ -39,7 +39,8 @@ def test_serve_repeats_and_exports_metrics(tmp_path: Path, pg_shop: ShopDB) -> N
         assert _metric(port, "oceanus_import_failures_total") == 0.0
         lag = _metric(port, "oceanus_import_watermark_lag_seconds")
         # The newest updated_at is 2026-01-01 00:01:43 (310 // 3 s), taken as UTC.
-        assert lag is not None and lag > 0
+        assert lag is not None
+        assert lag > 0
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
@@ -69,8 +70,12 @@ def test_sigterm_commits_the_current_batch_and_exits(tmp_path: Path, pg_shop: Sh
             proc.wait()
     cfg = import_config(tmp_path, pg_shop, batch_rows=200)
     stopped_at = table_count(cfg)
-    assert 200 <= stopped_at < 40_000 and stopped_at % 200 == 0
-    watermark = table_count(cfg, "SELECT count(*) FROM _oceanus_import_state WHERE watermark = "
-                                 "(SELECT '[{\"datetime\":\"' || strftime(max(updated_at), '%Y-%m-%dT%H:%M:%S') "
-                                 "|| '\"},' || max_by(id, (updated_at, id)) || ']' FROM users)")
+    assert 200 <= stopped_at < 40_000
+    assert stopped_at % 200 == 0
+    watermark = table_count(
+        cfg,
+        "SELECT count(*) FROM _oceanus_import_state WHERE watermark = "
+        "(SELECT '[{\"datetime\":\"' || strftime(max(updated_at), '%Y-%m-%dT%H:%M:%S') "
+        "|| '\"},' || max_by(id, (updated_at, id)) || ']' FROM users)",
+    )
     assert watermark == 1, "the stored watermark is not the last committed row"

@@ -11,8 +11,22 @@ from oceanus import buffer
 
 def _rows(n: int) -> list[list[object]]:
     ids = buffer.EventIds()
-    return [[ids.new(), 1_700_000_000_000_000 + i, "203.0.113.9", "Mozilla/5.0", "desktop", f"{i:032x}",
-             "view", None, 1.5, True, '{"x":1}'] for i in range(n)]
+    return [
+        [
+            ids.new(),
+            1_700_000_000_000_000 + i,
+            "203.0.113.9",
+            "Mozilla/5.0",
+            "desktop",
+            f"{i:032x}",
+            "view",
+            None,
+            1.5,
+            True,
+            '{"x":1}',
+        ]
+        for i in range(n)
+    ]
 
 
 COLS = ["event_id", "received_at", "ip", "ua", "device", "sid", "evt", "uid", "f", "b", "extra"]

@@ -41,8 +41,13 @@ def test_help_is_a_whole_sentence_with_exit_statuses() -> None:
     for action in cli.build_parser()._actions:
         assert action.help, action
     assert "exit status:" in out
-    for line in ("  0    success", "  1    failed while running", "  2    usage or config error",
-                 "  3    oceanus collector only", "  130  interrupted"):
+    for line in (
+        "  0    success",
+        "  1    failed while running",
+        "  2    usage or config error",
+        "  3    oceanus collector only",
+        "  130  interrupted",
+    ):
         assert line in out
 
 
@@ -56,13 +61,15 @@ def test_version() -> None:
 def test_command_help_has_an_example_and_help_for_every_option(command: str) -> None:
     res = run(command, "--help")
     assert res.returncode == 0, res.stderr
-    assert "\nexample" in res.stdout and f"\n  oceanus {command}" in res.stdout, res.stdout
+    assert "\nexample" in res.stdout, res.stdout
+    assert f"\n  oceanus {command}" in res.stdout, res.stdout
     parser = subparsers()[command]
     assert parser.description
     shown = " ".join(res.stdout.split())
     for action in parser._actions:
         name = (action.option_strings or [action.dest])[0]
-        assert action.help and action.help.strip(), f"oceanus {command} {name} has no help text"
+        assert action.help, f"oceanus {command} {name} has no help text"
+        assert action.help.strip(), f"oceanus {command} {name} has no help text"
         text = action.help % {**vars(action), "prog": parser.prog}  # as argparse expands it
         assert " ".join(text.split()) in shown, name
 
@@ -74,8 +81,9 @@ def test_a_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "the following arguments are required: sql" in capsys.readouterr().err
 
 
-def test_an_operational_failure_exits_1_and_a_config_error_2(tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_operational_failure_exits_1_and_a_config_error_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert cli.main(["query", "--data-dir", str(tmp_path), "SELECT 1"]) == 1  # no warehouse there
     assert "no warehouse at" in capsys.readouterr().err
     bad = tmp_path / "bad.toml"

@@ -14,26 +14,31 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_default_config_decodes() -> None:
     cfg = config.load(REPO / "oceanus.toml", env={})
-    assert list(cfg.streams) == ["pageview", "form", "ecview"]
+    assert list(cfg.streams) == ["pageview", "form", "ecview", "segment", "snowplow"]
+    assert (cfg.collector.segment.stream, cfg.collector.snowplow.stream) == ("segment", "snowplow")
     pv = cfg.streams["pageview"]
-    assert pv.fields["sid"].required and pv.fields["sid"].transforms == ("lowercase",)
-    assert pv.fields["jsn"].type == "json" and pv.fields["jsn"].max_length == 4096
-    assert cfg.streams["ecview"].fields["age"].min == 0 and cfg.streams["ecview"].fields["age"].max == 130
+    assert pv.fields["sid"].required
+    assert pv.fields["sid"].transforms == ("lowercase",)
+    assert pv.fields["jsn"].type == "json"
+    assert pv.fields["jsn"].max_length == 4096
+    assert cfg.streams["ecview"].fields["age"].min == 0
+    assert cfg.streams["ecview"].fields["age"].max == 130
     assert cfg.streams["form"].fields["email"].format == "email"
-    assert pv.columns[:5] == config.SERVER_COLUMNS and pv.columns[-1] == "extra"
+    assert pv.columns[:5] == config.SERVER_COLUMNS
+    assert pv.columns[-1] == "extra"
 
 
 @pytest.mark.parametrize(
     ("toml", "path"),
     [
         ('[streams.pv.fields]\nsid = { type = "strng" }', "streams.pv.fields.sid.type"),
-        ('[streams.pv.fields]\nsid = { max_length = -1 }', "streams.pv.fields.sid.max_length"),
+        ("[streams.pv.fields]\nsid = { max_length = -1 }", "streams.pv.fields.sid.max_length"),
         ('[streams.pv.fields]\nsid = { pattern = "(" }', "streams.pv.fields.sid"),
-        ('[streams.pv.fields]\nsid = { colour = 1 }', "streams.pv.fields.sid"),
+        ("[streams.pv.fields]\nsid = { colour = 1 }", "streams.pv.fields.sid"),
         ('[collector]\nport = "x"\n[streams.pv.fields]\na = {}', "collector.port"),
         ('[streams.pv]\nclustering = ["nope"]\n[streams.pv.fields]\na = {}', "streams.pv.clustering[0]"),
-        ('[streams.pv.fields]\nevent_id = {}', "streams.pv.fields.event_id"),
-        ('[streams.pv.batch]\nmax_bytes = 20000000\n[streams.pv.fields]\na = {}', "streams.pv.batch.max_bytes"),
+        ("[streams.pv.fields]\nevent_id = {}", "streams.pv.fields.event_id"),
+        ("[streams.pv.batch]\nmax_bytes = 20000000\n[streams.pv.fields]\na = {}", "streams.pv.batch.max_bytes"),
         ("[collector]\nport = 1", "streams"),
     ],
 )
@@ -47,8 +52,12 @@ def test_env_overrides() -> None:
     text = (REPO / "oceanus.toml").read_text()
     cfg = config.loads(
         text,
-        env={"OCEANUS_REDIS_URL": "redis://10.0.0.1:6380/2", "OCEANUS_COLLECTOR_PORT": "9999",
-             "OCEANUS_SINK_DUCKDB_PATH": "/tmp/x.duckdb", "OCEANUS_COLLECTOR_CORS_ORIGINS": '["https://a.example"]'},
+        env={
+            "OCEANUS_REDIS_URL": "redis://10.0.0.1:6380/2",
+            "OCEANUS_COLLECTOR_PORT": "9999",
+            "OCEANUS_SINK_DUCKDB_PATH": "/tmp/x.duckdb",
+            "OCEANUS_COLLECTOR_CORS_ORIGINS": '["https://a.example"]',
+        },
     )
     assert cfg.redis.url == "redis://10.0.0.1:6380/2"
     assert cfg.collector.port == 9999
@@ -56,17 +65,23 @@ def test_env_overrides() -> None:
     assert cfg.collector.cors_origins == ("https://a.example",)
     with pytest.raises(ConfigError, match="OCEANUS_REDIS_URLL"):
         config.loads(text, env={"OCEANUS_REDIS_URLL": "x"})
-    with pytest.raises(ConfigError, match="collector.port"):
+    with pytest.raises(ConfigError, match=r"collector\.port"):
         config.loads(text, env={"OCEANUS_COLLECTOR_PORT": "http"})
 
 
 def test_check_config_cli_one_line_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[streams.pv.fields]\nage = { type = "int", min = 5, max = 1 }\n')
-    proc = subprocess.run([sys.executable, "-m", "oceanus.cli", "check-config", "--config", str(bad)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "oceanus.cli", "check-config", "--config", str(bad)], capture_output=True, text=True
+    )
     assert proc.returncode == 2
-    assert proc.stderr.count("\n") == 1 and "streams.pv.fields.age" in proc.stderr
-    ok = subprocess.run([sys.executable, "-m", "oceanus.cli", "check-config", "--config", str(REPO / "oceanus.toml")],
-                        capture_output=True, text=True)
-    assert ok.returncode == 0 and "stream pageview" in ok.stdout
+    assert proc.stderr.count("\n") == 1
+    assert "streams.pv.fields.age" in proc.stderr
+    ok = subprocess.run(
+        [sys.executable, "-m", "oceanus.cli", "check-config", "--config", str(REPO / "oceanus.toml")],
+        capture_output=True,
+        text=True,
+    )
+    assert ok.returncode == 0
+    assert "stream pageview" in ok.stdout

@@ -71,7 +71,8 @@ def test_every_container_loads_its_config_with_the_service_links(target: str) ->
     links = service_link_env(services)
     # What a real cluster puts in front of the loader: collector.port's own name among them.
     oceanus_links = {k for k in links if k.startswith("OCEANUS_")}
-    assert "OCEANUS_COLLECTOR_PORT" in oceanus_links and "OCEANUS_FLUSHER_SERVICE_HOST" in oceanus_links
+    assert "OCEANUS_COLLECTOR_PORT" in oceanus_links
+    assert "OCEANUS_FLUSHER_SERVICE_HOST" in oceanus_links
     cm = m.find_prefix(resources, "ConfigMap", "oceanus-config")
     checked = 0
     for workload in _workloads(resources):
@@ -95,39 +96,45 @@ def test_collector_port_from_a_service_link_is_ignored_a_number_is_not() -> None
     assert config.loads(TOML, env={**links, "OCEANUS_COLLECTOR_PORT": "9090"}).collector.port == 9090
 
 
-@pytest.mark.parametrize("name, value", [
-    ("OCEANUS_FLUSHER_SERVICE_HOST", "10.96.0.3"),
-    ("OCEANUS_FLUSHER_SERVICE_HOST", "fd00::3"),
-    ("OCEANUS_FLUSHER_SERVICE_PORT", "9101"),
-    ("OCEANUS_FLUSHER_SERVICE_PORT_ADMIN", "9101"),
-    ("OCEANUS_FLUSHER_PORT", "tcp://10.96.0.3:9101"),
-    ("OCEANUS_FLUSHER_PORT", "tcp://[fd00::3]:9101"),
-    ("OCEANUS_FLUSHER_PORT_9101_TCP", "tcp://10.96.0.3:9101"),
-    ("OCEANUS_FLUSHER_PORT_9101_TCP_PROTO", "tcp"),
-    ("OCEANUS_FLUSHER_PORT_9101_TCP_PORT", "9101"),
-    ("OCEANUS_FLUSHER_PORT_9101_TCP_ADDR", "10.96.0.3"),
-    ("OCEANUS_REDIS_PORT_6379_TCP", "tcp://10.96.0.4:6379"),
-    ("OCEANUS_REDIS_SERVICE_PORT_REDIS_TLS", "6380"),
-    ("OCEANUS_STATS_PORT_53_UDP_PROTO", "udp"),
-    # flusher.admin_port's name, from a Service named oceanus-flusher-admin.
-    ("OCEANUS_FLUSHER_ADMIN_PORT", "tcp://10.96.0.5:9101"),
-])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("OCEANUS_FLUSHER_SERVICE_HOST", "10.96.0.3"),
+        ("OCEANUS_FLUSHER_SERVICE_HOST", "fd00::3"),
+        ("OCEANUS_FLUSHER_SERVICE_PORT", "9101"),
+        ("OCEANUS_FLUSHER_SERVICE_PORT_ADMIN", "9101"),
+        ("OCEANUS_FLUSHER_PORT", "tcp://10.96.0.3:9101"),
+        ("OCEANUS_FLUSHER_PORT", "tcp://[fd00::3]:9101"),
+        ("OCEANUS_FLUSHER_PORT_9101_TCP", "tcp://10.96.0.3:9101"),
+        ("OCEANUS_FLUSHER_PORT_9101_TCP_PROTO", "tcp"),
+        ("OCEANUS_FLUSHER_PORT_9101_TCP_PORT", "9101"),
+        ("OCEANUS_FLUSHER_PORT_9101_TCP_ADDR", "10.96.0.3"),
+        ("OCEANUS_REDIS_PORT_6379_TCP", "tcp://10.96.0.4:6379"),
+        ("OCEANUS_REDIS_SERVICE_PORT_REDIS_TLS", "6380"),
+        ("OCEANUS_STATS_PORT_53_UDP_PROTO", "udp"),
+        # flusher.admin_port's name, from a Service named oceanus-flusher-admin.
+        ("OCEANUS_FLUSHER_ADMIN_PORT", "tcp://10.96.0.5:9101"),
+    ],
+)
 def test_service_link_shapes_are_ignored(name: str, value: str) -> None:
     assert config.is_service_link(name, value)
     assert config.loads(TOML, env={name: value}) == config.loads(TOML)
 
 
-@pytest.mark.parametrize("name, value, message", [
-    ("OCEANUS_REDIS_URLL", "redis://x:6379/0", "OCEANUS_REDIS_URLL: not a configuration key"),
-    ("OCEANUS_FLUSHER_SERVICE_HOST", "flusher.local", "OCEANUS_FLUSHER_SERVICE_HOST: not a configuration key"),
-    ("OCEANUS_FLUSHER_SERVICE_PORT", "http", "OCEANUS_FLUSHER_SERVICE_PORT: not a configuration key"),
-    ("OCEANUS_FLUSHER_PORT", "9101", "OCEANUS_FLUSHER_PORT: not a configuration key"),
-    ("OCEANUS_FLUSHER_PORT_9101_TCP", "tcp://10.96.0.3:9102", "OCEANUS_FLUSHER_PORT_9101_TCP: not a configuration"),
-    ("OCEANUS_FLUSHER_PORT_9101_TCP_PROTO", "udp", "OCEANUS_FLUSHER_PORT_9101_TCP_PROTO: not a configuration"),
-    ("OCEANUS_FLUSHER_PORT_9101_TCP_ADDR", "10.96.0", "OCEANUS_FLUSHER_PORT_9101_TCP_ADDR: not a configuration"),
-    ("OCEANUS_COLLECTOR_PORT", "tcp://collector:80", "collector.port: Expected `int`, got `str`"),
-    ("OCEANUS_COLLECTOR_PORT", "80a", "collector.port: Expected `int`, got `str`"),
-])
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("OCEANUS_REDIS_URLL", "redis://x:6379/0", "OCEANUS_REDIS_URLL: not a configuration key"),
+        ("OCEANUS_FLUSHER_SERVICE_HOST", "flusher.local", "OCEANUS_FLUSHER_SERVICE_HOST: not a configuration key"),
+        ("OCEANUS_FLUSHER_SERVICE_PORT", "http", "OCEANUS_FLUSHER_SERVICE_PORT: not a configuration key"),
+        ("OCEANUS_FLUSHER_PORT", "9101", "OCEANUS_FLUSHER_PORT: not a configuration key"),
+        ("OCEANUS_FLUSHER_PORT_9101_TCP", "tcp://10.96.0.3:9102", "OCEANUS_FLUSHER_PORT_9101_TCP: not a configuration"),
+        ("OCEANUS_FLUSHER_PORT_9101_TCP_PROTO", "udp", "OCEANUS_FLUSHER_PORT_9101_TCP_PROTO: not a configuration"),
+        ("OCEANUS_FLUSHER_PORT_9101_TCP_ADDR", "10.96.0", "OCEANUS_FLUSHER_PORT_9101_TCP_ADDR: not a configuration"),
+        ("OCEANUS_COLLECTOR_PORT", "tcp://collector:80", "collector.port: Expected `int`, got `str`"),
+        ("OCEANUS_COLLECTOR_PORT", "80a", "collector.port: Expected `int`, got `str`"),
+    ],
+)
 def test_typos_are_still_errors_naming_the_variable(name: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         config.loads(TOML, env={name: value})
@@ -143,6 +150,8 @@ def test_an_ignored_variable_is_logged_at_debug(caplog: pytest.LogCaptureFixture
     with caplog.at_level(logging.DEBUG, logger="oceanus.config"):
         config.loads(TOML, env={"OCEANUS_FLUSHER_SERVICE_HOST": "10.96.0.3", "OCEANUS_REDIS_URL": "redis://r:6379/0"})
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
-        (logging.DEBUG, "OCEANUS_FLUSHER_SERVICE_HOST: a Kubernetes service-link variable, not a configuration key; "
-                        "ignored"),
+        (
+            logging.DEBUG,
+            "OCEANUS_FLUSHER_SERVICE_HOST: a Kubernetes service-link variable, not a configuration key; ignored",
+        ),
     ]

@@ -66,14 +66,16 @@ def test_free_tier_is_shared_across_streams() -> None:
 def test_report_marks_the_configured_mode_and_cites_prices() -> None:
     text = cost.report(_cfg(mode="load"), {"pageview": cost.Load(700_000, 357, "given")})
     row = next(line for line in text.splitlines() if line.startswith("pageview"))
-    assert "$1.03 " in row and "$0.00*" in row and row.count("*") == 1
+    assert "$1.03 " in row
+    assert "$0.00*" in row
+    assert row.count("*") == 1
     assert "cloud.google.com/bigquery/pricing" in text
 
 
 class _Metrics(http.server.BaseHTTPRequestHandler):
     body = b""
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/plain; version=0.0.4")
         self.end_headers()
@@ -109,7 +111,8 @@ def test_traffic_from_the_flusher_metrics(metrics_server: int) -> None:
     assert ld.events_per_day == pytest.approx(29166 * 24, rel=0.01)
     # An explicit flag wins over the measurement, the other number still comes from it.
     loads = cost.stream_loads(_cfg(metrics_server), None, 500, measured)
-    assert loads["pageview"].avg_bytes == 500 and loads["pageview"].events_per_day == ld.events_per_day
+    assert loads["pageview"].avg_bytes == 500
+    assert loads["pageview"].events_per_day == ld.events_per_day
 
 
 def test_no_metrics_and_no_flags_says_what_to_pass() -> None:
@@ -126,6 +129,7 @@ def test_cli(tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:
     path.write_text(ONE_STREAM.format(port=free_port(), mode="storage_write"))
     assert cli_main(["cost", "--config", str(path), "--events-per-day", "700000", "--avg-bytes", "357"]) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[1].startswith("pageview") and "$0.00*" in out
+    assert out.splitlines()[1].startswith("pageview")
+    assert "$0.00*" in out
     assert cli_main(["cost", "--config", str(path), "--avg-bytes", "0", "--events-per-day", "1"]) == 2
     assert "--avg-bytes must be > 0" in capsys.readouterr().err

@@ -27,9 +27,16 @@ def _rows(n: int) -> list[list[object]]:
     rows: list[list[object]] = []
     for i in range(n):
         row: list[object] = [None] * len(STREAM.columns)
-        values = {"event_id": ids.new(1_780_000_000_000_000_000 + i), "received_at": 1_780_000_000_000_000 + i,
-                  "ip": "203.0.113.7", "ua": "Mozilla/5.0", "device": "pc", "sid": f"s{i}", "evt": "view",
-                  "extra": '{"k":1}'}
+        values = {
+            "event_id": ids.new(1_780_000_000_000_000_000 + i),
+            "received_at": 1_780_000_000_000_000 + i,
+            "ip": "203.0.113.7",
+            "ua": "Mozilla/5.0",
+            "device": "pc",
+            "sid": f"s{i}",
+            "evt": "view",
+            "extra": '{"k":1}',
+        }
         for col, value in values.items():
             row[STREAM.columns.index(col)] = value
         rows.append(row)
@@ -51,7 +58,8 @@ def test_finish_keeps_the_newest_dead_letters_and_expires_the_list(redis_server:
             # A batch without dead letters leaves the list and its expiry alone.
             await client.rpush(KEYS.queue("pv"), encode_frame(["event_id"], [[bytes(16)]]))
             claim = await claimer.claim("pv", 10)
-            assert claim is not None and await claimer.finish(claim) is True
+            assert claim is not None
+            assert await claimer.finish(claim) is True
             assert await client.llen(KEYS.dead("pv")) == 3
         finally:
             await client.aclose()
@@ -60,11 +68,13 @@ def test_finish_keeps_the_newest_dead_letters_and_expires_the_list(redis_server:
 
 
 def test_flusher_defaults_bound_dead_letters() -> None:
-    cfg = config.loads("[streams.s.fields.a]\n", env={"OCEANUS_FLUSHER_DEAD_LETTER_MAX": "5",
-                                                      "OCEANUS_FLUSHER_DEAD_LETTER_TTL_S": "60"})
+    cfg = config.loads(
+        "[streams.s.fields.a]\n",
+        env={"OCEANUS_FLUSHER_DEAD_LETTER_MAX": "5", "OCEANUS_FLUSHER_DEAD_LETTER_TTL_S": "60"},
+    )
     assert (cfg.flusher.dead_letter_max, cfg.flusher.dead_letter_ttl_s) == (5, 60.0)
     assert (config.FlusherConfig().dead_letter_max, config.FlusherConfig().dead_letter_ttl_s) == (100_000, 604_800.0)
-    with pytest.raises(config.ConfigError, match="flusher.dead_letter_max"):
+    with pytest.raises(config.ConfigError, match=r"flusher\.dead_letter_max"):
         config.loads("[flusher]\ndead_letter_max = 0\n[streams.s.fields.a]\n")
 
 
@@ -83,15 +93,19 @@ def test_dead_list_replay_purge(dead_env: RedisServer, capsys: pytest.CaptureFix
     client = dead_env.client()
     rows = _rows(3)
     corrupt = b"O2 not a frame"
-    client.rpush(KEYS.dead("pageview"),
-                 dead_row("pageview", "rejected: sid too long", STREAM.columns, rows[0]),
-                 dead_frame("pageview", "corrupt frame: truncated", corrupt),
-                 dead_row("pageview", "rejected: sid too long", STREAM.columns, rows[1]),
-                 dead_row("pageview", "rejected: bad evt", STREAM.columns, rows[2]))
+    client.rpush(
+        KEYS.dead("pageview"),
+        dead_row("pageview", "rejected: sid too long", STREAM.columns, rows[0]),
+        dead_frame("pageview", "corrupt frame: truncated", corrupt),
+        dead_row("pageview", "rejected: sid too long", STREAM.columns, rows[1]),
+        dead_row("pageview", "rejected: bad evt", STREAM.columns, rows[2]),
+    )
 
     out = _run(capsys, "list", "--stream", "pageview", "--limit", "2")
     assert out.splitlines()[0] == "pageview: 4 dead letter(s)"
-    assert "rejected: sid too long" in out and "(undecodable frame)" in out and "... 2 more" in out
+    assert "rejected: sid too long" in out
+    assert "(undecodable frame)" in out
+    assert "... 2 more" in out
     assert rows[0][0].hex() in out  # type: ignore[union-attr]
 
     out = _run(capsys, "replay", "--stream", "pageview")
@@ -101,7 +115,8 @@ def test_dead_list_replay_purge(dead_env: RedisServer, capsys: pytest.CaptureFix
     assert decode_frame(frames[0]) == (list(STREAM.columns), rows)
     # The flusher takes them as any collector frame: every row, no dead letter.
     built = BatchBuilder(STREAM).build("b", frames)
-    assert built.dead == [] and [list(r) for r in built.batch.rows] == rows
+    assert built.dead == []
+    assert [list(r) for r in built.batch.rows] == rows
     (left,) = client.lrange(KEYS.dead("pageview"), 0, -1)
     assert base64.b64decode(msgspec.json.decode(left)["frame_b64"]) == corrupt
 
@@ -112,8 +127,9 @@ def test_dead_list_replay_purge(dead_env: RedisServer, capsys: pytest.CaptureFix
     client.close()
 
 
-def test_replay_splits_frames_by_columns_and_size(dead_env: RedisServer, capsys: pytest.CaptureFixture[str],
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_replay_splits_frames_by_columns_and_size(
+    dead_env: RedisServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from oceanus.commands import dead
 
     monkeypatch.setattr(dead, "REPLAY_ROWS_PER_FRAME", 2)
@@ -126,8 +142,12 @@ def test_replay_splits_frames_by_columns_and_size(dead_env: RedisServer, capsys:
     client.rpush(KEYS.dead("pageview"), *items)
     assert _run(capsys, "replay", "--stream", "pageview") == "pageview: 5 row(s) back in the queue\n"
     frames = [decode_frame(f) for f in client.lrange(KEYS.queue("pageview"), 0, -1)]
-    assert frames == [(list(STREAM.columns), rows[:2]), (list(STREAM.columns), rows[2:3]),
-                      (short, [rows[3][:6]]), (list(STREAM.columns), rows[4:5])]
+    assert frames == [
+        (list(STREAM.columns), rows[:2]),
+        (list(STREAM.columns), rows[2:3]),
+        (short, [rows[3][:6]]),
+        (list(STREAM.columns), rows[4:5]),
+    ]
     assert client.exists(KEYS.dead("pageview")) == 0
     client.close()
 

@@ -70,7 +70,9 @@ def test_mix_is_realistic(validators: dict[str, StreamValidator]) -> None:
     assert len(set(ids)) == len(ids)
     pv = next(r for r in reqs if r.kind == "pixel")
     events, _ = events_of(pv)
-    assert events[0]["demo_id"] == pv.ids[0] and events[0]["ref"] is not None and pv.headers["user-agent"]
+    assert events[0]["demo_id"] == pv.ids[0]
+    assert events[0]["ref"] is not None
+    assert pv.headers["user-agent"]
 
 
 def test_no_collector_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -79,7 +81,9 @@ def test_no_collector_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
         port = s.getsockname()[1]  # bound, not listening: connections are refused
         code = cli.main(["demo", "--url", f"http://127.0.0.1:{port}", "--events", "5"])
     err = capsys.readouterr().err
-    assert code == 1 and err.count("\n") == 1 and "no collector answers" in err
+    assert code == 1
+    assert err.count("\n") == 1
+    assert "no collector answers" in err
 
 
 def test_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:

@@ -46,7 +46,8 @@ def test_port_in_use_is_one_line(tmp_path: Path, listening: int, capsys: pytest.
     code, err = run_dev(capsys, "--data-dir", str(tmp_path / "d"), "--port", str(listening))
     assert code == 2
     assert err.count("\n") == 1
-    assert f"port {listening} is in use" in err and "--port" in err
+    assert f"port {listening} is in use" in err
+    assert "--port" in err
 
 
 def test_data_dir_not_writable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -55,7 +56,8 @@ def test_data_dir_not_writable(tmp_path: Path, capsys: pytest.CaptureFixture[str
     code, err = run_dev(capsys, "--data-dir", str(blocker / "data"), "--port", "0")
     assert code == 2
     assert err.count("\n") == 1
-    assert "is not writable" in err and str(blocker / "data") in err
+    assert "is not writable" in err
+    assert str(blocker / "data") in err
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through directory permissions")
@@ -63,7 +65,8 @@ def test_data_dir_read_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     ro = tmp_path / "ro"
     ro.mkdir(mode=0o500)
     code, err = run_dev(capsys, "--data-dir", str(ro), "--port", "0")
-    assert code == 2 and "is not writable" in err
+    assert code == 2
+    assert "is not writable" in err
 
 
 def test_invalid_config_names_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -75,11 +78,13 @@ def test_invalid_config_names_the_key(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "collector.max_batch_events" in err
 
 
-def test_unknown_env_key_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unknown_env_key_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("OCEANUS_COLLECTOR_NOPE", "1")
     code, err = run_dev(capsys, "--data-dir", str(tmp_path / "d"), "--port", "0")
-    assert code == 2 and "OCEANUS_COLLECTOR_NOPE" in err
+    assert code == 2
+    assert "OCEANUS_COLLECTOR_NOPE" in err
 
 
 def test_redis_server_missing(tmp_path: Path) -> None:
@@ -88,19 +93,32 @@ def test_redis_server_missing(tmp_path: Path) -> None:
     bindir.mkdir()
     proc = subprocess.run(
         [sys.executable, "-m", "oceanus.cli", "dev", "--data-dir", str(tmp_path / "d"), "--port", "0"],
-        env={**os.environ, "PATH": str(bindir)}, capture_output=True, text=True, timeout=60, cwd=REPO,
+        env={**os.environ, "PATH": str(bindir)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
     )
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1
-    assert "redis-server is not installed" in proc.stderr and "apt-get install" in proc.stderr
+    assert "redis-server is not installed" in proc.stderr
+    assert "apt-get install" in proc.stderr
 
 
 def _info(data_dir: Path, pid: int, **pids: int) -> devstate.DevInfo:
     return devstate.DevInfo(
-        pid=pid, config="oceanus.toml", data_dir=str(data_dir), collector_url="http://127.0.0.1:1",
-        collector_pid=pids.get("collector", 0), flusher_pid=pids.get("flusher", 0), redis_url="redis://127.0.0.1:1/0",
-        redis_pid=pids.get("redis", 0), key_prefix="oceanus", duckdb_path=str(data_dir / "warehouse.duckdb"),
-        spool_dir=str(data_dir / "spool"), started_at=0.0,
+        pid=pid,
+        config="oceanus.toml",
+        data_dir=str(data_dir),
+        collector_url="http://127.0.0.1:1",
+        collector_pid=pids.get("collector", 0),
+        flusher_pid=pids.get("flusher", 0),
+        redis_url="redis://127.0.0.1:1/0",
+        redis_pid=pids.get("redis", 0),
+        key_prefix="oceanus",
+        duckdb_path=str(data_dir / "warehouse.duckdb"),
+        spool_dir=str(data_dir / "spool"),
+        started_at=0.0,
     )
 
 
@@ -108,7 +126,8 @@ def test_refuses_a_second_dev_on_the_same_dir(tmp_path: Path, capsys: pytest.Cap
     tmp_path.joinpath("d").mkdir()
     devstate.write_dev_info(tmp_path / "d", _info(tmp_path / "d", os.getpid()))
     code, err = run_dev(capsys, "--data-dir", str(tmp_path / "d"), "--port", "0")
-    assert code == 1 and f"(pid {os.getpid()}) is already running" in err
+    assert code == 1
+    assert f"(pid {os.getpid()}) is already running" in err
 
 
 def test_refuses_while_an_orphaned_child_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -119,7 +138,9 @@ def test_refuses_while_an_orphaned_child_runs(tmp_path: Path, capsys: pytest.Cap
         # The supervisor is gone (a pid that cannot exist), its redis-server is not.
         devstate.write_dev_info(data, _info(data, 2**22 + 7, redis=orphan.pid))
         code, err = run_dev(capsys, "--data-dir", str(data), "--port", "0")
-        assert code == 1 and f"redis-server (pid {orphan.pid})" in err and f"kill {orphan.pid}" in err
+        assert code == 1
+        assert f"redis-server (pid {orphan.pid})" in err
+        assert f"kill {orphan.pid}" in err
     finally:
         orphan.kill()
         orphan.wait()
@@ -164,8 +185,15 @@ def test_banner_examples_are_valid_events(tmp_path: Path) -> None:
     from collector.validate import Invalid, compile_streams
 
     cfg = config.load(REPO / "oceanus.toml", env={})
-    text = banner.banner(cfg, tmp_path, "http://127.0.0.1:8080", "redis://127.0.0.1:1/0", "http://127.0.0.1:2",
-                      default_data_dir=False, default_port=True)
+    text = banner.banner(
+        cfg,
+        tmp_path,
+        "http://127.0.0.1:8080",
+        "redis://127.0.0.1:1/0",
+        "http://127.0.0.1:2",
+        default_data_dir=False,
+        default_port=True,
+    )
     validators = compile_streams(cfg.streams.values(), cfg.collector)
     pixel = next(line.split()[-1] for line in text.splitlines() if line.startswith("Pixel URL:"))
     parts = urlsplit(pixel)
@@ -179,7 +207,8 @@ def test_banner_examples_are_valid_events(tmp_path: Path) -> None:
         except Invalid as exc:  # pragma: no cover - the message is the point
             pytest.fail(f"banner example for {name} is invalid: {exc}")
     assert f"--data-dir {tmp_path}" in text
-    assert "oceanus query" in text and "pageview_dedup" in text
+    assert "oceanus query" in text
+    assert "pageview_dedup" in text
 
 
 def test_dev_info_round_trip(tmp_path: Path) -> None:

@@ -41,8 +41,9 @@ pytestmark = [
 
 
 def oceanus(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "oceanus.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "oceanus.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env
+    )
 
 
 class Dev:
@@ -65,7 +66,10 @@ class Dev:
         out = open(self.data_dir.parent / f"dev-{self.runs}.out", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "oceanus.cli", "dev", "--data-dir", str(self.data_dir), "--port", str(self.port)],
-            stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=self.env,
         )
         out.close()
         proc = self.proc
@@ -180,7 +184,9 @@ def status_json(dev: Dev) -> dict[str, Any]:
 def test_demo_query_status_restart(dev: Dev, tmp_path: Path) -> None:
     info = dev.start()
     banner = dev.output()
-    assert f"{dev.url}/b/pageview?" in banner and "curl" in banner and "oceanus query" in banner
+    assert f"{dev.url}/b/pageview?" in banner
+    assert "curl" in banner
+    assert "oceanus query" in banner
 
     # Run 1: the flusher is paused, so the events are still in Redis when the stack stops.
     os.kill(info.flusher_pid, signal.SIGSTOP)
@@ -192,8 +198,10 @@ def test_demo_query_status_restart(dev: Dev, tmp_path: Path) -> None:
     out = dev.stop(signal.SIGINT)
     lines = out.splitlines()
     # Stopped in order: collector, then flusher, then Redis.
-    order = [next(i for i, ln in enumerate(lines) if f"stopping {w}" in ln)
-             for w in ("the collector", "the flusher", "redis-server")]
+    order = [
+        next(i for i, ln in enumerate(lines) if f"stopping {w}" in ln)
+        for w in ("the collector", "the flusher", "redis-server")
+    ]
     assert order == sorted(order), out
     assert not (dev.data_dir / devstate.DEV_FILE).exists()
     for pid in (info.collector_pid, info.flusher_pid, info.redis_pid):
@@ -209,10 +217,11 @@ def test_demo_query_status_restart(dev: Dev, tmp_path: Path) -> None:
     assert st["running"] is True
     for name in STREAMS:
         assert st["streams"][name]["rows_stored"] == len(accepted[name])
-        assert st["streams"][name]["backlog_rows"] == 0 and st["streams"][name]["dead_letters"] == 0
-    table = oceanus("query", "--data-dir", str(dev.data_dir),
-                    "SELECT count(*) AS n FROM pageview_dedup")
-    assert table.returncode == 0 and f"{len(accepted['pageview'])}" in table.stdout
+        assert st["streams"][name]["backlog_rows"] == 0
+        assert st["streams"][name]["dead_letters"] == 0
+    table = oceanus("query", "--data-dir", str(dev.data_dir), "SELECT count(*) AS n FROM pageview_dedup")
+    assert table.returncode == 0
+    assert f"{len(accepted['pageview'])}" in table.stdout
     dev.stop(signal.SIGTERM)
 
     # Stopped: the file is opened read-only; same answer.
@@ -238,8 +247,9 @@ def test_restart_resumes_queued_and_in_flight_after_a_crash(dev: Dev, tmp_path: 
         r.close()
     st = status_json(dev)
     assert st["streams"]["pageview"]["inflight_rows"] > 0
-    assert sum(s["backlog_rows"] + s["inflight_rows"] for s in st["streams"].values()) == \
-        sum(len(v) for v in accepted.values())
+    assert sum(s["backlog_rows"] + s["inflight_rows"] for s in st["streams"].values()) == sum(
+        len(v) for v in accepted.values()
+    )
 
     # The flusher dies (kill -9); `oceanus dev` notices, stops the rest and fails.
     os.kill(info.flusher_pid, signal.SIGKILL)
@@ -253,7 +263,6 @@ def test_restart_resumes_queued_and_in_flight_after_a_crash(dev: Dev, tmp_path: 
     st = status_json(dev)
     assert all(s["backlog_rows"] == 0 and s["inflight_rows"] == 0 for s in st["streams"].values()), st
     dev.stop(signal.SIGINT)
-
 
 
 def test_a_closed_terminal_or_a_killed_supervisor_leaves_no_orphans(dev: Dev, tmp_path: Path) -> None:

@@ -37,8 +37,16 @@ def cfg(redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def _row(cfg: config.Config, uid: str | None, sid: str) -> list[object]:
     cols = cfg.streams["pageview"].columns
     row: list[object] = [None] * len(cols)
-    for col, value in {"event_id": IDS.new(), "received_at": 1_780_000_000_000_000, "ip": "203.0.113.7",
-                       "ua": "Mozilla/5.0", "device": "pc", "sid": sid, "evt": "view", "uid": uid}.items():
+    for col, value in {
+        "event_id": IDS.new(),
+        "received_at": 1_780_000_000_000_000,
+        "ip": "203.0.113.7",
+        "ua": "Mozilla/5.0",
+        "device": "pc",
+        "sid": sid,
+        "evt": "view",
+        "uid": uid,
+    }.items():
         row[cols.index(col)] = value
     return row
 
@@ -59,8 +67,9 @@ def _warehouse_uids(cfg: config.Config) -> list[str | None]:
         con.close()
 
 
-def test_forget_everywhere_and_report_claimed_batches(cfg: config.Config, redis_server: RedisServer,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_forget_everywhere_and_report_claimed_batches(
+    cfg: config.Config, redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
     stream = cfg.streams["pageview"]
     sink = DuckDBSink(cfg)
     try:
@@ -94,8 +103,10 @@ def test_forget_everywhere_and_report_claimed_batches(cfg: config.Config, redis_
 
     assert _forget(cfg) == 1
     out = capsys.readouterr()
-    assert out.out == ("pageview: 1 row(s) deleted from the warehouse, 3 from queued frames, 1 dead letter(s); "
-                       "1 in batches being written\n")
+    assert out.out == (
+        "pageview: 1 row(s) deleted from the warehouse, 3 from queued frames, 1 dead letter(s); "
+        "1 in batches being written\n"
+    )
     assert "1 matching row(s) are in batches a flusher is writing now" in out.err
     frames = client.lrange(KEYS.queue("pageview"), 0, -1)
     assert frames[1] == clean
@@ -123,14 +134,17 @@ def test_forget_everywhere_and_report_claimed_batches(cfg: config.Config, redis_
 
     asyncio.run(finish())
     assert _forget(cfg) == 0
-    assert capsys.readouterr().out == ("pageview: 1 row(s) deleted from the warehouse, 0 from queued frames, "
-                                       "0 dead letter(s); 0 in batches being written\n")
+    assert capsys.readouterr().out == (
+        "pageview: 1 row(s) deleted from the warehouse, 0 from queued frames, "
+        "0 dead letter(s); 0 in batches being written\n"
+    )
     assert _warehouse_uids(cfg) == ["u-2", "u-2", None]
     client.close()
 
 
-def test_concurrent_appends_are_kept(cfg: config.Config, redis_server: RedisServer,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_concurrent_appends_are_kept(
+    cfg: config.Config, redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Frames collectors append while forget rewrites the queue all stay, in order."""
     DuckDBSink(cfg).close()
     client = redis_server.client()
@@ -163,26 +177,39 @@ def test_concurrent_appends_are_kept(cfg: config.Config, redis_server: RedisServ
 
 def test_a_running_flusher_holds_the_duckdb_file(cfg: config.Config, capsys: pytest.CaptureFixture[str]) -> None:
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('held', flush=True); "
-                               "sys.stdin.read()", cfg.sink.duckdb.path],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('held', flush=True); sys.stdin.read()",
+            cfg.sink.duckdb.path,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
         assert _forget(cfg) == 1
         err = capsys.readouterr().err
-        assert "a flusher holds the file; stop it" in err and len(err.strip().splitlines()) == 1
+        assert "a flusher holds the file; stop it" in err
+        assert len(err.strip().splitlines()) == 1
     finally:
         assert holder.stdin is not None
         holder.stdin.close()
         holder.wait(timeout=20)
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--field", "nope", "--value", "x"], "--field nope: not a string, int or bool field (or ip) of any stream"),
-    (["--field", "jsn", "--value", "x"], "--field jsn: not a string, int or bool field"),
-    (["--field", "uid", "--value", "x", "--stream", "zzz"], "--stream zzz: no such stream"),
-])
-def test_bad_arguments_are_one_line(cfg: config.Config, capsys: pytest.CaptureFixture[str], argv: list[str],
-                                    message: str) -> None:
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--field", "nope", "--value", "x"], "--field nope: not a string, int or bool field (or ip) of any stream"),
+        (["--field", "jsn", "--value", "x"], "--field jsn: not a string, int or bool field"),
+        (["--field", "uid", "--value", "x", "--stream", "zzz"], "--stream zzz: no such stream"),
+    ],
+)
+def test_bad_arguments_are_one_line(
+    cfg: config.Config, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
     assert cli.main(["forget", *argv, "--config", str(config.REPO_CONFIG)]) == 2
     assert message in capsys.readouterr().err

@@ -8,8 +8,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 #: The core: config, the Redis contract, errors and the shared discovery file.
-CORE = ("oceanus/__init__.py", "oceanus/config.py", "oceanus/buffer.py", "oceanus/errors.py",
-        "oceanus/discovery.py")
+CORE = ("oceanus/__init__.py", "oceanus/config.py", "oceanus/buffer.py", "oceanus/errors.py", "oceanus/discovery.py")
 #: What sits on top: the entry point and the commands.
 COMMANDS = ("oceanus.cli", "oceanus.commands")
 
@@ -32,8 +31,12 @@ def under(name: str, packages: tuple[str, ...]) -> bool:
 
 
 def offenders(files: list[Path], forbidden: tuple[str, ...]) -> list[str]:
-    return sorted(f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path} imports {name}"
-                  for path in files for name in imports(path) if under(name, forbidden))
+    return sorted(
+        f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path} imports {name}"
+        for path in files
+        for name in imports(path)
+        if under(name, forbidden)
+    )
 
 
 def package(name: str) -> list[Path]:
@@ -44,11 +47,15 @@ def package(name: str) -> list[Path]:
 
 def test_imports_sees_function_level_and_from_imports(tmp_path: Path) -> None:
     mod = tmp_path / "m.py"
-    mod.write_text("import a.b\nfrom c import d\n\ndef f() -> None:\n    from e.f import g\n    import h\n"
-                   "from . import x\n")
+    mod.write_text(
+        "import a.b\nfrom c import d\n\ndef f() -> None:\n    from e.f import g\n    import h\nfrom . import x\n"
+    )
     assert imports(mod) == {"a.b", "c", "c.d", "e.f", "e.f.g", "h"}
-    assert offenders([mod], ("e", "a.b.c", "c.d")) == [f"{mod} imports c.d", f"{mod} imports e.f",
-                                                        f"{mod} imports e.f.g"]
+    assert offenders([mod], ("e", "a.b.c", "c.d")) == [
+        f"{mod} imports c.d",
+        f"{mod} imports e.f",
+        f"{mod} imports e.f.g",
+    ]
     assert offenders([mod], ("ee", "b")) == []
 
 
@@ -80,6 +87,9 @@ def test_nothing_imports_the_notifier() -> None:
 def test_the_notifier_imports_only_the_claim_protocol_of_the_flusher() -> None:
     files = package("notifier")
     assert offenders(files, ("collector", "importer")) == []
-    edges = [o for o in offenders(files, ("flusher",))
-             if not any(o.endswith(f" imports {m}") or f" imports {m}." in o for m in NOTIFIER_MAY_IMPORT_FROM_FLUSHER)]
+    edges = [
+        o
+        for o in offenders(files, ("flusher",))
+        if not any(o.endswith(f" imports {m}") or f" imports {m}." in o for m in NOTIFIER_MAY_IMPORT_FROM_FLUSHER)
+    ]
     assert edges == []

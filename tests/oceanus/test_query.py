@@ -43,8 +43,9 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 
 
 def test_table_format(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "--data-dir", str(data_dir),
-                       "SELECT evt, count(*) AS n FROM pageview GROUP BY evt ORDER BY n DESC, evt")
+    code, out, _ = run(
+        capsys, "--data-dir", str(data_dir), "SELECT evt, count(*) AS n FROM pageview GROUP BY evt ORDER BY n DESC, evt"
+    )
     assert code == 0
     lines = out.splitlines()
     assert lines[0].split() == ["evt", "n"]
@@ -54,8 +55,14 @@ def test_table_format(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> Non
 
 
 def test_csv_format_quotes(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "--data-dir", str(data_dir), "--format", "csv",
-                       "SELECT event_id, evt, extra FROM pageview ORDER BY event_id")
+    code, out, _ = run(
+        capsys,
+        "--data-dir",
+        str(data_dir),
+        "--format",
+        "csv",
+        "SELECT event_id, evt, extra FROM pageview ORDER BY event_id",
+    )
     assert code == 0
     rows = list(csv.reader(io.StringIO(out)))
     assert rows[0] == ["event_id", "evt", "extra"]
@@ -64,30 +71,43 @@ def test_csv_format_quotes(data_dir: Path, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_json_format_is_typed(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "--data-dir", str(data_dir), "--format", "json",
-                       "SELECT event_id, received_at, json_extract_string(extra, '$.demo_id') AS demo_id, 1.5 AS f "
-                       "FROM pageview ORDER BY event_id LIMIT 1")
+    code, out, _ = run(
+        capsys,
+        "--data-dir",
+        str(data_dir),
+        "--format",
+        "json",
+        "SELECT event_id, received_at, json_extract_string(extra, '$.demo_id') AS demo_id, 1.5 AS f "
+        "FROM pageview ORDER BY event_id LIMIT 1",
+    )
     assert code == 0
     [row] = json.loads(out)
-    assert row["event_id"] == "a1" and row["demo_id"] == "x-1" and row["f"] == 1.5
+    assert row["event_id"] == "a1"
+    assert row["demo_id"] == "x-1"
+    assert row["f"] == 1.5
     assert row["received_at"].startswith("2024-05-01")
 
 
 def test_sql_error_is_one_line(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "--data-dir", str(data_dir), "SELECT nope FROM pageview")
-    assert code == 1 and out == ""
-    assert err.count("\n") == 1 and "nope" in err
+    assert code == 1
+    assert out == ""
+    assert err.count("\n") == 1
+    assert "nope" in err
 
 
 def test_read_only(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "--data-dir", str(data_dir), "DELETE FROM pageview")
-    assert code == 1 and "read-only" in err.lower()
+    assert code == 1
+    assert "read-only" in err.lower()
     assert query.run_sql(data_dir, "SELECT count(*) FROM pageview").rows == [[3]]
 
 
 def test_no_warehouse_yet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "--data-dir", str(tmp_path), "SELECT 1")
-    assert code == 1 and "no warehouse at" in err and "oceanus dev" in err
+    assert code == 1
+    assert "no warehouse at" in err
+    assert "oceanus dev" in err
 
 
 def test_stale_flusher_file_falls_back_to_the_file(data_dir: Path) -> None:
@@ -110,13 +130,19 @@ def test_locked_file_is_explained(data_dir: Path) -> None:
 
     # Another process holds the write lock and publishes no admin URL.
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('locked', flush=True); sys.stdin.read()",
-         str(devstate.warehouse_path(data_dir))],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('locked', flush=True); sys.stdin.read()",
+            str(devstate.warehouse_path(data_dir)),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(query.QueryError, match="locked by another process"):
             query.run_sql(data_dir, "SELECT 1")
     finally:
@@ -131,8 +157,10 @@ def _serve_queries(redis_server: RedisServer, data_dir: Path, check: Callable[[]
     """A real flusher holding ``DIR/warehouse.duckdb`` with /query on, as ``oceanus dev`` runs it."""
     path = devstate.warehouse_path(data_dir)
     token_file = devstate.write_query_token(data_dir)
-    cfg = config.loads(make_config_text(redis_server.url, path, query_token_file=str(token_file)),
-                       env={"OCEANUS_FLUSHER_QUERY_ENABLED": "true"})
+    cfg = config.loads(
+        make_config_text(redis_server.url, path, query_token_file=str(token_file)),
+        env={"OCEANUS_FLUSHER_QUERY_ENABLED": "true"},
+    )
 
     async def body(f: Flusher) -> None:
         assert f.admin is not None
@@ -142,8 +170,9 @@ def _serve_queries(redis_server: RedisServer, data_dir: Path, check: Callable[[]
     run_flusher(cfg, DuckDBSink(cfg), body)
 
 
-def test_query_through_the_flusher_sends_the_dev_token(redis_server: RedisServer, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_query_through_the_flusher_sends_the_dev_token(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("OCEANUS_QUERY_TOKEN", raising=False)
 
     def check() -> None:
@@ -155,14 +184,15 @@ def test_query_through_the_flusher_sends_the_dev_token(redis_server: RedisServer
     _serve_queries(redis_server, tmp_path, check)
 
 
-def test_query_through_the_flusher_without_the_token_is_refused(redis_server: RedisServer, tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_query_through_the_flusher_without_the_token_is_refused(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("OCEANUS_QUERY_TOKEN", raising=False)
 
     def check() -> None:
         token = devstate.read_query_token(tmp_path)
         devstate.query_token_path(tmp_path).unlink()
-        with pytest.raises(query.QueryError, match="^/query needs the header Authorization: Bearer"):
+        with pytest.raises(query.QueryError, match=r"^/query needs the header Authorization: Bearer"):
             query.run_sql(tmp_path, "SELECT 1")
         # Another user's token in the environment is the fallback.
         assert token is not None

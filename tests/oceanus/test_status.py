@@ -22,8 +22,10 @@ COLUMNS = ["event_id", "received_at", "ip", "ua", "device", "sid", "evt"]
 def frame(n: int, received_us: int) -> bytes:
     # As the collector makes rows: the event id carries the receive time too.
     ids = EventIds()
-    return encode_frame(COLUMNS, [[ids.new((received_us + i) * 1000), received_us + i, "127.0.0.1", "ua", "pc",
-                                   "ab", "view"] for i in range(n)])
+    return encode_frame(
+        COLUMNS,
+        [[ids.new((received_us + i) * 1000), received_us + i, "127.0.0.1", "ua", "pc", "ab", "view"] for i in range(n)],
+    )
 
 
 @pytest.fixture
@@ -46,23 +48,37 @@ def stack(tmp_path: Path, redis_server: RedisServer) -> Path:
     con.execute("CREATE TABLE pageview AS SELECT range AS n FROM range(7)")
     con.execute("CREATE TABLE form (n INTEGER)")
     con.close()
-    devstate.write_dev_info(data, devstate.DevInfo(
-        pid=os.getpid(), config=str(REPO / "oceanus.toml"), data_dir=str(data),
-        # Nothing listens there: the spool depth comes from the directory.
-        collector_url="http://127.0.0.1:9", collector_pid=0, flusher_pid=0, redis_url=redis_server.url,
-        redis_pid=redis_server.proc.pid if redis_server.proc else 0, key_prefix="oceanus",
-        duckdb_path=str(devstate.warehouse_path(data)), spool_dir=str(data / "spool"), started_at=0.0,
-    ))
+    devstate.write_dev_info(
+        data,
+        devstate.DevInfo(
+            pid=os.getpid(),
+            config=str(REPO / "oceanus.toml"),
+            data_dir=str(data),
+            # Nothing listens there: the spool depth comes from the directory.
+            collector_url="http://127.0.0.1:9",
+            collector_pid=0,
+            flusher_pid=0,
+            redis_url=redis_server.url,
+            redis_pid=redis_server.proc.pid if redis_server.proc else 0,
+            key_prefix="oceanus",
+            duckdb_path=str(devstate.warehouse_path(data)),
+            spool_dir=str(data / "spool"),
+            started_at=0.0,
+        ),
+    )
     return data
 
 
 def test_counts_rows_in_frames_and_claims(stack: Path) -> None:
     st = status.collect(stack)
-    assert st.running and st.redis_up
+    assert st.running
+    assert st.redis_up
     pv = st.streams["pageview"]
     assert (pv.rows_stored, pv.backlog_frames, pv.backlog_rows, pv.inflight_rows) == (7, 2, 5, 4)
-    assert pv.oldest_unflushed_age_s is not None and 89 <= pv.oldest_unflushed_age_s < 150
-    assert st.streams["form"].rows_stored == 0 and st.streams["form"].dead_letters == 1
+    assert pv.oldest_unflushed_age_s is not None
+    assert 89 <= pv.oldest_unflushed_age_s < 150
+    assert st.streams["form"].rows_stored == 0
+    assert st.streams["form"].dead_letters == 1
     ec = st.streams["ecview"]
     # No table yet; an undecodable item counts as a frame, not as rows.
     assert (ec.rows_stored, ec.backlog_frames, ec.backlog_rows, ec.oldest_unflushed_age_s) == (0, 1, 0, None)
@@ -79,19 +95,24 @@ def test_json_and_table_output(stack: Path, capsys: pytest.CaptureFixture[str]) 
     out = capsys.readouterr().out
     line = next(ln for ln in out.splitlines() if ln.startswith("pageview"))
     assert line.split()[:4] == ["pageview", "7", "5", "4"]
-    assert "running" in out and "123 bytes" in out
+    assert "running" in out
+    assert "123 bytes" in out
 
 
 def test_stopped_stack_reports_the_warehouse(stack: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (stack / devstate.DEV_FILE).unlink()
     st = status.collect(stack)
-    assert not st.running and not st.redis_up
-    assert st.streams["pageview"].rows_stored == 7 and st.streams["pageview"].backlog_rows is None
+    assert not st.running
+    assert not st.redis_up
+    assert st.streams["pageview"].rows_stored == 7
+    assert st.streams["pageview"].backlog_rows is None
     assert cli.main(["status", "--data-dir", str(stack)]) == 0
     assert "not running" in capsys.readouterr().out
 
 
 def test_metric_values_reads_unlabelled_samples() -> None:
-    text = "# HELP x\noceanus_spool_bytes 42.0\noceanus_spool_frames{a=\"b\"} 3\noceanus_spool_frames 2\n"
+    text = '# HELP x\noceanus_spool_bytes 42.0\noceanus_spool_frames{a="b"} 3\noceanus_spool_frames 2\n'
     assert status.metric_values(text, {"oceanus_spool_bytes", "oceanus_spool_frames"}) == {
-        "oceanus_spool_bytes": 42.0, "oceanus_spool_frames": 2.0}
+        "oceanus_spool_bytes": 42.0,
+        "oceanus_spool_frames": 2.0,
+    }

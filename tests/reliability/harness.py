@@ -60,8 +60,13 @@ class Proc:
         self.log_path = log
         self._log: IO[bytes] = open(log, "ab")  # noqa: SIM115 - lives as long as the child
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "oceanus.cli", *args], env=dict(env), cwd=REPO,
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, "-m", "oceanus.cli", *args],
+            env=dict(env),
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     @property
@@ -86,10 +91,8 @@ class Proc:
         except psutil.NoSuchProcess:
             return 0
         for p in procs:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 total += p.memory_info().rss
-            except psutil.NoSuchProcess:
-                pass
         return total
 
     def send(self, sig: int) -> None:
@@ -144,8 +147,7 @@ class Tally:
     lost_markers: list[str] = field(default_factory=list)
 
     def line(self) -> str:
-        return (f"sent={self.sent} acked={self.acked} stored={self.stored} "
-                f"duplicates={self.duplicates} lost={self.lost}")
+        return f"sent={self.sent} acked={self.acked} stored={self.stored} duplicates={self.duplicates} lost={self.lost}"
 
 
 def account(load: LoadResult, rows: list[tuple[str, str]], label: str = "") -> Tally:
@@ -172,19 +174,37 @@ def account(load: LoadResult, rows: list[tuple[str, str]], label: str = "") -> T
         seqs = [q for _, q in sorted(events)]
         if seqs != sorted(seqs):
             reordered += 1
-    tally = Tally(load.sent, len(acked), stored, duplicates, len(lost),
-                  unacked_stored=len(stored_markers - acked), reordered_senders=reordered, lost_markers=lost)
-    print(f"{label + ': ' if label else ''}{tally.line()}"
-          f"  (unacked_stored={tally.unacked_stored} reordered_senders={reordered} statuses={dict(load.statuses)})",
-          flush=True)
+    tally = Tally(
+        load.sent,
+        len(acked),
+        stored,
+        duplicates,
+        len(lost),
+        unacked_stored=len(stored_markers - acked),
+        reordered_senders=reordered,
+        lost_markers=lost,
+    )
+    print(
+        f"{label + ': ' if label else ''}{tally.line()}"
+        f"  (unacked_stored={tally.unacked_stored} reordered_senders={reordered} statuses={dict(load.statuses)})",
+        flush=True,
+    )
     return tally
 
 
 class Stack:
     """redis-server + collector + flusher for one scenario, under ``base``."""
 
-    def __init__(self, base: Path, *, workers: int = 1, appendfsync: str = "always", sink: str = "duckdb",
-                 env: Mapping[str, str] | None = None, flusher_env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        base: Path,
+        *,
+        workers: int = 1,
+        appendfsync: str = "always",
+        sink: str = "duckdb",
+        env: Mapping[str, str] | None = None,
+        flusher_env: Mapping[str, str] | None = None,
+    ) -> None:
         self.base = base
         base.mkdir(parents=True, exist_ok=True)
         self.redis = RedisServer(base / "redis", appendfsync=appendfsync)
@@ -216,15 +236,17 @@ class Stack:
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OCEANUS_")}
-        env.update({
-            "OCEANUS_CONFIG": str(REPO / "oceanus.toml"),
-            "OCEANUS_REDIS_URL": self.redis.url,
-            "OCEANUS_SINK_KIND": self.sink,
-            "OCEANUS_SINK_DUCKDB_PATH": str(self.duckdb_path),
-            "OCEANUS_COLLECTOR_SPOOL_DIR": str(self.spool_dir),
-            "OCEANUS_FLUSHER_ADMIN_PORT": str(self.admin_port),
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "OCEANUS_CONFIG": str(REPO / "oceanus.toml"),
+                "OCEANUS_REDIS_URL": self.redis.url,
+                "OCEANUS_SINK_KIND": self.sink,
+                "OCEANUS_SINK_DUCKDB_PATH": str(self.duckdb_path),
+                "OCEANUS_COLLECTOR_SPOOL_DIR": str(self.spool_dir),
+                "OCEANUS_FLUSHER_ADMIN_PORT": str(self.admin_port),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         env.update(self.extra_env)
         return env
 
@@ -246,8 +268,12 @@ class Stack:
 
     def start_collector(self, port: int | None = None) -> Proc:
         port = port or self.port
-        proc = Proc("collector", ["collector", "--host", "127.0.0.1", "--port", str(port),
-                                  "--workers", str(self.workers)], self.env(), self._log("collector"))
+        proc = Proc(
+            "collector",
+            ["collector", "--host", "127.0.0.1", "--port", str(port), "--workers", str(self.workers)],
+            self.env(),
+            self._log("collector"),
+        )
         self.collectors[port] = proc
 
         def ready() -> bool:
@@ -311,8 +337,12 @@ class Stack:
         """Poll until the spool and Redis hold nothing for the stream; returns the seconds it took."""
         t0 = time.monotonic()
         try:
-            wait_for(lambda: self.spool_pending_bytes() == 0 and self.backlog_frames() == 0,
-                     timeout=timeout, interval=0.1, what="spool and Redis drained")
+            wait_for(
+                lambda: self.spool_pending_bytes() == 0 and self.backlog_frames() == 0,
+                timeout=timeout,
+                interval=0.1,
+                what="spool and Redis drained",
+            )
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}\n{self.describe_backlog()}") from None
         return time.monotonic() - t0

@@ -65,9 +65,19 @@ class Load:
     the collector answers.
     """
 
-    def __init__(self, port: int, *, senders: int = 8, duration_s: float = 10.0, max_events: int = 1_000_000,
-                 batch: int = 1, rate: float = 0.0, host: str = "127.0.0.1", first_sender: int = 0,
-                 record_times: bool = False) -> None:
+    def __init__(
+        self,
+        port: int,
+        *,
+        senders: int = 8,
+        duration_s: float = 10.0,
+        max_events: int = 1_000_000,
+        batch: int = 1,
+        rate: float = 0.0,
+        host: str = "127.0.0.1",
+        first_sender: int = 0,
+        record_times: bool = False,
+    ) -> None:
         if not ipaddress.ip_address(host).is_loopback:
             raise ValueError("load is only ever aimed at a loopback address")
         if senders + first_sender > MARKER_SENDERS:
@@ -173,8 +183,10 @@ class Load:
             return f"GET {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: oceanus-loadgen\r\n\r\n".encode()
         body = ",".join(f'{{"sid":"{sid}","evt":"pv","oid":"{m}","url":"https://example.com/p"}}' for m in markers)
         data = f"[{body}]".encode()
-        head = (f"POST /e/pageview HTTP/1.1\r\nHost: {host}\r\nUser-Agent: oceanus-loadgen\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n")
+        head = (
+            f"POST /e/pageview HTTP/1.1\r\nHost: {host}\r\nUser-Agent: oceanus-loadgen\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+        )
         return head.encode() + data
 
 

@@ -65,34 +65,50 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         probe = Load(stack.port, senders=SENDERS, duration_s=args.probe_seconds, first_sender=0).start().join()
         max_rate = probe.acked_count / probe.elapsed_s
         rate = args.load * max_rate
-        print(f"soak: measured max {max_rate:.0f} events/s over {args.probe_seconds:g}s; "
-              f"soaking at {rate:.0f} events/s ({args.load:.0%}) for {args.seconds:g}s", file=sys.stderr, flush=True)
+        print(
+            f"soak: measured max {max_rate:.0f} events/s over {args.probe_seconds:g}s; "
+            f"soaking at {rate:.0f} events/s ({args.load:.0%}) for {args.seconds:g}s",
+            file=sys.stderr,
+            flush=True,
+        )
         if args.probe_only:
             tally = stack.finish(probe, f"probe (appendfsync {args.appendfsync})")
-            return {"appendfsync": args.appendfsync, "max_events_per_s": round(max_rate), "lost": tally.lost,
-                    "pass": tally.lost == 0}
+            return {
+                "appendfsync": args.appendfsync,
+                "max_events_per_s": round(max_rate),
+                "lost": tally.lost,
+                "pass": tally.lost == 0,
+            }
         stack.wait_drained()
         # Bounded by time; the count bound is only a backstop (twice what the paced rate can send).
         budget = int(rate * args.seconds * 2) + 1000
-        load = Load(stack.port, senders=SENDERS, duration_s=args.seconds, rate=rate, first_sender=SENDERS,
-                    max_events=budget).start()
+        load = Load(
+            stack.port, senders=SENDERS, duration_s=args.seconds, rate=rate, first_sender=SENDERS, max_events=budget
+        ).start()
         t0 = time.monotonic()
         samples: list[dict[str, float]] = []
         while time.monotonic() - t0 < args.seconds:
             time.sleep(args.sample_seconds)  # the sampling period
-            assert stack.collector is not None and stack.flusher is not None
-            samples.append({
-                "t": time.monotonic() - t0,
-                "collector_rss": stack.collector.rss_bytes(),
-                "flusher_rss": stack.flusher.rss_bytes(),
-                "lag_s": lag_seconds(stack),
-                "backlog_frames": stack.backlog_frames(),
-                "acked": load.result.acked_count,
-            })
+            assert stack.collector is not None
+            assert stack.flusher is not None
+            samples.append(
+                {
+                    "t": time.monotonic() - t0,
+                    "collector_rss": stack.collector.rss_bytes(),
+                    "flusher_rss": stack.flusher.rss_bytes(),
+                    "lag_s": lag_seconds(stack),
+                    "backlog_frames": stack.backlog_frames(),
+                    "acked": load.result.acked_count,
+                }
+            )
             s = samples[-1]
-            print(f"  t={s['t']:5.0f}s collector={s['collector_rss'] / 2**20:6.1f} MiB "
-                  f"flusher={s['flusher_rss'] / 2**20:6.1f} MiB lag={s['lag_s']:5.2f}s "
-                  f"backlog={s['backlog_frames']:.0f} acked={s['acked']:.0f}", file=sys.stderr, flush=True)
+            print(
+                f"  t={s['t']:5.0f}s collector={s['collector_rss'] / 2**20:6.1f} MiB "
+                f"flusher={s['flusher_rss'] / 2**20:6.1f} MiB lag={s['lag_s']:5.2f}s "
+                f"backlog={s['backlog_frames']:.0f} acked={s['acked']:.0f}",
+                file=sys.stderr,
+                flush=True,
+            )
         result = load.join()
         if result.elapsed_s < args.seconds * 0.95:
             raise RuntimeError(f"the load stopped after {result.elapsed_s:.0f}s of {args.seconds:g}s")
@@ -109,17 +125,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     f0, f1, fg = growth([int(s["flusher_rss"]) for s in steady])
     lags = [s["lag_s"] for s in samples if s["lag_s"] == s["lag_s"]]
     out = {
-        "seconds": args.seconds, "max_events_per_s": round(max_rate), "target_events_per_s": round(rate),
+        "seconds": args.seconds,
+        "max_events_per_s": round(max_rate),
+        "target_events_per_s": round(rate),
         "achieved_events_per_s": round(soaked_rate),
-        "collector_rss_mib": [round(c0 / 2**20, 1), round(c1 / 2**20, 1)], "collector_rss_growth": round(cg, 4),
-        "flusher_rss_mib": [round(f0 / 2**20, 1), round(f1 / 2**20, 1)], "flusher_rss_growth": round(fg, 4),
+        "collector_rss_mib": [round(c0 / 2**20, 1), round(c1 / 2**20, 1)],
+        "collector_rss_growth": round(cg, 4),
+        "flusher_rss_mib": [round(f0 / 2**20, 1), round(f1 / 2**20, 1)],
+        "flusher_rss_growth": round(fg, 4),
         "lag_s_max": round(max(lags), 2) if lags else None,
         "lag_s_median": round(statistics.median(lags), 2) if lags else None,
-        "sent": tally.sent, "acked": tally.acked, "stored": tally.stored, "duplicates": tally.duplicates,
+        "sent": tally.sent,
+        "acked": tally.acked,
+        "stored": tally.stored,
+        "duplicates": tally.duplicates,
         "lost": tally.lost,
     }
-    out["pass"] = bool(cg < MAX_RSS_GROWTH and fg < MAX_RSS_GROWTH and tally.lost == 0 and lags
-                       and max(lags) <= args.max_lag_s)
+    out["pass"] = bool(
+        cg < MAX_RSS_GROWTH and fg < MAX_RSS_GROWTH and tally.lost == 0 and lags and max(lags) <= args.max_lag_s
+    )
     return out
 
 
@@ -139,10 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.probe_only:
         print(json.dumps(out))
         return 0 if out["pass"] else 1
-    print(f"collector RSS {out['collector_rss_mib'][0]} -> {out['collector_rss_mib'][1]} MiB "
-          f"({out['collector_rss_growth']:+.1%}); flusher RSS {out['flusher_rss_mib'][0]} -> "
-          f"{out['flusher_rss_mib'][1]} MiB ({out['flusher_rss_growth']:+.1%}); lag max {out['lag_s_max']}s "
-          f"median {out['lag_s_median']}s; {'PASS' if out['pass'] else 'FAIL'}")
+    print(
+        f"collector RSS {out['collector_rss_mib'][0]} -> {out['collector_rss_mib'][1]} MiB "
+        f"({out['collector_rss_growth']:+.1%}); flusher RSS {out['flusher_rss_mib'][0]} -> "
+        f"{out['flusher_rss_mib'][1]} MiB ({out['flusher_rss_growth']:+.1%}); lag max {out['lag_s_max']}s "
+        f"median {out['lag_s_median']}s; {'PASS' if out['pass'] else 'FAIL'}"
+    )
     if args.json:
         print(json.dumps(out))
     return 0 if out["pass"] else 1

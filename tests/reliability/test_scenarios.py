@@ -57,7 +57,8 @@ def kill_collector_worker(stack: Stack, load: Load) -> Tally:
         time.sleep(0.05)  # polling
     assert main.alive(), "the collector exited after one worker died"
     pids = [w.pid for w in stack.collector_workers()]
-    assert len(pids) >= 2 and victim not in pids, f"worker {victim} was not replaced: {pids}"
+    assert len(pids) >= 2, f"worker {victim} was not replaced: {pids}"
+    assert victim not in pids, f"worker {victim} was not replaced: {pids}"
     return stack.finish(load.join(), "kill -9 collector worker")
 
 
@@ -224,8 +225,10 @@ def sigterm_after_redis_outage(stack: Stack, load: Load, down_s: float) -> Tally
     assert collector is not None
     code = collector.stop(signal.SIGTERM)
     left = stack.spool_pending_bytes()
-    print(f"SIGTERM after redis unreachable {down_s:g}s: spooled={spooled} bytes, left at exit={left} bytes, "
-          f"exit code {code}")
+    print(
+        f"SIGTERM after redis unreachable {down_s:g}s: spooled={spooled} bytes, left at exit={left} bytes, "
+        f"exit code {code}"
+    )
     assert spooled > 0, "nothing went to the spool"
     assert left == 0, f"the collector exited with {left} bytes of acknowledged events in its spool"
     assert code == 0, f"collector exit code {code} after SIGTERM: {collector.tail()}"
@@ -259,9 +262,12 @@ def rolling_restart(stack: Stack, seconds: float, rounds: int) -> Tally:
     SIGTERM, then the flusher -- what ``kubectl rollout restart`` does."""
     second = free_port()
     stack.start_collector(second)
-    loads = [Load(stack.port, senders=4, duration_s=seconds).start(),
-             Load(second, senders=4, duration_s=seconds, first_sender=4).start()]
-    assert loads[0].wait_acked(200, 30) and loads[1].wait_acked(200, 30)
+    loads = [
+        Load(stack.port, senders=4, duration_s=seconds).start(),
+        Load(second, senders=4, duration_s=seconds, first_sender=4).start(),
+    ]
+    assert loads[0].wait_acked(200, 30)
+    assert loads[1].wait_acked(200, 30)
     for _ in range(rounds):
         for port in (stack.port, second):
             proc = stack.collectors[port]

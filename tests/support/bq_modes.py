@@ -28,17 +28,29 @@ j = { type = "json" }
 
 
 def mode_config(
-    rest_url: str, grpc_target: str, project: str, mode: str, *, dataset: str | None = None,
-    extra_fields: str = "", **bigquery: Any,
+    rest_url: str,
+    grpc_target: str,
+    project: str,
+    mode: str,
+    *,
+    dataset: str | None = None,
+    extra_fields: str = "",
+    **bigquery: Any,
 ) -> config.Config:
     """Stream ``ev`` in ``mode``, written through the emulator at ``rest_url``/``grpc_target``."""
     settings = {
-        "project": project, "dataset": dataset or f"t_{uuid.uuid4().hex[:10]}", "api_endpoint": rest_url,
-        "grpc_endpoint": grpc_target, "retry_deadline_s": 5.0, "timeout_s": 10.0, **bigquery,
+        "project": project,
+        "dataset": dataset or f"t_{uuid.uuid4().hex[:10]}",
+        "api_endpoint": rest_url,
+        "grpc_endpoint": grpc_target,
+        "retry_deadline_s": 5.0,
+        "timeout_s": 10.0,
+        **bigquery,
     }
     lines = "\n".join(f"{k} = {_toml(v)}" for k, v in settings.items())
-    return config.loads(f"[sink]\nkind = \"bigquery\"\n[sink.bigquery]\n{lines}\n"
-                        + FIELDS_TOML.replace("{mode}", mode) + extra_fields)
+    return config.loads(
+        f'[sink]\nkind = "bigquery"\n[sink.bigquery]\n{lines}\n' + FIELDS_TOML.replace("{mode}", mode) + extra_fields
+    )
 
 
 def mode_sink(emu: BigQueryEmulator, mode: str, **kw: Any) -> BigQuerySink:
@@ -83,10 +95,19 @@ def rows(stream: config.StreamConfig, batch_no: int, n: int, *, pad: int = 0) ->
     out: list[list[Any]] = []
     for i in range(n):
         values: dict[str, Any] = {
-            "event_id": event_id(batch_no, i), "received_at": base_us + i, "ip": "192.0.2.7",
-            "ua": "Mozilla/5.0 (X11; Linux x86_64)", "device": "pc", "s": f"s{batch_no}-{i}" + "x" * pad,
-            "n": i, "f": i / 4, "b": i % 2 == 0, "t": base_us - i, "j": f'{{"i": {i}}}',
-            "extra": '{"utm": "mail"}' if i % 5 == 0 else None, "z": f"z{i}",
+            "event_id": event_id(batch_no, i),
+            "received_at": base_us + i,
+            "ip": "192.0.2.7",
+            "ua": "Mozilla/5.0 (X11; Linux x86_64)",
+            "device": "pc",
+            "s": f"s{batch_no}-{i}" + "x" * pad,
+            "n": i,
+            "f": i / 4,
+            "b": i % 2 == 0,
+            "t": base_us - i,
+            "j": f'{{"i": {i}}}',
+            "extra": '{"utm": "mail"}' if i % 5 == 0 else None,
+            "z": f"z{i}",
         }
         out.append([values.get(c) for c in stream.columns])
     return out
@@ -95,5 +116,3 @@ def rows(stream: config.StreamConfig, batch_no: int, n: int, *, pad: int = 0) ->
 def batch(stream: config.StreamConfig, batch_no: int, n: int, *, pad: int = 0) -> Batch:
     data = rows(stream, batch_no, n, pad=pad)
     return Batch(stream=stream, batch_id=f"b{batch_no}", columns=stream.columns, rows=data)
-
-

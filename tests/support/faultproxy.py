@@ -35,10 +35,15 @@ FaultKind = Literal[
 _ERROR_BODIES: dict[str, tuple[int, str, str, str]] = {
     # kind: (status, reason, status text, message)
     "unavailable": (
-        503, "backendError", "UNAVAILABLE", "Error encountered during execution. Retrying may solve the problem.",
+        503,
+        "backendError",
+        "UNAVAILABLE",
+        "Error encountered during execution. Retrying may solve the problem.",
     ),
     "throttled": (
-        429, "rateLimitExceeded", "RESOURCE_EXHAUSTED",
+        429,
+        "rateLimitExceeded",
+        "RESOURCE_EXHAUSTED",
         "Exceeded rate limits: too many api requests per user per method for this user_method.",
     ),
     "too_large": (413, "badRequest", "INVALID_ARGUMENT", "Request Entity Too Large"),
@@ -53,8 +58,19 @@ _ROW_MESSAGES = {
 }
 
 _HOP_HEADERS = frozenset(
-    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "host",
-     "content-length", "server", "date"}
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "host",
+        "content-length",
+        "server",
+        "date",
+    }
 )
 
 
@@ -187,10 +203,15 @@ class FaultProxy:
     ) -> tuple[int, list[tuple[str, str]], bytes]:
         conn = http.client.HTTPConnection(self.upstream_host, self.upstream_port, timeout=120)
         try:
-            conn.request(method, path, body=body or None, headers={
-                **{k: v for k, v in headers.items() if k.lower() not in _HOP_HEADERS},
-                "Content-Length": str(len(body)),
-            })
+            conn.request(
+                method,
+                path,
+                body=body or None,
+                headers={
+                    **{k: v for k, v in headers.items() if k.lower() not in _HOP_HEADERS},
+                    "Content-Length": str(len(body)),
+                },
+            )
             resp = conn.getresponse()
             data = resp.read()
             out_headers = [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP_HEADERS]
@@ -200,31 +221,46 @@ class FaultProxy:
 
 
 def error_body(status: int, reason: str, status_text: str, message: str) -> bytes:
-    return json.dumps({
-        "error": {
-            "code": status, "message": message, "status": status_text,
-            "errors": [{"message": message, "domain": "global", "reason": reason}],
+    return json.dumps(
+        {
+            "error": {
+                "code": status,
+                "message": message,
+                "status": status_text,
+                "errors": [{"message": message, "domain": "global", "reason": reason}],
+            }
         }
-    }).encode()
+    ).encode()
 
 
 def insert_errors_body(errors: Mapping[int, str]) -> bytes:
     """A ``tableDataInsertAllResponse`` naming rows by their index in the request."""
-    return json.dumps({
-        "kind": "bigquery#tableDataInsertAllResponse",
-        "insertErrors": [
-            {"index": i, "errors": [{"reason": reason, "location": "" if reason == "stopped" else "age",
-                                     "debugInfo": "", "message": _ROW_MESSAGES.get(reason, reason)}]}
-            for i, reason in sorted(errors.items())
-        ],
-    }).encode()
+    return json.dumps(
+        {
+            "kind": "bigquery#tableDataInsertAllResponse",
+            "insertErrors": [
+                {
+                    "index": i,
+                    "errors": [
+                        {
+                            "reason": reason,
+                            "location": "" if reason == "stopped" else "age",
+                            "debugInfo": "",
+                            "message": _ROW_MESSAGES.get(reason, reason),
+                        }
+                    ],
+                }
+                for i, reason in sorted(errors.items())
+            ],
+        }
+    ).encode()
 
 
 class _Handler(BaseHTTPRequestHandler):
     owner: FaultProxy
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # quiet: the test reads ``seen()`` instead
 
     def _handle(self) -> None:

@@ -5,6 +5,7 @@ Readiness is polled with a deadline, never slept for.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -61,10 +62,8 @@ def kill_group(pid: int) -> None:
     granian forks its workers; if the main process dies first they would be
     orphaned and outlive the test, so each server child leads its own group.
     """
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -76,8 +75,9 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 class RedisServer:
     """A redis-server child with its own port and AOF directory."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, appendfsync: str = "always",
-                 unix_socket: Path | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, port: int | None = None, appendfsync: str = "always", unix_socket: Path | None = None
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.appendfsync = appendfsync
@@ -96,12 +96,27 @@ class RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [
-                binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-                "--appendonly", "yes", "--appendfsync", self.appendfsync, "--save", "",
-                "--daemonize", "no", "--logfile", str(self.data_dir / "redis.log"),
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.data_dir),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                self.appendfsync,
+                "--save",
+                "",
+                "--daemonize",
+                "no",
+                "--logfile",
+                str(self.data_dir / "redis.log"),
                 *(["--unixsocket", str(self.unix_socket), "--unixsocketperm", "700"] if self.unix_socket else []),
             ],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_for(self.ping, timeout=20, what=f"redis-server on {self.port}")
         return self
@@ -159,16 +174,27 @@ class BigQueryEmulator:
         log = open(self.log_dir / "bqemulator.log", "wb")  # noqa: SIM115 - lives as long as the child
         self.proc = subprocess.Popen(
             [
-                str(exe), "start", "--project", self.project,
-                "--rest-port", str(self.rest_port), "--grpc-port", str(self.grpc_port),
-                "--log-level", "warning",
+                str(exe),
+                "start",
+                "--project",
+                self.project,
+                "--rest-port",
+                str(self.rest_port),
+                "--grpc-port",
+                str(self.grpc_port),
+                "--log-level",
+                "warning",
             ],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "NO_COLOR": "1"},
         )
+
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"bqemulator exited; see {self.log_dir / 'bqemulator.log'}")
             return port_open(self.rest_port) and port_open(self.grpc_port)
+
         wait_for(ready, timeout=60, what="bqemulator")
         return self
 

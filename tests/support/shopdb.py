@@ -18,8 +18,20 @@ PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 MYSQL_HOST, MYSQL_PORT = "127.0.0.1", 3306
 
 #: Columns of the test ``users`` table that an import lists; the rest hold secrets.
-ALLOWED = ("id", "age", "gender", "occupation", "points", "balance", "updated_at", "created_at", "birthday",
-           "prefs", "active", "deleted_at")
+ALLOWED = (
+    "id",
+    "age",
+    "gender",
+    "occupation",
+    "points",
+    "balance",
+    "updated_at",
+    "created_at",
+    "birthday",
+    "prefs",
+    "active",
+    "deleted_at",
+)
 SECRET_COLUMNS = ("email", "password_hash")
 #: Columns whose values are instants (compared as UTC) and JSON (compared parsed).
 INSTANT_COLUMNS = frozenset({"created_at"})
@@ -129,8 +141,15 @@ class MariaDB(ShopDB):
     def __init__(self) -> None:
         import pymysql
 
-        self.conn = pymysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user="root", password="", autocommit=True,
-                                    connect_timeout=3, init_command="SET time_zone = '+00:00'")
+        self.conn = pymysql.connect(
+            host=MYSQL_HOST,
+            port=MYSQL_PORT,
+            user="root",
+            password="",
+            autocommit=True,
+            connect_timeout=3,
+            init_command="SET time_zone = '+00:00'",
+        )
         self.database = f"oc_{uuid.uuid4().hex[:12]}"
         self.url = f"mysql://root@{MYSQL_HOST}:{MYSQL_PORT}/{self.database}"
         self.table = f"{self.database}.users"
@@ -156,8 +175,11 @@ class MariaDB(ShopDB):
         )
 
     def fill(self, start: int, n: int, updated_at: str | None = None) -> None:
-        upd = (f"TIMESTAMP '{updated_at}'" if updated_at
-               else "TIMESTAMP '2026-01-01 00:00:00' + INTERVAL (seq DIV 3) SECOND")
+        upd = (
+            f"TIMESTAMP '{updated_at}'"
+            if updated_at
+            else "TIMESTAMP '2026-01-01 00:00:00' + INTERVAL (seq DIV 3) SECOND"
+        )
         self.execute(
             f"INSERT INTO {self.table} SELECT seq, 18 + seq % 60, IF(seq % 2 = 0, 'F', 'M'), "
             f"CONCAT('occ', seq % 17), CONCAT('{self.secret}-mail-', seq, '@example.com'), "

@@ -32,8 +32,17 @@ from oceanus.errors import ConfigError
 if TYPE_CHECKING:
     from google.cloud import bigquery
 
-__all__ = ["STATE_DONE", "BigQuerySink", "ModeWriter", "classify", "dedup_view_sql", "json_row_converter",
-           "make_client", "table_schema", "timestamp_us_to_rfc3339"]
+__all__ = [
+    "STATE_DONE",
+    "BigQuerySink",
+    "ModeWriter",
+    "classify",
+    "dedup_view_sql",
+    "json_row_converter",
+    "make_client",
+    "table_schema",
+    "timestamp_us_to_rfc3339",
+]
 
 
 class ModeWriter(Protocol):

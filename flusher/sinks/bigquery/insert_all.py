@@ -97,8 +97,13 @@ class InsertAllWriter:
             rejected.update(refused)
             retry.update(again)
             if len(chunks) > 1 and hi < n:
-                state.set(**{STATE_DONE: progress_mark(batch, hi), STATE_REJECTED: encode_refused(rejected),
-                             STATE_RETRY: encode_refused(retry)})
+                state.set(
+                    **{
+                        STATE_DONE: progress_mark(batch, hi),
+                        STATE_REJECTED: encode_refused(rejected),
+                        STATE_RETRY: encode_refused(retry),
+                    }
+                )
         return WriteResult(
             written=n - len(rejected) - len(retry),
             rejected=refused_rows(rejected),

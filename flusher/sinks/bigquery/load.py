@@ -194,8 +194,12 @@ class LoadWriter:
         )
         # No size=: the emulator refuses the multipart upload path it selects.
         return self.sink.client.load_table_from_file(
-            io.BytesIO(data), table_id, job_id=job_id, job_config=job_config,
-            location=self.settings.location, timeout=self.sink.timeout_s,
+            io.BytesIO(data),
+            table_id,
+            job_id=job_id,
+            job_config=job_config,
+            location=self.settings.location,
+            timeout=self.sink.timeout_s,
         )
 
     def _wait(self, job: bigquery.LoadJob | Any, table_id: str) -> None:

@@ -40,6 +40,7 @@ without offsets: at-least-once, simpler, no stream to manage.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -97,6 +98,7 @@ PROTO_ROW_OVERHEAD_BYTES = 6
 #: Words of FAILED_PRECONDITION / INVALID_ARGUMENT messages that are about the
 #: write stream rather than the rows (BigQuery's StorageError codes say the same).
 _STREAM_GONE_WORDS = ("finalized", "expired", "schema", "extra field", "invalid stream", "stream not found")
+
 
 class _StreamGone(Exception):
     """The write stream cannot take this append (finalized, missing, schema, offset gap)."""
@@ -255,8 +257,12 @@ class _Reservation(msgspec.Struct, kw_only=True):
             return None
         try:
             return cls(
-                stream=stream, offset=int(offset), first_row=int(plan[0]), cap=int(plan[1]),
-                rejected=decode_refused(state.get(STATE_REJECTED)), resumed=True,
+                stream=stream,
+                offset=int(offset),
+                first_row=int(plan[0]),
+                cap=int(plan[1]),
+                rejected=decode_refused(state.get(STATE_REJECTED)),
+                resumed=True,
             )
         except ValueError:
             return None
@@ -356,13 +362,13 @@ class StorageWriter:
         if chunk.offset is not None:
             kwargs["offset"] = chunk.offset
         if enc.fmt == "proto":
-            assert isinstance(chunk.payload, list)  # noqa: S101 - the proto plan builds lists
+            assert isinstance(chunk.payload, list)
             kwargs["proto_rows"] = types.AppendRowsRequest.ProtoData(
                 writer_schema=types.ProtoSchema(proto_descriptor=enc.descriptor),
                 rows=types.ProtoRows(serialized_rows=chunk.payload),
             )
         else:
-            assert isinstance(chunk.payload, bytes)  # noqa: S101 - the arrow plan builds bytes
+            assert isinstance(chunk.payload, bytes)
             kwargs["arrow_rows"] = types.AppendRowsRequest.ArrowData(
                 writer_schema=types.ArrowSchema(serialized_schema=enc.serialized_schema),
                 rows=types.ArrowRecordBatch(serialized_record_batch=chunk.payload),
@@ -405,7 +411,7 @@ class StorageWriter:
         if row_errors:
             raise _RowsRefused({i: f"invalid: {m}" for i, m in row_errors})
         table_missing = code == NOT_FOUND and lowered.startswith("table")
-        if code == OUT_OF_RANGE or code == NOT_FOUND and not table_missing:
+        if code == OUT_OF_RANGE or (code == NOT_FOUND and not table_missing):
             raise _StreamGone(message)
         if code in (FAILED_PRECONDITION, INVALID_ARGUMENT) and any(w in lowered for w in _STREAM_GONE_WORDS):
             raise _StreamGone(message)
@@ -490,8 +496,9 @@ class StorageWriter:
             own.next_offset = res.offset + len(res.pending(n))
         return res.rejected
 
-    def _reserve(self, batch: Batch, state: WriteState, enc: _Encoder, parent: str, *, first_row: int,
-                 rejected: dict[int, str]) -> _Reservation:
+    def _reserve(
+        self, batch: Batch, state: WriteState, enc: _Encoder, parent: str, *, first_row: int, rejected: dict[int, str]
+    ) -> _Reservation:
         """Reserve offsets for rows ``first_row..`` on this writer's own stream and persist it first."""
         own = self._own.get(parent)
         if own is None or own.signature != enc.signature:
@@ -499,8 +506,9 @@ class StorageWriter:
             # takes the table's current schema.
             own = _OwnStream(self._open_stream(parent), 0, enc.signature)
             self._own[parent] = own
-        res = _Reservation(stream=own.name, offset=own.next_offset, first_row=first_row, cap=self.cap,
-                           rejected=dict(rejected))
+        res = _Reservation(
+            stream=own.name, offset=own.next_offset, first_row=first_row, cap=self.cap, rejected=dict(rejected)
+        )
         res.save(batch, state)
         return res
 
@@ -510,16 +518,17 @@ class StorageWriter:
         if own is not None and own.name == name:
             del self._own[parent]
 
-    def _append_reserved(self, batch: Batch, state: WriteState, enc: _Encoder, parent: str,
-                         res: _Reservation) -> None:
+    def _append_reserved(self, batch: Batch, state: WriteState, enc: _Encoder, parent: str, res: _Reservation) -> None:
         while True:
             pending = res.pending(len(batch.rows))
             chunks = self._plan(enc, batch, pending, res.offset, res.cap)
             refused: dict[int, str] | None = None
             for chunk in chunks:
                 if len(chunk.rows) == 1 and _payload_size(chunk) > res.cap:
-                    refused = {0: f"too_large: row of {_payload_size(chunk)} bytes exceeds the request cap "
-                                  f"({res.cap} bytes, from sink.bigquery.max_request_bytes)"}
+                    refused = {
+                        0: f"too_large: row of {_payload_size(chunk)} bytes exceeds the request cap "
+                        f"({res.cap} bytes, from sink.bigquery.max_request_bytes)"
+                    }
                 else:
                     try:
                         self._append(enc, res.stream, chunk)
@@ -534,7 +543,7 @@ class StorageWriter:
                         continue
                 # Nothing of this request was stored: re-reserve from its first
                 # row, at its offset, without the refused rows.
-                assert chunk.offset is not None  # noqa: S101 - committed chunks carry offsets
+                assert chunk.offset is not None
                 res.rejected.update({chunk.rows[i]: reason for i, reason in refused.items() if i < len(chunk.rows)})
                 res.first_row, res.offset = chunk.rows[0], chunk.offset
                 res.save(batch, state)
@@ -542,8 +551,9 @@ class StorageWriter:
             if refused is None:
                 return
 
-    def _move(self, batch: Batch, state: WriteState, enc: _Encoder, parent: str, res: _Reservation,
-              gone: _StreamGone) -> _Reservation:
+    def _move(
+        self, batch: Batch, state: WriteState, enc: _Encoder, parent: str, res: _Reservation, gone: _StreamGone
+    ) -> _Reservation:
         """Rows of ``res`` not yet in its stream go to a new stream of this writer."""
         self._drop_own(parent, res.stream)
         pending = res.pending(len(batch.rows))
@@ -552,14 +562,22 @@ class StorageWriter:
             if res.resumed:
                 log.warning(
                     "write stream %s is gone (%s); re-sending batch %s rows %d.. without proof they were not "
-                    "stored: duplicates, if any, share their event_id", res.stream, gone, batch.batch_id,
+                    "stored: duplicates, if any, share their event_id",
+                    res.stream,
+                    gone,
+                    batch.batch_id,
                     res.first_row,
                 )
             done = 0
         else:
             done = min(max(stored - res.offset, 0), len(pending))
-        log.info("write stream %s: %s; rows %d of batch %s already stored, the rest moves to a new stream",
-                 res.stream, gone, done, batch.batch_id)
+        log.info(
+            "write stream %s: %s; rows %d of batch %s already stored, the rest moves to a new stream",
+            res.stream,
+            gone,
+            done,
+            batch.batch_id,
+        )
         if done == len(pending):
             res.first_row, res.offset = len(batch.rows), res.offset + done
             return res
@@ -603,10 +621,8 @@ class StorageWriter:
             return
         for stream in own:
             # Tidy, not needed for correctness: a finalized stream takes no more appends.
-            try:
+            with contextlib.suppress(SinkError):
                 self._seal(stream.name)
-            except SinkError:
-                pass
         self._client.transport.close()  # type: ignore[no-untyped-call]
         self._client = None
 

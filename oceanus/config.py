@@ -139,8 +139,10 @@ class FieldConfig(_Base, frozen=True):
             elif self.type != "string":
                 raise ValueError("`transforms` apply to string and json fields only")
             elif t not in STRING_TRANSFORMS and not (t.startswith(REMOVE_PREFIX) and len(t) > len(REMOVE_PREFIX)):
-                raise ValueError(f"`transforms`: unknown transform {t!r} (known: lowercase, uppercase, strip, "
-                                 "truncate, remove:<characters>)")
+                raise ValueError(
+                    f"`transforms`: unknown transform {t!r} (known: lowercase, uppercase, strip, "
+                    "truncate, remove:<characters>)"
+                )
         if "truncate" in self.transforms and self.max_length is None:
             raise ValueError("`transforms`: `truncate` needs `max_length`")
 
@@ -227,6 +229,36 @@ class StreamAccess(_Base, frozen=True):
     keys_file: str = ""
 
 
+class SegmentConfig(_Base, frozen=True):
+    """The Segment HTTP Tracking API at ``/v1/*`` (collector/protocols/segment.py)."""
+
+    #: Stream of a write key listed without one; "" (the default) leaves the routes off (404).
+    stream: str = ""
+    #: Write keys, one per line: ``KEY`` (to ``stream``) or ``KEY STREAM``, from this
+    #: environment variable and/or file (never inline). None set: every call is a 401.
+    keys_env: str = ""
+    keys_file: str = ""
+    #: A message's own time places it (``received_at``, the event id's time) when within
+    #: this of its arrival, so a retry lands on the same row (collector/protocols/ids.py).
+    own_time_window_s: PositiveFloat = 3600.0
+
+
+class SnowplowConfig(_Base, frozen=True):
+    """The Snowplow tracker protocol at ``/i`` and ``/com.snowplowanalytics.snowplow/*``."""
+
+    #: The stream the events go to; "" (the default) leaves the routes off (404).
+    stream: str = ""
+    #: The network user id cookie, as the Snowplow collector sets it; off: no cookie, no nuid.
+    cookie: bool = True
+    cookie_name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "sp"
+    #: "" : the host the tracker called (a host-only cookie).
+    cookie_domain: Annotated[str, Meta(pattern=r"^[A-Za-z0-9.-]{0,253}$")] = ""
+    cookie_max_age_s: PositiveInt = 31_536_000
+    #: ``Secure; SameSite=None`` (a third-party collector domain needs both); off for plain-HTTP tests.
+    cookie_secure: bool = True
+    own_time_window_s: PositiveFloat = 3600.0
+
+
 class CollectorConfig(_Base, frozen=True):
     host: str = "0.0.0.0"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8080
@@ -303,11 +335,14 @@ class CollectorConfig(_Base, frozen=True):
     gaze_waits_s: tuple[Annotated[float, Meta(ge=0, le=30)], ...] = (2.0, 4.0, 4.0)
     #: Gaze requests one worker holds in their wait at once; past it, the redirect is immediate.
     max_gazes: PositiveInt = 1024
+    #: Other trackers' protocols (collector/protocols/).
+    segment: SegmentConfig = SegmentConfig()
+    snowplow: SnowplowConfig = SnowplowConfig()
 
     def __post_init__(self) -> None:
         if self.ip_mode == "hash" and len(self.ip_hash_key) < IP_HASH_KEY_MIN_CHARS:
             raise ValueError(
-                f"`ip_hash_key` must hold at least {IP_HASH_KEY_MIN_CHARS} characters with ip_mode = \"hash\" "
+                f'`ip_hash_key` must hold at least {IP_HASH_KEY_MIN_CHARS} characters with ip_mode = "hash" '
                 "(set OCEANUS_COLLECTOR_IP_HASH_KEY, e.g. to the output of `openssl rand -hex 32`)"
             )
 
@@ -381,6 +416,40 @@ class BigQueryConfig(_Base, frozen=True):
     write_stream: Literal["committed", "default"] = "committed"
     #: Storage Write API row encoding: protobuf (built from the stream config) or Arrow.
     write_format: Literal["proto", "arrow"] = "proto"
+
+
+#: A SQL identifier the SQL sinks quote without escaping (a schema).
+SqlName = Annotated[str, Meta(pattern=r"^[a-z_][a-z0-9_]{0,62}$")]
+
+
+class PostgresConfig(_Base, frozen=True):
+    """``[sink.postgres]``: tables in ``schema`` of the database ``$url_env`` names (docs/ARCHITECTURE.md)."""
+
+    #: Environment variable holding ``postgresql://user:password@host:port/db``: the
+    #: URL carries a password, so never this file.
+    url_env: Annotated[str, Meta(pattern=r"^[A-Z_][A-Z0-9_]{0,127}$")] = "OCEANUS_PG_URL"
+    #: Optional URL of a read-only role for ``oceanus query`` and ``POST /query`` ("" = url_env's).
+    query_url_env: Annotated[str, Meta(pattern=r"^$|^[A-Z_][A-Z0-9_]{0,127}$")] = ""
+    schema: SqlName = "public"
+    connect_timeout_s: PositiveFloat = 10.0
+    #: A write statement running longer than this is cancelled (a transient ``timeout``).
+    statement_timeout_s: PositiveFloat = 60.0
+    #: Day partitions created ahead of today (UTC) at start-up; a batch's own days are always created.
+    partition_days_ahead: Annotated[int, Meta(ge=0, le=366)] = 2
+
+
+class MySQLConfig(_Base, frozen=True):
+    """``[sink.mysql]``: tables in the database ``$url_env`` names (MySQL 8 or MariaDB 10.5+)."""
+
+    #: Environment variable holding ``mysql://user:password@host:port/db`` (never this file).
+    url_env: Annotated[str, Meta(pattern=r"^[A-Z_][A-Z0-9_]{0,127}$")] = "OCEANUS_MYSQL_URL"
+    #: Optional URL of a read-only user for ``oceanus query`` and ``POST /query`` ("" = url_env's).
+    query_url_env: Annotated[str, Meta(pattern=r"^$|^[A-Z_][A-Z0-9_]{0,127}$")] = ""
+    connect_timeout_s: PositiveFloat = 10.0
+    #: Socket read/write timeout of a write (seconds): a silent server is a transient ``timeout``.
+    timeout_s: PositiveFloat = 60.0
+    #: One multi-row INSERT carries at most this many bytes of SQL (below max_allowed_packet).
+    max_statement_bytes: Annotated[int, Meta(ge=4096, le=64 * 1024 * 1024)] = 4 * 1024 * 1024
 
 
 #: A source table: ``table`` or ``schema.table`` (PostgreSQL) / ``database.table`` (MySQL).
@@ -476,11 +545,12 @@ class Condition(_Base, frozen=True):
     any: tuple[Condition, ...] | None = None
 
     def __post_init__(self) -> None:
-        ops = [op for op in (*CONDITION_OPS, "all", "any")
-               if getattr(self, "in_" if op == "in" else op) is not None]
+        ops = [op for op in (*CONDITION_OPS, "all", "any") if getattr(self, "in_" if op == "in" else op) is not None]
         if len(ops) != 1:
-            raise ValueError(f"a condition has exactly one operator of {', '.join(CONDITION_OPS)}, all, any "
-                             f"(got {', '.join(ops) or 'none'})")
+            raise ValueError(
+                f"a condition has exactly one operator of {', '.join(CONDITION_OPS)}, all, any "
+                f"(got {', '.join(ops) or 'none'})"
+            )
         if ops[0] in ("all", "any"):
             if self.field:
                 raise ValueError(f"`{ops[0]}` takes a list of conditions, not `field`")
@@ -494,8 +564,9 @@ class Condition(_Base, frozen=True):
 
     @property
     def op(self) -> str:
-        return next(op for op in (*CONDITION_OPS, "all", "any")
-                    if getattr(self, "in_" if op == "in" else op) is not None)
+        return next(
+            op for op in (*CONDITION_OPS, "all", "any") if getattr(self, "in_" if op == "in" else op) is not None
+        )
 
 
 class ThresholdConfig(_Base, frozen=True, kw_only=True):
@@ -622,8 +693,9 @@ class NotifyConfig(_Base, frozen=True):
     drain_timeout_s: PositiveFloat = 10.0
 
 
-def _decode_rule(name: str, raw: Any, streams: Mapping[str, StreamConfig],
-                 channels: Mapping[str, ChannelConfig]) -> RuleConfig:
+def _decode_rule(
+    name: str, raw: Any, streams: Mapping[str, StreamConfig], channels: Mapping[str, ChannelConfig]
+) -> RuleConfig:
     path = f"rules.{name}"
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a table")
@@ -656,16 +728,19 @@ def _check_rule_texts(rule: RuleConfig, path: str, stream: StreamConfig) -> None
     for key in ("template", "subject"):
         for ref in _template_names(getattr(rule, key), f"{path}.{key}"):
             if ref not in columns and ref not in TEMPLATE_NAMES:
-                raise ConfigError(f"{path}.{key}: {{{ref}}} is not a column of stream {stream.name!r} "
-                                  f"nor one of {', '.join(TEMPLATE_NAMES)}")
+                raise ConfigError(
+                    f"{path}.{key}: {{{ref}}} is not a column of stream {stream.name!r} "
+                    f"nor one of {', '.join(TEMPLATE_NAMES)}"
+                )
     if "\n" in rule.subject or "\r" in rule.subject:
         raise ConfigError(f"{path}.subject: one line")
     for i, f in enumerate(rule.fields):
         if f not in columns:
             raise ConfigError(f"{path}.fields[{i}]: `{f}` is not a column of stream {stream.name!r}")
     if rule.threshold is not None and rule.threshold.group_by and rule.threshold.group_by not in columns:
-        raise ConfigError(f"{path}.threshold.group_by: `{rule.threshold.group_by}` is not a column of stream "
-                          f"{stream.name!r}")
+        raise ConfigError(
+            f"{path}.threshold.group_by: `{rule.threshold.group_by}` is not a column of stream {stream.name!r}"
+        )
 
 
 _TEMPLATE_PART = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
@@ -680,8 +755,10 @@ def _template_names(template: str, where: str) -> list[str]:
             continue
         name = m.group(1)
         if name is None or not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name):
-            raise ConfigError(f"{where}: {token!r} at offset {m.start()}: a template inserts `{{field}}` only "
-                              "(write {{ and }} for braces)")
+            raise ConfigError(
+                f"{where}: {token!r} at offset {m.start()}: a template inserts `{{field}}` only "
+                "(write {{ and }} for braces)"
+            )
         names.append(name)
     return names
 
@@ -696,8 +773,7 @@ def _decode_channel(name: str, raw: Any) -> ChannelConfig:
         raise ConfigError(f"{path}.kind: required (log, slack, webhook, sheets or email)")
     for key in ("url", "secret", "password", "token"):
         if key in raw and not (key == "url" and raw.get("kind") == "webhook"):
-            raise ConfigError(f"{path}.{key}: secrets are never written in oceanus.toml; use {key}_env or "
-                              f"{key}_file")
+            raise ConfigError(f"{path}.{key}: secrets are never written in oceanus.toml; use {key}_env or {key}_file")
     try:
         channel: ChannelConfig = msgspec.convert(raw, ChannelConfig)
     except msgspec.ValidationError as exc:
@@ -726,9 +802,11 @@ def missing_secrets(cfg: Config, env: Mapping[str, str] | None = None) -> list[s
 
 
 class SinkConfig(_Base, frozen=True):
-    kind: Literal["duckdb", "bigquery"] = "duckdb"
+    kind: Literal["duckdb", "bigquery", "postgres", "mysql"] = "duckdb"
     duckdb: DuckDBConfig = DuckDBConfig()
     bigquery: BigQueryConfig = BigQueryConfig()
+    postgres: PostgresConfig = PostgresConfig()
+    mysql: MySQLConfig = MySQLConfig()
 
 
 class Config(_Base, frozen=True):
@@ -808,26 +886,29 @@ def _check_stream_extras(stream: StreamConfig, path: str) -> None:
     try:
         zoneinfo.ZoneInfo(stream.timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"{path}.timezone: unknown time zone {stream.timezone!r} (an IANA name, "
-                          "e.g. \"Asia/Tokyo\")") from None
+        raise ConfigError(
+            f'{path}.timezone: unknown time zone {stream.timezone!r} (an IANA name, e.g. "Asia/Tokyo")'
+        ) from None
     names: dict[str, str] = {n: n for n in stream.fields}
     for fname, f in stream.fields.items():
         for i, alias in enumerate(f.aliases):
             if alias in RESERVED_NAMES:
                 raise ConfigError(f"{path}.fields.{fname}.aliases[{i}]: `{alias}` is a column oceanus sets itself")
             if alias in names:
-                raise ConfigError(f"{path}.fields.{fname}.aliases[{i}]: `{alias}` already names "
-                                  f"field `{names[alias]}`")
+                raise ConfigError(f"{path}.fields.{fname}.aliases[{i}]: `{alias}` already names field `{names[alias]}`")
             names[alias] = fname
     for pname, profile in stream.profiles.items():
         for fname, f in profile.fields.items():
             own = stream.fields.get(fname)
             if own is None:
-                raise ConfigError(f"{path}.profiles.{pname}.fields.{fname}: not a field of the stream "
-                                  "(a profile changes rules, never columns)")
+                raise ConfigError(
+                    f"{path}.profiles.{pname}.fields.{fname}: not a field of the stream "
+                    "(a profile changes rules, never columns)"
+                )
             if f.type != own.type:
-                raise ConfigError(f"{path}.profiles.{pname}.fields.{fname}.type: {f.type!r}, but the stream's "
-                                  f"field is {own.type!r}")
+                raise ConfigError(
+                    f"{path}.profiles.{pname}.fields.{fname}.type: {f.type!r}, but the stream's field is {own.type!r}"
+                )
     for i, route in enumerate(stream.aliases):
         if route.profile and route.profile not in stream.profiles:
             raise ConfigError(f"{path}.aliases[{i}].profile: no profile named {route.profile!r}")
@@ -849,7 +930,20 @@ def _env_paths(struct_type: type[Struct], prefix: tuple[str, ...] = ()) -> dict[
 
 
 #: Variables with the prefix that are not config keys.
-ENV_NOT_KEYS = frozenset({"OCEANUS_CONFIG", "OCEANUS_DATA_DIR", "OCEANUS_LOG_LEVEL", "OCEANUS_QUERY_TOKEN"})
+ENV_NOT_KEYS = frozenset({"OCEANUS_CONFIG", "OCEANUS_DATA_DIR", "OCEANUS_LOG_LEVEL", "OCEANUS_QUERY_TOKEN",
+                          # the SQL sinks' default url_env: a secret's variable, not a key
+                          "OCEANUS_PG_URL", "OCEANUS_MYSQL_URL"})
+
+
+def _named_env(raw: Mapping[str, Any]) -> set[str]:
+    """Variables the config names in its ``*_env`` keys (secrets such as a database URL), at any depth."""
+    out: set[str] = set()
+    for key, value in raw.items():
+        if isinstance(value, Mapping):
+            out |= _named_env(value)
+        elif key.endswith("_env") and isinstance(value, str):
+            out.add(value)
+    return out
 
 
 def _parse_env_value(text: str) -> Any:
@@ -896,8 +990,12 @@ def is_service_link(name: str, value: str) -> bool:
         return value == n
     if part == "ADDR":
         return _is_ip(value)
-    return (url is not None and _is_ip(url["ip"].strip("[]")) and url["port"] == n
-            and value.startswith(proto.lower() + "://"))
+    return (
+        url is not None
+        and _is_ip(url["ip"].strip("[]"))
+        and url["port"] == n
+        and value.startswith(proto.lower() + "://")
+    )
 
 
 def _wants_int(path: tuple[str, ...]) -> bool:
@@ -911,8 +1009,9 @@ def _wants_int(path: tuple[str, ...]) -> bool:
 
 def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
     paths = _env_paths(Config)
+    secrets = _named_env(raw)
     for name, text in env.items():
-        if not name.startswith("OCEANUS_") or name in ENV_NOT_KEYS:
+        if not name.startswith("OCEANUS_") or name in ENV_NOT_KEYS or name in secrets:
             continue
         path = paths.get(name)
         # A Service named oceanus-collector makes OCEANUS_COLLECTOR_PORT=tcp://10.0.0.1:80,
@@ -953,14 +1052,18 @@ def decode(raw: dict[str, Any], source: str = "") -> Config:
     for name in base.collector.access:
         if name not in streams:
             raise ConfigError(f"collector.access.{name}: no stream named {name!r}")
+    for key, proto in (("segment", base.collector.segment), ("snowplow", base.collector.snowplow)):
+        if proto.stream and proto.stream not in streams:
+            raise ConfigError(f'collector.{key}.stream: no stream named {proto.stream!r} ("" turns {key} off)')
     for name in imports:
         if name in streams or name.removesuffix("_latest") in streams:
             raise ConfigError(f"imports.{name}: a stream has that table name")
     _check_route_paths(base.collector, streams)
     channels = {name: _decode_channel(name, body) for name, body in raw_channels.items()}
     rules = {name: _decode_rule(name, body, streams, channels) for name, body in raw_rules.items()}
-    return msgspec.structs.replace(base, streams=streams, imports=imports, rules=rules, channels=channels,
-                                   source=source)
+    return msgspec.structs.replace(
+        base, streams=streams, imports=imports, rules=rules, channels=channels, source=source
+    )
 
 
 def rule_streams(cfg: Config) -> tuple[str, ...]:
@@ -969,17 +1072,34 @@ def rule_streams(cfg: Config) -> tuple[str, ...]:
 
 
 #: Paths (and prefixes, ending in "/") the collector answers itself: no legacy route may take them.
-NATIVE_PATHS = ("/b/", "/e/", "/_/", "/demo", "/demo/", "/healthz", "/readyz", "/metrics", "/openapi.json",
-                "/oceanus.js", "/oceanus-2016.js")
+NATIVE_PATHS = (
+    "/b/",
+    "/e/",
+    "/_/",
+    "/demo",
+    "/demo/",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/oceanus.js",
+    "/oceanus-2016.js",
+)
+
+
+#: The paths of the Segment and Snowplow protocols (collector/protocols/), while they are on.
+SEGMENT_PATHS = ("/v1/",)
+SNOWPLOW_PATHS = ("/i", "/com.snowplowanalytics.snowplow/")
 
 
 def _check_route_paths(c: CollectorConfig, streams: Mapping[str, StreamConfig]) -> None:
+    taken = NATIVE_PATHS + (SEGMENT_PATHS if c.segment.stream else ()) + (SNOWPLOW_PATHS if c.snowplow.stream else ())
     seen: dict[str, str] = {}
     routes = [(f"collector.legacy_routes.{p}", p) for p in c.legacy_routes]
     for name, s in streams.items():
         routes.extend((f"streams.{name}.aliases[{i}].path", a.path) for i, a in enumerate(s.aliases))
     for where, route in routes:
-        if any(route == n or route.startswith(n) if n.endswith("/") else route == n for n in NATIVE_PATHS):
+        if any(route == n or route.startswith(n) if n.endswith("/") else route == n for n in taken):
             raise ConfigError(f"{where}: {route} is a route of the collector itself")
         if route in seen:
             raise ConfigError(f"{where}: {route} is also {seen[route]}")
@@ -1018,7 +1138,7 @@ def _check_load_quota(bq: BigQueryConfig, streams: Mapping[str, StreamConfig]) -
         raise ConfigError(
             f"sink.bigquery.load_interval_s: {bq.load_interval_s:g} s between load jobs means "
             f"{SECONDS_PER_DAY} / {bq.load_interval_s:g} = {per_day:,.0f} jobs per table per day for "
-            f"stream(s) {', '.join(loaded)} (mode = \"load\"), over BigQuery's quota of "
+            f'stream(s) {", ".join(loaded)} (mode = "load"), over BigQuery\'s quota of '
             f"{BIGQUERY_LOADS_PER_TABLE_PER_DAY:,}; set it to at least {SECONDS_PER_DAY} / "
             f"{BIGQUERY_LOADS_PER_TABLE_PER_DAY:,} = {minimum:g} s"
         )

@@ -166,6 +166,28 @@ def test_flusher_deployment(target: str) -> None:
     _assert_hardened(pod, c)
 
 
+@needs_kubectl
+@pytest.mark.parametrize("target", m.OVERLAYS)
+def test_notify_deployment(target: str) -> None:
+    resources = m.kustomize(target)
+    dep = m.find(resources, "Deployment", "oceanus-notify")
+    pod = dep["spec"]["template"]["spec"]
+    c = m.container(dep, "notify")
+    cfg = _config_for(resources, c)
+    assert c["args"][0] == "notify"
+    assert pod["enableServiceLinks"] is False
+    assert cfg.rules, "the notifier of a config without rules has nothing to do"
+    assert cfg.notify.admin_host == "0.0.0.0", "probes and Prometheus reach the admin port from outside the pod"
+    assert _port(c, "admin") == cfg.notify.admin_port
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert pod["terminationGracePeriodSeconds"] > _prestop_s(c) + cfg.notify.drain_timeout_s
+    redis_url = next(e for e in c["env"] if e["name"] == "OCEANUS_REDIS_URL")["value"]
+    flusher = m.container(m.find(resources, "Deployment", "oceanus-flusher"), "flusher")
+    assert redis_url == next(e for e in flusher["env"] if e["name"] == "OCEANUS_REDIS_URL")["value"]
+    _assert_hardened(pod, c)
+
+
 def _assert_hardened(pod: dict[str, Any], c: dict[str, Any]) -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
@@ -228,7 +250,7 @@ def test_redis_statefulset(target: str) -> None:
 
 @needs_kubectl
 @pytest.mark.parametrize("target", m.OVERLAYS)
-def test_only_collector_and_flusher_reach_redis(target: str) -> None:
+def test_only_collector_flusher_and_notify_reach_redis(target: str) -> None:
     resources = m.kustomize(target)
     policy = m.find(resources, "NetworkPolicy", "redis")
     redis_labels = m.find(resources, "StatefulSet", "redis")["spec"]["template"]["metadata"]["labels"]
@@ -245,7 +267,7 @@ def test_only_collector_and_flusher_reach_redis(target: str) -> None:
             labels = res["spec"]["template"]["metadata"]["labels"]
             if labels.get(expr["key"]) in allowed[expr["key"]]:
                 admitted.add(res["metadata"]["name"])
-    assert admitted == {"oceanus-collector", "oceanus-flusher"}
+    assert admitted == {"oceanus-collector", "oceanus-flusher", "oceanus-notify"}
     assert [p["port"] for p in rule["ports"]] == [6379]
 
 

@@ -45,9 +45,11 @@ _B64_STRIP = str.maketrans("", "", "= \n\r\t")
 _decode = msgspec.json.Decoder().decode
 
 #: Fields the decoder fills: a tracker parameter of the same name would be taken for ours.
-_OURS = ("ue", "contexts", "nuid", "collected_at")
+_OURS = ("ue", "contexts", "nuid", "collected_at", "user_ipaddress", "useragent")
 #: Parameter -> stream field, where they differ (the rest keep the tracker's names).
-_RENAMES = {"tnuid": "nuid"}
+#: ``ip``/``ua`` are a server-side tracker's word for its end user: kept in their own columns
+#: (Snowplow's enriched names), never in the sender's ``ip``/``ua`` the collector resolves itself.
+_RENAMES = {"tnuid": "nuid", "ip": "user_ipaddress", "ua": "useragent"}
 
 
 class Event(msgspec.Struct, frozen=True):

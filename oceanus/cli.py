@@ -147,11 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
         'oceanus query "SELECT evt, count(*) AS n FROM pageview_dedup GROUP BY ALL"',
         'oceanus query --format csv "SELECT * FROM form" > form.csv',
     )
+    _config_arg(p)
     _data_dir_arg(p)
     p.add_argument(
         "--format", choices=["table", "csv", "json"], default="table", help="output format (default: %(default)s)"
     )
-    p.add_argument("sql", help="one read-only SQL statement (DuckDB dialect)")
+    p.add_argument("sql", help="one read-only SQL statement (the warehouse's dialect: DuckDB, PostgreSQL, MySQL)")
 
     p = _command(
         sub,

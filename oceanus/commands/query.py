@@ -25,11 +25,13 @@ from typing import Any
 import msgspec
 
 from flusher.sinks.common import plain
-from oceanus import discovery
+from oceanus import config, discovery
 from oceanus.commands import devstate
 from oceanus.errors import QueryError as QueryError  # re-exported: commands catch it from here
 
 HTTP_TIMEOUT_S = 60.0
+#: Sinks on a database server: queried directly (no file lock to go around).
+SERVER_SINKS = frozenset({"postgres", "mysql"})
 #: Table format: longer cells are cut, so one wide JSON column does not wrap every line.
 MAX_CELL_CHARS = 80
 
@@ -177,7 +179,25 @@ def format_json(result: Result) -> str:
 FORMATTERS = {"table": format_table, "csv": format_csv, "json": format_json}
 
 
+def run_sql_sink(cfg: config.Config, sql: str) -> Result:
+    """PostgreSQL and MySQL serve many readers: ask the server itself, read-only, within
+    ``flusher.query_timeout_s`` (the sink's :meth:`query`, as the flusher's ``POST /query``)."""
+    from flusher.sinks import make_sink
+    from flusher.sinks.base import Queryable
+
+    sink = make_sink(cfg)
+    try:
+        if not isinstance(sink, Queryable):
+            raise QueryError(f"sink.kind: {cfg.sink.kind} does not answer queries here")
+        answer = sink.query(sql, cfg.flusher.query_timeout_s)
+    finally:
+        sink.close()
+    return Result(columns=answer.columns, rows=answer.rows)
+
+
 def main(args: argparse.Namespace) -> int:
-    result = run_sql(Path(args.data_dir), args.sql)
+    cfg = config.load(getattr(args, "config", None))
+    server = cfg.sink.kind in SERVER_SINKS
+    result = run_sql_sink(cfg, args.sql) if server else run_sql(Path(args.data_dir), args.sql)
     sys.stdout.write(FORMATTERS[args.format](result) + "\n")
     return 0

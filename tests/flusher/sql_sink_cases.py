@@ -259,3 +259,25 @@ def test_a_real_deadlock_is_transient(wh: SqlWarehouse, sink: SqlSink, tmp_path:
     error = classify(errors[0], "insert")
     assert isinstance(error, TransientError), error
     assert error.reason is Reason.SERVER
+
+
+def test_oceanus_query_asks_the_server(
+    wh: SqlWarehouse, sink: SqlSink, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+
+    from oceanus.commands import query
+    from tests.flusher.helpers import make_config_text
+
+    sink.write(batch_of(wh, tmp_path, make_rows(batch_of(wh, tmp_path, []).stream, 4)), NoState())
+    text = make_config_text("redis://unused", tmp_path / "unused.duckdb").replace(
+        'kind = "duckdb"', f'kind = "{wh.kind}"')
+    if wh.kind == "postgres":
+        text = text.replace("[sink.duckdb]", f'[sink.postgres]\nschema = "{wh.name}"\n\n[sink.duckdb]')
+    (tmp_path / "oceanus.toml").write_text(text)
+    args = argparse.Namespace(config=str(tmp_path / "oceanus.toml"), data_dir=str(tmp_path / "none"),
+                              format="csv", sql="SELECT n, sid FROM pv_dedup WHERE n >= 2 ORDER BY n")
+    assert query.main(args) == 0
+    assert capsys.readouterr().out == "n,sid\n2,2\n3,3\n"
+    with pytest.raises(QueryError, match="only read-only statements"):
+        query.main(argparse.Namespace(**{**vars(args), "sql": "DROP TABLE pv"}))

@@ -18,6 +18,7 @@ from tests.flusher.sql_sink_cases import (  # noqa: F401 - the shared cases, col
     test_bad_values_are_rejected_per_row_and_the_rest_written,
     test_connection_failures_are_classified,
     test_new_field_becomes_a_nullable_column,
+    test_oceanus_query_asks_the_server,
     test_query_is_read_only_one_statement_and_bounded,
     test_reconnects_after_the_server_drops_the_connection,
     test_replayed_batch_inserts_nothing_twice,

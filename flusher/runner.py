@@ -26,8 +26,9 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,6 +36,7 @@ from typing import Any, TypeVar
 import msgspec
 import redis
 import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -60,13 +62,22 @@ FLUSHER_FILE_SUFFIX = ".flusher.json"
 
 T = TypeVar("T")
 
+#: Work the flusher process hosts beside the streams, in a thread of its own: called once
+#: the tables are ensured, with the sink, the registry of /metrics and an event set at
+#: SIGTERM; it returns once the event is set, having committed what it was writing. The
+#: process that holds DuckDB's single-writer lock is the only one that can write the file,
+#: so the ``[imports]`` run here (``oceanus flusher`` passes them: importer.hosted).
+HostedTask = Callable[[Sink, CollectorRegistry, threading.Event], None]
+
 
 class Flusher:
     """One flusher instance: its Redis clients, sink, workers and admin server."""
 
-    def __init__(self, cfg: Config, sink: Sink, owner: str | None = None) -> None:
+    def __init__(self, cfg: Config, sink: Sink, owner: str | None = None, hosted: Sequence[HostedTask] = ()) -> None:
         self.cfg = cfg
         self.sink = sink
+        self.hosted = tuple(hosted)
+        self.hosted_stop = threading.Event()
         self.keys = Keys(cfg.redis.key_prefix)
         self.owner = owner or make_owner_id()
         timeout = cfg.redis.timeout_s
@@ -194,6 +205,13 @@ class Flusher:
                 log.warning("sampling Redis gauges failed: %s", exc)
             await self.sleep(GAUGE_INTERVAL_S)
 
+    def _run_hosted(self, task: HostedTask) -> None:
+        try:
+            task(self.sink, self.metrics.registry, self.hosted_stop)
+        except Exception:
+            # A bug in hosted work must not take the streams down with it.
+            log.exception("hosted task %s failed; the streams go on", getattr(task, "__name__", task))
+
     # ------------------------------------------------------------------ life cycle
 
     async def start_admin(self) -> AdminServer:
@@ -220,8 +238,14 @@ class Flusher:
             asyncio.create_task(self._gauge_loop(), name="gauges"),
         ]
         workers = [asyncio.create_task(w.run(), name=f"stream-{w.name}") for w in self.workers.values()]
+        hosted = [threading.Thread(target=self._run_hosted, args=(task,), name=f"oceanus-hosted-{i}", daemon=True)
+                  for i, task in enumerate(self.hosted)]
+        for thread in hosted:
+            thread.start()
         await self.stopping.wait()
+        self.hosted_stop.set()
         self.metrics.draining.set(1)
+        drain_until = time.monotonic() + self.cfg.flusher.drain_timeout_s
         log.info(
             "draining: no new claims; finishing the batches in hand (at most %.0fs)", self.cfg.flusher.drain_timeout_s
         )
@@ -234,6 +258,12 @@ class Flusher:
         await asyncio.gather(*workers, *background, return_exceptions=True)
         if not clean:
             log.warning("drain timeout: %d batch(es) left claimed; another flusher re-claims them", len(pending))
+        for thread in hosted:
+            # The hosted work commits its batch in hand, in the same drain budget.
+            await asyncio.to_thread(thread.join, max(0.0, drain_until - time.monotonic()))
+            if thread.is_alive():
+                log.warning("drain timeout: %s still writing; its transaction is not committed", thread.name)
+                clean = False
         with contextlib.suppress(RedisError):
             await self.claimer.drop_heartbeat()
         return clean
@@ -273,9 +303,9 @@ def _remove_discovery(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-async def serve(cfg: Config) -> int:
+async def serve(cfg: Config, hosted: Sequence[HostedTask] = ()) -> int:
     sink = make_sink(cfg)
-    flusher = Flusher(cfg, sink)
+    flusher = Flusher(cfg, sink, hosted=hosted)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, flusher.stopping.set)
@@ -314,11 +344,14 @@ def setup_logging() -> None:
 
 def main(args: argparse.Namespace) -> int:
     setup_logging()
-    cfg = config_mod.load(getattr(args, "config", None))
+    return run_process(config_mod.load(getattr(args, "config", None)))
+
+
+def run_process(cfg: Config, hosted: Sequence[HostedTask] = ()) -> int:
     try:
         import uvloop
 
         runner: Callable[..., Any] = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency
         runner = asyncio.run
-    return int(runner(serve(cfg)))
+    return int(runner(serve(cfg, hosted)))

@@ -6,9 +6,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 
 class ImportMetrics:
-    def __init__(self) -> None:
-        # A private registry: tests run several importers in one process.
-        self.registry = CollectorRegistry(auto_describe=True)
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # A private registry (tests run several importers in one process), or the
+        # flusher's when it hosts the imports: one /metrics for both.
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
         self.rows = Counter(
             "oceanus_import_rows", "Rows committed to the warehouse (tombstones included)", ["import"], registry=r

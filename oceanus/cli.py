@@ -18,7 +18,7 @@ DESCRIPTION = "oceanus: an HTTP event collector. Events into Redis, batches into
 COMMANDS: dict[str, str] = {
     "collector": "collector.server:main",
     "check-config": "oceanus.commands.checkconfig:main",
-    "flusher": "flusher.runner:main",
+    "flusher": "oceanus.commands.flusher_imports:main",
     "tables": "flusher.tables:main",
     "dev": "oceanus.commands.dev:main",
     "query": "oceanus.commands.query:main",

@@ -161,8 +161,8 @@ class DuckDBSink:
         self.reopens = 0
         self._tables: dict[str, list[str]] = {}
 
-    def _config(self) -> dict[str, str | bool | int]:
-        settings: dict[str, str | bool | int] = {}
+    def _config(self) -> dict[str, str | bool | int | float | list[str]]:
+        settings: dict[str, str | bool | int | float | list[str]] = {}
         if self._settings.threads:
             settings["threads"] = int(self._settings.threads)
         if self._settings.memory_limit:

@@ -25,7 +25,7 @@ import pyarrow as pa
 from importer.columns import DELETED, IMPORTED_AT, Column, arrow_type
 from importer.targets.base import LATEST_SUFFIX, STATE_TABLE, ImportState
 from oceanus.config import Config, ImportConfig
-from oceanus.errors import SinkError, SourceError
+from oceanus.errors import Reason, SinkError, SourceError, TransientError
 
 _TYPES: dict[str, str] = {
     "bool": "BOOLEAN",
@@ -114,12 +114,11 @@ class DuckDBTarget:
         try:
             return duckdb.connect(str(path), config=settings)
         except duckdb.IOException as exc:
-            raise SinkError(
+            raise TransientError(
                 f"sink.duckdb.path: cannot open {path} ({str(exc).splitlines()[0]}); DuckDB allows one "
                 "writing process per file, and a running flusher runs the [imports] itself (every every_s): "
                 "leave them to it, or stop it to import by hand",
-                retryable=True,
-                reason="locked",
+                Reason.IO,
             ) from None
 
     def prepare(self, imp: ImportConfig, columns: Sequence[Column]) -> None:

@@ -207,6 +207,9 @@ class StreamConfig(_Base, frozen=True):
     #: Legacy URLs answered for this stream (docs/MIGRATION.md).
     aliases: tuple[RouteAlias, ...] = ()
     profiles: dict[str, ProfileConfig] = {}
+    #: A view of this name beside the table, in the 2016 oceanus's layout (every column a
+    #: string, ``dt``, ``rad``, ``dev``: docs/MIGRATION.md), made by ``oceanus tables sync``.
+    legacy_view: Name | None = None
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -1059,6 +1062,7 @@ def decode(raw: dict[str, Any], source: str = "") -> Config:
         if name in streams or name.removesuffix("_latest") in streams:
             raise ConfigError(f"imports.{name}: a stream has that table name")
     _check_route_paths(base.collector, streams)
+    _check_legacy_views(streams)
     channels = {name: _decode_channel(name, body) for name, body in raw_channels.items()}
     rules = {name: _decode_rule(name, body, streams, channels) for name, body in raw_rules.items()}
     return msgspec.structs.replace(
@@ -1120,6 +1124,18 @@ def _decode_import(name: str, raw: Any) -> ImportConfig:
     if name.startswith("_oceanus") or name.endswith("_latest"):
         raise ConfigError(f"{path}: the name is kept for the importer's own tables and views")
     return _convert({**raw, "name": name}, ImportConfig, path)
+
+
+def _check_legacy_views(streams: Mapping[str, StreamConfig]) -> None:
+    """A 2016-layout view may not take the name of a table or view oceanus makes."""
+    taken = {name: f"streams.{name}" for name in streams}
+    taken.update({f"{name}_dedup": f"streams.{name} (its _dedup view)" for name in streams})
+    for name, s in streams.items():
+        if s.legacy_view is None:
+            continue
+        if s.legacy_view in taken:
+            raise ConfigError(f"streams.{name}.legacy_view: {s.legacy_view} is the name of {taken[s.legacy_view]}")
+        taken[s.legacy_view] = f"streams.{name}.legacy_view"
 
 
 def _check_load_quota(bq: BigQueryConfig, streams: Mapping[str, StreamConfig]) -> None:

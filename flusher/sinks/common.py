@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import re
 import uuid
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
@@ -132,3 +133,37 @@ def plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
     return str(value)
+
+
+#: The 2016 oceanus's names of the server columns (docs/MIGRATION.md, "Columns and tables").
+LEGACY_SERVER_NAMES: tuple[tuple[str, str], ...] = (("ip", "rad"), ("ua", "ua"), ("device", "dev"))
+#: The 2016 name of ``received_at``: ``str(datetime.utcnow())``.
+LEGACY_TIME_COLUMN = "dt"
+_LEGACY_EXTRA_KEY = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class LegacyColumn(NamedTuple):
+    """One column of a stream's 2016-layout view (``streams.<s>.legacy_view``): always a string."""
+
+    name: str
+    #: The column it is read from; for ``from_extra``, the key of ``extra``.
+    source: str
+    ftype: FieldType
+    from_extra: bool = False
+
+
+def legacy_columns(stream: StreamConfig) -> list[LegacyColumn]:
+    """The 2016 table's columns for ``stream``: ``dt`` (``received_at`` as the 2016 text), the
+    fields, ``rad``/``ua``/``dev``, then the keys a profile keeps in ``extra`` (the 2016 form's
+    ``uid``, ``oid``, ``url``, ``enc``) that are no field. ``event_id`` and ``extra`` had no 2016
+    column. Each sink renders them as strings in its own SQL."""
+    cols = [LegacyColumn(LEGACY_TIME_COLUMN, "received_at", "timestamp")]
+    cols += [LegacyColumn(name, name, f.type) for name, f in stream.fields.items()]
+    cols += [LegacyColumn(legacy, source, "string") for source, legacy in LEGACY_SERVER_NAMES]
+    seen = {c.name for c in cols}
+    for profile in stream.profiles.values():
+        for key in profile.keep:
+            if key not in seen and _LEGACY_EXTRA_KEY.match(key):
+                seen.add(key)
+                cols.append(LegacyColumn(key, key, "string", from_extra=True))
+    return cols

@@ -69,7 +69,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flusher.sinks.base import Batch, QueryResult, RowError, WriteResult, WriteState
-from flusher.sinks.common import DEDUP_VIEW_SUFFIX, arrow_types, column_types, plain
+from flusher.sinks.common import DEDUP_VIEW_SUFFIX, LegacyColumn, arrow_types, column_types, legacy_columns, plain
 from oceanus.config import Config, FieldType, StreamConfig
 from oceanus.errors import ConfigError, PermanentError, QueryError, QueryTimeout, Reason, SinkError, TransientError
 
@@ -259,10 +259,26 @@ class DuckDBSink:
                 self._con.execute(f"CREATE OR REPLACE VIEW {_q(view)} AS SELECT * FROM {_q(table)}")
                 if not create:
                     changes.append(f"duckdb: (re)created view {view}")
+            changes += self._legacy_view(stream, create or bool(added))
         except duckdb.Error as exc:
             raise PermanentError(f"duckdb: cannot create or migrate table {table}: {exc}") from None
         self._tables[table] = list(self._existing(table))
         return changes
+
+    def _legacy_view(self, stream: StreamConfig, changed: bool) -> list[str]:
+        """``streams.<s>.legacy_view``: the table in the 2016 layout, every column a string."""
+        if stream.legacy_view is None:
+            return []
+        exists = self._con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main' AND table_name = ? "
+            "AND table_type = 'VIEW'",
+            [stream.legacy_view],
+        ).fetchone()
+        if exists and exists[0] and not changed:
+            return []
+        cols = ", ".join(f"{_legacy_expr(c)} AS {_q(c.name)}" for c in legacy_columns(stream))
+        self._con.execute(f"CREATE OR REPLACE VIEW {_q(stream.legacy_view)} AS SELECT {cols} FROM {_q(stream.name)}")
+        return [f"duckdb: (re)created view {stream.legacy_view} (the 2016 layout of {stream.name})"]
 
     # ------------------------------------------------------------------ writes
 
@@ -529,6 +545,18 @@ def _bad_values(name: str, ftype: FieldType, values: Sequence[Any]) -> list[tupl
 
         want = ftype
     return [(i, f"{name}: expected {want}, got {type(v).__name__}") for i, v in enumerate(values) if not check(v)]
+
+
+def _legacy_expr(col: LegacyColumn) -> str:
+    """A column of the 2016-layout view as the 2016 string."""
+    if col.from_extra:
+        return f"json_extract_string(extra, '$.{col.source}')"
+    src = _q(col.source)
+    if col.ftype == "timestamp":
+        # Python's str(datetime): the fraction only when it is not zero.
+        return (f"CASE WHEN epoch_us({src}) % 1000000 = 0 THEN strftime({src}, '%Y-%m-%d %H:%M:%S') "
+                f"ELSE strftime({src}, '%Y-%m-%d %H:%M:%S.%f') END")
+    return src if col.ftype == "string" else f"CAST({src} AS VARCHAR)"
 
 
 def _one_line(exc: BaseException) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from flusher.sinks.bigquery.errors import classify
-from flusher.sinks.common import REQUIRED_COLUMNS, SERVER_COLUMNS, event_id_text
+from flusher.sinks.common import REQUIRED_COLUMNS, SERVER_COLUMNS, LegacyColumn, event_id_text, legacy_columns
 from oceanus.config import EXTRA_COLUMN, FieldType, StreamConfig
 from oceanus.errors import ConfigError, SinkError
 
@@ -79,6 +79,26 @@ def dedup_view_sql(table_id: str) -> str:
         f"  FROM `{table_id}`\n"
         ") WHERE _oceanus_rn = 1"
     )
+
+
+def legacy_view_sql(stream: StreamConfig, dedup_view_id: str) -> str:
+    """``streams.<s>.legacy_view``: the stream in the 2016 table layout, every column a STRING,
+    read from the dedup view (one row per event)."""
+    cols = ",\n  ".join(f"{_legacy_expr(c)} AS `{c.name}`" for c in legacy_columns(stream))
+    return f"SELECT\n  {cols}\nFROM `{dedup_view_id}`"
+
+
+def _legacy_expr(col: LegacyColumn) -> str:
+    if col.from_extra:
+        return f"JSON_VALUE(extra, '$.{col.source}')"
+    src = f"`{col.source}`"
+    if col.ftype == "timestamp":
+        # Python's str(datetime): the fraction only when it is not zero.
+        return (f"IF(MOD(UNIX_MICROS({src}), 1000000) = 0, FORMAT_TIMESTAMP('%Y-%m-%d %H:%M:%S', {src}), "
+                f"FORMAT_TIMESTAMP('%Y-%m-%d %H:%M:%E6S', {src}))")
+    if col.ftype == "json":
+        return f"TO_JSON_STRING({src})"
+    return src if col.ftype == "string" else f"CAST({src} AS STRING)"
 
 
 # --------------------------------------------------------------------------- values
@@ -167,6 +187,7 @@ class Tables:
             for stream in streams:
                 changes.extend(self._ensure_table(stream))
                 changes.extend(self._ensure_dedup_view(stream))
+                changes.extend(self._ensure_legacy_view(stream))
         except (ConfigError, SinkError):
             raise
         except Exception as exc:
@@ -233,17 +254,29 @@ class Tables:
         return changes
 
     def _ensure_dedup_view(self, stream: StreamConfig) -> list[str]:
+        view_id = self.dedup_view_id(stream)
+        sql = dedup_view_sql(self.table_id(stream))
+        description = f"{stream.name} with replayed rows removed: one row per event_id"
+        return self._ensure_view(stream, view_id, sql, description)
+
+    def _ensure_legacy_view(self, stream: StreamConfig) -> list[str]:
+        if stream.legacy_view is None:
+            return []
+        view_id = f"{self.sink.dataset_id}.{stream.legacy_view}"
+        sql = legacy_view_sql(stream, self.dedup_view_id(stream))
+        description = f"{stream.name} in the 2016 oceanus's layout (docs/MIGRATION.md)"
+        return self._ensure_view(stream, view_id, sql, description)
+
+    def _ensure_view(self, stream: StreamConfig, view_id: str, sql: str, description: str) -> list[str]:
         from google.api_core import exceptions as gexc
         from google.cloud import bigquery
 
-        view_id = self.dedup_view_id(stream)
-        sql = dedup_view_sql(self.table_id(stream))
         try:
             view = self.client.get_table(view_id, retry=self.retry, timeout=self.timeout_s)
         except gexc.NotFound:
             view = bigquery.Table(view_id)
             view.view_query = sql
-            view.description = f"{stream.name} with replayed rows removed: one row per event_id"
+            view.description = description
             self.client.create_table(view, exists_ok=True, retry=self.retry, timeout=self.timeout_s)
             return [f"created view {view_id}"]
         if view.table_type != "VIEW":

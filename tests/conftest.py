@@ -14,6 +14,49 @@ from tests.support.servers import BigQueryEmulator, RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
 
+#: Fixtures that start a real server (directly or through another fixture): a test
+#: that uses one is an ``integration`` test. ``item.fixturenames`` is the closure,
+#: so a fixture built on these counts too.
+SERVER_FIXTURES = frozenset({"redis_server", "bq_emulator", "fuzz_redis", "live_collector", "protocol_stack"})
+#: Folders whose every test drives real processes or outside services.
+INTEGRATION_DIRS = frozenset({"reliability", "browser", "importer", "notifier", "deploy"})
+#: ``make unit`` sets this: a server started anyway is a test that lacks its marker.
+UNIT_TIER_ENV = "PYTEST_TIER"  # not OCEANUS_*: the config loader reads those
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tests_dir = Path(__file__).resolve().parent
+    for item in items:
+        try:
+            top = Path(str(item.path)).resolve().relative_to(tests_dir).parts[0]
+        except ValueError:
+            top = ""
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if top in INTEGRATION_DIRS or fixtures & SERVER_FIXTURES or item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _unit_tier_starts_no_server() -> Iterator[None]:
+    """In ``make unit``, starting a server fails the test that tried, naming the fix."""
+    import os
+
+    if os.environ.get(UNIT_TIER_ENV) != "unit":
+        yield
+        return
+    mp = pytest.MonkeyPatch()
+
+    def refuse(self: object, *args: object, **kwargs: object) -> None:
+        raise RuntimeError(f"{type(self).__name__} started in the unit tier: mark the test "
+                           "`pytest.mark.integration` (or use a server fixture, which marks it)")
+
+    mp.setattr(RedisServer, "start", refuse)
+    mp.setattr(BigQueryEmulator, "start", refuse)
+    try:
+        yield
+    finally:
+        mp.undo()
+
 # pytest-timeout raises in the main thread, which needs the GIL; a test frozen
 # with the GIL held (a C-level deadlock) would never see it. faulthandler's
 # watchdog is a C thread: past this budget it prints every thread's stack and

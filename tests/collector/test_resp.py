@@ -119,6 +119,7 @@ async def test_refused_and_silent_servers_raise_oserror_within_the_timeout() -> 
         await server.wait_closed()
 
 
+@pytest.mark.integration
 async def test_a_unix_socket_url_with_a_database(tmp_path: Path) -> None:
     sock_dir = Path(tempfile.mkdtemp(prefix="oc-", dir="/tmp"))  # socket paths are limited to ~100 bytes
     server = RedisServer(tmp_path / "redis", unix_socket=sock_dir / "r.sock").start()

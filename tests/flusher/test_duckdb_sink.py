@@ -270,6 +270,7 @@ def concurrent_writes_and_queries(path: str, seconds: float) -> None:
     print(counts["writes"], counts["queries"], total)
 
 
+@pytest.mark.integration  # a child process writes and queries for seconds
 def test_queries_during_writes_do_not_deadlock(tmp_path: Path) -> None:
     # The admin query endpoint reads while the flusher writes. In a child process:
     # a deadlock freezes every thread of its process, pytest's own timeout included.

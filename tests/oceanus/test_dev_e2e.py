@@ -37,6 +37,7 @@ pytestmark = [
         reason="the collector and flusher commands are not in this tree",
     ),
     pytest.mark.timeout(180),
+    pytest.mark.integration,  # oceanus dev starts its own redis-server, collector and flusher
 ]
 
 

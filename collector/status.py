@@ -26,6 +26,8 @@ from oceanus.config import Config
 STATUS_HISTORY_MIN = 15
 #: Recent validation errors shown.
 STATUS_ERRORS_SHOWN = 20
+#: Latest notifier outcomes shown (``P:notify:recent``, newest first).
+STATUS_NOTIFICATIONS_SHOWN = 20
 #: In-flight batches inspected for the oldest unflushed event (bounded work per poll).
 STATUS_MAX_INFLIGHT_KEYS = 64
 #: Redis work of one status snapshot may take this long before the page says Redis is slow.
@@ -59,6 +61,17 @@ class RecentError(msgspec.Struct, kw_only=True):
     at: float
 
 
+class RecentNotification(msgspec.Struct, kw_only=True):
+    """One outcome of ``oceanus notify`` (``sent`` or ``dead``), as the notifier recorded it."""
+
+    rule: str
+    channel: str
+    outcome: str
+    at: float
+    #: The job id when sent; the reason when dead-lettered (cut to 300 characters by the notifier).
+    detail: str
+
+
 class SpoolStatus(msgspec.Struct, kw_only=True):
     #: Bytes written to the collectors' disk spools and not yet replayed (all workers).
     bytes: int
@@ -71,6 +84,8 @@ class Snapshot(msgspec.Struct, kw_only=True):
     redis_error: str | None = None
     streams: list[StreamStatus]
     recent_errors: list[RecentError]
+    #: Newest first; empty where no notifier runs.
+    recent_notifications: list[RecentNotification] = []
     spool: SpoolStatus
 
 
@@ -82,6 +97,17 @@ class _ErrorItem(msgspec.Struct):
 
 
 _error_item = msgspec.json.Decoder(_ErrorItem)
+
+
+class _NotificationItem(msgspec.Struct):
+    rule: str = ""
+    channel: str = ""
+    outcome: str = ""
+    at: float = 0.0
+    detail: str = ""
+
+
+_notification_item = msgspec.json.Decoder(_NotificationItem)
 
 
 def spool_status(directory: str | os.PathLike[str]) -> SpoolStatus:
@@ -148,6 +174,7 @@ async def _fetch(
         pipe.lindex(keys.queue(name), -1)
         pipe.smembers(keys.inflight_index(name))
     pipe.lrange(keys.recent_errors(), 0, STATUS_ERRORS_SHOWN - 1)
+    pipe.lrange(keys.notify_recent(), 0, STATUS_NOTIFICATIONS_SHOWN - 1)
     results = list(await pipe.execute())
     per_stream = len(minutes) + 4
     inflight: dict[str, list[str]] = {}
@@ -219,11 +246,27 @@ async def snapshot(cfg: Config, redis: Any, now: float | None = None) -> Snapsho
             )
         )
     errors: list[RecentError] = []
-    for raw in results[-1]:
+    for raw in results[-2]:
         try:
             item = _error_item.decode(raw)
         except msgspec.DecodeError:
             continue
         # Only names from the contract reach the page; the payload never is in the item.
         errors.append(RecentError(stream=item.stream, field=item.field, rule=item.rule, at=item.at))
-    return Snapshot(generated_at=now, redis_up=True, streams=streams, recent_errors=errors, spool=spool)
+    notifications: list[RecentNotification] = []
+    for raw in results[-1]:
+        try:
+            n = _notification_item.decode(raw)
+        except msgspec.DecodeError:
+            continue
+        notifications.append(
+            RecentNotification(rule=n.rule, channel=n.channel, outcome=n.outcome, at=n.at, detail=n.detail)
+        )
+    return Snapshot(
+        generated_at=now,
+        redis_up=True,
+        streams=streams,
+        recent_errors=errors,
+        recent_notifications=notifications,
+        spool=spool,
+    )

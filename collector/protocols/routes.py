@@ -302,7 +302,7 @@ class Protocols:
         stream = found[0] if found is not None else ""
         try:
             body, size = await self.read_json(app, scope, receive, held)
-            raw, sent_at, body_key = segment.messages(body, call, size)
+            raw, sent_raw, body_key = segment.messages(body, call, size)
             if found is None:
                 found = self._write_key(body_key.encode() if body_key is not None else None)
                 if found is None:
@@ -327,9 +327,11 @@ class Protocols:
             store = app._ip_store
             where = ip if store is None else store(ip)
             rows: list[list[Any]] = []
+            collected = segment.stored_time(arrival_us)
+            sent_us = segment.sent_time(sent_raw) if call is None else None
             for i, msg in enumerate(raw):
                 try:
-                    m = segment.decode(msg, call, sent_at, arrival_us)
+                    m = segment.decode(msg, call, sent_us, arrival_us, collected)
                     if m.message_id is None:
                         # Without a messageId nothing ties a retry to this call: a fresh id, no dedupe.
                         m.event["message_id"] = str(uuid.uuid4())
@@ -386,12 +388,13 @@ class Protocols:
         params: dict[str, Any],
         nuid: str | None,
         now_ns: int,
+        collected: int | str,
         where: str | None,
         ua: str,
         device: str,
     ) -> list[Any]:
         arrival_us = now_ns // 1000
-        ev = snowplow.decode(params, arrival_us, nuid)
+        ev = snowplow.decode(params, nuid, collected)
         if ev.eid is None:
             # A hand-made request without eid: a fresh one, no dedupe possible.
             ev.event["eid"] = str(uuid.uuid4())
@@ -425,7 +428,9 @@ class Protocols:
         where = None if anonymous else ip if store is None else store(ip)
         params: dict[str, Any] = parse_pairs(scope["query_string"].decode("utf-8", "replace"))
         try:
-            row = self._snowplow_row(app, validator, params, nuid, time.time_ns(), where, ua, device)
+            now_ns = time.time_ns()
+            collected = segment.stored_time(now_ns // 1000)
+            row = self._snowplow_row(app, validator, params, nuid, now_ns, collected, where, ua, device)
         except Invalid as exc:
             return await self.fail(app, scope, send, 400, exc, stream=name, pixel=True)
         answered = await self.submit(app, scope, send, name, validator, [row], pixel=True)
@@ -484,12 +489,13 @@ class Protocols:
             if refused is not None:
                 raise refused
             now_ns = time.time_ns()
+            collected = segment.stored_time(now_ns // 1000)
             rows: list[list[Any]] = []
             for i, item in enumerate(items):
                 try:
                     if type(item) is not dict:
                         raise Invalid("data", "type", "each event must be a JSON object")
-                    rows.append(self._snowplow_row(app, validator, item, nuid, now_ns, where, ua, device))
+                    rows.append(self._snowplow_row(app, validator, item, nuid, now_ns, collected, where, ua, device))
                 except Invalid as exc:
                     exc.index = i
                     raise

@@ -54,6 +54,8 @@ _RENAMES = {
 #: Keys that are never stored: the write key is a credential; receivedAt is ours to set.
 _DROPPED = ("writeKey", "receivedAt")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: The validator reads an int timestamp at or past 100,000,000,000 as milliseconds (1973-03-03).
+_MS_INT_MIN_US = 100_000_000_000_000
 _encode = msgspec.json.Encoder().encode
 
 
@@ -67,6 +69,19 @@ class Message(msgspec.Struct, frozen=True):
 
 def iso(us: int) -> str:
     return (_EPOCH + timedelta(microseconds=us)).isoformat()
+
+
+def stored_time(us: int) -> int | str:
+    """A time as the validator's timestamp rule takes it: whole milliseconds as an int
+    (no text to format and parse again: most SDK times are ms), else ISO 8601."""
+    if us % 1000 == 0 and us >= _MS_INT_MIN_US:
+        return us // 1000
+    return iso(us)
+
+
+def sent_time(value: Any) -> int | None:
+    """A batch's ``sentAt`` (parsed once per batch, not per message)."""
+    return _time({"sentAt": value}, "sentAt")
 
 
 def messages(body: Any, call: str | None, body_bytes: int) -> tuple[list[dict[str, Any]], Any, str | None]:
@@ -123,8 +138,14 @@ def _id(msg: dict[str, Any], key: str) -> Any:
     return str(v) if type(v) is int else v
 
 
-def decode(msg: dict[str, Any], call: str | None, batch_sent_at: Any, arrival_us: int) -> Message:
-    """One message -> the ``segment`` stream's event dict; Invalid naming the key."""
+def decode(
+    msg: dict[str, Any], call: str | None, batch_sent_us: int | None, arrival_us: int, collected: int | str
+) -> Message:
+    """One message -> the ``segment`` stream's event dict; Invalid naming the key.
+
+    ``batch_sent_us``: the batch's :func:`sent_time`; ``collected``: ``stored_time(arrival_us)``,
+    made once per request.
+    """
     kind = msg.get("type", call)
     if call is not None and kind != call:
         raise Invalid("type", "enum", f"a /v1/{call} call carries type {call!r}")
@@ -142,8 +163,7 @@ def decode(msg: dict[str, Any], call: str | None, batch_sent_at: Any, arrival_us
         raise Invalid("groupId", "required", "a group call needs groupId")
     original = _time(msg, "originalTimestamp")
     given = _time(msg, "timestamp")
-    sent_raw = msg.get("sentAt", batch_sent_at)
-    sent = _time({"sentAt": sent_raw}, "sentAt")
+    sent = _time(msg, "sentAt") if "sentAt" in msg else batch_sent_us
     if original is not None and sent is not None:
         corrected = arrival_us - (sent - original)
     elif given is not None:
@@ -160,12 +180,12 @@ def decode(msg: dict[str, Any], call: str | None, batch_sent_at: Any, arrival_us
     event["anonymous_id"] = anonymous
     event["group_id"] = _id(msg, "groupId")
     event["previous_id"] = _id(msg, "previousId")
-    event["timestamp"] = iso(corrected)
+    event["timestamp"] = stored_time(corrected)
     own = original if original is not None else given
     # Segment's definition: the client's time of the call, or the timestamp a server library passed.
-    event["original_timestamp"] = iso(own) if own is not None else None
-    event["sent_at"] = iso(sent) if sent is not None else None
-    event["collected_at"] = iso(arrival_us)
+    event["original_timestamp"] = stored_time(own) if own is not None else None
+    event["sent_at"] = stored_time(sent) if sent is not None else None
+    event["collected_at"] = collected
     message_id = msg.get("messageId")
     if message_id is not None and type(message_id) is not str:
         raise Invalid("messageId", "type", "expected a string")

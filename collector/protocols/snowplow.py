@@ -32,7 +32,6 @@ from typing import Any
 
 import msgspec
 
-from collector.protocols.segment import iso
 from collector.validate import Invalid
 
 PAYLOAD_SCHEMA = "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-"
@@ -41,7 +40,6 @@ CONTEXTS_SCHEMA = "iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-"
 #: The network user id of a tracker that asked not to be tracked (``SP-Anonymous``).
 ANONYMOUS_NUID = "00000000-0000-0000-0000-000000000000"
 _IGLU = re.compile(r"^iglu:[a-zA-Z0-9_.-]+/[a-zA-Z0-9_-]+/jsonschema/[1-9][0-9]*-[0-9]+-[0-9]+$")
-_B64_STRIP = str.maketrans("", "", "= \n\r\t")
 _decode = msgspec.json.Decoder().decode
 
 #: Fields the decoder fills: a tracker parameter of the same name would be taken for ours.
@@ -75,7 +73,7 @@ def payload_items(body: Any) -> list[Any]:
 
 def _b64json(name: str, text: str) -> Any:
     # Trackers send base64url without padding (JS) or standard base64 (some older ones).
-    raw = text.translate(_B64_STRIP).replace("-", "+").replace("_", "/")
+    raw = text.rstrip("=").replace("-", "+").replace("_", "/")
     try:
         data = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
     except (binascii.Error, ValueError):
@@ -131,11 +129,12 @@ def _ms(params: dict[str, Any], key: str) -> int | None:
     return None
 
 
-def decode(params: dict[str, Any], arrival_us: int, nuid: str | None) -> Event:
+def decode(params: dict[str, Any], nuid: str | None, collected: int | str) -> Event:
     """One event's parameters -> the ``snowplow`` stream's event dict; Invalid naming the parameter.
 
     ``params`` is consumed. ``nuid``: the network user id from the cookie (the
-    tracker's ``tnuid`` wins).
+    tracker's ``tnuid`` wins); ``collected``: the arrival as
+    :func:`collector.protocols.segment.stored_time` gives it, made once per request.
     """
     for key in _OURS:
         if key in params:
@@ -170,7 +169,7 @@ def decode(params: dict[str, Any], arrival_us: int, nuid: str | None) -> Event:
             params[new] = params.pop(old)
     if nuid is not None and not params.get("nuid"):
         params["nuid"] = nuid
-    params["collected_at"] = iso(arrival_us)
+    params["collected_at"] = collected
     return Event(params, eid, own)
 
 

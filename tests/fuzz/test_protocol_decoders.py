@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from collector.protocols import segment, snowplow
 from collector.protocols.ids import placement_us, stable_id
-from collector.validate import Invalid, make_validator
+from collector.validate import Invalid, make_validator, parse_timestamp
 from oceanus import config
 
 CFG = config.load(config.REPO_CONFIG, env={})
@@ -91,8 +91,9 @@ def test_segment_bodies_decode_or_name_a_field(body: Any, call: str | None, size
     if out is None:
         return
     raw, sent_at, _key = out
+    sent_us = _only_invalid(segment.sent_time, sent_at)
     for msg in raw:
-        m = _only_invalid(segment.decode, msg, call, sent_at, NOW_US)
+        m = _only_invalid(segment.decode, msg, call, sent_us, NOW_US, segment.stored_time(NOW_US))
         if m is not None:
             assert "writeKey" not in m.event
             _only_invalid(SEGMENT.values, dict(m.event), False)
@@ -101,7 +102,8 @@ def test_segment_bodies_decode_or_name_a_field(body: Any, call: str | None, size
 @FUZZ
 @given(msg=segment_messages, sent=times)
 def test_segment_messages_decode_or_name_a_field(msg: dict[str, Any], sent: Any) -> None:
-    m = _only_invalid(segment.decode, msg, None, sent, NOW_US)
+    sent_us = _only_invalid(segment.sent_time, sent)
+    m = _only_invalid(segment.decode, msg, None, sent_us, NOW_US, segment.stored_time(NOW_US + 1))
     if m is not None:
         _only_invalid(SEGMENT.values, dict(m.event), False)
 
@@ -135,7 +137,7 @@ def test_a_well_formed_segment_message_is_accepted_and_retries_alike(
     placed = []
     for delay in delays:
         arrival = NOW_US + delay
-        m = segment.decode(dict(msg), None, segment.iso(arrival - 1000), arrival)
+        m = segment.decode(dict(msg), None, arrival - 1000, arrival, segment.stored_time(arrival))
         row = SEGMENT.values(dict(m.event), False)
         assert row[list(CFG.streams["segment"].fields).index("message_id")] == mid
         at = placement_us(m.own_us, arrival, HOUR_US)
@@ -161,7 +163,7 @@ b64_junk = st.one_of(
 @given(p=params, ue=b64_junk, cx=b64_junk, nuid=st.none() | st.text(max_size=40))
 def test_snowplow_parameters_decode_or_name_a_parameter(p: dict[str, Any], ue: str, cx: str, nuid: str | None) -> None:
     for extra in ({}, {"ue_px": ue}, {"cx": cx}):
-        ev = _only_invalid(snowplow.decode, {**p, **extra}, NOW_US, nuid)
+        ev = _only_invalid(snowplow.decode, {**p, **extra}, nuid, segment.stored_time(NOW_US))
         if ev is not None:
             _only_invalid(SNOWPLOW.values, dict(ev.event), True)
     _only_invalid(snowplow.payload_items, {"schema": snowplow.PAYLOAD_SCHEMA + "0-4", "data": [p]})
@@ -197,7 +199,7 @@ def test_self_describing_events_round_trip_in_every_base64_form(
         stms, (encoded if padded else encoded.rstrip("="), base64.b64encode(ue).decode()), strict=True
     ):
         p = {"e": "ue", "eid": str(eid), "dtm": dtm, "stm": str(stm), "ue_px": ue_px, "co": cx.decode()}
-        ev = snowplow.decode(p, NOW_US + stm, None)
+        ev = snowplow.decode(p, None, segment.stored_time(NOW_US + stm))
         assert ev.event["ue"] == inner
         assert ev.event["contexts"] == contexts
         at = placement_us(ev.own_us, NOW_US + stm % HOUR_US, HOUR_US)
@@ -215,3 +217,9 @@ def test_stable_ids_keep_the_time_prefix_and_separate_keys(a: str, b: str, t: in
     assert x != stable_id(t, a, b"j" * 32)
     if a != b:
         assert x != stable_id(t, b, KEY)
+
+
+@given(us=st.integers(config.BIGQUERY_TIMESTAMP_MIN_US, config.BIGQUERY_TIMESTAMP_END_US - 1))
+def test_stored_times_read_back_to_the_same_microsecond(us: int) -> None:
+    assert parse_timestamp(segment.stored_time(us)) == us
+    assert parse_timestamp(segment.stored_time(us - us % 1000)) == us - us % 1000

@@ -219,6 +219,70 @@ def _probe(summary: str, media: str = "text/plain") -> dict[str, Any]:
     }
 
 
+def _protocol_paths(cfg: Config) -> dict[str, Any]:
+    """The Segment and Snowplow paths while they are on (collector/protocols/). Their bodies are the
+    vendors' formats, stated loosely here; the stream schemas say what a stored row holds."""
+    c = cfg.collector
+    paths: dict[str, Any] = {}
+    limits = _error(f"Body over {c.max_body_bytes} bytes (or {c.max_decompressed_bytes} inflated), or too many events.")
+    if c.segment.stream:
+        ok = {"description": "Stored", "content": {JSON_TYPE: {"schema": {"type": "object"}}}}
+        for call in ("batch", "track", "identify", "page", "screen", "group", "alias"):
+            paths[f"/v1/{call}"] = {
+                "post": {
+                    "operationId": f"segment_{call}",
+                    "summary": f"Segment HTTP API {call}: stored in the {c.segment.stream} stream (write key as the "
+                    "HTTP Basic user or writeKey).",
+                    "requestBody": {"required": True, "content": {JSON_TYPE: {"schema": {"type": "object"}}}},
+                    "responses": {
+                        "200": ok,
+                        "400": _error("A message broke a rule or the spec's 32 KB / 500 KB limits."),
+                        "401": _error("The write key is missing or not listed."),
+                        "413": limits,
+                        "414": _error(f"URL over {c.max_url_bytes} bytes."),
+                        "415": _error("A Content-Encoding other than gzip."),
+                        "429": _error("Over a rate limit."),
+                        "503": _error(
+                            "Redis is unreachable and the local spool is full, or the collector is draining."
+                        ),
+                    },
+                }
+            }
+    if c.snowplow.stream:
+        gif = {"description": "Stored", "content": {"image/gif": {"schema": {"type": "string", "format": "binary"}}}}
+        paths["/i"] = {
+            "get": {
+                "operationId": "snowplow_pixel",
+                "summary": f"Snowplow tracker protocol, one event in the query: stored in the {c.snowplow.stream} "
+                "stream.",
+                "responses": {
+                    "200": gif,
+                    "400": _error("A parameter broke a rule; the GIF, with X-Oceanus-Error.", pixel=True),
+                    "414": _error(f"URL over {c.max_url_bytes} bytes."),
+                    "429": _error("Over a rate limit.", pixel=True),
+                    "503": _error("Redis is unreachable and the local spool is full.", pixel=True),
+                },
+            }
+        }
+        paths["/com.snowplowanalytics.snowplow/tp2"] = {
+            "post": {
+                "operationId": "snowplow_tp2",
+                "summary": "Snowplow tracker protocol, a payload_data batch.",
+                "requestBody": {"required": True, "content": {JSON_TYPE: {"schema": {"type": "object"}}}},
+                "responses": {
+                    "200": {"description": "Stored", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    "400": _error("An event broke a rule, or the body is not payload_data."),
+                    "413": limits,
+                    "414": _error(f"URL over {c.max_url_bytes} bytes."),
+                    "415": _error("A Content-Encoding other than gzip."),
+                    "429": _error("Over a rate limit."),
+                    "503": _error("Redis is unreachable and the local spool is full, or the collector is draining."),
+                },
+            }
+        }
+    return paths
+
+
 def build(cfg: Config) -> dict[str, Any]:
     """The OpenAPI 3 document of ``cfg``'s ingestion API."""
     schemas: dict[str, Any] = {"Error": _ERROR_SCHEMA}
@@ -229,6 +293,7 @@ def build(cfg: Config) -> dict[str, Any]:
         schemas[f"{title}Form"] = event_schema(stream, cfg, text=True)
         paths[f"/b/{stream.name}"] = _pixel(stream, cfg)
         paths[f"/e/{stream.name}"] = _events(stream, cfg)
+    paths.update(_protocol_paths(cfg))
     paths["/healthz"] = _probe("Liveness: the process answers.")
     paths["/readyz"] = _probe("Readiness: Redis answers or the spool has room, and not draining.")
     return {

@@ -232,3 +232,19 @@ def test_key_lines_name_their_stream_and_errors_name_the_key(tmp_path: Any) -> N
             "[streams.pv.fields]\na = {}\n",
             env={},
         )
+
+
+def test_openapi_lists_the_protocol_paths_while_they_are_on() -> None:
+    from collector import openapi
+
+    cfg = config.load(config.REPO_CONFIG, env={})
+    paths = openapi.build(cfg)["paths"]
+    assert {"/v1/batch", "/v1/track", "/v1/alias", "/i", "/com.snowplowanalytics.snowplow/tp2"} <= set(paths)
+    assert set(paths["/v1/batch"]["post"]["responses"]) >= {"200", "400", "401", "413"}
+    off = msgspec.structs.replace(
+        cfg,
+        collector=msgspec.structs.replace(
+            cfg.collector, segment=config.SegmentConfig(), snowplow=config.SnowplowConfig()
+        ),
+    )
+    assert not {p for p in openapi.build(off)["paths"] if p.startswith(("/v1/", "/i", "/com."))}

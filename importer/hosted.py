@@ -19,6 +19,7 @@ own (k8s/base has the CronJob).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 from prometheus_client import CollectorRegistry
@@ -38,7 +39,17 @@ def hosted_imports(cfg: Config) -> list[HostedTask]:
     """The flusher's hosted task for ``cfg``'s imports: one when there are imports and the sink is DuckDB."""
     if not cfg.imports or cfg.sink.kind != "duckdb":
         return []
-    imports = list(cfg.imports.values())
+    # An import whose source variable this process lacks is left out, once, with a warning:
+    # one config serves `oceanus dev` (which sets it) and deployments that import elsewhere.
+    imports = []
+    for imp in cfg.imports.values():
+        if os.environ.get(imp.source_url_env):
+            imports.append(imp)
+        else:
+            log.warning("imports.%s: %s is not set; this flusher does not run the import", imp.name,
+                        imp.source_url_env)
+    if not imports:
+        return []
 
     def imports_in_flusher(sink: Sink, registry: CollectorRegistry, stop: threading.Event) -> None:
         from flusher.sinks.duckdb import DuckDBSink

@@ -189,12 +189,19 @@ def build_parser() -> argparse.ArgumentParser:
         "send realistic traffic to a running collector",
         "oceanus demo --events 1000",
         "oceanus demo --url http://127.0.0.1:9000 --rate 50 --seed 1",
+        "oceanus demo --shop    # a shop's members, items and orders, and their page views; then oceanus report",
     )
     p.add_argument("--url", default="http://127.0.0.1:8080", help="the collector (default: %(default)s)")
     p.add_argument("--events", type=int, default=1000, metavar="N", help="events to send (default: %(default)s)")
     p.add_argument("--rate", type=float, default=200.0, metavar="R", help="events per second (default: %(default)s)")
     p.add_argument("--report", metavar="FILE", help="write the accepted and rejected demo ids as JSON")
     p.add_argument("--seed", type=int, help="repeat the same traffic mix")
+    p.add_argument(
+        "--shop",
+        action="store_true",
+        help="the EC shop instead: its tables in DIR/shop.sqlite (imported by the flusher) and --events page views",
+    )
+    _data_dir_arg(p)
 
     p = _command(
         sub,

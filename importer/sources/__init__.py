@@ -11,6 +11,7 @@ SCHEMES: dict[str, str] = {
     "postgres": "importer.sources.postgres:PostgresSource",
     "mysql": "importer.sources.mysql:MySQLSource",
     "mariadb": "importer.sources.mysql:MySQLSource",
+    "sqlite": "importer.sources.sqlite:SQLiteSource",
 }
 
 

@@ -455,6 +455,17 @@ def summary(report: Report) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    if getattr(args, "shop", False):
+        from pathlib import Path
+
+        from oceanus.commands import demoshop
+
+        shop = demoshop.run_shop(args.url, Path(args.data_dir), args.events, getattr(args, "seed", None))
+        if getattr(args, "report", None):
+            with open(args.report, "wb") as f:
+                f.write(msgspec.json.encode(shop))
+        print(demoshop.summary(shop))
+        return 0
     report = run(
         args.url,
         args.events,

@@ -338,6 +338,8 @@ def child_env(data_dir: Path, redis_url: str) -> dict[str, str]:
     )
     # A token in the caller's environment would win over the file the CLI reads.
     env.pop("OCEANUS_QUERY_TOKEN", None)
+    # The [imports] of oceanus.toml read `oceanus demo --shop`'s file unless a real shop is named.
+    env.setdefault(devstate.SHOP_URL_ENV, "sqlite:///" + str((data_dir / devstate.SHOP_FILE).resolve()).lstrip("/"))
     return env
 
 

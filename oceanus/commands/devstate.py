@@ -10,6 +10,7 @@
     DIR/warehouse.duckdb.flusher.json
                                    written by the flusher while it holds DuckDB's
                                    single-writer lock (:mod:`oceanus.discovery`)
+    DIR/shop.sqlite                ``oceanus demo --shop``'s shop tables, imported by the flusher
     DIR/query.token                the bearer token of the flusher's POST /query,
                                    new on every start, mode 0600 (only this user
                                    may query the warehouse through the flusher)
@@ -34,6 +35,10 @@ REDIS_DIR = "redis"
 SPOOL_DIR = "spool"
 LOG_DIR = "logs"
 QUERY_TOKEN_FILE = "query.token"
+#: ``oceanus demo --shop``'s shop database, the source of the ``[imports]`` under ``oceanus dev``.
+SHOP_FILE = "shop.sqlite"
+#: The environment variable oceanus.toml's ``[imports]`` read their source URL from.
+SHOP_URL_ENV = "OCEANUS_SHOP_URL"
 #: Random bytes in a /query token (URL-safe base64: 43 characters).
 QUERY_TOKEN_BYTES = 32
 

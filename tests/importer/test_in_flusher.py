@@ -137,3 +137,19 @@ def test_flusher_killed_mid_import_then_restarted(tmp_path: Path, redis_server: 
         _stop(proc)
     assert table_count(cfg) == 20_000  # no row twice in the table itself
     assert assert_same(pg_shop, cfg) == 20_000
+
+
+def test_a_flusher_without_the_source_variable_skips_the_imports(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from importer.hosted import hosted_imports
+
+    cfg = config.load(REPO / "oceanus.toml", env={})
+    assert set(cfg.imports) == {"users", "items", "orders", "order_items"}
+    monkeypatch.delenv("OCEANUS_SHOP_URL", raising=False)
+    assert hosted_imports(cfg) == []
+    assert "imports.users: OCEANUS_SHOP_URL is not set; this flusher does not run the import" in caplog.text
+    monkeypatch.setenv("OCEANUS_SHOP_URL", "sqlite:////nonexistent/shop.sqlite")
+    assert len(hosted_imports(cfg)) == 1
+    bq = config.load(REPO / "oceanus.toml", env={"OCEANUS_SINK_KIND": "bigquery"})
+    assert hosted_imports(bq) == []  # BigQuery: `oceanus import serve` runs them

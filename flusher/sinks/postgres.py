@@ -385,9 +385,11 @@ class PostgresSink:
                     self._apply(conn, batch.stream, create, added)
                 rpos = [c for _j, c, _t in columns].index("received_at")
                 self._ensure_partitions(conn, table, (_day(v[rpos]) for v in values))
+                # Outside the write's transaction: a rollback there would take the table with it.
+                stage = self._stage(conn, table, columns)
                 try:
                     with conn.transaction():
-                        self._bulk(conn, batch.stream, columns, values)
+                        self._bulk(conn, batch.stream, stage, columns, values)
                 except psycopg.Error as exc:
                     if not _data_error(exc) or conn.broken:
                         raise
@@ -404,15 +406,15 @@ class PostgresSink:
         names = tuple(c for _j, c, _t in columns)
         stage = f"_oceanus_stage_{table}"
         if self._staged.get(table) != names:
+            self._staged.pop(table, None)
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_q(stage)))
             cols = sql.SQL(", ").join(sql.SQL("{} {}").format(_q(c), sql.SQL(STAGE_TYPES[t])) for _j, c, t in columns)
             conn.execute(sql.SQL("CREATE TEMPORARY TABLE {} ({}) ON COMMIT DELETE ROWS").format(_q(stage), cols))
             self._staged[table] = names
         return stage
 
-    def _bulk(self, conn: psycopg.Connection[Any], stream: StreamConfig,
+    def _bulk(self, conn: psycopg.Connection[Any], stream: StreamConfig, stage: str,
               columns: Sequence[tuple[int, str, FieldType]], values: Sequence[tuple[Any, ...]]) -> None:
-        stage = self._stage(conn, stream.name, columns)
         names = [c for _j, c, _t in columns]
         with conn.cursor() as cur:
             with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(

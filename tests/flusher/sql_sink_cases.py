@@ -281,3 +281,15 @@ def test_oceanus_query_asks_the_server(
     assert capsys.readouterr().out == "n,sid\n2,2\n3,3\n"
     with pytest.raises(QueryError, match="only read-only statements"):
         query.main(argparse.Namespace(**{**vars(args), "sql": "DROP TABLE pv"}))
+
+
+def test_a_refusal_in_a_connections_first_write_leaves_the_next_writes_working(
+    wh: SqlWarehouse, sink: SqlSink, tmp_path: Path
+) -> None:
+    # Whatever the first write on a connection sets up (a staging table) must survive its rollback.
+    wh.execute("ALTER TABLE {s}.pv ADD CONSTRAINT n_not_3 CHECK (n <> 3)")
+    stream = batch_of(wh, tmp_path, []).stream
+    rows = make_rows(stream, 10)
+    assert [e.index for e in sink.write(batch_of(wh, tmp_path, rows[:5]), NoState()).rejected] == [3]
+    assert sink.write(batch_of(wh, tmp_path, rows[5:]), NoState()).rejected == ()
+    assert [n for _e, n in stored(wh)] == [0, 1, 2, 4, 5, 6, 7, 8, 9]

@@ -1,4 +1,4 @@
-"""``python -m bench flusher --rows N [--json] [--mode duckdb|insert_all|storage_write|load]``
+"""``python -m bench flusher --rows N [--json] [--mode duckdb|postgres|mysql|insert_all|storage_write|load]``
 
 DuckDB mode: pre-fills a real redis-server (a child on a free port, AOF with
 ``appendfsync always`` as in the k8s Redis) with N realistic pageview rows as
@@ -6,6 +6,10 @@ collector frames, then runs the real flusher loop (claim -> decode -> DuckDB
 -> release) into a DuckDB file in a temp dir until the queue and the in-flight
 keys are empty. Reports rows/s of the drain and the flusher process's CPU time
 per row (all its threads; redis-server is a separate process, not counted).
+
+The postgres and mysql modes run the same drain into the machine's PostgreSQL
+(127.0.0.1:5432, db test) or MariaDB (127.0.0.1:3306), in a schema / database
+of their own that is dropped afterwards.
 
 The BigQuery modes are measured by ``bench.flusher_bigquery.run(mode, rows)``.
 """
@@ -37,6 +41,8 @@ PUSH_CHUNK_FRAMES = 200
 #: The drain must finish within this (seconds); the bench fails rather than hang.
 DRAIN_TIMEOUT_S = 600.0
 BIGQUERY_MODES = ("insert_all", "storage_write", "load")
+#: The SQL-server sinks, measured against the machine's PostgreSQL / MariaDB.
+SQL_MODES = ("postgres", "mysql")
 #: Age of the pre-filled events (ns): older than any stream's linger.
 BACKLOG_AGE_NS = 600 * 10**9
 
@@ -173,10 +179,55 @@ def run_duckdb(rows: int, frame_rows: int, max_rows: int | None) -> dict[str, An
             server.stop()
 
 
+def run_sql(kind: str, rows: int, frame_rows: int, max_rows: int | None) -> dict[str, Any]:
+    """The same drain into PostgreSQL or MariaDB/MySQL: the machine's server, a schema (PostgreSQL) or
+    database (MySQL) of its own, dropped afterwards. The server's CPU is not in ``cpu_us_per_row``."""
+    import os
+
+    from flusher.sinks import make_sink
+    from tests.support.servers import RedisServer
+    from tests.support.sqlwarehouse import open_warehouse
+
+    wh = open_warehouse(kind)
+    with tempfile.TemporaryDirectory(prefix="oceanus-bench-") as tmp:
+        server = RedisServer(Path(tmp) / "redis").start()
+        try:
+            os.environ.update(wh.env())  # the sink reads its URL from the variable url_env names
+            cfg = config.load(config.REPO_CONFIG, env={
+                "OCEANUS_REDIS_URL": server.url, "OCEANUS_FLUSHER_ADMIN_PORT": "0", **wh.env(),
+            })
+            cfg = wh.configure(cfg)
+            stream = cfg.streams["pageview"]
+            if max_rows is not None:
+                stream = msgspec.structs.replace(stream, batch=msgspec.structs.replace(stream.batch, max_rows=max_rows))
+            cfg = msgspec.structs.replace(cfg, streams={"pageview": stream})
+            keys = Keys(cfg.redis.key_prefix)
+            print(f"pre-filling {rows:,} pageview rows ({frame_rows} per frame)...", file=sys.stderr)
+            frames = prefill(server.client(), keys, stream, rows, frame_rows)
+            sink = make_sink(cfg)
+            sink.ensure_tables([stream])
+            flusher = Flusher(cfg, sink)
+            seconds, cpu = asyncio.run(_drain(flusher, "pageview"))
+            stored = wh.rows("SELECT count(*), count(DISTINCT event_id) FROM {s}.pageview")[0]
+            if tuple(stored) != (rows, rows):
+                raise RuntimeError(f"expected {rows} distinct rows in {kind}, found {stored}")
+            return {
+                "bench": "flusher", "mode": kind, "rows": rows, "frames": frames, "rows_per_frame": frame_rows,
+                "seconds": round(seconds, 3), "rows_per_s": round(rows / seconds),
+                "cpu_us_per_row": round(cpu / rows * 1e6, 2),
+                "final_target_rows": flusher.workers["pageview"].controller.target_rows,
+                "sink_write_share": round((flusher.metrics.registry.get_sample_value(
+                    "oceanus_sink_write_duration_seconds_sum", {"stream": "pageview"}) or 0.0) / seconds, 3),
+            }
+        finally:
+            server.stop()
+            wh.drop()
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m bench flusher")
     p.add_argument("--rows", type=int, default=200_000)
-    p.add_argument("--mode", choices=("duckdb", *BIGQUERY_MODES), default="duckdb")
+    p.add_argument("--mode", choices=("duckdb", *SQL_MODES, *BIGQUERY_MODES), default="duckdb")
     p.add_argument("--frame-rows", type=int, default=DEFAULT_FRAME_ROWS, help="rows per collector frame")
     p.add_argument("--max-rows", type=int, help="override the stream's batch.max_rows")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
@@ -185,6 +236,8 @@ def main(argv: list[str]) -> int:
         p.error("--rows must be positive")
     if args.mode == "duckdb":
         result = run_duckdb(args.rows, args.frame_rows, args.max_rows)
+    elif args.mode in SQL_MODES:
+        result = run_sql(args.mode, args.rows, args.frame_rows, args.max_rows)
     else:
         try:
             from bench import flusher_bigquery

@@ -9,7 +9,8 @@ which tables it reads. They join the ``ecview`` events with the shop tables
 DuckDB goes the way ``oceanus query`` goes: the flusher's ``POST /query`` (with
 its token) while a flusher holds the file, else the file opened read-only.
 BigQuery runs the query through the client, with ``sink.bigquery.dataset`` as
-the default dataset so the SQL names tables without it. Other warehouses: print
+the default dataset so the SQL names tables without it; PostgreSQL through the
+sink's read-only query (its schema on the search path). Other warehouses: print
 the SQL with ``--sql`` and run it there.
 """
 
@@ -23,7 +24,7 @@ from pathlib import Path
 from flusher.sinks.common import plain
 from oceanus import config as config_mod
 from oceanus.commands import UsageError, devstate
-from oceanus.commands.query import FORMATTERS, QueryError, Result, query_token, run_sql_at
+from oceanus.commands.query import FORMATTERS, QueryError, Result, query_token, run_sql_at, run_sql_sink
 from oceanus.config import Config
 
 #: The dialects a report may be written in; ``sink.kind`` picks one.
@@ -93,8 +94,11 @@ def run_report(cfg: Config, name: str, data_dir: Path) -> Result:
         return run_duckdb(cfg, data_dir, sql_for(name, "duckdb"))
     if kind == "bigquery":
         return run_bigquery(cfg, sql_for(name, "bigquery"))
-    raise UsageError(f"oceanus report runs on DuckDB and BigQuery; for sink.kind = {kind!r} print the SQL with "
-                     f"`oceanus report {name} --sql --dialect postgres` and run it there")
+    if kind == "postgres":
+        # The server itself, read-only, as `oceanus query` asks it (the sink's schema first on the search_path).
+        return run_sql_sink(cfg, sql_for(name, "postgres"))
+    raise UsageError(f"oceanus report has no {kind} version of its SQL; print the PostgreSQL one with "
+                     f"`oceanus report {name} --sql --dialect postgres` and adapt it")
 
 
 def list_reports() -> str:

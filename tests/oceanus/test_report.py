@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +148,47 @@ def warehouse(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_report_on_duckdb(warehouse: Path, name: str) -> None:
     result = report.run_report(_shop_config(warehouse), name, warehouse.parent)
+    assert (result.columns, result.rows) == EXPECTED[name]
+
+
+# --------------------------------------------------------------------------- PostgreSQL, the machine's server
+
+
+@pytest.fixture
+def pg_warehouse(monkeypatch: pytest.MonkeyPatch) -> Iterator[config.Config]:
+    """The PostgreSQL sink's ecview table and _dedup view in a schema of this test, with the shop beside it."""
+    import psycopg
+
+    from flusher.sinks.postgres import PostgresSink
+    from tests.support.sqlwarehouse import warehouse
+
+    try:
+        ctx = warehouse("postgres")
+        wh = ctx.__enter__()
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL is not reachable ({exc})")
+    try:
+        for key, value in wh.env().items():
+            monkeypatch.setenv(key, value)
+        cfg = wh.configure(config.load(REPO / "oceanus.toml", env={}))
+        sink = PostgresSink(cfg)
+        try:
+            sink.ensure_tables([cfg.streams["ecview"]])
+        finally:
+            sink.close()
+        wh.execute("SET TimeZone = 'UTC'")
+        # The sink makes day partitions as batches need them; these hand-written rows go to a default one.
+        wh.execute("CREATE TABLE {s}.ecview_rest PARTITION OF {s}.ecview DEFAULT")
+        for sql in shop_statements("postgres", prefix="{s}."):
+            wh.execute(sql)
+        yield cfg
+    finally:
+        ctx.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_report_on_postgres(pg_warehouse: config.Config, name: str) -> None:
+    result = report.run_report(pg_warehouse, name, Path("/nonexistent"))
     assert (result.columns, result.rows) == EXPECTED[name]
 
 

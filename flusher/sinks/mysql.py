@@ -97,6 +97,8 @@ MYSQL_DATA_TYPES: dict[FieldType, frozenset[str]] = {
 SERVER_TYPES = {"event_id": ("CHAR(32) CHARACTER SET ascii NOT NULL", frozenset({"char"})),
                 "received_at": ("DATETIME(6) NOT NULL", frozenset({"datetime"}))}
 QUERY_TIMEOUT_S = 10.0
+#: MySQL's identifier length.
+MAX_IDENTIFIER = 64
 #: Warning 1062: a duplicate key that INSERT IGNORE skipped; any other warning is a coerced value.
 DUPLICATE_KEY = 1062
 SESSION_INIT = ("SET time_zone = '+00:00', sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION', "
@@ -293,6 +295,9 @@ class MySQLSink:
                 raise self._fail(exc, "cannot create or migrate tables") from None
 
     def _plan(self, cur: pymysql.cursors.Cursor, stream: StreamConfig) -> tuple[bool, list[tuple[str, FieldType]]]:
+        if len(stream.name + DEDUP_VIEW_SUFFIX) > MAX_IDENTIFIER:
+            raise ConfigError(f"streams.{stream.name}: MySQL names are at most {MAX_IDENTIFIER} characters and the "
+                              f"view {stream.name}{DEDUP_VIEW_SUFFIX} would be longer; shorten the stream's name")
         existing = self._existing(cur, stream.name)
         if not existing:
             return True, column_types(stream)

@@ -105,6 +105,8 @@ STAGE_TYPES: dict[FieldType, str] = {
 #: A query's timeout when the caller gives none (seconds; flusher.query_timeout_s).
 QUERY_TIMEOUT_S = 10.0
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+#: PostgreSQL's identifier length (NAMEDATALEN - 1); longer names are cut without an error.
+MAX_IDENTIFIER = 63
 
 #: SQLSTATEs, by what the worker should do (https://www.postgresql.org/docs/current/errcodes-appendix.html).
 _TRANSIENT_STATES: dict[str, Reason] = {
@@ -171,12 +173,18 @@ def _q(*names: str) -> sql.Composable:
     return sql.Identifier(*names)
 
 
+def short_name(prefix: str, table: str, suffix: str) -> str:
+    """``prefix + table + suffix``; past PostgreSQL's 63 bytes (where it would cut names silently, and two
+    long tables could share one) the table's name is shortened and a hash of it added."""
+    if len(prefix) + len(table) + len(suffix) <= MAX_IDENTIFIER:
+        return prefix + table + suffix
+    keep = MAX_IDENTIFIER - len(prefix) - len(suffix) - 9
+    return f"{prefix}{table[:keep]}_{hashlib.sha1(table.encode()).hexdigest()[:8]}{suffix}"
+
+
 def partition_name(table: str, day: dt.date) -> str:
-    """``<table>_pYYYYMMDD``, shortened with a hash past PostgreSQL's 63 bytes."""
-    suffix = f"_p{day:%Y%m%d}"
-    if len(table) + len(suffix) <= 63:
-        return table + suffix
-    return f"{table[:44]}_{hashlib.sha1(table.encode()).hexdigest()[:8]}{suffix}"
+    """``<table>_pYYYYMMDD`` (shortened with a hash past 63 bytes)."""
+    return short_name("", table, f"_p{day:%Y%m%d}")
 
 
 def _converters(columns: Sequence[tuple[int, str, FieldType]]) -> list[Converter]:
@@ -302,6 +310,9 @@ class PostgresSink:
                 raise self._fail(exc, "cannot create or migrate tables") from None
 
     def _plan(self, conn: psycopg.Connection[Any], stream: StreamConfig) -> tuple[bool, list[tuple[str, FieldType]]]:
+        if len(stream.name + DEDUP_VIEW_SUFFIX) > MAX_IDENTIFIER:
+            raise ConfigError(f"streams.{stream.name}: PostgreSQL names are at most {MAX_IDENTIFIER} bytes and the "
+                              f"view {stream.name}{DEDUP_VIEW_SUFFIX} would be longer; shorten the stream's name")
         existing = self._existing(conn, stream.name)
         if not existing:
             return True, column_types(stream)
@@ -363,10 +374,16 @@ class PostgresSink:
             if (table, day) in self._partitions:
                 continue
             lo = dt.datetime.combine(day, dt.time(), dt.UTC)
+            # Another flusher may make it between IF NOT EXISTS's check and this one's catalog insert.
+            with contextlib.suppress(psycopg.errors.DuplicateTable, psycopg.errors.UniqueViolation):
+                self._create_partition(conn, table, day, lo)
+            self._partitions.add((table, day))
+
+    def _create_partition(self, conn: psycopg.Connection[Any], table: str, day: dt.date, lo: dt.datetime) -> None:
+        with conn.transaction():
             conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
                 _q(self.schema, partition_name(table, day)), _q(self.schema, table),
                 sql.Literal(lo.isoformat()), sql.Literal((lo + dt.timedelta(days=1)).isoformat())))
-            self._partitions.add((table, day))
 
     # ------------------------------------------------------------------ writes
 
@@ -404,7 +421,7 @@ class PostgresSink:
     def _stage(self, conn: psycopg.Connection[Any], table: str, columns: Sequence[tuple[int, str, FieldType]]) -> str:
         """The connection's staging table for ``table`` with exactly these columns (made when they change)."""
         names = tuple(c for _j, c, _t in columns)
-        stage = f"_oceanus_stage_{table}"
+        stage = short_name("_oceanus_stage_", table, "")
         if self._staged.get(table) != names:
             self._staged.pop(table, None)
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_q(stage)))

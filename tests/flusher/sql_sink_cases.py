@@ -293,3 +293,11 @@ def test_a_refusal_in_a_connections_first_write_leaves_the_next_writes_working(
     assert [e.index for e in sink.write(batch_of(wh, tmp_path, rows[:5]), NoState()).rejected] == [3]
     assert sink.write(batch_of(wh, tmp_path, rows[5:]), NoState()).rejected == ()
     assert [n for _e, n in stored(wh)] == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+
+
+def test_a_stream_whose_view_name_is_too_long_is_refused(wh: SqlWarehouse, sink: SqlSink, tmp_path: Path) -> None:
+    name = "p" * 59  # + "_dedup": 65, past both servers' identifier length
+    toml = STREAMS_TOML.replace("[streams.pv", f"[streams.{name}")
+    stream = sink_config(wh, tmp_path, toml).streams[name]
+    with pytest.raises(ConfigError, match=rf"^streams\.{name}: .* at most 6[34] .*shorten the stream's name"):
+        sink.ensure_tables([stream])

@@ -18,6 +18,7 @@ from tests.flusher.sql_sink_cases import (  # noqa: F401 - the shared cases, col
     test_a_real_deadlock_is_transient,
     test_a_refusal_in_a_connections_first_write_leaves_the_next_writes_working,
     test_a_row_the_server_refuses_is_found_and_the_rest_written,
+    test_a_stream_whose_view_name_is_too_long_is_refused,
     test_bad_values_are_rejected_per_row_and_the_rest_written,
     test_connection_failures_are_classified,
     test_new_field_becomes_a_nullable_column,
@@ -138,3 +139,45 @@ def test_the_url_variable_is_not_taken_for_a_config_key() -> None:
     assert cfg.sink.mysql.url_env == "OCEANUS_SHOP_DW"
     with pytest.raises(ConfigError, match=r"^OCEANUS_SHOP_DX: not a configuration key"):
         config.loads(text, env={"OCEANUS_SHOP_DX": "mysql://root@db/x"})
+
+
+def test_two_flushers_making_the_same_partitions_at_once(
+    wh: SqlWarehouse, sink: PostgresSink, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from tests.flusher.sql_sink_cases import sink_config
+
+    others = [PostgresSink(sink_config(wh, tmp_path)) for _ in range(3)]
+    start = threading.Barrier(len(others))
+    errors: list[BaseException] = []
+    days = [dt.date(2020, 1, 1) + dt.timedelta(days=d) for d in range(40)]
+
+    def make(s: PostgresSink) -> None:
+        conn = s._connection()
+        start.wait(10)
+        try:
+            s._ensure_partitions(conn, "pv", days)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=make, args=(s,)) for s in others]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        for s in others:
+            s.close()
+    assert errors == []
+    assert len([p for p in partitions(wh) if p.startswith("pv_p2020")]) == 40
+
+
+def test_names_past_63_bytes() -> None:
+    from flusher.sinks.postgres import short_name
+
+    a, b = "a" * 60, "a" * 59 + "b"
+    assert short_name("_oceanus_stage_", "pageview", "") == "_oceanus_stage_pageview"
+    assert len(short_name("_oceanus_stage_", a, "")) == 63
+    assert short_name("_oceanus_stage_", a, "") != short_name("_oceanus_stage_", b, "")

@@ -47,8 +47,10 @@ def _unit_tier_starts_no_server() -> Iterator[None]:
     mp = pytest.MonkeyPatch()
 
     def refuse(self: object, *args: object, **kwargs: object) -> None:
-        raise RuntimeError(f"{type(self).__name__} started in the unit tier: mark the test "
-                           "`pytest.mark.integration` (or use a server fixture, which marks it)")
+        raise RuntimeError(
+            f"{type(self).__name__} started in the unit tier: mark the test "
+            "`pytest.mark.integration` (or use a server fixture, which marks it)"
+        )
 
     mp.setattr(RedisServer, "start", refuse)
     mp.setattr(BigQueryEmulator, "start", refuse)
@@ -56,6 +58,7 @@ def _unit_tier_starts_no_server() -> Iterator[None]:
         yield
     finally:
         mp.undo()
+
 
 # pytest-timeout raises in the main thread, which needs the GIL; a test frozen
 # with the GIL held (a C-level deadlock) would never see it. faulthandler's
@@ -69,7 +72,10 @@ WATCHDOG_EXTRA_S = 120.0
 def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, None, None]:
     marker = item.get_closest_marker("timeout")
     timeout = float(marker.args[0]) if marker and marker.args else float(item.config.getini("timeout") or 300)
-    faulthandler.dump_traceback_later(timeout + WATCHDOG_EXTRA_S, exit=True, file=sys.__stderr__)
+    # sys.__stderr__ (not pytest's capture) is None only without a console; faulthandler's own
+    # default, sys.stderr, is then the one left.
+    out = sys.__stderr__ if sys.__stderr__ is not None else sys.stderr
+    faulthandler.dump_traceback_later(timeout + WATCHDOG_EXTRA_S, exit=True, file=out)
     try:
         yield
     finally:

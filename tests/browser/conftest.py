@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from oceanus.buffer import Keys, decode_frame
-from tests.support.servers import RedisServer, free_port, kill_group, wait_for
+from tests.support.servers import RedisServer, as_bytes_list, free_port, kill_group, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "tests" / "artifacts"
@@ -96,7 +96,7 @@ class LiveCollector:
         """The stream's rows in Redis, in arrival order (frames decoded)."""
         client = self.redis.client()
         try:
-            items = client.lrange(Keys().queue(stream), 0, -1)
+            items = as_bytes_list(client.lrange(Keys().queue(stream), 0, -1))
         finally:
             client.close()
         out: list[dict[str, Any]] = []

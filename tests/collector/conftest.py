@@ -9,7 +9,7 @@ import pytest
 
 from oceanus import config
 from oceanus.buffer import Keys, decode_frame
-from tests.support.servers import RedisServer
+from tests.support.servers import RedisServer, as_bytes_list
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,10 +41,10 @@ def queued_rows(server: RedisServer, stream: str) -> list[dict[str, Any]]:
     """Every row in the stream's Redis list, as dicts (frames decoded)."""
     client = server.client()
     try:
-        items = client.lrange(Keys().queue(stream), 0, -1)
+        items = as_bytes_list(client.lrange(Keys().queue(stream), 0, -1))
     finally:
         client.close()
-    out = []
+    out: list[dict[str, Any]] = []
     for item in items:
         columns, rows = decode_frame(item)
         out.extend(dict(zip(columns, row, strict=True)) for row in rows)

@@ -104,17 +104,17 @@ def _answers(socks: list[socket.socket], within_s: float) -> list[bytes]:
             sel.register(s, selectors.EVENT_READ)
         while open_ and time.monotonic() < deadline:
             for key, _ in sel.select(max(0.0, deadline - time.monotonic())):
-                s = key.fileobj
-                assert isinstance(s, socket.socket)
+                ready = key.fileobj
+                assert isinstance(ready, socket.socket)
                 try:
-                    chunk = s.recv(65536)
+                    chunk = ready.recv(65536)
                 except ConnectionResetError:
                     chunk = b""
                 if chunk:
-                    got[s] += chunk
+                    got[ready] += chunk
                 else:
-                    open_.discard(s)
-                    sel.unregister(s)
+                    open_.discard(ready)
+                    sel.unregister(ready)
     for s in socks:
         s.close()
     return [b"OPEN" if s in open_ else got[s] for s in socks]

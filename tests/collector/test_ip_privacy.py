@@ -11,6 +11,7 @@ import pytest
 from collector.app import App
 from collector.enrich import IpHasher, ip_store, truncate_ip
 from oceanus import config
+from oceanus.errors import ConfigError
 from tests.collector.asgi import request, running
 from tests.collector.conftest import queued_rows
 from tests.support.servers import RedisServer
@@ -64,11 +65,11 @@ def test_full_and_none() -> None:
 
 def test_hash_mode_wants_a_long_key() -> None:
     text = "[streams.s.fields.a]\n"
-    with pytest.raises(config.ConfigError, match=r"collector: `ip_hash_key` must hold at least 32"):
+    with pytest.raises(ConfigError, match=r"collector: `ip_hash_key` must hold at least 32"):
         config.loads(text, env={"OCEANUS_COLLECTOR_IP_MODE": "hash", "OCEANUS_COLLECTOR_IP_HASH_KEY": "x" * 31})
     cfg = config.loads(text, env={"OCEANUS_COLLECTOR_IP_MODE": "hash", "OCEANUS_COLLECTOR_IP_HASH_KEY": KEY})
     assert (cfg.collector.ip_mode, cfg.collector.ip_hash_key) == ("hash", KEY)
-    with pytest.raises(config.ConfigError, match=r"collector\.ip_mode"):
+    with pytest.raises(ConfigError, match=r"collector\.ip_mode"):
         config.loads(text, env={"OCEANUS_COLLECTOR_IP_MODE": "partial"})
 
 

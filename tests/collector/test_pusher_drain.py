@@ -20,7 +20,7 @@ from collector.spool import usage
 from oceanus import config
 from tests.collector.asgi import request, running
 from tests.collector.conftest import queued_rows
-from tests.collector.test_server import Collector, _get, collector_factory  # noqa: F401 - the fixture
+from tests.collector.test_server import CollectorFactory, _get, collector_factory  # noqa: F401 - the fixture
 from tests.support.servers import RedisServer, free_port
 
 MakeConfig = Callable[..., config.Config]
@@ -86,11 +86,17 @@ async def test_a_redis_back_within_the_drain_budget_still_gets_the_spool(
     assert [int(r["sid"], 16) for r in queued_rows(redis_server, "pageview")] == list(range(5))
 
 
-def test_collector_exits_non_zero_with_its_spool_unreplayed(collector_factory: type[Collector],  # noqa: F811
-                                                            tmp_path: Path) -> None:
+def test_collector_exits_non_zero_with_its_spool_unreplayed(
+    collector_factory: CollectorFactory,  # noqa: F811
+    tmp_path: Path,
+) -> None:
     # Redis never comes up: every acknowledged event is in the spool when SIGTERM lands.
-    c = collector_factory(workers=1, OCEANUS_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
-                          OCEANUS_REDIS_TIMEOUT_S="0.5", OCEANUS_COLLECTOR_DRAIN_TIMEOUT_S="1")
+    c = collector_factory(
+        workers=1,
+        OCEANUS_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+        OCEANUS_REDIS_TIMEOUT_S="0.5",
+        OCEANUS_COLLECTOR_DRAIN_TIMEOUT_S="1",
+    )
     assert [_get(c.port, f"/b/pageview?sid={i:x}&evt=view")[0] for i in range(5)] == [200] * 5
     c.proc.send_signal(signal.SIGTERM)
     code = c.proc.wait(timeout=20)
@@ -100,8 +106,10 @@ def test_collector_exits_non_zero_with_its_spool_unreplayed(collector_factory: t
     assert f"exiting with {left} bytes of acknowledged events not replayed" in c.log.read_text()
 
 
-def test_collector_exits_zero_once_its_spool_is_replayed(collector_factory: type[Collector],  # noqa: F811
-                                                         tmp_path: Path) -> None:
+def test_collector_exits_zero_once_its_spool_is_replayed(
+    collector_factory: CollectorFactory,  # noqa: F811
+    tmp_path: Path,
+) -> None:
     redis = RedisServer(tmp_path / "late-redis", port=free_port())
     c = collector_factory(workers=1, OCEANUS_REDIS_URL=redis.url, OCEANUS_REDIS_TIMEOUT_S="0.5")
     try:

@@ -12,6 +12,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -86,8 +87,14 @@ class Collector:
             os.killpg(self.proc.pid, signal.SIGKILL)
 
 
+class CollectorFactory(Protocol):
+    """The ``collector_factory`` fixture: a collector on this test's Redis, stopped at teardown."""
+
+    def __call__(self, workers: int = 2, **env: str) -> Collector: ...
+
+
 @pytest.fixture
-def collector_factory(redis_server: RedisServer, tmp_path: Path) -> Iterator[type[Collector]]:
+def collector_factory(redis_server: RedisServer, tmp_path: Path) -> Iterator[CollectorFactory]:
     started: list[Collector] = []
 
     class Factory(Collector):
@@ -103,7 +110,7 @@ def collector_factory(redis_server: RedisServer, tmp_path: Path) -> Iterator[typ
 
 
 def test_pixel_through_granian_workers_and_merged_metrics(
-    collector_factory: type[Collector], redis_server: RedisServer
+    collector_factory: CollectorFactory, redis_server: RedisServer
 ) -> None:
     c = collector_factory(workers=2)
     statuses = [_get(c.port, f"/b/pageview?sid={i:x}&evt=view")[0] for i in range(20)]
@@ -135,7 +142,7 @@ def _server_rx_queues(port: int) -> list[int]:
 
 
 def test_sigterm_drains_in_flight_events_and_exits_zero(
-    collector_factory: type[Collector], redis_server: RedisServer
+    collector_factory: CollectorFactory, redis_server: RedisServer
 ) -> None:
     # A linger longer than the drain keeps the events queued in the workers when the
     # signal lands: only the drain itself can get them out in time.
@@ -193,7 +200,7 @@ def _spooled_pids(spool: Path) -> set[int]:
     return {int(f.name.split("-")[1]) for f in spool.glob("spool-*.log") if f.stat().st_size > 0}
 
 
-def test_killed_worker_is_respawned_and_its_spool_replayed(collector_factory: type[Collector], tmp_path: Path) -> None:
+def test_killed_worker_is_respawned_and_its_spool_replayed(collector_factory: CollectorFactory, tmp_path: Path) -> None:
     # Redis is not up yet (connection refused): every acknowledged event is in a spool file.
     redis = RedisServer(tmp_path / "late-redis", port=free_port())
     c = collector_factory(workers=2, OCEANUS_REDIS_URL=redis.url, OCEANUS_REDIS_TIMEOUT_S="0.5")

@@ -20,7 +20,7 @@ from oceanus import config
 from oceanus.buffer import Keys, decode_frame, encode_frame
 from tests.collector.asgi import request, running
 from tests.collector.conftest import frame_count
-from tests.support.servers import RedisServer
+from tests.support.servers import RedisServer, as_bytes_list
 
 MakeConfig = Callable[..., config.Config]
 Record = tuple[str, bytes]
@@ -156,7 +156,7 @@ async def test_the_collector_replays_around_a_corrupt_record_and_counts_it(
     assert f'oceanus_spool_quarantined_bytes_total{{reason="corrupt"}} {offsets[3] - offsets[2]}.0' in metrics
     client = redis_server.client()
     try:
-        items = client.lrange(Keys().queue("pageview"), 0, -1)
+        items = as_bytes_list(client.lrange(Keys().queue("pageview"), 0, -1))
     finally:
         client.close()
     assert [decode_frame(f)[1][0][0] for f in items] == ["0", "1", "3", "4", "5"]

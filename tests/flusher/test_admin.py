@@ -209,7 +209,12 @@ def test_writes_continue_while_eight_slow_queries_run(redis_server: RedisServer,
         assert took < timeout_s, f"the writes took {took:.1f}s with queries running"
         status, _, _ = await _call(url + "/healthz")
         assert status == 200
-        await asyncio.get_running_loop().run_in_executor(None, lambda: [t.join(60) for t in threads])
+
+        def join_all() -> None:
+            for t in threads:
+                t.join(60)
+
+        await asyncio.get_running_loop().run_in_executor(None, join_all)
 
     run_flusher(cfg, DuckDBSink(cfg), body)
     statuses = sorted(s for s, _ in answers)

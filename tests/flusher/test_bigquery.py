@@ -78,7 +78,7 @@ def _query(bq_emulator: BigQueryEmulator, sql: str) -> list[dict[str, Any]]:
         job = client.query(sql, retry=bigquery.DEFAULT_RETRY.with_deadline(5))
         return [dict(r.items()) for r in job.result()]
     finally:
-        client.close()  # type: ignore[no-untyped-call]
+        client.close()
 
 
 def _stored_ids(bq_emulator: BigQueryEmulator, table_id: str) -> list[str]:
@@ -129,7 +129,7 @@ def test_table_partitioned_clustered_and_sync_idempotent(bq_emulator: BigQueryEm
         table = client.get_table(sink.table_id(stream))
         view = client.get_table(sink.dedup_view_id(stream))
     finally:
-        client.close()  # type: ignore[no-untyped-call]
+        client.close()
     assert table.time_partitioning is not None
     assert (table.time_partitioning.type_, table.time_partitioning.field) == ("DAY", "received_at")
     assert table.clustering_fields == ["s", "n"]
@@ -384,7 +384,7 @@ def test_added_field_becomes_a_nullable_column(bq_emulator: BigQueryEmulator, pr
             # Emulator only: update_table changes its metadata but not its storage.
             client.query(f"ALTER TABLE `{sink2.table_id(stream)}` ADD COLUMN score FLOAT64").result()
         finally:
-            client.close()  # type: ignore[no-untyped-call]
+            client.close()
         assert (table.schema[-1].name, table.schema[-1].field_type, table.schema[-1].mode) == (
             "score",
             "FLOAT64",
@@ -437,7 +437,7 @@ def test_error_mapping_from_service_exceptions() -> None:
     assert isinstance(classify(too_big, "w"), PayloadTooLarge)
     assert not classify(err(gexc.Forbidden, "accessDenied"), "w").retryable
     assert not classify(err(gexc.NotFound, "notFound"), "w").retryable
-    wrapped = gexc.RetryError("deadline", cause=requests.exceptions.ReadTimeout("read timed out"))  # type: ignore[no-untyped-call]
+    wrapped = gexc.RetryError("deadline", cause=requests.exceptions.ReadTimeout("read timed out"))
     assert classify(wrapped, "w").reason == "timeout"
     assert classify(requests.exceptions.ConnectionError("refused"), "w").reason == "connection"
 

@@ -128,7 +128,7 @@ def _rows(bq_emulator: BigQueryEmulator, table: str) -> list[dict[str, Any]]:
     try:
         return [dict(r.items()) for r in client.query(f"SELECT * FROM `{table}`").result()]
     finally:
-        client.close()  # type: ignore[no-untyped-call]
+        client.close()
 
 
 def _setup(

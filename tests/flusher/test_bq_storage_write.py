@@ -34,7 +34,7 @@ from flusher.sinks.bigquery.storage_write import STATE_OFFSET, STATE_STREAM, Sto
 from oceanus.config import Config
 from oceanus.errors import Reason, SinkError, TransientError
 from tests.support.bq_modes import MemState, batch, mode_config, mode_sink
-from tests.support.servers import BigQueryEmulator, RedisServer, wait_for
+from tests.support.servers import BigQueryEmulator, RedisServer, as_bytes, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 REPO = Path(__file__).resolve().parents[2]
@@ -379,7 +379,7 @@ def test_kill9_mid_append_then_resume_zero_duplicates_zero_loss(
         for no in started:
             if no in done:
                 continue
-            values = {k.decode(): v.decode() for k, v in r.hgetall(f"state:b{no}").items()}
+            values = {as_bytes(k).decode(): as_bytes(v).decode() for k, v in r.hgetall(f"state:b{no}").items()}
             assert values[STATE_STREAM], "the reservation is persisted before the first append"
             st = MemState(values)
             assert sink.write(batch(ev, no, 30, pad=250), st).written == 30

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from flusher.claim import _CLAIM_LUA, _RECLAIM_LUA, STATE_BATCH_ID, Claimer, RedisWriteState
 from oceanus.buffer import Keys
 from tests.flusher.helpers import make_config, push_frames
-from tests.support.servers import RedisServer
+from tests.support.servers import RedisServer, as_bytes
 from tests.support.tcpproxy import ReplyDropProxy
 
 KEYS = Keys("t")
@@ -145,7 +145,7 @@ def test_a_claim_whose_reply_was_lost_is_recovered_by_its_owner(redis_server: Re
         with pytest.raises(redis.exceptions.ConnectionError):
             await owner.claim("pv", 3)
         assert proxy.dropped == 1
-        stranded = [m.decode() for m in client.smembers(KEYS.inflight_index("pv"))]
+        stranded = [as_bytes(m).decode() for m in client.smembers(KEYS.inflight_index("pv"))]
         assert len(stranded) == 1
         assert client.llen(stranded[0]) == 3
         batch_id = client.hget(KEYS.state(stranded[0]), STATE_BATCH_ID)
@@ -159,7 +159,7 @@ def test_a_claim_whose_reply_was_lost_is_recovered_by_its_owner(redis_server: Re
         assert owner.holds(again.key)
         assert again.frames == client.lrange(again.key, 0, -1)
         assert len(again.frames) == 3
-        assert again.batch_id == (batch_id or b"").decode()
+        assert again.batch_id == as_bytes(batch_id or b"").decode()
         assert await owner.orphans("pv") == []
         assert await other.orphans("pv") == []
         # The next claim takes the next frames: nothing was claimed twice.
@@ -199,7 +199,7 @@ def test_a_reclaim_whose_reply_was_lost_is_recovered_too(redis_server: RedisServ
         proxy.drop_reply_after(_sha(_RECLAIM_LUA))
         with pytest.raises(redis.exceptions.ConnectionError):
             await owner.reclaim("pv", claim.key)
-        renamed = [m.decode() for m in client.smembers(KEYS.inflight_index("pv"))]
+        renamed = [as_bytes(m).decode() for m in client.smembers(KEYS.inflight_index("pv"))]
         assert len(renamed) == 1
         assert KEYS.owner_of(renamed[0]) == "owner"
         assert await owner.orphans("pv") == renamed

@@ -174,7 +174,8 @@ def test_event_ids_of_the_wrong_length_are_rejected_not_misaligned(sink: DuckDBS
 def test_a_keyed_table_of_an_earlier_version_still_dedupes(tmp_path: Path) -> None:
     import duckdb
 
-    from flusher.sinks.duckdb import DUCKDB_TYPES, column_types
+    from flusher.sinks.common import column_types
+    from flusher.sinks.duckdb import DUCKDB_TYPES
 
     cfg = make_config("redis://unused", tmp_path / "old.duckdb")
     stream = cfg.streams["pv"]

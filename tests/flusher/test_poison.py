@@ -364,7 +364,7 @@ def test_bigquery_insert_all_far_future_timestamp_is_dead_lettered(
     try:
         got = [r["s"] for r in bq.query(f"SELECT s FROM `{sink.table_id(stream)}`").result()]
     finally:
-        bq.close()  # type: ignore[no-untyped-call]
+        bq.close()
     assert sorted(got) == sorted(f"x{i}" for i in range(10) if i != 6)
     [dead] = [json.loads(x) for x in client.lrange(Keys(cfg.redis.key_prefix).dead("ev"), 0, -1)]
     assert dead["row"]["s"] == "x6"

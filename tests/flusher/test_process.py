@@ -15,7 +15,7 @@ import redis
 
 from oceanus.buffer import Keys, decode_frame
 from tests.flusher.helpers import make_config, make_config_text, push_frames
-from tests.support.servers import RedisServer, wait_for
+from tests.support.servers import RedisServer, as_bytes_list, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 KEYS = Keys("oceanus")
@@ -114,7 +114,7 @@ def test_kill_9_mid_batch_then_restart_recovers_every_row_once(redis_server: Red
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        orphaned = client.smembers(KEYS.inflight_index("pv"))
+        orphaned = set(as_bytes_list(client.smembers(KEYS.inflight_index("pv"))))
         if orphaned:
             break
     assert orphaned, "never killed mid-batch"

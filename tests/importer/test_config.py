@@ -72,7 +72,7 @@ def test_a_good_import_decodes_with_its_defaults() -> None:
 )
 def test_mistakes_name_the_key(keys: dict[str, str | None], message: str) -> None:
     with pytest.raises(ConfigError) as info:
-        _load(**keys)
+        _load("users", **keys)
     assert str(info.value).startswith(message), str(info.value)
 
 

@@ -16,7 +16,7 @@ from notifier.channels.email import EmailSink
 from notifier.channels.sheets import SheetsSink, a1_range, tab_for
 from notifier.channels.slack import SlackSink
 from notifier.channels.webhook import WebhookSink, sign
-from notifier.jobs import Job
+from notifier.jobs import Job, Value
 from oceanus.config import EmailChannel, SheetsChannel, SlackChannel, WebhookChannel
 from tests.notifier.receivers import FakeSheets, Receiver, http_receiver, sheets_server, smtp_server
 
@@ -26,7 +26,7 @@ HOSTILE = '*bold* _it_ ~x~ `code` <!channel> <@U1> <https://evil.example|click> 
 
 
 def job(
-    values: dict[str, object],
+    values: dict[str, Value],
     template: str = "{rule}: {evt} on {url}",
     subject: str = "oceanus: {evt}",
     fields: tuple[str, ...] = ("evt", "url"),

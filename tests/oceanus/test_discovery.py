@@ -62,7 +62,9 @@ def test_pid_alive() -> None:
 def test_the_flusher_writes_the_file_the_commands_read(tmp_path: Path) -> None:
     from flusher import runner
 
-    assert runner._FlusherInfo is discovery.FlusherInfo  # one definition of the format
+    # One definition of the format. Read from the module's namespace: the runner imports it
+    # under a private name, which is not an attribute the module exports.
+    assert vars(runner)["_FlusherInfo"] is discovery.FlusherInfo
     theirs, ours = tmp_path / "a.flusher.json", tmp_path / "b.flusher.json"
     runner._write_discovery(theirs, "http://127.0.0.1:9102")
     discovery.write_flusher_info(ours, "http://127.0.0.1:9102")

@@ -20,7 +20,7 @@ from flusher.sinks.duckdb import DuckDBSink
 from oceanus import cli, config
 from oceanus.buffer import EventIds, Keys, decode_frame, encode_frame
 from tests.flusher.helpers import NoState
-from tests.support.servers import RedisServer
+from tests.support.servers import RedisServer, as_bytes_list
 
 KEYS = Keys("oceanus")
 IDS = EventIds()
@@ -108,7 +108,7 @@ def test_forget_everywhere_and_report_claimed_batches(
         "1 in batches being written\n"
     )
     assert "1 matching row(s) are in batches a flusher is writing now" in out.err
-    frames = client.lrange(KEYS.queue("pageview"), 0, -1)
+    frames = as_bytes_list(client.lrange(KEYS.queue("pageview"), 0, -1))
     assert frames[1] == clean
     assert decode_frame(frames[0]) == (list(stream.columns), [mixed[1], mixed[2]])
     assert len(frames) == 2
@@ -165,7 +165,7 @@ def test_concurrent_appends_are_kept(
     started.wait(5)
     assert _forget(cfg, "--stream", "pageview") == 0
     thread.join(10)
-    frames = client.lrange(KEYS.queue("pageview"), 0, -1)
+    frames = as_bytes_list(client.lrange(KEYS.queue("pageview"), 0, -1))
     rows = [r for f in frames for r in decode_frame(f)[1]]
     uid = cfg.streams["pageview"].columns.index("uid")
     assert "u-1" not in {r[uid] for r in rows}

@@ -33,7 +33,7 @@ from collector.spool import usage as spool_usage
 from oceanus import config
 from oceanus.buffer import Keys
 from tests.reliability.loadgen import LoadResult, parse_marker
-from tests.support.servers import BigQueryEmulator, RedisServer, free_ports, wait_for
+from tests.support.servers import BigQueryEmulator, RedisServer, as_bytes, free_ports, wait_for
 from tests.support.sqlwarehouse import SqlWarehouse
 
 REPO = Path(__file__).resolve().parents[2]
@@ -360,7 +360,7 @@ class Stack:
             return "\n".join([*lines, f"Redis unreadable: {exc!r}"])
         try:
             lines.append(f"queue {self.keys.queue(STREAM)}: {r.llen(self.keys.queue(STREAM))} frames")
-            members = sorted(m.decode() for m in r.smembers(self.keys.inflight_index(STREAM)))
+            members = sorted(as_bytes(m).decode() for m in r.smembers(self.keys.inflight_index(STREAM)))
             lines.append(f"in-flight keys: {len(members)}")
             for key in members:
                 owner = Keys.owner_of(key)
@@ -377,7 +377,7 @@ class Stack:
         if self.sql is not None:
             return [(str(e), str(m or "")) for e, m in self.sql.rows(f"SELECT event_id, oid FROM {{s}}.{STREAM}")]
         if self.bigquery is not None:
-            client = self.bigquery.client()  # type: ignore[no-untyped-call]
+            client = self.bigquery.client()
             try:
                 sql = f"SELECT event_id, oid FROM `{self.bigquery.project}.{self.bq_dataset}.{STREAM}`"
                 return [(_hex(r[0]), str(r[1] or "")) for r in client.query(sql).result()]

@@ -102,6 +102,6 @@ def emulator_client(emulator: BigQueryEmulator) -> bigquery.Client:
 
     return bigquery.Client(
         project=emulator.project,
-        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+        credentials=AnonymousCredentials(),
         client_options=ClientOptions(api_endpoint=emulator.rest_url),
     )

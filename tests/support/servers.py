@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -40,7 +40,26 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def wait_for(check: Callable[[], T], timeout: float = 15.0, interval: float = 0.02, what: str = "condition") -> T:
+def as_bytes(value: bytes | str) -> bytes:
+    """A redis-py reply as the bytes it is.
+
+    redis-py annotates replies as ``bytes | str`` because a client may set
+    ``decode_responses``; the tests' clients never do, so a str here is a bug
+    in the test's client, not data to convert.
+    """
+    if isinstance(value, str):
+        raise TypeError(f"expected bytes from a redis client without decode_responses, got str {value!r}")
+    return value
+
+
+def as_bytes_list(values: Iterable[bytes | str]) -> list[bytes]:
+    """:func:`as_bytes` over a list reply (``lrange``, ``smembers``, ...)."""
+    return [as_bytes(v) for v in values]
+
+
+def wait_for(
+    check: Callable[[], T | None], timeout: float = 15.0, interval: float = 0.02, what: str = "condition"
+) -> T:
     """Poll ``check`` until it returns a truthy value (exceptions count as not yet)."""
     deadline = time.monotonic() + timeout
     last: BaseException | None = None
@@ -205,7 +224,7 @@ class BigQueryEmulator:
 
         return bigquery.Client(
             project=self.project,
-            credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+            credentials=AnonymousCredentials(),
             client_options=ClientOptions(api_endpoint=self.rest_url),
         )
 

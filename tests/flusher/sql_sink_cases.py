@@ -19,6 +19,7 @@ from flusher.sinks.postgres import PostgresSink
 from oceanus.config import Config
 from oceanus.errors import ConfigError, PermanentError, QueryError, QueryTimeout, Reason, TransientError
 from tests.flusher.helpers import STREAMS_TOML, NoState, make_config, make_rows
+from tests.support.servers import RedisServer
 from tests.support.sqlwarehouse import SqlWarehouse
 
 SqlSink = PostgresSink | MySQLSink
@@ -301,3 +302,60 @@ def test_a_stream_whose_view_name_is_too_long_is_refused(wh: SqlWarehouse, sink:
     stream = sink_config(wh, tmp_path, toml).streams[name]
     with pytest.raises(ConfigError, match=rf"^streams\.{name}: .* at most 6[34] .*shorten the stream's name"):
         sink.ensure_tables([stream])
+
+
+def test_the_flusher_drains_into_it_and_serves_query_behind_the_token(
+    wh: SqlWarehouse, redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import urllib.error
+    import urllib.request
+
+    from flusher.runner import Flusher
+    from oceanus import config
+    from oceanus.buffer import Keys
+    from tests.flusher.helpers import make_config_text, push_frames
+    from tests.flusher.test_runner import run_flusher, until
+
+    for key, value in wh.env().items():
+        monkeypatch.setenv(key, value)
+    token = "t0ken-for-the-sql-sink-tests-0123456789"
+    (tmp_path / "token").write_text(token)
+    text = make_config_text(redis_server.url, tmp_path / "unused.duckdb", query_token_file=str(tmp_path / "token"))
+    cfg = wh.configure(config.loads(text, env={"OCEANUS_FLUSHER_QUERY_ENABLED": "true"}))
+    stream = cfg.streams["pv"]
+    client = redis_server.client()
+    ids = push_frames(client, Keys(cfg.redis.key_prefix), stream, frames=6, rows_per_frame=250)
+    # a frame pushed twice (a collector whose reply was lost): stored once
+    first = client.lindex(Keys(cfg.redis.key_prefix).queue("pv"), 0)
+    client.rpush(Keys(cfg.redis.key_prefix).queue("pv"), first)  # type: ignore[arg-type]
+
+    def post(url: str, sql: str, bearer: str | None) -> tuple[int, Any]:
+        headers = {"authorization": f"Bearer {bearer}"} if bearer else {}
+        req = urllib.request.Request(url + "/query", data=sql.encode(), method="POST", headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    async def body(f: Flusher) -> None:
+        async def drained() -> bool:
+            return len(wh.rows("SELECT event_id FROM {s}.pv")) == len(ids)
+
+        await until(drained, "every row in the warehouse")
+        assert f.admin is not None
+        loop = asyncio.get_running_loop()
+        assert (await loop.run_in_executor(None, post, f.admin.url, "SELECT 1", None))[0] == 401
+        status, answer = await loop.run_in_executor(
+            None, post, f.admin.url, "SELECT count(*) AS n, count(DISTINCT event_id) AS d FROM pv_dedup", token)
+        assert (status, answer) == (200, {"columns": ["n", "d"], "rows": [[len(ids), len(ids)]]})
+        status, answer = await loop.run_in_executor(None, post, f.admin.url, "DELETE FROM pv", token)
+        assert status == 400
+        assert "only read-only statements" in answer["error"]
+
+    try:
+        run_flusher(cfg, make_sink(cfg), body)
+    finally:
+        client.close()
+    assert sorted(e for (e,) in wh.rows("SELECT event_id FROM {s}.pv")) == sorted(ids)

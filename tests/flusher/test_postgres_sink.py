@@ -27,6 +27,7 @@ from tests.flusher.sql_sink_cases import (  # noqa: F401 - the shared cases, col
     test_reconnects_after_the_server_drops_the_connection,
     test_replayed_batch_inserts_nothing_twice,
     test_table_and_view_are_derived_from_the_config,
+    test_the_flusher_drains_into_it_and_serves_query_behind_the_token,
     test_timestamps_and_json_are_stored_exactly,
     test_type_change_is_refused_naming_stream_and_column,
 )

@@ -788,9 +788,15 @@ def _decode_channel(name: str, raw: Any) -> ChannelConfig:
 
 
 def missing_secrets(cfg: Config, env: Mapping[str, str] | None = None) -> list[str]:
-    """``channels.NAME: VAR`` for every secret a channel cannot read (``oceanus check-config``)."""
+    """``channels.NAME: VAR`` for every secret a channel cannot read, and the SQL sink's database URL
+    when its variable is unset (``oceanus check-config``)."""
     env = os.environ if env is None else env
     out: list[str] = []
+    if cfg.sink.kind in ("postgres", "mysql"):
+        sql_sink = cfg.sink.postgres if cfg.sink.kind == "postgres" else cfg.sink.mysql
+        for key, var in (("url_env", sql_sink.url_env), ("query_url_env", sql_sink.query_url_env)):
+            if var and not env.get(var):
+                out.append(f"sink.{cfg.sink.kind}.{key}: the database URL is missing (${var})")
     for name, channel in cfg.channels.items():
         for secret, (var, file) in channel.secrets().items():
             if var and env.get(var):

@@ -182,3 +182,18 @@ def test_names_past_63_bytes() -> None:
     assert short_name("_oceanus_stage_", "pageview", "") == "_oceanus_stage_pageview"
     assert len(short_name("_oceanus_stage_", a, "")) == 63
     assert short_name("_oceanus_stage_", a, "") != short_name("_oceanus_stage_", b, "")
+
+
+def test_check_config_names_a_missing_database_url() -> None:
+    from oceanus import config
+
+    text = config.REPO_CONFIG.read_text()
+    cfg = config.loads(text + '\n[sink.postgres]\nquery_url_env = "PG_READER"\n', env={"OCEANUS_SINK_KIND": "postgres"})
+    assert config.missing_secrets(cfg, {}) == [
+        "sink.postgres.url_env: the database URL is missing ($OCEANUS_PG_URL)",
+        "sink.postgres.query_url_env: the database URL is missing ($PG_READER)",
+    ]
+    assert config.missing_secrets(cfg, {"OCEANUS_PG_URL": "postgresql://x", "PG_READER": "postgresql://r"}) == []
+    cfg = config.loads(text, env={"OCEANUS_SINK_KIND": "mysql"})
+    assert config.missing_secrets(cfg, {}) == ["sink.mysql.url_env: the database URL is missing ($OCEANUS_MYSQL_URL)"]
+    assert config.missing_secrets(config.loads(text, env={}), {}) == []

@@ -236,7 +236,7 @@ def run_collector(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
             "oceanus.cli",
             "collector",
             "--config",
-            str(REPO / "oceanus.toml"),
+            str(args.config),
             "--host",
             "127.0.0.1",
             "--port",
@@ -322,6 +322,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--threads", type=int, default=1, help="wrk threads (1 leaves the CPU to the servers)")
     p.add_argument("--linger-ms", type=float, default=None, help="collector.batch_linger_ms override")
     p.add_argument("--only", choices=["collector", "bare", "legacy"], action="append")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=REPO / "oceanus.toml",
+        help="the collector's oceanus.toml (e.g. a copy with more or fewer [rules] to price them)",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if shutil.which("wrk") is None:
@@ -340,6 +346,7 @@ def main(argv: list[str]) -> int:
         "connections": args.connections,
         "seconds": args.seconds,
         "linger_ms": args.linger_ms,
+        "config": str(args.config),
     }
     c, b, lg = results.get("collector"), results.get("bare"), results.get("legacy")
     if c:

@@ -119,14 +119,15 @@ def test_sdk_retry_after_a_lost_reply_stores_one_row_per_message(tmp_path: Path)
             # The first POST reaches the collector, which stores the batch and answers; the
             # answer is lost and the connection closed, so the SDK sends the batch again.
             proxy.drop_reply_after(b"POST /v1/batch", times=1)
-            client = _client(f"http://127.0.0.1:{proxy.port}", upload_size=100)
+            # One batch of exactly 25, however slow the box: sent when the 25th call is queued.
+            client = _client(f"http://127.0.0.1:{proxy.port}", upload_size=25, upload_interval=60)
             ids = [f"retry-{i}" for i in range(25)]
             for mid in ids:
                 client.track("u1", "Clicked", {"n": mid}, message_id=mid)
+            client.flush()
             # The same messageId under another write key is another sender's event.
             other = _client(f"http://127.0.0.1:{proxy.port}", key=OTHER_KEY)
             other.track("u9", "Clicked", message_id="retry-0")
-            client.flush()
             other.flush()
         finally:
             proxy.stop()

@@ -40,6 +40,11 @@ HEADLINES: dict[str, list[tuple[str, str]]] = {
     "memory": [("Redis bytes/event", "redis_bytes_per_event")],
     "spool_replay": [("replay MB/s", "mb_per_s")],
     "importer": [("PostgreSQL rows/s", "postgres.rows_per_s"), ("MariaDB rows/s", "mysql.rows_per_s")],
+    "notify_cost": [
+        ("collector rps, no rules", "none_rps"),
+        ("collector rps, ten rules", "ten_rps"),
+        ("ten rules vs none", "ten_vs_none"),
+    ],
     "pipeline": [("sustained events/s", "events_per_s"), ("fraction of collector alone", "fraction_of_collector")],
 }
 

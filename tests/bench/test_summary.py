@@ -132,3 +132,16 @@ def test_record_runs_the_benchmark_and_appends_its_result(tmp_path: Path) -> Non
     assert rec["args"][-1] == "--json"
     assert rec["result"] == json.loads(out.stdout.strip().splitlines()[-1])
     assert rec["result"]["redis_bytes_per_event"] > 0
+
+
+def test_notify_cost_configs_differ_only_in_rules() -> None:
+    from bench.notify_cost import configs
+    from oceanus import config
+
+    texts = configs((Path(__file__).resolve().parents[2] / "oceanus.toml").read_text())
+    none, ten = (config.loads(texts[n], env={}) for n in ("none", "ten"))
+    assert none.rules == {}
+    assert len(ten.rules) == 10
+    assert {r.stream for r in ten.rules.values()} == {"pageview"}
+    assert none.streams == ten.streams
+    assert none.collector == ten.collector

@@ -26,6 +26,7 @@ from typing import Any
 import msgspec
 
 from collector.validate import Invalid, parse_timestamp
+from oceanus.config import BIGQUERY_TIMESTAMP_END_US, BIGQUERY_TIMESTAMP_MIN_US
 
 #: The spec's limits, in bytes of JSON.
 MAX_MESSAGE_BYTES = 32 * 1024
@@ -166,6 +167,9 @@ def decode(
     sent = _time(msg, "sentAt") if "sentAt" in msg else batch_sent_us
     if original is not None and sent is not None:
         corrected = arrival_us - (sent - original)
+        if not BIGQUERY_TIMESTAMP_MIN_US <= corrected < BIGQUERY_TIMESTAMP_END_US:
+            # Each time is in range, their difference need not be: year 1 sent in year 9999.
+            raise Invalid("sentAt", "range", "sentAt - originalTimestamp puts the call before 0001 or after 9999")
     elif given is not None:
         corrected = given
     else:

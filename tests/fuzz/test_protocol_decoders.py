@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import string
+from datetime import UTC
 from typing import Any
 
 from hypothesis import given, settings
@@ -223,3 +224,15 @@ def test_stable_ids_keep_the_time_prefix_and_separate_keys(a: str, b: str, t: in
 def test_stored_times_read_back_to_the_same_microsecond(us: int) -> None:
     assert parse_timestamp(segment.stored_time(us)) == us
     assert parse_timestamp(segment.stored_time(us - us % 1000)) == us - us % 1000
+
+
+extreme_times = st.datetimes(timezones=st.just(UTC)).map(lambda d: d.isoformat())
+
+
+@FUZZ
+@given(original=extreme_times, sent=extreme_times, arrival=st.integers(0, config.BIGQUERY_TIMESTAMP_END_US - 1))
+def test_any_clock_skew_correction_is_a_row_or_a_400(original: str, sent: str, arrival: int) -> None:
+    msg = {"type": "track", "event": "x", "userId": "u", "originalTimestamp": original, "sentAt": sent}
+    m = _only_invalid(segment.decode, msg, None, None, arrival, segment.stored_time(arrival))
+    if m is not None:
+        _only_invalid(SEGMENT.values, dict(m.event), False)

@@ -33,6 +33,9 @@ from tests.flusher.sql_sink_cases import (  # noqa: F401 - the shared cases, col
 )
 from tests.support.sqlwarehouse import SqlWarehouse, warehouse
 
+#: Every test here but a few pure ones talks to the machine's database server.
+pytestmark = pytest.mark.integration
+
 DAY_US = 86_400_000_000
 
 

@@ -144,7 +144,8 @@ def decode(params: dict[str, Any], nuid: str | None, collected: int | str) -> Ev
             if type(value) in (int, float, bool):
                 params[key] = str(value).lower() if type(value) is bool else str(value)
             else:
-                raise Invalid(key, "type", "tracker parameters are strings")
+                # An empty name still needs a field in the answer: the event's index says which.
+                raise Invalid(key or "data", "type", "tracker parameters are strings")
     ue = _param(params, "ue_pr", "ue_px")
     if ue is not None:
         params["ue"] = _entity(ue[0], _envelope(ue[0], ue[1], UNSTRUCT_SCHEMA))

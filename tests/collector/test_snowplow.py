@@ -220,3 +220,10 @@ async def test_routes_are_off_without_a_stream(make_config: MakeConfig) -> None:
     async with running(App(make_config(snowplow=config.SnowplowConfig()))) as app:
         r = await request(app, "GET", "/i", urlencode(_event()))
     assert r.status == 404
+
+
+async def test_a_non_string_parameter_without_a_name_is_named_data(cfg: config.Config) -> None:
+    async with running(App(cfg)) as app:
+        r = await _tp2(app, [_event(), {**_event(eid=str(uuid.uuid4())), "": {"x": 1}}])
+    assert (r.status, r.error) == (400, "data: type: tracker parameters are strings")
+    assert r.json()["error"]["index"] == 1

@@ -10,18 +10,25 @@ later (an SDK retry: another arrival, another ``sentAt``/``stm``) gets the same
 from __future__ import annotations
 
 import base64
+import gzip
 import json
+import os
 import string
+from collections.abc import Iterator
 from datetime import UTC
 from typing import Any
+from urllib.parse import urlencode
 
-from hypothesis import given, settings
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from collector.protocols import segment, snowplow
 from collector.protocols.ids import placement_us, stable_id
 from collector.validate import Invalid, make_validator, parse_timestamp
 from oceanus import config
+from tests.fuzz.asgi import Driver, assert_answer
 
 CFG = config.load(config.REPO_CONFIG, env={})
 SEGMENT = make_validator(CFG.streams["segment"], CFG.collector)
@@ -236,3 +243,46 @@ def test_any_clock_skew_correction_is_a_row_or_a_400(original: str, sent: str, a
     m = _only_invalid(segment.decode, msg, None, None, arrival, segment.stored_time(arrival))
     if m is not None:
         _only_invalid(SEGMENT.values, dict(m.event), False)
+
+
+@pytest.fixture(scope="module")
+def keyed_driver(fuzz_config: config.Config) -> Iterator[Driver]:
+    """An app whose Segment routes know one write key (the package's app has none: every call is a 401)."""
+    seg = config.SegmentConfig(stream="segment", keys_env="FUZZ_SEGMENT_WRITE_KEYS")
+    cfg = msgspec.structs.replace(fuzz_config, collector=msgspec.structs.replace(fuzz_config.collector, segment=seg))
+    os.environ["FUZZ_SEGMENT_WRITE_KEYS"] = "fuzz-key"
+    try:
+        d = Driver(cfg)
+    finally:
+        del os.environ["FUZZ_SEGMENT_WRITE_KEYS"]
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+AUTH = (b"authorization", b"Basic " + base64.b64encode(b"fuzz-key:"))
+bodies = st.one_of(
+    st.binary(max_size=200),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries({"batch": st.lists(segment_messages | json_values, max_size=4)}).map(
+        lambda v: json.dumps(v, default=str).encode()
+    ),
+    st.fixed_dictionaries(
+        {"schema": st.just(snowplow.PAYLOAD_SCHEMA + "0-4"), "data": st.lists(params | json_values, max_size=4)}
+    ).map(lambda v: json.dumps(v).encode()),
+)
+PATHS = ("/v1/batch", "/v1/track", "/v1/p", "/com.snowplowanalytics.snowplow/tp2")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from(PATHS), body=bodies, gz=st.booleans(), query=params)
+def test_protocol_routes_answer_2xx_or_a_4xx_naming_the_field(
+    keyed_driver: Driver, path: str, body: bytes, gz: bool, query: dict[str, Any]
+) -> None:
+    headers = [AUTH, (b"content-type", b"application/json")]
+    if gz:
+        headers.append((b"content-encoding", b"gzip"))
+        body = gzip.compress(body)
+    assert_answer(keyed_driver.request("POST", path, body=body, headers=headers))
+    assert_answer(keyed_driver.request("GET", "/i", query=urlencode({k: str(v) for k, v in query.items()}).encode()))

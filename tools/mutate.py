@@ -1,0 +1,428 @@
+"""Mutation testing of the modules that decide whether an event survives (``make mutate``).
+
+One small change at a time is made to a module and its tests are run: its own
+fast files first, then the slower files that drive it through the app or the
+worker. A mutant the tests let through is a behaviour nobody pins down.
+
+Why our own mutator rather than mutmut: mutmut rewrites functions into
+trampolines and reports module-level work (a preset dictionary built at import,
+a compiled regex, a Lua script) as survived without running it. Here every
+mutant is a whole edited source file, imported fresh by a fresh pytest process,
+so code that runs at import time is mutated like any other. Lua scripts and
+regexes are strings to Python: their mutants are hand-listed (:data:`HAND`).
+
+The working tree is never touched (others work in it): the tree is copied to a
+scratch directory and the tests run there with ``PYTHONPATH`` pointing at the
+copy, which wins over the editable install (its finder is appended to
+``sys.meta_path``) and is inherited by the processes the tests start.
+
+    python tools/mutate.py                         # every module in MODULES
+    python tools/mutate.py --module flusher/claim.py --sample 2
+    python tools/mutate.py --only-survivors build/mutate/report.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import cast
+
+REPO = Path(__file__).resolve().parent.parent
+
+#: module -> (fast test files, slower test files). Fast ones run first; a mutant
+#: they kill never pays for the slow ones.
+MODULES: dict[str, tuple[list[str], list[str]]] = {
+    "flusher/claim.py": (
+        ["tests/flusher/test_claim_pinned.py", "tests/flusher/test_claim.py"],
+        ["tests/flusher/test_lost_replies.py", "tests/flusher/test_poison.py", "tests/flusher/test_runner.py"],
+    ),
+    "oceanus/buffer.py": (
+        ["tests/oceanus/test_buffer_pinned.py", "tests/oceanus/test_buffer.py"],
+        ["tests/flusher/test_claim.py", "tests/collector/test_app.py", "tests/flusher/test_frame_cap.py"],
+    ),
+    "collector/spool.py": (
+        ["tests/collector/test_spool.py", "tests/collector/test_spool_corrupt.py", "tests/collector/test_spool_usage.py"],
+        ["tests/collector/test_pusher_drain.py"],
+    ),
+    "flusher/worker.py": (["tests/flusher/test_runner.py"], ["tests/flusher/test_poison.py"]),
+    "flusher/batch.py": (["tests/flusher/test_runner.py"], ["tests/oceanus/test_dead.py", "tests/flusher/test_poison.py"]),
+    "flusher/controller.py": (["tests/flusher/test_controller_pinned.py", "tests/flusher/test_controller.py"], []),
+    "collector/validate.py": (
+        [
+            "tests/collector/test_validate_pinned.py",
+            "tests/collector/test_validate.py",
+            "tests/collector/test_validate_edge.py",
+            "tests/collector/test_validate_fast_path.py",
+        ],
+        ["tests/collector/test_legacy.py", "tests/collector/test_app.py"],
+    ),
+    "collector/pusher.py": (
+        ["tests/collector/test_pusher_drain.py", "tests/collector/test_pusher_refused.py"],
+        ["tests/collector/test_pusher_notify.py", "tests/collector/test_app.py"],
+    ),
+    "collector/resp.py": (["tests/collector/test_resp.py"], ["tests/collector/test_app.py"]),
+}
+
+#: Mutants the AST cannot reach: Lua scripts and regexes, which are strings to
+#: Python. (module, exact text, replacement, description); the text must occur once.
+HAND: list[tuple[str, str, str, str]] = [
+    ("flusher/claim.py", "math.min(i + 999, count)", "math.min(i + 998, count)", "lua claim: slice bound - 1"),
+    ("flusher/claim.py", "for i = 1, count, 1000 do", "for i = 1, count, 999 do", "lua claim: slice step"),
+    ("flusher/claim.py", "LRANGE', KEYS[1], 0, n - 1)", "LRANGE', KEYS[1], 0, n)", "lua claim: LRANGE end + 1"),
+    ("flusher/claim.py", "'LTRIM', KEYS[1], count, -1", "'LTRIM', KEYS[1], count - 1, -1", "lua claim: LTRIM start"),
+    ("flusher/claim.py", "'_frames', count)", "'_frames', count - 1)", "lua claim: _frames count"),
+    ("flusher/claim.py", "'_claimed_ms', ARGV[3]", "'_claimed_ms', ARGV[2]", "lua claim: _claimed_ms arg"),
+    ("flusher/claim.py", "if count == 0 then return items end\n", "", "lua claim: empty check dropped"),
+    ("flusher/claim.py", "if ARGV[1] ~= '1' and", "if ARGV[1] == '1' and", "lua reclaim: own-key waiver"),
+    ("flusher/claim.py", "and redis.call('EXISTS', KEYS[4]) == 1 then", "and redis.call('EXISTS', KEYS[4]) == 0 then",
+     "lua reclaim: liveness check inverted"),
+    ("flusher/claim.py", "  redis.call('DEL', KEYS[5])\n", "", "lua reclaim: orphan state kept"),
+    ("flusher/claim.py", "if redis.call('EXISTS', KEYS[5]) == 1 then redis.call('RENAME', KEYS[5], KEYS[6]) end\n",
+     "", "lua reclaim: state not carried over"),
+    ("flusher/claim.py", "redis.call('SADD', KEYS[3], KEYS[2])\nreturn redis.call", "return redis.call",
+     "lua reclaim: new key not indexed"),
+    ("flusher/claim.py", "'RIGHT', 'LEFT'", "'LEFT', 'LEFT'", "lua give back: order"),
+    ("flusher/claim.py", "redis.call('DEL', KEYS[4])\nredis.call('SREM'", "redis.call('SREM'",
+     "lua give back: state kept"),
+    ("flusher/claim.py", "redis.call('SREM', KEYS[3], KEYS[1])\nreturn moved", "return moved",
+     "lua give back: index kept"),
+    ("flusher/claim.py", "moved = moved + 1", "moved = moved + 2", "lua give back: count"),
+    ("flusher/claim.py", 're.sub(r"[^A-Za-z0-9_.-]"', 're.sub(r"[^A-Za-z0-9_.:-]"', "regex owner: ':' allowed"),
+    ("collector/validate.py", r'EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$")',
+     r'EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")', "regex email: '$' dropped"),
+    ("collector/validate.py", r'EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$")',
+     r'EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)*$")', "regex email: TLD optional"),
+    ("collector/validate.py", r'EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$")',
+     r'EMAIL_RE = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$")', "regex email: '^' dropped"),
+    ("collector/validate.py", r'EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$")',
+     r'EMAIL_RE = re.compile(r"^[^@]+@[^@\s.]+(\.[^@\s.]+)+$")', "regex email: space in local part"),
+    ("collector/validate.py", r'_INT_RE = re.compile(r"-?[0-9]+\Z")', r'_INT_RE = re.compile(r"-?[0-9]+")',
+     r"regex int: '\Z' dropped"),
+    ("collector/validate.py", r'_INT_RE = re.compile(r"-?[0-9]+\Z")', r'_INT_RE = re.compile(r"[0-9]+\Z")',
+     "regex int: sign dropped"),
+    ("collector/validate.py", r'(?:[eE][-+]?[0-9]+)?\Z")', r'(?:[eE][-+]?[0-9]+)?")', r"regex number: '\Z' dropped"),
+    ("collector/validate.py", r'(?:[eE][-+]?[0-9]+)?\Z")', r'\Z")', "regex number: exponent dropped"),
+    ("collector/validate.py", r'_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")', r'_CONTROL_RE = re.compile(r"[\x00-\x1e]")',
+     "regex control: \\x1f and DEL allowed"),
+]
+
+#: Mutants that change no behaviour, keyed by "description @ stripped source line":
+#: listed with the reason instead of being counted as killed.
+EQUIVALENT: dict[str, dict[str, str]] = {
+    "flusher/claim.py": {
+        "1000 -> 1001 @ LUA_PUSH_SLICE = 1000": "names the Lua script's own literal for readers; nothing reads it",
+        "1000 -> 999 @ LUA_PUSH_SLICE = 1000": "names the Lua script's own literal for readers; nothing reads it",
+    },
+}
+
+_SWAP_BIN: dict[type[ast.operator], type[ast.operator]] = {
+    ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.FloorDiv, ast.FloorDiv: ast.Mult, ast.Div: ast.Mult,
+    ast.BitAnd: ast.BitOr, ast.BitOr: ast.BitAnd, ast.LShift: ast.RShift, ast.RShift: ast.LShift,
+    ast.Mod: ast.FloorDiv, ast.Pow: ast.Mult,
+}
+_SWAP_CMP: dict[type[ast.cmpop], type[ast.cmpop]] = {
+    ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq, ast.NotEq: ast.Eq,
+    ast.In: ast.NotIn, ast.NotIn: ast.In, ast.Is: ast.IsNot, ast.IsNot: ast.Is,
+}
+_SYMBOL = {
+    ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.FloorDiv: "//", ast.Div: "/", ast.BitAnd: "&", ast.BitOr: "|",
+    ast.LShift: "<<", ast.RShift: ">>", ast.Mod: "%", ast.Pow: "**", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">",
+    ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!=", ast.In: "in", ast.NotIn: "not in", ast.Is: "is",
+    ast.IsNot: "is not", ast.And: "and", ast.Or: "or",
+}
+
+
+@dataclass
+class Mutant:
+    module: str
+    index: int
+    line: int
+    description: str
+    source_line: str
+    source: str
+    #: Which of the same description on the same line (``+ -> -`` twice in one expression).
+    occurrence: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.description} @ {self.source_line}" + (f" #{self.occurrence}" if self.occurrence else "")
+
+
+class _Finder(ast.NodeVisitor):
+    """Collects (node, replacement expression text, description) for one module."""
+
+    def __init__(self) -> None:
+        self.found: list[tuple[ast.AST, str, str]] = []
+
+    # Annotations, docstrings and decorators are not behaviour.
+    def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        for default in [*node.args.defaults, *node.args.kw_defaults]:
+            if default is not None:
+                self.visit(default)
+        for stmt in node.body:
+            self.visit(stmt)
+
+    visit_AsyncFunctionDef = visit_FunctionDef  # noqa: N815
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
+        if node.value is not None:
+            self.visit(node.value)
+
+    def visit_arg(self, node: ast.arg) -> None:
+        return
+
+    def visit_Expr(self, node: ast.Expr) -> None:
+        if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            return  # a docstring
+        self.generic_visit(node)
+
+    def visit_JoinedStr(self, node: ast.JoinedStr) -> None:
+        return  # f-strings: messages and key names, pinned by the key tests
+
+    def visit_Assign(self, node: ast.Assign) -> None:
+        if any(isinstance(t, ast.Name) and t.id == "__slots__" for t in node.targets):
+            return
+        self.generic_visit(node)
+
+    def _add(self, node: ast.AST, new: ast.AST | str, description: str) -> None:
+        text = new if isinstance(new, str) else ast.unparse(new)
+        self.found.append((node, text, description))
+
+    def visit_BinOp(self, node: ast.BinOp) -> None:
+        swap = _SWAP_BIN.get(type(node.op))
+        if swap is not None:
+            self._add(node, ast.BinOp(node.left, swap(), node.right), f"{_SYMBOL[type(node.op)]} -> {_SYMBOL[swap]}")
+        self.generic_visit(node)
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> None:
+        swap = _SWAP_BIN.get(type(node.op))
+        if swap is not None:
+            new = ast.AugAssign(node.target, swap(), node.value)
+            self._add(node, new, f"{_SYMBOL[type(node.op)]}= -> {_SYMBOL[swap]}=")
+        self.generic_visit(node)
+
+    def visit_Compare(self, node: ast.Compare) -> None:
+        for i, op in enumerate(node.ops):
+            swap = _SWAP_CMP.get(type(op))
+            if swap is not None:
+                ops = list(node.ops)
+                ops[i] = swap()
+                self._add(node, ast.Compare(node.left, ops, node.comparators),
+                          f"{_SYMBOL[type(op)]} -> {_SYMBOL[swap]}")
+        self.generic_visit(node)
+
+    def visit_BoolOp(self, node: ast.BoolOp) -> None:
+        other = ast.Or() if isinstance(node.op, ast.And) else ast.And()
+        self._add(node, ast.BoolOp(other, node.values), f"{_SYMBOL[type(node.op)]} -> {_SYMBOL[type(other)]}")
+        self.generic_visit(node)
+
+    def visit_UnaryOp(self, node: ast.UnaryOp) -> None:
+        if isinstance(node.op, ast.Not):
+            self._add(node, f"({ast.unparse(node.operand)})", "not dropped")
+        elif isinstance(node.op, ast.USub):
+            self._add(node, f"({ast.unparse(node.operand)})", "unary - dropped")
+        self.generic_visit(node)
+
+    def visit_Constant(self, node: ast.Constant) -> None:
+        v = node.value
+        if isinstance(v, bool):
+            self._add(node, repr(not v), f"{v} -> {not v}")
+        elif isinstance(v, int):
+            self._add(node, repr(v + 1), f"{v} -> {v + 1}")
+            self._add(node, repr(v - 1), f"{v} -> {v - 1}")
+        elif isinstance(v, float):
+            self._add(node, repr(v + 1.0), f"{v} -> {v + 1.0}")
+        elif v is None:
+            return
+
+    def visit_Return(self, node: ast.Return) -> None:
+        if node.value is not None and not (isinstance(node.value, ast.Constant) and node.value.value is None):
+            self._add(node, "return None", "return value -> None")
+        self.generic_visit(node)
+
+    def visit_Slice(self, node: ast.Slice) -> None:
+        for name in ("lower", "upper"):
+            bound = getattr(node, name)
+            if bound is not None:
+                self._add(bound, f"({ast.unparse(bound)}) + 1", f"slice {name} + 1")
+        self.generic_visit(node)
+
+
+def _splice(source: str, node: ast.AST, text: str) -> str:
+    lines = source.splitlines(keepends=True)
+    offsets = [0]
+    for line in lines:
+        offsets.append(offsets[-1] + len(line.encode()))
+    raw = source.encode()
+    start = offsets[node.lineno - 1] + node.col_offset  # type: ignore[attr-defined]
+    end = offsets[node.end_lineno - 1] + node.end_col_offset  # type: ignore[attr-defined]
+    if not isinstance(node, ast.stmt):
+        text = f"({text})"
+    return (raw[:start] + text.encode() + raw[end:]).decode()
+
+
+def mutants_of(module: str) -> list[Mutant]:
+    source = (REPO / module).read_text()
+    lines = source.splitlines()
+    finder = _Finder()
+    finder.visit(ast.parse(source))
+    out: list[Mutant] = []
+    for node, text, description in sorted(finder.found, key=lambda f: (f[0].lineno, f[0].col_offset)):  # type: ignore[attr-defined]
+        new = _splice(source, node, text)
+        ast.parse(new)  # a mutant must at least be Python
+        line = node.lineno  # type: ignore[attr-defined]
+        out.append(Mutant(module, len(out), line, description, lines[line - 1].strip(), new))
+    for mod, old, repl, description in HAND:
+        if mod != module:
+            continue
+        if source.count(old) != 1:
+            raise SystemExit(f"hand mutant {description!r}: {old!r} occurs {source.count(old)} times in {module}")
+        line = source[: source.index(old)].count("\n") + 1
+        out.append(Mutant(module, len(out), line, description, lines[line - 1].strip(), source.replace(old, repl)))
+    seen: dict[tuple[int, str], int] = {}
+    for m in out:
+        m.occurrence = seen.get((m.line, m.description), 0)
+        seen[(m.line, m.description)] = m.occurrence + 1
+    return out
+
+
+def _copy_tree(scratch: Path) -> None:
+    ignore = shutil.ignore_patterns(".venv", ".git", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache",
+                                    ".hypothesis", ".benchmarks", "build", "*.egg-info", ".oceanus")
+    shutil.copytree(REPO, scratch, ignore=ignore, dirs_exist_ok=True)
+
+
+def _pytest(scratch: Path, files: list[str], timeout_s: float) -> str:
+    """'pass', 'fail' or 'timeout' for one pytest run in the scratch tree."""
+    files = [f for f in files if (scratch / f).exists()]
+    if not files:
+        return "pass"
+    env = dict(os.environ, PYTHONPATH=str(scratch), PYTHONDONTWRITEBYTECODE="1")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "not slow", *files]
+    try:
+        proc = subprocess.run(cmd, cwd=scratch, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              timeout=timeout_s, start_new_session=True)
+    except subprocess.TimeoutExpired:
+        return "timeout"
+    return "pass" if proc.returncode == 0 else "fail"
+
+
+def run_module(module: str, scratch: Path, mutants: list[Mutant], timeout_s: float, log: bool) -> dict[str, object]:
+    fast, slow = MODULES[module]
+    target = scratch / module
+    original = target.read_text()
+    if _pytest(scratch, fast + slow, timeout_s * 4) != "pass":
+        raise SystemExit(f"{module}: its tests fail without any mutant; fix that first")
+    equivalent = EQUIVALENT.get(module, {})
+    results: list[dict[str, object]] = []
+    started = time.monotonic()
+    try:
+        for m in mutants:
+            if m.key in equivalent:
+                results.append({**_brief(m), "outcome": "equivalent", "reason": equivalent[m.key]})
+                continue
+            target.write_text(m.source)
+            outcome = _pytest(scratch, fast, timeout_s)
+            if outcome == "pass":
+                outcome = _pytest(scratch, slow, timeout_s)
+            outcome = {"pass": "survived", "fail": "killed", "timeout": "timeout"}[outcome]
+            results.append({**_brief(m), "outcome": outcome})
+            if log:
+                print(f"  {module}:{m.line} {m.description}: {outcome}", flush=True)
+    finally:
+        target.write_text(original)
+    counted = [r for r in results if r["outcome"] != "equivalent"]
+    killed = sum(1 for r in counted if r["outcome"] in ("killed", "timeout"))
+    return {
+        "module": module,
+        "mutants": len(results),
+        "equivalent": len(results) - len(counted),
+        "killed": killed,
+        "survived": len(counted) - killed,
+        "score": round(100.0 * killed / len(counted), 1) if counted else 100.0,
+        "seconds": round(time.monotonic() - started),
+        "results": results,
+    }
+
+
+def _brief(m: Mutant) -> dict[str, object]:
+    d = asdict(m)
+    del d["source"]
+    d["key"] = m.key
+    return d
+
+
+def markdown(report: list[dict[str, object]], command: str) -> str:
+    out = [f"Command: `{command}`", "", "| module | mutants | equivalent | killed | survived | score |",
+           "|---|---|---|---|---|---|"]
+    for r in report:
+        out.append(f"| `{r['module']}` | {r['mutants']} | {r['equivalent']} | {r['killed']} | {r['survived']} "
+                   f"| {r['score']} % |")
+    for r in report:
+        rows = cast(list[dict[str, object]], r["results"])
+        survivors = [x for x in rows if x["outcome"] == "survived"]
+        equivalents = [x for x in rows if x["outcome"] == "equivalent"]
+        if survivors:
+            out += ["", f"Survivors in `{r['module']}`:"]
+            out += [f"- line {x['line']}: {x['description']} — `{x['source_line']}`" for x in survivors]
+        if equivalents:
+            out += ["", f"Equivalent in `{r['module']}`:"]
+            out += [f"- line {x['line']}: {x['description']} — {x['reason']}" for x in equivalents]
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--module", action="append", choices=sorted(MODULES), help="repeatable; default: all")
+    p.add_argument("--sample", type=int, default=1, help="run every Nth mutant (an even sample)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per pytest run of one mutant")
+    p.add_argument("--only-survivors", type=Path, help="re-run only the survivors of an earlier report.json")
+    p.add_argument("--list", action="store_true", help="print the mutants and exit")
+    p.add_argument("--out", type=Path, default=REPO / "build" / "mutate")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    modules = args.module or list(MODULES)
+    previous: dict[str, set[str]] = {}
+    if args.only_survivors:
+        for r in json.loads(args.only_survivors.read_text()):
+            previous[r["module"]] = {x["key"] for x in r["results"] if x["outcome"] == "survived"}
+        modules = [m for m in modules if m in previous]
+    report = []
+    scratch = Path(tempfile.mkdtemp(prefix="oceanus-mutate-"))
+    try:
+        _copy_tree(scratch)
+        for module in modules:
+            mutants = mutants_of(module)[:: args.sample]
+            if args.only_survivors:
+                mutants = [m for m in mutants if m.key in previous[module]]
+            if args.list:
+                for m in mutants:
+                    print(f"{module}:{m.line} {m.description} — {m.source_line}")
+                continue
+            print(f"{module}: {len(mutants)} mutants", flush=True)
+            r = run_module(module, scratch, mutants, args.timeout, args.verbose)
+            print(f"{module}: {r['score']} % ({r['killed']} killed, {r['survived']} survived, "
+                  f"{r['equivalent']} equivalent) in {r['seconds']} s", flush=True)
+            report.append(r)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if report:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+        command = "python tools/mutate.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        (args.out / "report.md").write_text(markdown(report, command.strip()))
+        print(f"report: {args.out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

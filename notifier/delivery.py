@@ -17,7 +17,7 @@
   dead-lettered at once and logged at ERROR. Jobs of a channel wait behind its
   head job; other channels have workers of their own.
 - **Rate limit.** At most ``rate_limit.max`` messages per rule and channel per
-  ``rate_limit.per_s`` window; the rest are counted (``held``) and, once the
+  ``rate_limit.per_s`` window, by job id (a redelivered job is not counted twice); the rest are held and, once the
   window is over, one summary message says how many ("and 37 more in the last
   5 min").
 - **Crash.** A sending list whose owner's heartbeat is gone is moved back to
@@ -54,6 +54,23 @@ redis.call('SREM', KEYS[3], KEYS[1])
 return moved
 """
 
+# KEYS: the window's ids let through, its ids held. ARGV: job id, rate_limit.max, TTL (s).
+# By job id, not a counter: a job handed back mid-retry, or evaluated twice, takes one place in its window
+# (counted twice, it would hold back a message within the limit and add one to the summary).
+_RATE_LUA = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 1 end
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then return -1 end
+if redis.call('SCARD', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('SADD', KEYS[1], ARGV[1])
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  return 1
+end
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return 0
+"""
+_LET_THROUGH, _HELD = 1, 0
+
 
 def period_text(seconds: float) -> str:
     if seconds >= 60 and seconds % 60 == 0:
@@ -88,6 +105,7 @@ class Worker:
         self.rules = [r for r in cfg.rules.values() if name in r.channels and r.enabled]
         self._jitter = sleep
         self._return = client.register_script(_RETURN_LUA)
+        self._rate = client.register_script(_RATE_LUA)
 
     async def run(self) -> None:
         await self.client.sadd(self.keys.sending_index(self.name), self.sending)
@@ -196,17 +214,11 @@ class Worker:
         per = rule.rate_limit.per_s
         window = int(time.time() // per)
         ttl = max(1, int(per * 3))
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.incr(self.keys.rate(rule.name, self.name, window))
-            pipe.expire(self.keys.rate(rule.name, self.name, window), ttl)
-            n, _ = await pipe.execute()
-        if int(n) <= rule.rate_limit.max:
+        keys = [self.keys.rate(rule.name, self.name, window), self.keys.held(rule.name, self.name, window)]
+        verdict = int(await self._rate(keys=keys, args=[job.id, rule.rate_limit.max, ttl]))
+        if verdict == _LET_THROUGH:
             return True
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.incr(self.keys.held(rule.name, self.name, window))
-            pipe.expire(self.keys.held(rule.name, self.name, window), ttl)
-            await pipe.execute()
-        self._count(job, "held")
+        self._count(job, "held" if verdict == _HELD else "duplicate")
         return False
 
     async def _summaries(self) -> None:
@@ -217,10 +229,10 @@ class Worker:
             current = int(now // per)
             for window in (current - 2, current - 1):
                 key = self.keys.held(rule.name, self.name, window)
-                n = await self.client.get(key)
+                n = int(await self.client.scard(key))
                 if not n:
                     continue
-                text = f"{{rule}}: and {int(n)} more in the last {period_text(per)} (rate limit)"
+                text = f"{{rule}}: and {n} more in the last {period_text(per)} (rate limit)"
                 job = jobs.Job(
                     id=f"{rule.name}:{self.name}:summary:{window}",
                     kind="summary",
@@ -231,7 +243,7 @@ class Worker:
                     created_ms=int(now * 1000),
                     template=text,
                     subject="oceanus: {rule} (summary)",
-                    values={"rule": rule.name, "stream": rule.stream, "count": int(n)},
+                    values={"rule": rule.name, "stream": rule.stream, "count": n},
                 )
                 # Push, then forget the count: a crash between them pushes the same job id again,
                 # which its delivery key drops.

@@ -15,8 +15,8 @@ Delivery, per channel ``C`` and rule ``R``::
     P:notify:sending-index:{C}        SET    names of the channel's sending lists
     P:notify:dead:{C}                 LIST   jobs given up on, JSON ``{"job", "reason", "at"}``
     P:notify:sent:{job id}            STRING the delivery key: set once the channel accepted (TTL)
-    P:notify:rate:{R}:{C}:{window}    STRING messages sent in one rate-limit window (TTL)
-    P:notify:held:{R}:{C}:{window}    STRING messages held back in that window (summed up later)
+    P:notify:rate-ids:{R}:{C}:{window} SET   job ids let through in one rate-limit window (TTL)
+    P:notify:held-ids:{R}:{C}:{window} SET   job ids held back in that window (summed up later)
     P:notify:thr:{R}:{group}          ZSET   event ids of a threshold window, scored by event ms
     P:notify:fired:{R}:{group}        STRING a threshold fired; set for its window (PX)
     P:notify:recent                   LIST   newest first, the latest outcomes (the status page)
@@ -55,10 +55,10 @@ class NotifyKeys:
         return f"{self.base}:sent:{job_id}"
 
     def rate(self, rule: str, channel: str, window: int) -> str:
-        return f"{self.base}:rate:{rule}:{channel}:{window}"
+        return f"{self.base}:rate-ids:{rule}:{channel}:{window}"
 
     def held(self, rule: str, channel: str, window: int) -> str:
-        return f"{self.base}:held:{rule}:{channel}:{window}"
+        return f"{self.base}:held-ids:{rule}:{channel}:{window}"
 
     def threshold(self, rule: str, group: str) -> str:
         return f"{self.base}:thr:{rule}:{group}"

@@ -161,6 +161,11 @@ rate_limit = { max = 1000 }
             return len(rx.posts) >= 100
 
         n = asyncio.run(run_until(cfg, done, timeout_s=outage_s + 30))
+    sent = n.metrics.notifications.labels("paid", "hook", "sent")._value.get()
+    print(f"\noutage {outage_s:g} s: hook {len(rx.posts)} posts ({len(set(rx.ids()))} distinct), {sent:g} sent, "
+          f"{n.metrics.retries.labels('hook')._value.get():g} retries; other: 100 lines "
+          f"{(other_done_at or [rx0.down_until])[0] - (rx0.down_until - outage_s):.2f} s after the outage began; "
+          f"last post {max(p.at for p in rx.posts) - rx0.down_until:.2f} s after it ended")
     assert sorted(rx.ids()) == sorted(f"paid:hook:{i}" for i in ids)
     assert time.time() >= rx0.down_until
     # The other channel did not wait for the webhook's outage.
@@ -229,3 +234,61 @@ channels = ["team"]
     # The 1 MB title was cut to max_value_chars, then escaped: two zero-width spaces, &lt; and &gt; (+3 each).
     assert len(text) == len("paid by &lt;!channel&gt;: ") + cfg.notify.max_value_chars + 2 + 3 + 3
     assert text[-1] == "…"
+
+
+def test_a_redelivered_job_is_counted_once_by_the_rate_limit(redis_server: RedisServer,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job handed back mid-retry (SIGTERM) and one evaluated twice take one place in their window each."""
+    import redis.asyncio as aioredis
+
+    from notifier import jobs
+    from notifier.channels import make_channel
+    from notifier.delivery import Worker
+    from notifier.metrics import NotifyMetrics
+
+    monkeypatch.setenv("T_HOOK_SECRET", SECRET)
+    with http_receiver(Receiver(secret=SECRET.encode(), down_until=time.time() + 3600)) as rx:
+        cfg, _ = make_config(redis_server.url, hook(rx.url) + """
+[rules.paid]
+stream = "pageview"
+channels = ["hook"]
+rate_limit = { max = 2, per_s = 1.0 }
+""")
+
+        def job(name: str) -> bytes:
+            now = int(time.time() * 1000)
+            return jobs.encode(jobs.Job(id=f"paid:hook:{name}", rule="paid", channel="hook", stream="pageview",
+                                        event_ms=now, created_ms=now, template=name, subject="s", values={}))
+
+        async def scenario() -> tuple[bool, NotifyMetrics, list[str]]:
+            client = aioredis.Redis.from_url(redis_server.url)
+            metrics = NotifyMetrics()
+            stopping = asyncio.Event()
+            # The first retry wait finds SIGTERM: job a goes back to the queue, unsent.
+            first = Worker(cfg, "hook", make_channel("hook", cfg.channels["hook"]), client, "one", metrics, stopping,
+                           sleep=lambda s: (stopping.set(), 0.0)[1])
+            window = int(time.time())
+            a, b, c = job("a"), job("b"), job("c")
+            handed_back = await first.deliver(a)
+            rx.down_until = 0.0
+            again = Worker(cfg, "hook", make_channel("hook", cfg.channels["hook"]), client, "two", metrics,
+                           asyncio.Event())
+            outcomes = [await again.deliver(x) for x in (a, b, c, c)]   # c: evaluated twice
+            await client.aclose()
+            # All within one 1 s rate-limit window, or the counts below do not apply: the caller retries.
+            return (not handed_back and all(outcomes) and int(time.time()) == window), metrics, \
+                [p.json()["message"] for p in rx.posts]
+
+        deadline = time.monotonic() + 20
+        while True:
+            rx.posts.clear()
+            rx.down_until = time.time() + 3600
+            redis_server.client().flushall()
+            one_window, metrics, sent = asyncio.run(scenario())
+            if one_window or time.monotonic() > deadline:
+                break
+    assert one_window
+    assert sent == ["a", "b"]            # a counted once: b is the second of max = 2
+    count = metrics.notifications.labels
+    assert count("paid", "hook", "held")._value.get() == 1          # c, once
+    assert count("paid", "hook", "duplicate")._value.get() == 1     # c again

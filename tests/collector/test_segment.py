@@ -127,6 +127,10 @@ async def test_without_configured_keys_every_call_is_401(make_config: MakeConfig
     assert queued_rows(redis_server, "segment") == []
 
 
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
 def _padded(size: int, mid: str = "m") -> dict[str, Any]:
     """A track message whose JSON (as the collector counts it) is exactly ``size`` bytes."""
     msg = _track(mid, properties={"pad": ""})
@@ -136,21 +140,20 @@ def _padded(size: int, mid: str = "m") -> dict[str, Any]:
 
 async def test_the_spec_limits_at_and_past(keyed: config.Config, redis_server: RedisServer) -> None:
     at = segment.MAX_MESSAGE_BYTES
-    compact = {"separators": (",", ":")}
     async with running(App(keyed)) as app:
-        ok_one = await _post(app, "/v1/track", json.dumps(_padded(at, "a"), **compact).encode(), _auth())
-        big_one = await _post(app, "/v1/track", json.dumps(_padded(at + 1, "b"), **compact).encode(), _auth())
+        ok_one = await _post(app, "/v1/track", _compact(_padded(at, "a")).encode(), _auth())
+        big_one = await _post(app, "/v1/track", _compact(_padded(at + 1, "b")).encode(), _auth())
         big_in_batch = await _post(app, "/v1/batch", {"batch": [_track("c"), _padded(at + 1, "d")]}, _auth())
         # 500 KB of batch: 15 messages of 32 KB and one that makes up the rest, exactly at the limit.
         msgs = [_padded(at, f"e{i}") for i in range(15)]
         head = len('{"batch":[') + len("]}") + 15
         used = head + 15 * at
         msgs.append(_padded(segment.MAX_BATCH_BYTES - used, "e15"))
-        full = json.dumps({"batch": msgs}, **compact).encode()
+        full = _compact({"batch": msgs}).encode()
         assert len(full) == segment.MAX_BATCH_BYTES
         ok_batch = await _post(app, "/v1/batch", full, _auth())
         msgs[-1] = _padded(segment.MAX_BATCH_BYTES - used + 1, "e15")
-        over = json.dumps({"batch": msgs}, **compact).encode()
+        over = _compact({"batch": msgs}).encode()
         big_batch = await _post(app, "/v1/batch", over, _auth())
     assert ok_one.status == 200
     assert (big_one.status, big_one.error) == (400, "body: max_message_bytes: a message is larger than 32768 bytes")

@@ -36,7 +36,7 @@ def _accepted(stack: Stack, stream: str) -> int:
 def _client(host: str, key: str = SEGMENT_KEY, **kw: Any) -> Client:
     errors: list[Any] = []
     client = Client(key, host=host, on_error=lambda e, batch: errors.append(e), max_retries=3, **kw)
-    client._errors = errors  # type: ignore[attr-defined]
+    client._errors = errors
     return client
 
 
@@ -61,7 +61,7 @@ def test_every_call_type_is_stored_field_by_field(tmp_path: Path) -> None:
         client.alias("anon-9", "u1", timestamp=now, message_id="m-alias")
         client.track("u2", "Backfilled", timestamp=T0, message_id="m-old")
         client.flush()
-        assert client._errors == []  # type: ignore[attr-defined]
+        assert client._errors == []
         rows = {r["message_id"]: r for r in stored_rows(stack, "segment")}
 
     assert sorted(rows) == ["m-alias", "m-group", "m-identify", "m-old", "m-page", "m-screen", "m-track"]
@@ -149,7 +149,7 @@ def test_wrong_write_key_is_401_and_stores_nothing(tmp_path: Path) -> None:
         client = _client(stack.url, key="wk_nobody")
         client.track("u1", "Nope", message_id="m-x")
         client.flush()
-        errors = client._errors  # type: ignore[attr-defined]
+        errors = client._errors
         assert [(e.status, e.code) for e in errors] == [(401, "valid")]
         assert "writeKey: valid" in errors[0].message
         assert _accepted(stack, "segment") == 0

@@ -192,7 +192,10 @@ async def test_hostile_parameters_name_the_parameter_and_store_nothing(
         ({"schema": PAYLOAD, "data": {}}, "data: type: expected an array of events"),
         ({"schema": PAYLOAD, "data": []}, "data: required: the array is empty"),
         ({"schema": PAYLOAD, "data": [_event(), "pv"]}, "data: type: each event must be a JSON object"),
-        ({"schema": PAYLOAD, "data": [_event(), _event(aid=["a"])]}, "aid: type: tracker parameters are strings"),
+        (
+            {"schema": PAYLOAD, "data": [_event(), {**_event(), "aid": ["a"]}]},
+            "aid: type: tracker parameters are strings",
+        ),
         ([_event()], "body: type: expected a payload_data JSON object"),
     ],
 )

@@ -33,11 +33,23 @@ EVENTS = [
 
 def expected_2016(jsn_text: dict[str | None, str | None]) -> list[tuple[str | None, ...]]:
     """The rows the 2016 table held: every value the string r2bq wrote, ``dt`` = ``str(datetime.utcnow())``."""
-    rows = []
+    rows: list[tuple[str | None, ...]] = []
     for at, evt, jsn in EVENTS:
         if str(at) >= "2026-12-01":
-            rows.append((str(at), "a1b2c3", evt, "2", "https://www.bizocean.jp/doc/", "Docs", "198.51.100.7", "pc",
-                         "Mozilla/5.0", jsn_text[jsn]))
+            rows.append(
+                (
+                    str(at),
+                    "a1b2c3",
+                    evt,
+                    "2",
+                    "https://www.bizocean.jp/doc/",
+                    "Docs",
+                    "198.51.100.7",
+                    "pc",
+                    "Mozilla/5.0",
+                    jsn_text[jsn],
+                )
+            )
     return rows
 
 
@@ -75,26 +87,48 @@ def test_duckdb_view_answers_a_2016_query(tmp_path: Path) -> None:
         con.execute(
             "INSERT INTO form (event_id, received_at, ip, ua, device, sid, name, extra) VALUES "
             "('f1', TIMESTAMP '2026-12-02 03:04:05.5', '203.0.113.9', 'ua', 'mobile', 'ff', 'Ada', "
-            "'{\"uid\": \"u-1\", \"oid\": \"7\", \"other\": 1}')"
+            '\'{"uid": "u-1", "oid": "7", "other": 1}\')'
         )
         con.execute(
             "INSERT INTO ecview (event_id, received_at, user_id, age, viewed_at) VALUES "
             "('e1', TIMESTAMP '2026-12-02 00:00:00', '42', 34, TIMESTAMP '2026-12-01 00:15:00.25')"
         )
-        assert con.execute(QUERY_2016).fetchall() == expected_2016({None: None, '{"kwd": "invoice"}':
-                                                                     '{"kwd": "invoice"}'})
+        assert con.execute(QUERY_2016).fetchall() == expected_2016(
+            {None: None, '{"kwd": "invoice"}': '{"kwd": "invoice"}'}
+        )
         # Every column is a string, as in 2016.
-        types = {r[1] for r in con.execute(
-            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'bizocean'").fetchall()}
+        types = {
+            r[1]
+            for r in con.execute(
+                "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'bizocean'"
+            ).fetchall()
+        }
         assert types == {"VARCHAR"}
         cols = [r[0] for r in con.execute("DESCRIBE bizocean").fetchall()]
-        assert cols == ["dt", "sid", "evt", "uid", "oid", "url", "ref", "tit", "jsn", "scr", "vie", "enc", "rad", "ua",
-                        "dev"]
+        assert cols == [
+            "dt",
+            "sid",
+            "evt",
+            "uid",
+            "oid",
+            "url",
+            "ref",
+            "tit",
+            "jsn",
+            "scr",
+            "vie",
+            "enc",
+            "rad",
+            "ua",
+            "dev",
+        ]
         # The form's 2016 columns kept in extra are columns again; an int and a timestamp field are strings.
         assert con.execute("SELECT dt, sid, name, rad, dev, uid, oid, url, enc FROM form_2016").fetchall() == [
-            ("2026-12-02 03:04:05.500000", "ff", "Ada", "203.0.113.9", "mobile", "u-1", "7", None, None)]
+            ("2026-12-02 03:04:05.500000", "ff", "Ada", "203.0.113.9", "mobile", "u-1", "7", None, None)
+        ]
         assert con.execute("SELECT user_id, age, viewed_at FROM ecview_strings").fetchall() == [
-            ("42", "34", "2026-12-01 00:15:00.250000")]
+            ("42", "34", "2026-12-01 00:15:00.250000")
+        ]
     finally:
         con.close()
 
@@ -109,9 +143,13 @@ def test_tables_sync_prints_the_view_once_and_again_when_a_field_is_added(
     assert "duckdb: (re)created view bizocean (the 2016 layout of pageview)" in capsys.readouterr().out
     assert cli.main(["tables", "sync", "--config", str(cfg_path)]) == 0
     assert "bizocean" not in capsys.readouterr().out
-    cfg_path.write_text(_config_text().replace(
-        'enc = { type = "string", max_length = 16, description = "page encoding" }',
-        'enc = { type = "string", max_length = 16, description = "page encoding" }\nlang = { type = "string" }', 1))
+    cfg_path.write_text(
+        _config_text().replace(
+            'enc = { type = "string", max_length = 16, description = "page encoding" }',
+            'enc = { type = "string", max_length = 16, description = "page encoding" }\nlang = { type = "string" }',
+            1,
+        )
+    )
     assert cli.main(["tables", "sync", "--config", str(cfg_path)]) == 0
     assert "duckdb: (re)created view bizocean (the 2016 layout of pageview)" in capsys.readouterr().out
     con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
@@ -126,8 +164,11 @@ def test_a_legacy_view_may_not_take_a_table_name() -> None:
     with pytest.raises(ConfigError, match=r"^streams\.pageview\.legacy_view: form is the name of streams\.form$"):
         config.loads(text)
     text = _config_text().replace('legacy_view = "form_2016"', 'legacy_view = "bizocean"')
-    with pytest.raises(ConfigError, match=r"^streams\.form\.legacy_view: bizocean is the name of "
-                                          r"streams\.pageview\.legacy_view$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^streams\.form\.legacy_view: bizocean is the name of "
+        r"streams\.pageview\.legacy_view$",
+    ):
         config.loads(text)
 
 
@@ -138,11 +179,16 @@ def test_bigquery_view_answers_a_2016_query(bq_emulator: BigQueryEmulator) -> No
     from flusher.sinks.bigquery import BigQuerySink
 
     dataset = f"leg_{uuid.uuid4().hex[:10]}"
-    cfg = config.loads(_config_text(), env={
-        "OCEANUS_SINK_KIND": "bigquery", "OCEANUS_SINK_BIGQUERY_PROJECT": bq_emulator.project,
-        "OCEANUS_SINK_BIGQUERY_DATASET": dataset, "OCEANUS_SINK_BIGQUERY_API_ENDPOINT": bq_emulator.rest_url,
-        "OCEANUS_SINK_BIGQUERY_RETRY_DEADLINE_S": "5",
-    })
+    cfg = config.loads(
+        _config_text(),
+        env={
+            "OCEANUS_SINK_KIND": "bigquery",
+            "OCEANUS_SINK_BIGQUERY_PROJECT": bq_emulator.project,
+            "OCEANUS_SINK_BIGQUERY_DATASET": dataset,
+            "OCEANUS_SINK_BIGQUERY_API_ENDPOINT": bq_emulator.rest_url,
+            "OCEANUS_SINK_BIGQUERY_RETRY_DEADLINE_S": "5",
+        },
+    )
     sink = BigQuerySink(cfg)
     try:
         changes = sink.ensure_tables([cfg.streams["pageview"]])
@@ -154,12 +200,16 @@ def test_bigquery_view_answers_a_2016_query(bq_emulator: BigQueryEmulator) -> No
     try:
         prefix = f"`{bq_emulator.project}.{dataset}`."
         for sql in _insert_sql(prefix, "TIMESTAMP"):
-            client.query(sql.replace("'{\"kwd\": \"invoice\"}'", "JSON '{\"kwd\": \"invoice\"}'"), retry=retry).result()
-        job = client.query(QUERY_2016, retry=retry,
-                           job_config=bigquery.QueryJobConfig(default_dataset=f"{bq_emulator.project}.{dataset}"))
+            client.query(sql.replace('\'{"kwd": "invoice"}\'', 'JSON \'{"kwd": "invoice"}\''), retry=retry).result()
+        job = client.query(
+            QUERY_2016,
+            retry=retry,
+            job_config=bigquery.QueryJobConfig(default_dataset=f"{bq_emulator.project}.{dataset}"),
+        )
         got = [tuple(r.values()) for r in job.result()]
     finally:
         client.close()
     # BigQuery's JSON keeps the value, not the spacing (docs/MIGRATION.md).
-    assert got == expected_2016({None: None, '{"kwd": "invoice"}': json.dumps({"kwd": "invoice"},
-                                                                              separators=(",", ":"))})
+    assert got == expected_2016(
+        {None: None, '{"kwd": "invoice"}': json.dumps({"kwd": "invoice"}, separators=(",", ":"))}
+    )

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -31,13 +32,13 @@ pytestmark = pytest.mark.timeout(180)
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _config_text(tmp_path: Path, redis_url: str, shop: ShopDB, **keys: object) -> tuple[str, Path, Path]:
+def _config_text(tmp_path: Path, redis_url: str, shop: ShopDB, **keys: Any) -> tuple[str, Path, Path]:
     path = tmp_path / devstate.WAREHOUSE_FILE
     token_file = devstate.write_query_token(tmp_path)
     imports = import_toml(path, shop, **keys)
     text = make_config_text(redis_url, path, query_token_file=str(token_file))
     text = text.replace("[flusher]\n", "[flusher]\nquery_enabled = true\n", 1)
-    return text + "\n" + imports[imports.index("[imports.users]"):], path, token_file
+    return text + "\n" + imports[imports.index("[imports.users]") :], path, token_file
 
 
 def _flusher(cfg_path: Path, shop: ShopDB) -> subprocess.Popen[str]:
@@ -45,7 +46,11 @@ def _flusher(cfg_path: Path, shop: ShopDB) -> subprocess.Popen[str]:
     env.pop("OCEANUS_CONFIG", None)
     return subprocess.Popen(
         [sys.executable, "-m", "oceanus.cli", "flusher", "--config", str(cfg_path)],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -76,13 +81,22 @@ def test_imports_run_inside_a_running_flusher(tmp_path: Path, redis_server: Redi
     try:
         wait_for(lambda: discovery.read_flusher_info(path) is not None, timeout=60, what="the flusher")
         ids = push_frames(client, Keys(cfg.redis.key_prefix), cfg.streams["pv"], frames=20, rows_per_frame=50)
-        wait_for(lambda: _count(path, token, "SELECT count(*) FROM users_latest") == 300, timeout=60,
-                 what="300 users imported inside the flusher")
+        wait_for(
+            lambda: _count(path, token, "SELECT count(*) FROM users_latest") == 300,
+            timeout=60,
+            what="300 users imported inside the flusher",
+        )
         pg_shop.fill(301, 10)
-        wait_for(lambda: _count(path, token, "SELECT count(*) FROM users_latest") == 310, timeout=60,
-                 what="the next run's 10 users")
-        wait_for(lambda: _count(path, token, "SELECT count(*) FROM pv") == len(ids), timeout=60,
-                 what="the events written beside the imports")
+        wait_for(
+            lambda: _count(path, token, "SELECT count(*) FROM users_latest") == 310,
+            timeout=60,
+            what="the next run's 10 users",
+        )
+        wait_for(
+            lambda: _count(path, token, "SELECT count(*) FROM pv") == len(ids),
+            timeout=60,
+            what="the events written beside the imports",
+        )
         # Its /metrics serves the import's series too.
         import urllib.request
 
@@ -121,9 +135,15 @@ def test_flusher_killed_mid_import_then_restarted(tmp_path: Path, redis_server: 
     assert 200 <= partial < 20_000, "the import was not killed mid-way"
     assert partial % 200 == 0  # whole batches only
     # The watermark is exactly the last committed row.
-    assert table_count(cfg, "SELECT count(*) FROM _oceanus_import_state WHERE watermark = "
-                            "(SELECT '[{\"datetime\":\"' || strftime(max(updated_at), '%Y-%m-%dT%H:%M:%S') "
-                            "|| '\"},' || max_by(id, (updated_at, id)) || ']' FROM users)") == 1
+    assert (
+        table_count(
+            cfg,
+            "SELECT count(*) FROM _oceanus_import_state WHERE watermark = "
+            "(SELECT '[{\"datetime\":\"' || strftime(max(updated_at), '%Y-%m-%dT%H:%M:%S') "
+            "|| '\"},' || max_by(id, (updated_at, id)) || ']' FROM users)",
+        )
+        == 1
+    )
     proc = _flusher(cfg_path, pg_shop)
     try:
         assert proc.stderr is not None

@@ -61,8 +61,9 @@ from oceanus.config import (
 )
 
 #: Cheap address check: something@domain.tld, no spaces, one @. Full RFC 5322
-#: parsing belongs to whoever mails the address, not to the beacon edge.
-EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$")
+#: parsing belongs to whoever mails the address, not to the beacon edge. ``\Z``, not
+#: ``$``: ``$`` also matches before a trailing newline and stored ``a@b.co\n``.
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+\Z")
 
 _json_encode = msgspec.json.Encoder().encode
 _json_decode = msgspec.json.Decoder().decode

@@ -50,11 +50,18 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
         ["tests/flusher/test_claim.py", "tests/collector/test_app.py", "tests/flusher/test_frame_cap.py"],
     ),
     "collector/spool.py": (
-        ["tests/collector/test_spool.py", "tests/collector/test_spool_corrupt.py", "tests/collector/test_spool_usage.py"],
+        [
+            "tests/collector/test_spool.py",
+            "tests/collector/test_spool_corrupt.py",
+            "tests/collector/test_spool_usage.py",
+        ],
         ["tests/collector/test_pusher_drain.py"],
     ),
     "flusher/worker.py": (["tests/flusher/test_runner.py"], ["tests/flusher/test_poison.py"]),
-    "flusher/batch.py": (["tests/flusher/test_runner.py"], ["tests/oceanus/test_dead.py", "tests/flusher/test_poison.py"]),
+    "flusher/batch.py": (
+        ["tests/flusher/test_runner.py"],
+        ["tests/oceanus/test_dead.py", "tests/flusher/test_poison.py"],
+    ),
     "flusher/controller.py": (["tests/flusher/test_controller_pinned.py", "tests/flusher/test_controller.py"], []),
     "collector/validate.py": (
         [
@@ -83,36 +90,84 @@ HAND: list[tuple[str, str, str, str]] = [
     ("flusher/claim.py", "'_claimed_ms', ARGV[3]", "'_claimed_ms', ARGV[2]", "lua claim: _claimed_ms arg"),
     ("flusher/claim.py", "if count == 0 then return items end\n", "", "lua claim: empty check dropped"),
     ("flusher/claim.py", "if ARGV[1] ~= '1' and", "if ARGV[1] == '1' and", "lua reclaim: own-key waiver"),
-    ("flusher/claim.py", "and redis.call('EXISTS', KEYS[4]) == 1 then", "and redis.call('EXISTS', KEYS[4]) == 0 then",
-     "lua reclaim: liveness check inverted"),
+    (
+        "flusher/claim.py",
+        "and redis.call('EXISTS', KEYS[4]) == 1 then",
+        "and redis.call('EXISTS', KEYS[4]) == 0 then",
+        "lua reclaim: liveness check inverted",
+    ),
     ("flusher/claim.py", "  redis.call('DEL', KEYS[5])\n", "", "lua reclaim: orphan state kept"),
-    ("flusher/claim.py", "if redis.call('EXISTS', KEYS[5]) == 1 then redis.call('RENAME', KEYS[5], KEYS[6]) end\n",
-     "", "lua reclaim: state not carried over"),
-    ("flusher/claim.py", "redis.call('SADD', KEYS[3], KEYS[2])\nreturn redis.call", "return redis.call",
-     "lua reclaim: new key not indexed"),
+    (
+        "flusher/claim.py",
+        "if redis.call('EXISTS', KEYS[5]) == 1 then redis.call('RENAME', KEYS[5], KEYS[6]) end\n",
+        "",
+        "lua reclaim: state not carried over",
+    ),
+    (
+        "flusher/claim.py",
+        "redis.call('SADD', KEYS[3], KEYS[2])\nreturn redis.call",
+        "return redis.call",
+        "lua reclaim: new key not indexed",
+    ),
     ("flusher/claim.py", "'RIGHT', 'LEFT'", "'LEFT', 'LEFT'", "lua give back: order"),
-    ("flusher/claim.py", "redis.call('DEL', KEYS[4])\nredis.call('SREM'", "redis.call('SREM'",
-     "lua give back: state kept"),
-    ("flusher/claim.py", "redis.call('SREM', KEYS[3], KEYS[1])\nreturn moved", "return moved",
-     "lua give back: index kept"),
+    (
+        "flusher/claim.py",
+        "redis.call('DEL', KEYS[4])\nredis.call('SREM'",
+        "redis.call('SREM'",
+        "lua give back: state kept",
+    ),
+    (
+        "flusher/claim.py",
+        "redis.call('SREM', KEYS[3], KEYS[1])\nreturn moved",
+        "return moved",
+        "lua give back: index kept",
+    ),
     ("flusher/claim.py", "moved = moved + 1", "moved = moved + 2", "lua give back: count"),
     ("flusher/claim.py", 're.sub(r"[^A-Za-z0-9_.-]"', 're.sub(r"[^A-Za-z0-9_.:-]"', "regex owner: ':' allowed"),
-    ("collector/validate.py", r'EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$")',
-     r'EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")', "regex email: '$' dropped"),
-    ("collector/validate.py", r'EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$")',
-     r'EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)*$")', "regex email: TLD optional"),
-    ("collector/validate.py", r'EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$")',
-     r'EMAIL_RE = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$")', "regex email: '^' dropped"),
-    ("collector/validate.py", r'EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$")',
-     r'EMAIL_RE = re.compile(r"^[^@]+@[^@\s.]+(\.[^@\s.]+)+$")', "regex email: space in local part"),
-    ("collector/validate.py", r'_INT_RE = re.compile(r"-?[0-9]+\Z")', r'_INT_RE = re.compile(r"-?[0-9]+")',
-     r"regex int: '\Z' dropped"),
-    ("collector/validate.py", r'_INT_RE = re.compile(r"-?[0-9]+\Z")', r'_INT_RE = re.compile(r"[0-9]+\Z")',
-     "regex int: sign dropped"),
+    (
+        "collector/validate.py",
+        r'EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+\Z")',
+        r'EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")',
+        "regex email: end anchor dropped",
+    ),
+    (
+        "collector/validate.py",
+        r'EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+\Z")',
+        r'EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)*\Z")',
+        "regex email: TLD optional",
+    ),
+    (
+        "collector/validate.py",
+        r'EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+\Z")',
+        r'EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$")',
+        "regex email: '\\Z' -> '$'",
+    ),
+    (
+        "collector/validate.py",
+        r'EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+\Z")',
+        r'EMAIL_RE = re.compile(r"^[^@]+@[^@\s.]+(\.[^@\s.]+)+\Z")',
+        "regex email: space in local part",
+    ),
+    (
+        "collector/validate.py",
+        r'_INT_RE = re.compile(r"-?[0-9]+\Z")',
+        r'_INT_RE = re.compile(r"-?[0-9]+")',
+        r"regex int: '\Z' dropped",
+    ),
+    (
+        "collector/validate.py",
+        r'_INT_RE = re.compile(r"-?[0-9]+\Z")',
+        r'_INT_RE = re.compile(r"[0-9]+\Z")',
+        "regex int: sign dropped",
+    ),
     ("collector/validate.py", r'(?:[eE][-+]?[0-9]+)?\Z")', r'(?:[eE][-+]?[0-9]+)?")', r"regex number: '\Z' dropped"),
     ("collector/validate.py", r'(?:[eE][-+]?[0-9]+)?\Z")', r'\Z")', "regex number: exponent dropped"),
-    ("collector/validate.py", r'_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")', r'_CONTROL_RE = re.compile(r"[\x00-\x1e]")',
-     "regex control: \\x1f and DEL allowed"),
+    (
+        "collector/validate.py",
+        r'_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")',
+        r'_CONTROL_RE = re.compile(r"[\x00-\x1e]")',
+        "regex control: \\x1f and DEL allowed",
+    ),
 ]
 
 #: Mutants that change no behaviour, keyed by "description @ stripped source line":
@@ -125,19 +180,54 @@ EQUIVALENT: dict[str, dict[str, str]] = {
 }
 
 _SWAP_BIN: dict[type[ast.operator], type[ast.operator]] = {
-    ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.FloorDiv, ast.FloorDiv: ast.Mult, ast.Div: ast.Mult,
-    ast.BitAnd: ast.BitOr, ast.BitOr: ast.BitAnd, ast.LShift: ast.RShift, ast.RShift: ast.LShift,
-    ast.Mod: ast.FloorDiv, ast.Pow: ast.Mult,
+    ast.Add: ast.Sub,
+    ast.Sub: ast.Add,
+    ast.Mult: ast.FloorDiv,
+    ast.FloorDiv: ast.Mult,
+    ast.Div: ast.Mult,
+    ast.BitAnd: ast.BitOr,
+    ast.BitOr: ast.BitAnd,
+    ast.LShift: ast.RShift,
+    ast.RShift: ast.LShift,
+    ast.Mod: ast.FloorDiv,
+    ast.Pow: ast.Mult,
 }
 _SWAP_CMP: dict[type[ast.cmpop], type[ast.cmpop]] = {
-    ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq, ast.NotEq: ast.Eq,
-    ast.In: ast.NotIn, ast.NotIn: ast.In, ast.Is: ast.IsNot, ast.IsNot: ast.Is,
+    ast.Lt: ast.LtE,
+    ast.LtE: ast.Lt,
+    ast.Gt: ast.GtE,
+    ast.GtE: ast.Gt,
+    ast.Eq: ast.NotEq,
+    ast.NotEq: ast.Eq,
+    ast.In: ast.NotIn,
+    ast.NotIn: ast.In,
+    ast.Is: ast.IsNot,
+    ast.IsNot: ast.Is,
 }
 _SYMBOL = {
-    ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.FloorDiv: "//", ast.Div: "/", ast.BitAnd: "&", ast.BitOr: "|",
-    ast.LShift: "<<", ast.RShift: ">>", ast.Mod: "%", ast.Pow: "**", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">",
-    ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!=", ast.In: "in", ast.NotIn: "not in", ast.Is: "is",
-    ast.IsNot: "is not", ast.And: "and", ast.Or: "or",
+    ast.Add: "+",
+    ast.Sub: "-",
+    ast.Mult: "*",
+    ast.FloorDiv: "//",
+    ast.Div: "/",
+    ast.BitAnd: "&",
+    ast.BitOr: "|",
+    ast.LShift: "<<",
+    ast.RShift: ">>",
+    ast.Mod: "%",
+    ast.Pow: "**",
+    ast.Lt: "<",
+    ast.LtE: "<=",
+    ast.Gt: ">",
+    ast.GtE: ">=",
+    ast.Eq: "==",
+    ast.NotEq: "!=",
+    ast.In: "in",
+    ast.NotIn: "not in",
+    ast.Is: "is",
+    ast.IsNot: "is not",
+    ast.And: "and",
+    ast.Or: "or",
 }
 
 
@@ -171,7 +261,7 @@ class _Finder(ast.NodeVisitor):
         for stmt in node.body:
             self.visit(stmt)
 
-    visit_AsyncFunctionDef = visit_FunctionDef  # noqa: N815
+    visit_AsyncFunctionDef = visit_FunctionDef
 
     def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
         if node.value is not None:
@@ -216,8 +306,9 @@ class _Finder(ast.NodeVisitor):
             if swap is not None:
                 ops = list(node.ops)
                 ops[i] = swap()
-                self._add(node, ast.Compare(node.left, ops, node.comparators),
-                          f"{_SYMBOL[type(op)]} -> {_SYMBOL[swap]}")
+                self._add(
+                    node, ast.Compare(node.left, ops, node.comparators), f"{_SYMBOL[type(op)]} -> {_SYMBOL[swap]}"
+                )
         self.generic_visit(node)
 
     def visit_BoolOp(self, node: ast.BoolOp) -> None:
@@ -296,8 +387,19 @@ def mutants_of(module: str) -> list[Mutant]:
 
 
 def _copy_tree(scratch: Path) -> None:
-    ignore = shutil.ignore_patterns(".venv", ".git", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache",
-                                    ".hypothesis", ".benchmarks", "build", "*.egg-info", ".oceanus")
+    ignore = shutil.ignore_patterns(
+        ".venv",
+        ".git",
+        "__pycache__",
+        ".mypy_cache",
+        ".ruff_cache",
+        ".pytest_cache",
+        ".hypothesis",
+        ".benchmarks",
+        "build",
+        "*.egg-info",
+        ".oceanus",
+    )
     shutil.copytree(REPO, scratch, ignore=ignore, dirs_exist_ok=True)
 
 
@@ -309,8 +411,15 @@ def _pytest(scratch: Path, files: list[str], timeout_s: float) -> str:
     env = dict(os.environ, PYTHONPATH=str(scratch), PYTHONDONTWRITEBYTECODE="1")
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "not slow", *files]
     try:
-        proc = subprocess.run(cmd, cwd=scratch, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              timeout=timeout_s, start_new_session=True)
+        proc = subprocess.run(
+            cmd,
+            cwd=scratch,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=timeout_s,
+            start_new_session=True,
+        )
     except subprocess.TimeoutExpired:
         return "timeout"
     return "pass" if proc.returncode == 0 else "fail"
@@ -362,11 +471,17 @@ def _brief(m: Mutant) -> dict[str, object]:
 
 
 def markdown(report: list[dict[str, object]], command: str) -> str:
-    out = [f"Command: `{command}`", "", "| module | mutants | equivalent | killed | survived | score |",
-           "|---|---|---|---|---|---|"]
+    out = [
+        f"Command: `{command}`",
+        "",
+        "| module | mutants | equivalent | killed | survived | score |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in report:
-        out.append(f"| `{r['module']}` | {r['mutants']} | {r['equivalent']} | {r['killed']} | {r['survived']} "
-                   f"| {r['score']} % |")
+        out.append(
+            f"| `{r['module']}` | {r['mutants']} | {r['equivalent']} | {r['killed']} | {r['survived']} "
+            f"| {r['score']} % |"
+        )
     for r in report:
         rows = cast(list[dict[str, object]], r["results"])
         survivors = [x for x in rows if x["outcome"] == "survived"]
@@ -410,8 +525,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"{module}: {len(mutants)} mutants", flush=True)
             r = run_module(module, scratch, mutants, args.timeout, args.verbose)
-            print(f"{module}: {r['score']} % ({r['killed']} killed, {r['survived']} survived, "
-                  f"{r['equivalent']} equivalent) in {r['seconds']} s", flush=True)
+            print(
+                f"{module}: {r['score']} % ({r['killed']} killed, {r['survived']} survived, "
+                f"{r['equivalent']} equivalent) in {r['seconds']} s",
+                flush=True,
+            )
             report.append(r)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

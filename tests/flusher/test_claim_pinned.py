@@ -61,7 +61,8 @@ def test_a_claim_larger_than_every_lua_slice_moves_every_frame_once_in_order(red
         assert await c.client.lrange(KEYS.queue("pv"), 0, -1) == items[n:]
         assert (await c.load_state(claim.key))[STATE_FRAMES] == str(n)
         rest = await c.claim("pv", 10)
-        assert rest is not None and rest.frames == items[n:]
+        assert rest is not None
+        assert rest.frames == items[n:]
         assert await c.claim("pv", 10) is None
         await c.client.aclose()
 
@@ -76,7 +77,8 @@ def test_claims_at_the_slice_edges_lose_nothing(redis_server: RedisServer, n: in
     async def scenario() -> None:
         c = _claimer(redis_server, "o1")
         claim = await c.claim("pv", 5000)
-        assert claim is not None and claim.frames == items
+        assert claim is not None
+        assert claim.frames == items
         assert await c.client.lrange(claim.key, 0, -1) == items
         assert await c.client.exists(KEYS.queue("pv")) == 0
         await c.client.aclose()
@@ -93,8 +95,10 @@ def test_a_claim_records_every_state_field_and_indexes_its_key(redis_server: Red
         first = await c.claim("pv", 3)
         second = await c.claim("pv", 0)  # at least one frame, whatever the caller asks
         after = _now_ms()
-        assert first is not None and second is not None
-        assert first.stream == "pv" and not first.reclaimed
+        assert first is not None
+        assert second is not None
+        assert first.stream == "pv"
+        assert not first.reclaimed
         # Sequence numbers start at the clock and count up by one per key.
         assert before + 1 <= _seq(first.key) <= after + 1
         assert _seq(second.key) == _seq(first.key) + 1
@@ -108,7 +112,9 @@ def test_a_claim_records_every_state_field_and_indexes_its_key(redis_server: Red
             STATE_FRAMES: "3",
         }
         assert await c.client.smembers(KEYS.inflight_index("pv")) == {first.key.encode(), second.key.encode()}
-        assert c.holds(first.key) and c.holds(second.key) and not c.holds("t:inflight:pv:owner-1:1")
+        assert c.holds(first.key)
+        assert c.holds(second.key)
+        assert not c.holds("t:inflight:pv:owner-1:1")
         await c.client.aclose()
 
     asyncio.run(scenario())
@@ -127,18 +133,23 @@ def test_a_reclaim_carries_every_state_field_over(redis_server: RedisServer) -> 
         assert await alive.orphans("pv") == [claim.key]  # "dead" never beat
         again = await alive.reclaim("pv", claim.key)
         assert again is not None
-        assert again.reclaimed and again.stream == "pv"
+        assert again.reclaimed
+        assert again.stream == "pv"
         assert again.frames == claim.frames == _items(3)
         assert again.batch_id == claim.batch_id
         assert again.claimed_ms == claim.claimed_ms  # the lag is measured from the first claim
         assert again.key == KEYS.inflight("pv", "alive", _seq(again.key))
-        assert await alive.load_state(again.key) == state_before == {
-            STATE_BATCH_ID: claim.batch_id,
-            STATE_CLAIMED_MS: str(claim.claimed_ms),
-            STATE_FRAMES: "3",
-            "offset": "42",
-            "job": "j-1",
-        }
+        assert (
+            await alive.load_state(again.key)
+            == state_before
+            == {
+                STATE_BATCH_ID: claim.batch_id,
+                STATE_CLAIMED_MS: str(claim.claimed_ms),
+                STATE_FRAMES: "3",
+                "offset": "42",
+                "job": "j-1",
+            }
+        )
         assert await alive.client.exists(claim.key, KEYS.state(claim.key)) == 0
         assert await alive.client.smembers(KEYS.inflight_index("pv")) == {again.key.encode()}
         assert alive.holds(again.key)
@@ -160,7 +171,8 @@ def test_a_reclaim_without_a_state_hash_names_the_batch_after_the_orphan(redis_s
         before = _now_ms()
         again = await c.reclaim("pv", orphan)
         after = _now_ms()
-        assert again is not None and again.frames == [b"a", b"b"]
+        assert again is not None
+        assert again.frames == [b"a", b"b"]
         assert again.batch_id == "gone-77"
         assert before <= again.claimed_ms <= after
         assert await c.load_state(again.key) == {STATE_BATCH_ID: "gone-77"}
@@ -194,8 +206,12 @@ def test_orphans_lists_own_unheld_keys_then_dead_owners_keys_sorted(redis_server
 
     async def scenario() -> None:
         c = _claimer(redis_server, "me")
-        assert await c.orphans("pv") == [KEYS.inflight("pv", "me", 1), KEYS.inflight("pv", "me", 9),
-                                         KEYS.inflight("pv", "amy", 3), KEYS.inflight("pv", "zed", 2)]
+        assert await c.orphans("pv") == [
+            KEYS.inflight("pv", "me", 1),
+            KEYS.inflight("pv", "me", 9),
+            KEYS.inflight("pv", "amy", 3),
+            KEYS.inflight("pv", "zed", 2),
+        ]
         await c.client.aclose()
 
     asyncio.run(scenario())
@@ -227,10 +243,12 @@ def test_finish_drops_the_claim_and_bounds_the_dead_letters(redis_server: RedisS
     async def scenario() -> None:
         c = _claimer(redis_server, "o1", dead_letter_max=3, dead_letter_ttl_s=100.0)
         a, b = await c.claim("pv", 2), await c.claim("pv", 2)
-        assert a is not None and b is not None
+        assert a is not None
+        assert b is not None
         assert await c.finish(a, [b"d1", b"d2"])
         assert await c.finish(b, [b"d3", b"d4"])
-        assert not c.holds(a.key) and not c.holds(b.key)
+        assert not c.holds(a.key)
+        assert not c.holds(b.key)
         assert await c.client.lrange(KEYS.dead("pv"), 0, -1) == [b"d2", b"d3", b"d4"]
         assert 99 <= await c.client.ttl(KEYS.dead("pv")) <= 100
         # Already gone (re-claimed elsewhere): False, with or without dead letters.
@@ -311,12 +329,15 @@ def test_oldest_inflight_frame_is_the_first_frame_of_the_oldest_batch(redis_serv
 def test_write_state_namespaces_children_and_writes_through(redis_server: RedisServer) -> None:
     client = redis_server.client()
     ws = RedisWriteState(client, "t:state:k", {STATE_BATCH_ID: "b", "x": "1"})
-    assert ws.get("x") == "1" and ws.get("y") is None
+    assert ws.get("x") == "1"
+    assert ws.get("y") is None
     child = ws.child("0")
     child.set(offset="5")
     grandchild = child.child("1")
     grandchild.set(offset="6")
-    assert child.get("offset") == "5" and grandchild.get("offset") == "6" and ws.get("offset") is None
+    assert child.get("offset") == "5"
+    assert grandchild.get("offset") == "6"
+    assert ws.get("offset") is None
     assert client.hgetall("t:state:k") == {b"0/offset": b"5", b"0/1/offset": b"6"}
     assert ws.has_sink_state()
     assert not RedisWriteState(client, "t:state:k", {STATE_BATCH_ID: "b", STATE_FRAMES: "2"}).has_sink_state()
@@ -328,7 +349,8 @@ def test_owner_ids_are_key_safe_and_bounded(monkeypatch: pytest.MonkeyPatch) -> 
     host, pid, rnd = make_owner_id().rsplit("-", 2)
     assert host == "pod-a-b-" + "x" * 32
     assert pid == str(os.getpid())
-    assert len(rnd) == 6 and int(rnd, 16) >= 0
+    assert len(rnd) == 6
+    assert int(rnd, 16) >= 0
     monkeypatch.setattr(socket, "gethostname", lambda: "")
     assert make_owner_id().startswith("host-")
     monkeypatch.setattr(socket, "gethostname", lambda: "a.b_c-D9")

@@ -47,7 +47,8 @@ def test_cost_per_row_baseline_moves_by_alpha_0_05_and_ignores_short_writes() ->
         _exact(0.959575e-4),  # 0.9995e-4 + 0.05 * (0.201e-4 - 0.9995e-4)
         _exact(0.96659625e-4),  # full window, median 1e-4 < 2x baseline: 0.959575e-4 + 0.05 * (1.1e-4 - ...)
     ]
-    assert c.decreases == 0 and c.target_rows == 100
+    assert c.decreases == 0
+    assert c.target_rows == 100
 
 
 def _grown(writes: int) -> BatchController:
@@ -60,7 +61,8 @@ def _grown(writes: int) -> BatchController:
 
 def test_a_window_whose_median_passes_twice_the_baseline_halves_once_and_rebaselines() -> None:
     c = _grown(3)
-    assert c.target_rows == 800 and c.slow_start
+    assert c.target_rows == 800
+    assert c.slow_start
     # baseline 1e-4, then 1.1e-4, 1.195e-4, 1.28525e-4 (alpha 0.05 toward 3e-4); the window
     # fills on the fifth write: median 3e-4 > 2 x 1.28525e-4.
     for i, expected in enumerate((1e-4, 1.1e-4, 1.195e-4, 1.28525e-4)):
@@ -68,19 +70,22 @@ def test_a_window_whose_median_passes_twice_the_baseline_halves_once_and_rebasel
         assert c.cost_per_row_s == _exact(expected)
         assert c.decreases == 0
     c.observe_write(1000, 0.3, Outcome.OK, backlog=False)
-    assert c.decreases == 1 and not c.slow_start
+    assert c.decreases == 1
+    assert not c.slow_start
     assert c.target_rows == 400
     assert c.cost_per_row_s == _exact(3e-4)  # re-baselined at the median, window emptied
     for _ in range(4):  # four more at the same cost: the new window is not full yet, nothing moves
         c.observe_write(1000, 0.3, Outcome.OK, backlog=False)
-    assert c.cost_per_row_s == _exact(3e-4) and c.decreases == 1
+    assert c.cost_per_row_s == _exact(3e-4)
+    assert c.decreases == 1
 
 
 def test_a_full_window_at_the_same_cost_never_decreases() -> None:
     c = _grown(3)
     for duration_s in (0.1, 0.1, 0.1, 0.1, 0.25):  # median 1e-4: one slow write is noise
         c.observe_write(1000, duration_s, Outcome.OK, backlog=False)
-    assert c.decreases == 0 and c.target_rows == 800
+    assert c.decreases == 0
+    assert c.target_rows == 800
     assert c.cost_per_row_s == _exact(1.075e-4)  # 1e-4 + 0.05 * (2.5e-4 - 1e-4)
 
 
@@ -94,7 +99,7 @@ def test_slow_start_doubles_then_additive_increase_adds_min_rows() -> None:
     for _ in range(3):
         sizes.append(c.target_rows)
         c.observe_write(c.target_rows, 0.001, Outcome.OK, backlog=True)
-    assert sizes + [c.target_rows] == [100, 200, 400, 800, 800, 900, 1000, 1100]
+    assert [*sizes, c.target_rows] == [100, 200, 400, 800, 800, 900, 1000, 1100]
     assert c.decreases == 1
 
 
@@ -118,7 +123,8 @@ def test_growth_stops_at_max_rows_and_shrinking_at_min_rows() -> None:
     assert c.target_rows == 5100
     for _ in range(7):
         c.observe_write(1, 0.0, Outcome.TIMEOUT, backlog=True)
-    assert c.target_rows == 100 and c.decreases == 8  # 5100 -> 2550 -> ... -> 79.7 -> floored at 100
+    assert c.target_rows == 100
+    assert c.decreases == 8
 
 
 def test_a_write_over_max_wait_shrinks_one_at_max_wait_does_not() -> None:
@@ -126,7 +132,8 @@ def test_a_write_over_max_wait_shrinks_one_at_max_wait_does_not() -> None:
     c.observe_write(100, BOUNDS.max_wait_s, Outcome.OK, backlog=False)
     assert c.decreases == 0
     c.observe_write(100, BOUNDS.max_wait_s + 0.001, Outcome.OK, backlog=False)
-    assert c.decreases == 1 and c.target_rows == 400
+    assert c.decreases == 1
+    assert c.target_rows == 400
 
 
 def test_errors_and_empty_writes_change_nothing() -> None:

@@ -7,6 +7,7 @@ checked-in bytes and compare the encoder's output to them byte for byte.
 
 from __future__ import annotations
 
+import itertools
 import zlib
 from pathlib import Path
 
@@ -22,13 +23,48 @@ GOLDEN_ZLIB = "1.2.13"
 
 COLS = ["event_id", "received_at", "ip", "ua", "device", "sid", "n", "score", "ok", "at", "jsn", "extra"]
 ROWS = [
-    [bytes.fromhex("0190a1b2c3d45e6f708192a300000001"), 1_780_000_000_000_000, "203.0.113.7",
-     "Mozilla/5.0 (X11; Linux x86_64)", "desktop", "s-1", 42, 1.5, True, 1_779_999_999_000_000, '{"k": [1, 2]}',
-     None],
-    [bytes.fromhex("0190a1b2c3d45e6f708192a300000002"), 1_780_000_000_000_001, "2001:db8::1", "", "mobile",
-     "日本語", -7, -0.25, False, None, None, '{"x":"y"}'],
-    [bytes.fromhex("0190a1b2c3d55e6f708192a3ffffffff"), 1_780_000_000_999_999, "198.51.100.2", "curl/8", "bot", "",
-     0, 1e300, None, 0, "null", None],
+    [
+        bytes.fromhex("0190a1b2c3d45e6f708192a300000001"),
+        1_780_000_000_000_000,
+        "203.0.113.7",
+        "Mozilla/5.0 (X11; Linux x86_64)",
+        "desktop",
+        "s-1",
+        42,
+        1.5,
+        True,
+        1_779_999_999_000_000,
+        '{"k": [1, 2]}',
+        None,
+    ],
+    [
+        bytes.fromhex("0190a1b2c3d45e6f708192a300000002"),
+        1_780_000_000_000_001,
+        "2001:db8::1",
+        "",
+        "mobile",
+        "日本語",
+        -7,
+        -0.25,
+        False,
+        None,
+        None,
+        '{"x":"y"}',
+    ],
+    [
+        bytes.fromhex("0190a1b2c3d55e6f708192a3ffffffff"),
+        1_780_000_000_999_999,
+        "198.51.100.2",
+        "curl/8",
+        "bot",
+        "",
+        0,
+        1e300,
+        None,
+        0,
+        "null",
+        None,
+    ],
 ]
 
 
@@ -47,7 +83,9 @@ def test_o2_layout_magic_raw_deflate_and_a_big_endian_crc32_trailer() -> None:
     assert frame[:2] == b"O2" == buffer.FRAME_MAGIC
     assert frame[-4:] == zlib.crc32(payload).to_bytes(4, "big")
     z = zlib.decompressobj(-15, buffer.FRAME_DICT_O2)
-    assert z.decompress(frame[2:-4]) == payload and z.eof and not z.unused_data
+    assert z.decompress(frame[2:-4]) == payload
+    assert z.eof
+    assert not z.unused_data
     assert buffer.frame_payload(frame) == payload
 
 
@@ -68,7 +106,7 @@ def test_a_body_no_longer_than_the_checksum_is_truncated() -> None:
     for body in (b"", b"\x00", b"\x00\x00\x00\x00"):
         with pytest.raises(buffer.FrameError, match="truncated"):
             buffer.frame_payload(b"O2" + body)
-    with pytest.raises(buffer.FrameError, match="corrupt frame: (?!truncated)"):
+    with pytest.raises(buffer.FrameError, match=r"corrupt frame: (?!truncated)"):
         buffer.frame_payload(b"O2" + b"\x00" * 5)
 
 
@@ -120,7 +158,7 @@ def test_ids_minted_in_the_same_millisecond_are_distinct_and_ordered() -> None:
     assert len(set(same)) == 1000
     assert same == sorted(same)
     counters = [int.from_bytes(i[12:], "big") for i in same]
-    assert all((b - a) % 2**32 == 1 for a, b in zip(counters, counters[1:], strict=False))
+    assert all((b - a) % 2**32 == 1 for a, b in itertools.pairwise(counters))
     assert {i[:12] for i in same} == {same[0][:12]}
 
 
@@ -133,8 +171,10 @@ def test_id_layout_millis_node_counter_and_the_counter_wraps_inside_its_32_bits(
     assert int.from_bytes(a, "big") == (1_780_000_000_123 << 80) | node | 0xFFFFFFFF
     assert int.from_bytes(b, "big") == (1_780_000_000_124 << 80) | node | 0
     assert buffer.event_id_time_ms(a) == 1_780_000_000_123
-    assert node & 0xFFFFFFFF == 0 and 0 <= node >> 32 < 2**48
-    assert buffer.event_id_hex(a) == a.hex() and len(a) == 16
+    assert node & 0xFFFFFFFF == 0
+    assert 0 <= node >> 32 < 2**48
+    assert buffer.event_id_hex(a) == a.hex()
+    assert len(a) == 16
 
 
 def test_an_id_without_a_clock_argument_reads_the_clock() -> None:
@@ -148,10 +188,29 @@ def test_an_id_without_a_clock_argument_reads_the_clock() -> None:
 def test_every_key_name() -> None:
     k = buffer.Keys("P")
     assert buffer.Keys().prefix == "oceanus"
-    assert [k.queue("s"), k.inflight("s", "o", 3), k.inflight_index("s"), k.state("P:inflight:s:o:3"),
-            k.heartbeat("o"), k.dead("s"), k.stats("s", 29_666_666), k.recent_errors(), k.notify_queue("s"),
-            k.notify_prefix(), k.notify_recent()] == [
-        "P:q:s", "P:inflight:s:o:3", "P:inflight-index:s", "P:state:P:inflight:s:o:3", "P:hb:o", "P:dead:s",
-        "P:stats:s:29666666", "P:recent-errors", "P:notify:q:s", "P:notify", "P:notify:recent",
+    assert [
+        k.queue("s"),
+        k.inflight("s", "o", 3),
+        k.inflight_index("s"),
+        k.state("P:inflight:s:o:3"),
+        k.heartbeat("o"),
+        k.dead("s"),
+        k.stats("s", 29_666_666),
+        k.recent_errors(),
+        k.notify_queue("s"),
+        k.notify_prefix(),
+        k.notify_recent(),
+    ] == [
+        "P:q:s",
+        "P:inflight:s:o:3",
+        "P:inflight-index:s",
+        "P:state:P:inflight:s:o:3",
+        "P:hb:o",
+        "P:dead:s",
+        "P:stats:s:29666666",
+        "P:recent-errors",
+        "P:notify:q:s",
+        "P:notify",
+        "P:notify:recent",
     ]
     assert buffer.Keys.owner_of("P:inflight:my:stream:host-1:12") == "host-1"

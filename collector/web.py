@@ -121,6 +121,14 @@ def minify_js(source: str) -> str:
     return "\n".join(line for line in lines if line and not line.startswith("//")) + "\n"
 
 
+def tag_streams(cfg: Config) -> list[StreamConfig]:
+    """The streams the tag may send to: not those fed by another protocol's trackers
+    (Snowplow's ``sid`` is its session id, not the tag's browser id), whose schema
+    would only add bytes to every first page view."""
+    foreign = {cfg.collector.segment.stream, cfg.collector.snowplow.stream} - {""}
+    return [s for s in cfg.streams.values() if s.name not in foreign]
+
+
 def render_tag(cfg: Config, *, legacy: bool = False) -> bytes:
     """The tag; with ``legacy``, also the 2016 tag's API (static/oceanus-2016.js)."""
     source = (STATIC_DIR / "oceanus.js").read_text(encoding="utf-8")
@@ -128,7 +136,7 @@ def render_tag(cfg: Config, *, legacy: bool = False) -> bytes:
         raise RuntimeError("oceanus.js lost its /*LEGACY2016*/ placeholder")
     extra = (STATIC_DIR / "oceanus-2016.js").read_text(encoding="utf-8") if legacy else ""
     source = source.replace("/*LEGACY2016*/", extra)
-    schema = msgspec.json.encode(tag_schema(list(cfg.streams.values()))).decode()
+    schema = msgspec.json.encode(tag_schema(tag_streams(cfg))).decode()
     if "/*SCHEMA*/{}" not in source:
         raise RuntimeError("oceanus.js lost its /*SCHEMA*/ placeholder")
     return minify_js(source.replace("/*SCHEMA*/{}", schema)).encode()

@@ -94,7 +94,7 @@ def test_rendered_tag_embeds_the_schema_and_stays_small(default_config: config.C
     assert "/*SCHEMA*/" not in tag
     match = re.search(r"var S = (\{.*?\});\n", tag)
     assert match is not None
-    assert json.loads(match.group(1)) == web.tag_schema(list(default_config.streams.values()))
+    assert json.loads(match.group(1)) == web.tag_schema(web.tag_streams(default_config))
     assert not any(line.startswith("//") for line in tag.splitlines())
     assert tag.startswith("/*! oceanus.js")
     size = len(gzip.compress(tag.encode(), 9))
@@ -280,3 +280,15 @@ def test_snapshot_when_redis_is_unreachable(tmp_path: Path) -> None:
     assert snap["redis_error"]
     assert snap["spool"] == {"bytes": 600, "files": 1}
     assert time.monotonic() - t0 < status.STATUS_REDIS_TIMEOUT_S + 3
+
+
+def test_streams_fed_by_trackers_are_not_in_the_tag(default_config: config.Config) -> None:
+    foreign = {default_config.collector.segment.stream, default_config.collector.snowplow.stream} - {""}
+    assert foreign, "the shipped config feeds streams from Segment and Snowplow"
+    assert foreign <= set(default_config.streams)
+    tag = web.render_tag(default_config).decode()
+    match = re.search(r"var S = (\{.*?\});\n", tag)
+    assert match is not None
+    schema = json.loads(match.group(1))
+    assert not foreign & set(schema)
+    assert "pageview" in schema

@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: run run-deps test lint bench chaos soak loadtest system-deps venv clean
+.PHONY: run run-deps test lint bench chaos soak loadtest mutate system-deps venv clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -82,6 +82,12 @@ bench: system-deps $(STAMP)
 
 loadtest: system-deps $(STAMP)
 	$(PY) -m loadtest.run --run-time $${LOADTEST_TIME:-30s}
+
+# Mutation testing of the modules that decide whether an event survives (docs/TESTING.md):
+# one worker, a timeout per mutant; hours for every module, so not in CI.
+# MUTATE_ARGS="--module flusher/claim.py --sample 2" narrows it; reports in build/mutate/.
+mutate: system-deps $(STAMP)
+	$(PY) tools/mutate.py $(MUTATE_ARGS)
 
 clean:
 	rm -rf $(VENV) .oceanus .pytest_cache .mypy_cache .ruff_cache

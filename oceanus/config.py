@@ -1018,7 +1018,8 @@ def _wants_int(path: tuple[str, ...]) -> bool:
 
 def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
     paths = _env_paths(Config)
-    secrets = _named_env(raw)
+    # ... and the ones an override names (OCEANUS_SINK_POSTGRES_URL_ENV=OCEANUS_DW_URL).
+    secrets = _named_env(raw) | {v for k, v in env.items() if k.startswith("OCEANUS_") and k.endswith("_ENV")}
     for name, text in env.items():
         if not name.startswith("OCEANUS_") or name in ENV_NOT_KEYS or name in secrets:
             continue

@@ -46,6 +46,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pymysql
 import pymysql.cursors
+from pymysql.converters import escape_float, escape_string
 
 from flusher.sinks.base import Batch, QueryResult, RowError, WriteResult, WriteState
 from flusher.sinks.common import DEDUP_VIEW_SUFFIX, REQUIRED_COLUMNS, column_types, plain
@@ -167,28 +168,47 @@ def _q(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
-def _datetime(value: Any) -> dt.datetime:
-    return _EPOCH + dt.timedelta(microseconds=check_timestamp_us(value))
+# The converters below return SQL literals, built here rather than by PyMySQL's per-value
+# ``escape`` (a third of the write's CPU): strings through PyMySQL's own ``escape_string``
+# (the session's sql_mode keeps backslash escapes on), numbers as Python prints them.
+
+
+def _text_literal(value: Any) -> str:
+    return "'" + str(escape_string(check_text(value, nul_ok=True))) + "'"
+
+
+def _json_literal(value: Any) -> str:
+    return "'" + str(escape_string(check_json(value, nul_ok=True))) + "'"
+
+
+def _int_literal(value: Any) -> str:
+    return str(check_int(value))
+
+
+def _float_literal(value: Any) -> str:
+    return str(escape_float(check_float(value, finite=True)))  # "1.5e0": a DOUBLE, not a DECIMAL literal
+
+
+def _bool_literal(value: Any) -> str:
+    return "1" if check_bool(value) else "0"
+
+
+def _datetime_literal(value: Any) -> str:
+    return "'" + (_EPOCH + dt.timedelta(microseconds=check_timestamp_us(value))).isoformat(" ") + "'"
+
+
+def _event_id_literal(value: Any) -> str:
+    return "'" + event_id_hex(value) + "'"
+
+
+_LITERALS: dict[FieldType, Converter] = {
+    "string": _text_literal, "json": _json_literal, "int": _int_literal, "float": _float_literal,
+    "bool": _bool_literal, "timestamp": _datetime_literal,
+}
 
 
 def _converters(columns: Sequence[tuple[int, str, FieldType]]) -> list[Converter]:
-    out: list[Converter] = []
-    for _j, name, ftype in columns:
-        if name == "event_id":
-            out.append(event_id_hex)
-        elif ftype == "string":
-            out.append(lambda v: check_text(v, nul_ok=True))
-        elif ftype == "json":
-            out.append(lambda v: check_json(v, nul_ok=True))
-        elif ftype == "int":
-            out.append(check_int)
-        elif ftype == "float":
-            out.append(lambda v: check_float(v, finite=True))
-        elif ftype == "bool":
-            out.append(check_bool)
-        else:
-            out.append(_datetime)
-    return out
+    return [_event_id_literal if name == "event_id" else _LITERALS[ftype] for _j, name, ftype in columns]
 
 
 def connect_params(url: str) -> dict[str, Any]:
@@ -347,7 +367,7 @@ class MySQLSink:
         if not batch.rows:
             return WriteResult(written=0)
         columns = table_columns(batch)
-        kept, values, refused = convert_rows(batch, columns, _converters(columns))
+        kept, values, refused = convert_rows(batch, columns, _converters(columns), null="NULL")
         with self._lock:
             try:
                 conn = self._connection()
@@ -357,7 +377,7 @@ class MySQLSink:
                         self._apply(cur, batch.stream, create, added)
                     head = f"INSERT {{}}INTO {_q(batch.stream.name)} ({', '.join(_q(c) for _j, c, _t in columns)}) " \
                            "VALUES "
-                    literals = [conn.escape(row) for row in values]
+                    literals = ["(" + ",".join(row) + ")" for row in values]
                     if not self._bulk(cur, head.format("IGNORE "), literals):
                         conn.rollback()
                         refused.update(self._row_by_row(cur, head.format(""), kept, literals))

@@ -136,11 +136,11 @@ def table_columns(batch: Batch) -> list[tuple[int, str, FieldType]]:
 
 
 def convert_rows(
-    batch: Batch, columns: Sequence[tuple[int, str, FieldType]], converters: Sequence[Converter]
+    batch: Batch, columns: Sequence[tuple[int, str, FieldType]], converters: Sequence[Converter], null: Any = None
 ) -> tuple[list[int], list[tuple[Any, ...]], dict[int, str]]:
     """Each row's values through its column's converter: (row numbers kept, their values, refused rows).
 
-    A None passes as NULL except in ``event_id`` and ``received_at``, which every row has.
+    A None becomes ``null`` except in ``event_id`` and ``received_at``, which every row has.
     Repeats of an event_id inside the batch (a frame pushed twice) are kept once.
     """
     kept: list[int] = []
@@ -157,7 +157,7 @@ def convert_rows(
                 if value is None:
                     if name in ("event_id", "received_at"):
                         raise ValueError(f"{name}: missing")
-                    out.append(None)
+                    out.append(null)
                     continue
                 try:
                     out.append(convert(value))

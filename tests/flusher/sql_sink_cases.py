@@ -359,3 +359,27 @@ def test_the_flusher_drains_into_it_and_serves_query_behind_the_token(
     finally:
         client.close()
     assert sorted(e for (e,) in wh.rows("SELECT event_id FROM {s}.pv")) == sorted(ids)
+
+
+#: Values whose SQL form is easy to get wrong: quotes, backslashes, control characters, non-BMP text,
+#: the ends of BIGINT, floats that need every digit.
+TRICKY = [
+    ("it's", -(2**63), 0.1, True),
+    ("back\\slash\\", 2**63 - 1, -1e300, False),
+    ("line\nbreak\r\ttab \x1a ctrl-z", 0, 5e-324, True),
+    ("'; DROP TABLE pv; --", -1, 1.7976931348623157e308, False),
+    ('日本語 "quoted" 😀', 42, -0.0, True),
+]
+
+
+def test_tricky_values_round_trip_exactly(wh: SqlWarehouse, sink: SqlSink, tmp_path: Path) -> None:
+    stream = batch_of(wh, tmp_path, []).stream
+    rows = make_rows(stream, len(TRICKY))
+    c = stream.columns.index
+    for row, (text, n, score, ok) in zip(rows, TRICKY, strict=True):
+        row[c("sid")], row[c("n")], row[c("score")], row[c("ok")] = text, n, score, ok
+        row[c("jsn")] = json.dumps({"t": text})
+    assert sink.write(batch_of(wh, tmp_path, rows), NoState()).rejected == ()
+    got = wh.rows("SELECT sid, n, score, ok, jsn FROM {s}.pv")
+    by_n = {r[1]: (r[0], r[1], r[2], bool(r[3]), json.loads(r[4]) if isinstance(r[4], str) else r[4]) for r in got}
+    assert [by_n[n] for _t, n, _s, _o in TRICKY] == [(t, n, s, o, {"t": t}) for t, n, s, o in TRICKY]

@@ -27,6 +27,7 @@ from tests.flusher.sql_sink_cases import (  # noqa: F401 - the shared cases, col
     test_table_and_view_are_derived_from_the_config,
     test_the_flusher_drains_into_it_and_serves_query_behind_the_token,
     test_timestamps_and_json_are_stored_exactly,
+    test_tricky_values_round_trip_exactly,
     test_type_change_is_refused_naming_stream_and_column,
 )
 from tests.support.sqlwarehouse import SqlWarehouse, warehouse
@@ -108,3 +109,12 @@ def test_url_parsing() -> None:
         connect_params("mysql://root@127.0.0.1:3306/")
     with pytest.raises(ConfigError, match="expected a mysql:// URL"):
         connect_params("postgresql://root@127.0.0.1/x")
+
+
+def test_a_nul_character_is_stored_as_sent(wh: SqlWarehouse, sink: MySQLSink, tmp_path: Path) -> None:
+    # MySQL keeps NUL in text (PostgreSQL refuses it: that sink dead-letters such a row).
+    stream = batch_of(wh, tmp_path, []).stream
+    rows = make_rows(stream, 1)
+    rows[0][stream.columns.index("sid")] = "a\x00b\\\x00'"
+    assert sink.write(batch_of(wh, tmp_path, rows), NoState()).rejected == ()
+    assert wh.rows("SELECT sid FROM {s}.pv") == [("a\x00b\\\x00'",)]

@@ -29,6 +29,7 @@ from tests.flusher.sql_sink_cases import (  # noqa: F401 - the shared cases, col
     test_table_and_view_are_derived_from_the_config,
     test_the_flusher_drains_into_it_and_serves_query_behind_the_token,
     test_timestamps_and_json_are_stored_exactly,
+    test_tricky_values_round_trip_exactly,
     test_type_change_is_refused_naming_stream_and_column,
 )
 from tests.support.sqlwarehouse import SqlWarehouse, warehouse
@@ -138,9 +139,11 @@ def test_the_url_variable_is_not_taken_for_a_config_key() -> None:
     # OCEANUS_* variables are config keys, except the ones the config names as holding a secret.
     cfg = config.load(config.REPO_CONFIG, env={"OCEANUS_SINK_KIND": "postgres", "OCEANUS_PG_URL": "postgresql://x"})
     assert cfg.sink.kind == "postgres"
-    text = config.REPO_CONFIG.read_text() + '\n[sink.mysql]\nurl_env = "OCEANUS_SHOP_DW"\n'
+    text = config.REPO_CONFIG.read_text().replace('url_env = "OCEANUS_MYSQL_URL"', 'url_env = "OCEANUS_SHOP_DW"')
     cfg = config.loads(text, env={"OCEANUS_SHOP_DW": "mysql://root@db/x"})
     assert cfg.sink.mysql.url_env == "OCEANUS_SHOP_DW"
+    cfg = config.load(config.REPO_CONFIG, env={"OCEANUS_SINK_POSTGRES_URL_ENV": "OCEANUS_DW", "OCEANUS_DW": "pg://"})
+    assert cfg.sink.postgres.url_env == "OCEANUS_DW"
     with pytest.raises(ConfigError, match=r"^OCEANUS_SHOP_DX: not a configuration key"):
         config.loads(text, env={"OCEANUS_SHOP_DX": "mysql://root@db/x"})
 
@@ -191,7 +194,8 @@ def test_check_config_names_a_missing_database_url() -> None:
     from oceanus import config
 
     text = config.REPO_CONFIG.read_text()
-    cfg = config.loads(text + '\n[sink.postgres]\nquery_url_env = "PG_READER"\n', env={"OCEANUS_SINK_KIND": "postgres"})
+    reader = text.replace('query_url_env = ""', 'query_url_env = "PG_READER"', 1)  # the first: [sink.postgres]
+    cfg = config.loads(reader, env={"OCEANUS_SINK_KIND": "postgres"})
     assert config.missing_secrets(cfg, {}) == [
         "sink.postgres.url_env: the database URL is missing ($OCEANUS_PG_URL)",
         "sink.postgres.query_url_env: the database URL is missing ($PG_READER)",

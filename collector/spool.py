@@ -298,7 +298,8 @@ class Spool:
             while f.pending_bytes:
                 if max_records is not None and pushed >= max_records:
                     return pushed
-                limit = REPLAY_CHUNK_RECORDS if max_records is None else min(REPLAY_CHUNK_RECORDS, max_records)
+                # The last chunk of a bounded replay takes only what is left of the bound.
+                limit = REPLAY_CHUNK_RECORDS if max_records is None else min(REPLAY_CHUNK_RECORDS, max_records - pushed)
                 chunk, end = await asyncio.to_thread(self._read, f, limit)
                 if chunk:
                     await push(chunk)

@@ -51,9 +51,10 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     ),
     "collector/spool.py": (
         [
-            "tests/collector/test_spool.py",
+            "tests/collector/test_spool_pinned.py",
             "tests/collector/test_spool_corrupt.py",
             "tests/collector/test_spool_usage.py",
+            "tests/collector/test_spool.py",
         ],
         ["tests/collector/test_pusher_drain.py"],
     ),

@@ -171,13 +171,24 @@ HAND: list[tuple[str, str, str, str]] = [
     ),
 ]
 
+_RSPLIT = "a larger maxsplit leaves the same last parts: str.rsplit splits from the right"
+_BATCH_ID_LINE = 'batch_id = key.rsplit(":", 2)[-2] + "-" + key.rsplit(":", 1)[-1]'
+_RECLAIM_BATCH_ID_LINE = (
+    'batch_id = state.get(STATE_BATCH_ID) or orphan.rsplit(":", 2)[-2] + "-" + orphan.rsplit(":", 1)[-1]'
+)
 #: Mutants that change no behaviour, keyed by "description @ stripped source line":
 #: listed with the reason instead of being counted as killed.
 EQUIVALENT: dict[str, dict[str, str]] = {
     "flusher/claim.py": {
         "1000 -> 1001 @ LUA_PUSH_SLICE = 1000": "names the Lua script's own literal for readers; nothing reads it",
         "1000 -> 999 @ LUA_PUSH_SLICE = 1000": "names the Lua script's own literal for readers; nothing reads it",
+        **{
+            f"{d} @ {line}": _RSPLIT
+            for line in (_BATCH_ID_LINE, _RECLAIM_BATCH_ID_LINE)
+            for d in ("2 -> 3", "1 -> 2")
+        },
     },
+    "oceanus/buffer.py": {'2 -> 3 @ return inflight_key.rsplit(":", 2)[-2]': _RSPLIT},
 }
 
 _SWAP_BIN: dict[type[ast.operator], type[ast.operator]] = {

@@ -182,11 +182,7 @@ EQUIVALENT: dict[str, dict[str, str]] = {
     "flusher/claim.py": {
         "1000 -> 1001 @ LUA_PUSH_SLICE = 1000": "names the Lua script's own literal for readers; nothing reads it",
         "1000 -> 999 @ LUA_PUSH_SLICE = 1000": "names the Lua script's own literal for readers; nothing reads it",
-        **{
-            f"{d} @ {line}": _RSPLIT
-            for line in (_BATCH_ID_LINE, _RECLAIM_BATCH_ID_LINE)
-            for d in ("2 -> 3", "1 -> 2")
-        },
+        **{f"{d} @ {line}": _RSPLIT for line in (_BATCH_ID_LINE, _RECLAIM_BATCH_ID_LINE) for d in ("2 -> 3", "1 -> 2")},
     },
     "oceanus/buffer.py": {'2 -> 3 @ return inflight_key.rsplit(":", 2)[-2]': _RSPLIT},
 }

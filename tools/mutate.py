@@ -172,6 +172,7 @@ HAND: list[tuple[str, str, str, str]] = [
 ]
 
 _RSPLIT = "a larger maxsplit leaves the same last parts: str.rsplit splits from the right"
+_LAST_OF_TWO = "rsplit(':', 1) gives two parts: [1] is [-1]"
 _BATCH_ID_LINE = 'batch_id = key.rsplit(":", 2)[-2] + "-" + key.rsplit(":", 1)[-1]'
 _RECLAIM_BATCH_ID_LINE = (
     'batch_id = state.get(STATE_BATCH_ID) or orphan.rsplit(":", 2)[-2] + "-" + orphan.rsplit(":", 1)[-1]'
@@ -183,6 +184,7 @@ EQUIVALENT: dict[str, dict[str, str]] = {
         "1000 -> 1001 @ LUA_PUSH_SLICE = 1000": "names the Lua script's own literal for readers; nothing reads it",
         "1000 -> 999 @ LUA_PUSH_SLICE = 1000": "names the Lua script's own literal for readers; nothing reads it",
         **{f"{d} @ {line}": _RSPLIT for line in (_BATCH_ID_LINE, _RECLAIM_BATCH_ID_LINE) for d in ("2 -> 3", "1 -> 2")},
+        **{f"unary - dropped @ {line} #1": _LAST_OF_TWO for line in (_BATCH_ID_LINE, _RECLAIM_BATCH_ID_LINE)},
     },
     "oceanus/buffer.py": {'2 -> 3 @ return inflight_key.rsplit(":", 2)[-2]': _RSPLIT},
 }

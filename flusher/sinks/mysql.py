@@ -280,6 +280,8 @@ class MySQLSink:
 
     def _fail(self, exc: BaseException, what: str) -> SinkError:
         error = classify(exc, what)
+        if error.reason is Reason.NOT_FOUND:
+            self._tables.clear()  # a table dropped under this process: the next attempt makes it again
         conn = self._conn
         if conn is not None and conn.open and error.reason not in (Reason.CONNECTION, Reason.TIMEOUT):
             try:

@@ -137,6 +137,11 @@ _PERMANENT_STATES: dict[str, Reason] = {
 _CONNECT_AUTH = ("password authentication failed", "no pg_hba.conf entry", "role \"", "permission denied")
 
 
+def _no_partition(exc: BaseException) -> bool:
+    """A row whose day has no partition (23514, as a CHECK): the process's list of partitions is stale."""
+    return getattr(exc, "sqlstate", None) == "23514" and "no partition of relation" in str(exc)
+
+
 def _data_error(exc: BaseException) -> bool:
     """A refusal of some row's values (class 22 data exception, 23 integrity), not of the batch."""
     state = getattr(exc, "sqlstate", None) or ""
@@ -284,6 +289,10 @@ class PostgresSink:
         conn = self._conn
         if conn is None or conn.closed or conn.broken or error.reason in (Reason.CONNECTION, Reason.TIMEOUT):
             self._drop()
+        if error.reason is Reason.NOT_FOUND:
+            # A table or schema dropped under this process: the next attempt makes it again from the config.
+            self._tables.clear()
+            self._partitions.clear()
         return error
 
     # ------------------------------------------------------------------ tables
@@ -408,6 +417,12 @@ class PostgresSink:
                     with conn.transaction():
                         self._bulk(conn, batch.stream, stage, columns, values)
                 except psycopg.Error as exc:
+                    if _no_partition(exc):
+                        # A day was dropped under this process (retention): what it knew of the table's
+                        # partitions is stale; the worker's next attempt makes the day again.
+                        self._partitions = {p for p in self._partitions if p[0] != table}
+                        raise TransientError(f"postgres: insert into {self.schema}.{table}: {one_line(exc)} "
+                                             "(a dropped day partition: made again on the next attempt)") from None
                     if not _data_error(exc) or conn.broken:
                         raise
                     refused.update(self._row_by_row(conn, batch.stream, columns, kept, values))

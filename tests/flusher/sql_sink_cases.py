@@ -383,3 +383,19 @@ def test_tricky_values_round_trip_exactly(wh: SqlWarehouse, sink: SqlSink, tmp_p
     got = wh.rows("SELECT sid, n, score, ok, jsn FROM {s}.pv")
     by_n = {r[1]: (r[0], r[1], r[2], bool(r[3]), json.loads(r[4]) if isinstance(r[4], str) else r[4]) for r in got}
     assert [by_n[n] for _t, n, _s, _o in TRICKY] == [(t, n, s, o, {"t": t}) for t, n, s, o in TRICKY]
+
+
+def test_a_table_dropped_under_the_sink_is_made_again_on_the_next_attempt(
+    wh: SqlWarehouse, sink: SqlSink, tmp_path: Path
+) -> None:
+    stream = batch_of(wh, tmp_path, []).stream
+    rows = make_rows(stream, 6)
+    sink.write(batch_of(wh, tmp_path, rows[:3]), NoState())
+    wh.execute("DROP VIEW {s}.pv_dedup")
+    wh.execute("DROP TABLE {s}.pv")
+    with pytest.raises(PermanentError) as info:
+        sink.write(batch_of(wh, tmp_path, rows), NoState())
+    assert info.value.reason is Reason.NOT_FOUND
+    sink.write(batch_of(wh, tmp_path, rows), NoState())
+    assert [n for _e, n in stored(wh)] == list(range(6))
+    assert sink.query("SELECT count(*) FROM pv_dedup").rows == [[6]]

@@ -17,6 +17,7 @@ from tests.flusher.sql_sink_cases import (  # noqa: F401 - the shared cases, col
     test_a_refusal_in_a_connections_first_write_leaves_the_next_writes_working,
     test_a_row_the_server_refuses_is_found_and_the_rest_written,
     test_a_stream_whose_view_name_is_too_long_is_refused,
+    test_a_table_dropped_under_the_sink_is_made_again_on_the_next_attempt,
     test_bad_values_are_rejected_per_row_and_the_rest_written,
     test_connection_failures_are_classified,
     test_new_field_becomes_a_nullable_column,

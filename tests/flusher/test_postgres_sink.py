@@ -19,6 +19,7 @@ from tests.flusher.sql_sink_cases import (  # noqa: F401 - the shared cases, col
     test_a_refusal_in_a_connections_first_write_leaves_the_next_writes_working,
     test_a_row_the_server_refuses_is_found_and_the_rest_written,
     test_a_stream_whose_view_name_is_too_long_is_refused,
+    test_a_table_dropped_under_the_sink_is_made_again_on_the_next_attempt,
     test_bad_values_are_rejected_per_row_and_the_rest_written,
     test_connection_failures_are_classified,
     test_new_field_becomes_a_nullable_column,
@@ -204,3 +205,20 @@ def test_check_config_names_a_missing_database_url() -> None:
     cfg = config.loads(text, env={"OCEANUS_SINK_KIND": "mysql"})
     assert config.missing_secrets(cfg, {}) == ["sink.mysql.url_env: the database URL is missing ($OCEANUS_MYSQL_URL)"]
     assert config.missing_secrets(config.loads(text, env={}), {}) == []
+
+
+def test_a_day_partition_dropped_under_the_sink_is_made_again(
+    wh: SqlWarehouse, sink: PostgresSink, tmp_path: Path
+) -> None:
+    # Retention drops old days; a late batch of such a day (a replayed dead letter) must not be refused.
+    stream = batch_of(wh, tmp_path, []).stream
+    rows = make_rows(stream, 4)
+    for r in rows:
+        r[stream.columns.index("received_at")] = 1_733_356_800_000_000  # 2024-12-05
+    sink.write(Batch(stream=stream, batch_id="b", columns=stream.columns, rows=rows[:2]), NoState())
+    wh.execute("DROP TABLE {s}.pv_p20241205")
+    with pytest.raises(TransientError, match="a dropped day partition"):
+        sink.write(Batch(stream=stream, batch_id="b", columns=stream.columns, rows=rows), NoState())
+    result = sink.write(Batch(stream=stream, batch_id="b", columns=stream.columns, rows=rows), NoState())
+    assert result.rejected == ()
+    assert [n for _e, n in wh.rows("SELECT event_id, n FROM {s}.pv ORDER BY n")] == [0, 1, 2, 3]

@@ -185,6 +185,12 @@ EQUIVALENT: dict[str, dict[str, str]] = {
         "1000 -> 999 @ LUA_PUSH_SLICE = 1000": "names the Lua script's own literal for readers; nothing reads it",
         **{f"{d} @ {line}": _RSPLIT for line in (_BATCH_ID_LINE, _RECLAIM_BATCH_ID_LINE) for d in ("2 -> 3", "1 -> 2")},
         **{f"unary - dropped @ {line} #1": _LAST_OF_TWO for line in (_BATCH_ID_LINE, _RECLAIM_BATCH_ID_LINE)},
+        "False -> True @ async with self.client.pipeline(transaction=False) as pipe:": (
+            "read-only EXISTS/LINDEX round: inside MULTI/EXEC the replies are the same"
+        ),
+        "True -> False @ return mine + [k for k, a in zip(others, alive, strict=True) if not a]": (
+            "one reply per key pipelined: the lengths are always equal"
+        ),
     },
     "oceanus/buffer.py": {'2 -> 3 @ return inflight_key.rsplit(":", 2)[-2]': _RSPLIT},
 }

@@ -214,3 +214,9 @@ def test_every_key_name() -> None:
         "P:notify:recent",
     ]
     assert buffer.Keys.owner_of("P:inflight:my:stream:host-1:12") == "host-1"
+
+
+def test_the_random_parts_are_48_node_bits_and_a_16_bit_counter_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(buffer.os, "urandom", lambda n: bytes(range(1, n + 1)))
+    ids = buffer.EventIds()
+    assert ids.new(now_ns=5_000_000).hex() == "000000000005" + "010203040506" + "00000103"

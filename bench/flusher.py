@@ -193,9 +193,14 @@ def run_sql(kind: str, rows: int, frame_rows: int, max_rows: int | None) -> dict
         server = RedisServer(Path(tmp) / "redis").start()
         try:
             os.environ.update(wh.env())  # the sink reads its URL from the variable url_env names
-            cfg = config.load(config.REPO_CONFIG, env={
-                "OCEANUS_REDIS_URL": server.url, "OCEANUS_FLUSHER_ADMIN_PORT": "0", **wh.env(),
-            })
+            cfg = config.load(
+                config.REPO_CONFIG,
+                env={
+                    "OCEANUS_REDIS_URL": server.url,
+                    "OCEANUS_FLUSHER_ADMIN_PORT": "0",
+                    **wh.env(),
+                },
+            )
             cfg = wh.configure(cfg)
             stream = cfg.streams["pageview"]
             if max_rows is not None:
@@ -212,12 +217,25 @@ def run_sql(kind: str, rows: int, frame_rows: int, max_rows: int | None) -> dict
             if tuple(stored) != (rows, rows):
                 raise RuntimeError(f"expected {rows} distinct rows in {kind}, found {stored}")
             return {
-                "bench": "flusher", "mode": kind, "rows": rows, "frames": frames, "rows_per_frame": frame_rows,
-                "seconds": round(seconds, 3), "rows_per_s": round(rows / seconds),
+                "bench": "flusher",
+                "mode": kind,
+                "rows": rows,
+                "frames": frames,
+                "rows_per_frame": frame_rows,
+                "seconds": round(seconds, 3),
+                "rows_per_s": round(rows / seconds),
                 "cpu_us_per_row": round(cpu / rows * 1e6, 2),
                 "final_target_rows": flusher.workers["pageview"].controller.target_rows,
-                "sink_write_share": round((flusher.metrics.registry.get_sample_value(
-                    "oceanus_sink_write_duration_seconds_sum", {"stream": "pageview"}) or 0.0) / seconds, 3),
+                "sink_write_share": round(
+                    (
+                        flusher.metrics.registry.get_sample_value(
+                            "oceanus_sink_write_duration_seconds_sum", {"stream": "pageview"}
+                        )
+                        or 0.0
+                    )
+                    / seconds,
+                    3,
+                ),
             }
         finally:
             server.stop()

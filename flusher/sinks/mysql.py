@@ -95,15 +95,18 @@ MYSQL_DATA_TYPES: dict[FieldType, frozenset[str]] = {
     "timestamp": frozenset({"datetime"}),
     "json": frozenset({"json", "longtext"}),
 }
-SERVER_TYPES = {"event_id": ("CHAR(32) CHARACTER SET ascii NOT NULL", frozenset({"char"})),
-                "received_at": ("DATETIME(6) NOT NULL", frozenset({"datetime"}))}
+SERVER_TYPES = {
+    "event_id": ("CHAR(32) CHARACTER SET ascii NOT NULL", frozenset({"char"})),
+    "received_at": ("DATETIME(6) NOT NULL", frozenset({"datetime"})),
+}
 QUERY_TIMEOUT_S = 10.0
 #: MySQL's identifier length.
 MAX_IDENTIFIER = 64
 #: Warning 1062: a duplicate key that INSERT IGNORE skipped; any other warning is a coerced value.
 DUPLICATE_KEY = 1062
-SESSION_INIT = ("SET time_zone = '+00:00', sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION', "
-                "max_error_count = 65535")
+SESSION_INIT = (
+    "SET time_zone = '+00:00', sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION', max_error_count = 65535"
+)
 _EPOCH = dt.datetime(1970, 1, 1)
 _INTO_FILE = re.compile(r"\binto\s+(?:outfile|dumpfile)\b", re.I)
 
@@ -202,8 +205,12 @@ def _event_id_literal(value: Any) -> str:
 
 
 _LITERALS: dict[FieldType, Converter] = {
-    "string": _text_literal, "json": _json_literal, "int": _int_literal, "float": _float_literal,
-    "bool": _bool_literal, "timestamp": _datetime_literal,
+    "string": _text_literal,
+    "json": _json_literal,
+    "int": _int_literal,
+    "float": _float_literal,
+    "bool": _bool_literal,
+    "timestamp": _datetime_literal,
 }
 
 
@@ -220,8 +227,11 @@ def connect_params(url: str) -> dict[str, Any]:
     if not database:
         raise ConfigError("sink.mysql.url_env: the URL names no database (mysql://user:password@host:3306/DB)")
     params: dict[str, Any] = {
-        "host": parts.hostname or "127.0.0.1", "port": parts.port or 3306,
-        "user": unquote(parts.username or "root"), "password": unquote(parts.password or ""), "database": database,
+        "host": parts.hostname or "127.0.0.1",
+        "port": parts.port or 3306,
+        "user": unquote(parts.username or "root"),
+        "password": unquote(parts.password or ""),
+        "database": database,
     }
     socket = parse_qs(parts.query).get("unix_socket")
     if socket:
@@ -239,7 +249,8 @@ class MySQLSink:
         self._params = connect_params(database_url(self._settings.url_env, "sink.mysql.url_env"))
         self._query_params = (
             connect_params(database_url(self._settings.query_url_env, "sink.mysql.query_url_env"))
-            if self._settings.query_url_env else self._params
+            if self._settings.query_url_env
+            else self._params
         )
         self.database = str(self._params["database"])
         self._conn: pymysql.connections.Connection[Any] | None = None
@@ -252,8 +263,13 @@ class MySQLSink:
     def _connect(self, params: dict[str, Any], timeout_s: float) -> pymysql.connections.Connection[Any]:
         try:
             return pymysql.connect(
-                **params, charset="utf8mb4", autocommit=False, init_command=SESSION_INIT,
-                connect_timeout=self._settings.connect_timeout_s, read_timeout=timeout_s, write_timeout=timeout_s,
+                **params,
+                charset="utf8mb4",
+                autocommit=False,
+                init_command=SESSION_INIT,
+                connect_timeout=self._settings.connect_timeout_s,
+                read_timeout=timeout_s,
+                write_timeout=timeout_s,
                 cursorclass=pymysql.cursors.Cursor,
             )
         except (pymysql.Error, OSError) as exc:
@@ -318,8 +334,10 @@ class MySQLSink:
 
     def _plan(self, cur: pymysql.cursors.Cursor, stream: StreamConfig) -> tuple[bool, list[tuple[str, FieldType]]]:
         if len(stream.name + DEDUP_VIEW_SUFFIX) > MAX_IDENTIFIER:
-            raise ConfigError(f"streams.{stream.name}: MySQL names are at most {MAX_IDENTIFIER} characters and the "
-                              f"view {stream.name}{DEDUP_VIEW_SUFFIX} would be longer; shorten the stream's name")
+            raise ConfigError(
+                f"streams.{stream.name}: MySQL names are at most {MAX_IDENTIFIER} characters and the "
+                f"view {stream.name}{DEDUP_VIEW_SUFFIX} would be longer; shorten the stream's name"
+            )
         existing = self._existing(cur, stream.name)
         if not existing:
             return True, column_types(stream)
@@ -337,23 +355,28 @@ class MySQLSink:
                 )
         return False, added
 
-    def _apply(self, cur: pymysql.cursors.Cursor, stream: StreamConfig, create: bool,
-               added: list[tuple[str, FieldType]]) -> list[str]:
+    def _apply(
+        self, cur: pymysql.cursors.Cursor, stream: StreamConfig, create: bool, added: list[tuple[str, FieldType]]
+    ) -> list[str]:
         table, changes = stream.name, []
         if create:
-            cols = ", ".join(f"{_q(n)} {SERVER_TYPES[n][0] if n in REQUIRED_COLUMNS else MYSQL_TYPES[t]}"
-                             for n, t in added)
+            cols = ", ".join(
+                f"{_q(n)} {SERVER_TYPES[n][0] if n in REQUIRED_COLUMNS else MYSQL_TYPES[t]}" for n, t in added
+            )
             # DDL commits by itself in MySQL; IF NOT EXISTS lets two flushers start together.
-            cur.execute(f"CREATE TABLE IF NOT EXISTS {_q(table)} ({cols}, PRIMARY KEY (`event_id`), "
-                        "KEY `received_at` (`received_at`)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4")
+            cur.execute(
+                f"CREATE TABLE IF NOT EXISTS {_q(table)} ({cols}, PRIMARY KEY (`event_id`), "
+                "KEY `received_at` (`received_at`)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+            )
             changes.append(f"mysql: created table {self.database}.{table} ({len(added)} columns)")
         else:
             for n, t in added:
                 cur.execute(f"ALTER TABLE {_q(table)} ADD COLUMN {_q(n)} {MYSQL_TYPES[t]} NULL")
                 changes.append(f"mysql: added column {table}.{n} {MYSQL_TYPES[t]} (NULL in existing rows)")
         view = table + DEDUP_VIEW_SUFFIX
-        cur.execute("SELECT 1 FROM information_schema.VIEWS WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
-                    (self.database, view))
+        cur.execute(
+            "SELECT 1 FROM information_schema.VIEWS WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s", (self.database, view)
+        )
         if create or added or cur.fetchone() is None:
             # Re-created on every column change: MySQL expands a view's `*` when it is created.
             cur.execute(f"CREATE OR REPLACE VIEW {_q(view)} AS SELECT * FROM {_q(table)}")
@@ -377,8 +400,9 @@ class MySQLSink:
                     if batch.stream.name not in self._tables:
                         create, added = self._plan(cur, batch.stream)
                         self._apply(cur, batch.stream, create, added)
-                    head = f"INSERT {{}}INTO {_q(batch.stream.name)} ({', '.join(_q(c) for _j, c, _t in columns)}) " \
-                           "VALUES "
+                    head = (
+                        f"INSERT {{}}INTO {_q(batch.stream.name)} ({', '.join(_q(c) for _j, c, _t in columns)}) VALUES "
+                    )
                     literals = ["(" + ",".join(row) + ")" for row in values]
                     if not self._bulk(cur, head.format("IGNORE "), literals):
                         conn.rollback()
@@ -406,8 +430,9 @@ class MySQLSink:
             start = end
         return True
 
-    def _row_by_row(self, cur: pymysql.cursors.Cursor, head: str, kept: Sequence[int],
-                    literals: Sequence[str]) -> dict[int, str]:
+    def _row_by_row(
+        self, cur: pymysql.cursors.Cursor, head: str, kept: Sequence[int], literals: Sequence[str]
+    ) -> dict[int, str]:
         """One strict INSERT per row: a duplicate is skipped, a refused row returned. A failed statement
         rolls back only itself (InnoDB), so the transaction goes on."""
         refused: dict[int, str] = {}

@@ -134,7 +134,7 @@ _PERMANENT_STATES: dict[str, Reason] = {
     "42703": Reason.NOT_FOUND,  # undefined_column: run `oceanus tables sync`
 }
 #: Connection failures have no SQLSTATE in libpq's message: these words decide (all else is transient).
-_CONNECT_AUTH = ("password authentication failed", "no pg_hba.conf entry", "role \"", "permission denied")
+_CONNECT_AUTH = ("password authentication failed", "no pg_hba.conf entry", 'role "', "permission denied")
 
 
 def _no_partition(exc: BaseException) -> bool:
@@ -235,7 +235,8 @@ class PostgresSink:
         self._url = database_url(self._settings.url_env, "sink.postgres.url_env")
         self._query_url = (
             database_url(self._settings.query_url_env, "sink.postgres.query_url_env")
-            if self._settings.query_url_env else self._url
+            if self._settings.query_url_env
+            else self._url
         )
         # One connection for every write (the worker threads of several streams take turns:
         # a write is one transaction). None after a failure: the next write reconnects.
@@ -258,10 +259,16 @@ class PostgresSink:
             options += " -c default_transaction_read_only=on"
         try:
             return psycopg.connect(
-                url, autocommit=True, connect_timeout=max(1, round(self._settings.connect_timeout_s)),
-                options=options, application_name=f"oceanus-flusher/{self.schema}"[:63],
+                url,
+                autocommit=True,
+                connect_timeout=max(1, round(self._settings.connect_timeout_s)),
+                options=options,
+                application_name=f"oceanus-flusher/{self.schema}"[:63],
                 # A peer that vanished without a reset (a cut cable, a dropped proxy) is noticed.
-                keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
+                keepalives=1,
+                keepalives_idle=10,
+                keepalives_interval=5,
+                keepalives_count=3,
                 tcp_user_timeout=timeout_ms,
             )
         except psycopg.Error as exc:
@@ -320,8 +327,10 @@ class PostgresSink:
 
     def _plan(self, conn: psycopg.Connection[Any], stream: StreamConfig) -> tuple[bool, list[tuple[str, FieldType]]]:
         if len(stream.name + DEDUP_VIEW_SUFFIX) > MAX_IDENTIFIER:
-            raise ConfigError(f"streams.{stream.name}: PostgreSQL names are at most {MAX_IDENTIFIER} bytes and the "
-                              f"view {stream.name}{DEDUP_VIEW_SUFFIX} would be longer; shorten the stream's name")
+            raise ConfigError(
+                f"streams.{stream.name}: PostgreSQL names are at most {MAX_IDENTIFIER} bytes and the "
+                f"view {stream.name}{DEDUP_VIEW_SUFFIX} would be longer; shorten the stream's name"
+            )
         existing = self._existing(conn, stream.name)
         if not existing:
             return True, column_types(stream)
@@ -345,20 +354,27 @@ class PostgresSink:
         with conn.transaction():
             if create:
                 cols = sql.SQL(", ").join(
-                    sql.SQL("{} {}{}").format(_q(n), sql.SQL(PG_TYPES[t]),
-                                              sql.SQL(" NOT NULL" if n in REQUIRED_COLUMNS else ""))
+                    sql.SQL("{} {}{}").format(
+                        _q(n), sql.SQL(PG_TYPES[t]), sql.SQL(" NOT NULL" if n in REQUIRED_COLUMNS else "")
+                    )
                     for n, t in added
                 )
-                conn.execute(sql.SQL(
-                    "CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY (event_id, received_at)) "
-                    "PARTITION BY RANGE (received_at)"
-                ).format(_q(self.schema, table), cols))
-                changes.append(f"postgres: created table {self.schema}.{table} ({len(added)} columns, "
-                               "partitioned by day)")
+                conn.execute(
+                    sql.SQL(
+                        "CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY (event_id, received_at)) "
+                        "PARTITION BY RANGE (received_at)"
+                    ).format(_q(self.schema, table), cols)
+                )
+                changes.append(
+                    f"postgres: created table {self.schema}.{table} ({len(added)} columns, partitioned by day)"
+                )
             else:
                 for n, t in added:
-                    conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
-                        _q(self.schema, table), _q(n), sql.SQL(PG_TYPES[t])))
+                    conn.execute(
+                        sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+                            _q(self.schema, table), _q(n), sql.SQL(PG_TYPES[t])
+                        )
+                    )
                     changes.append(f"postgres: added column {table}.{n} {PG_TYPES[t]} (NULL in existing rows)")
             view = table + DEDUP_VIEW_SUFFIX
             has_view = conn.execute(
@@ -367,13 +383,17 @@ class PostgresSink:
             ).fetchone()
             if create or added or has_view is None:
                 # New columns come last, so CREATE OR REPLACE keeps views built on this one working.
-                conn.execute(sql.SQL("CREATE OR REPLACE VIEW {} AS SELECT * FROM {}").format(
-                    _q(self.schema, view), _q(self.schema, table)))
+                conn.execute(
+                    sql.SQL("CREATE OR REPLACE VIEW {} AS SELECT * FROM {}").format(
+                        _q(self.schema, view), _q(self.schema, table)
+                    )
+                )
                 if not create:
                     changes.append(f"postgres: (re)created view {self.schema}.{view}")
         today = dt.datetime.now(dt.UTC).date()
-        self._ensure_partitions(conn, table, (today + dt.timedelta(days=d)
-                                              for d in range(self._settings.partition_days_ahead + 1)))
+        self._ensure_partitions(
+            conn, table, (today + dt.timedelta(days=d) for d in range(self._settings.partition_days_ahead + 1))
+        )
         self._tables[table] = {n: stream_type for n, stream_type in column_types(stream)}
         self._staged.pop(table, None)
         return changes
@@ -390,9 +410,14 @@ class PostgresSink:
 
     def _create_partition(self, conn: psycopg.Connection[Any], table: str, day: dt.date, lo: dt.datetime) -> None:
         with conn.transaction():
-            conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
-                _q(self.schema, partition_name(table, day)), _q(self.schema, table),
-                sql.Literal(lo.isoformat()), sql.Literal((lo + dt.timedelta(days=1)).isoformat())))
+            conn.execute(
+                sql.SQL("CREATE TABLE IF NOT EXISTS {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+                    _q(self.schema, partition_name(table, day)),
+                    _q(self.schema, table),
+                    sql.Literal(lo.isoformat()),
+                    sql.Literal((lo + dt.timedelta(days=1)).isoformat()),
+                )
+            )
 
     # ------------------------------------------------------------------ writes
 
@@ -421,8 +446,10 @@ class PostgresSink:
                         # A day was dropped under this process (retention): what it knew of the table's
                         # partitions is stale; the worker's next attempt makes the day again.
                         self._partitions = {p for p in self._partitions if p[0] != table}
-                        raise TransientError(f"postgres: insert into {self.schema}.{table}: {one_line(exc)} "
-                                             "(a dropped day partition: made again on the next attempt)") from None
+                        raise TransientError(
+                            f"postgres: insert into {self.schema}.{table}: {one_line(exc)} "
+                            "(a dropped day partition: made again on the next attempt)"
+                        ) from None
                     if not _data_error(exc) or conn.broken:
                         raise
                     refused.update(self._row_by_row(conn, batch.stream, columns, kept, values))
@@ -445,30 +472,53 @@ class PostgresSink:
             self._staged[table] = names
         return stage
 
-    def _bulk(self, conn: psycopg.Connection[Any], stream: StreamConfig, stage: str,
-              columns: Sequence[tuple[int, str, FieldType]], values: Sequence[tuple[Any, ...]]) -> None:
+    def _bulk(
+        self,
+        conn: psycopg.Connection[Any],
+        stream: StreamConfig,
+        stage: str,
+        columns: Sequence[tuple[int, str, FieldType]],
+        values: Sequence[tuple[Any, ...]],
+    ) -> None:
         names = [c for _j, c, _t in columns]
         with conn.cursor() as cur:
-            with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-                    _q(stage), sql.SQL(", ").join(map(_q, names)))) as copy:
+            with cur.copy(
+                sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(_q(stage), sql.SQL(", ").join(map(_q, names)))
+            ) as copy:
                 copy.set_types([STAGE_TYPES[t] for _j, _c, t in columns])
                 for row in values:
                     copy.write_row(row)
-            cur.execute(sql.SQL(
-                "INSERT INTO {} ({}) SELECT DISTINCT ON (event_id) {} FROM {} "
-                "ON CONFLICT (event_id, received_at) DO NOTHING"
-            ).format(_q(self.schema, stream.name), sql.SQL(", ").join(map(_q, names)),
-                     sql.SQL(", ").join(_select_expr(c, t) for _j, c, t in columns), _q(stage)))
+            cur.execute(
+                sql.SQL(
+                    "INSERT INTO {} ({}) SELECT DISTINCT ON (event_id) {} FROM {} "
+                    "ON CONFLICT (event_id, received_at) DO NOTHING"
+                ).format(
+                    _q(self.schema, stream.name),
+                    sql.SQL(", ").join(map(_q, names)),
+                    sql.SQL(", ").join(_select_expr(c, t) for _j, c, t in columns),
+                    _q(stage),
+                )
+            )
 
-    def _row_by_row(self, conn: psycopg.Connection[Any], stream: StreamConfig,
-                    columns: Sequence[tuple[int, str, FieldType]], kept: Sequence[int],
-                    values: Sequence[tuple[Any, ...]]) -> dict[int, str]:
+    def _row_by_row(
+        self,
+        conn: psycopg.Connection[Any],
+        stream: StreamConfig,
+        columns: Sequence[tuple[int, str, FieldType]],
+        kept: Sequence[int],
+        values: Sequence[tuple[Any, ...]],
+    ) -> dict[int, str]:
         """The server refused the batch's data: one INSERT per row, each in a savepoint; the refused rows."""
         names = sql.SQL(", ").join(_q(c) for _j, c, _t in columns)
         insert = sql.SQL(
             "INSERT INTO {} ({}) SELECT {} FROM (VALUES ({})) AS v ({}) ON CONFLICT (event_id, received_at) DO NOTHING"
-        ).format(_q(self.schema, stream.name), names, sql.SQL(", ").join(_select_expr(c, t) for _j, c, t in columns),
-                 sql.SQL(", ").join(sql.SQL("%s::" + STAGE_TYPES[t]) for _j, _c, t in columns), names)
+        ).format(
+            _q(self.schema, stream.name),
+            names,
+            sql.SQL(", ").join(_select_expr(c, t) for _j, c, t in columns),
+            sql.SQL(", ").join(sql.SQL("%s::" + STAGE_TYPES[t]) for _j, _c, t in columns),
+            names,
+        )
         refused: dict[int, str] = {}
         with conn.transaction():
             for i, row in zip(kept, values, strict=True):

@@ -182,7 +182,7 @@ def check_read_only(sql: str) -> str:
         m = _COMMENT.match(text)
         if not m:
             break
-        text = text[m.end():].lstrip()
+        text = text[m.end() :].lstrip()
     text = text.rstrip().rstrip(";").rstrip()
     if not text:
         raise QueryError("send exactly one SQL statement (got 0)")

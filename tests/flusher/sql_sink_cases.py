@@ -51,7 +51,9 @@ def batch_of(wh: SqlWarehouse, tmp_path: Path, rows: list[list[Any]], streams_to
 def columns_of(wh: SqlWarehouse, table: str) -> dict[str, str]:
     rows = wh.rows(
         "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = %s "
-        "AND table_name = %s ORDER BY ordinal_position", (wh.name, table))
+        "AND table_name = %s ORDER BY ordinal_position",
+        (wh.name, table),
+    )
     return {str(n): str(t).lower() for n, t in rows}
 
 
@@ -94,13 +96,14 @@ def test_timestamps_and_json_are_stored_exactly(wh: SqlWarehouse, sink: SqlSink,
     got = sink.query("SELECT at, jsn FROM pv ORDER BY n").rows
     # PostgreSQL answers timestamptz (UTC), MySQL a naive DATETIME holding UTC: the same instants.
     assert [dt.datetime.fromisoformat(r[0]).replace(tzinfo=None) for r in got] == [
-        dt.datetime(1, 1, 1), dt.datetime(9999, 12, 31, 23, 59, 59, 999999), dt.datetime(2024, 12, 5, 0, 0, 0, 123456)]
+        dt.datetime(1, 1, 1),
+        dt.datetime(9999, 12, 31, 23, 59, 59, 999999),
+        dt.datetime(2024, 12, 5, 0, 0, 0, 123456),
+    ]
     assert [r[1] if isinstance(r[1], dict) else json.loads(r[1]) for r in got] == [{"i": 0}, {"i": 1}, {"i": 2}]
 
 
-def test_bad_values_are_rejected_per_row_and_the_rest_written(
-    wh: SqlWarehouse, sink: SqlSink, tmp_path: Path
-) -> None:
+def test_bad_values_are_rejected_per_row_and_the_rest_written(wh: SqlWarehouse, sink: SqlSink, tmp_path: Path) -> None:
     stream = batch_of(wh, tmp_path, []).stream
     rows = make_rows(stream, 10)
     c = stream.columns.index
@@ -148,12 +151,15 @@ def test_new_field_becomes_a_nullable_column(
     rows[0][stream.columns.index("qty")] = 5
     sink.write(Batch(stream=stream, batch_id="b2", columns=stream.columns, rows=rows), NoState())
     assert wh.rows("SELECT n, plan, qty FROM {s}.pv ORDER BY n") == [
-        (0, None, None), (1, None, None), (2, None, None), (3, None, 5), (4, None, None)]
+        (0, None, None),
+        (1, None, None),
+        (2, None, None),
+        (3, None, 5),
+        (4, None, None),
+    ]
 
 
-def test_type_change_is_refused_naming_stream_and_column(
-    wh: SqlWarehouse, sink: SqlSink, tmp_path: Path
-) -> None:
+def test_type_change_is_refused_naming_stream_and_column(wh: SqlWarehouse, sink: SqlSink, tmp_path: Path) -> None:
     stream = batch_of(wh, tmp_path, [], STREAMS_TOML.replace('n = { type = "int" }', 'n = { type = "string" }')).stream
     with pytest.raises(ConfigError, match=r"^streams\.pv\.fields\.n: .* has this column as"):
         sink.ensure_tables([stream])
@@ -165,8 +171,11 @@ def test_query_is_read_only_one_statement_and_bounded(wh: SqlWarehouse, sink: Sq
     with pytest.raises(QueryError, match="only read-only statements"):
         sink.query("DELETE FROM pv")
     with pytest.raises(QueryError):  # a data-modifying statement the first word hides
-        sink.query("SELECT 1 INTO OUTFILE '/tmp/oceanus-query-test'" if wh.kind == "mysql" else
-                   "WITH d AS (DELETE FROM pv RETURNING 1) SELECT count(*) FROM d")
+        sink.query(
+            "SELECT 1 INTO OUTFILE '/tmp/oceanus-query-test'"
+            if wh.kind == "mysql"
+            else "WITH d AS (DELETE FROM pv RETURNING 1) SELECT count(*) FROM d"
+        )
     with pytest.raises(QueryError):
         sink.query("SELECT 1; DELETE FROM pv")
     sleep = "SELECT pg_sleep(5)" if wh.kind == "postgres" else "SELECT SLEEP(5)"
@@ -175,9 +184,7 @@ def test_query_is_read_only_one_statement_and_bounded(wh: SqlWarehouse, sink: Sq
     assert sink.query("SELECT count(*) AS n FROM pv").rows == [[3]]
 
 
-def test_reconnects_after_the_server_drops_the_connection(
-    wh: SqlWarehouse, sink: SqlSink, tmp_path: Path
-) -> None:
+def test_reconnects_after_the_server_drops_the_connection(wh: SqlWarehouse, sink: SqlSink, tmp_path: Path) -> None:
     stream = batch_of(wh, tmp_path, []).stream
     rows = make_rows(stream, 30)
     sink.write(batch_of(wh, tmp_path, rows[:10]), NoState())
@@ -192,16 +199,17 @@ def test_reconnects_after_the_server_drops_the_connection(
     assert sink.connects == 2
 
 
-def test_connection_failures_are_classified(
-    wh: SqlWarehouse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_connection_failures_are_classified(wh: SqlWarehouse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = sink_config(wh, tmp_path)
     url_env = "OCEANUS_PG_URL" if wh.kind == "postgres" else "OCEANUS_MYSQL_URL"
     good = wh.url()
     cases: list[tuple[str, type[Exception], Reason]] = [
         (good.rsplit("/", 1)[0] + "/oc_no_such_database", PermanentError, Reason.NOT_FOUND),
-        (good.replace("://postgres@", "://oc_no_such_role@").replace("://root@", "://oc_no_such_user@"),
-         PermanentError, Reason.AUTH),
+        (
+            good.replace("://postgres@", "://oc_no_such_role@").replace("://root@", "://oc_no_such_user@"),
+            PermanentError,
+            Reason.AUTH,
+        ),
         (good.replace(":5432/", ":1/").replace(":3306/", ":1/"), TransientError, Reason.CONNECTION),
     ]
     for url, kind, reason in cases:
@@ -272,12 +280,17 @@ def test_oceanus_query_asks_the_server(
 
     sink.write(batch_of(wh, tmp_path, make_rows(batch_of(wh, tmp_path, []).stream, 4)), NoState())
     text = make_config_text("redis://unused", tmp_path / "unused.duckdb").replace(
-        'kind = "duckdb"', f'kind = "{wh.kind}"')
+        'kind = "duckdb"', f'kind = "{wh.kind}"'
+    )
     if wh.kind == "postgres":
         text = text.replace("[sink.duckdb]", f'[sink.postgres]\nschema = "{wh.name}"\n\n[sink.duckdb]')
     (tmp_path / "oceanus.toml").write_text(text)
-    args = argparse.Namespace(config=str(tmp_path / "oceanus.toml"), data_dir=str(tmp_path / "none"),
-                              format="csv", sql="SELECT n, sid FROM pv_dedup WHERE n >= 2 ORDER BY n")
+    args = argparse.Namespace(
+        config=str(tmp_path / "oceanus.toml"),
+        data_dir=str(tmp_path / "none"),
+        format="csv",
+        sql="SELECT n, sid FROM pv_dedup WHERE n >= 2 ORDER BY n",
+    )
     assert query.main(args) == 0
     assert capsys.readouterr().out == "n,sid\n2,2\n3,3\n"
     with pytest.raises(QueryError, match="only read-only statements"):
@@ -348,7 +361,8 @@ def test_the_flusher_drains_into_it_and_serves_query_behind_the_token(
         loop = asyncio.get_running_loop()
         assert (await loop.run_in_executor(None, post, f.admin.url, "SELECT 1", None))[0] == 401
         status, answer = await loop.run_in_executor(
-            None, post, f.admin.url, "SELECT count(*) AS n, count(DISTINCT event_id) AS d FROM pv_dedup", token)
+            None, post, f.admin.url, "SELECT count(*) AS n, count(DISTINCT event_id) AS d FROM pv_dedup", token
+        )
         assert (status, answer) == (200, {"columns": ["n", "d"], "rows": [[len(ids), len(ids)]]})
         status, answer = await loop.run_in_executor(None, post, f.admin.url, "DELETE FROM pv", token)
         assert status == 400

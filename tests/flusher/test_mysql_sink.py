@@ -53,17 +53,28 @@ def sink(wh: SqlWarehouse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> I
 @pytest.fixture
 def expected_types() -> dict[str, str]:
     return {
-        "event_id": "char", "received_at": "datetime", "ip": "mediumtext", "ua": "mediumtext",
-        "device": "mediumtext", "sid": "mediumtext", "n": "bigint", "score": "double", "ok": "tinyint",
+        "event_id": "char",
+        "received_at": "datetime",
+        "ip": "mediumtext",
+        "ua": "mediumtext",
+        "device": "mediumtext",
+        "sid": "mediumtext",
+        "n": "bigint",
+        "score": "double",
+        "ok": "tinyint",
         "at": "datetime",
         # MariaDB's JSON is LONGTEXT with a JSON_VALID check
-        "jsn": "longtext", "extra": "longtext",
+        "jsn": "longtext",
+        "extra": "longtext",
     }
 
 
 def test_unique_key_is_event_id_and_received_at_has_an_index(wh: SqlWarehouse, sink: MySQLSink) -> None:
-    keys = wh.rows("SELECT INDEX_NAME, COLUMN_NAME, NON_UNIQUE FROM information_schema.STATISTICS "
-                   "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = 'pv' ORDER BY INDEX_NAME, SEQ_IN_INDEX", (wh.name,))
+    keys = wh.rows(
+        "SELECT INDEX_NAME, COLUMN_NAME, NON_UNIQUE FROM information_schema.STATISTICS "
+        "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = 'pv' ORDER BY INDEX_NAME, SEQ_IN_INDEX",
+        (wh.name,),
+    )
     assert keys == [("PRIMARY", "event_id", 0), ("received_at", "received_at", 1)]
 
 
@@ -90,8 +101,10 @@ def test_statements_are_split_by_bytes(wh: SqlWarehouse, tmp_path: Path, monkeyp
     for key, value in wh.env().items():
         monkeypatch.setenv(key, value)
     cfg = sink_config(wh, tmp_path)
-    cfg = msgspec.structs.replace(cfg, sink=msgspec.structs.replace(
-        cfg.sink, mysql=msgspec.structs.replace(cfg.sink.mysql, max_statement_bytes=4096)))
+    cfg = msgspec.structs.replace(
+        cfg,
+        sink=msgspec.structs.replace(cfg.sink, mysql=msgspec.structs.replace(cfg.sink.mysql, max_statement_bytes=4096)),
+    )
     s = MySQLSink(cfg)
     try:
         s.ensure_tables(list(cfg.streams.values()))
@@ -105,7 +118,12 @@ def test_statements_are_split_by_bytes(wh: SqlWarehouse, tmp_path: Path, monkeyp
 
 def test_url_parsing() -> None:
     assert connect_params("mysql://u%40x:p%2Fw@db.example:3307/shop") == {
-        "host": "db.example", "port": 3307, "user": "u@x", "password": "p/w", "database": "shop"}
+        "host": "db.example",
+        "port": 3307,
+        "user": "u@x",
+        "password": "p/w",
+        "database": "shop",
+    }
     with pytest.raises(ConfigError, match="names no database"):
         connect_params("mysql://root@127.0.0.1:3306/")
     with pytest.raises(ConfigError, match="expected a mysql:// URL"):

@@ -57,16 +57,28 @@ def sink(wh: SqlWarehouse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> I
 @pytest.fixture
 def expected_types() -> dict[str, str]:
     return {
-        "event_id": "text", "received_at": "timestamp with time zone", "ip": "text", "ua": "text",
-        "device": "text", "sid": "text", "n": "bigint", "score": "double precision", "ok": "boolean",
-        "at": "timestamp with time zone", "jsn": "jsonb", "extra": "jsonb",
+        "event_id": "text",
+        "received_at": "timestamp with time zone",
+        "ip": "text",
+        "ua": "text",
+        "device": "text",
+        "sid": "text",
+        "n": "bigint",
+        "score": "double precision",
+        "ok": "boolean",
+        "at": "timestamp with time zone",
+        "jsn": "jsonb",
+        "extra": "jsonb",
     }
 
 
 def partitions(wh: SqlWarehouse) -> list[str]:
-    rows = wh.rows("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                   "JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace n ON n.oid = p.relnamespace "
-                   "WHERE n.nspname = %s AND p.relname = 'pv' ORDER BY 1", (wh.name,))
+    rows = wh.rows(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace n ON n.oid = p.relnamespace "
+        "WHERE n.nspname = %s AND p.relname = 'pv' ORDER BY 1",
+        (wh.name,),
+    )
     return [str(r[0]) for r in rows]
 
 
@@ -87,11 +99,17 @@ def test_day_partitions_ahead_and_for_each_day_a_batch_touches(
     sink.write(Batch(stream=stream, batch_id="b", columns=stream.columns, rows=rows), NoState())
     assert partitions(wh) == sorted(["pv_p19990101", "pv_p20241204", "pv_p20241205", *ahead])
     got = wh.rows("SELECT tableoid::regclass::text, n FROM {s}.pv ORDER BY n")
-    assert got == [(f"{wh.name}.pv_p20241204", 0), (f"{wh.name}.pv_p20241205", 1),
-                   (f"{wh.name}.pv_p20241205", 2), (f"{wh.name}.pv_p19990101", 3)]
+    assert got == [
+        (f"{wh.name}.pv_p20241204", 0),
+        (f"{wh.name}.pv_p20241205", 1),
+        (f"{wh.name}.pv_p20241205", 2),
+        (f"{wh.name}.pv_p19990101", 3),
+    ]
     # the key holds the partition column, and is what ON CONFLICT names
-    key = wh.rows("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass "
-                  "AND contype = 'p'", (f"{wh.name}.pv",))
+    key = wh.rows(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'p'",
+        (f"{wh.name}.pv",),
+    )
     assert key == [("PRIMARY KEY (event_id, received_at)",)]
 
 
@@ -115,8 +133,12 @@ def test_a_statement_past_its_timeout_is_transient(
     for key, value in wh.env().items():
         monkeypatch.setenv(key, value)
     cfg = sink_config(wh, tmp_path)
-    cfg = msgspec.structs.replace(cfg, sink=msgspec.structs.replace(
-        cfg.sink, postgres=msgspec.structs.replace(cfg.sink.postgres, statement_timeout_s=0.5)))
+    cfg = msgspec.structs.replace(
+        cfg,
+        sink=msgspec.structs.replace(
+            cfg.sink, postgres=msgspec.structs.replace(cfg.sink.postgres, statement_timeout_s=0.5)
+        ),
+    )
     s = PostgresSink(cfg)
     blocker = psycopg.connect(wh.url())
     try:

@@ -43,8 +43,12 @@ def proxy(wh: SqlWarehouse) -> Iterator[OutageProxy]:
 
 def sql_stack(tmp_path: Path, wh: SqlWarehouse, proxy: OutageProxy) -> Stack:
     # The database's statement and socket timeouts short: a stalled write is noticed in seconds.
-    env = {**FAST_ENV, **wh.env(proxy.port), "OCEANUS_SINK_POSTGRES_STATEMENT_TIMEOUT_S": "10",
-           "OCEANUS_SINK_MYSQL_TIMEOUT_S": "10"}
+    env = {
+        **FAST_ENV,
+        **wh.env(proxy.port),
+        "OCEANUS_SINK_POSTGRES_STATEMENT_TIMEOUT_S": "10",
+        "OCEANUS_SINK_MYSQL_TIMEOUT_S": "10",
+    }
     stack = Stack(tmp_path, sink=wh.kind, env=env)
     stack.sql = wh
     return stack
@@ -129,8 +133,11 @@ def test_rows_the_database_refuses_are_dead_letters_and_the_rest_stored(
         stack.stop()
     dead_markers = {DeadRow(**d).row["oid"] for d in dead if d.get("row")}  # type: ignore[index]
     acked_refused = {m for m in result.acked_set() if m.startswith(refused_sender)}
-    print(f"{wh.kind}: dead letters={len(dead)} (refused by the CHECK), lost="
-          f"{len(set(tally.lost_markers) - dead_markers)} (neither stored nor dead-lettered)", flush=True)
+    print(
+        f"{wh.kind}: dead letters={len(dead)} (refused by the CHECK), lost="
+        f"{len(set(tally.lost_markers) - dead_markers)} (neither stored nor dead-lettered)",
+        flush=True,
+    )
     assert acked_refused, "sender 1 had nothing acknowledged: the scenario proved nothing"
     assert set(tally.lost_markers) == acked_refused, "a lost event is not one the database refused"
     assert acked_refused <= dead_markers, "a refused event is missing from the dead letters"

@@ -26,6 +26,10 @@ class OutageProxy(ReplyDropProxy):
         #: Connections refused while down.
         self.refused = 0
 
+    def start(self) -> OutageProxy:
+        super().start()
+        return self
+
     def down(self) -> None:
         self._down.set()
         with self._lock:

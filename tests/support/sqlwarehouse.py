@@ -73,7 +73,8 @@ class PostgresWarehouse(SqlWarehouse):
 
     def configure(self, cfg: Config) -> Config:
         sink = msgspec.structs.replace(
-            cfg.sink, kind="postgres", postgres=msgspec.structs.replace(cfg.sink.postgres, schema=self.name))
+            cfg.sink, kind="postgres", postgres=msgspec.structs.replace(cfg.sink.postgres, schema=self.name)
+        )
         return msgspec.structs.replace(cfg, sink=sink)
 
     def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -88,7 +89,9 @@ class PostgresWarehouse(SqlWarehouse):
         # The sink's connections name themselves after their schema: only this test's are ended.
         rows = self.rows(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s "
-            "AND pid <> pg_backend_pid()", (f"oceanus-flusher/{self.name}",))
+            "AND pid <> pg_backend_pid()",
+            (f"oceanus-flusher/{self.name}",),
+        )
         return sum(1 for (ok,) in rows if ok)
 
     def drop(self) -> None:
@@ -104,8 +107,15 @@ class MariaDBWarehouse(SqlWarehouse):
     def __init__(self) -> None:
         import pymysql
 
-        self.conn = pymysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user="root", password="", autocommit=True,
-                                    connect_timeout=3, init_command="SET time_zone = '+00:00'")
+        self.conn = pymysql.connect(
+            host=MYSQL_HOST,
+            port=MYSQL_PORT,
+            user="root",
+            password="",
+            autocommit=True,
+            connect_timeout=3,
+            init_command="SET time_zone = '+00:00'",
+        )
         self.name = f"oc_{uuid.uuid4().hex[:12]}"
         self.execute("CREATE DATABASE {s}")
 
@@ -128,8 +138,12 @@ class MariaDBWarehouse(SqlWarehouse):
             cur.execute(sql.replace("{s}", self.name))
 
     def kill_sink_connections(self) -> int:
-        ids = [r[0] for r in self.rows(
-            "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s AND ID <> CONNECTION_ID()", (self.name,))]
+        ids = [
+            r[0]
+            for r in self.rows(
+                "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s AND ID <> CONNECTION_ID()", (self.name,)
+            )
+        ]
         for i in ids:
             self.execute(f"KILL {int(i)}")
         return len(ids)

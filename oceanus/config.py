@@ -939,9 +939,17 @@ def _env_paths(struct_type: type[Struct], prefix: tuple[str, ...] = ()) -> dict[
 
 
 #: Variables with the prefix that are not config keys.
-ENV_NOT_KEYS = frozenset({"OCEANUS_CONFIG", "OCEANUS_DATA_DIR", "OCEANUS_LOG_LEVEL", "OCEANUS_QUERY_TOKEN",
-                          # the SQL sinks' default url_env: a secret's variable, not a key
-                          "OCEANUS_PG_URL", "OCEANUS_MYSQL_URL"})
+ENV_NOT_KEYS = frozenset(
+    {
+        "OCEANUS_CONFIG",
+        "OCEANUS_DATA_DIR",
+        "OCEANUS_LOG_LEVEL",
+        "OCEANUS_QUERY_TOKEN",
+        # the SQL sinks' default url_env: a secret's variable, not a key
+        "OCEANUS_PG_URL",
+        "OCEANUS_MYSQL_URL",
+    }
+)
 
 
 def _named_env(raw: Mapping[str, Any]) -> set[str]:

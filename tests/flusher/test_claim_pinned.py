@@ -355,3 +355,22 @@ def test_owner_ids_are_key_safe_and_bounded(monkeypatch: pytest.MonkeyPatch) -> 
     assert make_owner_id().startswith("host-")
     monkeypatch.setattr(socket, "gethostname", lambda: "a.b_c-D9")
     assert make_owner_id().startswith("a.b_c-D9-")
+
+
+def test_finish_is_one_transaction(redis_server: RedisServer) -> None:
+    """The claim, its state, its index entry and its dead letters go together or not at all."""
+    client = redis_server.client()
+    client.rpush(KEYS.queue("pv"), b"a", b"b")
+
+    async def scenario() -> None:
+        c = _claimer(redis_server, "o1")
+        claim = await c.claim("pv", 2)
+        assert claim is not None
+        await c.client.config_resetstat()
+        assert await c.finish(claim, [b"dead"])
+        stats = await c.client.info("commandstats")
+        assert stats["cmdstat_multi"]["calls"] == 1
+        assert stats["cmdstat_exec"]["calls"] == 1
+        await c.client.aclose()
+
+    asyncio.run(scenario())

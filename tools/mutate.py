@@ -188,6 +188,13 @@ EQUIVALENT: dict[str, dict[str, str]] = {
         "False -> True @ async with self.client.pipeline(transaction=False) as pipe:": (
             "read-only EXISTS/LINDEX round: inside MULTI/EXEC the replies are the same"
         ),
+        **{
+            f"{d} @ return bool(results[1 if dead_items else 0])": (
+                "the batch's list, state hash and index entry are made and dropped together (claim and"
+                " re-claim scripts, this MULTI): each DEL/SREM reply says the same"
+            )
+            for d in ("1 -> 2", "0 -> 1", "0 -> -1")
+        },
         "True -> False @ return mine + [k for k, a in zip(others, alive, strict=True) if not a]": (
             "one reply per key pipelined: the lengths are always equal"
         ),

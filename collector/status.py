@@ -19,7 +19,7 @@ import msgspec
 from redis.exceptions import RedisError
 
 from collector.spool import usage as spool_usage
-from oceanus.buffer import FrameError, Keys, decode_frame, event_id_time_ms
+from oceanus.buffer import FrameError, Keys, decode_frame, row_arrival_ms
 from oceanus.config import Config
 
 #: Minutes of per-minute history on the status page (the sparkline).
@@ -135,14 +135,8 @@ def summarize(item: Any) -> FrameSummary:
         return _UNREADABLE
     if not rows:
         return _UNREADABLE
-    try:
-        idx = columns.index("event_id")
-    except ValueError:
-        return FrameSummary(len(rows), None)
-    # Rows of a frame are in arrival order and event ids are time-ordered by
-    # receive time (EventIds): the first row is the oldest.
-    first = rows[0][idx]
-    return FrameSummary(len(rows), event_id_time_ms(first) if isinstance(first, bytes) else None)
+    # Rows of a frame are in arrival order: the first row arrived first.
+    return FrameSummary(len(rows), row_arrival_ms(columns, rows[0]))
 
 
 def unflushed_age_s(now: float, oldest_ms: Iterable[int | None]) -> float | None:

@@ -26,7 +26,7 @@ from typing import Any
 import msgspec
 
 from flusher.sinks.base import Batch
-from oceanus.buffer import FrameError, event_id_hex, event_id_time_ms, frame_payload
+from oceanus.buffer import FrameError, event_id_hex, frame_payload, row_arrival_ms
 from oceanus.config import EXTRA_COLUMN, StreamConfig
 
 _json_enc = msgspec.json.Encoder()
@@ -88,11 +88,9 @@ def frame_oldest_ms(frame: bytes) -> int | None:
     """Receive time of the first event in a frame (collectors append in time order), or None."""
     try:
         columns, rows = decode_frame_rows(frame)
-        idx = columns.index("event_id")
-        first = rows[0][idx]
-    except (FrameError, ValueError, IndexError, TypeError):
+        return row_arrival_ms(columns, rows[0])
+    except (FrameError, IndexError, TypeError):
         return None
-    return event_id_time_ms(first) if isinstance(first, bytes) and len(first) >= 6 else None
 
 
 def _merge_extra(extra: Any, moved: dict[str, Any]) -> str | None:

@@ -300,3 +300,23 @@ def event_id_hex(raw: bytes) -> str:
 
 def event_id_time_ms(raw: bytes) -> int:
     return int.from_bytes(raw[:6], "big")
+
+
+#: A stream column holding the arrival time (µs) where ``event_id`` carries another
+#: time: Segment and Snowplow events are placed at the client's own time so that an
+#: SDK's retry dedupes, and their arrival is kept in this column.
+ARRIVAL_COLUMN = "collected_at"
+
+
+def row_arrival_ms(columns: Sequence[str], row: Sequence[Any]) -> int | None:
+    """When the collector received this row (ms since the epoch), for lag: the
+    arrival column if the stream has one, else the time prefix of ``event_id``."""
+    if ARRIVAL_COLUMN in columns:
+        value = row[columns.index(ARRIVAL_COLUMN)]
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value // 1000
+    try:
+        first = row[columns.index("event_id")]
+    except ValueError:
+        return None
+    return event_id_time_ms(first) if isinstance(first, bytes) and len(first) >= 6 else None

@@ -43,17 +43,22 @@ async def run_until(cfg: config.Config, done: Callable[[], bool], timeout_s: flo
 
 
 def test_matched_events_are_delivered_once_signed_within_the_latency_bound(
-        redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("T_HOOK_SECRET", SECRET)
     with http_receiver(Receiver(secret=SECRET.encode())) as rx:
-        cfg, _ = make_config(redis_server.url, hook(rx.url) + """
+        cfg, _ = make_config(
+            redis_server.url,
+            hook(rx.url)
+            + """
 [rules.paid]
 stream = "pageview"
 conditions = [{ field = "evt", eq = "paid" }]
 template = "paid {uid}"
 channels = ["hook"]
 rate_limit = { max = 1000, per_s = 60.0 }
-""")
+""",
+        )
         client = redis_server.client()
         expected: set[str] = set()
         for i in range(20):
@@ -63,11 +68,13 @@ rate_limit = { max = 1000, per_s = 60.0 }
         asyncio.run(run_until(cfg, lambda: len(rx.posts) >= len(expected)))
     assert len(expected) == 100
     assert rx.bad_signatures == 0
-    assert sorted(rx.ids()) == sorted(expected)          # every one, none twice
+    assert sorted(rx.ids()) == sorted(expected)  # every one, none twice
     latencies = sorted(p.at - p.json()["event_ms"] / 1000 for p in rx.posts)
     p95 = latencies[int(len(latencies) * 0.95) - 1]
-    print(f"\nend-to-end (event received -> webhook accepted), 100 events: median "
-          f"{statistics.median(latencies) * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms")
+    print(
+        f"\nend-to-end (event received -> webhook accepted), 100 events: median "
+        f"{statistics.median(latencies) * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms"
+    )
     assert p95 < cfg.streams["pageview"].batch.max_wait_s + 2
     keys = NotifyKeys(cfg.redis.key_prefix)
     assert client.llen(keys.jobs("hook")) == 0
@@ -78,21 +85,31 @@ rate_limit = { max = 1000, per_s = 60.0 }
 def test_threshold_fires_once_per_group_and_window(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("T_HOOK_SECRET", SECRET)
     with http_receiver(Receiver(secret=SECRET.encode())) as rx:
-        cfg, _ = make_config(redis_server.url, hook(rx.url) + """
+        cfg, _ = make_config(
+            redis_server.url,
+            hook(rx.url)
+            + """
 [rules.burst]
 stream = "pageview"
 conditions = [{ field = "evt", eq = "search_not_found" }]
 threshold = { count = 5, window_s = 600.0, group_by = "sid" }
 template = "{count} in {window_s} s for {group}"
 channels = ["hook"]
-""")
+""",
+        )
         client = redis_server.client()
-        push(client, cfg, "pageview", [pageview("search_not_found", sid="aa")] * 12)   # fires once (5th)
-        push(client, cfg, "pageview", [pageview("search_not_found", sid="bb")] * 4)    # below the count
-        push(client, cfg, "pageview", [pageview("view", sid="cc")] * 9)                # no match
-        push(client, cfg, "pageview", [pageview("search_not_found", sid="cc")] * 5)    # fires once
-        n = asyncio.run(run_until(cfg, lambda: len(rx.posts) >= 2 and not redis_server.client().llen(
-            NotifyKeys("oceanus").claim.queue("pageview"))))
+        push(client, cfg, "pageview", [pageview("search_not_found", sid="aa")] * 12)  # fires once (5th)
+        push(client, cfg, "pageview", [pageview("search_not_found", sid="bb")] * 4)  # below the count
+        push(client, cfg, "pageview", [pageview("view", sid="cc")] * 9)  # no match
+        push(client, cfg, "pageview", [pageview("search_not_found", sid="cc")] * 5)  # fires once
+        n = asyncio.run(
+            run_until(
+                cfg,
+                lambda: (
+                    len(rx.posts) >= 2 and not redis_server.client().llen(NotifyKeys("oceanus").claim.queue("pageview"))
+                ),
+            )
+        )
         time.sleep(0)  # the receiver has what it got; nothing more is queued
     assert sorted(p.json()["message"] for p in rx.posts) == ["5 in 600 s for aa", "5 in 600 s for cc"]
     assert n.metrics.matched.labels("burst")._value.get() == 21
@@ -101,14 +118,18 @@ channels = ["hook"]
 def test_rate_limit_holds_back_and_sums_up(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("T_HOOK_SECRET", SECRET)
     with http_receiver(Receiver(secret=SECRET.encode())) as rx:
-        cfg, _ = make_config(redis_server.url, hook(rx.url) + """
+        cfg, _ = make_config(
+            redis_server.url,
+            hook(rx.url)
+            + """
 [rules.errors]
 stream = "pageview"
 conditions = [{ field = "evt", contains = "error" }]
 template = "{evt}"
 channels = ["hook"]
 rate_limit = { max = 3, per_s = 1.0 }
-""")
+""",
+        )
         push(redis_server.client(), cfg, "pageview", [pageview("js_error") for _ in range(40)])
 
         def summed() -> bool:
@@ -120,8 +141,7 @@ rate_limit = { max = 3, per_s = 1.0 }
     summaries = [p.json()["message"] for p in rx.posts if p.json()["kind"] == "summary"]
     events = [p for p in rx.posts if p.json()["kind"] == "event"]
     assert summaries
-    assert all(m.startswith("errors: and ") and m.endswith(" more in the last 1 s (rate limit)")
-                             for m in summaries)
+    assert all(m.startswith("errors: and ") and m.endswith(" more in the last 1 s (rate limit)") for m in summaries)
     # 40 events within a few 1 s windows: at most 3 messages per window were sent.
     assert 3 <= len(events) < 40
 
@@ -140,7 +160,10 @@ def _outage(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, outage_s
     monkeypatch.setenv("T_HOOK_SECRET", SECRET)
     rx0 = Receiver(secret=SECRET.encode(), down_until=time.time() + outage_s)
     with http_receiver(rx0) as rx:
-        cfg, _ = make_config(redis_server.url, hook(rx.url, retry_base_s=0.2, retry_max_s=1.0) + """
+        cfg, _ = make_config(
+            redis_server.url,
+            hook(rx.url, retry_base_s=0.2, retry_max_s=1.0)
+            + """
 [channels.other]
 kind = "log"
 path = "{log}"
@@ -149,7 +172,8 @@ stream = "pageview"
 conditions = [{ field = "evt", eq = "paid" }]
 channels = ["hook", "other"]
 rate_limit = { max = 1000 }
-""".replace("{log}", str(redis_server.data_dir / "other.log")))
+""".replace("{log}", str(redis_server.data_dir / "other.log")),
+        )
         client = redis_server.client()
         ids = [i for _ in range(10) for i in push(client, cfg, "pageview", [pageview("paid")] * 10)]
         log = redis_server.data_dir / "other.log"
@@ -162,10 +186,12 @@ rate_limit = { max = 1000 }
 
         n = asyncio.run(run_until(cfg, done, timeout_s=outage_s + 30))
     sent = n.metrics.notifications.labels("paid", "hook", "sent")._value.get()
-    print(f"\noutage {outage_s:g} s: hook {len(rx.posts)} posts ({len(set(rx.ids()))} distinct), {sent:g} sent, "
-          f"{n.metrics.retries.labels('hook')._value.get():g} retries; other: 100 lines "
-          f"{(other_done_at or [rx0.down_until])[0] - (rx0.down_until - outage_s):.2f} s after the outage began; "
-          f"last post {max(p.at for p in rx.posts) - rx0.down_until:.2f} s after it ended")
+    print(
+        f"\noutage {outage_s:g} s: hook {len(rx.posts)} posts ({len(set(rx.ids()))} distinct), {sent:g} sent, "
+        f"{n.metrics.retries.labels('hook')._value.get():g} retries; other: 100 lines "
+        f"{(other_done_at or [rx0.down_until])[0] - (rx0.down_until - outage_s):.2f} s after the outage began; "
+        f"last post {max(p.at for p in rx.posts) - rx0.down_until:.2f} s after it ended"
+    )
     assert sorted(rx.ids()) == sorted(f"paid:hook:{i}" for i in ids)
     assert time.time() >= rx0.down_until
     # The other channel did not wait for the webhook's outage.
@@ -175,16 +201,20 @@ rate_limit = { max = 1000 }
     assert n.metrics.notifications.labels("paid", "hook", "sent")._value.get() == 100
 
 
-def test_a_4xx_is_dead_at_once_then_replayed(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch,
-                                             tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_4xx_is_dead_at_once_then_replayed(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("T_HOOK_SECRET", SECRET)
     with http_receiver(Receiver(secret=SECRET.encode(), status=404)) as rx:
-        extra = hook(rx.url) + """
+        extra = (
+            hook(rx.url)
+            + """
 [rules.paid]
 stream = "pageview"
 conditions = [{ field = "evt", eq = "paid" }]
 channels = ["hook"]
 """
+        )
         cfg, text = make_config(redis_server.url, extra)
         path = tmp_path / "oceanus.toml"
         path.write_text(text)
@@ -194,7 +224,7 @@ channels = ["hook"]
         ids = push(client, cfg, "pageview", [pageview("paid"), pageview("paid")])
         started = time.monotonic()
         asyncio.run(run_until(cfg, lambda: client.llen(keys.dead("hook")) == 2))
-        assert time.monotonic() - started < 5   # not after give_up_after_s (an hour)
+        assert time.monotonic() - started < 5  # not after give_up_after_s (an hour)
         assert rx.posts == []
         assert cli.main(["notify", "dead", "list", "--config", str(path)]) == 0
         out = capsys.readouterr().out
@@ -212,11 +242,14 @@ channels = ["hook"]
     assert b'"outcome":"sent"' in recent[0]
 
 
-def test_hostile_values_arrive_inert_through_the_pipeline(redis_server: RedisServer,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hostile_values_arrive_inert_through_the_pipeline(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with http_receiver(Receiver()) as rx:
         monkeypatch.setenv("T_SLACK_URL", rx.url + "/services/x")
-        cfg, _ = make_config(redis_server.url, """
+        cfg, _ = make_config(
+            redis_server.url,
+            """
 [channels.team]
 kind = "slack"
 url_env = "T_SLACK_URL"
@@ -225,9 +258,14 @@ stream = "pageview"
 conditions = [{ field = "evt", eq = "paid" }]
 template = "paid by {uid}: {tit}"
 channels = ["team"]
-""")
-        push(redis_server.client(), cfg, "pageview",
-             [pageview("paid", uid="<!channel>", tit="*x* <https://evil|y>\r\n" + "z" * 1_000_000)])
+""",
+        )
+        push(
+            redis_server.client(),
+            cfg,
+            "pageview",
+            [pageview("paid", uid="<!channel>", tit="*x* <https://evil|y>\r\n" + "z" * 1_000_000)],
+        )
         asyncio.run(run_until(cfg, lambda: len(rx.posts) == 1))
     text = rx.posts[0].json()["text"]
     assert text.startswith("paid by &lt;!channel&gt;: *\u200bx*\u200b &lt;https://evil|y&gt;\r\nzzz")
@@ -236,8 +274,9 @@ channels = ["team"]
     assert text[-1] == "…"
 
 
-def test_a_redelivered_job_is_counted_once_by_the_rate_limit(redis_server: RedisServer,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_redelivered_job_is_counted_once_by_the_rate_limit(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A job handed back mid-retry (SIGTERM) and one evaluated twice take one place in their window each."""
     import redis.asyncio as aioredis
 
@@ -248,36 +287,68 @@ def test_a_redelivered_job_is_counted_once_by_the_rate_limit(redis_server: Redis
 
     monkeypatch.setenv("T_HOOK_SECRET", SECRET)
     with http_receiver(Receiver(secret=SECRET.encode(), down_until=time.time() + 3600)) as rx:
-        cfg, _ = make_config(redis_server.url, hook(rx.url) + """
+        cfg, _ = make_config(
+            redis_server.url,
+            hook(rx.url)
+            + """
 [rules.paid]
 stream = "pageview"
 channels = ["hook"]
 rate_limit = { max = 2, per_s = 1.0 }
-""")
+""",
+        )
 
         def job(name: str) -> bytes:
             now = int(time.time() * 1000)
-            return jobs.encode(jobs.Job(id=f"paid:hook:{name}", rule="paid", channel="hook", stream="pageview",
-                                        event_ms=now, created_ms=now, template=name, subject="s", values={}))
+            return jobs.encode(
+                jobs.Job(
+                    id=f"paid:hook:{name}",
+                    rule="paid",
+                    channel="hook",
+                    stream="pageview",
+                    event_ms=now,
+                    created_ms=now,
+                    template=name,
+                    subject="s",
+                    values={},
+                )
+            )
 
         async def scenario() -> tuple[bool, NotifyMetrics, list[str]]:
             client = aioredis.Redis.from_url(redis_server.url)
             metrics = NotifyMetrics()
             stopping = asyncio.Event()
+
+            def stop_at_once(_max_s: float) -> float:
+                stopping.set()
+                return 0.0
+
             # The first retry wait finds SIGTERM: job a goes back to the queue, unsent.
-            first = Worker(cfg, "hook", make_channel("hook", cfg.channels["hook"]), client, "one", metrics, stopping,
-                           sleep=lambda s: (stopping.set(), 0.0)[1])
+            first = Worker(
+                cfg,
+                "hook",
+                make_channel("hook", cfg.channels["hook"]),
+                client,
+                "one",
+                metrics,
+                stopping,
+                sleep=stop_at_once,
+            )
             window = int(time.time())
             a, b, c = job("a"), job("b"), job("c")
             handed_back = await first.deliver(a)
             rx.down_until = 0.0
-            again = Worker(cfg, "hook", make_channel("hook", cfg.channels["hook"]), client, "two", metrics,
-                           asyncio.Event())
-            outcomes = [await again.deliver(x) for x in (a, b, c, c)]   # c: evaluated twice
+            again = Worker(
+                cfg, "hook", make_channel("hook", cfg.channels["hook"]), client, "two", metrics, asyncio.Event()
+            )
+            outcomes = [await again.deliver(x) for x in (a, b, c, c)]  # c: evaluated twice
             await client.aclose()
             # All within one 1 s rate-limit window, or the counts below do not apply: the caller retries.
-            return (not handed_back and all(outcomes) and int(time.time()) == window), metrics, \
-                [p.json()["message"] for p in rx.posts]
+            return (
+                (not handed_back and all(outcomes) and int(time.time()) == window),
+                metrics,
+                [p.json()["message"] for p in rx.posts],
+            )
 
         deadline = time.monotonic() + 20
         while True:
@@ -288,7 +359,7 @@ rate_limit = { max = 2, per_s = 1.0 }
             if one_window or time.monotonic() > deadline:
                 break
     assert one_window
-    assert sent == ["a", "b"]            # a counted once: b is the second of max = 2
+    assert sent == ["a", "b"]  # a counted once: b is the second of max = 2
     count = metrics.notifications.labels
-    assert count("paid", "hook", "held")._value.get() == 1          # c, once
-    assert count("paid", "hook", "duplicate")._value.get() == 1     # c again
+    assert count("paid", "hook", "held")._value.get() == 1  # c, once
+    assert count("paid", "hook", "duplicate")._value.get() == 1  # c again

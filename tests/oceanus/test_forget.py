@@ -103,9 +103,12 @@ def test_forget_everywhere_and_report_claimed_batches(
 
     assert _forget(cfg) == 1
     out = capsys.readouterr()
+    # Every stream with a `uid` field is searched; the Snowplow stream has one too.
     assert out.out == (
         "pageview: 1 row(s) deleted from the warehouse, 3 from queued frames, 1 dead letter(s); "
         "1 in batches being written\n"
+        "snowplow: 0 row(s) deleted from the warehouse, 0 from queued frames, 0 dead letter(s); "
+        "0 in batches being written\n"
     )
     assert "1 matching row(s) are in batches a flusher is writing now" in out.err
     frames = as_bytes_list(client.lrange(KEYS.queue("pageview"), 0, -1))
@@ -136,6 +139,8 @@ def test_forget_everywhere_and_report_claimed_batches(
     assert _forget(cfg) == 0
     assert capsys.readouterr().out == (
         "pageview: 1 row(s) deleted from the warehouse, 0 from queued frames, "
+        "0 dead letter(s); 0 in batches being written\n"
+        "snowplow: 0 row(s) deleted from the warehouse, 0 from queued frames, "
         "0 dead letter(s); 0 in batches being written\n"
     )
     assert _warehouse_uids(cfg) == ["u-2", "u-2", None]

@@ -157,8 +157,10 @@ def run(events: int, frame_rows: int, singles: int, kinds: tuple[str, ...]) -> d
         box, ca = stack.enter_context(smtp_server(tmp))
         log_path = tmp / "notify.log"
         # The shipped config's streams and [notify] defaults (poll_s, ...), an admin port of its own.
-        text = BASE + "\n[notify]\nadmin_port = 0\n" + _channels(
-            {"webhook": hook.url, "sheets": sheets.url}, log_path, box.port, ca
+        text = (
+            BASE
+            + "\n[notify]\nadmin_port = 0\n"
+            + _channels({"webhook": hook.url, "sheets": sheets.url}, log_path, box.port, ca)
         )
         cfg = config.loads(text, env={"OCEANUS_REDIS_URL": server.url})
         config_path = tmp / "oceanus.toml"

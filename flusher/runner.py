@@ -238,8 +238,10 @@ class Flusher:
             asyncio.create_task(self._gauge_loop(), name="gauges"),
         ]
         workers = [asyncio.create_task(w.run(), name=f"stream-{w.name}") for w in self.workers.values()]
-        hosted = [threading.Thread(target=self._run_hosted, args=(task,), name=f"oceanus-hosted-{i}", daemon=True)
-                  for i, task in enumerate(self.hosted)]
+        hosted = [
+            threading.Thread(target=self._run_hosted, args=(task,), name=f"oceanus-hosted-{i}", daemon=True)
+            for i, task in enumerate(self.hosted)
+        ]
         for thread in hosted:
             thread.start()
         await self.stopping.wait()

@@ -46,8 +46,7 @@ def hosted_imports(cfg: Config) -> list[HostedTask]:
         if os.environ.get(imp.source_url_env):
             imports.append(imp)
         else:
-            log.warning("imports.%s: %s is not set; this flusher does not run the import", imp.name,
-                        imp.source_url_env)
+            log.warning("imports.%s: %s is not set; this flusher does not run the import", imp.name, imp.source_url_env)
     if not imports:
         return []
 

@@ -554,8 +554,10 @@ def _legacy_expr(col: LegacyColumn) -> str:
     src = _q(col.source)
     if col.ftype == "timestamp":
         # Python's str(datetime): the fraction only when it is not zero.
-        return (f"CASE WHEN epoch_us({src}) % 1000000 = 0 THEN strftime({src}, '%Y-%m-%d %H:%M:%S') "
-                f"ELSE strftime({src}, '%Y-%m-%d %H:%M:%S.%f') END")
+        return (
+            f"CASE WHEN epoch_us({src}) % 1000000 = 0 THEN strftime({src}, '%Y-%m-%d %H:%M:%S') "
+            f"ELSE strftime({src}, '%Y-%m-%d %H:%M:%S.%f') END"
+        )
     return src if col.ftype == "string" else f"CAST({src} AS VARCHAR)"
 
 

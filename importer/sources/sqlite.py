@@ -21,12 +21,25 @@ from oceanus.errors import SourceError
 
 #: Declared type (lowercase, without arguments) -> kind.
 _SIMPLE: dict[str, str] = {
-    "integer": "int", "int": "int", "bigint": "int", "smallint": "int",
-    "text": "string", "varchar": "string", "char": "string", "character varying": "string",
-    "real": "float", "double": "float", "double precision": "float", "float": "float",
-    "boolean": "bool", "bool": "bool",
-    "date": "date", "datetime": "timestamp", "timestamp": "timestamp",
-    "json": "json", "blob": "binary",
+    "integer": "int",
+    "int": "int",
+    "bigint": "int",
+    "smallint": "int",
+    "text": "string",
+    "varchar": "string",
+    "char": "string",
+    "character varying": "string",
+    "real": "float",
+    "double": "float",
+    "double precision": "float",
+    "float": "float",
+    "boolean": "bool",
+    "bool": "bool",
+    "date": "date",
+    "datetime": "timestamp",
+    "timestamp": "timestamp",
+    "json": "json",
+    "blob": "binary",
 }
 _DECIMAL = re.compile(r"^(?:decimal|numeric)\s*\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)$")
 
@@ -56,8 +69,7 @@ class SQLiteSource:
             raise SourceError(f"no SQLite database at {path} (oceanus demo --shop writes one)")
         try:
             # Read-only: an import never changes its source.
-            self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
-                                        check_same_thread=False)
+            self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise SourceError(f"cannot open the SQLite source {path}: {exc}") from None
 
@@ -116,8 +128,9 @@ def _column(name: str, declared: str, nullable: bool) -> Column:
     text = " ".join(declared.lower().split())
     match = _DECIMAL.match(text)
     if match:
-        return decimal_column(name, int(match.group(1)), int(match.group(2) or 0), declared, nullable=nullable,
-                              convert=_decimal)
+        return decimal_column(
+            name, int(match.group(1)), int(match.group(2) or 0), declared, nullable=nullable, convert=_decimal
+        )
     kind = _SIMPLE.get(re.sub(r"\s*\(.*\)$", "", text))
     if kind is None:
         raise unmappable(name, declared or "(none declared)")

@@ -32,11 +32,18 @@ MEMBERS = 60
 #: Visitors 61..70 view items without a member record (the report counts them from the event).
 VISITORS = 70
 ITEMS = (
-    ("ballpoint pen", "ボールペン", 150), ("A5 notebook", "A5ノート", 320),  # noqa: RUF001 - Japanese names
+    ("ballpoint pen", "ボールペン", 150),
+    ("A5 notebook", "A5ノート", 320),  # noqa: RUF001 - Japanese names
     ("mechanical pencil", "シャープペンシル", 480),
-    ("eraser", "消しゴム", 90), ("highlighter set", "蛍光ペンセット", 560), ("sticky notes", "付箋", 210),
-    ("stapler", "ホッチキス", 980), ("fountain pen", "万年筆", 4800), ("ruler 30 cm", "定規30cm", 180),
-    ("file folder", "クリアファイル", 120), ("scissors", "はさみ", 650), ("glue stick", "スティックのり", 140),
+    ("eraser", "消しゴム", 90),
+    ("highlighter set", "蛍光ペンセット", 560),
+    ("sticky notes", "付箋", 210),
+    ("stapler", "ホッチキス", 980),
+    ("fountain pen", "万年筆", 4800),
+    ("ruler 30 cm", "定規30cm", 180),
+    ("file folder", "クリアファイル", 120),
+    ("scissors", "はさみ", 650),
+    ("glue stick", "スティックのり", 140),
 )
 OCCUPATIONS = ("engineer", "teacher", "designer", "accountant", "student", "sales", "nurse", "writer")
 VIEW_DAYS = 14
@@ -46,8 +53,7 @@ CANCEL_SHARE = 0.1
 POST_BATCH = 100
 
 SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS users (id INTEGER PRIMARY KEY, age INTEGER, gender TEXT, occupation TEXT, "
-    "email TEXT)",
+    "CREATE TABLE IF NOT EXISTS users (id INTEGER PRIMARY KEY, age INTEGER, gender TEXT, occupation TEXT, email TEXT)",
     "CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, name TEXT NOT NULL, jp_name TEXT, price INTEGER, "
     "stock_quantity INTEGER)",
     "CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL, total_price INTEGER, "
@@ -103,8 +109,17 @@ def generate(rng: random.Random, events: int, now: dt.datetime, first_order_id: 
             ordered = at + dt.timedelta(seconds=rng.uniform(3600, 10 * 86400))
             if user <= MEMBERS and rng.random() < ORDER_SHARE and ordered < now:
                 status = "cancelled" if rng.random() < CANCEL_SHARE else rng.choice(("paid", "shipped"))
-                orders.append(Order(first_order_id + len(orders), user, item, rng.randrange(1, 4),
-                                    ITEMS[item - 1][2], status, ordered.replace(microsecond=0)))
+                orders.append(
+                    Order(
+                        first_order_id + len(orders),
+                        user,
+                        item,
+                        rng.randrange(1, 4),
+                        ITEMS[item - 1][2],
+                        status,
+                        ordered.replace(microsecond=0),
+                    )
+                )
         else:
             views.append(View(user, rng.choice(("/", "/cart", "/search", "/items/")), at))
     return views, orders
@@ -118,16 +133,24 @@ def write_shop(path: Path, rng: random.Random, events: int, now: dt.datetime) ->
         for ddl in SCHEMA:
             con.execute(ddl)
         con.executemany("INSERT OR IGNORE INTO users VALUES (?, ?, ?, ?, ?)", members(random.Random(0)))
-        con.executemany("INSERT OR IGNORE INTO items VALUES (?, ?, ?, ?, ?)",
-                        [(i + 1, n, jp, p, 100) for i, (n, jp, p) in enumerate(ITEMS)])
+        con.executemany(
+            "INSERT OR IGNORE INTO items VALUES (?, ?, ?, ?, ?)",
+            [(i + 1, n, jp, p, 100) for i, (n, jp, p) in enumerate(ITEMS)],
+        )
         row = con.execute("SELECT coalesce(max(id), 0) FROM orders").fetchone()
         views, orders = generate(rng, events, now, int(row[0]) + 1 if row else 1)
         # ordered_at as naive UTC text: the shop database's DATETIME.
-        con.executemany("INSERT INTO orders VALUES (?, ?, ?, ?, ?)",
-                        [(o.id, o.user_id, o.quantity * o.price, o.status,
-                          o.ordered_at.replace(tzinfo=None).isoformat(" ")) for o in orders])
-        con.executemany("INSERT INTO order_items VALUES (?, ?, ?, ?, ?)",
-                        [(o.id, o.id, o.item_id, o.quantity, o.price) for o in orders])
+        con.executemany(
+            "INSERT INTO orders VALUES (?, ?, ?, ?, ?)",
+            [
+                (o.id, o.user_id, o.quantity * o.price, o.status, o.ordered_at.replace(tzinfo=None).isoformat(" "))
+                for o in orders
+            ],
+        )
+        con.executemany(
+            "INSERT INTO order_items VALUES (?, ?, ?, ?, ?)",
+            [(o.id, o.id, o.item_id, o.quantity, o.price) for o in orders],
+        )
         con.commit()
     finally:
         con.close()
@@ -143,9 +166,14 @@ def ecview_event(view: View, member: Member | None, rng: random.Random) -> dict[
         _, age, gender, occupation, _ = member
     else:
         age, gender, occupation = rng.randrange(16, 78), rng.choice(("F", "M")), rng.choice(OCCUPATIONS)
-    return {"userid": str(view.user_id), "userage": "999" if age is None else str(age), "usergender": gender,
-            "useroccupation": occupation, "useraction": view.screen,
-            "Actiontimestamp": view.viewed_at.isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+    return {
+        "userid": str(view.user_id),
+        "userage": "999" if age is None else str(age),
+        "usergender": gender,
+        "useroccupation": occupation,
+        "useraction": view.screen,
+        "Actiontimestamp": view.viewed_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+    }
 
 
 def run_shop(url: str, data_dir: Path, events: int, seed: int | None) -> ShopReport:
@@ -161,7 +189,7 @@ def run_shop(url: str, data_dir: Path, events: int, seed: int | None) -> ShopRep
     report = ShopReport(shop_db=str(path), views=views, orders=orders)
     try:
         for start in range(0, len(views), POST_BATCH):
-            chunk = views[start:start + POST_BATCH]
+            chunk = views[start : start + POST_BATCH]
             body = json.dumps([ecview_event(v, people.get(v.user_id), rng) for v in chunk]).encode()
             status, error = client.send("POST", "/e/ecview", body, {"content-type": "application/json"})
             if 200 <= status < 300:
@@ -176,11 +204,13 @@ def run_shop(url: str, data_dir: Path, events: int, seed: int | None) -> ShopRep
 
 def summary(report: ShopReport) -> str:
     cancelled = sum(o.status == "cancelled" for o in report.orders)
-    return "\n".join([
-        f"shop: {MEMBERS} members, {len(ITEMS)} items and {len(report.orders)} new orders ({cancelled} cancelled) "
-        f"in {report.shop_db}",
-        f"  sent {report.accepted} ecview events (page views of the last {VIEW_DAYS} days) to the collector",
-        "  the flusher imports the shop every 10 s (oceanus.toml [imports.*], OCEANUS_SHOP_URL); then:",
-        "    oceanus report                      the reports",
-        "    oceanus report item_conversion_7d   view -> order within 7 days, per item",
-    ])
+    return "\n".join(
+        [
+            f"shop: {MEMBERS} members, {len(ITEMS)} items and {len(report.orders)} new orders ({cancelled} cancelled) "
+            f"in {report.shop_db}",
+            f"  sent {report.accepted} ecview events (page views of the last {VIEW_DAYS} days) to the collector",
+            "  the flusher imports the shop every 10 s (oceanus.toml [imports.*], OCEANUS_SHOP_URL); then:",
+            "    oceanus report                      the reports",
+            "    oceanus report item_conversion_7d   view -> order within 7 days, per item",
+        ]
+    )

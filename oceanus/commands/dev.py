@@ -410,13 +410,19 @@ class Stack:
             # Before the collector: the notify queue it fills has a consumer from the first event on.
             notify_port = free_port()
             notifier = self.notifier = Child(
-                "notify", python_cmd("notify", "--config", str(self.config_file)),
+                "notify",
+                python_cmd("notify", "--config", str(self.config_file)),
                 {**env, "OCEANUS_NOTIFY_ADMIN_HOST": "127.0.0.1", "OCEANUS_NOTIFY_ADMIN_PORT": str(notify_port)},
                 logs / "notify.log",
             )
             self._notify_offset = notifier.log_path.stat().st_size
-            wait_until(notifier, lambda: http_ok(f"http://127.0.0.1:{notify_port}/healthz"),
-                       FLUSHER_READY_TIMEOUT_S, "notify", self.stop)
+            wait_until(
+                notifier,
+                lambda: http_ok(f"http://127.0.0.1:{notify_port}/healthz"),
+                FLUSHER_READY_TIMEOUT_S,
+                "notify",
+                self.stop,
+            )
         self.collector = Child(
             "collector",
             python_cmd("collector", "--config", str(self.config_file), "--host", "127.0.0.1", "--port", str(self.port)),

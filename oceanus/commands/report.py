@@ -97,8 +97,10 @@ def run_report(cfg: Config, name: str, data_dir: Path) -> Result:
     if kind == "postgres":
         # The server itself, read-only, as `oceanus query` asks it (the sink's schema first on the search_path).
         return run_sql_sink(cfg, sql_for(name, "postgres"))
-    raise UsageError(f"oceanus report has no {kind} version of its SQL; print the PostgreSQL one with "
-                     f"`oceanus report {name} --sql --dialect postgres` and adapt it")
+    raise UsageError(
+        f"oceanus report has no {kind} version of its SQL; print the PostgreSQL one with "
+        f"`oceanus report {name} --sql --dialect postgres` and adapt it"
+    )
 
 
 def list_reports() -> str:

@@ -345,7 +345,8 @@ async def test_rstatus_answers_503_past_twice_one_write_per_stream(
     base = make_config()
     small = {
         n: msgspec.structs.replace(s, batch=msgspec.structs.replace(s.batch, max_rows=1, min_rows=1))
-        for n, s in base.streams.items() if n in ("pageview", "form", "ecview")
+        for n, s in base.streams.items()
+        if n in ("pageview", "form", "ecview")
     }
     cfg = msgspec.structs.replace(base, streams=small)  # limit: 2 x (1 + 1 + 1) = 6 rows
     async with running(App(cfg)) as app:

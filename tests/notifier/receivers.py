@@ -147,12 +147,24 @@ def sheets_server(fake: FakeSheets, spreadsheet_id: str) -> Iterator[FakeSheets]
             if self.path == batch:
                 title = body["requests"][0]["addSheet"]["properties"]["title"]
                 if title in fake.sheets:
-                    return self.answer(400, _google_error(400, "INVALID_ARGUMENT",
-                                                          f'Invalid requests[0].addSheet: A sheet with the name '
-                                                          f'"{title}" already exists.'))
+                    return self.answer(
+                        400,
+                        _google_error(
+                            400,
+                            "INVALID_ARGUMENT",
+                            f'Invalid requests[0].addSheet: A sheet with the name "{title}" already exists.',
+                        ),
+                    )
                 fake.sheets[title] = []
-                return self.answer(200, json.dumps({"spreadsheetId": spreadsheet_id, "replies": [
-                    {"addSheet": {"properties": {"sheetId": len(fake.sheets), "title": title}}}]}).encode())
+                return self.answer(
+                    200,
+                    json.dumps(
+                        {
+                            "spreadsheetId": spreadsheet_id,
+                            "replies": [{"addSheet": {"properties": {"sheetId": len(fake.sheets), "title": title}}}],
+                        }
+                    ).encode(),
+                )
             m = append.match(self.path)
             if not m:
                 return self.answer(404, _google_error(404, "NOT_FOUND", "Requested entity was not found."))
@@ -169,11 +181,22 @@ def sheets_server(fake: FakeSheets, spreadsheet_id: str) -> Iterator[FakeSheets]
             rows.extend(body["values"])
             width = max(len(r) for r in body["values"])
             updated = f"'{tab}'!A{start}:{chr(64 + min(width, 26))}{len(rows)}"
-            return self.answer(200, json.dumps({
-                "spreadsheetId": spreadsheet_id, "tableRange": f"'{tab}'!A1:A{start - 1}" if start > 1 else "",
-                "updates": {"spreadsheetId": spreadsheet_id, "updatedRange": updated,
-                            "updatedRows": len(body["values"]), "updatedColumns": width,
-                            "updatedCells": sum(len(r) for r in body["values"])}}).encode())
+            return self.answer(
+                200,
+                json.dumps(
+                    {
+                        "spreadsheetId": spreadsheet_id,
+                        "tableRange": f"'{tab}'!A1:A{start - 1}" if start > 1 else "",
+                        "updates": {
+                            "spreadsheetId": spreadsheet_id,
+                            "updatedRange": updated,
+                            "updatedRows": len(body["values"]),
+                            "updatedColumns": width,
+                            "updatedCells": sum(len(r) for r in body["values"]),
+                        },
+                    }
+                ).encode(),
+            )
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     fake.port = server.server_address[1]
@@ -196,18 +219,26 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path
 
 
@@ -236,8 +267,7 @@ def smtp_server(directory: Path) -> Iterator[tuple[Mailbox, Path]]:
             box.messages.append((str(envelope.mail_from), list(envelope.rcpt_tos), data))
             return "250 OK"
 
-    controller = Controller(Handler(), hostname="127.0.0.1", port=box.port, tls_context=context,
-                            require_starttls=True)
+    controller = Controller(Handler(), hostname="127.0.0.1", port=box.port, tls_context=context, require_starttls=True)
     controller.start()
     try:
         yield box, cert

@@ -33,8 +33,14 @@ def push(client: redis.Redis, cfg: config.Config, stream: str, events: list[dict
     for ev in events:
         eid = _ids.new()
         ids.append(eid.hex())
-        values = {"event_id": eid, "received_at": int.from_bytes(eid[:6], "big") * 1000, "ip": "203.0.113.7",
-                  "ua": "test", "device": "desktop", **ev}
+        values = {
+            "event_id": eid,
+            "received_at": int.from_bytes(eid[:6], "big") * 1000,
+            "ip": "203.0.113.7",
+            "ua": "test",
+            "device": "desktop",
+            **ev,
+        }
         rows.append([values.get(c) for c in columns])
     client.rpush(Keys(cfg.redis.key_prefix).notify_queue(stream), encode_frame(columns, rows))
     return ids

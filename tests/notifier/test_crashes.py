@@ -28,15 +28,23 @@ def start(config_file: Path, log: Path, redis_url: str) -> subprocess.Popen[byte
     env = {k: v for k, v in os.environ.items() if not k.startswith("OCEANUS_")}
     env.update({"T_HOOK_SECRET": SECRET, "OCEANUS_REDIS_URL": redis_url})
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "oceanus.cli", "notify", "--config", str(config_file)],
-                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "oceanus.cli", "notify", "--config", str(config_file)],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 @pytest.mark.timeout(120)
 def test_kill_9_mid_delivery_and_redis_restarted_from_its_aof(redis_server: RedisServer, tmp_path: Path) -> None:
     total = 300
     with http_receiver(Receiver(secret=SECRET.encode(), delay_s=0.01)) as rx:
-        cfg, text = make_config(redis_server.url, f"""
+        cfg, text = make_config(
+            redis_server.url,
+            f"""
 [channels.hook]
 kind = "webhook"
 url = "{rx.url}/hook"
@@ -48,7 +56,8 @@ stream = "pageview"
 conditions = [{{ field = "evt", eq = "paid" }}]
 channels = ["hook"]
 rate_limit = {{ max = 100000 }}
-""")
+""",
+        )
         config_file = tmp_path / "oceanus.toml"
         config_file.write_text(text)
         log = tmp_path / "notify.log"
@@ -79,15 +88,20 @@ rate_limit = {{ max = 100000 }}
             wait_for(lambda: len(set(rx.ids())) >= total, timeout=60, what="every delivery")
             keys = NotifyKeys(cfg.redis.key_prefix)
             client = redis_server.client()
-            wait_for(lambda: client.llen(keys.jobs("hook")) == 0 and client.llen(keys.claim.queue("pageview")) == 0,
-                     timeout=10, what="empty queues")
+            wait_for(
+                lambda: client.llen(keys.jobs("hook")) == 0 and client.llen(keys.claim.queue("pageview")) == 0,
+                timeout=10,
+                what="empty queues",
+            )
         finally:
             kill_group(proc.pid)
             proc.wait()
     ids = rx.ids()
     assert set(ids) == expected
     repeats = len(ids) - len(set(ids))
-    print(f"\nkill -9 x{kills} + Redis restart: {len(set(ids))} of {total} delivered, {repeats} re-sent "
-          "(absorbed by Idempotency-Key)")
-    assert repeats <= kills      # at most the one delivery in flight per kill
+    print(
+        f"\nkill -9 x{kills} + Redis restart: {len(set(ids))} of {total} delivered, {repeats} re-sent "
+        "(absorbed by Idempotency-Key)"
+    )
+    assert repeats <= kills  # at most the one delivery in flight per kill
     assert rx.bad_signatures == 0

@@ -35,8 +35,9 @@ def expected_conversion(doc: dict[str, Any]) -> dict[int, tuple[int, int]]:
     out: dict[int, list[int]] = defaultdict(lambda: [0, 0])
     for (user, item), times in views.items():
         out[item][0] += 1
-        if any(u == user and i == item and any(t <= at <= t + dt.timedelta(days=7) for t in times)
-               for u, i, at in orders):
+        if any(
+            u == user and i == item and any(t <= at <= t + dt.timedelta(days=7) for t in times) for u, i, at in orders
+        ):
             out[item][1] += 1
     return {item: (v[0], v[1]) for item, v in out.items()}
 
@@ -47,8 +48,20 @@ def test_demo_shop_then_reports(tmp_path: Path) -> None:
     try:
         dev.start()
         report = tmp_path / "shop.json"
-        res = oceanus("demo", "--shop", "--url", dev.url, "--data-dir", str(dev.data_dir), "--events", str(EVENTS),
-                      "--seed", "7", "--report", str(report))
+        res = oceanus(
+            "demo",
+            "--shop",
+            "--url",
+            dev.url,
+            "--data-dir",
+            str(dev.data_dir),
+            "--events",
+            str(EVENTS),
+            "--seed",
+            "7",
+            "--report",
+            str(report),
+        )
         assert res.returncode == 0, res.stdout + res.stderr
         assert (dev.data_dir / devstate.SHOP_FILE).exists()
         doc = json.loads(report.read_text())
@@ -58,11 +71,14 @@ def test_demo_shop_then_reports(tmp_path: Path) -> None:
 
         def settled() -> bool:
             try:
-                rows = query_json(dev, "SELECT (SELECT count(*) FROM ecview_dedup) AS views, "
-                                       "(SELECT count(*) FROM orders_latest) AS orders, "
-                                       "(SELECT count(*) FROM order_items_latest) AS lines, "
-                                       "(SELECT count(*) FROM users_latest) AS users, "
-                                       "(SELECT count(*) FROM items_latest) AS items")
+                rows = query_json(
+                    dev,
+                    "SELECT (SELECT count(*) FROM ecview_dedup) AS views, "
+                    "(SELECT count(*) FROM orders_latest) AS orders, "
+                    "(SELECT count(*) FROM order_items_latest) AS lines, "
+                    "(SELECT count(*) FROM users_latest) AS users, "
+                    "(SELECT count(*) FROM items_latest) AS items",
+                )
             except AssertionError:  # an imported table does not exist yet
                 return False
             seen[:] = rows

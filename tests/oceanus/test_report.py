@@ -32,20 +32,29 @@ REPO = Path(__file__).resolve().parents[2]
 # --------------------------------------------------------------------------- the shop, by hand
 
 #: users_latest: id, age, gender, occupation. User 4's record lacks age and occupation.
-USERS = [(1, 25, "female", "engineer"), (2, 34, "male", "teacher"), (3, 19, "female", "engineer"),
-         (4, None, "male", "")]
+USERS = [
+    (1, 25, "female", "engineer"),
+    (2, 34, "male", "teacher"),
+    (3, 19, "female", "engineer"),
+    (4, None, "male", ""),
+]
 ITEMS = [(10, "pen", 120), (11, "notebook", 300), (12, "eraser", 80)]
 #: orders_latest: id, user_id, total_price, status, ordered_at (UTC).
 ORDERS = [
-    (100, 1, 120, "paid", "2026-12-03 12:00:00"),       # u1 item 10, 2 days after the view: converted
-    (101, 2, 120, "paid", "2026-12-10 10:00:01"),       # u2 item 10, 7 days + 1 s after: not within 7 days
+    (100, 1, 120, "paid", "2026-12-03 12:00:00"),  # u1 item 10, 2 days after the view: converted
+    (101, 2, 120, "paid", "2026-12-10 10:00:01"),  # u2 item 10, 7 days + 1 s after: not within 7 days
     (102, 3, 300, "cancelled", "2026-12-02 00:00:00"),  # u3 item 11, cancelled: neither converted nor bought
-    (103, 1, 300, "paid", "2026-11-30 00:00:00"),       # u1 item 11, before the view: bought, not converted
-    (104, 2, 80, "shipped", "2026-12-04 10:00:00"),     # u2 item 12, exactly 7 days after: converted
+    (103, 1, 300, "paid", "2026-11-30 00:00:00"),  # u1 item 11, before the view: bought, not converted
+    (104, 2, 80, "shipped", "2026-12-04 10:00:00"),  # u2 item 12, exactly 7 days after: converted
 ]
 #: order_items_latest: id, order_id, item_id, quantity, price.
-ORDER_ITEMS = [(1000, 100, 10, 1, 120), (1001, 101, 10, 1, 120), (1002, 102, 11, 1, 300),
-               (1003, 103, 11, 1, 300), (1004, 104, 12, 1, 80)]
+ORDER_ITEMS = [
+    (1000, 100, 10, 1, 120),
+    (1001, 101, 10, 1, 120),
+    (1002, 102, 11, 1, 300),
+    (1003, 103, 11, 1, 300),
+    (1004, 104, 12, 1, 80),
+]
 #: ecview rows: user_id, age, occupation, screen, viewed_at, received_at.
 VIEWS = [
     ("1", 40, "student", "/items/10", "2026-12-01 10:00:00", "2026-12-01 10:00:01"),  # the member record wins
@@ -53,18 +62,24 @@ VIEWS = [
     ("2", 34, "teacher", "/items/10", "2026-12-03 10:00:00", "2026-12-03 10:00:01"),
     ("3", 19, "engineer", "/items/11", "2026-12-01 09:00:00", "2026-12-01 09:00:01"),
     ("1", 25, "engineer", "/items/11", "2026-12-01 11:00:00", "2026-12-01 11:00:01"),
-    ("2", 34, "teacher", "/items/12", None, "2026-11-27 10:00:00"),                   # no client time
+    ("2", 34, "teacher", "/items/12", None, "2026-11-27 10:00:00"),  # no client time
     ("9", 45, "designer", "/items/12", "2026-12-01 08:00:00", "2026-12-01 08:00:01"),  # not a member
-    ("4", 62, "sales", "/cart", "2026-12-01 12:00:00", "2026-12-01 12:00:01"),         # the event fills the gaps
-    ("9", None, None, "/items/", "2026-12-01 13:00:00", "2026-12-01 13:00:01"),        # no item id, no age
+    ("4", 62, "sales", "/cart", "2026-12-01 12:00:00", "2026-12-01 12:00:01"),  # the event fills the gaps
+    ("9", None, None, "/items/", "2026-12-01 13:00:00", "2026-12-01 13:00:01"),  # no item id, no age
     ("3", 19, "engineer", "/items/12", "2026-12-05 00:00:00", "2026-12-05 00:00:01"),
 ]
 
 EXPECTED: dict[str, tuple[list[str], list[list[Any]]]] = {
     "views_by_occupation_age": (
         ["occupation", "age_band", "views", "viewers"],
-        [["designer", "40-49", 1, 1], ["engineer", "0-19", 2, 1], ["engineer", "20-29", 3, 1],
-         ["sales", "60+", 1, 1], ["teacher", "30-39", 2, 1], ["unknown", "unknown", 1, 1]],
+        [
+            ["designer", "40-49", 1, 1],
+            ["engineer", "0-19", 2, 1],
+            ["engineer", "20-29", 3, 1],
+            ["sales", "60+", 1, 1],
+            ["teacher", "30-39", 2, 1],
+            ["unknown", "unknown", 1, 1],
+        ],
     ),
     "item_conversion_7d": (
         ["item_id", "name", "viewers", "buyers_7d", "conversion"],
@@ -105,8 +120,10 @@ def shop_statements(dialect: str, prefix: str = "") -> list[str]:
     """DDL and inserts of the shop tables and the ecview rows (ecview itself comes from the sink)."""
     big, text, dtm = ("INT64", "STRING", "DATETIME") if dialect == "bigquery" else ("BIGINT", "VARCHAR", "TIMESTAMP")
     eid = [uuid.UUID(int=i + 1).hex for i in range(len(VIEWS))]
-    ecview = [(eid[i], user, age, occ, screen, seen, received)
-              for i, (user, age, occ, screen, seen, received) in enumerate(VIEWS)]
+    ecview = [
+        (eid[i], user, age, occ, screen, seen, received)
+        for i, (user, age, occ, screen, seen, received) in enumerate(VIEWS)
+    ]
     return [
         f"CREATE TABLE {prefix}users_latest (id {big}, age {big}, gender {text}, occupation {text})",
         f"INSERT INTO {prefix}users_latest VALUES {_values(USERS, ('', '', '', ''))}",
@@ -196,8 +213,14 @@ def test_report_command_json_and_csv(
     warehouse: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OCEANUS_SINK_DUCKDB_PATH", str(warehouse))
-    args = ["report", "viewed_not_bought", "--config", str(REPO / "oceanus.toml"),
-            "--data-dir", str(warehouse.parent / "no-dev")]
+    args = [
+        "report",
+        "viewed_not_bought",
+        "--config",
+        str(REPO / "oceanus.toml"),
+        "--data-dir",
+        str(warehouse.parent / "no-dev"),
+    ]
     assert cli.main([*args, "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out) == [
         {"item_id": 12, "name": "eraser", "views": 3, "viewers": 3, "not_bought": 2},
@@ -261,11 +284,16 @@ def bq_shop(bq_emulator: BigQueryEmulator) -> Callable[[str], Any]:
     from flusher.sinks.bigquery import BigQuerySink
 
     dataset = f"rep_{uuid.uuid4().hex[:10]}"
-    cfg = config.load(REPO / "oceanus.toml", env={
-        "OCEANUS_SINK_KIND": "bigquery", "OCEANUS_SINK_BIGQUERY_PROJECT": bq_emulator.project,
-        "OCEANUS_SINK_BIGQUERY_DATASET": dataset, "OCEANUS_SINK_BIGQUERY_API_ENDPOINT": bq_emulator.rest_url,
-        "OCEANUS_SINK_BIGQUERY_RETRY_DEADLINE_S": "5",
-    })
+    cfg = config.load(
+        REPO / "oceanus.toml",
+        env={
+            "OCEANUS_SINK_KIND": "bigquery",
+            "OCEANUS_SINK_BIGQUERY_PROJECT": bq_emulator.project,
+            "OCEANUS_SINK_BIGQUERY_DATASET": dataset,
+            "OCEANUS_SINK_BIGQUERY_API_ENDPOINT": bq_emulator.rest_url,
+            "OCEANUS_SINK_BIGQUERY_RETRY_DEADLINE_S": "5",
+        },
+    )
     client = bq_emulator.client()
     retry = bigquery.DEFAULT_RETRY.with_deadline(5)
     client.create_dataset(f"{bq_emulator.project}.{dataset}", retry=retry)

@@ -94,8 +94,10 @@ def _legacy_expr(col: LegacyColumn) -> str:
     src = f"`{col.source}`"
     if col.ftype == "timestamp":
         # Python's str(datetime): the fraction only when it is not zero.
-        return (f"IF(MOD(UNIX_MICROS({src}), 1000000) = 0, FORMAT_TIMESTAMP('%Y-%m-%d %H:%M:%S', {src}), "
-                f"FORMAT_TIMESTAMP('%Y-%m-%d %H:%M:%E6S', {src}))")
+        return (
+            f"IF(MOD(UNIX_MICROS({src}), 1000000) = 0, FORMAT_TIMESTAMP('%Y-%m-%d %H:%M:%S', {src}), "
+            f"FORMAT_TIMESTAMP('%Y-%m-%d %H:%M:%E6S', {src}))"
+        )
     if col.ftype == "json":
         return f"TO_JSON_STRING({src})"
     return src if col.ftype == "string" else f"CAST({src} AS STRING)"

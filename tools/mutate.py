@@ -195,6 +195,16 @@ EQUIVALENT: dict[str, dict[str, str]] = {
             )
             for d in ("1 -> 2", "0 -> 1", "0 -> -1")
         },
+        **{
+            f"{d} @ out[stream] = frames[0] if len(frames) == 1 else min(frames, key=_frame_sort_key)": (
+                "a shortcut that skips decoding: min() of one frame is that frame"
+            )
+            for d in ("1 -> 0", "0 -> -1")
+        },
+        **{
+            f"{d} @ return frame_oldest_ms(frame) or 2**62": "any value past every real millisecond sorts last"
+            for d in ("2 -> 3", "62 -> 63", "62 -> 61")
+        },
         "True -> False @ return mine + [k for k, a in zip(others, alive, strict=True) if not a]": (
             "one reply per key pipelined: the lengths are always equal"
         ),

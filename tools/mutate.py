@@ -34,7 +34,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -482,6 +482,10 @@ def run_module(module: str, scratch: Path, mutants: list[Mutant], timeout_s: flo
                 print(f"  {module}:{m.line} {m.description}: {outcome}", flush=True)
     finally:
         target.write_text(original)
+    return _summary(module, results, round(time.monotonic() - started))
+
+
+def _summary(module: str, results: list[dict[str, object]], seconds: int) -> dict[str, object]:
     counted = [r for r in results if r["outcome"] != "equivalent"]
     killed = sum(1 for r in counted if r["outcome"] in ("killed", "timeout"))
     return {
@@ -491,7 +495,7 @@ def run_module(module: str, scratch: Path, mutants: list[Mutant], timeout_s: flo
         "killed": killed,
         "survived": len(counted) - killed,
         "score": round(100.0 * killed / len(counted), 1) if counted else 100.0,
-        "seconds": round(time.monotonic() - started),
+        "seconds": seconds,
         "results": results,
     }
 
@@ -540,9 +544,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     modules = args.module or list(MODULES)
     previous: dict[str, set[str]] = {}
+    earlier: dict[str, dict[str, Any]] = {}
     if args.only_survivors:
         for r in json.loads(args.only_survivors.read_text()):
             previous[r["module"]] = {x["key"] for x in r["results"] if x["outcome"] == "survived"}
+            earlier[r["module"]] = r
         modules = [m for m in modules if m in previous]
     report = []
     scratch = Path(tempfile.mkdtemp(prefix="oceanus-mutate-"))
@@ -563,6 +569,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['equivalent']} equivalent) in {r['seconds']} s",
                 flush=True,
             )
+            if module in earlier:
+                # The re-run replaces the earlier outcomes of those mutants: one complete report.
+                rerun = {x["key"]: x for x in cast(list[dict[str, Any]], r["results"])}
+                merged = [rerun.get(x["key"], x) for x in earlier[module]["results"]]
+                r = _summary(module, merged, int(earlier[module]["seconds"]) + cast(int, r["seconds"]))
+                print(f"{module} with the earlier run: {r['score']} %", flush=True)
             report.append(r)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -8,6 +8,7 @@ checked-in bytes and compare the encoder's output to them byte for byte.
 from __future__ import annotations
 
 import itertools
+import random
 import zlib
 from pathlib import Path
 
@@ -220,3 +221,17 @@ def test_the_random_parts_are_48_node_bits_and_a_16_bit_counter_start(monkeypatc
     monkeypatch.setattr(buffer.os, "urandom", lambda n: bytes(range(1, n + 1)))
     ids = buffer.EventIds()
     assert ids.new(now_ns=5_000_000).hex() == "000000000005" + "010203040506" + "00000103"
+
+
+def _far_rows() -> list[list[object]]:
+    rng = random.Random(18)
+    blob = "".join(rng.choice("0123456789abcdef") for _ in range(20_000))
+    return [[bytes(16), blob], [bytes(15) + b"\x01", blob]]
+
+
+def test_a_back_reference_past_16_kib_decodes() -> None:
+    # Small frames never reach back past 16 KiB, so only this one pins the 32 KiB window.
+    frame = _golden("frame_o2_far.bin")
+    assert buffer.decode_frame(frame) == (["event_id", "jsn"], _far_rows())
+    if zlib.ZLIB_RUNTIME_VERSION == GOLDEN_ZLIB:
+        assert buffer.encode_frame(["event_id", "jsn"], _far_rows()) == frame

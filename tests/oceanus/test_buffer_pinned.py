@@ -8,6 +8,7 @@ checked-in bytes and compare the encoder's output to them byte for byte.
 from __future__ import annotations
 
 import itertools
+import os
 import random
 import zlib
 from pathlib import Path
@@ -218,7 +219,7 @@ def test_every_key_name() -> None:
 
 
 def test_the_random_parts_are_48_node_bits_and_a_16_bit_counter_start(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(buffer.os, "urandom", lambda n: bytes(range(1, n + 1)))
+    monkeypatch.setattr(os, "urandom", lambda n: bytes(range(1, n + 1)))
     ids = buffer.EventIds()
     assert ids.new(now_ns=5_000_000).hex() == "000000000005" + "010203040506" + "00000103"
 

@@ -209,7 +209,16 @@ EQUIVALENT: dict[str, dict[str, str]] = {
             "one reply per key pipelined: the lengths are always equal"
         ),
     },
-    "oceanus/buffer.py": {'2 -> 3 @ return inflight_key.rsplit(":", 2)[-2]': _RSPLIT},
+    "oceanus/buffer.py": {
+        '2 -> 3 @ return inflight_key.rsplit(":", 2)[-2]': _RSPLIT,
+        **{
+            f"1 -> 2 @ {line}": "any read past the cap is refused by _check_inflated: +1 or +2, never more is kept"
+            for line in (
+                "payload = z.decompress(body[:-_CRC_BYTES], FRAME_MAX_INFLATED_BYTES + 1)",
+                "payload = z.decompress(body, FRAME_MAX_INFLATED_BYTES + 1)",
+            )
+        },
+    },
 }
 
 _SWAP_BIN: dict[type[ast.operator], type[ast.operator]] = {

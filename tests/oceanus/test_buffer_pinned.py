@@ -236,3 +236,17 @@ def test_a_back_reference_past_16_kib_decodes() -> None:
     assert buffer.decode_frame(frame) == (["event_id", "jsn"], _far_rows())
     if zlib.ZLIB_RUNTIME_VERSION == GOLDEN_ZLIB:
         assert buffer.encode_frame(["event_id", "jsn"], _far_rows()) == frame
+
+
+def test_row_arrival_is_the_arrival_column_in_ms_else_the_id_time() -> None:
+    eid = bytes.fromhex("0190a1b2c3d45e6f708192a300000001")
+    id_ms = 0x0190A1B2C3D4
+    assert buffer.ARRIVAL_COLUMN == "collected_at"
+    assert buffer.row_arrival_ms(["event_id", "collected_at"], [eid, 1_780_000_000_123_999]) == 1_780_000_000_123
+    assert buffer.row_arrival_ms(["event_id", "collected_at"], [eid, True]) == id_ms  # a bool is no time
+    assert buffer.row_arrival_ms(["event_id", "collected_at"], [eid, None]) == id_ms
+    assert buffer.row_arrival_ms(["event_id", "n"], [eid, 5]) == id_ms
+    assert buffer.row_arrival_ms(["n"], [5]) is None
+    assert buffer.row_arrival_ms(["event_id"], [eid[:6]]) == id_ms
+    assert buffer.row_arrival_ms(["event_id"], [eid[:5]]) is None
+    assert buffer.row_arrival_ms(["event_id"], ["0190a1b2c3d4"]) is None

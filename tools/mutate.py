@@ -580,8 +580,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             if module in earlier:
                 # The re-run replaces the earlier outcomes of those mutants: one complete report.
-                rerun = {x["key"]: x for x in cast(list[dict[str, Any]], r["results"])}
-                merged = [rerun.get(x["key"], x) for x in earlier[module]["results"]]
+                # The same change on two lines with the same text shares a key: the line tells them apart.
+                rerun = {(x["key"], x["line"]): x for x in cast(list[dict[str, Any]], r["results"])}
+                merged = [rerun.get((x["key"], x["line"]), x) for x in earlier[module]["results"]]
                 r = _summary(module, merged, int(earlier[module]["seconds"]) + cast(int, r["seconds"]))
                 print(f"{module} with the earlier run: {r['score']} %", flush=True)
             report.append(r)

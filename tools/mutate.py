@@ -209,6 +209,9 @@ EQUIVALENT: dict[str, dict[str, str]] = {
             "one reply per key pipelined: the lengths are always equal"
         ),
     },
+    "collector/spool.py": {
+        "<= -> < @ return size - offset if 0 <= offset <= size else size": "at offset 0 both branches give size",
+    },
     "oceanus/buffer.py": {
         '2 -> 3 @ return inflight_key.rsplit(":", 2)[-2]': _RSPLIT,
         **{

@@ -169,3 +169,14 @@ def test_drain_budget_is_ten_seconds_plus_the_replay_at_5_mb_per_s() -> None:
     assert drain_budget_s(0) == 10.0
     assert drain_budget_s(50_000_000) == 20.0
     assert drain_budget_s(1_073_741_824) == pytest.approx(10 + 214.7483648)
+
+
+def test_usage_at_one_pending_byte(tmp_path: Path) -> None:
+    s = Spool(tmp_path, 1 << 20).open()
+    own = next(tmp_path.glob("spool-*.log"))
+    with own.open("ab") as f:  # one byte not yet replayed in a file a live worker holds
+        f.write(b"x")
+    (tmp_path / "spool-9-left.log").write_bytes(b"y")
+    assert usage(tmp_path) == (2, 2)
+    assert usage(tmp_path, unowned_only=True) == (1, 1)
+    s.close()

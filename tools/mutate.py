@@ -211,6 +211,7 @@ EQUIVALENT: dict[str, dict[str, str]] = {
     },
     "collector/spool.py": {
         "<= -> < @ return size - offset if 0 <= offset <= size else size": "at offset 0 both branches give size",
+        "return value -> None @ return False": "every caller tests the result for truth only; None is as false",
     },
     "oceanus/buffer.py": {
         '2 -> 3 @ return inflight_key.rsplit(":", 2)[-2]': _RSPLIT,

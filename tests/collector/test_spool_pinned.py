@@ -180,3 +180,37 @@ def test_usage_at_one_pending_byte(tmp_path: Path) -> None:
     assert usage(tmp_path) == (2, 2)
     assert usage(tmp_path, unowned_only=True) == (1, 1)
     s.close()
+
+
+def test_an_offset_past_the_end_of_a_left_file_replays_it_whole(tmp_path: Path) -> None:
+    left = tmp_path / "spool-1-dead.log"
+    shutil.copyfile(GOLDEN, left)
+    left.with_suffix(".off").write_text("99999")  # the file was truncated under its offset
+    s = Spool(tmp_path, 1 << 20).open()
+    assert _replay(s) == [GOLDEN_RECORDS]
+    assert s.quarantined == {spool_mod.TORN_TAIL: 0, spool_mod.CORRUPT: 0}
+    s.close()
+
+
+def test_orphans_found_later_are_each_replayed_once(tmp_path: Path) -> None:
+    s = Spool(tmp_path / "a" / "b", 1 << 20).open()  # missing parents are made
+    assert s.claim_orphans() == 0
+    shutil.copyfile(GOLDEN, tmp_path / "a" / "b" / "spool-1-first.log")
+    assert s.claim_orphans() == 1
+    shutil.copyfile(GOLDEN, tmp_path / "a" / "b" / "spool-2-second.log")
+    assert s.claim_orphans() == 1
+    assert s.claim_orphans() == 0
+    assert s.pending_frames == 6
+    assert s.append([("pv", b"mine")])
+    assert [r for p in _replay(s) for r in p] == GOLDEN_RECORDS + GOLDEN_RECORDS + [("pv", b"mine")]
+    s.close()
+
+
+def test_spool_files_are_private_to_the_collector(tmp_path: Path) -> None:
+    s = Spool(tmp_path, 1 << 20).open()
+    assert s.append([("pv", b"a"), ("pv", b"b")])
+    _replay(s, max_records=1)
+    own = next(tmp_path.glob("spool-*.log"))
+    assert own.stat().st_mode & 0o777 == 0o600
+    assert own.with_suffix(".off").stat().st_mode & 0o777 == 0o600
+    s.close()

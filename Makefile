@@ -9,7 +9,10 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: run run-deps test lint bench chaos soak loadtest mutate system-deps venv clean
+.PHONY: run run-deps test unit lint typecheck bench chaos soak loadtest mutate system-deps venv clean
+
+# Every Python tree the linters and the type checker read (pre-commit runs the same).
+PY_DIRS := oceanus collector flusher importer notifier bench tests loadtest tools
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -59,21 +62,31 @@ run-deps:
 run: run-deps $(RUN_STAMP)
 	$(VENV)/bin/oceanus dev $(DEV_ARGS)
 
-# Long scenarios are marked slow and left to `make chaos` / `make soak`.
-test: system-deps $(STAMP)
+# Lint and types first, then every test but the long scenarios (marked slow, left
+# to `make chaos` / `make soak`).
+test: system-deps $(STAMP) lint
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-# Fault scenarios at length: kill -9, Redis outages, BigQuery outage, rolling restarts.
+# Seconds, no servers: tests/conftest.py marks whatever starts one `integration`,
+# and in this tier a server started anyway fails its test.
+unit: $(STAMP)
+	PYTEST_TIER=unit $(PY) -m pytest -m "not integration and not slow" $(PYTEST_ARGS)
+
+# Fault scenarios at length: kill -9, Redis outages, BigQuery outage, rolling restarts,
+# lost claim replies, SQL warehouse outages, channel outages of the notifier.
 chaos: system-deps $(STAMP)
-	$(PY) -m pytest -m slow -s tests/reliability $(PYTEST_ARGS)
+	$(PY) -m pytest -m slow -s tests $(PYTEST_ARGS)
 
 # 10 minutes at ~80% of the measured maximum; RSS flat, lag bounded (SOAK_SECONDS=60 for a quick proof).
 soak: system-deps $(STAMP)
 	$(PY) -m tests.reliability.soak --seconds $${SOAK_SECONDS:-600}
 
-lint: $(STAMP)
-	$(VENV)/bin/ruff check oceanus collector flusher importer bench tests loadtest
-	$(VENV)/bin/mypy oceanus collector flusher importer
+lint: $(STAMP) typecheck
+	$(VENV)/bin/ruff check $(PY_DIRS)
+	$(VENV)/bin/ruff format --check $(PY_DIRS)
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy $(PY_DIRS)
 
 bench: system-deps $(STAMP)
 	$(PY) -m bench collector --seconds 10 --json

@@ -214,3 +214,16 @@ def test_spool_files_are_private_to_the_collector(tmp_path: Path) -> None:
     assert own.stat().st_mode & 0o777 == 0o600
     assert own.with_suffix(".off").stat().st_mode & 0o777 == 0o600
     s.close()
+
+
+def test_quarantine_is_private_and_a_claimed_file_deleted_meanwhile_is_no_error(tmp_path: Path) -> None:
+    left = tmp_path / "spool-1-dead.log"
+    left.write_bytes(b"\x00garbage" + GOLDEN.read_bytes())
+    other = tmp_path / "spool-2-dead.log"
+    shutil.copyfile(GOLDEN, other)
+    s = Spool(tmp_path, 1 << 20).open()
+    other.unlink()  # an operator cleaned up: the open descriptor still reads it
+    assert [r for p in _replay(s) for r in p] == GOLDEN_RECORDS + GOLDEN_RECORDS
+    assert s.quarantined[spool_mod.CORRUPT] == 8
+    assert spool_mod.quarantine_path(left).stat().st_mode & 0o777 == 0o600
+    s.close()

@@ -227,3 +227,11 @@ def test_quarantine_is_private_and_a_claimed_file_deleted_meanwhile_is_no_error(
     assert s.quarantined[spool_mod.CORRUPT] == 8
     assert spool_mod.quarantine_path(left).stat().st_mode & 0o777 == 0o600
     s.close()
+
+
+def test_one_bad_byte_costs_one_byte(tmp_path: Path) -> None:
+    (tmp_path / "spool-1-dead.log").write_bytes(b"\x92" + GOLDEN.read_bytes())
+    s = Spool(tmp_path, 1 << 20).open()
+    assert _replay(s) == [GOLDEN_RECORDS]
+    assert s.quarantined == {spool_mod.TORN_TAIL: 0, spool_mod.CORRUPT: 1}
+    s.close()

@@ -213,7 +213,7 @@ EQUIVALENT: dict[str, dict[str, str]] = {
         "<= -> < @ return size - offset if 0 <= offset <= size else size": "at offset 0 both branches give size",
         "return value -> None @ return False": "every caller tests the result for truth only; None is as false",
         "> -> >= @ if pos + _HEADER.size > size:": "a bare header at the end has no payload to pass its CRC and decode",
-        "< -> <= @ while pos + _HEADER.size < size:": "at the end the read is empty and the scan returns None either way",
+        "< -> <= @ while pos + _HEADER.size < size:": "at the end the read is empty: the scan returns None either way",
     },
     "oceanus/buffer.py": {
         '2 -> 3 @ return inflight_key.rsplit(":", 2)[-2]': _RSPLIT,

@@ -235,3 +235,11 @@ def test_one_bad_byte_costs_one_byte(tmp_path: Path) -> None:
     assert _replay(s) == [GOLDEN_RECORDS]
     assert s.quarantined == {spool_mod.TORN_TAIL: 0, spool_mod.CORRUPT: 1}
     s.close()
+
+
+def test_a_tail_shorter_than_a_header_is_a_torn_tail(tmp_path: Path) -> None:
+    (tmp_path / "spool-1-dead.log").write_bytes(GOLDEN.read_bytes() + b"\x10\x00\x00")
+    s = Spool(tmp_path, 1 << 20).open()
+    assert _replay(s) == [GOLDEN_RECORDS]
+    assert s.quarantined == {spool_mod.TORN_TAIL: 3, spool_mod.CORRUPT: 0}
+    s.close()

@@ -36,7 +36,12 @@ def _run(args: list[str]) -> str:
 
 def commit() -> str:
     head = _run(["git", "rev-parse", "--short=10", "HEAD"]) or "unknown"
-    dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"])
+    # The results file itself changes with every recorded run: it does not make the tree dirty.
+    try:
+        skip = [f":(exclude){RESULTS_FILE.resolve().relative_to(REPO).as_posix()}"]
+    except ValueError:
+        skip = []
+    dirty = _run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *skip])
     return f"{head}-dirty" if dirty else head
 
 

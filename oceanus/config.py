@@ -996,7 +996,7 @@ def is_service_link(name: str, value: str) -> bool:
     if m["host"]:
         return _is_ip(value)
     if m["port"]:
-        return value.isdigit()
+        return value.isascii() and value.isdigit()
     url = _SERVICE_LINK_URL.match(value)
     if m["url"]:
         return url is not None and _is_ip(url["ip"].strip("[]"))

@@ -122,7 +122,8 @@ def _param(params: dict[str, Any], plain: str, encoded: str) -> tuple[str, Any] 
 
 def _ms(params: dict[str, Any], key: str) -> int | None:
     v = params.get(key)
-    if type(v) is str and v.isdigit() and len(v) <= 15:
+    # isascii: str.isdigit() is also true for "¹" and other digits int() refuses.
+    if type(v) is str and v.isascii() and v.isdigit() and len(v) <= 15:
         return int(v) * 1000
     if type(v) is int and 0 <= v < 10**15:
         return v * 1000

@@ -230,3 +230,15 @@ async def test_a_non_string_parameter_without_a_name_is_named_data(cfg: config.C
         r = await _tp2(app, [_event(), {**_event(eid=str(uuid.uuid4())), "": {"x": 1}}])
     assert (r.status, r.error) == (400, "data: type: tracker parameters are strings")
     assert r.json()["error"]["index"] == 1
+
+
+@pytest.mark.parametrize("dtm", ["¹", "١٢٣", "１２３"])
+async def test_a_timestamp_in_non_ascii_digits_is_not_a_time(
+    dtm: str, cfg: config.Config, redis_server: RedisServer
+) -> None:
+    """``str.isdigit`` accepts these and ``int`` refuses "¹": a 400 naming ``dtm``, never a 500."""
+    async with running(App(cfg)) as app:
+        r = await request(app, "GET", "/i", urlencode(_event(dtm=dtm)))
+    assert r.status == 400
+    assert r.error.startswith("dtm: type: ")
+    assert queued_rows(redis_server, "snowplow") == []

@@ -232,7 +232,8 @@ async def test_a_non_string_parameter_without_a_name_is_named_data(cfg: config.C
     assert r.json()["error"]["index"] == 1
 
 
-@pytest.mark.parametrize("dtm", ["¹", "١٢٣", "１２３"])
+# superscript one, Arabic-Indic and fullwidth digits
+@pytest.mark.parametrize("dtm", ["\u00b9", "\u0661\u0662\u0663", "\uff11\uff12\uff13"])
 async def test_a_timestamp_in_non_ascii_digits_is_not_a_time(
     dtm: str, cfg: config.Config, redis_server: RedisServer
 ) -> None:

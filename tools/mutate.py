@@ -11,10 +11,13 @@ mutant is a whole edited source file, imported fresh by a fresh pytest process,
 so code that runs at import time is mutated like any other. Lua scripts and
 regexes are strings to Python: their mutants are hand-listed (:data:`HAND`).
 
-The working tree is never touched (others work in it): the tree is copied to a
-scratch directory and the tests run there with ``PYTHONPATH`` pointing at the
-copy, which wins over the editable install (its finder is appended to
-``sys.meta_path``) and is inherited by the processes the tests start.
+The working tree is never touched (others work in it): the committed tree
+(``HEAD``, resolved once at the start) is extracted to a scratch directory and
+the tests run there with ``PYTHONPATH`` pointing at the copy, which wins over the
+editable install (its finder is appended to ``sys.meta_path``) and is inherited
+by the processes the tests start. The mutants are made from that commit too, so
+uncommitted edits in the working tree (someone else's half-done change) never
+leak into a run; ``--worktree`` copies the working tree instead.
 
     python tools/mutate.py                         # every module in MODULES
     python tools/mutate.py --module flusher/claim.py --sample 2
@@ -25,11 +28,13 @@ from __future__ import annotations
 
 import argparse
 import ast
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -60,7 +65,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     ),
     "flusher/worker.py": (["tests/flusher/test_runner.py"], ["tests/flusher/test_poison.py"]),
     "flusher/batch.py": (
-        ["tests/flusher/test_runner.py"],
+        ["tests/flusher/test_batch_pinned.py", "tests/flusher/test_runner.py"],
         ["tests/oceanus/test_dead.py", "tests/flusher/test_poison.py"],
     ),
     "flusher/controller.py": (["tests/flusher/test_controller_pinned.py", "tests/flusher/test_controller.py"], []),
@@ -214,6 +219,31 @@ EQUIVALENT: dict[str, dict[str, str]] = {
         "return value -> None @ return False": "every caller tests the result for truth only; None is as false",
         "> -> >= @ if pos + _HEADER.size > size:": "a bare header at the end has no payload to pass its CRC and decode",
         "< -> <= @ while pos + _HEADER.size < size:": "at the end the read is empty: the scan returns None either way",
+    },
+    "flusher/batch.py": {
+        "True -> False @ class Built(msgspec.Struct, kw_only=True):": (
+            "every Built is made with keywords: kw_only only refuses positional calls nobody makes"
+        ),
+        '== -> != @ c: (event_id_hex(v) if c == "event_id" and isinstance(v, bytes) else _jsonable(v))': (
+            "event_id_hex(raw) is raw.hex(), which _jsonable also gives for bytes: either branch, the same text"
+        ),
+        **{
+            f"1 -> 2 @ {line}": "-1 and -2 are both 'no such column': only the sign is tested"
+            for line in (
+                "self.take = tuple(pos.get(c, -1) for c in target if c != EXTRA_COLUMN)",
+                "self.extra_src = pos.get(EXTRA_COLUMN, -1)",
+            )
+        },
+        **{
+            f"{d} @ return 1.0": "only frames that decoded reach _expansion, so frame_payload cannot fail there"
+            for d in ("return value -> None", "1.0 -> 2.0")
+        },
+        **{
+            f"{d} @ return len(raw) / max(1, len(frame))": (
+                "a frame that decoded has its magic and checksum: it is never shorter than 6 bytes"
+            )
+            for d in ("1 -> 2", "1 -> 0")
+        },
     },
     "oceanus/buffer.py": {
         '2 -> 3 @ return inflight_key.rsplit(":", 2)[-2]': _RSPLIT,
@@ -409,8 +439,17 @@ def _splice(source: str, node: ast.AST, text: str) -> str:
     return (raw[:start] + text.encode() + raw[end:]).decode()
 
 
-def mutants_of(module: str) -> list[Mutant]:
-    source = (REPO / module).read_text()
+def _source(module: str, rev: str | None) -> str:
+    """The module at commit ``rev``, or in the working tree when ``rev`` is None."""
+    if rev is None:
+        return (REPO / module).read_text()
+    return subprocess.run(
+        ["git", "show", f"{rev}:{module}"], cwd=REPO, check=True, capture_output=True, text=True
+    ).stdout
+
+
+def mutants_of(module: str, rev: str | None = None) -> list[Mutant]:
+    source = _source(module, rev)
     lines = source.splitlines()
     finder = _Finder()
     finder.visit(ast.parse(source))
@@ -434,7 +473,13 @@ def mutants_of(module: str) -> list[Mutant]:
     return out
 
 
-def _copy_tree(scratch: Path) -> None:
+def _copy_tree(scratch: Path, rev: str | None) -> None:
+    if rev is not None:
+        # Exactly the files committed at rev (``git ls-files`` content there), never the working tree's.
+        archive = subprocess.run(["git", "archive", "--format=tar", rev], cwd=REPO, check=True, capture_output=True)
+        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+            tar.extractall(scratch, filter="data")
+        return
     ignore = shutil.ignore_patterns(
         ".venv",
         ".git",
@@ -555,8 +600,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only-survivors", type=Path, help="re-run only the survivors of an earlier report.json")
     p.add_argument("--list", action="store_true", help="print the mutants and exit")
     p.add_argument("--out", type=Path, default=REPO / "build" / "mutate")
+    p.add_argument(
+        "--worktree", action="store_true", help="mutate and test the working tree as it is, not the HEAD commit"
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
+    rev = None
+    if not args.worktree:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, check=True, capture_output=True, text=True
+        ).stdout.strip()
+        print(f"mutating commit {rev[:12]} (HEAD); uncommitted edits are not part of this run", flush=True)
     modules = args.module or list(MODULES)
     previous: dict[str, set[str]] = {}
     earlier: dict[str, dict[str, Any]] = {}
@@ -568,9 +622,9 @@ def main(argv: list[str] | None = None) -> int:
     report = []
     scratch = Path(tempfile.mkdtemp(prefix="oceanus-mutate-"))
     try:
-        _copy_tree(scratch)
+        _copy_tree(scratch, rev)
         for module in modules:
-            mutants = mutants_of(module)[:: args.sample]
+            mutants = mutants_of(module, rev)[:: args.sample]
             if args.only_survivors:
                 mutants = [m for m in mutants if m.key in previous[module]]
             if args.list:

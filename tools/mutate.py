@@ -245,6 +245,18 @@ EQUIVALENT: dict[str, dict[str, str]] = {
             for d in ("1 -> 2", "1 -> 0")
         },
     },
+    "collector/resp.py": {
+        **{
+            f"{d} @ self.expected = 0": (
+                "_round sets expected with the waiter before writing; with no waiter any reply drops the connection"
+            )
+            for d in ("0 -> 1", "0 -> -1")
+        },
+        "True -> False @ protocol.lost = True": (
+            "close() also forgets the protocol, so the link never reads that flag again; abort() sets it anyway"
+        ),
+        "0 -> -1 @ reply = (await self._round(protocol, command, 1))[0]": "a round of one reply: [-1] is [0]",
+    },
     "oceanus/buffer.py": {
         '2 -> 3 @ return inflight_key.rsplit(":", 2)[-2]': _RSPLIT,
         **{

@@ -136,3 +136,171 @@ async def test_a_unix_socket_url_with_a_database(tmp_path: Path) -> None:
         link.close()
         server.stop()
         shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+async def test_one_connection_serves_every_round(redis_server: RedisServer) -> None:
+    link = RedisLink(redis_server.url, 2.0)
+    try:
+        (first,) = await link.call(pack("CLIENT", "ID"), 1)
+        assert await link.call(pack("CLIENT", "ID"), 1) == [first]
+    finally:
+        link.close()
+
+
+def test_the_url_names_the_host_and_port_and_the_defaults_are_redis_own() -> None:
+    explicit = RedisLink("redis://127.0.0.2:1234/0", 1.0)
+    assert (explicit._host, explicit._port, explicit._path, explicit._ssl, explicit._hello) == (
+        "127.0.0.2",
+        1234,
+        None,
+        None,
+        [],
+    )
+    default = RedisLink("redis://", 1.0)
+    assert (default._host, default._port) == ("localhost", 6379)
+    assert RedisLink("redis://:pw@h/0", 1.0)._hello == [pack("AUTH", "pw")]
+
+
+async def test_a_host_other_than_localhost_is_the_one_connected_to() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.write(b"+PONG\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.2", 0)
+    port = server.sockets[0].getsockname()[1]
+    link = RedisLink(f"redis://127.0.0.2:{port}/0", 2.0)
+    try:
+        assert await link.call(pack("PING"), 1) == [b"PONG"]
+    finally:
+        link.close()
+        server.close()
+        await server.wait_closed()
+
+
+class _Transport(asyncio.Transport):
+    """Stands in for the socket under a protocol fed by hand: records abort()."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.aborted = 0
+
+    def abort(self) -> None:
+        self.aborted += 1
+
+
+def _protocol() -> tuple[Any, _Transport]:
+    from collector.resp import _Protocol
+
+    p = _Protocol()
+    t = _Transport()
+    p.connection_made(t)
+    return p, t
+
+
+async def test_replies_split_across_reads_resolve_the_round_once_all_have_come() -> None:
+    p, t = _protocol()
+    assert p.lost is False
+    waiter: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+    p.waiter, p.expected = waiter, 3
+    p.data_received(b":1\r\n+O")
+    p.data_received(b"K\r\n")
+    assert not waiter.done()
+    p.data_received(b"$2\r\nab\r\n")
+    assert waiter.result() == [1, b"OK", b"ab"]
+    assert (p.lost, t.aborted) == (False, 0)
+
+
+async def test_more_replies_than_commands_fail_the_round_and_drop_the_connection() -> None:
+    p, t = _protocol()
+    waiter: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+    p.waiter, p.expected = waiter, 1
+    p.data_received(b"+OK\r\n+OK\r\n")
+    with pytest.raises(ConnectionError, match=r"^unexpected reply from Redis$"):
+        waiter.result()
+    assert (p.lost, t.aborted) == (True, 1)
+
+
+async def test_a_late_reply_after_the_round_fails_nothing_more_and_drops_the_connection() -> None:
+    p, t = _protocol()
+    waiter: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+    p.waiter, p.expected = waiter, 1
+    p.data_received(b"+A\r\n")
+    assert waiter.result() == [b"A"]
+    p.data_received(b"+B\r\n")  # the round is resolved already: no second result, no error
+    assert waiter.exception() is None
+    assert (p.lost, t.aborted) == (True, 1)
+
+
+def test_a_reply_with_no_round_in_flight_drops_the_connection_at_once() -> None:
+    p, t = _protocol()
+    p.data_received(b"+OK\r\n")
+    assert (p.lost, t.aborted) == (True, 1)
+    p, t = _protocol()
+    p.transport = None  # a reply racing connection_made's bookkeeping still fails cleanly
+    p.data_received(b"+OK\r\n")
+    assert p.lost is True
+
+
+async def test_a_garbled_reply_fails_the_round_naming_it() -> None:
+    p, t = _protocol()
+    waiter: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+    p.waiter, p.expected = waiter, 1
+    p.data_received(b"?what\r\n")
+    with pytest.raises(ConnectionError, match=r"^garbled reply from Redis: "):
+        waiter.result()
+    assert (p.lost, t.aborted) == (True, 1)
+    done: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+    done.set_result([])
+    p, t = _protocol()
+    p.waiter, p.expected = done, 1
+    p.data_received(b"?what\r\n")  # a resolved round is left as it is
+    assert done.result() == []
+    assert t.aborted == 1
+
+
+async def test_a_closed_connection_fails_the_round_in_flight_only() -> None:
+    loop = asyncio.get_running_loop()
+    p, _ = _protocol()
+    waiter: asyncio.Future[list[Any]] = loop.create_future()
+    p.waiter, p.expected = waiter, 1
+    p.connection_lost(None)
+    assert p.lost is True
+    with pytest.raises(ConnectionError, match=r"^Redis closed the connection \(EOF\)$"):
+        waiter.result()
+    p, _ = _protocol()
+    waiter = loop.create_future()
+    p.waiter, p.expected = waiter, 1
+    p.connection_lost(OSError("reset"))
+    with pytest.raises(ConnectionError, match=r"^Redis closed the connection \(reset\)$"):
+        waiter.result()
+    # Between rounds, or after the round resolved: nothing to fail, no error.
+    p, _ = _protocol()
+    p.connection_lost(None)
+    assert p.lost is True
+    p, _ = _protocol()
+    waiter = loop.create_future()
+    waiter.set_result(["A"])
+    p.waiter = waiter
+    p.connection_lost(None)
+    assert waiter.result() == ["A"]
+
+
+async def test_a_round_whose_connection_closes_mid_way_raises_connection_error_at_once() -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    link = RedisLink(f"redis://127.0.0.1:{port}/0", 30.0)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(ConnectionError, match="Redis closed the connection"):
+            await link.call(pack("PING"), 1)
+        assert time.monotonic() - t0 < 10.0
+    finally:
+        link.close()
+        server.close()
+        await server.wait_closed()

@@ -106,6 +106,9 @@ def test_a_frame_without_extra_gets_none_and_a_missing_first_column_is_none() ->
     cols = ["event_id", "b", "received_at"]
     built = BatchBuilder(STREAM).build("b", [encode(cols, [[EID, "B", 9]])])
     assert [list(r) for r in built.batch.rows] == [[EID, 9, None, None, None, None, "B", None]]
+    # No extra column and a text column first: extra is None, not that text.
+    built = BatchBuilder(STREAM).build("b", [encode(["a", "event_id"], [["A", EID]])])
+    assert [list(r) for r in built.batch.rows] == [[EID, None, None, None, None, "A", None, None]]
 
 
 def test_extra_as_the_first_frame_column_is_read() -> None:

@@ -66,7 +66,7 @@ from flusher.sinks.sql import (
     one_line,
     table_columns,
 )
-from oceanus.config import Config, FieldType, StreamConfig
+from oceanus.config import Config, FieldType, MySQLConfig, StreamConfig
 from oceanus.errors import (
     ConfigError,
     PermanentError,
@@ -239,6 +239,28 @@ def connect_params(url: str) -> dict[str, Any]:
     return params
 
 
+def connect(params: dict[str, Any], settings: MySQLConfig, timeout_s: float) -> pymysql.connections.Connection[Any]:
+    """A connection (not autocommit) in UTC and strict mode, for the sink and the importer's target alike;
+    a failure is classified, with the password masked."""
+    try:
+        return pymysql.connect(
+            **params,
+            charset="utf8mb4",
+            autocommit=False,
+            init_command=SESSION_INIT,
+            connect_timeout=settings.connect_timeout_s,
+            read_timeout=timeout_s,
+            write_timeout=timeout_s,
+            cursorclass=pymysql.cursors.Cursor,
+        )
+    except (pymysql.Error, OSError) as exc:
+        error = classify(exc, "cannot connect")
+        password = str(params.get("password") or "")
+        if password and password in str(error):
+            error.args = (str(error).replace(password, "***"),)
+        raise error from None
+
+
 class MySQLSink:
     """``[sink] kind = "mysql"``: the database of ``$sink.mysql.url_env`` (MySQL 8 or MariaDB 10.5+)."""
 
@@ -261,23 +283,7 @@ class MySQLSink:
     # ------------------------------------------------------------------ connection
 
     def _connect(self, params: dict[str, Any], timeout_s: float) -> pymysql.connections.Connection[Any]:
-        try:
-            return pymysql.connect(
-                **params,
-                charset="utf8mb4",
-                autocommit=False,
-                init_command=SESSION_INIT,
-                connect_timeout=self._settings.connect_timeout_s,
-                read_timeout=timeout_s,
-                write_timeout=timeout_s,
-                cursorclass=pymysql.cursors.Cursor,
-            )
-        except (pymysql.Error, OSError) as exc:
-            error = classify(exc, "cannot connect")
-            password = str(params.get("password") or "")
-            if password and password in str(error):
-                error.args = (str(error).replace(password, "***"),)
-            raise error from None
+        return connect(params, self._settings, timeout_s)
 
     def _connection(self) -> pymysql.connections.Connection[Any]:
         conn = self._conn

@@ -73,7 +73,7 @@ from flusher.sinks.sql import (
     one_line,
     table_columns,
 )
-from oceanus.config import Config, FieldType, StreamConfig
+from oceanus.config import Config, FieldType, PostgresConfig, StreamConfig
 from oceanus.errors import (
     ConfigError,
     PermanentError,
@@ -174,6 +174,34 @@ def classify(exc: BaseException, what: str) -> SinkError:
     return PermanentError(message)
 
 
+def connect(
+    url: str, settings: PostgresConfig, timeout_ms: int, *, application_name: str, read_only: bool = False
+) -> psycopg.Connection[Any]:
+    """An autocommit connection in UTC with ``settings.schema`` first on the search path, for the sink
+    and the importer's target alike; a failure is classified. ``application_name`` gets ``/<schema>``
+    (tests end one schema's connections by it)."""
+    # The sink's schema first: `oceanus query "SELECT ... FROM pageview"` works as with DuckDB.
+    options = f"-c statement_timeout={timeout_ms} -c TimeZone=UTC -c search_path={settings.schema},public"
+    if read_only:
+        options += " -c default_transaction_read_only=on"
+    try:
+        return psycopg.connect(
+            url,
+            autocommit=True,
+            connect_timeout=max(1, round(settings.connect_timeout_s)),
+            options=options,
+            application_name=f"{application_name}/{settings.schema}"[:63],
+            # A peer that vanished without a reset (a cut cable, a dropped proxy) is noticed.
+            keepalives=1,
+            keepalives_idle=10,
+            keepalives_interval=5,
+            keepalives_count=3,
+            tcp_user_timeout=timeout_ms,
+        )
+    except psycopg.Error as exc:
+        raise classify(exc, "cannot connect") from None
+
+
 def _q(*names: str) -> sql.Composable:
     return sql.Identifier(*names)
 
@@ -253,26 +281,7 @@ class PostgresSink:
     # ------------------------------------------------------------------ connection
 
     def _connect(self, url: str, timeout_ms: int, read_only: bool = False) -> psycopg.Connection[Any]:
-        # The sink's schema first: `oceanus query "SELECT ... FROM pageview"` works as with DuckDB.
-        options = f"-c statement_timeout={timeout_ms} -c TimeZone=UTC -c search_path={self.schema},public"
-        if read_only:
-            options += " -c default_transaction_read_only=on"
-        try:
-            return psycopg.connect(
-                url,
-                autocommit=True,
-                connect_timeout=max(1, round(self._settings.connect_timeout_s)),
-                options=options,
-                application_name=f"oceanus-flusher/{self.schema}"[:63],
-                # A peer that vanished without a reset (a cut cable, a dropped proxy) is noticed.
-                keepalives=1,
-                keepalives_idle=10,
-                keepalives_interval=5,
-                keepalives_count=3,
-                tcp_user_timeout=timeout_ms,
-            )
-        except psycopg.Error as exc:
-            raise classify(exc, "cannot connect") from None
+        return connect(url, self._settings, timeout_ms, read_only=read_only, application_name="oceanus-flusher")
 
     def _connection(self) -> psycopg.Connection[Any]:
         conn = self._conn

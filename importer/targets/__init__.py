@@ -7,10 +7,12 @@ import importlib
 from importer.targets.base import Target
 from oceanus.config import Config
 
-#: ``sink.kind`` -> module:class. A SQL database target is one more module and one more line.
+#: ``sink.kind`` -> module:class: the imported tables go where the events go.
 KINDS: dict[str, str] = {
     "duckdb": "importer.targets.duckdb:DuckDBTarget",
     "bigquery": "importer.targets.bigquery:BigQueryTarget",
+    "postgres": "importer.targets.postgres:PostgresTarget",
+    "mysql": "importer.targets.mysql:MySQLTarget",
 }
 
 

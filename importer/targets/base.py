@@ -1,4 +1,4 @@
-"""The protocol every warehouse target implements (DuckDB, BigQuery; SQL databases later).
+"""The protocol every warehouse target implements (DuckDB, BigQuery, PostgreSQL, MySQL/MariaDB).
 
 A target owns three things per import: the append-only table ``<name>`` (the
 allow-listed columns, ``_imported_at``, ``_deleted``), the ``<name>_latest``

@@ -1,12 +1,15 @@
-"""Fixtures: a shop database (each test its own schema/database, dropped in finally)."""
+"""Fixtures: a shop database and a warehouse (each test its own schema/database, dropped in finally)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.importer.helpers import TARGETS, Warehouse
 from tests.support.shopdb import MYSQL_HOST, MYSQL_PORT, PG_DSN, MariaDB, PostgresDB, ShopDB
+from tests.support.sqlwarehouse import open_warehouse
 
 
 def _open(kind: str) -> ShopDB:
@@ -50,3 +53,20 @@ def mysql_shop() -> Iterator[ShopDB]:
         yield db
     finally:
         db.drop()
+
+
+@pytest.fixture(params=TARGETS)
+def target(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Warehouse]:
+    """Where the import writes: DuckDB, or a schema (PostgreSQL) / database (MariaDB) of this test,
+    its URL in the sink's variable (for this process and the ones it starts)."""
+    if request.param == "duckdb":
+        yield Warehouse("duckdb", tmp_path)
+        return
+    sql = open_warehouse(request.param)
+    try:
+        wh = Warehouse(request.param, tmp_path, sql)
+        for key, value in wh.env().items():
+            monkeypatch.setenv(key, value)
+        yield wh
+    finally:
+        sql.drop()

@@ -1,8 +1,14 @@
-"""Configs and read-back for the importer tests."""
+"""Configs and read-back for the importer tests, for every warehouse an import writes to.
+
+A config names its warehouse (``[sink]``); :func:`read` reads any of them back: the
+DuckDB file, or the sink's schema (PostgreSQL) / database (MariaDB) through the URL
+in the sink's ``url_env`` (the :class:`Warehouse` fixture puts it in the environment).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +16,47 @@ import duckdb
 
 from oceanus import config
 from tests.support.shopdb import ALLOWED, ShopDB, normalize
+from tests.support.sqlwarehouse import SqlWarehouse
 
 URL_ENV = "SHOP_DB_URL"
+#: The warehouses an import writes to (``sink.kind``), BigQuery aside (tests/importer/test_import_bigquery.py).
+TARGETS = ("duckdb", "postgres", "mysql")
 
 
-def import_toml(db_path: Path, shop: ShopDB, *, columns: tuple[str, ...] = ALLOWED, **keys: Any) -> str:
+class Warehouse:
+    """One test's warehouse: a DuckDB file under ``tmp_path``, or a schema/database of the machine's
+    PostgreSQL/MariaDB (``sql``, dropped by the fixture)."""
+
+    def __init__(self, kind: str, tmp_path: Path, sql: SqlWarehouse | None = None) -> None:
+        self.kind = kind
+        self.path = tmp_path / "wh.duckdb"
+        self.sql = sql
+
+    def sink_toml(self) -> str:
+        if self.sql is None:
+            return f'[sink.duckdb]\npath = "{self.path}"\n'
+        if self.kind == "postgres":
+            return f'[sink]\nkind = "postgres"\n[sink.postgres]\nschema = "{self.sql.name}"\n'
+        return '[sink]\nkind = "mysql"\n'
+
+    def env(self) -> dict[str, str]:
+        """What a process needs to write here (the sink's URL); nothing for DuckDB."""
+        if self.sql is None:
+            return {}
+        env = self.sql.env()
+        env.pop("OCEANUS_SINK_POSTGRES_SCHEMA", None)  # the config names the schema
+        return env
+
+    def toml(self, shop: ShopDB, **keys: Any) -> str:
+        return import_toml(self.path, shop, sink=self.sink_toml(), **keys)
+
+    def config(self, shop: ShopDB, **keys: Any) -> config.Config:
+        return config.loads(self.toml(shop, **keys))
+
+
+def import_toml(
+    db_path: Path, shop: ShopDB, *, columns: tuple[str, ...] = ALLOWED, sink: str | None = None, **keys: Any
+) -> str:
     body = {
         "source_url_env": URL_ENV,
         "table": shop.table,
@@ -36,10 +78,8 @@ def import_toml(db_path: Path, shop: ShopDB, *, columns: tuple[str, ...] = ALLOW
             lines.append(f"{k} = [{', '.join(repr(x).replace(chr(39), chr(34)) for x in v)}]")
         else:
             lines.append(f"{k} = {v}")
-    return (
-        f'[sink.duckdb]\npath = "{db_path}"\n[streams.pageview.fields]\nurl = {{ type = "string" }}\n'
-        "[imports.users]\n" + "\n".join(lines) + "\n"
-    )
+    sink = sink if sink is not None else f'[sink.duckdb]\npath = "{db_path}"\n'
+    return sink + '[streams.pageview.fields]\nurl = { type = "string" }\n[imports.users]\n' + "\n".join(lines) + "\n"
 
 
 def import_config(tmp_path: Path, shop: ShopDB, **keys: Any) -> config.Config:
@@ -50,12 +90,61 @@ def warehouse(cfg: config.Config) -> duckdb.DuckDBPyConnection:
     return duckdb.connect(cfg.sink.duckdb.path, read_only=True)
 
 
-def latest_rows(cfg: config.Config, columns: tuple[str, ...] = ALLOWED) -> list[tuple[Any, ...]]:
+def read(cfg: config.Config, sql: str) -> list[tuple[Any, ...]]:
+    """``sql`` on the warehouse ``cfg`` names; table names unqualified (the sink's schema/database)."""
+    if cfg.sink.kind == "postgres":
+        import psycopg
+
+        with psycopg.connect(
+            os.environ[cfg.sink.postgres.url_env], options=f"-c search_path={cfg.sink.postgres.schema} -c TimeZone=UTC"
+        ) as conn:
+            return list(conn.execute(sql.encode()).fetchall())
+    if cfg.sink.kind == "mysql":
+        import pymysql
+
+        from flusher.sinks.mysql import connect_params
+
+        my = pymysql.connect(
+            **connect_params(os.environ[cfg.sink.mysql.url_env]), init_command="SET time_zone = '+00:00'"
+        )
+        try:
+            with my.cursor() as cur:
+                cur.execute(sql)
+                return list(cur.fetchall())
+        finally:
+            my.close()
     con = warehouse(cfg)
     try:
-        rows = con.execute(f"SELECT {', '.join(columns)} FROM users_latest ORDER BY id").fetchall()
+        return con.execute(sql).fetchall()
     finally:
         con.close()
+
+
+def relations(cfg: config.Config) -> list[str]:
+    """Every table and view of the warehouse's schema/database."""
+    if cfg.sink.kind == "duckdb":
+        return [str(r[0]) for r in read(cfg, "SELECT table_name FROM information_schema.tables")]
+    schema = "current_schema()" if cfg.sink.kind == "postgres" else "DATABASE()"
+    return [
+        str(r[0]) for r in read(cfg, f"SELECT table_name FROM information_schema.tables WHERE table_schema = {schema}")
+    ]
+
+
+def column_names(cfg: config.Config) -> list[tuple[str, str]]:
+    """(table, column) of every table and view of the warehouse's schema/database."""
+    where = {
+        "duckdb": "",
+        "postgres": " WHERE table_schema = current_schema()",
+        "mysql": " WHERE table_schema = DATABASE()",
+    }
+    return [
+        (str(t), str(c))
+        for t, c in read(cfg, "SELECT table_name, column_name FROM information_schema.columns" + where[cfg.sink.kind])
+    ]
+
+
+def latest_rows(cfg: config.Config, columns: tuple[str, ...] = ALLOWED) -> list[tuple[Any, ...]]:
+    rows = read(cfg, f"SELECT {', '.join(columns)} FROM users_latest ORDER BY id")
     return [normalize(columns, r) for r in rows]
 
 
@@ -93,10 +182,5 @@ def assert_same(
 
 
 def table_count(cfg: config.Config, sql: str = "SELECT count(*) FROM users") -> int:
-    con = warehouse(cfg)
-    try:
-        row = con.execute(sql).fetchone()
-    finally:
-        con.close()
-    assert row is not None
+    (row,) = read(cfg, sql)
     return int(row[0])

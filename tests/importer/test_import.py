@@ -1,8 +1,9 @@
-"""``oceanus import`` from the machine's PostgreSQL and MariaDB into DuckDB.
+"""``oceanus import`` from the machine's PostgreSQL and MariaDB into DuckDB, PostgreSQL and MariaDB.
 
-Every test owns a schema/database of its own (tests/importer/conftest.py) and
-checks the warehouse against the source exactly: row count, a checksum per
-column, then row by row; ``users_latest`` holds each key once.
+Every test owns a schema/database of its own, in the source and in a SQL
+warehouse (tests/importer/conftest.py: ``shop`` x ``target``), and checks the
+warehouse against the source exactly: row count, a checksum per column, then row
+by row; ``users_latest`` holds each key once.
 """
 
 from __future__ import annotations
@@ -18,7 +19,16 @@ import pytest
 from importer.runner import run_import
 from oceanus.config import Config
 from oceanus.errors import SourceError
-from tests.importer.helpers import URL_ENV, assert_same, import_config, import_toml, table_count, warehouse
+from tests.importer.helpers import (
+    URL_ENV,
+    Warehouse,
+    assert_same,
+    column_names,
+    import_config,
+    read,
+    relations,
+    table_count,
+)
 from tests.support.shopdb import ALLOWED, ShopDB
 
 pytestmark = pytest.mark.timeout(120)
@@ -31,10 +41,10 @@ def _run(cfg: Config, shop: ShopDB) -> tuple[int, int]:
     return result.rows, result.tombstones
 
 
-def test_incremental_changes_deletes_and_ties(tmp_path: Path, shop: ShopDB) -> None:
+def test_incremental_changes_deletes_and_ties(target: Warehouse, shop: ShopDB) -> None:
     shop.create_users()
     shop.fill(1, 2500)
-    cfg = import_config(tmp_path, shop, deletes="key_diff")
+    cfg = target.config(shop, deletes="key_diff")
     assert _run(cfg, shop) == (2500, 0)
     assert assert_same(shop, cfg) == 2500
 
@@ -54,10 +64,10 @@ def test_incremental_changes_deletes_and_ties(tmp_path: Path, shop: ShopDB) -> N
     assert_same(shop, cfg)
 
 
-def test_soft_deletes(tmp_path: Path, shop: ShopDB) -> None:
+def test_soft_deletes(target: Warehouse, shop: ShopDB) -> None:
     shop.create_users()
     shop.fill(1, 300)
-    cfg = import_config(tmp_path, shop, deletes="soft", soft_delete_column="deleted_at")
+    cfg = target.config(shop, deletes="soft", soft_delete_column="deleted_at")
     assert _run(cfg, shop) == (300, 0)
     now = shop.now_sql
     shop.execute(f"UPDATE {shop.table} SET deleted_at = {now}, updated_at = {now} WHERE id % 13 = 0")
@@ -69,10 +79,10 @@ def test_soft_deletes(tmp_path: Path, shop: ShopDB) -> None:
     assert assert_same(shop, cfg, where="deleted_at IS NULL") == 300 - 22
 
 
-def test_full_reload(tmp_path: Path, shop: ShopDB) -> None:
+def test_full_reload(target: Warehouse, shop: ShopDB) -> None:
     shop.create_users()
     shop.fill(1, 250)
-    cfg = import_config(tmp_path, shop, mode="full", cursor_column=None)
+    cfg = target.config(shop, mode="full", cursor_column=None)
     assert _run(cfg, shop) == (250, 0)
     assert assert_same(shop, cfg) == 250
     shop.execute(f"DELETE FROM {shop.table} WHERE id <= 50")
@@ -96,14 +106,14 @@ def _import_process(cfg_path: Path, shop: ShopDB, *args: str) -> subprocess.Pope
     )
 
 
-def test_killed_after_its_first_batch_then_rerun(tmp_path: Path, shop: ShopDB) -> None:
+def test_killed_after_its_first_batch_then_rerun(tmp_path: Path, target: Warehouse, shop: ShopDB) -> None:
     """SIGKILL right after the first commit: the next run goes on from the stored watermark,
     and the table holds every row exactly once (rows and watermark commit together)."""
     shop.create_users()
     shop.fill(1, 40_000)
     cfg_path = tmp_path / "oceanus.toml"
-    cfg_path.write_text(import_toml(tmp_path / "wh.duckdb", shop, batch_rows=200))
-    cfg = import_config(tmp_path, shop, batch_rows=200)
+    cfg_path.write_text(target.toml(shop, batch_rows=200))
+    cfg = target.config(shop, batch_rows=200)
     proc = _import_process(cfg_path, shop, "run")
     try:
         assert proc.stderr is not None
@@ -127,12 +137,12 @@ def test_killed_after_its_first_batch_then_rerun(tmp_path: Path, shop: ShopDB) -
     assert assert_same(shop, cfg) == 40_000
 
 
-def test_unlisted_columns_never_leave_the_source(tmp_path: Path, shop: ShopDB) -> None:
+def test_unlisted_columns_never_leave_the_source(tmp_path: Path, target: Warehouse, shop: ShopDB) -> None:
     shop.create_users()
     shop.fill(1, 500)
     cfg_path = tmp_path / "oceanus.toml"
-    cfg_path.write_text(import_toml(tmp_path / "wh.duckdb", shop, deletes="key_diff"))
-    cfg = import_config(tmp_path, shop)
+    cfg_path.write_text(target.toml(shop, deletes="key_diff"))
+    cfg = target.config(shop)
     logs = ""
     for _ in range(2):
         proc = _import_process(cfg_path, shop, "run")
@@ -140,17 +150,14 @@ def test_unlisted_columns_never_leave_the_source(tmp_path: Path, shop: ShopDB) -
         assert proc.returncode == 0, err
         logs += out + err
     assert shop.secret not in logs
-    con = warehouse(cfg)
-    try:
-        names = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()]
-        for name in names:
-            cols = [r[0] for r in con.execute(f'DESCRIBE "{name}"').fetchall()]
-            assert not {"email", "password_hash"} & set(cols), f"{name} has a secret column"
-            text = con.execute(f"SELECT string_agg(CAST(t AS VARCHAR), '|') FROM \"{name}\" t").fetchone()
-            assert shop.secret not in str(text), f"a secret reached {name}"
-    finally:
-        con.close()
-    assert shop.secret.encode() not in Path(cfg.sink.duckdb.path).read_bytes()
+    names = relations(cfg)
+    assert {"users", "users_latest", "_oceanus_import_state"} <= set(names)
+    leaked = [(t, c) for t, c in column_names(cfg) if c in ("email", "password_hash")]
+    assert leaked == [], "a secret column reached the warehouse"
+    for name in names:
+        assert shop.secret not in repr(read(cfg, f"SELECT * FROM {name}")), f"a secret reached {name}"
+    if target.kind == "duckdb":
+        assert shop.secret.encode() not in Path(cfg.sink.duckdb.path).read_bytes()
     assert_same(shop, cfg)
 
 
@@ -193,22 +200,18 @@ def test_numeric_without_precision_is_refused(tmp_path: Path, pg_shop: ShopDB) -
         run_import(cfg, cfg.imports["users"], env={URL_ENV: pg_shop.url})
 
 
-def test_binary_needs_allow_binary(tmp_path: Path, shop: ShopDB) -> None:
+def test_binary_needs_allow_binary(tmp_path: Path, target: Warehouse, shop: ShopDB) -> None:
     blob = "bytea" if shop.kind == "postgres" else "blob"
     shop.execute(f"CREATE TABLE {shop.table} (id bigint PRIMARY KEY, updated_at timestamp NOT NULL, data {blob})")
     value = "\\x00ff10" if shop.kind == "postgres" else "0x00FF10"
     quoted = f"'{value}'" if shop.kind == "postgres" else value
     shop.execute(f"INSERT INTO {shop.table} VALUES (1, TIMESTAMP '2026-01-01 00:00:00', {quoted})")
-    cfg = import_config(tmp_path, shop, columns=("id", "updated_at", "data"))
+    cfg = target.config(shop, columns=("id", "updated_at", "data"))
     with pytest.raises(SourceError, match=r"imports\.users\.columns: column `data` .*allow_binary = true"):
         run_import(cfg, cfg.imports["users"], env={URL_ENV: shop.url})
-    cfg = import_config(tmp_path, shop, columns=("id", "updated_at", "data"), allow_binary=True)
+    cfg = target.config(shop, columns=("id", "updated_at", "data"), allow_binary=True)
     assert _run(cfg, shop) == (1, 0)
-    con = warehouse(cfg)
-    try:
-        assert con.execute("SELECT data FROM users_latest").fetchall() == [(b"\x00\xff\x10",)]
-    finally:
-        con.close()
+    assert read(cfg, "SELECT data FROM users_latest") == [(b"\x00\xff\x10",)]
 
 
 def test_nullable_cursor_is_refused(tmp_path: Path, shop: ShopDB) -> None:
@@ -218,10 +221,10 @@ def test_nullable_cursor_is_refused(tmp_path: Path, shop: ShopDB) -> None:
         run_import(cfg, cfg.imports["users"], env={URL_ENV: shop.url})
 
 
-def test_append_only_table_by_primary_key(tmp_path: Path, shop: ShopDB) -> None:
+def test_append_only_table_by_primary_key(target: Warehouse, shop: ShopDB) -> None:
     shop.create_users()
     shop.fill(1, 150)
-    cfg = import_config(tmp_path, shop, cursor_column="id")
+    cfg = target.config(shop, cursor_column="id")
     assert _run(cfg, shop) == (150, 0)
     shop.fill(151, 30)
     assert _run(cfg, shop) == (30, 0)
@@ -277,3 +280,91 @@ def test_an_unreachable_source_never_shows_the_password(tmp_path: Path, pg_shop:
         run_import(cfg, cfg.imports["users"], env={URL_ENV: url})
     assert str(info.value).startswith(f"cannot connect to the {'PostgreSQL' if scheme == 'postgresql' else 'MySQL'}")
     assert password not in str(info.value)
+
+
+#: (column, PostgreSQL type, MySQL type) of the round-trip table; id and updated_at come first.
+TYPED_COLUMNS = (
+    ("d38", "numeric(38,10)", "decimal(38,10)"),
+    ("d12", "numeric(12,2)", "decimal(12,2)"),
+    ("i", "bigint", "bigint"),
+    ("f", "double precision", "double"),
+    ("s", "text", "longtext"),
+    ("dt", "date", "date"),
+    ("ts", "timestamp(6)", "datetime(6)"),
+    ("tz", "timestamptz", "timestamp(6) NULL"),
+    ("j", "jsonb", "json"),
+    ("b", "boolean", "boolean"),
+)
+TYPED_ROWS = (
+    "(1, TIMESTAMP '2026-01-01 00:00:00', 9999999999999999999999999999.9999999999, -9999999999.99, "
+    "9223372036854775807, 0.1, 'quote '' back\\\\slash 日本 🐳', DATE '1000-01-01', "
+    "TIMESTAMP '1970-01-01 00:00:00.000001', TIMESTAMP '2030-01-19 03:14:08.123456', "
+    """'{"a": [1, 2.5, "ü"], "b": null}', true)""",
+    "(2, TIMESTAMP '2026-01-01 00:00:00', -0.0000000001, 0.01, -9223372036854775808, -1.5e300, '', "
+    "DATE '9999-12-31', TIMESTAMP '9999-12-31 23:59:59.999999', TIMESTAMP '1999-12-31 23:59:59.5', '[]', false)",
+    "(3, TIMESTAMP '2026-01-01 00:00:01', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
+)
+
+
+def _typed(name: str, value: object) -> object:
+    """A value as compared: decimals by their text (same digits, same scale), instants in UTC."""
+    import datetime as dt
+    import json
+    from decimal import Decimal
+
+    if value is None:
+        return None
+    if isinstance(value, Decimal):
+        return str(value)
+    if name == "tz":
+        assert isinstance(value, dt.datetime)
+        return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
+    if name == "j":
+        return json.loads(value) if isinstance(value, str | bytes) else value
+    if name == "b":
+        return bool(value)
+    return value
+
+
+def test_types_round_trip_exactly(target: Warehouse, shop: ShopDB) -> None:
+    """Decimals keep every digit and their scale, ints their 64 bits, floats every bit, text its bytes,
+    dates and microseconds their range, instants their meaning, JSON its value."""
+    i = 1 if shop.kind == "postgres" else 2
+    ddl = ", ".join(f"{c[0]} {c[i]}" for c in TYPED_COLUMNS)
+    stamp = "timestamp(6)" if shop.kind == "postgres" else "datetime(6)"  # MySQL's TIMESTAMP is an instant
+    shop.execute(f"CREATE TABLE {shop.table} (id bigint PRIMARY KEY, updated_at {stamp} NOT NULL, {ddl})")
+    shop.execute(f"INSERT INTO {shop.table} VALUES {', '.join(TYPED_ROWS)}")
+    names = ("id", "updated_at", *(c[0] for c in TYPED_COLUMNS))
+    cfg = target.config(shop, columns=names, batch_rows=2)
+    assert _run(cfg, shop) == (3, 0)
+    select = f"SELECT {', '.join(names)} FROM {{}} ORDER BY id"
+    want = [
+        tuple(_typed(n, v) for n, v in zip(names, row, strict=True)) for row in shop.query(select.format(shop.table))
+    ]
+    got = [
+        tuple(_typed(n, v) for n, v in zip(names, row, strict=True)) for row in read(cfg, select.format("users_latest"))
+    ]
+    assert got == want
+    assert want[0][2] == "9999999999999999999999999999.9999999999"
+    assert want[1][2] == "-1E-10"
+
+
+@pytest.mark.parametrize("target", ["postgres", "mysql", "duckdb"], indirect=True)
+def test_a_decimal_wider_than_the_warehouse_is_refused_naming_it(target: Warehouse, pg_shop: ShopDB) -> None:
+    """numeric(70,5): PostgreSQL stores it to the last digit; DuckDB (38) and MySQL (65) refuse it, naming it."""
+    pg_shop.execute(
+        f"CREATE TABLE {pg_shop.table} (id bigint PRIMARY KEY, updated_at timestamp NOT NULL, wide numeric(70,5))"
+    )
+    value = "1" * 65 + ".12345"
+    pg_shop.execute(f"INSERT INTO {pg_shop.table} VALUES (1, TIMESTAMP '2026-01-01', {value})")
+    cfg = target.config(pg_shop, columns=("id", "updated_at", "wide"))
+    if target.kind == "postgres":
+        assert _run(cfg, pg_shop) == (1, 0)
+        assert [str(v) for (v,) in read(cfg, "SELECT wide FROM users_latest")] == [value]
+        return
+    server, digits = ("DuckDB", "at most 38 digits") if target.kind == "duckdb" else ("MySQL", "at most 65 digits")
+    with pytest.raises(SourceError) as info:
+        run_import(cfg, cfg.imports["users"], env={URL_ENV: pg_shop.url})
+    assert str(info.value).startswith(
+        f"imports.users.columns: column `wide` is numeric(70,5); {server}'s DECIMAL holds {digits}"
+    )

@@ -95,7 +95,7 @@ def test_killed_after_its_first_batch_then_rerun(
     batch again, whose copies ``_latest`` folds); the view equals the source exactly."""
     import signal
 
-    from tests.importer.test_import_duckdb import _import_process
+    from tests.importer.test_import import _import_process
 
     pg_shop.create_users()
     pg_shop.fill(1, 3000)

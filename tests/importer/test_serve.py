@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.importer.helpers import assert_same, import_config, import_toml, table_count
-from tests.importer.test_import_duckdb import _import_process
+from tests.importer.test_import import _import_process
 from tests.support.servers import free_port, wait_for
 from tests.support.shopdb import ShopDB
 

@@ -29,6 +29,10 @@ def describe(cfg: config.Config) -> str:
                 rules.append(f"format={field.format}")
             rules.extend(field.transforms)
             lines.append(f"  {name}: {', '.join(rules)}")
+    for imp in cfg.imports.values():
+        lines.append(
+            f"import {imp.name}: {imp.table} ({len(imp.columns)} columns, {imp.mode}) -> {_import_place(cfg, imp)}"
+        )
     for name, ch in cfg.channels.items():
         lines.append(f"channel {name} ({type(ch).__name__.removesuffix('Channel').lower()})")
     for rule in cfg.rules.values():
@@ -38,6 +42,20 @@ def describe(cfg: config.Config) -> str:
             f"({rule.match}){extra} -> {', '.join(rule.channels)}"
         )
     return "\n".join(lines)
+
+
+def _import_place(cfg: config.Config, imp: config.ImportConfig) -> str:
+    """Where an import's table and view go, and which process runs it (docs/ARCHITECTURE.md, importer)."""
+    tables = f"{imp.name}, {imp.name}_latest"
+    kind = cfg.sink.kind
+    if kind == "duckdb":
+        return f"{tables} in {cfg.sink.duckdb.path} (the flusher runs it; `oceanus import run` while none does)"
+    where = {
+        "bigquery": f"dataset {cfg.sink.bigquery.dataset}",
+        "postgres": f"PostgreSQL schema {cfg.sink.postgres.schema} (${cfg.sink.postgres.url_env})",
+        "mysql": f"the MySQL database of ${cfg.sink.mysql.url_env}",
+    }[kind]
+    return f"{tables} in {where} (`oceanus import serve` runs it)"
 
 
 def main(args: argparse.Namespace) -> int:

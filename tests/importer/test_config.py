@@ -94,3 +94,26 @@ def test_the_readme_example_decodes() -> None:
     imports = config.loads(BASE + example).imports
     assert list(imports) == ["users", "items"]
     assert (imports["users"].deletes, imports["items"].mode) == ("key_diff", "full")
+
+
+@pytest.mark.parametrize(
+    ("sink", "place"),
+    [
+        ('[sink.duckdb]\npath = "wh.duckdb"\n', "users, users_latest in wh.duckdb (the flusher runs it; "),
+        (
+            '[sink]\nkind = "postgres"\n[sink.postgres]\nschema = "shop"\n',
+            "users, users_latest in PostgreSQL schema shop ($OCEANUS_PG_URL) (`oceanus import serve` runs it)",
+        ),
+        (
+            '[sink]\nkind = "mysql"\n',
+            "users, users_latest in the MySQL database of $OCEANUS_MYSQL_URL (`oceanus import serve` runs it)",
+        ),
+    ],
+)
+def test_check_config_names_where_each_import_goes(sink: str, place: str) -> None:
+    from oceanus.commands.checkconfig import describe
+
+    lines = "\n".join(f"{k} = {v}" for k, v in GOOD.items())
+    cfg = config.loads(f"{sink}{BASE}[imports.users]\n{lines}\n")
+    (line,) = [ln for ln in describe(cfg).splitlines() if ln.startswith("import ")]
+    assert line.startswith(f"import users: shop.users (4 columns, incremental) -> {place}")

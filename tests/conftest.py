@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from oceanus import config
+from tests.support.cluster import RedisCluster
 from tests.support.servers import BigQueryEmulator, RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -17,7 +18,9 @@ REPO = Path(__file__).resolve().parent.parent
 #: Fixtures that start a real server (directly or through another fixture): a test
 #: that uses one is an ``integration`` test. ``item.fixturenames`` is the closure,
 #: so a fixture built on these counts too.
-SERVER_FIXTURES = frozenset({"redis_server", "bq_emulator", "fuzz_redis", "live_collector", "protocol_stack"})
+SERVER_FIXTURES = frozenset(
+    {"redis_server", "redis_cluster", "bq_emulator", "fuzz_redis", "live_collector", "protocol_stack"}
+)
 #: Folders whose every test drives real processes or outside services.
 INTEGRATION_DIRS = frozenset({"reliability", "browser", "importer", "notifier", "deploy"})
 #: ``make unit`` sets this: a server started anyway is a test that lacks its marker.
@@ -54,6 +57,7 @@ def _unit_tier_starts_no_server() -> Iterator[None]:
 
     mp.setattr(RedisServer, "start", refuse)
     mp.setattr(BigQueryEmulator, "start", refuse)
+    mp.setattr(RedisCluster, "start", refuse)
     try:
         yield
     finally:
@@ -90,6 +94,25 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def _redis_cluster_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    cluster = RedisCluster(tmp_path_factory.getbasetemp())
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster(_redis_cluster_session: RedisCluster) -> RedisCluster:
+    """Six redis-servers as one Redis Cluster (3 masters, 1 replica each; tests/support/cluster.py),
+    shared by the session: healthy and empty at the start of each test. Its slot layout may
+    differ from test to test (failovers), so look up who serves what."""
+    _redis_cluster_session.wait_healthy()
+    _redis_cluster_session.flush()
+    return _redis_cluster_session
 
 
 @pytest.fixture(scope="session")

@@ -2,16 +2,17 @@
 
 The reports are SQL files in ``oceanus/reports/`` (data, shipped in the wheel):
 ``<name>.<dialect>.sql``, one per warehouse dialect (``duckdb``, ``bigquery``,
-``postgres``), each opening with the same comment saying what it answers and
+``postgres``, ``mysql``), each opening with the same comment saying what it answers and
 which tables it reads. They join the ``ecview`` events with the shop tables
 ``oceanus import`` keeps (the ``<import>_latest`` views).
 
 DuckDB goes the way ``oceanus query`` goes: the flusher's ``POST /query`` (with
 its token) while a flusher holds the file, else the file opened read-only.
 BigQuery runs the query through the client, with ``sink.bigquery.dataset`` as
-the default dataset so the SQL names tables without it; PostgreSQL through the
-sink's read-only query (its schema on the search path). Other warehouses: print
-the SQL with ``--sql`` and run it there.
+the default dataset so the SQL names tables without it; PostgreSQL and MySQL
+through the sink's read-only query (the sink's schema on the search path; the
+URL's database). The MySQL dialect (MySQL 8, MariaDB 10.6+) compares text as
+``utf8mb4_bin``, as the others compare it: byte for byte, case included.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from oceanus.commands.query import FORMATTERS, QueryError, Result, query_token, 
 from oceanus.config import Config
 
 #: The dialects a report may be written in; ``sink.kind`` picks one.
-DIALECTS = ("duckdb", "bigquery", "postgres")
+DIALECTS = ("duckdb", "bigquery", "postgres", "mysql")
 #: A BigQuery report waits at most this long for its job (seconds).
 BIGQUERY_TIMEOUT_S = 300.0
 
@@ -94,9 +95,10 @@ def run_report(cfg: Config, name: str, data_dir: Path) -> Result:
         return run_duckdb(cfg, data_dir, sql_for(name, "duckdb"))
     if kind == "bigquery":
         return run_bigquery(cfg, sql_for(name, "bigquery"))
-    if kind == "postgres":
-        # The server itself, read-only, as `oceanus query` asks it (the sink's schema first on the search_path).
-        return run_sql_sink(cfg, sql_for(name, "postgres"))
+    if kind in ("postgres", "mysql"):
+        # The server itself, read-only, as `oceanus query` asks it (PostgreSQL: the sink's schema first on the
+        # search_path; MySQL: the URL's database).
+        return run_sql_sink(cfg, sql_for(name, kind))
     raise UsageError(
         f"oceanus report has no {kind} version of its SQL; print the PostgreSQL one with "
         f"`oceanus report {name} --sql --dialect postgres` and adapt it"

@@ -274,6 +274,61 @@ def test_report_through_a_running_flusher(
     assert (result.columns, result.rows) == EXPECTED["item_conversion_7d"]
 
 
+# --------------------------------------------------------------------------- SQL sinks, the shop imported
+
+
+@pytest.fixture(params=["postgres", "mysql"])
+def imported_shop(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[config.Config]:
+    """The shop in a SQLite file (``oceanus demo --shop``'s tables, a personal column included), copied by
+    ``oceanus import`` with the repo's ``[imports]`` into the sink's schema (PostgreSQL) or database
+    (MariaDB), beside the sink's ecview table and its rows."""
+    import sqlite3
+
+    from flusher.sinks import make_sink
+    from importer.runner import run_import
+    from oceanus.commands.demoshop import SCHEMA
+    from tests.support.sqlwarehouse import warehouse
+
+    shop = tmp_path / "shop.db"
+    con = sqlite3.connect(shop)
+    try:
+        for statement in SCHEMA:
+            con.execute(statement)
+        con.executemany("INSERT INTO users VALUES (?, ?, ?, ?, ?)", [(*u, f"member{u[0]}@example.com") for u in USERS])
+        con.executemany("INSERT INTO items (id, name, price) VALUES (?, ?, ?)", ITEMS)
+        con.executemany("INSERT INTO orders VALUES (?, ?, ?, ?, ?)", ORDERS)
+        con.executemany("INSERT INTO order_items VALUES (?, ?, ?, ?, ?)", ORDER_ITEMS)
+        con.commit()
+    finally:
+        con.close()
+    with warehouse(request.param) as wh:
+        for key, value in wh.env().items():
+            monkeypatch.setenv(key, value)
+        cfg = wh.configure(config.load(REPO / "oceanus.toml", env={}))
+        sink = make_sink(cfg)
+        try:
+            sink.ensure_tables([cfg.streams["ecview"]])
+        finally:
+            sink.close()
+        if wh.kind == "postgres":
+            wh.execute("SET TimeZone = 'UTC'")
+            wh.execute("CREATE TABLE {s}.ecview_rest PARTITION OF {s}.ecview DEFAULT")
+        wh.execute(shop_statements(wh.kind, prefix="{s}.")[-1])  # the ecview rows
+        for imp in cfg.imports.values():
+            result = run_import(cfg, imp, env={imp.source_url_env: f"sqlite://{shop}"})
+            assert (imp.name, result.complete) == (imp.name, True)
+        assert wh.rows("SELECT count(*) FROM {s}.orders_latest") == [(len(ORDERS),)]
+        yield cfg
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_report_on_a_sql_sink_with_the_shop_imported(imported_shop: config.Config, name: str) -> None:
+    result = report.run_report(imported_shop, name, Path("/nonexistent"))
+    assert (result.columns, result.rows) == EXPECTED[name]
+
+
 # --------------------------------------------------------------------------- BigQuery, through the emulator
 
 

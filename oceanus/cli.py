@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sql", action="store_true", help="print the report's SQL instead of running it")
     p.add_argument(
         "--dialect",
-        choices=["duckdb", "bigquery", "postgres"],
+        choices=["duckdb", "bigquery", "postgres", "mysql"],
         help="with --sql: the dialect to print (default: the configured sink.kind's)",
     )
 

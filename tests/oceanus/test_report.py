@@ -237,6 +237,8 @@ def test_report_list_and_sql(capsys: pytest.CaptureFixture[str]) -> None:
     assert lines[1].split(None, 1)[1] == "the items most viewed by members who never bought them."
     assert cli.main(["report", "item_conversion_7d", "--sql", "--dialect", "postgres"]) == 0
     assert "INTERVAL '7 days'" in capsys.readouterr().out
+    assert cli.main(["report", "item_conversion_7d", "--sql", "--dialect", "mysql"]) == 0
+    assert "INTERVAL 7 DAY" in capsys.readouterr().out
 
 
 def test_unknown_report_names_the_reports(warehouse: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,13 +1,16 @@
-"""``python -m bench importer [--rows N] [--batch-rows B] [--json]``: import rows/s from each source into DuckDB.
+"""``python -m bench importer [--rows N] [--batch-rows B] [--target duckdb|postgres|mysql] [--json]``: import rows/s
+from each source into a warehouse (DuckDB unless ``--target`` names a SQL one).
 
 A shop-like ``orders`` table (id, user_id, total DECIMAL(12,2), status,
 updated_at, created_at with time zone, a JSON note; plus a personal column the
 import leaves out) is created in a scratch schema of the local PostgreSQL
 (127.0.0.1:5432, database ``test``) and a scratch database of the local
 MariaDB/MySQL (127.0.0.1:3306), filled server-side, then imported once with
-``oceanus import``'s own runner into a fresh DuckDB file. Reported per source:
-rows/s of the whole run (describe, server-side cursor, Arrow, DuckDB commits
-with the watermark) and the peak of Python allocations (tracemalloc off for
+``oceanus import``'s own runner into a fresh DuckDB file, or with ``--target``
+a fresh schema of the same PostgreSQL / database of the same MariaDB (the SQL
+targets: binary COPY, batched INSERTs). Reported per source: rows/s of the whole
+run (describe, server-side cursor, Arrow, the target's commits with the
+watermark) and the peak of Python allocations (tracemalloc off for
 the timed run, on for a second run of the same size). A source that is not
 reachable is reported as skipped.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -88,37 +92,74 @@ def _mysql(rows: int) -> tuple[str, str, Callable[[], None]]:
     return f"{MYSQL_URL}/{db}", "orders", drop
 
 
-def _config(db_path: Path, table: str, batch_rows: int) -> config.Config:
+def _warehouse(target: str, db_path: Path) -> tuple[str, Callable[[], None]]:
+    """A fresh warehouse: its ``[sink]`` TOML (a SQL target's URL goes into the sink's variable) and its cleanup."""
+    if target == "duckdb":
+        return f'[sink.duckdb]\npath = "{db_path}"\n', lambda: None
+    name = f"bench_wh_{uuid.uuid4().hex[:10]}"
+    if target == "postgres":
+        import psycopg
+
+        os.environ["OCEANUS_PG_URL"] = PG_DSN
+
+        def drop_schema() -> None:
+            with psycopg.connect(PG_DSN, autocommit=True) as conn:
+                conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE".encode())
+
+        return f'[sink]\nkind = "postgres"\n[sink.postgres]\nschema = "{name}"\n', drop_schema
+    import pymysql
+
+    conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", autocommit=True)
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    os.environ["OCEANUS_MYSQL_URL"] = f"{MYSQL_URL}/{name}"
+
+    def drop_database() -> None:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.close()
+
+    return '[sink]\nkind = "mysql"\n', drop_database
+
+
+def _config(sink: str, table: str, batch_rows: int) -> config.Config:
     cols = ", ".join(f'"{c}"' for c in COLUMNS)
     return config.loads(
-        f'[sink.duckdb]\npath = "{db_path}"\n[streams.pageview.fields]\nurl = {{ type = "string" }}\n'
+        f'{sink}[streams.pageview.fields]\nurl = {{ type = "string" }}\n'
         f'[imports.orders]\nsource_url_env = "BENCH_SOURCE_URL"\ntable = "{table}"\ncolumns = [{cols}]\n'
         f'primary_key = "id"\ncursor_column = "updated_at"\nbatch_rows = {batch_rows}\n'
     )
 
 
-def measure(kind: str, rows: int, batch_rows: int, work: Path) -> dict[str, Any]:
+def _timed_import(target: str, db_path: Path, table: str, batch_rows: int, url: str) -> tuple[int, float]:
+    sink, drop = _warehouse(target, db_path)
+    try:
+        cfg = _config(sink, table, batch_rows)
+        t0 = time.perf_counter()
+        result = run_import(cfg, cfg.imports["orders"], env={"BENCH_SOURCE_URL": url})
+        return result.rows, time.perf_counter() - t0
+    finally:
+        drop()
+
+
+def measure(kind: str, rows: int, batch_rows: int, work: Path, target: str = "duckdb") -> dict[str, Any]:
     setup = _postgres if kind == "postgres" else _mysql
     try:
         url, table, drop = setup(rows)
     except Exception as exc:  # noqa: BLE001 - an unreachable server is reported, not fatal
         return {"skipped": f"{type(exc).__name__}: {exc}"}
     try:
-        cfg = _config(work / f"{kind}.duckdb", table, batch_rows)
-        t0 = time.perf_counter()
-        result = run_import(cfg, cfg.imports["orders"], env={"BENCH_SOURCE_URL": url})
-        seconds = time.perf_counter() - t0
-        cfg2 = _config(work / f"{kind}-traced.duckdb", table, batch_rows)
+        imported, seconds = _timed_import(target, work / f"{kind}.duckdb", table, batch_rows, url)
         tracemalloc.start()
-        run_import(cfg2, cfg2.imports["orders"], env={"BENCH_SOURCE_URL": url})
+        _timed_import(target, work / f"{kind}-traced.duckdb", table, batch_rows, url)
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
     finally:
         drop()
     return {
-        "rows": result.rows,
+        "rows": imported,
         "seconds": round(seconds, 2),
-        "rows_per_s": round(result.rows / seconds),
+        "rows_per_s": round(imported / seconds),
         "peak_python_mb": round(peak / 1e6, 1),
     }
 
@@ -128,12 +169,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--rows", type=int, default=200_000)
     p.add_argument("--batch-rows", type=int, default=10_000)
     p.add_argument("--sources", default="postgres,mysql")
+    p.add_argument("--target", choices=["duckdb", "postgres", "mysql"], default="duckdb", help="the warehouse")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    out: dict[str, Any] = {"rows": args.rows, "batch_rows": args.batch_rows}
+    out: dict[str, Any] = {"rows": args.rows, "batch_rows": args.batch_rows, "target": args.target}
     with tempfile.TemporaryDirectory(prefix="oceanus-bench-import-") as d:
         for kind in args.sources.split(","):
-            out[kind] = measure(kind, args.rows, args.batch_rows, Path(d))
+            out[kind] = measure(kind, args.rows, args.batch_rows, Path(d), args.target)
             log(f"{kind}: {out[kind]}")
     if args.json:
         print(json.dumps(out))

@@ -7,8 +7,9 @@ goes to aiosmtpd (STARTTLS, a fresh certificate), sheets to the local Sheets
 ``values.append`` server (tests/notifier/receivers.py; the receivers run in this
 process, not in the notifier's). One rule per kind matches every event pushed
 for it. For each kind in turn, N matched events are pushed at once as frames
-onto the stream's notify queue, as the collector writes them, and the kind is
-timed from the first frame to the last delivery: ``<kind>_per_s`` deliveries
+onto the stream's queue, as the collector writes them (the notifier's tap copies
+them to its own queue; no flusher runs), and the kind is timed from the first
+frame to the last delivery: ``<kind>_per_s`` deliveries
 per second. Latency is event received (the frame pushed: its events' receive
 time) -> the receiver holding the message, p50/p95: ``burst`` over those N (it
 includes the wait behind the rest of the burst), ``single`` over
@@ -184,7 +185,8 @@ def run(events: int, frame_rows: int, singles: int, kinds: tuple[str, ...]) -> d
         }
         client = redis.Redis.from_url(server.url)
         stream = cfg.streams["pageview"]
-        queue = Keys(cfg.redis.key_prefix).notify_queue("pageview")
+        # The event queue, where the collector pushes: the tap's interval is part of the latency.
+        queue = Keys(cfg.redis.key_prefix).queue("pageview")
         ids = EventIds()
 
         def frame(kind: str, n: int) -> tuple[bytes, float]:

@@ -2,9 +2,13 @@
 
 The same collector, the same beacon, two configs built from ``oceanus.toml``:
 ``none`` with every ``[rules.*]`` removed (no notify queue), and ``ten`` with
-ten rules on the ``pageview`` stream. Rules are evaluated by ``oceanus notify``,
-not by the collector, so their whole cost at the edge is the frame pushed to the
-stream's notify queue in the same round. Runs alternate (none, ten, none, ...)
+ten rules on the ``pageview`` stream, configured as a user would (``[rules.*]``
+tables with a ``log`` channel, in the config the collector is started with).
+Rules are evaluated by ``oceanus notify``, which copies a stream's frames from
+the event queue itself (its tap, notifier/tap.py): the collector's rounds are
+meant to be the same with or without rules, and this measures that they are.
+No notifier runs during the measurement (the tap reads Redis, not the
+collector). Runs alternate (none, ten, none, ...)
 so drift on a shared box hits both alike; the result is the median of each and
 their ratio (``ten_vs_none``; 1.0 = free).
 """

@@ -47,7 +47,7 @@ from collector.metrics import Metrics
 from collector.resp import RedisLink, pack
 from collector.spool import Record, Spool
 from oceanus.buffer import RECENT_ERRORS_MAX, STATS_TTL_S, Keys, encode_frame
-from oceanus.config import Config, rule_streams
+from oceanus.config import Config
 
 #: First wait before Redis is tried again after a failure, and the cap (seconds).
 RETRY_BASE_S = 0.1
@@ -105,10 +105,9 @@ class Pusher:
         self._spool = spool
         self._metrics = metrics
         self._keys = Keys(cfg.redis.key_prefix)
+        # Rules cost nothing here: the notifier copies a stream's frames from this queue itself
+        # (notifier/tap.py), so a round is the same with or without them.
         self._queue_keys = {name: self._keys.queue(name).encode() for name in cfg.streams}
-        # Streams with rules: their frames are pushed a second time, to the notifier's queue, in
-        # the same round (one more command per stream and round, nothing per event).
-        self._notify_keys = {name: self._keys.notify_queue(name).encode() for name in rule_streams(cfg)}
         self._max_events = cfg.collector.batch_max_events
         self._linger_s = cfg.collector.batch_linger_ms / 1000.0
         self._loop = asyncio.get_running_loop()
@@ -295,14 +294,6 @@ class Pusher:
     async def _push(self, frames: list[Record], with_stats: bool) -> list[Record]:
         """One round (one write, one reply per command); returns the frames Redis did not take."""
         commands = [pack(b"RPUSH", self._queue_key(stream), frame) for stream, frame in frames]
-        # The notify copies follow the queue pushes: reply i+len(frames) belongs to notified[i].
-        notified: list[int] = []
-        if self._notify_keys:
-            for i, (stream, frame) in enumerate(frames):
-                nkey = self._notify_keys.get(stream)
-                if nkey is not None:
-                    commands.append(pack(b"RPUSH", nkey, frame))
-                    notified.append(i)
         stats: dict[tuple[str, int], list[int]] = {}
         errors: list[bytes] = []
         if with_stats:
@@ -335,13 +326,7 @@ class Pusher:
             return frames
         self._metrics.push(time.perf_counter() - t0)
         # A refused RPUSH (WRONGTYPE, OOM, ...) is an error reply in its place: that frame goes to the spool.
-        # A frame either copy of which was refused is spooled whole and replayed to both queues: the
-        # flusher dedupes rows by event id, the notifier by its delivery keys.
-        bad = {i for i, r in zip(range(len(frames)), results, strict=False) if isinstance(r, Exception)}
-        for j, i in enumerate(notified):
-            if isinstance(results[len(frames) + j], Exception):
-                bad.add(i)
-        failed = [f for i, f in enumerate(frames) if i in bad] if bad else []
+        failed = [f for f, r in zip(frames, results, strict=False) if isinstance(r, Exception)]
         if failed:
             self._mark_down()
         else:

@@ -4,6 +4,7 @@ The life of a batch (keys from :class:`oceanus.buffer.Keys`)::
 
     P:q:{stream}  --claim (Lua: LRANGE+LTRIM+RPUSH+SADD+HSET)-->  P:inflight:{stream}:{owner}:{seq}
                                                                   + P:state:{that key} (batch id, sink state)
+                  (+ the frames the notifier's tap has not copied yet --> P:notify:q:{stream})
     written       --finish (MULTI: DEL+DEL+SREM [+RPUSH dead])-->  gone
     SIGTERM       --give back (Lua: RPOP+LPUSH loop)-->            head of P:q:{stream}, in order
     owner dead    --re-claim (Lua: RENAME x2, SREM+SADD)-->        P:inflight:{stream}:{me}:{seq}
@@ -25,6 +26,13 @@ the script is sent until the script failed or came back empty, or until the
 batch is finished or given back); an in-flight key of its own that it does not
 hold is an orphan like any other, and its own re-claim scan takes it back
 (``_RECLAIM_LUA`` with the liveness check waived for the caller's own keys).
+
+The flusher's claim and give-back also keep the notifier's tap counter
+(``P:notify:tapped:{stream}``, oceanus/buffer.py) true, in the same script as
+the change of the queue's head: a :class:`Claimer` built with ``notify_tap``
+does so for every stream, and copies to the notify queue the popped frames the
+tap had not reached for the streams named in it (those with rules). The
+notifier runs this same class over its own queues without ``notify_tap``.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -51,8 +59,14 @@ STATE_FRAMES = "_frames"
 #: Lua's unpack() is limited by the C stack (LUAI_MAXCSTACK = 8000); push in slices.
 LUA_PUSH_SLICE = 1000
 
-# KEYS: queue, inflight, index, state.  ARGV: max frames, batch id, now ms.
+# KEYS: queue, inflight, index, state [, tapped, notify queue].  ARGV: max frames, batch id,
+# now ms [, "1" to copy the frames the notifier's tap has not reached].
 # Returns the claimed frames (empty: nothing waiting, no key created).
+# With the two tap keys (the flusher's queues, never the notifier's own): the first `tapped`
+# frames of the queue are in the notify queue already; the popped frames past them are copied
+# there when the stream has rules, and the counter shrinks by what was popped (clamped to the
+# queue's length). `_tapped` records how many of this batch's frames the notify queue has,
+# for a give-back (oceanus/buffer.py, "Who changes P:notify:tapped").
 _CLAIM_LUA = """
 local n = tonumber(ARGV[1])
 local items = redis.call('LRANGE', KEYS[1], 0, n - 1)
@@ -64,6 +78,21 @@ end
 redis.call('LTRIM', KEYS[1], count, -1)
 redis.call('SADD', KEYS[3], KEYS[2])
 redis.call('HSET', KEYS[4], '_batch_id', ARGV[2], '_claimed_ms', ARGV[3], '_frames', count)
+if #KEYS == 6 then
+  local t = tonumber(redis.call('GET', KEYS[5]) or '0')
+  local copied = math.min(t, count)
+  if ARGV[4] == '1' then
+    for i = copied + 1, count, 1000 do
+      redis.call('RPUSH', KEYS[6], unpack(items, i, math.min(count, i + 999)))
+    end
+    copied = count
+  end
+  redis.call('HSET', KEYS[4], '_tapped', copied)
+  if t > 0 then
+    t = math.min(t - count, redis.call('LLEN', KEYS[1]))
+    if t > 0 then redis.call('SET', KEYS[5], t) else redis.call('DEL', KEYS[5]) end
+  end
+end
 return items
 """
 
@@ -85,11 +114,21 @@ redis.call('SADD', KEYS[3], KEYS[2])
 return redis.call('LRANGE', KEYS[2], 0, -1)
 """
 
-# KEYS: inflight, queue, index, state. Moves the frames back to the head of the
+# KEYS: inflight, queue, index, state [, tapped]. Moves the frames back to the head of the
 # queue keeping their order (last frame first, so the first ends up at the head).
+# With the tap counter: the batch's frames the notify queue has (`_tapped`, written by the
+# claim; absent: none) now lead the queue. All of them: the counter grows by the batch. Only
+# a prefix: that prefix is all the counter may claim (the tap copies the rest, and some frames
+# after them a second time: evaluated twice, never missed).
 _GIVE_BACK_LUA = """
 local moved = 0
 while redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT') do moved = moved + 1 end
+if #KEYS == 5 and moved > 0 then
+  local t = tonumber(redis.call('HGET', KEYS[4], '_tapped') or '0')
+  if t >= moved then t = moved + tonumber(redis.call('GET', KEYS[5]) or '0') end
+  t = math.min(t, redis.call('LLEN', KEYS[2]))
+  if t > 0 then redis.call('SET', KEYS[5], t) else redis.call('DEL', KEYS[5]) end
+end
 redis.call('DEL', KEYS[4])
 redis.call('SREM', KEYS[3], KEYS[1])
 return moved
@@ -161,8 +200,13 @@ class Claimer:
         *,
         dead_letter_max: int = _FLUSHER_DEFAULTS.dead_letter_max,
         dead_letter_ttl_s: float = _FLUSHER_DEFAULTS.dead_letter_ttl_s,
+        notify_tap: Collection[str] | None = None,
     ) -> None:
+        """``notify_tap``: None for queues no tap reads (the notifier's own); else the streams whose
+        claimed frames are copied to the notify queue when the tap has not yet (streams with rules),
+        the counter being kept for every stream."""
         self.client = client
+        self.notify_tap = None if notify_tap is None else frozenset(notify_tap)
         self.dead_letter_max = dead_letter_max
         self.dead_letter_ttl_s = max(1, int(dead_letter_ttl_s))
         self.keys = keys
@@ -215,13 +259,12 @@ class Claimer:
         key = self._next_key(stream)
         now_ms = int(time.time() * 1000)
         batch_id = key.rsplit(":", 2)[-2] + "-" + key.rsplit(":", 1)[-1]
-        frames = await self._run_holding(
-            key,
-            self._claim(
-                keys=[self.keys.queue(stream), key, self.keys.inflight_index(stream), self.keys.state(key)],
-                args=[max(1, max_frames), batch_id, now_ms],
-            ),
-        )
+        keys = [self.keys.queue(stream), key, self.keys.inflight_index(stream), self.keys.state(key)]
+        args: list[Any] = [max(1, max_frames), batch_id, now_ms]
+        if self.notify_tap is not None:
+            keys += [self.keys.notify_tapped(stream), self.keys.notify_queue(stream)]
+            args.append("1" if stream in self.notify_tap else "0")
+        frames = await self._run_holding(key, self._claim(keys=keys, args=args))
         if not frames:
             return None
         return Claim(stream, key, list(frames), batch_id, now_ms)
@@ -301,14 +344,15 @@ class Claimer:
 
     async def give_back(self, claim: Claim) -> int:
         """Return the frames to the head of the queue, in order (shutdown before the write)."""
-        moved = await self._give_back(
-            keys=[
-                claim.key,
-                self.keys.queue(claim.stream),
-                self.keys.inflight_index(claim.stream),
-                self.keys.state(claim.key),
-            ],
-        )
+        keys = [
+            claim.key,
+            self.keys.queue(claim.stream),
+            self.keys.inflight_index(claim.stream),
+            self.keys.state(claim.key),
+        ]
+        if self.notify_tap is not None:
+            keys.append(self.keys.notify_tapped(claim.stream))
+        moved = await self._give_back(keys=keys)
         self._held.discard(claim.key)
         return int(moved)
 

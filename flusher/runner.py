@@ -97,6 +97,8 @@ class Flusher:
             cfg.flusher.heartbeat_ttl_s,
             dead_letter_max=cfg.flusher.dead_letter_max,
             dead_letter_ttl_s=cfg.flusher.dead_letter_ttl_s,
+            # Streams with rules: a claimed frame the notifier's tap has not copied yet is copied by the claim.
+            notify_tap=config_mod.rule_streams(cfg),
         )
         self.metrics = FlusherMetrics()
         self.stopping = asyncio.Event()

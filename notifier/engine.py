@@ -1,7 +1,8 @@
 """Evaluation: claim frames from a stream's notify queue, match rules, write delivery jobs.
 
-Per claim (one round trip each)::
+Per stream and round (one round trip each)::
 
+    P:q:{stream} --tap (notifier.tap)--> P:notify:q:{stream}
     P:notify:q:{stream} --claim (flusher.claim.Claimer)--> in flight
         --decode, match--> RPUSH jobs / threshold script (one pipeline) --> finish (release the claim)
 
@@ -25,6 +26,7 @@ from notifier import jobs
 from notifier.keys import NotifyKeys
 from notifier.metrics import NotifyMetrics
 from notifier.rules import Predicate, compile_rule, cut, needed_fields
+from notifier.tap import Tap
 from oceanus.buffer import FrameError, decode_frame, event_id_time_ms
 from oceanus.config import Config, RuleConfig
 
@@ -76,6 +78,7 @@ class Evaluator:
             if rule.enabled:
                 self.by_stream.setdefault(rule.stream, []).append(Compiled(rule))
         self._threshold = client.register_script(_THRESHOLD_LUA)
+        self.tap = Tap(client, cfg.redis.key_prefix)
 
     @property
     def streams(self) -> list[str]:
@@ -174,9 +177,14 @@ class Evaluator:
         return 1
 
     async def round(self) -> int:
-        """Claim and evaluate once per stream (and orphans); returns the frames handled."""
+        """Tap, then claim and evaluate, once per stream; returns the frames handled.
+
+        The tap runs every round, so at least every ``notify.poll_s`` (the loop's idle wait):
+        that interval is what it adds to a notification's latency.
+        """
         handled = 0
         for stream in self.streams:
+            await self.tap.run(stream)
             claim = await self.claimer.claim(stream, self.cfg.notify.claim_frames)
             if claim is None:
                 continue

@@ -4,7 +4,11 @@ Claiming reuses :class:`flusher.claim.Claimer` over ``Keys(P:notify)``, so the
 frames' queue, in-flight batches and heartbeats are the flusher's shapes in a
 namespace of their own::
 
-    P:notify:q:{stream}                     LIST   frames copied by the collector (oceanus.buffer)
+    P:notify:q:{stream}                     LIST   frames copied from P:q:{stream} by the tap, or by the
+                                                   flusher's claim when the tap had not reached them
+    P:notify:tapped:{stream}                STRING how many frames at the head of P:q:{stream} are in
+                                                   P:notify:q:{stream} already (notifier/tap.py; who
+                                                   else changes it: oceanus/buffer.py)
     P:notify:inflight:{stream}:{owner}:{n}  LIST   frames being evaluated by one notifier
     P:notify:hb:{owner}                     STRING heartbeat of a notifier (TTL)
 

@@ -18,14 +18,38 @@ Keys (``P`` is ``redis.key_prefix``, default ``oceanus``)::
     P:recent-errors              LIST   newest first, capped at RECENT_ERRORS_MAX items; each
                                         item is JSON ``{"stream", "field", "rule", "at"}``
                                         (``at`` unix seconds) -- never the payload
-    P:notify:q:{stream}          LIST   the same frames again, for ``oceanus notify`` (RPUSH by
-                                        collectors, only for streams with rules; the notifier's
-                                        own keys live under ``P:notify:`` too, see notifier/keys.py)
+    P:notify:q:{stream}          LIST   the same frames again, for ``oceanus notify``: copied from
+                                        ``P:q:{stream}`` by the notifier's tap, or by the flusher's
+                                        claim for frames the tap had not reached (streams with rules
+                                        only; the notifier's own keys live under ``P:notify:`` too,
+                                        see notifier/keys.py)
+    P:notify:tapped:{stream}     STRING the tap counter ``N``: the first ``N`` frames at the head of
+                                        ``P:q:{stream}`` are in the notify queue already (absent = 0)
     P:notify:recent              LIST   newest first: the latest notifications and failures, JSON
                                         ``{"rule", "channel", "outcome", "at", "detail"}``
 
 Collectors write the stats and recent errors in the same pipeline as their
-RPUSH, once per micro-batch, never per event.
+RPUSH, once per micro-batch, never per event. Collectors know nothing of rules:
+a stream's frames reach the notifier without a second push at the edge.
+
+Who changes ``P:notify:tapped:{stream}`` (each in the same Lua script as the
+change of ``P:q:{stream}`` it accounts for, so the invariant "the first N frames
+of the queue were copied" holds between any two scripts):
+
+- the notifier's tap (notifier/tap.py) copies frames ``N..`` of the queue to the
+  notify queue and adds their count;
+- the flusher's claim (flusher/claim.py) pops ``n`` frames from the head: for a
+  stream with rules it copies those at positions ``>= N`` first (nothing is lost
+  while no notifier runs), and sets ``N = max(0, N - n)``; it records in the
+  claim's state hash (``_tapped``) how many of its frames are in the notify queue;
+- the flusher's give-back pushes a claimed batch back onto the head: ``N`` grows
+  by its size when all of it had been copied, else becomes the copied count
+  (a shorter prefix: some frames are evaluated twice, none is missed);
+- ``oceanus forget`` removing a frame from the copied prefix takes one off ``N``.
+
+Every writer clamps ``N`` to the queue's length. Appends to the tail
+(collectors, spool replay, ``oceanus dead replay``) leave ``N`` alone: the tap
+reaches them.
 
 Frame: one list item holds one collector micro-batch of one stream. Current
 format (written by :func:`encode_frame`)::
@@ -253,8 +277,13 @@ class Keys:
         return f"{self.prefix}:recent-errors"
 
     def notify_queue(self, stream: str) -> str:
-        """Frames of a stream with rules, copied for the notifier (``Keys(notify_prefix).queue``)."""
+        """Frames of a stream with rules, copied for the notifier by its tap or the flusher's claim
+        (``Keys(notify_prefix).queue``)."""
         return f"{self.notify_prefix()}:q:{stream}"
+
+    def notify_tapped(self, stream: str) -> str:
+        """How many frames at the head of :meth:`queue` the notify queue has (see the module docstring)."""
+        return f"{self.notify_prefix()}:tapped:{stream}"
 
     def notify_prefix(self) -> str:
         """The notifier's namespace: ``Keys(this)`` gives its queue, in-flight and heartbeat keys."""

@@ -1086,7 +1086,8 @@ def decode(raw: dict[str, Any], source: str = "") -> Config:
 
 
 def rule_streams(cfg: Config) -> tuple[str, ...]:
-    """Streams with at least one enabled rule: the collector copies their frames to the notify queue."""
+    """Streams with at least one enabled rule: the notifier taps their queues, and the flusher's claim
+    copies the frames the tap has not reached yet (notifier/tap.py)."""
     return tuple(sorted({r.stream for r in cfg.rules.values() if r.enabled}))
 
 

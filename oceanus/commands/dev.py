@@ -407,7 +407,7 @@ class Stack:
 
         wait_until(flusher, flusher_ready, FLUSHER_READY_TIMEOUT_S, "flusher", self.stop)
         if self.cfg.rules:
-            # Before the collector: the notify queue it fills has a consumer from the first event on.
+            # Before the collector: its tap reads the event queues from the first event on.
             notify_port = free_port()
             notifier = self.notifier = Child(
                 "notify",

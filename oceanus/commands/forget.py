@@ -49,13 +49,22 @@ FORGETTABLE_TYPES = frozenset({"string", "int", "bool"})
 #: Server columns that identify a person.
 FORGETTABLE_SERVER_COLUMNS = frozenset({"ip"})
 
-# KEYS: list.  ARGV: the item's exact bytes, its replacement ('' = remove it).
-# Returns 1 when done, 0 when the item is no longer in the list (claimed meanwhile).
+# KEYS: list [, the notifier's tap counter of that list].  ARGV: the item's exact bytes, its
+# replacement ('' = remove it). Returns 1 when done, 0 when the item is no longer in the list
+# (claimed meanwhile). Removing an item of the prefix the tap copied shortens that prefix by one
+# (oceanus/buffer.py, "Who changes P:notify:tapped"); a replacement keeps every position.
 _REPLACE_LUA = """
 local i = redis.call('LPOS', KEYS[1], ARGV[1])
 if not i then return 0 end
 if ARGV[2] == '' then
   redis.call('LREM', KEYS[1], 1, ARGV[1])
+  if #KEYS == 2 then
+    local t = tonumber(redis.call('GET', KEYS[2]) or '0')
+    if i < t then
+      t = math.min(t - 1, redis.call('LLEN', KEYS[1]))
+      if t > 0 then redis.call('SET', KEYS[2], t) else redis.call('DEL', KEYS[2]) end
+    end
+  end
 else
   redis.call('LSET', KEYS[1], i, ARGV[2])
 end
@@ -142,7 +151,7 @@ def forget_buffered(client: redis.Redis, keys: Keys, stream: str, field: str, wa
     # is deleted from the warehouse afterwards).
     for item in _items(client, queue):
         dropped, rest = _scrub_frame(item, field, wanted)
-        if rest is not None and replace(keys=[queue], args=[item, rest]):
+        if rest is not None and replace(keys=[queue, keys.notify_tapped(stream)], args=[item, rest]):
             report.queued += dropped
     dead = keys.dead(stream)
     for item in _items(client, dead):

@@ -27,7 +27,9 @@ def pageview(evt: str, sid: str = "ab12", **fields: Any) -> dict[str, Any]:
 
 
 def push(client: redis.Redis, cfg: config.Config, stream: str, events: list[dict[str, Any]]) -> list[str]:
-    """One frame of ``events`` onto the stream's notify queue, as the collector writes it; the event ids."""
+    """One frame of ``events`` onto the stream's queue, as the collector writes it; the event ids.
+
+    The notifier's tap copies it to the notify queue (no flusher runs in these tests)."""
     columns = cfg.streams[stream].columns
     rows, ids = [], []
     for ev in events:
@@ -42,5 +44,5 @@ def push(client: redis.Redis, cfg: config.Config, stream: str, events: list[dict
             **ev,
         }
         rows.append([values.get(c) for c in columns])
-    client.rpush(Keys(cfg.redis.key_prefix).notify_queue(stream), encode_frame(columns, rows))
+    client.rpush(Keys(cfg.redis.key_prefix).queue(stream), encode_frame(columns, rows))
     return ids

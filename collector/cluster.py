@@ -184,6 +184,8 @@ class ClusterLink:
         Error replies and per-node failures come back in their commands' places as exception
         instances; only a round none of whose commands reached a node raises (``OSError``).
         """
+        if not commands:
+            return []  # nothing to route: no reason to reach a node
         if self._stale or self._slots is None:
             await self.refresh()
         slots = self._slots
@@ -217,7 +219,7 @@ class ClusterLink:
                 self._send(commands, moved, results, asking=False), self._send(commands, asked, results, asking=True)
             )
 
-        if commands and all(isinstance(r, OSError) for r in results):
+        if all(isinstance(r, OSError) for r in results):
             raise results[0]
         return results
 

@@ -368,3 +368,28 @@ def test_a_decimal_wider_than_the_warehouse_is_refused_naming_it(target: Warehou
     assert str(info.value).startswith(
         f"imports.users.columns: column `wide` is numeric(70,5); {server}'s DECIMAL holds {digits}"
     )
+
+
+def test_the_table_follows_the_allowed_columns_and_a_type_change_is_refused(target: Warehouse, pg_shop: ShopDB) -> None:
+    """prepare is idempotent; a newly allowed column is added (NULL in rows imported before it); one left out
+    again leaves the view; a column whose source type changed stops the run, naming it."""
+    pg_shop.create_users()
+    pg_shop.fill(1, 30)
+    few = ("id", "updated_at", "occupation")
+    more = (*few, "points")
+    cfg = target.config(pg_shop, columns=few)
+    assert _run(cfg, pg_shop) == (30, 0)
+    assert _run(cfg, pg_shop) == (0, 0)
+    pg_shop.execute(f"UPDATE {pg_shop.table} SET updated_at = updated_at + INTERVAL '1 day' WHERE id <= 10")
+    cfg = target.config(pg_shop, columns=more)
+    assert _run(cfg, pg_shop) == (10, 0)
+    points = [p for _id, p in read(cfg, "SELECT id, points FROM users_latest ORDER BY id")]
+    assert [p is None for p in points] == [False] * 10 + [True] * 20
+    cfg = target.config(pg_shop, columns=few)
+    assert _run(cfg, pg_shop) == (0, 0)
+    assert sorted(c for t, c in column_names(cfg) if t == "users_latest") == sorted((*few, "_imported_at"))
+    assert_same(pg_shop, cfg, columns=few)
+    pg_shop.execute(f"ALTER TABLE {pg_shop.table} ALTER COLUMN points TYPE numeric(14,3)")
+    cfg = target.config(pg_shop, columns=more)
+    with pytest.raises(SourceError, match=r"^imports\.users\.columns: column `points`: the table \S*users stores "):
+        run_import(cfg, cfg.imports["users"], env={URL_ENV: pg_shop.url})

@@ -264,7 +264,7 @@ async def test_a_killed_master_fails_only_its_share_until_its_replica_is_promote
 async def test_wait_one_replica(redis_cluster: RedisCluster) -> None:
     masters = redis_cluster.masters()
     keys = [redis_cluster.key_on(m) for m in masters]
-    link = ClusterLink(redis_cluster.url, 2.0, wait_replicas=1, wait_timeout_ms=200)
+    link = ClusterLink(redis_cluster.url, 2.0, wait_replicas=1, wait_timeout_ms=500)
     try:
         assert await link.round([pack("RPUSH", k, b"a") for k in keys]) == [1, 1, 1]
         replica = redis_cluster.replica_of(masters[0])

@@ -4,7 +4,8 @@ Each node is a ``redis-server --cluster-enabled yes`` child with its own directo
 (nodes.conf, AOF with ``appendfsync always``, log). ``redis-cli --cluster create``
 assigns the slots and the replicas; readiness is then polled, never slept for:
 every live node must report ``cluster_state:ok`` with all 16384 slots served, know
-every node with no failure flag, and every replica's link to its master must be up.
+every node with no failure flag and no half-done migration, and every master must have
+its replica attached and in step (``WAIT`` answers at once).
 
 Creating one costs a few seconds, so the fixture is shared by a session and each
 test gets it healthy and empty. A test that kills, pauses or migrates restores a
@@ -285,6 +286,10 @@ class RedisCluster:
             repl = n.info("replication")
             if n.port in masters:
                 if repl.get("role") != "master" or repl.get("connected_slaves") != str(self.replicas):
+                    return False
+                # Attached is not yet in step: after a full sync the master streams only once the
+                # replica's first ack arrives (up to a second later), and until then WAIT counts 0.
+                if n.command("WAIT", self.replicas, 100) != self.replicas:
                     return False
             elif repl.get("role") != "slave" or repl.get("master_link_status") != "up":
                 return False

@@ -273,8 +273,9 @@ class ClusterLink:
     async def refresh(self) -> None:
         """Reload the slot map from the first node that answers ``CLUSTER SHARDS``.
 
-        Masters known to answer are asked first, then the seeds. Raises ``ConnectionError``
-        when none answers.
+        The masters of the current map are asked first, then the seeds; a master that hangs
+        rather than refuses costs up to ``timeout_s`` before the next is asked. Raises
+        ``ConnectionError`` when none answers.
         """
         tried: list[str] = []
         known = [] if self._slots is None else list(dict.fromkeys(n for n in self._slots if n is not None))

@@ -393,3 +393,33 @@ def test_the_table_follows_the_allowed_columns_and_a_type_change_is_refused(targ
     cfg = target.config(pg_shop, columns=more)
     with pytest.raises(SourceError, match=r"^imports\.users\.columns: column `points`: the table \S*users stores "):
         run_import(cfg, cfg.imports["users"], env={URL_ENV: pg_shop.url})
+
+
+@pytest.mark.parametrize("target", ["postgres", "mysql"], indirect=True)
+def test_an_import_name_is_refused_past_the_servers_name_length(target: Warehouse, pg_shop: ShopDB) -> None:
+    """``<name>_latest`` at the server's limit (PostgreSQL 63 bytes, which it would cut silently; MySQL 64)
+    is made whole; one character more is refused before anything is written, naming the import."""
+    from oceanus import config
+    from oceanus.errors import ConfigError
+
+    pg_shop.create_users()
+    pg_shop.fill(1, 5)
+    limit = 63 if target.kind == "postgres" else 64
+    for length, ok in ((limit - len("_latest"), True), (limit - len("_latest") + 1, False)):
+        name = "u" * length
+        cfg = config.loads(
+            target.toml(pg_shop, columns=("id", "updated_at")).replace("[imports.users]", f"[imports.{name}]")
+        )
+        if ok:
+            result = run_import(cfg, cfg.imports[name], env={URL_ENV: pg_shop.url})
+            assert result.rows == 5
+            assert read(cfg, f"SELECT count(*) FROM {name}_latest") == [(5,)]
+            continue
+        with pytest.raises(ConfigError) as info:
+            run_import(cfg, cfg.imports[name], env={URL_ENV: pg_shop.url})
+        server = "PostgreSQL" if target.kind == "postgres" else "MySQL"
+        assert str(info.value) == (
+            f"imports.{name}: {server} names are at most {limit} characters and the view {name}_latest would be "
+            "longer; shorten the import's name"
+        )
+        assert name not in {n.lower() for n in relations(cfg)}

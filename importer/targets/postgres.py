@@ -92,7 +92,12 @@ class PostgresTarget:
         self.state_table = self._prefix + _q(STATE_TABLE)
         try:
             with self.conn.transaction():
-                self.conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_q(self.schema)}".encode())
+                # Only when missing: CREATE SCHEMA wants the database's CREATE privilege even with IF NOT EXISTS.
+                if (
+                    self.conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,)).fetchone()
+                    is None
+                ):
+                    self.conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_q(self.schema)}".encode())
                 self.conn.execute(
                     (
                         f"CREATE TABLE IF NOT EXISTS {self.state_table} (name text PRIMARY KEY, watermark text, "

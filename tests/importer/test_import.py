@@ -423,3 +423,26 @@ def test_an_import_name_is_refused_past_the_servers_name_length(target: Warehous
             "longer; shorten the import's name"
         )
         assert name not in {n.lower() for n in relations(cfg)}
+
+
+@pytest.mark.parametrize("target", ["postgres"], indirect=True)
+def test_a_role_limited_to_its_schema_can_import(
+    target: Warehouse, pg_shop: ShopDB, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The warehouse role may create tables in the sink's schema but not schemas in the database."""
+    assert target.sql is not None
+    schema = target.sql.name
+    role = f"oc_writer_{schema[3:]}"
+    pg_shop.create_users()
+    pg_shop.fill(1, 20)
+    target.sql.execute(f"CREATE SCHEMA {schema}")
+    target.sql.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        target.sql.execute(f"GRANT USAGE, CREATE ON SCHEMA {schema} TO {role}")
+        monkeypatch.setenv("OCEANUS_PG_URL", target.sql.url().replace("postgres@", f"{role}@"))
+        cfg = target.config(pg_shop)
+        assert _run(cfg, pg_shop) == (20, 0)
+        assert_same(pg_shop, cfg)
+    finally:
+        target.sql.execute(f"DROP OWNED BY {role}")
+        target.sql.execute(f"DROP ROLE {role}")

@@ -63,7 +63,10 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
         ],
         ["tests/collector/test_pusher_drain.py"],
     ),
-    "flusher/worker.py": (["tests/flusher/test_runner.py"], ["tests/flusher/test_poison.py"]),
+    "flusher/worker.py": (
+        ["tests/flusher/test_worker_pinned.py", "tests/flusher/test_runner.py"],
+        ["tests/flusher/test_poison.py"],
+    ),
     "flusher/runner.py": (
         ["tests/flusher/test_runner_pinned.py", "tests/flusher/test_runner.py", "tests/oceanus/test_discovery.py"],
         ["tests/flusher/test_lost_replies.py", "tests/flusher/test_process.py", "tests/flusher/test_admin.py"],

@@ -325,7 +325,10 @@ class PostgresSink:
         with self._lock:
             try:
                 conn = self._connection()
-                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(_q(self.schema)))
+                # Only when missing: CREATE SCHEMA wants the database's CREATE privilege even with IF NOT
+                # EXISTS, which a role granted only its own schema does not have.
+                if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,)).fetchone() is None:
+                    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(_q(self.schema)))
                 plans = [(s, self._plan(conn, s)) for s in streams]  # refuse before changing anything
                 changes: list[str] = []
                 for stream, (create, added) in plans:

@@ -62,14 +62,18 @@ def _decimal(value: Any) -> Decimal:
 
 class SQLiteSource:
     def __init__(self, url: str) -> None:
-        path = Path(url.split("://", 1)[1])
-        if not path.is_absolute():
-            raise SourceError(f"the SQLite URL must name an absolute path (sqlite:////path/shop.db), not {path}")
+        rest = url.split("://", 1)[1]
+        if not rest.startswith("/"):
+            raise SourceError(f"the SQLite URL must name an absolute path (sqlite:///path/shop.db), not {rest}")
+        # sqlite:///abs and SQLAlchemy's sqlite:////abs both name /abs ("//abs" would be read as a URI authority).
+        path = Path("/" + rest.lstrip("/"))
         if not path.exists():
             raise SourceError(f"no SQLite database at {path} (oceanus demo --shop writes one)")
         try:
             # Read-only: an import never changes its source.
-            self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+            self.conn = sqlite3.connect(
+                f"{path.as_uri()}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+            )
         except sqlite3.Error as exc:
             raise SourceError(f"cannot open the SQLite source {path}: {exc}") from None
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from flusher.sinks import make_sink
 from flusher.sinks.base import Batch
 from flusher.sinks.postgres import PostgresSink, partition_name
 from oceanus.errors import ConfigError, Reason, TransientError
@@ -15,6 +16,7 @@ from tests.flusher.helpers import NoState, make_rows
 from tests.flusher.sql_sink_cases import (  # noqa: F401 - the shared cases, collected here
     batch_of,
     open_sink,
+    sink_config,
     test_a_real_deadlock_is_transient,
     test_a_refusal_in_a_connections_first_write_leaves_the_next_writes_working,
     test_a_row_the_server_refuses_is_found_and_the_rest_written,
@@ -244,3 +246,29 @@ def test_a_day_partition_dropped_under_the_sink_is_made_again(
     result = sink.write(Batch(stream=stream, batch_id="b", columns=stream.columns, rows=rows), NoState())
     assert result.rejected == ()
     assert [n for _e, n in wh.rows("SELECT event_id, n FROM {s}.pv ORDER BY n")] == [0, 1, 2, 3]
+
+
+def test_a_role_limited_to_its_schema_can_make_the_tables(
+    wh: SqlWarehouse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A role granted only its own schema (no CREATE on the database) makes the tables and writes.
+
+    PostgreSQL refuses ``CREATE SCHEMA IF NOT EXISTS`` to such a role even when the schema exists."""
+    role = f"oc_sink_{wh.name[3:]}"
+    wh.execute("CREATE SCHEMA {s}")
+    wh.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        wh.execute(f"GRANT USAGE, CREATE ON SCHEMA {{s}} TO {role}")
+        for key, value in wh.env().items():
+            monkeypatch.setenv(key, value.replace("postgres@", f"{role}@"))
+        cfg = sink_config(wh, tmp_path)
+        s = make_sink(cfg)
+        try:
+            s.ensure_tables(list(cfg.streams.values()))
+            b = batch_of(wh, tmp_path, [])
+            assert s.write(batch_of(wh, tmp_path, make_rows(b.stream, 3)), NoState()).written == 3
+        finally:
+            s.close()
+    finally:
+        wh.execute(f"DROP OWNED BY {role}")
+        wh.execute(f"DROP ROLE {role}")

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -17,8 +19,9 @@ from flusher.claim import Claimer
 from flusher.runner import Flusher
 from flusher.sinks.base import Batch, WriteResult, WriteState
 from flusher.sinks.duckdb import DuckDBSink
-from oceanus.buffer import Keys
-from tests.flusher.helpers import make_config, push_frames
+from oceanus.buffer import EventIds, Keys, encode_frame
+from oceanus.config import Config
+from tests.flusher.helpers import make_config, make_rows, push_frames
 from tests.support.servers import RedisServer, free_port
 
 
@@ -102,6 +105,129 @@ def test_a_reclaimed_batch_written_with_nothing_queued_leaves_the_batch_size(
             await asyncio.wait_for(task, 10)
             assert worker.controller.target_rows == 10
         finally:
+            await f.close()
+
+    asyncio.run(body())
+
+
+async def _until(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    deadline = time.monotonic() + 20
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+class _Gated(DuckDBSink):
+    """Holds every write until the test opens the gate."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg)
+        self.gate = threading.Event()
+
+    def write(self, batch: Batch, state: WriteState) -> WriteResult:
+        if not self.gate.wait(20):
+            raise AssertionError("the test never opened the gate")
+        return super().write(batch, state)
+
+
+def test_exactly_one_full_batch_waiting_is_claimed_ahead(redis_server: RedisServer, tmp_path: Path) -> None:
+    cfg = make_config(redis_server.url, tmp_path / "w.duckdb")
+    # Two frames of 10 rows, min_rows 10: the first claim takes one frame, and then exactly
+    # one full batch (one frame) waits.
+    push_frames(redis_server.client(), Keys(cfg.redis.key_prefix), cfg.streams["pv"], frames=2, rows_per_frame=10)
+    sink = _Gated(cfg)
+
+    async def body() -> None:
+        f = Flusher(cfg, sink)
+        worker = f.workers["pv"]
+        task = asyncio.create_task(worker.run())
+        try:
+
+            async def ahead_done() -> bool:
+                return worker.ahead is not None and worker.ahead.done()
+
+            await _until(ahead_done, "the claim ahead")
+            assert worker.ahead is not None
+            assert worker.ahead.result() is not None
+        finally:
+            f.stopping.set()
+            sink.gate.set()
+            await asyncio.wait_for(task, 10)
+            await f.close()
+
+    asyncio.run(body())
+
+
+class _PrepareFails(DuckDBSink):
+    def prepare(self, batch: Batch) -> Batch:
+        raise RuntimeError("prepare broke")
+
+
+def test_a_failed_prepare_is_logged_with_its_traceback_and_the_batch_written(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    cfg = make_config(redis_server.url, tmp_path / "w.duckdb")
+    push_frames(redis_server.client(), Keys(cfg.redis.key_prefix), cfg.streams["pv"], frames=1, rows_per_frame=5)
+
+    async def body() -> None:
+        f = Flusher(cfg, _PrepareFails(cfg))
+        task = asyncio.create_task(f.workers["pv"].run())
+        try:
+
+            async def written() -> bool:
+                return f.metrics.registry.get_sample_value("oceanus_rows_written_total", {"stream": "pv"}) == 5
+
+            await _until(written, "the unprepared batch written")
+        finally:
+            f.stopping.set()
+            await asyncio.wait_for(task, 10)
+            await f.close()
+
+    with caplog.at_level(logging.WARNING, logger="oceanus.flusher"):
+        asyncio.run(body())
+    (record,) = [r for r in caplog.records if "it is written unprepared" in r.getMessage()]
+    assert record.exc_info is not None
+    assert str(record.exc_info[1]) == "prepare broke"
+
+
+def test_a_partial_batch_lingers_on_the_age_of_its_oldest_frame(redis_server: RedisServer, tmp_path: Path) -> None:
+    cfg = make_config(redis_server.url, tmp_path / "w.duckdb")
+    stream = cfg.streams["pv"]
+    keys = Keys(cfg.redis.key_prefix)
+    client = redis_server.client()
+    # First a batch of one one-row frame, so the worker knows frames hold one row and wants 10.
+    push_frames(client, keys, stream, frames=1, rows_per_frame=1)
+    ids = EventIds()
+    now_ns = time.time_ns()
+    head, tail = make_rows(stream, 2, start=1)
+    head[0] = ids.new(now_ns - 10 * 10**9)  # arrived 10 s ago: past the 0.5 s linger
+    tail[0] = ids.new(now_ns + 60 * 10**9)  # the newest frame's time is no reason to wait
+
+    async def body() -> None:
+        f = Flusher(cfg, DuckDBSink(cfg))
+        task = asyncio.create_task(f.workers["pv"].run())
+
+        def rows_written() -> float | None:
+            return f.metrics.registry.get_sample_value("oceanus_rows_written_total", {"stream": "pv"})
+
+        try:
+
+            async def first() -> bool:
+                return rows_written() == 1
+
+            await _until(first, "the first batch")
+            assert f.workers["pv"].controller.frames_to_claim() == 10
+            client.rpush(keys.queue("pv"), encode_frame(stream.columns, [head]), encode_frame(stream.columns, [tail]))
+            t0 = time.monotonic()
+
+            async def both() -> bool:
+                return rows_written() == 3
+
+            await _until(both, "the partial batch claimed")
+            assert time.monotonic() - t0 < 5.0
+        finally:
+            f.stopping.set()
+            await asyncio.wait_for(task, 10)
             await f.close()
 
     asyncio.run(body())

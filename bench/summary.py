@@ -45,6 +45,12 @@ HEADLINES: dict[str, list[tuple[str, str]]] = {
         ("collector rps, ten rules", "ten_rps"),
         ("ten rules vs none", "ten_vs_none"),
     ],
+    "notify": [
+        ("log single p95 ms (received -> delivered)", "log_single_p95_ms"),
+        ("webhook single p95 ms (received -> delivered)", "webhook_single_p95_ms"),
+        ("webhook burst p95 ms", "webhook_burst_p95_ms"),
+        ("webhook deliveries/s", "webhook_per_s"),
+    ],
     "pipeline": [("sustained events/s", "events_per_s"), ("fraction of collector alone", "fraction_of_collector")],
 }
 

@@ -252,6 +252,16 @@ EQUIVALENT: dict[str, dict[str, str]] = {
             for d in ("1 -> 2", "1 -> 0")
         },
     },
+    "flusher/worker.py": {
+        **{
+            f"{d} @ written = 0": "overwritten by _write_part's result, or never read: a give-back returns first"
+            for d in ("0 -> 1", "0 -> -1")
+        },
+        "1 -> 0 @ if len(batch.rows) > 1 and root.get(_split_key(batch)) is not None:": (
+            "a split is recorded only for parts of two rows or more (a re-claim has the same rows), so a part"
+            " of one row or none never finds one"
+        ),
+    },
     "collector/resp.py": {
         **{
             f"{d} @ self.expected = 0": (

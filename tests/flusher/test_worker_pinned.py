@@ -21,12 +21,18 @@ from flusher.sinks.base import Batch, WriteResult, WriteState
 from flusher.sinks.duckdb import DuckDBSink
 from oceanus.buffer import EventIds, Keys, encode_frame
 from oceanus.config import Config
-from tests.flusher.helpers import make_config, make_rows, push_frames
+from tests.flusher.helpers import STREAMS_TOML, make_config, make_rows, push_frames
+from tests.support.outageproxy import OutageProxy
 from tests.support.servers import RedisServer, free_port
 
 
-async def _pauses(f: Flusher, caplog: pytest.LogCaptureFixture, pattern: str, count: int) -> list[str]:
-    """Run the `pv` worker until it logged ``count`` pauses matching ``pattern``; their durations."""
+async def _pauses(
+    f: Flusher, caplog: pytest.LogCaptureFixture, pattern: str, count: int, heal: Callable[[], None] = lambda: None
+) -> list[str]:
+    """Run the `pv` worker until it logged ``count`` pauses matching ``pattern``; their durations.
+
+    ``heal`` ends the fault before the worker is stopped, for a loop that stops only on success.
+    """
     task = asyncio.create_task(f.workers["pv"].run())
     deadline = time.monotonic() + 20
     try:
@@ -37,6 +43,7 @@ async def _pauses(f: Flusher, caplog: pytest.LogCaptureFixture, pattern: str, co
             assert time.monotonic() < deadline, f"only {got} after 20 s"
             await asyncio.sleep(0.01)
     finally:
+        heal()
         f.stopping.set()
         await asyncio.wait_for(task, 10)
 
@@ -231,3 +238,112 @@ def test_a_partial_batch_lingers_on_the_age_of_its_oldest_frame(redis_server: Re
             await f.close()
 
     asyncio.run(body())
+
+
+def test_a_batch_written_and_released_logs_no_warning(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    cfg = make_config(redis_server.url, tmp_path / "w.duckdb")
+    push_frames(redis_server.client(), Keys(cfg.redis.key_prefix), cfg.streams["pv"], frames=1, rows_per_frame=5)
+
+    async def body() -> None:
+        f = Flusher(cfg, DuckDBSink(cfg))
+        task = asyncio.create_task(f.workers["pv"].run())
+        try:
+
+            async def released() -> bool:
+                written = f.metrics.registry.get_sample_value("oceanus_rows_written_total", {"stream": "pv"})
+                return written == 5 and not await f.aredis.scard(f.keys.inflight_index("pv"))
+
+            await _until(released, "the batch written and released")
+        finally:
+            f.stopping.set()
+            await asyncio.wait_for(task, 10)
+            await f.close()
+
+    with caplog.at_level(logging.WARNING, logger="oceanus.flusher"):
+        asyncio.run(body())
+    assert [r.getMessage() for r in caplog.records if r.name == "oceanus.flusher"] == []
+
+
+def test_a_release_redis_refuses_is_retried_doubling_from_0_2_s(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    proxy = OutageProxy(redis_server.port).start()
+    cfg = make_config(proxy.url, tmp_path / "w.duckdb")
+    push_frames(redis_server.client(), Keys(cfg.redis.key_prefix), cfg.streams["pv"], frames=1, rows_per_frame=5)
+
+    class GoesDownAfterWriting(DuckDBSink):
+        def write(self, batch: Batch, state: WriteState) -> WriteResult:
+            result = super().write(batch, state)
+            proxy.down()  # the rows are stored; Redis goes away before the release
+            return result
+
+    async def body() -> list[str]:
+        f = Flusher(cfg, GoesDownAfterWriting(cfg))
+        try:
+            pattern = r"^stream pv: cannot release batch \S+, retrying in ([0-9.]+)s: "
+            got = await _pauses(f, caplog, pattern, 3, heal=proxy.up)
+            # Released once Redis is back: the rows are not written a second time.
+            assert not await f.aredis.scard(f.keys.inflight_index("pv"))
+            return got
+        finally:
+            await f.close()
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="oceanus.flusher"):
+            assert asyncio.run(body()) == ["0.2", "0.4", "0.8"]
+    finally:
+        proxy.stop()
+
+
+SMALL_BATCHES = STREAMS_TOML.replace(
+    "batch = { max_rows = 5000, min_rows = 10, max_wait_s = 1.0 }",
+    "batch = { max_rows = 10, min_rows = 5, max_wait_s = 1.0 }",
+)
+
+
+class _Recording(DuckDBSink):
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg)
+        self.calls: list[tuple[str, list[int]]] = []
+
+    def write(self, batch: Batch, state: WriteState) -> WriteResult:
+        n = batch.columns.index("n")
+        self.calls.append((batch.batch_id, [r[n] for r in batch.rows]))
+        return super().write(batch, state)
+
+
+@pytest.mark.parametrize("rows", [25, 10])
+def test_a_claim_over_max_rows_is_written_in_slices_of_max_rows(
+    redis_server: RedisServer, tmp_path: Path, rows: int
+) -> None:
+    assert "max_rows = 10," in SMALL_BATCHES
+    cfg = make_config(redis_server.url, tmp_path / "w.duckdb", SMALL_BATCHES)
+    push_frames(redis_server.client(), Keys(cfg.redis.key_prefix), cfg.streams["pv"], frames=1, rows_per_frame=rows)
+    sink = _Recording(cfg)
+
+    async def body() -> None:
+        f = Flusher(cfg, sink)
+        task = asyncio.create_task(f.workers["pv"].run())
+        try:
+
+            async def written() -> bool:
+                return f.metrics.registry.get_sample_value("oceanus_rows_written_total", {"stream": "pv"}) == rows
+
+            await _until(written, "every row written")
+        finally:
+            f.stopping.set()
+            await asyncio.wait_for(task, 10)
+            await f.close()
+
+    asyncio.run(body())
+    (batch_id,) = {c[0].split(".")[0] for c in sink.calls}
+    if rows == 10:  # exactly max_rows: one write of the batch itself
+        assert sink.calls == [(batch_id, list(range(10)))]
+    else:
+        assert sink.calls == [
+            (f"{batch_id}.p0", list(range(10))),
+            (f"{batch_id}.p1", list(range(10, 20))),
+            (f"{batch_id}.p2", list(range(20, 25))),
+        ]

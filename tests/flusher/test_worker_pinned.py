@@ -5,6 +5,7 @@ error and after an unexpected failure, read from what the worker logs (one line 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import threading
@@ -21,6 +22,7 @@ from flusher.sinks.base import Batch, WriteResult, WriteState
 from flusher.sinks.duckdb import DuckDBSink
 from oceanus.buffer import EventIds, Keys, encode_frame
 from oceanus.config import Config
+from oceanus.errors import PayloadTooLarge
 from tests.flusher.helpers import STREAMS_TOML, make_config, make_rows, push_frames
 from tests.support.outageproxy import OutageProxy
 from tests.support.servers import RedisServer, free_port
@@ -347,3 +349,50 @@ def test_a_claim_over_max_rows_is_written_in_slices_of_max_rows(
             (f"{batch_id}.p1", list(range(10, 20))),
             (f"{batch_id}.p2", list(range(20, 25))),
         ]
+
+
+def test_a_single_row_too_large_for_the_sink_is_a_dead_letter_naming_the_limit(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    cfg = make_config(redis_server.url, tmp_path / "w.duckdb")
+    keys = Keys(cfg.redis.key_prefix)
+    push_frames(redis_server.client(), keys, cfg.streams["pv"], frames=1, rows_per_frame=4)
+
+    class RowThreeTooLarge(_Recording):
+        def write(self, batch: Batch, state: WriteState) -> WriteResult:
+            n = batch.columns.index("n")
+            if any(r[n] == 3 for r in batch.rows):
+                self.calls.append((batch.batch_id, [r[n] for r in batch.rows]))
+                raise PayloadTooLarge("HTTP 413 request too large (injected)")
+            return super().write(batch, state)
+
+    sink = RowThreeTooLarge(cfg)
+
+    async def body() -> None:
+        f = Flusher(cfg, sink)
+        task = asyncio.create_task(f.workers["pv"].run())
+        try:
+
+            async def released() -> bool:
+                written = f.metrics.registry.get_sample_value("oceanus_rows_written_total", {"stream": "pv"})
+                return written == 3 and not await f.aredis.scard(f.keys.inflight_index("pv"))
+
+            await _until(released, "the batch released")
+        finally:
+            f.stopping.set()
+            await asyncio.wait_for(task, 10)
+            await f.close()
+
+    asyncio.run(body())
+    (batch_id,) = {c[0].split(".")[0] for c in sink.calls}
+    assert [(c[0].removeprefix(batch_id), c[1]) for c in sink.calls] == [
+        ("", [0, 1, 2, 3]),
+        (".a", [0, 1]),
+        (".b", [2, 3]),
+        (".b.a", [2]),
+        (".b.b", [3]),
+    ]
+    (dead,) = redis_server.client().lrange(keys.dead("pv"), 0, -1)
+    letter = json.loads(dead)
+    assert letter["reason"] == "too large for the sink: HTTP 413 request too large (injected)"
+    assert letter["row"]["n"] == 3

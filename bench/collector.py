@@ -152,8 +152,10 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def wrk(url: str, seconds: float, connections: int, threads: int) -> dict[str, Any]:
-    """Run wrk against ``url`` (loopback only); parse rps, p99, 2xx count."""
+def wrk(url: str, seconds: float, connections: int, threads: int, script: Path | None = None) -> dict[str, Any]:
+    """Run wrk against ``url`` (loopback only); parse rps, p99, 2xx count. ``script``: a wrk Lua script
+    (its ``request()`` builds each request, e.g. bench/pipeline.py's unique markers and pacing); what it
+    prints is in ``output``, wrk's whole stdout."""
     if not url.startswith("http://127.0.0.1:"):
         raise ValueError("load is only ever sent to loopback")
     out = subprocess.run(
@@ -167,6 +169,7 @@ def wrk(url: str, seconds: float, connections: int, threads: int) -> dict[str, A
             "5s",
             "-H",
             f"User-Agent: {USER_AGENT}",
+            *(["-s", str(script)] if script is not None else []),
             url,
         ],
         capture_output=True,
@@ -188,6 +191,7 @@ def wrk(url: str, seconds: float, connections: int, threads: int) -> dict[str, A
         "non2xx": non2xx,
         "p99_ms": p99,
         "socket_errors": errors.group(1) if errors else "",
+        "output": out,
     }
 
 

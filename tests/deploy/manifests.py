@@ -17,7 +17,14 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
 K8S = REPO / "k8s"
-OVERLAYS = ("base", "overlays/dev", "overlays/gke")
+#: Every kustomize target; each passes the schema, hardening and process checks.
+OVERLAYS = ("base", "overlays/dev", "overlays/gke", "overlays/redis-cluster", "overlays/gke-memorystore-cluster")
+#: The targets running the base's one Redis (StatefulSet `redis`); the others reach a Redis Cluster.
+SINGLE_REDIS = ("base", "overlays/dev", "overlays/gke")
+#: The gke overlay and the one built on it (Google's load balancer, Workload Identity, BigQuery).
+GKE = ("overlays/gke", "overlays/gke-memorystore-cluster")
+#: Where Redis lives outside Kubernetes and has no oceanus password (Memorystore, IAM auth off).
+EXTERNAL_REDIS = ("overlays/gke-memorystore-cluster",)
 ALERTS = DOCKER / "prometheus" / "alerts.yml"
 DASHBOARD = DOCKER / "grafana" / "oceanus.json"
 

@@ -20,6 +20,8 @@ FRONT_DOOR = {
     "overlays/dev": ("10.8.1.23", CLIENT),
     # Google's load balancer: a GFE address as the peer, `client, forwarding-rule address` in the header
     "overlays/gke": ("35.191.3.4", f"{CLIENT}, 34.120.7.8"),
+    "overlays/redis-cluster": ("10.8.1.23", CLIENT),
+    "overlays/gke-memorystore-cluster": ("35.191.3.4", f"{CLIENT}, 34.120.7.8"),
 }
 
 

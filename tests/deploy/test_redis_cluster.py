@@ -26,6 +26,7 @@ from collector.cluster import ClusterLink, parse_url
 from collector.resp import pack
 from oceanus import config
 from tests.deploy import manifests as m
+from tests.deploy import redis_acl
 from tests.deploy.test_docker import REQUIRED_ENV, _interpolate
 from tests.deploy.test_k8s import _assert_hardened, _k8s_bytes, _redis_bytes, _redis_settings
 from tests.deploy.test_k8s_hardening import REDIS_SECRET, _expand, _options, _redis_url, _secret_ref
@@ -470,10 +471,18 @@ async def _push_as_oceanus(url: str) -> list[Any]:
 @pytest.mark.parametrize("flavour", [_compose_node, _k8s_node], ids=["compose", "k8s"])
 def test_the_script_forms_the_cluster_once_with_the_deployments_own_nodes(flavour: Flavour, tmp_path: Path) -> None:
     password, admin = secrets.token_hex(12), secrets.token_hex(12)
+    # The health check compose waits on, and the readiness the StatefulSet's rolling update waits on.
+    if flavour is _compose_node:
+        probe, ready_before = ["sh", "-c", m.compose()["services"][COMPOSE_NODES[0]]["healthcheck"]["test"][1]], True
+    else:
+        probe, ready_before = m.container(_k8s_cluster().sts, "redis")["readinessProbe"]["exec"]["command"], False
     with _nodes(flavour, tmp_path, password, admin) as nodes:
+        assert redis_acl.probe_passes(probe, nodes[0].port, password) is ready_before
         first = _form(nodes, "127.0.0.1", admin)
         assert first.returncode == 0, first.stdout + first.stderr
         assert "forming a cluster of" in first.stderr
+        assert redis_acl.probe_passes(probe, nodes[0].port, password)
+        assert not redis_acl.probe_passes(probe, nodes[0].port, "wrong")
         hostnames = {flavour(i, tmp_path / f"node-{i}", password, admin)[2] for i in range(NODES)}
         _assert_formed(nodes, "127.0.0.1", admin, hostnames)
         again = _form(nodes, "127.0.0.1", admin)

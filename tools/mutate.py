@@ -257,6 +257,27 @@ EQUIVALENT: dict[str, dict[str, str]] = {
             f"{d} @ written = 0": "overwritten by _write_part's result, or never read: a give-back returns first"
             for d in ("0 -> 1", "0 -> -1")
         },
+        "> -> >= @ if part.wait_s > 0:": "a pause of 0 s returns at once: the same as no pause",
+        **{
+            f"{d} @ {line}": (
+                "the controller decreases on a too-large, throttled or timed-out write and ignores other"
+                " failures whatever their duration and backlog: both only count for a write that went through"
+            )
+            for d, line in (
+                (
+                    "- -> +",
+                    "self.controller.observe_write(len(batch.rows), time.perf_counter() - t0, Outcome.TOO_LARGE, True)",
+                ),
+                (
+                    "True -> False",
+                    "self.controller.observe_write(len(batch.rows), time.perf_counter() - t0, Outcome.TOO_LARGE, True)",
+                ),
+                (
+                    "True -> False",
+                    "self.controller.observe_write(len(batch.rows), elapsed, Outcome.of(err.reason), True)",
+                ),
+            )
+        },
         "1 -> 0 @ if len(batch.rows) > 1 and root.get(_split_key(batch)) is not None:": (
             "a split is recorded only for parts of two rows or more (a re-claim has the same rows), so a part"
             " of one row or none never finds one"

@@ -22,7 +22,7 @@ from flusher.sinks.base import Batch, WriteResult, WriteState
 from flusher.sinks.duckdb import DuckDBSink
 from oceanus.buffer import EventIds, Keys, encode_frame
 from oceanus.config import Config
-from oceanus.errors import PayloadTooLarge
+from oceanus.errors import PayloadTooLarge, SinkError
 from tests.flusher.helpers import STREAMS_TOML, make_config, make_rows, push_frames
 from tests.support.outageproxy import OutageProxy
 from tests.support.servers import RedisServer, free_port
@@ -396,3 +396,36 @@ def test_a_single_row_too_large_for_the_sink_is_a_dead_letter_naming_the_limit(
     letter = json.loads(dead)
     assert letter["reason"] == "too large for the sink: HTTP 413 request too large (injected)"
     assert letter["row"]["n"] == 3
+
+
+def test_shutdown_during_a_backoff_gives_the_batch_back_without_another_write(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    # A long backoff (30 s), so the worker sits in it when the shutdown comes.
+    cfg = make_config(redis_server.url, tmp_path / "w.duckdb", retry_base_s=30.0, retry_max_s=30.0)
+    keys = Keys(cfg.redis.key_prefix)
+    client = redis_server.client()
+    push_frames(client, keys, cfg.streams["pv"], frames=1, rows_per_frame=5)
+    before = client.lrange(keys.queue("pv"), 0, -1)
+
+    class Down(_Recording):
+        def write(self, batch: Batch, state: WriteState) -> WriteResult:
+            self.calls.append((batch.batch_id, []))
+            raise SinkError("HTTP 503 backendError (injected)", retryable=True, reason="server")
+
+    sink = Down(cfg)
+
+    async def body() -> None:
+        f = Flusher(cfg, sink)
+        # Seen from this loop, the worker logs the pause and enters it with no await between.
+        try:
+            pattern = r"^stream pv: write of batch \S+ \(5 rows\) failed, attempt (1), retrying in "
+            assert await _pauses(f, caplog, pattern, 1) == ["1"]
+        finally:
+            await f.close()
+
+    with caplog.at_level(logging.WARNING, logger="oceanus.flusher"):
+        asyncio.run(body())
+    assert len(sink.calls) == 1
+    assert client.lrange(keys.queue("pv"), 0, -1) == before
+    assert client.keys(f"{cfg.redis.key_prefix}:inflight*") == []

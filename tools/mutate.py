@@ -674,9 +674,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _copy_tree(scratch, rev)
         for module in modules:
-            mutants = mutants_of(module, rev)[:: args.sample]
+            mutants = mutants_of(module, rev)
             if args.only_survivors:
+                # By key, not by position: a commit since the first run may have shifted the sample.
                 mutants = [m for m in mutants if m.key in previous[module]]
+            else:
+                mutants = mutants[:: args.sample]
             if args.list:
                 for m in mutants:
                     print(f"{module}:{m.line} {m.description} — {m.source_line}")
@@ -691,8 +694,14 @@ def main(argv: list[str] | None = None) -> int:
             if module in earlier:
                 # The re-run replaces the earlier outcomes of those mutants: one complete report.
                 # The same change on two lines with the same text shares a key: the line tells them apart.
-                rerun = {(x["key"], x["line"]): x for x in cast(list[dict[str, Any]], r["results"])}
-                merged = [rerun.get((x["key"], x["line"]), x) for x in earlier[module]["results"]]
+                # If a commit since moved the lines, a key that occurs once still finds its mutant.
+                rows = cast(list[dict[str, Any]], r["results"])
+                rerun = {(x["key"], x["line"]): x for x in rows}
+                keys = [x["key"] for x in rows]
+                by_key = {x["key"]: x for x in rows if keys.count(x["key"]) == 1}
+                merged = [
+                    rerun.get((x["key"], x["line"])) or by_key.get(x["key"]) or x for x in earlier[module]["results"]
+                ]
                 r = _summary(module, merged, int(earlier[module]["seconds"]) + cast(int, r["seconds"]))
                 print(f"{module} with the earlier run: {r['score']} %", flush=True)
             report.append(r)

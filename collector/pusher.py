@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -107,7 +108,12 @@ class Pusher:
         self._keys = Keys(cfg.redis.key_prefix)
         # Rules cost nothing here: the notifier copies a stream's frames from this queue itself
         # (notifier/tap.py), so a round is the same with or without them.
-        self._queue_keys = {name: self._keys.queue(name).encode() for name in cfg.streams}
+        # A stream's shards take turns round by round (one key per stream per round); each worker
+        # starts at a random turn, so workers that start together do not fill one shard first.
+        self._queue_keys = {
+            n: [self._keys.queue(n, i).encode() for i in range(s.shards)] for n, s in cfg.streams.items()
+        }
+        self._turn = int.from_bytes(os.urandom(2), "big")
         self._max_events = cfg.collector.batch_max_events
         self._linger_s = cfg.collector.batch_linger_ms / 1000.0
         self._loop = asyncio.get_running_loop()
@@ -293,6 +299,8 @@ class Pusher:
 
     async def _push(self, frames: list[Record], with_stats: bool) -> list[Record]:
         """One round (one write, one reply per command); returns the frames Redis did not take."""
+        if frames:
+            self._turn += 1
         commands = [pack(b"RPUSH", self._queue_key(stream), frame) for stream, frame in frames]
         stats: dict[tuple[str, int], list[int]] = {}
         errors: list[bytes] = []
@@ -334,8 +342,8 @@ class Pusher:
         return failed
 
     def _queue_key(self, stream: str) -> bytes:
-        key = self._queue_keys.get(stream)
-        return key if key is not None else self._keys.queue(stream).encode()
+        keys = self._queue_keys.get(stream)
+        return keys[self._turn % len(keys)] if keys is not None else self._keys.queue(stream).encode()
 
     async def _replay_before_exit(self) -> None:
         """Replay the spool until it is empty, a batch arrives, or the drain deadline.

@@ -154,26 +154,33 @@ def _rates(counts: list[tuple[int, int]], now: float) -> tuple[float, float]:
     return acc / 60.0, rej / 60.0
 
 
+def _per_stream(minutes: range, shards: int) -> int:
+    """Replies per stream in :func:`_fetch`'s first round: the counters, then 4 per shard."""
+    return len(minutes) + 4 * shards
+
+
 async def _fetch(
-    redis: Any, keys: Keys, names: list[str], minutes: range
+    redis: Any, keys: Keys, names: list[str], minutes: range, shards: dict[str, int]
 ) -> tuple[list[Any], dict[str, list[str]], list[Any]]:
-    """Two pipelined round trips: counters, queue ends, in-flight sets and errors;
-    then the head frame of every in-flight batch."""
+    """Two pipelined round trips: counters, every shard's queue ends and in-flight set, and
+    errors; then the head frame of every in-flight batch."""
     pipe = redis.pipeline(transaction=False)
     for name in names:
         for m in minutes:
             pipe.hmget(keys.stats(name, m), "accepted", "rejected")
-        pipe.llen(keys.queue(name))
-        pipe.lindex(keys.queue(name), 0)
-        pipe.lindex(keys.queue(name), -1)
-        pipe.smembers(keys.inflight_index(name))
+        for shard in range(shards[name]):
+            pipe.llen(keys.queue(name, shard))
+            pipe.lindex(keys.queue(name, shard), 0)
+            pipe.lindex(keys.queue(name, shard), -1)
+            pipe.smembers(keys.inflight_index(name, shard))
     pipe.lrange(keys.recent_errors(), 0, STATUS_ERRORS_SHOWN - 1)
     pipe.lrange(keys.notify_recent(), 0, STATUS_NOTIFICATIONS_SHOWN - 1)
     results = list(await pipe.execute())
-    per_stream = len(minutes) + 4
     inflight: dict[str, list[str]] = {}
-    for i, name in enumerate(names):
-        members = results[i * per_stream + per_stream - 1]
+    base = 0
+    for name in names:
+        members = [m for s in range(shards[name]) for m in results[base + len(minutes) + 4 * s + 3]]
+        base += _per_stream(minutes, shards[name])
         inflight[name] = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)[
             :STATUS_MAX_INFLIGHT_KEYS
         ]
@@ -194,10 +201,11 @@ async def snapshot(cfg: Config, redis: Any, now: float | None = None) -> Snapsho
     minute = int(now // 60)
     minutes = range(minute - STATUS_HISTORY_MIN + 1, minute + 1)
     names = list(cfg.streams)
+    shards = {name: s.shards for name, s in cfg.streams.items()}
     spool = spool_status(cfg.collector.spool_dir)
     try:
         async with asyncio.timeout(STATUS_REDIS_TIMEOUT_S):
-            results, inflight, heads = await _fetch(redis, keys, names, minutes)
+            results, inflight, heads = await _fetch(redis, keys, names, minutes, shards)
     except (RedisError, OSError, TimeoutError) as exc:
         return Snapshot(
             generated_at=now,
@@ -207,22 +215,29 @@ async def snapshot(cfg: Config, redis: Any, now: float | None = None) -> Snapsho
             recent_errors=[],
             spool=spool,
         )
-    per_stream = len(minutes) + 4
-
     streams: list[StreamStatus] = []
-    for i, name in enumerate(names):
-        base = i * per_stream
+    base = 0
+    for name in names:
         counts = [(int(a or 0), int(r or 0)) for a, r in results[base : base + len(minutes)]]
-        frames = int(results[base + len(minutes)])
-        head = summarize(results[base + len(minutes) + 1])
-        tail_rows = summarize(results[base + len(minutes) + 2]).rows
-        if frames <= 1:
-            rows, exact = head.rows if frames else 0, True
-        elif frames == 2:
-            rows, exact = head.rows + tail_rows, True
-        else:
-            rows, exact = round(frames * (head.rows + tail_rows) / 2), False
-        oldest = [head.oldest_ms, *(summarize(heads.pop(0)).oldest_ms for _ in inflight[name])]
+        # Each shard's queue is estimated from its own ends; the stream shows their sums.
+        frames, rows, exact = 0, 0, True
+        oldest: list[int | None] = []
+        for shard in range(shards[name]):
+            at = base + len(minutes) + 4 * shard
+            length = int(results[at])
+            head = summarize(results[at + 1])
+            tail_rows = summarize(results[at + 2]).rows
+            if length <= 1:
+                rows += head.rows if length else 0
+            elif length == 2:
+                rows += head.rows + tail_rows
+            else:
+                rows += round(length * (head.rows + tail_rows) / 2)
+                exact = False
+            frames += length
+            oldest.append(head.oldest_ms)
+        base += _per_stream(minutes, shards[name])
+        oldest += [summarize(heads.pop(0)).oldest_ms for _ in inflight[name]]
         acc_s, rej_s = _rates(counts, now)
         total = acc_s + rej_s
         streams.append(

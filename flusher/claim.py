@@ -1,20 +1,25 @@
 """Claiming work from Redis so that no acknowledged frame is lost or popped twice.
 
-The life of a batch (keys from :class:`oceanus.buffer.Keys`)::
+The life of a batch (keys from :class:`oceanus.buffer.Keys`; ``{T}`` is the hash
+tag of one shard of the stream, ``{stream}`` or ``{stream~N}``)::
 
-    P:q:{stream}  --claim (Lua: LRANGE+LTRIM+RPUSH+SADD+HSET)-->  P:inflight:{stream}:{owner}:{seq}
+    P:q:{T}       --claim (Lua: LRANGE+LTRIM+RPUSH+SADD+HSET)-->  P:inflight:{T}:{owner}:{seq}
                                                                   + P:state:{that key} (batch id, sink state)
-                  (+ the frames the notifier's tap has not copied yet --> P:notify:q:{stream})
+                  (+ the frames the notifier's tap has not copied yet --> P:notify:q:{T})
     written       --finish (MULTI: DEL+DEL+SREM [+RPUSH dead])-->  gone
-    SIGTERM       --give back (Lua: RPOP+LPUSH loop)-->            head of P:q:{stream}, in order
-    owner dead    --re-claim (Lua: RENAME x2, SREM+SADD)-->        P:inflight:{stream}:{me}:{seq}
+    SIGTERM       --give back (Lua: RPOP+LPUSH loop)-->            head of P:q:{T}, in order
+    owner dead    --re-claim (Lua: RENAME x2, SREM+SADD)-->        P:inflight:{T}:{me}:{seq}
 
 Every step is one round trip and atomic on the server, so a crash between any
-two steps leaves each frame in exactly one list. An owner is alive while its
-``P:hb:{owner}`` key exists (SET PX, refreshed every third of the TTL); an
-in-flight key whose owner's heartbeat is gone is an orphan and any flusher
-re-claims it, state hash included, so the batch keeps its ``batch_id`` and the
-sink's write state (offsets, job ids) across the crash.
+two steps leaves each frame in exactly one list. Every key one script or MULTI
+touches carries the same tag ``{T}``, so on Redis Cluster each step runs on the
+one master of that slot. An owner is alive in a shard while its
+``P:hb:{T}:{owner}`` key exists (SET PX, refreshed every third of the TTL, with
+the process-wide ``P:hb:{owner}``; beaten from the owner's first claim in that
+shard on): the re-claim script checks it in the shard's own slot. An in-flight
+key whose owner's heartbeat is gone is an orphan and any flusher re-claims it,
+state hash included, so the batch keeps its ``batch_id`` and the sink's write
+state (offsets, job ids) across the crash.
 
 A live owner can strand a key too: Redis ran a claim script (and wrote it to
 the AOF) but the reply was lost — Redis killed between its fsync and the reply,
@@ -28,7 +33,7 @@ hold is an orphan like any other, and its own re-claim scan takes it back
 (``_RECLAIM_LUA`` with the liveness check waived for the caller's own keys).
 
 The flusher's claim and give-back also keep the notifier's tap counter
-(``P:notify:tapped:{stream}``, oceanus/buffer.py) true, in the same script as
+(``P:notify:tapped:{T}``, oceanus/buffer.py) true, in the same script as
 the change of the queue's head: a :class:`Claimer` built with ``notify_tap``
 does so for every stream, and copies to the notify queue the popped frames the
 tap had not reached for the streams named in it (those with rules). The
@@ -144,12 +149,20 @@ def make_owner_id() -> str:
 class Claim:
     """One claimed batch: its in-flight key and the frames in it, in queue order."""
 
-    __slots__ = ("batch_id", "claimed_ms", "frames", "key", "reclaimed", "stream")
+    __slots__ = ("batch_id", "claimed_ms", "frames", "key", "reclaimed", "shard", "stream")
 
     def __init__(
-        self, stream: str, key: str, frames: list[bytes], batch_id: str, claimed_ms: int, reclaimed: bool = False
+        self,
+        stream: str,
+        key: str,
+        frames: list[bytes],
+        batch_id: str,
+        claimed_ms: int,
+        reclaimed: bool = False,
+        shard: int = 0,
     ) -> None:
         self.stream = stream
+        self.shard = shard
         self.key = key
         self.frames = frames
         self.batch_id = batch_id
@@ -217,22 +230,47 @@ class Claimer:
         #: before a claim's script is sent, so a concurrent scan never takes a key
         #: whose reply is still on its way.
         self._held: set[str] = set()
+        #: Shards (stream, shard) this owner has worked in: its heartbeat is kept in each one's slot.
+        self._beating: set[tuple[str, int]] = set()
+        #: Between the first heartbeat() and drop_heartbeat(): a claimer that never beat is
+        #: not made alive by claiming (tests build such "dead" owners on purpose).
+        self._alive = False
         self._claim = client.register_script(_CLAIM_LUA)
         self._reclaim = client.register_script(_RECLAIM_LUA)
         self._give_back = client.register_script(_GIVE_BACK_LUA)
 
-    def _next_key(self, stream: str) -> str:
+    def _next_key(self, stream: str, shard: int) -> str:
         # Sequence numbers start at the clock so a restarted owner with the same
         # name (never, with make_owner_id, but cheap insurance) cannot collide.
         self._seq += 1
-        return self.keys.inflight(stream, self.owner, self._seq)
+        return self.keys.inflight(stream, self.owner, self._seq, shard)
 
     async def heartbeat(self) -> None:
-        await self.client.set(self.keys.heartbeat(self.owner), str(os.getpid()), px=self.heartbeat_ttl_ms)
+        """Refresh this owner's liveness: process-wide, and in every shard it has worked in."""
+        self._alive = True
+        pid = str(os.getpid())
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.set(self.keys.heartbeat(self.owner), pid, px=self.heartbeat_ttl_ms)
+            for stream, shard in sorted(self._beating):
+                pipe.set(self.keys.shard_heartbeat(self.owner, stream, shard), pid, px=self.heartbeat_ttl_ms)
+            await pipe.execute()
 
     async def drop_heartbeat(self) -> None:
         """At exit: batches left claimed become orphans at once instead of after the TTL."""
-        await self.client.delete(self.keys.heartbeat(self.owner))
+        self._alive = False
+        beats = [self.keys.shard_heartbeat(self.owner, stream, shard) for stream, shard in sorted(self._beating)]
+        await self.client.delete(self.keys.heartbeat(self.owner), *beats)
+
+    async def _beat_in(self, stream: str, shard: int) -> None:
+        """Before the first claim in a shard: its heartbeat exists, else another flusher
+        would take the batch as an orphan at once. One SET per shard per process."""
+        if (stream, shard) in self._beating:
+            return
+        if self._alive:
+            await self.client.set(
+                self.keys.shard_heartbeat(self.owner, stream, shard), str(os.getpid()), px=self.heartbeat_ttl_ms
+            )
+        self._beating.add((stream, shard))
 
     def holds(self, key: str) -> bool:
         """True while ``key`` is a batch this instance works on (claimed, not yet finished or given back)."""
@@ -255,28 +293,29 @@ class Claimer:
             self._held.discard(key)
         return frames
 
-    async def claim(self, stream: str, max_frames: int) -> Claim | None:
-        key = self._next_key(stream)
+    async def claim(self, stream: str, max_frames: int, shard: int = 0) -> Claim | None:
+        await self._beat_in(stream, shard)
+        key = self._next_key(stream, shard)
         now_ms = int(time.time() * 1000)
         batch_id = key.rsplit(":", 2)[-2] + "-" + key.rsplit(":", 1)[-1]
-        keys = [self.keys.queue(stream), key, self.keys.inflight_index(stream), self.keys.state(key)]
+        keys = [self.keys.queue(stream, shard), key, self.keys.inflight_index(stream, shard), self.keys.state(key)]
         args: list[Any] = [max(1, max_frames), batch_id, now_ms]
         if self.notify_tap is not None:
-            keys += [self.keys.notify_tapped(stream), self.keys.notify_queue(stream)]
+            keys += [self.keys.notify_tapped(stream, shard), self.keys.notify_queue(stream, shard)]
             args.append("1" if stream in self.notify_tap else "0")
         frames = await self._run_holding(key, self._claim(keys=keys, args=args))
         if not frames:
             return None
-        return Claim(stream, key, list(frames), batch_id, now_ms)
+        return Claim(stream, key, list(frames), batch_id, now_ms, shard=shard)
 
-    async def orphans(self, stream: str) -> list[str]:
-        """In-flight keys of ``stream`` that no live worker holds.
+    async def orphans(self, stream: str, shard: int = 0) -> list[str]:
+        """In-flight keys of one shard of ``stream`` that no live worker holds.
 
-        Another owner's key is an orphan once that owner's heartbeat is gone (one
-        round trip for all of them); a key of our own is one as soon as we do not
-        hold it (a claim or re-claim whose reply was lost).
+        Another owner's key is an orphan once that owner's heartbeat in the shard
+        is gone (one round trip for all of them); a key of our own is one as soon
+        as we do not hold it (a claim or re-claim whose reply was lost).
         """
-        members = await self.client.smembers(self.keys.inflight_index(stream))
+        members = await self.client.smembers(self.keys.inflight_index(stream, shard))
         keys = sorted(_s(m) for m in members)
         mine = [k for k in keys if Keys.owner_of(k) == self.owner and k not in self._held]
         others = [k for k in keys if Keys.owner_of(k) != self.owner]
@@ -284,24 +323,25 @@ class Claimer:
             return mine
         async with self.client.pipeline(transaction=False) as pipe:
             for k in others:
-                pipe.exists(self.keys.heartbeat(Keys.owner_of(k)))
+                pipe.exists(self.keys.shard_heartbeat(Keys.owner_of(k), stream, shard))
             alive = await pipe.execute()
         return mine + [k for k, a in zip(others, alive, strict=True) if not a]
 
-    async def reclaim(self, stream: str, orphan: str) -> Claim | None:
-        """Take over an orphaned batch atomically; None if its owner is back or it is gone."""
+    async def reclaim(self, stream: str, orphan: str, shard: int = 0) -> Claim | None:
+        """Take over an orphaned batch of one shard atomically; None if its owner is back or it is gone."""
         own = Keys.owner_of(orphan) == self.owner
         if own and orphan in self._held:
             return None  # taken back meanwhile by a worker of ours: not an orphan
-        key = self._next_key(stream)
+        await self._beat_in(stream, shard)
+        key = self._next_key(stream, shard)
         frames = await self._run_holding(
             key,
             self._reclaim(
                 keys=[
                     orphan,
                     key,
-                    self.keys.inflight_index(stream),
-                    self.keys.heartbeat(Keys.owner_of(orphan)),
+                    self.keys.inflight_index(stream, shard),
+                    self.keys.shard_heartbeat(Keys.owner_of(orphan), stream, shard),
                     self.keys.state(orphan),
                     self.keys.state(key),
                 ],
@@ -315,7 +355,7 @@ class Claimer:
         if STATE_BATCH_ID not in state:
             await self.client.hset(self.keys.state(key), STATE_BATCH_ID, batch_id)
         claimed_ms = int(state.get(STATE_CLAIMED_MS) or time.time() * 1000)
-        return Claim(stream, key, list(frames), batch_id, claimed_ms, reclaimed=True)
+        return Claim(stream, key, list(frames), batch_id, claimed_ms, reclaimed=True, shard=shard)
 
     async def load_state(self, key: str) -> dict[str, str]:
         raw: dict[Any, Any] = await self.client.hgetall(self.keys.state(key))
@@ -328,16 +368,18 @@ class Claimer:
         this one could not refresh its heartbeat; the sink's dedupe absorbs the
         double write).
         """
+        # The shard's own dead list: one slot for the whole transaction.
+        dead = self.keys.dead(claim.stream, claim.shard)
         async with self.client.pipeline(transaction=True) as pipe:
             if dead_items:
-                pipe.rpush(self.keys.dead(claim.stream), *dead_items)
+                pipe.rpush(dead, *dead_items)
             pipe.delete(claim.key)
             pipe.delete(self.keys.state(claim.key))
-            pipe.srem(self.keys.inflight_index(claim.stream), claim.key)
+            pipe.srem(self.keys.inflight_index(claim.stream, claim.shard), claim.key)
             if dead_items:
                 # Dead letters hold whole rows (personal data): bounded in count and age.
-                pipe.ltrim(self.keys.dead(claim.stream), -self.dead_letter_max, -1)
-                pipe.expire(self.keys.dead(claim.stream), self.dead_letter_ttl_s)
+                pipe.ltrim(dead, -self.dead_letter_max, -1)
+                pipe.expire(dead, self.dead_letter_ttl_s)
             results = await pipe.execute()
         self._held.discard(claim.key)
         return bool(results[1 if dead_items else 0])
@@ -346,21 +388,26 @@ class Claimer:
         """Return the frames to the head of the queue, in order (shutdown before the write)."""
         keys = [
             claim.key,
-            self.keys.queue(claim.stream),
-            self.keys.inflight_index(claim.stream),
+            self.keys.queue(claim.stream, claim.shard),
+            self.keys.inflight_index(claim.stream, claim.shard),
             self.keys.state(claim.key),
         ]
         if self.notify_tap is not None:
-            keys.append(self.keys.notify_tapped(claim.stream))
+            keys.append(self.keys.notify_tapped(claim.stream, claim.shard))
         moved = await self._give_back(keys=keys)
         self._held.discard(claim.key)
         return int(moved)
 
-    async def oldest_inflight_frame(self, streams: Iterable[str]) -> dict[str, bytes]:
-        """First frame of each stream's oldest in-flight batch (by claim time), for the lag gauge."""
+    async def oldest_inflight_frame(
+        self, streams: Iterable[str], shards: Mapping[str, int] | None = None
+    ) -> dict[str, bytes]:
+        """First frame of each stream's oldest in-flight batch (by claim time), for the lag gauge;
+        ``shards``: a stream's shard count when above 1 (every shard is looked at)."""
         out: dict[str, bytes] = {}
         for stream in streams:
-            members = await self.client.smembers(self.keys.inflight_index(stream))
+            members: set[Any] = set()
+            for shard in range((shards or {}).get(stream, 1)):
+                members |= await self.client.smembers(self.keys.inflight_index(stream, shard))
             if not members:
                 continue
             keys = [_s(m) for m in members]

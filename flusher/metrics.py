@@ -16,7 +16,7 @@ class FlusherMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.backlog_items = Gauge(
-            "oceanus_backlog_items", "Frames waiting in the stream's Redis list", ["stream"], registry=r
+            "oceanus_backlog_items", "Frames waiting in one shard's Redis list", ["stream", "shard"], registry=r
         )
         self.inflight_batches = Gauge(
             "oceanus_inflight_batches", "Claimed batches not yet written", ["stream"], registry=r
@@ -52,9 +52,10 @@ class FlusherMetrics:
             "oceanus_worker_restarts", "Worker loops restarted after an unexpected exception", ["stream"], registry=r
         )
 
-    def init_stream(self, stream: str) -> None:
+    def init_stream(self, stream: str, shards: int = 1) -> None:
         """Create the labelled series at 0 so dashboards see every stream from the start."""
-        self.backlog_items.labels(stream)
+        for shard in range(shards):
+            self.backlog_items.labels(stream, str(shard))
         self.inflight_batches.labels(stream)
         self.rows_written.labels(stream)
         self.written_bytes.labels(stream)

@@ -47,6 +47,7 @@ from flusher.claim import Claimer, make_owner_id
 from flusher.metrics import FlusherMetrics
 from flusher.sinks import make_sink
 from flusher.sinks.base import Sink
+from flusher.upgrade import UPGRADE_EVERY_S, Upgrade
 from flusher.worker import StreamWorker
 from oceanus import config as config_mod
 from oceanus.buffer import Keys
@@ -100,6 +101,8 @@ class Flusher:
             # Streams with rules: a claimed frame the notifier's tap has not copied yet is copied by the claim.
             notify_tap=config_mod.rule_streams(cfg),
         )
+        # Keys a Redis still holds in the layout before hash tags (single instance; flusher/upgrade.py).
+        self.upgrade = Upgrade(self.aredis, cfg.redis.key_prefix, list(cfg.streams), [self.keys])
         self.metrics = FlusherMetrics()
         self.stopping = asyncio.Event()
         self.redis_ok = False
@@ -110,8 +113,8 @@ class Flusher:
         # Per stream one write and one decode of the batch claimed ahead, plus one spare.
         self._pool = ThreadPoolExecutor(max_workers=2 * len(self.workers) + 1, thread_name_prefix="oceanus-sink")
         self.admin: AdminServer | None = None
-        for name in cfg.streams:
-            self.metrics.init_stream(name)
+        for name, stream in cfg.streams.items():
+            self.metrics.init_stream(name, stream.shards)
 
     # ------------------------------------------------------------------ helpers
 
@@ -149,8 +152,9 @@ class Flusher:
         """Hand every orphaned in-flight batch to its stream's worker; returns how many."""
         found = 0
         for name, worker in self.workers.items():
-            for key in await self.claimer.orphans(name):
-                claim = await self.claimer.reclaim(name, key)
+            orphans = [(s, k) for s in range(worker.stream.shards) for k in await self.claimer.orphans(name, s)]
+            for shard, key in orphans:
+                claim = await self.claimer.reclaim(name, key, shard)
                 if claim is not None:
                     found += 1
                     log.info(
@@ -172,25 +176,40 @@ class Flusher:
                 log.warning("re-claim scan failed: %s", exc)
             await self.sleep(interval)
 
+    async def _upgrade_loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                if await self.upgrade.run():
+                    log.info("moved old-layout keys into shard 0; re-claiming what their dead owners left")
+                    await self.reclaim_orphans()
+            except RedisError as exc:
+                log.warning("looking for old-layout keys failed: %s", exc)
+            await self.sleep(UPGRADE_EVERY_S)
+
     async def sample_gauges(self) -> None:
         m = self.metrics
-        names = list(self.workers)
+        shards = {name: w.stream.shards for name, w in self.workers.items()}
+        slots = [(name, shard) for name, n in shards.items() for shard in range(n)]
         async with self.aredis.pipeline(transaction=False) as pipe:
-            for name in names:
-                pipe.llen(self.keys.queue(name))
-                pipe.scard(self.keys.inflight_index(name))
-                pipe.lindex(self.keys.queue(name), 0)
+            for name, shard in slots:
+                pipe.llen(self.keys.queue(name, shard))
+                pipe.scard(self.keys.inflight_index(name, shard))
+                pipe.lindex(self.keys.queue(name, shard), 0)
             results = await pipe.execute()
-        inflight_heads = await self.claimer.oldest_inflight_frame(
-            [n for i, n in enumerate(names) if results[3 * i + 1]]
-        )
+        inflight: dict[str, int] = dict.fromkeys(shards, 0)
+        heads: dict[str, list[bytes]] = {name: [] for name in shards}
+        for i, (name, shard) in enumerate(slots):
+            backlog, batches, head = results[3 * i : 3 * i + 3]
+            m.backlog_items.labels(name, str(shard)).set(backlog)
+            inflight[name] += batches
+            if head:
+                heads[name].append(head)
+        inflight_heads = await self.claimer.oldest_inflight_frame([n for n in shards if inflight[n]], shards)
         now_ms = time.time() * 1000
-        for i, name in enumerate(names):
-            backlog, inflight, head = results[3 * i : 3 * i + 3]
-            m.backlog_items.labels(name).set(backlog)
-            m.inflight_batches.labels(name).set(inflight)
+        for name in shards:
+            m.inflight_batches.labels(name).set(inflight[name])
             m.batch_target_rows.labels(name).set(self.workers[name].controller.target_rows)
-            ages = [frame_oldest_ms(fr) for fr in (head, inflight_heads.get(name)) if fr]
+            ages = [frame_oldest_ms(fr) for fr in (*heads[name], inflight_heads.get(name)) if fr]
             known = [a for a in ages if a is not None]
             m.lag_seconds.labels(name).set(max(0.0, (now_ms - min(known)) / 1000) if known else 0.0)
         info = await self.aredis.info("memory")
@@ -237,6 +256,7 @@ class Flusher:
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._reclaim_loop(), name="reclaim"),
+            asyncio.create_task(self._upgrade_loop(), name="upgrade"),
             asyncio.create_task(self._gauge_loop(), name="gauges"),
         ]
         workers = [asyncio.create_task(w.run(), name=f"stream-{w.name}") for w in self.workers.values()]

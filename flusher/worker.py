@@ -149,6 +149,8 @@ class StreamWorker:
         self.ahead: asyncio.Task[tuple[Claim, Built] | None] | None = None
         #: Unexpected failures per claimed batch (in-flight key), while it is retried.
         self.crashes: dict[str, int] = {}
+        #: The shard looked at first by the next claim: shards take turns, so none waits behind another.
+        self.next_shard = 0
 
     async def run(self) -> None:
         f = self.f
@@ -217,10 +219,10 @@ class StreamWorker:
     async def _prepare_ahead(self) -> tuple[Claim, Built] | None:
         f = self.f
         want = self.controller.frames_to_claim()
-        waiting = int(await f.aredis.llen(f.keys.queue(self.name)))
+        shard, waiting = await self._waiting()
         if waiting < want:
             return None  # a partial batch: the main loop lets it linger for company
-        claim = await f.claimer.claim(self.name, want)
+        claim = await f.claimer.claim(self.name, want, shard)
         if claim is None:
             return None
         self.backlog = waiting > len(claim.frames)
@@ -243,10 +245,28 @@ class StreamWorker:
                 )
         return built
 
+    async def _waiting(self) -> tuple[int, int]:
+        """The shard to claim from and its frames waiting: the first non-empty one from
+        :attr:`next_shard` on (a batch comes from one shard: one script, one slot)."""
+        f = self.f
+        shards = self.stream.shards
+        if shards == 1:
+            return 0, int(await f.aredis.llen(f.keys.queue(self.name)))
+        async with f.aredis.pipeline(transaction=False) as pipe:
+            for shard in range(shards):
+                pipe.llen(f.keys.queue(self.name, shard))
+            lengths = await pipe.execute()
+        start = self.next_shard % shards
+        for shard in (*range(start, shards), *range(start)):
+            if lengths[shard]:
+                self.next_shard = shard + 1
+                return shard, int(lengths[shard])
+        return start, 0
+
     async def _next_claim(self) -> Claim | None:
         f = self.f
-        queue = f.keys.queue(self.name)
-        waiting = int(await f.aredis.llen(queue))
+        shard, waiting = await self._waiting()
+        queue = f.keys.queue(self.name, shard)
         f.redis_ok = True
         if waiting == 0:
             await f.sleep(IDLE_POLL_S)
@@ -262,7 +282,7 @@ class StreamWorker:
                 if age_s < self.controller.linger_s:
                     await f.sleep(min(IDLE_POLL_S, self.controller.linger_s - age_s))
                     return None
-        claim = await f.claimer.claim(self.name, want)
+        claim = await f.claimer.claim(self.name, want, shard)
         if claim is not None:
             self.backlog = waiting > len(claim.frames)
         return claim

@@ -184,20 +184,23 @@ class Evaluator:
         """
         handled = 0
         for stream in self.streams:
-            await self.tap.run(stream)
-            claim = await self.claimer.claim(stream, self.cfg.notify.claim_frames)
-            if claim is None:
-                continue
-            await self.evaluate(claim)
-            await self.claimer.finish(claim)
-            handled += len(claim.frames)
+            # Every shard each round: tap and claim touch one shard's slot each.
+            for shard in range(self.cfg.streams[stream].shards):
+                await self.tap.run(stream, shard)
+                claim = await self.claimer.claim(stream, self.cfg.notify.claim_frames, shard)
+                if claim is None:
+                    continue
+                await self.evaluate(claim)
+                await self.claimer.finish(claim)
+                handled += len(claim.frames)
         return handled
 
     async def reclaim_orphans(self) -> int:
         n = 0
         for stream in self.streams:
-            for orphan in await self.claimer.orphans(stream):
-                claim = await self.claimer.reclaim(stream, orphan)
+            shards = range(self.cfg.streams[stream].shards)
+            for shard, orphan in [(s, o) for s in shards for o in await self.claimer.orphans(stream, s)]:
+                claim = await self.claimer.reclaim(stream, orphan, shard)
                 if claim is None:
                     continue
                 log.info("re-evaluating %d frames of %s left by a notifier that stopped", len(claim.frames), stream)

@@ -2,15 +2,18 @@
 
 Claiming reuses :class:`flusher.claim.Claimer` over ``Keys(P:notify)``, so the
 frames' queue, in-flight batches and heartbeats are the flusher's shapes in a
-namespace of their own::
+namespace of their own, per shard (``{T}``: the hash tag of one shard of the
+stream, ``{stream}`` or ``{stream~N}``: oceanus/buffer.py)::
 
-    P:notify:q:{stream}                     LIST   frames copied from P:q:{stream} by the tap, or by the
+    P:notify:q:{T}                          LIST   frames copied from P:q:{T} by the tap, or by the
                                                    flusher's claim when the tap had not reached them
-    P:notify:tapped:{stream}                STRING how many frames at the head of P:q:{stream} are in
-                                                   P:notify:q:{stream} already (notifier/tap.py; who
+    P:notify:tapped:{T}                     STRING how many frames at the head of P:q:{T} are in
+                                                   P:notify:q:{T} already (notifier/tap.py; who
                                                    else changes it: oceanus/buffer.py)
-    P:notify:inflight:{stream}:{owner}:{n}  LIST   frames being evaluated by one notifier
-    P:notify:hb:{owner}                     STRING heartbeat of a notifier (TTL)
+    P:notify:inflight:{T}:{owner}:{n}       LIST   frames being evaluated by one notifier
+    P:notify:inflight-index:{T}             SET    names of the shard's in-flight keys
+    P:notify:hb:{owner}                     STRING heartbeat of a notifier (TTL; deliveries check it)
+    P:notify:hb:{T}:{owner}                 STRING the same in one shard's slot (re-claims check it)
 
 Delivery, per channel ``C`` and rule ``R``::
 

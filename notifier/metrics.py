@@ -24,7 +24,10 @@ class NotifyMetrics:
             "oceanus_notify_retries", "Failed delivery attempts that will be retried", ["channel"], registry=r
         )
         self.frames_backlog = Gauge(
-            "oceanus_notify_backlog_frames", "Frames waiting in a stream's notify queue", ["stream"], registry=r
+            "oceanus_notify_backlog_frames",
+            "Frames waiting in one shard's notify queue",
+            ["stream", "shard"],
+            registry=r,
         )
         self.jobs_backlog = Gauge(
             "oceanus_notify_backlog_jobs", "Delivery jobs waiting or being delivered", ["channel"], registry=r

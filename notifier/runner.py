@@ -19,6 +19,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from flusher.claim import Claimer, make_owner_id
+from flusher.upgrade import UPGRADE_EVERY_S, Upgrade
 from notifier.channels import make_channel
 from notifier.delivery import Worker, return_orphans
 from notifier.engine import Evaluator
@@ -54,6 +55,9 @@ class Notifier:
         self.ready = False
         self.claimer = Claimer(self.client, self.keys.claim, self.owner, cfg.notify.heartbeat_ttl_s)
         self.evaluator = Evaluator(cfg, self.client, self.claimer, self.metrics)
+        # Keys a Redis still holds in the layout before hash tags: the event queues the tap reads
+        # and this namespace's in-flight batches (single instance; flusher/upgrade.py).
+        self.upgrade = Upgrade(self.client, cfg.redis.key_prefix, list(self.evaluator.streams), [self.keys.claim])
         self.workers = [
             Worker(cfg, name, make_channel(name, ch), self.client, self.owner, self.metrics, self.stopping)
             for name, ch in cfg.channels.items()
@@ -76,11 +80,15 @@ class Notifier:
 
     async def _housekeeping(self) -> None:
         ttl = self.cfg.notify.heartbeat_ttl_s
-        scan_due = 0.0
+        scan_due = upgrade_due = 0.0
         loop = asyncio.get_running_loop()
         while not self.stopping.is_set():
             try:
                 await self.claimer.heartbeat()
+                if loop.time() >= upgrade_due:
+                    upgrade_due = loop.time() + UPGRADE_EVERY_S
+                    if await self.upgrade.run():
+                        scan_due = 0.0  # re-evaluate at once what a stopped notifier of the old layout left
                 if loop.time() >= scan_due:
                     scan_due = loop.time() + ttl / 2
                     await self.evaluator.reclaim_orphans()
@@ -94,16 +102,17 @@ class Notifier:
                 await asyncio.wait_for(self.stopping.wait(), min(ttl / 3, GAUGES_EVERY_S))
 
     async def _gauges(self) -> None:
+        slots = [(s, n) for s in self.evaluator.streams for n in range(self.cfg.streams[s].shards)]
         async with self.client.pipeline(transaction=False) as pipe:
-            for stream in self.evaluator.streams:
-                pipe.llen(self.keys.claim.queue(stream))
+            for stream, shard in slots:
+                pipe.llen(self.keys.claim.queue(stream, shard))
             for name in self.cfg.channels:
                 pipe.llen(self.keys.jobs(name))
                 pipe.llen(self.keys.dead(name))
             out = await pipe.execute()
         it = iter(out)
-        for stream in self.evaluator.streams:
-            self.metrics.frames_backlog.labels(stream).set(next(it))
+        for stream, shard in slots:
+            self.metrics.frames_backlog.labels(stream, str(shard)).set(next(it))
         for name in self.cfg.channels:
             self.metrics.jobs_backlog.labels(name).set(next(it))
             self.metrics.dead_letters.labels(name).set(next(it))

@@ -2,12 +2,13 @@
 
 The collector pushes each frame once, to ``P:q:{stream}``, whatever the rules
 (a second push per round cost the pixel benchmark 7 %). The notifier reads the
-same queue instead, without taking anything from it: ``P:notify:tapped:{stream}``
+same queue instead, without taking anything from it: ``P:notify:tapped:{T}``
 counts the frames at the head of the queue that are in the notify queue already,
 and each run of :data:`_TAP_LUA` copies the frames after them and moves the
-counter on, in one script::
+counter on, in one script (``{T}``: the hash tag of one shard of the stream, the
+same in all three keys)::
 
-    P:q:{stream}  [ copied (tapped) | not yet ]  --tap: LRANGE + RPUSH + SET-->  P:notify:q:{stream}
+    P:q:{T}  [ copied (tapped) | not yet ]  --tap: LRANGE + RPUSH + SET-->  P:notify:q:{T}
 
 The flusher pops frames from the head meanwhile; its claim copies the ones the
 tap had not reached and shrinks the counter (flusher/claim.py), so each frame
@@ -57,10 +58,14 @@ class Tap:
         self.max_frames = max_frames
         self._tap = client.register_script(_TAP_LUA)
 
-    async def run(self, stream: str) -> int:
-        """One run for ``stream``: the frames copied (0: none new, or the notify queue is full)."""
+    async def run(self, stream: str, shard: int = 0) -> int:
+        """One run for one shard of ``stream``: the frames copied (0: none new, or its notify queue is full)."""
         copied = await self._tap(
-            keys=[self.keys.queue(stream), self.keys.notify_tapped(stream), self.keys.notify_queue(stream)],
+            keys=[
+                self.keys.queue(stream, shard),
+                self.keys.notify_tapped(stream, shard),
+                self.keys.notify_queue(stream, shard),
+            ],
             args=[self.max_frames],
         )
         return int(copied)

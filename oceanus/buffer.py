@@ -3,36 +3,56 @@
 Everything that reads or writes oceanus's Redis keys goes through the names
 and the codec in this module.
 
-Keys (``P`` is ``redis.key_prefix``, default ``oceanus``)::
+Keys (``P`` is ``redis.key_prefix``, default ``oceanus``; ``{T}`` is the hash tag
+of one shard of a stream, literally in braces: ``{pageview}`` for shard 0,
+``{pageview~3}`` for shard 3; ``~`` never occurs in a stream name)::
 
-    P:q:{stream}                 LIST   frames waiting to be flushed (RPUSH by collectors)
-    P:inflight:{stream}:{owner}:{seq}
-                                 LIST   frames claimed by one flusher instance
-    P:inflight-index:{stream}    SET    names of the stream's in-flight keys
-    P:state:{inflight key}       HASH   sink write state kept beside a claimed batch
-    P:hb:{owner}                 STRING heartbeat of a flusher instance (TTL)
-    P:dead:{stream}              LIST   rows the warehouse refused, with its reason
+    P:q:{T}                      LIST   frames waiting to be flushed (RPUSH by collectors)
+    P:inflight:{T}:{owner}:{seq} LIST   frames claimed by one flusher instance
+    P:inflight-index:{T}         SET    names of the shard's in-flight keys
+    P:state:{inflight key}       HASH   sink write state kept beside a claimed batch (its first
+                                        ``{...}`` is the in-flight key's tag: same slot)
+    P:hb:{owner}                 STRING heartbeat of a flusher (or notifier) process (TTL)
+    P:hb:{T}:{owner}             STRING the same heartbeat in one shard's slot, kept for every
+                                        shard the owner has claimed in: the re-claim script
+                                        reads this one
+    P:dead:{T}                   LIST   rows the warehouse refused, with its reason (written in
+                                        the MULTI that finishes a batch of that shard)
     P:stats:{stream}:{minute}    HASH   collector counters for one UTC minute (``minute`` =
                                         unix seconds // 60); fields ``accepted`` and
                                         ``rejected`` (events); TTL STATS_TTL_S (48 h)
     P:recent-errors              LIST   newest first, capped at RECENT_ERRORS_MAX items; each
                                         item is JSON ``{"stream", "field", "rule", "at"}``
                                         (``at`` unix seconds) -- never the payload
-    P:notify:q:{stream}          LIST   the same frames again, for ``oceanus notify``: copied from
-                                        ``P:q:{stream}`` by the notifier's tap, or by the flusher's
+    P:notify:q:{T}               LIST   the same frames again, for ``oceanus notify``: copied from
+                                        ``P:q:{T}`` by the notifier's tap, or by the flusher's
                                         claim for frames the tap had not reached (streams with rules
                                         only; the notifier's own keys live under ``P:notify:`` too,
                                         see notifier/keys.py)
-    P:notify:tapped:{stream}     STRING the tap counter ``N``: the first ``N`` frames at the head of
-                                        ``P:q:{stream}`` are in the notify queue already (absent = 0)
+    P:notify:tapped:{T}          STRING the tap counter ``N``: the first ``N`` frames at the head of
+                                        ``P:q:{T}`` are in the notify queue already (absent = 0)
     P:notify:recent              LIST   newest first: the latest notifications and failures, JSON
                                         ``{"rule", "channel", "outcome", "at", "detail"}``
+
+Shards (``[streams.X] shards = N``, default 1): a stream's frames are spread over
+``N`` queues, each with every key above that one script or MULTI touches with it,
+under its own tag -- so on Redis Cluster each shard is one slot, and the shards of
+a busy stream land on several masters. A collector worker sends each round's
+frames of a stream to one shard and the next round's to the next; flushers and
+notifiers claim, tap and re-claim in every shard, and every reader (status, gauges,
+``oceanus dead``, ``forget``) sums or lists over them. A batch is one shard's:
+claims never span two slots. Lowering ``N`` strands what the dropped shards hold:
+drain the stream first.
+
+The layout before the tags (``P:q:pageview``, ``P:inflight:pageview:{owner}:{seq}``,
+``P:dead:pageview``, ``P:notify:q:pageview``, ...; the ``legacy_*`` names below)
+is moved into shard 0 by the flusher and the notifier (flusher/upgrade.py).
 
 Collectors write the stats and recent errors in the same pipeline as their
 RPUSH, once per micro-batch, never per event. Collectors know nothing of rules:
 a stream's frames reach the notifier without a second push at the edge.
 
-Who changes ``P:notify:tapped:{stream}`` (each in the same Lua script as the
+Who changes ``P:notify:tapped:{T}`` (each in the same Lua script as the
 change of ``P:q:{stream}`` it accounts for, so the invariant "the first N frames
 of the queue were copied" holds between any two scripts):
 
@@ -244,30 +264,46 @@ def decode_frame(item: bytes) -> tuple[list[str], list[list[Any]]]:
 
 
 class Keys:
-    """Key names under one prefix."""
+    """Key names under one prefix.
+
+    A stream's buffer keys carry the hash tag of one (stream, shard): ``{stream}``
+    for shard 0, ``{stream~N}`` for shard N (see the module docstring). ``shard``
+    defaults to 0, so a one-shard stream reads as before the sharding.
+    """
 
     __slots__ = ("prefix",)
 
     def __init__(self, prefix: str = "oceanus") -> None:
         self.prefix = prefix
 
-    def queue(self, stream: str) -> str:
-        return f"{self.prefix}:q:{stream}"
+    @staticmethod
+    def tag(stream: str, shard: int = 0) -> str:
+        """The hash tag of one shard of a stream (``~`` never occurs in a stream name)."""
+        return f"{{{stream}}}" if shard == 0 else f"{{{stream}~{shard}}}"
 
-    def inflight(self, stream: str, owner: str, seq: int) -> str:
-        return f"{self.prefix}:inflight:{stream}:{owner}:{seq}"
+    def queue(self, stream: str, shard: int = 0) -> str:
+        return f"{self.prefix}:q:{self.tag(stream, shard)}"
 
-    def inflight_index(self, stream: str) -> str:
-        return f"{self.prefix}:inflight-index:{stream}"
+    def inflight(self, stream: str, owner: str, seq: int, shard: int = 0) -> str:
+        return f"{self.prefix}:inflight:{self.tag(stream, shard)}:{owner}:{seq}"
+
+    def inflight_index(self, stream: str, shard: int = 0) -> str:
+        return f"{self.prefix}:inflight-index:{self.tag(stream, shard)}"
 
     def state(self, inflight_key: str) -> str:
+        """Beside an in-flight key, in its slot: the first ``{...}`` of the name is the in-flight key's tag."""
         return f"{self.prefix}:state:{inflight_key}"
 
     def heartbeat(self, owner: str) -> str:
+        """The process's own heartbeat (the notifier's deliveries check it; no script reads it)."""
         return f"{self.prefix}:hb:{owner}"
 
-    def dead(self, stream: str) -> str:
-        return f"{self.prefix}:dead:{stream}"
+    def shard_heartbeat(self, owner: str, stream: str, shard: int = 0) -> str:
+        """The heartbeat of ``owner`` in one shard's slot, which the re-claim script checks."""
+        return f"{self.prefix}:hb:{self.tag(stream, shard)}:{owner}"
+
+    def dead(self, stream: str, shard: int = 0) -> str:
+        return f"{self.prefix}:dead:{self.tag(stream, shard)}"
 
     def stats(self, stream: str, minute: int) -> str:
         """Per-minute counters of one stream (``minute`` = unix seconds // 60)."""
@@ -276,14 +312,14 @@ class Keys:
     def recent_errors(self) -> str:
         return f"{self.prefix}:recent-errors"
 
-    def notify_queue(self, stream: str) -> str:
+    def notify_queue(self, stream: str, shard: int = 0) -> str:
         """Frames of a stream with rules, copied for the notifier by its tap or the flusher's claim
         (``Keys(notify_prefix).queue``)."""
-        return f"{self.notify_prefix()}:q:{stream}"
+        return f"{self.notify_prefix()}:q:{self.tag(stream, shard)}"
 
-    def notify_tapped(self, stream: str) -> str:
+    def notify_tapped(self, stream: str, shard: int = 0) -> str:
         """How many frames at the head of :meth:`queue` the notify queue has (see the module docstring)."""
-        return f"{self.notify_prefix()}:tapped:{stream}"
+        return f"{self.notify_prefix()}:tapped:{self.tag(stream, shard)}"
 
     def notify_prefix(self) -> str:
         """The notifier's namespace: ``Keys(this)`` gives its queue, in-flight and heartbeat keys."""
@@ -292,10 +328,37 @@ class Keys:
     def notify_recent(self) -> str:
         return f"{self.prefix}:notify:recent"
 
+    # The layout before hash tags (one queue per stream, no shard). Only read, to move what a
+    # Redis still holds in it into shard 0 (flusher/upgrade.py); never written by this version.
+
+    def legacy_queue(self, stream: str) -> str:
+        return f"{self.prefix}:q:{stream}"
+
+    def legacy_inflight(self, stream: str, owner: str, seq: int) -> str:
+        """An old in-flight key, as members of :meth:`legacy_inflight_index` name them."""
+        return f"{self.prefix}:inflight:{stream}:{owner}:{seq}"
+
+    def legacy_inflight_index(self, stream: str) -> str:
+        return f"{self.prefix}:inflight-index:{stream}"
+
+    def legacy_dead(self, stream: str) -> str:
+        return f"{self.prefix}:dead:{stream}"
+
+    def legacy_notify_queue(self, stream: str) -> str:
+        return f"{self.notify_prefix()}:q:{stream}"
+
+    def legacy_notify_tapped(self, stream: str) -> str:
+        return f"{self.notify_prefix()}:tapped:{stream}"
+
     @staticmethod
     def owner_of(inflight_key: str) -> str:
-        """The owner part of an in-flight key (``P:inflight:{stream}:{owner}:{seq}``)."""
+        """The owner part of an in-flight key (``P:inflight:{tag}:{owner}:{seq}``, either layout)."""
         return inflight_key.rsplit(":", 2)[-2]
+
+    @staticmethod
+    def seq_of(inflight_key: str) -> int:
+        """The sequence number at the end of an in-flight key (either layout)."""
+        return int(inflight_key.rsplit(":", 1)[-1])
 
 
 class EventIds:

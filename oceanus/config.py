@@ -210,6 +210,9 @@ class StreamConfig(_Base, frozen=True):
     #: A view of this name beside the table, in the 2016 oceanus's layout (every column a
     #: string, ``dt``, ``rad``, ``dev``: docs/MIGRATION.md), made by ``oceanus tables sync``.
     legacy_view: Name | None = None
+    #: Redis queues the stream's frames are spread over (each its own hash tag, so its own
+    #: cluster slot): collectors take turns round by round, flushers and notifiers read every one.
+    shards: Annotated[int, Meta(ge=1, le=1024)] = 1
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -370,8 +373,8 @@ class FlusherConfig(_Base, frozen=True):
     query_timeout_s: Annotated[float, Meta(gt=0, le=300)] = 10.0
     heartbeat_ttl_s: PositiveFloat = 30.0
     drain_timeout_s: PositiveFloat = 25.0
-    #: Dead letters (``P:dead:{stream}``) keep whole rows, personal data included: at
-    #: most this many per stream (the newest), and the list expires this long after
+    #: Dead letters (``P:dead:{T}``, one list per shard) keep whole rows, personal data
+    #: included: at most this many per shard (the newest), and the list expires this long after
     #: its last dead letter (7 days). ``oceanus dead`` lists, replays or purges them.
     dead_letter_max: PositiveInt = 100_000
     dead_letter_ttl_s: Annotated[float, Meta(ge=1)] = 604_800.0

@@ -73,9 +73,10 @@ def _group_frames(rows: Sequence[dict[str, Any]]) -> list[bytes]:
     return frames
 
 
-def replay(client: redis.Redis, keys: Keys, stream: str) -> tuple[int, int]:
-    """Move the stream's dead rows back to its queue. Returns (rows replayed, frames left dead)."""
-    dead_key, queue_key = keys.dead(stream), keys.queue(stream)
+def replay(client: redis.Redis, keys: Keys, stream: str, shard: int = 0) -> tuple[int, int]:
+    """Move one shard's dead rows back to that shard's queue (one slot per MULTI).
+    Returns (rows replayed, frames left dead)."""
+    dead_key, queue_key = keys.dead(stream, shard), keys.queue(stream, shard)
     for _ in range(REPLAY_ATTEMPTS):
         with client.pipeline(transaction=True) as pipe:
             try:
@@ -98,10 +99,10 @@ def replay(client: redis.Redis, keys: Keys, stream: str) -> tuple[int, int]:
     raise OceanusError(f"dead letters of {stream} kept changing; run `oceanus dead replay` again")
 
 
-def purge(client: redis.Redis, keys: Keys, stream: str) -> int:
+def purge(client: redis.Redis, keys: Keys, stream: str, shard: int = 0) -> int:
     with client.pipeline(transaction=True) as pipe:
-        pipe.llen(keys.dead(stream))
-        pipe.delete(keys.dead(stream))
+        pipe.llen(keys.dead(stream, shard))
+        pipe.delete(keys.dead(stream, shard))
         count, _ = pipe.execute()
     return int(count)
 
@@ -121,9 +122,16 @@ def main(args: argparse.Namespace) -> int:
     out = sys.stdout
     try:
         for stream in _streams(cfg, args.stream):
+            shards = range(cfg.streams[stream].shards)
             if args.action == "list":
-                total = int(client.llen(keys.dead(stream)))
-                items: list[bytes] = client.lrange(keys.dead(stream), 0, args.limit - 1)  # type: ignore[assignment]
+                # Shard by shard, each list in its order, at most --limit in all.
+                total, items = 0, list[bytes]()
+                for shard in shards:
+                    key = keys.dead(stream, shard)
+                    total += int(client.llen(key))
+                    if len(items) < args.limit:
+                        some: list[bytes] = client.lrange(key, 0, args.limit - len(items) - 1)  # type: ignore[assignment]
+                        items += some
                 out.write(f"{stream}: {total} dead letter(s)\n")
                 for item in items:
                     d = parse(item)
@@ -132,14 +140,18 @@ def main(args: argparse.Namespace) -> int:
                 if total > len(items):
                     out.write(f"  ... {total - len(items)} more (--limit)\n")
             elif args.action == "replay":
-                replayed, left = replay(client, keys, stream)
+                replayed = left = 0
+                for shard in shards:
+                    r, k = replay(client, keys, stream, shard)
+                    replayed, left = replayed + r, left + k
                 out.write(
                     f"{stream}: {replayed} row(s) back in the queue"
                     + (f"; {left} undecodable frame(s) left (purge them)" if left else "")
                     + "\n"
                 )
             else:
-                out.write(f"{stream}: {purge(client, keys, stream)} dead letter(s) deleted\n")
+                deleted = sum(purge(client, keys, stream, shard) for shard in shards)
+                out.write(f"{stream}: {deleted} dead letter(s) deleted\n")
     except redis.RedisError as exc:
         raise OceanusError(f"Redis at {cfg.redis.url.split('@')[-1]}: {exc}") from None
     finally:

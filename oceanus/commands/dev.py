@@ -354,10 +354,11 @@ def buffered_frames(redis_port: int, cfg: config.Config) -> int:
     client = redis.Redis(host="127.0.0.1", port=redis_port, socket_timeout=2.0)
     try:
         total = 0
-        for name in cfg.streams:
-            total += int(client.llen(keys.queue(name)))
-            for key in client.smembers(keys.inflight_index(name)):
-                total += int(client.llen(key))
+        for name, stream in cfg.streams.items():
+            for shard in range(stream.shards):
+                total += int(client.llen(keys.queue(name, shard)))
+                for key in client.smembers(keys.inflight_index(name, shard)):
+                    total += int(client.llen(key))
         return total
     except redis.RedisError:
         return -1

@@ -141,27 +141,36 @@ def _items(client: redis.Redis, key: str) -> list[bytes]:
     return items
 
 
-def forget_buffered(client: redis.Redis, keys: Keys, stream: str, field: str, wanted: str) -> StreamReport:
+def forget_buffered(
+    client: redis.Redis, keys: Keys, stream: str, field: str, wanted: str, shards: int = 1
+) -> StreamReport:
     report = StreamReport(stream=stream)
+    for shard in range(shards):
+        _forget_in_shard(client, keys, stream, shard, field, wanted, report)
+    return report
+
+
+def _forget_in_shard(
+    client: redis.Redis, keys: Keys, stream: str, shard: int, field: str, wanted: str, report: StreamReport
+) -> None:
     replace = client.register_script(_REPLACE_LUA)
-    queue = keys.queue(stream)
+    queue = keys.queue(stream, shard)
     # One LRANGE: an atomic snapshot. Indexes would shift under flushers' claims
     # and our own removals; values do not. A frame claimed since the snapshot is
     # not found by the script and shows up in flight below (or, already written,
     # is deleted from the warehouse afterwards).
     for item in _items(client, queue):
         dropped, rest = _scrub_frame(item, field, wanted)
-        if rest is not None and replace(keys=[queue, keys.notify_tapped(stream)], args=[item, rest]):
+        if rest is not None and replace(keys=[queue, keys.notify_tapped(stream, shard)], args=[item, rest]):
             report.queued += dropped
-    dead = keys.dead(stream)
+    dead = keys.dead(stream, shard)
     for item in _items(client, dead):
         if _scrub_dead(item, field, wanted) and replace(keys=[dead], args=[item, b""]):
             report.dead += 1
-    index: set[bytes] = client.smembers(keys.inflight_index(stream))  # type: ignore[assignment]
+    index: set[bytes] = client.smembers(keys.inflight_index(stream, shard))  # type: ignore[assignment]
     for key in index:
         for frame in _items(client, key.decode()):
             report.in_flight += _scrub_frame(frame, field, wanted)[0]
-    return report
 
 
 def _duckdb_delete(
@@ -233,7 +242,7 @@ def forget(cfg: config.Config, field: str, wanted: str, stream: str | None = Non
     keys = Keys(cfg.redis.key_prefix)
     client = redis.Redis.from_url(cfg.redis.url, socket_timeout=cfg.redis.timeout_s)
     try:
-        reports = [forget_buffered(client, keys, s.name, field, wanted) for s in streams]
+        reports = [forget_buffered(client, keys, s.name, field, wanted, s.shards) for s in streams]
     except redis.RedisError as exc:
         raise ForgetError(f"Redis at {cfg.redis.url.split('@')[-1]}: {exc}") from None
     finally:

@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 import msgspec
@@ -80,8 +81,11 @@ class _Acc:
             self.oldest_ms = frame.oldest_ms
 
 
-def redis_counts(redis_url: str, prefix: str, streams: list[str], now: float) -> dict[str, StreamStatus]:
-    """Backlog, in-flight rows, lag and dead letters per stream. Raises redis.RedisError."""
+def redis_counts(
+    redis_url: str, prefix: str, streams: list[str], now: float, shards: Mapping[str, int] | None = None
+) -> dict[str, StreamStatus]:
+    """Backlog, in-flight rows, lag and dead letters per stream, summed over its shards
+    (``shards``: a stream's count when above 1). Raises redis.RedisError."""
     import redis
 
     keys = Keys(prefix)
@@ -90,20 +94,24 @@ def redis_counts(redis_url: str, prefix: str, streams: list[str], now: float) ->
     try:
         for name in streams:
             queued, inflight = _Acc(), _Acc()
-            qkey = keys.queue(name)
-            nframes = int(client.llen(qkey))
-            for start in range(0, nframes, SCAN_CHUNK_FRAMES):
-                for item in client.lrange(qkey, start, start + SCAN_CHUNK_FRAMES - 1):
-                    queued.add(item)
-            for key in client.smembers(keys.inflight_index(name)):
-                for item in client.lrange(key, 0, -1):
-                    inflight.add(item)
+            nframes = dead = 0
+            for shard in range((shards or {}).get(name, 1)):
+                qkey = keys.queue(name, shard)
+                length = int(client.llen(qkey))
+                for start in range(0, length, SCAN_CHUNK_FRAMES):
+                    for item in client.lrange(qkey, start, start + SCAN_CHUNK_FRAMES - 1):
+                        queued.add(item)
+                for key in client.smembers(keys.inflight_index(name, shard)):
+                    for item in client.lrange(key, 0, -1):
+                        inflight.add(item)
+                nframes += length
+                dead += int(client.llen(keys.dead(name, shard)))
             out[name] = StreamStatus(
                 backlog_frames=nframes,
                 backlog_rows=queued.rows,
                 inflight_rows=inflight.rows,
                 oldest_unflushed_age_s=read_model.unflushed_age_s(now, (queued.oldest_ms, inflight.oldest_ms)),
-                dead_letters=int(client.llen(keys.dead(name))),
+                dead_letters=dead,
             )
     finally:
         client.close()
@@ -170,7 +178,8 @@ def collect(data_dir: Path, config_file: str | None = None) -> Status:
         import redis
 
         try:
-            counts = redis_counts(info.redis_url, info.key_prefix, streams, time.time())
+            shards = {name: s.shards for name, s in cfg.streams.items()}
+            counts = redis_counts(info.redis_url, info.key_prefix, streams, time.time(), shards)
             status.redis_up = True
             status.streams = counts
         except redis.RedisError:

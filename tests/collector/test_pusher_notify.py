@@ -51,7 +51,7 @@ async def test_a_stream_with_rules_costs_no_command_in_the_round(
         assert app.pusher.redis_up
     assert redis_client.llen(keys.queue("pageview")) == 1
     assert redis_client.llen(keys.queue("ecview")) == 1
-    assert sorted(redis_client.keys("oceanus:notify:*")) == [b"oceanus:notify:q:pageview"]
+    assert sorted(redis_client.keys("oceanus:notify:*")) == [keys.notify_queue("pageview").encode()]
     assert redis_client.get(keys.notify_queue("pageview")) == b"not a list"
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +98,30 @@ class NoState:
 
     def set(self, **values: str) -> None:
         raise AssertionError("the DuckDB sink needs no write state")
+
+
+class RecordingSink:
+    """A real sink behind a count of every event id handed to a write (DuckDB itself dedupes,
+    so its table alone cannot show a row written twice). Several flushers may share one
+    ``inner`` and one ``written``; only the sink built with ``owns=True`` closes ``inner``."""
+
+    name = "duckdb"
+
+    def __init__(self, inner: Any, written: Counter[str] | None = None, owns: bool = True) -> None:
+        self.inner = inner
+        self.written: Counter[str] = Counter() if written is None else written
+        self.owns = owns
+
+    def ensure_tables(self, streams: Sequence[StreamConfig]) -> list[str]:
+        tables: list[str] = self.inner.ensure_tables(streams)
+        return tables
+
+    def write(self, batch: Any, state: Any) -> Any:
+        at = batch.columns.index("event_id")
+        result = self.inner.write(batch, state)
+        self.written.update(row[at].hex() for row in batch.rows)
+        return result
+
+    def close(self) -> None:
+        if self.owns:
+            self.inner.close()

@@ -79,7 +79,8 @@ def test_orphan_is_reclaimed_with_its_state_and_batch_id(redis_server: RedisServ
         # The owner's heartbeat still lives: nothing is an orphan yet.
         assert await alive.orphans("pv") == []
         assert await alive.reclaim("pv", claim.key) is None
-        await dead.client.delete(KEYS.heartbeat("dead"))  # what the TTL does after a kill -9
+        # What the TTL does after a kill -9: the shard's heartbeat (the one re-claims check) goes too.
+        await dead.client.delete(KEYS.heartbeat("dead"), KEYS.shard_heartbeat("dead", "pv"))
         orphans = await alive.orphans("pv")
         assert orphans == [claim.key]
         again = await alive.reclaim("pv", claim.key)

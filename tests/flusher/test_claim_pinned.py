@@ -114,7 +114,7 @@ def test_a_claim_records_every_state_field_and_indexes_its_key(redis_server: Red
         assert await c.client.smembers(KEYS.inflight_index("pv")) == {first.key.encode(), second.key.encode()}
         assert c.holds(first.key)
         assert c.holds(second.key)
-        assert not c.holds("t:inflight:pv:owner-1:1")
+        assert not c.holds(KEYS.inflight("pv", "owner-1", 1))
         await c.client.aclose()
 
     asyncio.run(scenario())
@@ -201,8 +201,10 @@ def test_orphans_lists_own_unheld_keys_then_dead_owners_keys_sorted(redis_server
     client = redis_server.client()
     keys = [KEYS.inflight("pv", o, s) for o, s in (("zed", 2), ("me", 9), ("alive", 1), ("amy", 3), ("me", 1))]
     client.sadd(KEYS.inflight_index("pv"), *keys)
-    client.set(KEYS.heartbeat("alive"), "1")
+    client.set(KEYS.shard_heartbeat("alive", "pv"), "1")
     client.set(KEYS.heartbeat("me"), "1")
+    # Liveness is read in the shard's own slot: a process-wide heartbeat alone does not keep amy's key.
+    client.set(KEYS.heartbeat("amy"), "1")
 
     async def scenario() -> None:
         c = _claimer(redis_server, "me")

@@ -148,7 +148,7 @@ def test_drains_every_row_exactly_once_and_serves_admin(redis_server: RedisServe
         assert status == 200
         text = metrics.decode()
         assert 'oceanus_rows_written_total{stream="pv"} 5000.0' in text
-        assert 'oceanus_backlog_items{stream="pv"} 0.0' in text
+        assert 'oceanus_backlog_items{shard="0",stream="pv"} 0.0' in text
         assert 'oceanus_lag_seconds{stream="pv"} 0.0' in text
         for name in (
             "oceanus_inflight_batches",

@@ -131,7 +131,10 @@ def test_gauges_per_stream_exactly(redis_server: RedisServer, tmp_path: Path) ->
             def value(name: str, stream: str) -> float | None:
                 return f.metrics.registry.get_sample_value(name, {"stream": stream})
 
-            assert (value("oceanus_backlog_items", "ev"), value("oceanus_backlog_items", "pv")) == (2.0, 0.0)
+            def backlog(stream: str) -> float | None:  # per shard; one shard here
+                return f.metrics.registry.get_sample_value("oceanus_backlog_items", {"stream": stream, "shard": "0"})
+
+            assert (backlog("ev"), backlog("pv")) == (2.0, 0.0)
             assert (value("oceanus_inflight_batches", "ev"), value("oceanus_inflight_batches", "pv")) == (1.0, 0.0)
             assert value("oceanus_batch_target_rows", "ev") == f.workers["ev"].controller.target_rows
             lag = value("oceanus_lag_seconds", "ev")

@@ -26,8 +26,10 @@ def pageview(evt: str, sid: str = "ab12", **fields: Any) -> dict[str, Any]:
     return {"sid": sid, "evt": evt, "url": "https://www.bizocean.jp/doc/1", **fields}
 
 
-def push(client: redis.Redis, cfg: config.Config, stream: str, events: list[dict[str, Any]]) -> list[str]:
-    """One frame of ``events`` onto the stream's queue, as the collector writes it; the event ids.
+def push(
+    client: redis.Redis, cfg: config.Config, stream: str, events: list[dict[str, Any]], key: str | None = None
+) -> list[str]:
+    """One frame of ``events`` onto the stream's queue (or ``key``), as the collector writes it; the event ids.
 
     The notifier's tap copies it to the notify queue (no flusher runs in these tests)."""
     columns = cfg.streams[stream].columns
@@ -44,5 +46,5 @@ def push(client: redis.Redis, cfg: config.Config, stream: str, events: list[dict
             **ev,
         }
         rows.append([values.get(c) for c in columns])
-    client.rpush(Keys(cfg.redis.key_prefix).queue(stream), encode_frame(columns, rows))
+    client.rpush(key or Keys(cfg.redis.key_prefix).queue(stream), encode_frame(columns, rows))
     return ids

@@ -21,9 +21,12 @@ Q, TAPPED, NQ = KEYS.queue("pv"), KEYS.notify_tapped("pv"), KEYS.notify_queue("p
 
 
 def test_key_names() -> None:
-    assert TAPPED == "t:notify:tapped:pv"
-    assert NQ == "t:notify:q:pv"
+    assert TAPPED == "t:notify:tapped:{pv}"
+    assert NQ == "t:notify:q:{pv}"
     assert NotifyKeys(PREFIX).claim.queue("pv") == NQ
+    # Shard N: the tap's three keys share the tag, and the notifier claims from that same queue.
+    assert KEYS.notify_tapped("pv", 2) == "t:notify:tapped:{pv~2}"
+    assert NotifyKeys(PREFIX).claim.queue("pv", 2) == KEYS.notify_queue("pv", 2) == "t:notify:q:{pv~2}"
 
 
 class World:

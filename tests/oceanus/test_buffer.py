@@ -131,5 +131,5 @@ def test_event_ids_differ_after_fork() -> None:
 def test_keys() -> None:
     k = buffer.Keys("oc")
     key = k.inflight("pageview", "host-1-abc", 7)
-    assert key == "oc:inflight:pageview:host-1-abc:7"
+    assert key == "oc:inflight:{pageview}:host-1-abc:7"
     assert buffer.Keys.owner_of(key) == "host-1-abc"

@@ -194,28 +194,63 @@ def test_every_key_name() -> None:
         k.queue("s"),
         k.inflight("s", "o", 3),
         k.inflight_index("s"),
-        k.state("P:inflight:s:o:3"),
+        k.state("P:inflight:{s}:o:3"),
         k.heartbeat("o"),
+        k.shard_heartbeat("o", "s"),
         k.dead("s"),
         k.stats("s", 29_666_666),
         k.recent_errors(),
         k.notify_queue("s"),
+        k.notify_tapped("s"),
         k.notify_prefix(),
         k.notify_recent(),
     ] == [
-        "P:q:s",
-        "P:inflight:s:o:3",
-        "P:inflight-index:s",
-        "P:state:P:inflight:s:o:3",
+        "P:q:{s}",
+        "P:inflight:{s}:o:3",
+        "P:inflight-index:{s}",
+        "P:state:P:inflight:{s}:o:3",
         "P:hb:o",
-        "P:dead:s",
+        "P:hb:{s}:o",
+        "P:dead:{s}",
         "P:stats:s:29666666",
         "P:recent-errors",
-        "P:notify:q:s",
+        "P:notify:q:{s}",
+        "P:notify:tapped:{s}",
         "P:notify",
         "P:notify:recent",
     ]
+    # Shard N > 0: the tag ``{s~N}`` in every key of that shard.
+    assert [
+        k.queue("s", 3),
+        k.inflight("s", "o", 3, 1023),
+        k.inflight_index("s", 1),
+        k.shard_heartbeat("o", "s", 2),
+        k.dead("s", 7),
+        k.notify_queue("s", 3),
+        k.notify_tapped("s", 3),
+    ] == [
+        "P:q:{s~3}",
+        "P:inflight:{s~1023}:o:3",
+        "P:inflight-index:{s~1}",
+        "P:hb:{s~2}:o",
+        "P:dead:{s~7}",
+        "P:notify:q:{s~3}",
+        "P:notify:tapped:{s~3}",
+    ]
+    assert [buffer.Keys.tag("s"), buffer.Keys.tag("s", 1)] == ["{s}", "{s~1}"]
+    # The layout before hash tags, read only to move it into shard 0.
+    assert [
+        k.legacy_queue("s"),
+        k.legacy_inflight("s", "o", 3),
+        k.legacy_inflight_index("s"),
+        k.legacy_dead("s"),
+        k.legacy_notify_queue("s"),
+        k.legacy_notify_tapped("s"),
+    ] == ["P:q:s", "P:inflight:s:o:3", "P:inflight-index:s", "P:dead:s", "P:notify:q:s", "P:notify:tapped:s"]
     assert buffer.Keys.owner_of("P:inflight:my:stream:host-1:12") == "host-1"
+    assert buffer.Keys.owner_of("P:inflight:{my_stream~12}:host-1:12") == "host-1"
+    assert buffer.Keys.seq_of("P:inflight:{s~3}:host-1:1780000000123") == 1_780_000_000_123
+    assert buffer.Keys.seq_of("P:inflight:s:host-1:12") == 12
 
 
 def test_the_random_parts_are_48_node_bits_and_a_16_bit_counter_start(monkeypatch: pytest.MonkeyPatch) -> None:

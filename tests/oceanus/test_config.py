@@ -26,6 +26,17 @@ def test_default_config_decodes() -> None:
     assert cfg.streams["form"].fields["email"].format == "email"
     assert pv.columns[:5] == config.SERVER_COLUMNS
     assert pv.columns[-1] == "extra"
+    assert {s.shards for s in cfg.streams.values()} == {1}
+
+
+def test_shards_from_1_to_1024() -> None:
+    for n in (1, 1024):
+        assert config.loads(f"[streams.pv]\nshards = {n}\n[streams.pv.fields]\na = {{}}").streams["pv"].shards == n
+    for bad, why in ((0, ">= 1"), (1025, "<= 1024"), ('"4"', "got `str`")):
+        with pytest.raises(ConfigError) as info:
+            config.loads(f"[streams.pv]\nshards = {bad}\n[streams.pv.fields]\na = {{}}")
+        assert str(info.value).startswith("streams.pv.shards: "), str(info.value)
+        assert why in str(info.value)
 
 
 @pytest.mark.parametrize(

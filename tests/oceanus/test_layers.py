@@ -75,8 +75,9 @@ def test_collector_and_flusher_do_not_import_each_other() -> None:
 
 
 #: The one edge from the notifier into another component: the flusher's claim protocol, generic over a
-#: ``Keys(prefix)``, which the notifier runs in a namespace of its own (docs/ARCHITECTURE.md, "Notifier").
-NOTIFIER_MAY_IMPORT_FROM_FLUSHER = ("flusher.claim",)
+#: ``Keys(prefix)``, which the notifier runs in a namespace of its own (docs/ARCHITECTURE.md, "Notifier"),
+#: and the move of that protocol's keys from the layout before hash tags, generic in the same way.
+NOTIFIER_MAY_IMPORT_FROM_FLUSHER = ("flusher.claim", "flusher.upgrade")
 
 
 def test_nothing_imports_the_notifier() -> None:

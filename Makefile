@@ -14,10 +14,12 @@ PYTEST_ARGS ?=
 # Every Python tree the linters and the type checker read (pre-commit runs the same).
 PY_DIRS := oceanus collector flusher importer notifier bench tests loadtest tools
 
-$(STAMP): pyproject.toml
+# The image's pins (docker/constraints.txt) hold here too: tests run on the code the image ships,
+# and a release upstream cannot change a build of the same commit.
+$(STAMP): pyproject.toml docker/constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,bench,lint]'
+	$(PY) -m pip install -q -e '.[test,bench,lint]' -c docker/constraints.txt
 	$(PY) -m tests.support.spatial
 	@touch $(STAMP)
 

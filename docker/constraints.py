@@ -8,6 +8,10 @@ markers of Linux and this Python (the image's ``python:3.11-slim``).
 
     .venv/bin/python docker/constraints.py          # rewrite the file
     .venv/bin/python docker/constraints.py --check  # exit 1 if it is stale
+
+``make venv`` installs under these pins too, so a release upstream does not
+change what a fresh clone tests. To move them: ``.venv/bin/pip install -U
+-e '.[test,bench,lint]'`` (without ``-c``), run the tests, then rewrite the file.
 """
 
 from __future__ import annotations

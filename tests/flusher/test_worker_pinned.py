@@ -7,22 +7,24 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import re
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 
 from flusher.claim import Claimer
 from flusher.runner import Flusher
-from flusher.sinks.base import Batch, WriteResult, WriteState
+from flusher.sinks.base import Batch, RowRetry, WriteResult, WriteState
 from flusher.sinks.duckdb import DuckDBSink
 from oceanus.buffer import EventIds, Keys, encode_frame
 from oceanus.config import Config
-from oceanus.errors import PayloadTooLarge, SinkError
+from oceanus.errors import PayloadTooLarge, Reason, SinkError
 from tests.flusher.helpers import STREAMS_TOML, make_config, make_rows, push_frames
 from tests.support.outageproxy import OutageProxy
 from tests.support.servers import RedisServer, free_port
@@ -401,8 +403,8 @@ def test_a_single_row_too_large_for_the_sink_is_a_dead_letter_naming_the_limit(
 def test_shutdown_during_a_backoff_gives_the_batch_back_without_another_write(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
-    # A long backoff (30 s), so the worker sits in it when the shutdown comes.
-    cfg = make_config(redis_server.url, tmp_path / "w.duckdb", retry_base_s=30.0, retry_max_s=30.0)
+    # A long backoff (30 s, doubling to 60 s), so the worker sits in it when the shutdown comes.
+    cfg = make_config(redis_server.url, tmp_path / "w.duckdb", retry_base_s=30.0, retry_max_s=60.0)
     keys = Keys(cfg.redis.key_prefix)
     client = redis_server.client()
     push_frames(client, keys, cfg.streams["pv"], frames=1, rows_per_frame=5)
@@ -418,9 +420,11 @@ def test_shutdown_during_a_backoff_gives_the_batch_back_without_another_write(
     async def body() -> None:
         f = Flusher(cfg, sink)
         # Seen from this loop, the worker logs the pause and enters it with no await between.
+        f.workers["pv"].rng = random.Random(7)
         try:
-            pattern = r"^stream pv: write of batch \S+ \(5 rows\) failed, attempt (1), retrying in "
-            assert await _pauses(f, caplog, pattern, 1) == ["1"]
+            pattern = r"^stream pv: write of batch \S+ \(5 rows\) failed, attempt 1, retrying in ([0-9.]+)s: "
+            # Full jitter over [0, base * 2**0] for the first retry.
+            assert await _pauses(f, caplog, pattern, 1) == [f"{random.Random(7).uniform(0.0, 30.0):.2f}"]
         finally:
             await f.close()
 
@@ -429,3 +433,73 @@ def test_shutdown_during_a_backoff_gives_the_batch_back_without_another_write(
     assert len(sink.calls) == 1
     assert client.lrange(keys.queue("pv"), 0, -1) == before
     assert client.keys(f"{cfg.redis.key_prefix}:inflight*") == []
+
+
+def test_a_write_failing_once_shutdown_has_begun_gives_the_batch_back_at_once(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    cfg = make_config(redis_server.url, tmp_path / "w.duckdb", retry_base_s=30.0, retry_max_s=30.0)
+    keys = Keys(cfg.redis.key_prefix)
+    client = redis_server.client()
+    push_frames(client, keys, cfg.streams["pv"], frames=1, rows_per_frame=5)
+    before = client.lrange(keys.queue("pv"), 0, -1)
+    entered, gate = threading.Event(), threading.Event()
+
+    class FailsWhenLetGo(DuckDBSink):
+        def write(self, batch: Batch, state: WriteState) -> WriteResult:
+            entered.set()
+            gate.wait(20)
+            raise SinkError("HTTP 503 backendError (injected)", retryable=True, reason="server")
+
+    async def body() -> float:
+        f = Flusher(cfg, FailsWhenLetGo(cfg))
+        f.workers["pv"].rng = random.Random(7)  # a first backoff of 9.7 s: a wait there would show
+        task = asyncio.create_task(f.workers["pv"].run())
+        try:
+            await asyncio.to_thread(entered.wait, 20)
+            f.stopping.set()
+            gate.set()
+            t0 = time.monotonic()
+            await asyncio.wait_for(task, 30)
+            return time.monotonic() - t0
+        finally:
+            gate.set()
+            await f.close()
+
+    assert random.Random(7).uniform(0.0, 30.0) > 9.0
+    assert asyncio.run(body()) < 5.0
+    assert client.lrange(keys.queue("pv"), 0, -1) == before
+
+
+def test_the_first_row_handed_back_is_resent(redis_server: RedisServer, tmp_path: Path) -> None:
+    cfg = make_config(redis_server.url, tmp_path / "w.duckdb")
+    push_frames(redis_server.client(), Keys(cfg.redis.key_prefix), cfg.streams["pv"], frames=1, rows_per_frame=3)
+
+    class HandsBackRowZeroOnce(_Recording):
+        def write(self, batch: Batch, state: WriteState) -> WriteResult:
+            first = not self.calls
+            result = super().write(batch if not first else msgspec.structs.replace(batch, rows=batch.rows[1:]), state)
+            if first:
+                self.calls[-1] = (batch.batch_id, [r[batch.columns.index("n")] for r in batch.rows])
+                return WriteResult(written=result.written, retry=(RowRetry(0, Reason.SERVER),))
+            return result
+
+    sink = HandsBackRowZeroOnce(cfg)
+
+    async def body() -> None:
+        f = Flusher(cfg, sink)
+        task = asyncio.create_task(f.workers["pv"].run())
+        try:
+
+            async def written() -> bool:
+                return f.metrics.registry.get_sample_value("oceanus_rows_written_total", {"stream": "pv"}) == 3
+
+            await _until(written, "every row written")
+        finally:
+            f.stopping.set()
+            await asyncio.wait_for(task, 10)
+            await f.close()
+
+    asyncio.run(body())
+    (batch_id,) = {c[0].split(".")[0] for c in sink.calls}
+    assert sink.calls == [(batch_id, [0, 1, 2]), (f"{batch_id}.r0", [0])]

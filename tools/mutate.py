@@ -610,6 +610,13 @@ def _summary(module: str, results: list[dict[str, object]], seconds: int) -> dic
     }
 
 
+def _rerun_of(old: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The re-run outcome of an earlier mutant: same key, nearest line (the same text may
+    occur on two lines, and lines move when the module is edited between runs)."""
+    same = [x for x in rows if x["key"] == old["key"]]
+    return min(same, key=lambda x: abs(int(x["line"]) - int(old["line"]))) if same else old
+
+
 def _brief(m: Mutant) -> dict[str, object]:
     d = asdict(m)
     del d["source"]
@@ -694,14 +701,9 @@ def main(argv: list[str] | None = None) -> int:
             if module in earlier:
                 # The re-run replaces the earlier outcomes of those mutants: one complete report.
                 # The same change on two lines with the same text shares a key: the line tells them apart.
-                # If a commit since moved the lines, a key that occurs once still finds its mutant.
+                # If a commit since moved the lines, the same key on the nearest line is that mutant.
                 rows = cast(list[dict[str, Any]], r["results"])
-                rerun = {(x["key"], x["line"]): x for x in rows}
-                keys = [x["key"] for x in rows]
-                by_key = {x["key"]: x for x in rows if keys.count(x["key"]) == 1}
-                merged = [
-                    rerun.get((x["key"], x["line"])) or by_key.get(x["key"]) or x for x in earlier[module]["results"]
-                ]
+                merged = [_rerun_of(x, rows) for x in earlier[module]["results"]]
                 r = _summary(module, merged, int(earlier[module]["seconds"]) + cast(int, r["seconds"]))
                 print(f"{module} with the earlier run: {r['score']} %", flush=True)
             report.append(r)

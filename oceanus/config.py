@@ -353,11 +353,27 @@ class CollectorConfig(_Base, frozen=True):
             )
 
 
+#: URL schemes that name a Redis Cluster by its seed nodes (docs/CLUSTER.md).
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
+
 class RedisConfig(_Base, frozen=True):
+    #: One instance (``redis://``, ``rediss://``, ``unix://``) or a cluster
+    #: (``redis+cluster://h1:p1,h2:p2``, TLS ``rediss+cluster://``).
     url: str = "redis://127.0.0.1:6379/0"
     key_prefix: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] = "oceanus"
     pool_size: PositiveInt = 16
     timeout_s: PositiveFloat = 2.0
+    #: Replication is asynchronous: a master that dies after answering can take the round with
+    #: it. With K > 0 the collector sends ``WAIT K wait_timeout_ms`` after each round and counts
+    #: the round as written only when K replicas hold it; otherwise its frames go to the spool.
+    min_replicas_ack: Annotated[int, Meta(ge=0, le=16)] = 0
+    wait_timeout_ms: Annotated[int, Meta(ge=1, le=60_000)] = 500
+
+    @property
+    def cluster(self) -> bool:
+        """True when ``url`` names a Redis Cluster."""
+        return self.url.startswith(CLUSTER_SCHEMES)
 
 
 class FlusherConfig(_Base, frozen=True):
@@ -1070,6 +1086,12 @@ def decode(raw: dict[str, Any], source: str = "") -> Config:
     if not streams:
         raise ConfigError("streams: at least one stream must be defined")
     _check_load_quota(base.sink.bigquery, streams)
+    if base.redis.min_replicas_ack and base.redis.wait_timeout_ms >= base.redis.timeout_s * 1000:
+        # WAIT blocks the round for up to wait_timeout_ms; past timeout_s the link gives up first.
+        raise ConfigError(
+            f"redis.wait_timeout_ms: {base.redis.wait_timeout_ms} ms must be below redis.timeout_s "
+            f"({base.redis.timeout_s:g} s), or the round times out before WAIT answers"
+        )
     for name in base.collector.access:
         if name not in streams:
             raise ConfigError(f"collector.access.{name}: no stream named {name!r}")

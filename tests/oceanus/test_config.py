@@ -39,6 +39,31 @@ def test_shards_from_1_to_1024() -> None:
         assert why in str(info.value)
 
 
+def test_redis_cluster_url_and_replica_acks() -> None:
+    pv = "[streams.pv.fields]\na = {}"
+    one = config.loads(pv).redis
+    assert (one.cluster, one.min_replicas_ack, one.wait_timeout_ms) == (False, 0, 500)
+    for url in ("redis+cluster://a:7000,b:7001", "rediss+cluster://u:p@a:7000"):
+        assert config.loads(f'[redis]\nurl = "{url}"\n{pv}').redis.cluster
+    assert not config.loads(f'[redis]\nurl = "rediss://a:6380/0"\n{pv}').redis.cluster
+    acks = config.loads(f"[redis]\nmin_replicas_ack = 1\nwait_timeout_ms = 1999\n{pv}").redis
+    assert (acks.min_replicas_ack, acks.wait_timeout_ms) == (1, 1999)
+    for body, message in (
+        (
+            "min_replicas_ack = 1\nwait_timeout_ms = 2000",
+            "redis.wait_timeout_ms: 2000 ms must be below redis.timeout_s (2 s), or the round times out "
+            "before WAIT answers",
+        ),
+        ("min_replicas_ack = -1", "redis.min_replicas_ack: Expected `int` >= 0"),
+        ("wait_timeout_ms = 0", "redis.wait_timeout_ms: Expected `int` >= 1"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            config.loads(f"[redis]\n{body}\n{pv}")
+        assert str(info.value) == message
+    # Without replica acks the WAIT timeout is unused and not held against timeout_s.
+    assert config.loads(f"[redis]\nwait_timeout_ms = 5000\n{pv}").redis.wait_timeout_ms == 5000
+
+
 @pytest.mark.parametrize(
     ("toml", "path"),
     [

@@ -50,7 +50,13 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
-from collector.resp import RedisLink, pack
+from collector.resp import NotReplicated, RedisLink, check_wait, pack
+
+__all__ = ["SLOTS", "ClusterLink", "NotReplicated", "command_key", "key_slot", "parse_url", "split_commands"]
+
+# One parser for the cluster URL, shared with the flusher, the notifier and the commands.
+from oceanus.redisclient import parse_address as _address
+from oceanus.redisclient import parse_cluster_url as parse_url
 
 #: Redis Cluster's key space: a key's slot is CRC16(key) mod 16384.
 SLOTS = 16384
@@ -58,10 +64,6 @@ _CLUSTER_SHARDS = pack("CLUSTER", "SHARDS")
 _ASKING = pack("ASKING")
 
 Address = tuple[str, int]
-
-
-class NotReplicated(Exception):
-    """The command was applied, but fewer replicas than ``wait_replicas`` acknowledged it in time."""
 
 
 def key_slot(key: bytes) -> int:
@@ -113,33 +115,6 @@ def _header(buf: bytes, pos: int, kind: bytes) -> tuple[int, int]:
     return end + 2, int(buf[pos + 1 : end])
 
 
-def parse_url(url: str) -> tuple[list[Address], str | None, str | None, bool]:
-    """Seeds, user name, password and TLS from a ``redis+cluster://`` URL."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("redis+cluster", "rediss+cluster"):
-        raise ValueError(f"redis.url: a cluster URL starts with redis+cluster:// or rediss+cluster://, not {url!r}")
-    if parts.path not in ("", "/", "/0") or parts.query or parts.fragment:
-        raise ValueError("redis.url: a cluster URL carries no database, path or options (a cluster has database 0)")
-    userinfo, _, hosts = parts.netloc.rpartition("@")
-    user, _, password = userinfo.partition(":")
-    seeds = [_address(h, "redis.url") for h in hosts.split(",") if h]
-    if not seeds:
-        raise ValueError(f"redis.url: no host:port in {url!r}")
-    return (
-        seeds,
-        urllib.parse.unquote(user) or None,
-        urllib.parse.unquote(password) if userinfo and ":" in userinfo else None,
-        parts.scheme == "rediss+cluster",
-    )
-
-
-def _address(text: str, where: str) -> Address:
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"{where}: expected host:port, got {text!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
 class ClusterLink:
     """One connection per master, a slot map, and rounds split per master (module docstring)."""
 
@@ -157,13 +132,7 @@ class ClusterLink:
             self._seeds, self._user, self._password, self._tls = list(seeds), None, None, False
             if not self._seeds:
                 raise ValueError("a cluster link needs at least one seed node")
-        if wait_replicas < 0:
-            raise ValueError(f"wait_replicas: must be 0 or more, got {wait_replicas}")
-        if wait_replicas and not 0 < wait_timeout_ms < timeout_s * 1000:
-            # WAIT with a timeout of 0 blocks for ever; past timeout_s the link gives up on the node first.
-            raise ValueError(
-                f"wait_timeout_ms: must be above 0 and below redis.timeout_s ({timeout_s:g} s), got {wait_timeout_ms}"
-            )
+        check_wait(wait_replicas, wait_timeout_ms, timeout_s)
         self._timeout = timeout_s
         self._wait = pack("WAIT", wait_replicas, wait_timeout_ms) if wait_replicas else None
         self._wait_replicas = wait_replicas

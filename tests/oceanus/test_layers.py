@@ -7,8 +7,15 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-#: The core: config, the Redis contract, errors and the shared discovery file.
-CORE = ("oceanus/__init__.py", "oceanus/config.py", "oceanus/buffer.py", "oceanus/errors.py", "oceanus/discovery.py")
+#: The core: config, the Redis contract, errors, the shared discovery file and the Redis client factory.
+CORE = (
+    "oceanus/__init__.py",
+    "oceanus/config.py",
+    "oceanus/buffer.py",
+    "oceanus/errors.py",
+    "oceanus/discovery.py",
+    "oceanus/redisclient.py",
+)
 #: What sits on top: the entry point and the commands.
 COMMANDS = ("oceanus.cli", "oceanus.commands")
 

@@ -221,12 +221,11 @@ def _redis(app: App, state: WebState) -> Any:
     if client is not None:
         return client
     if state.redis is None:
-        import redis.asyncio as aioredis
+        from oceanus import redisclient
 
         t = min(state.cfg.redis.timeout_s, status.STATUS_REDIS_TIMEOUT_S)
-        state.redis = aioredis.Redis.from_url(
-            state.cfg.redis.url, socket_timeout=t, socket_connect_timeout=t, max_connections=2
-        )
+        # One instance or a cluster (then 2 connections per node), no hidden retries.
+        state.redis = redisclient.async_client(state.cfg.redis, timeout_s=t, max_connections=2)
     return state.redis
 
 

@@ -37,8 +37,6 @@ import msgspec
 import redis
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
-from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from flusher.admin import AdminServer, query_endpoint
@@ -50,6 +48,7 @@ from flusher.sinks.base import Sink
 from flusher.upgrade import UPGRADE_EVERY_S, Upgrade
 from flusher.worker import StreamWorker
 from oceanus import config as config_mod
+from oceanus import redisclient
 from oceanus.buffer import Keys
 from oceanus.config import Config
 from oceanus.discovery import FlusherInfo as _FlusherInfo
@@ -81,16 +80,12 @@ class Flusher:
         self.hosted_stop = threading.Event()
         self.keys = Keys(cfg.redis.key_prefix)
         self.owner = owner or make_owner_id()
-        timeout = cfg.redis.timeout_s
-        # No retries inside the client: a claim script is not idempotent (run twice
-        # under one key, its first frames would be appended and never returned), and
-        # the worker's own loop already retries with the outcome of every call known.
-        self.aredis: aioredis.Redis = aioredis.from_url(
-            cfg.redis.url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=AsyncRetry(NoBackoff(), 0)
-        )
-        self.sync_redis: redis.Redis = redis.from_url(
-            cfg.redis.url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
+        # No retries inside the client (one instance or a cluster: oceanus/redisclient.py): a
+        # claim script is not idempotent (run twice under one key, its first frames would be
+        # appended and never returned), and the worker's own loop already retries with the
+        # outcome of every call known.
+        self.aredis: aioredis.Redis = redisclient.async_client(cfg.redis)
+        self.sync_redis: redis.Redis = redisclient.sync_client(cfg.redis)
         self.claimer = Claimer(
             self.aredis,
             self.keys,
@@ -101,8 +96,11 @@ class Flusher:
             # Streams with rules: a claimed frame the notifier's tap has not copied yet is copied by the claim.
             notify_tap=config_mod.rule_streams(cfg),
         )
-        # Keys a Redis still holds in the layout before hash tags (single instance; flusher/upgrade.py).
-        self.upgrade = Upgrade(self.aredis, cfg.redis.key_prefix, list(cfg.streams), [self.keys])
+        # Keys a Redis still holds in the layout before hash tags (flusher/upgrade.py). Single
+        # instance only: that layout never ran on a cluster, and its scripts span slots.
+        self.upgrade: Upgrade | None = (
+            None if cfg.redis.cluster else Upgrade(self.aredis, cfg.redis.key_prefix, list(cfg.streams), [self.keys])
+        )
         self.metrics = FlusherMetrics()
         self.stopping = asyncio.Event()
         self.redis_ok = False
@@ -176,10 +174,10 @@ class Flusher:
                 log.warning("re-claim scan failed: %s", exc)
             await self.sleep(interval)
 
-    async def _upgrade_loop(self) -> None:
+    async def _upgrade_loop(self, upgrade: Upgrade) -> None:
         while not self.stopping.is_set():
             try:
-                if await self.upgrade.run():
+                if await upgrade.run():
                     log.info("moved old-layout keys into shard 0; re-claiming what their dead owners left")
                     await self.reclaim_orphans()
             except RedisError as exc:
@@ -212,9 +210,9 @@ class Flusher:
             ages = [frame_oldest_ms(fr) for fr in (*heads[name], inflight_heads.get(name)) if fr]
             known = [a for a in ages if a is not None]
             m.lag_seconds.labels(name).set(max(0.0, (now_ms - min(known)) / 1000) if known else 0.0)
-        info = await self.aredis.info("memory")
-        m.redis_used_memory.set(float(info.get("used_memory", 0)))
-        m.redis_maxmemory.set(float(info.get("maxmemory", 0)))
+        used, most = await redisclient.memory_info(self.aredis)
+        m.redis_used_memory.set(used)
+        m.redis_maxmemory.set(most)
 
     async def _gauge_loop(self) -> None:
         while not self.stopping.is_set():
@@ -247,6 +245,8 @@ class Flusher:
 
     async def run(self, on_started: Callable[[], Awaitable[None]] | None = None) -> bool:
         """Until :attr:`stopping` is set and the drain is over; False if a write outlived the drain."""
+        if self.upgrade is not None:
+            background.append(asyncio.create_task(self._upgrade_loop(self.upgrade), name="upgrade"))
         await self.in_thread(self.sink.ensure_tables, list(self.cfg.streams.values()))
         self.tables_ready = True
         if self.admin is None:
@@ -256,7 +256,6 @@ class Flusher:
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._reclaim_loop(), name="reclaim"),
-            asyncio.create_task(self._upgrade_loop(), name="upgrade"),
             asyncio.create_task(self._gauge_loop(), name="gauges"),
         ]
         workers = [asyncio.create_task(w.run(), name=f"stream-{w.name}") for w in self.workers.values()]

@@ -100,7 +100,7 @@ class Worker:
         self.owner = owner
         self.metrics = metrics
         self.stopping = stopping
-        self.keys = NotifyKeys(cfg.redis.key_prefix)
+        self.keys = NotifyKeys(cfg.redis.key_prefix, cfg.redis.cluster)
         self.sending = self.keys.sending(name, owner)
         self.rules = [r for r in cfg.rules.values() if name in r.channels and r.enabled]
         self._jitter = sleep
@@ -199,6 +199,10 @@ class Worker:
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.rpush(self.keys.dead(self.name), item)
             pipe.ltrim(self.keys.dead(self.name), -self.cfg.notify.dead_letter_max, -1)
+            await pipe.execute()
+        # Apart from the dead list's MULTI: on a cluster the status page's list is in another slot,
+        # and it only informs (a crash between the two leaves the dead letter without its line).
+        async with self.client.pipeline(transaction=False) as pipe:
             self._recent(pipe, job.rule if job else "", "dead", reason)
             await pipe.execute()
         if job is not None:
@@ -253,7 +257,7 @@ class Worker:
 
 async def return_orphans(client: aioredis.Redis, cfg: Config, owner: str) -> int:
     """Move the sending lists of notifiers whose heartbeat is gone back to their jobs lists."""
-    keys = NotifyKeys(cfg.redis.key_prefix)
+    keys = NotifyKeys(cfg.redis.key_prefix, cfg.redis.cluster)
     script = client.register_script(_RETURN_LUA)
     moved = 0
     for name in cfg.channels:
@@ -267,4 +271,4 @@ async def return_orphans(client: aioredis.Redis, cfg: Config, owner: str) -> int
 
 
 def heartbeat_key(cfg: Config, owner: str) -> str:
-    return Keys(NotifyKeys(cfg.redis.key_prefix).base).heartbeat(owner)
+    return Keys(NotifyKeys(cfg.redis.key_prefix, cfg.redis.cluster).base).heartbeat(owner)

@@ -72,7 +72,7 @@ class Evaluator:
         self.client = client
         self.claimer = claimer
         self.metrics = metrics
-        self.keys = NotifyKeys(cfg.redis.key_prefix)
+        self.keys = NotifyKeys(cfg.redis.key_prefix, cfg.redis.cluster)
         self.by_stream: dict[str, list[Compiled]] = {}
         for rule in cfg.rules.values():
             if rule.enabled:

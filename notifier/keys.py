@@ -27,6 +27,13 @@ Delivery, per channel ``C`` and rule ``R``::
     P:notify:thr:{R}:{group}          ZSET   event ids of a threshold window, scored by event ms
     P:notify:fired:{R}:{group}        STRING a threshold fired; set for its window (PX)
     P:notify:recent                   LIST   newest first, the latest outcomes (the status page)
+
+On Redis Cluster the delivery keys above (not the claim keys, nor ``P:notify:recent``) carry
+one hash tag, ``P:notify:{notify}:jobs:{C}`` and so on: a threshold's script writes its window,
+its mark and the jobs of each of its channels at once, and a delivery moves a job between two
+lists of its channel, so all of them must share one slot. Notifications are few; one master
+serves them. One instance keeps the names above (the tag would change nothing there and
+strand the jobs a running notifier left under the old names).
 """
 
 from __future__ import annotations
@@ -37,41 +44,47 @@ from oceanus.buffer import Keys
 RECENT_MAX = 100
 
 
-class NotifyKeys:
-    __slots__ = ("base", "claim")
+#: The hash tag of every delivery key on Redis Cluster (module docstring).
+DELIVERY_TAG = "{notify}"
 
-    def __init__(self, prefix: str) -> None:
+
+class NotifyKeys:
+    __slots__ = ("base", "claim", "delivery")
+
+    def __init__(self, prefix: str, cluster: bool = False) -> None:
         core = Keys(prefix)
         self.base = core.notify_prefix()
         #: The namespace handed to the flusher's Claimer.
         self.claim = Keys(self.base)
+        #: Where the delivery keys live: one slot on a cluster.
+        self.delivery = f"{self.base}:{DELIVERY_TAG}" if cluster else self.base
 
     def jobs(self, channel: str) -> str:
-        return f"{self.base}:jobs:{channel}"
+        return f"{self.delivery}:jobs:{channel}"
 
     def sending(self, channel: str, owner: str) -> str:
-        return f"{self.base}:sending:{channel}:{owner}"
+        return f"{self.delivery}:sending:{channel}:{owner}"
 
     def sending_index(self, channel: str) -> str:
-        return f"{self.base}:sending-index:{channel}"
+        return f"{self.delivery}:sending-index:{channel}"
 
     def dead(self, channel: str) -> str:
-        return f"{self.base}:dead:{channel}"
+        return f"{self.delivery}:dead:{channel}"
 
     def sent(self, job_id: str) -> str:
-        return f"{self.base}:sent:{job_id}"
+        return f"{self.delivery}:sent:{job_id}"
 
     def rate(self, rule: str, channel: str, window: int) -> str:
-        return f"{self.base}:rate-ids:{rule}:{channel}:{window}"
+        return f"{self.delivery}:rate-ids:{rule}:{channel}:{window}"
 
     def held(self, rule: str, channel: str, window: int) -> str:
-        return f"{self.base}:held-ids:{rule}:{channel}:{window}"
+        return f"{self.delivery}:held-ids:{rule}:{channel}:{window}"
 
     def threshold(self, rule: str, group: str) -> str:
-        return f"{self.base}:thr:{rule}:{group}"
+        return f"{self.delivery}:thr:{rule}:{group}"
 
     def fired(self, rule: str, group: str) -> str:
-        return f"{self.base}:fired:{rule}:{group}"
+        return f"{self.delivery}:fired:{rule}:{group}"
 
     def recent(self) -> str:
         return Keys(self.base.removesuffix(":notify")).notify_recent()

@@ -15,8 +15,6 @@ import signal
 from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from flusher.claim import Claimer, make_owner_id
 from flusher.upgrade import UPGRADE_EVERY_S, Upgrade
@@ -25,6 +23,7 @@ from notifier.delivery import Worker, return_orphans
 from notifier.engine import Evaluator
 from notifier.keys import NotifyKeys
 from notifier.metrics import NotifyMetrics
+from oceanus import redisclient
 from oceanus.config import Config
 
 log = logging.getLogger("oceanus.notify")
@@ -35,19 +34,15 @@ MAX_HEAD_BYTES = 8192
 
 
 def make_client(cfg: Config) -> aioredis.Redis:
-    # No hidden retries: a claim script re-sent by the client could run twice (flusher/claim.py).
-    return aioredis.Redis.from_url(
-        cfg.redis.url,
-        socket_timeout=cfg.redis.timeout_s,
-        socket_connect_timeout=cfg.redis.timeout_s,
-        retry=Retry(NoBackoff(), 0),
-    )
+    # No hidden retries, on one instance or a cluster: a claim script re-sent by the client
+    # could run twice (flusher/claim.py, oceanus/redisclient.py).
+    return redisclient.async_client(cfg.redis)
 
 
 class Notifier:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.keys = NotifyKeys(cfg.redis.key_prefix)
+        self.keys = NotifyKeys(cfg.redis.key_prefix, cfg.redis.cluster)
         self.owner = make_owner_id()
         self.client = make_client(cfg)
         self.metrics = NotifyMetrics()
@@ -57,7 +52,12 @@ class Notifier:
         self.evaluator = Evaluator(cfg, self.client, self.claimer, self.metrics)
         # Keys a Redis still holds in the layout before hash tags: the event queues the tap reads
         # and this namespace's in-flight batches (single instance; flusher/upgrade.py).
-        self.upgrade = Upgrade(self.client, cfg.redis.key_prefix, list(self.evaluator.streams), [self.keys.claim])
+        # Single instance only: that layout never ran on a cluster, and its scripts span slots.
+        self.upgrade: Upgrade | None = (
+            None
+            if cfg.redis.cluster
+            else Upgrade(self.client, cfg.redis.key_prefix, list(self.evaluator.streams), [self.keys.claim])
+        )
         self.workers = [
             Worker(cfg, name, make_channel(name, ch), self.client, self.owner, self.metrics, self.stopping)
             for name, ch in cfg.channels.items()
@@ -85,7 +85,7 @@ class Notifier:
         while not self.stopping.is_set():
             try:
                 await self.claimer.heartbeat()
-                if loop.time() >= upgrade_due:
+                if self.upgrade is not None and loop.time() >= upgrade_due:
                     upgrade_due = loop.time() + UPGRADE_EVERY_S
                     if await self.upgrade.run():
                         scan_due = 0.0  # re-evaluate at once what a stopped notifier of the old layout left

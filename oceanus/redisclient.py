@@ -39,6 +39,7 @@ import redis.asyncio.cluster as aiocluster
 import redis.cluster as synccluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException, RedisClusterUnreachableError, SlotNotCoveredError
 from redis.retry import Retry
 
 from oceanus.config import RedisConfig
@@ -74,6 +75,44 @@ def parse_address(text: str, where: str) -> Address:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+class ClusterUnavailable(redis.ConnectionError):
+    """No master serves a key's slot, or no node answers: an outage while the cluster fails over.
+
+    redis-py raises ``SlotNotCoveredError`` and ``RedisClusterUnreachableError`` outside the
+    ``RedisError`` tree; as a ``ConnectionError`` they take the path every caller already has
+    for a Redis that is down (back off, try again). Its other ``RedisClusterException`` s
+    (keys of several slots in one script, ...) are bugs, and stay as they are.
+    """
+
+
+#: Everything a synchronous caller (the commands) treats as "Redis did not do it".
+REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, RedisClusterException)
+_OUTAGES = (SlotNotCoveredError, RedisClusterUnreachableError)
+
+
+class _ClusterPipeline(aiocluster.ClusterPipeline):
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
+        try:
+            return await super().execute(raise_on_error, allow_redirections)
+        except _OUTAGES as exc:
+            raise ClusterUnavailable(str(exc)) from exc
+
+
+class _Cluster(aiocluster.RedisCluster):
+    """redis-py's asyncio cluster client, its outage exceptions made :class:`ClusterUnavailable`."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except _OUTAGES as exc:
+            raise ClusterUnavailable(str(exc)) from exc
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> aiocluster.ClusterPipeline:
+        if shard_hint:
+            return super().pipeline(transaction, shard_hint)  # refused there, with redis-py's message
+        return _ClusterPipeline(self, transaction)  # type: ignore[abstract]
+
+
 def _cluster_kwargs(rcfg: RedisConfig, timeout_s: float, max_connections: int | None) -> dict[str, Any]:
     seeds, user, password, tls = parse_cluster_url(rcfg.url)
     kwargs: dict[str, Any] = {
@@ -100,7 +139,7 @@ def async_client(
     if rcfg.cluster:
         kwargs = _cluster_kwargs(rcfg, t, max_connections)
         seeds = kwargs.pop("seeds")
-        client = aiocluster.RedisCluster(
+        client = _Cluster(
             startup_nodes=[aiocluster.ClusterNode(host, port) for host, port in seeds],
             retry=AsyncRetry(NoBackoff(), 0),
             **kwargs,

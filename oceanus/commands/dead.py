@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 import redis
 
-from oceanus import config
+from oceanus import config, redisclient
 from oceanus.buffer import Keys, encode_frame
 from oceanus.commands import UsageError
 from oceanus.errors import OceanusError
@@ -118,7 +118,7 @@ def _streams(cfg: config.Config, only: str | None) -> list[str]:
 def main(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     keys = Keys(cfg.redis.key_prefix)
-    client = redis.Redis.from_url(cfg.redis.url, socket_timeout=cfg.redis.timeout_s)
+    client = redisclient.sync_client(cfg.redis)
     out = sys.stdout
     try:
         for stream in _streams(cfg, args.stream):
@@ -152,7 +152,7 @@ def main(args: argparse.Namespace) -> int:
             else:
                 deleted = sum(purge(client, keys, stream, shard) for shard in shards)
                 out.write(f"{stream}: {deleted} dead letter(s) deleted\n")
-    except redis.RedisError as exc:
+    except redisclient.REDIS_ERRORS as exc:
         raise OceanusError(f"Redis at {cfg.redis.url.split('@')[-1]}: {exc}") from None
     finally:
         client.close()

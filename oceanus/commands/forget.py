@@ -39,7 +39,7 @@ from typing import Any
 import msgspec
 import redis
 
-from oceanus import config
+from oceanus import config, redisclient
 from oceanus.buffer import FrameError, Keys, decode_frame, encode_frame
 from oceanus.commands import UsageError
 from oceanus.errors import OceanusError
@@ -240,10 +240,10 @@ def _bigquery_delete(
 def forget(cfg: config.Config, field: str, wanted: str, stream: str | None = None) -> list[StreamReport]:
     streams = streams_with(cfg, field, stream)
     keys = Keys(cfg.redis.key_prefix)
-    client = redis.Redis.from_url(cfg.redis.url, socket_timeout=cfg.redis.timeout_s)
+    client = redisclient.sync_client(cfg.redis)
     try:
         reports = [forget_buffered(client, keys, s.name, field, wanted, s.shards) for s in streams]
-    except redis.RedisError as exc:
+    except redisclient.REDIS_ERRORS as exc:
         raise ForgetError(f"Redis at {cfg.redis.url.split('@')[-1]}: {exc}") from None
     finally:
         client.close()

@@ -23,7 +23,7 @@ from notifier.channels import make_channel
 from notifier.channels.base import DeliveryError
 from notifier.keys import NotifyKeys
 from notifier.rules import cut, needed_fields
-from oceanus import config
+from oceanus import config, redisclient
 from oceanus.commands import EXIT_FAILED, UsageError
 
 _dead = msgspec.json.Decoder(dict[str, Any])
@@ -94,11 +94,11 @@ async def _test(cfg: config.Config, rule_name: str, overrides: list[str]) -> int
 
 
 def _dead_cmd(cfg: config.Config, action: str, channel: str | None, limit: int) -> int:
-    keys = NotifyKeys(cfg.redis.key_prefix)
+    keys = NotifyKeys(cfg.redis.key_prefix, cfg.redis.cluster)
     names = [channel] if channel else list(cfg.channels)
     if channel and channel not in cfg.channels:
         raise UsageError(f"--channel {channel!r}: no such channel")
-    client = redis.Redis.from_url(cfg.redis.url, socket_timeout=cfg.redis.timeout_s)
+    client = redisclient.sync_client(cfg.redis)
     try:
         for name in names:
             if action == "list":
@@ -138,7 +138,7 @@ def _dead_cmd(cfg: config.Config, action: str, channel: str | None, limit: int) 
                         except redis.WatchError:
                             continue
                 print(f"channel {name}: {moved} dead letters back in the queue")
-    except redis.RedisError as exc:
+    except redisclient.REDIS_ERRORS as exc:
         from oceanus.errors import OceanusError
 
         raise OceanusError(f"Redis at {cfg.redis.url}: {exc}") from None

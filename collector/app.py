@@ -8,12 +8,14 @@ Routes::
                               or form-encoded; gzip accepted; 200 {"accepted": n}
     OPTIONS /b/..., /e/...    CORS preflight (204)
     GET  /healthz             process alive
-    GET  /readyz              503 when draining, or Redis down AND spool full
+    GET  /readyz              503 when draining, or Redis (any cluster master) down AND spool full
     GET  /metrics             Prometheus text, all granian workers merged
     other GETs                collector.web.handle (tag, demo, status pages), else 404
 
 A 2xx means the event is in Redis (or in the fsync'd spool while Redis is
 unreachable): the response waits for the micro-batch round that carries it.
+With ``redis.min_replicas_ack = K`` "in Redis" means "on the master and K
+replicas"; a round fewer replicas acknowledged is spooled as well.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from collector.enrich import ClientIp, DeviceCache, ip_store
 from collector.metrics import Metrics
 from collector.pusher import Pusher, Unavailable, make_redis
 from collector.ratelimit import TokenBuckets, per_worker, retry_after
-from collector.resp import RedisLink
+from collector.resp import Link, RedisLink
 from collector.spool import Spool
 from collector.validate import Invalid, StreamValidator, compile_streams, parse_pairs
 from oceanus.buffer import EventIds
@@ -132,7 +134,7 @@ class App:
         self._inflight = 0
         self._idle: asyncio.Event | None = None
         self._redis: Any = None
-        self._link: RedisLink | None = None
+        self._link: Link | None = None
         #: The pages' state (collector/web.py), made on the first page request.
         self.web: web.WebState | None = None
         gif_base: Headers = [_GIF_TYPE, _NO_STORE, (b"content-length", b"43")]
@@ -153,7 +155,7 @@ class App:
 
     async def startup(self) -> None:
         self._redis = make_redis(self.cfg)
-        self._link = RedisLink(self.cfg.redis.url, self.cfg.redis.timeout_s)
+        self._link = make_link(self.cfg)
         self.spool = Spool(self.cfg.collector.spool_dir, self.cfg.collector.spool_max_bytes).open()
         self.pusher = Pusher(self.cfg, self._link, self.spool, self.metrics)
         self.pusher.start()
@@ -751,6 +753,19 @@ class App:
         "/metrics": _metrics,
         "/openapi.json": _openapi,
     }
+
+
+def make_link(cfg: Config) -> Link:
+    """The writer's connection: one Redis, or a Redis Cluster for a ``redis+cluster://`` URL,
+    either ending each round with ``WAIT redis.min_replicas_ack redis.wait_timeout_ms`` when set."""
+    r = cfg.redis
+    wait = {"wait_replicas": r.min_replicas_ack, "wait_timeout_ms": r.wait_timeout_ms}
+    if r.cluster:
+        # Imported only here: a one-instance collector never loads the cluster link.
+        from collector.cluster import ClusterLink
+
+        return ClusterLink(r.url, r.timeout_s, **wait)
+    return RedisLink(r.url, r.timeout_s, **wait)
 
 
 def _freeze_heap() -> None:

@@ -9,7 +9,12 @@ than the linger), encodes one frame per stream
 connection (:class:`~collector.resp.RedisLink`): the RPUSHes plus, at most every
 ``STATS_EVERY_S``, the per-minute stats and recent validation errors. The future
 resolves only after Redis acknowledged every RPUSH of the round, so a 2xx means
-"in Redis".
+"in Redis". The link is :class:`~collector.resp.RedisLink` for one Redis or
+:class:`~collector.cluster.ClusterLink` for a cluster (a share per master); with
+``redis.min_replicas_ack`` either ends the round with ``WAIT`` and puts
+:class:`~collector.resp.NotReplicated` in the place of what too few replicas hold.
+Results are per command: a frame whose RPUSH failed in its place goes to the
+spool, the others are acknowledged from Redis.
 
 While Redis is unreachable (or refuses a push) the frames go to the fsync'd disk
 :class:`~collector.spool.Spool` instead, and the future resolves after the
@@ -45,8 +50,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from collector.metrics import Metrics
-from collector.resp import RedisLink, pack
+from collector.resp import Link, NotReplicated, pack
 from collector.spool import Record, Spool
+from oceanus import redisclient
 from oceanus.buffer import RECENT_ERRORS_MAX, STATS_TTL_S, Keys, encode_frame
 from oceanus.config import Config
 
@@ -82,13 +88,17 @@ class _Batch:
 
 def make_redis(cfg: Config) -> aioredis.Redis:
     """A redis-py client for the routes other than the writer (the status page),
-    which has its own :class:`~collector.resp.RedisLink`.
+    which has its own :class:`~collector.resp.RedisLink` (or ``ClusterLink``).
 
     A bounded, blocking pool and no hidden retries: redis-py raises
     ``MaxConnectionsError`` when its default pool is exhausted; the blocking
     pool waits (up to ``redis.timeout_s``) instead, and a failed call fails at
     once rather than through several reconnect attempts.
     """
+    if cfg.redis.cluster:
+        # redis-py's cluster client has no blocking pool; oceanus's one factory sets it up as every
+        # other role does (no hidden retries, redirects followed), one pool per node.
+        return redisclient.async_client(cfg.redis, max_connections=cfg.redis.pool_size)
     pool = aioredis.BlockingConnectionPool.from_url(
         cfg.redis.url,
         max_connections=cfg.redis.pool_size,
@@ -101,7 +111,7 @@ def make_redis(cfg: Config) -> aioredis.Redis:
 
 
 class Pusher:
-    def __init__(self, cfg: Config, link: RedisLink, spool: Spool, metrics: Metrics) -> None:
+    def __init__(self, cfg: Config, link: Link, spool: Spool, metrics: Metrics) -> None:
         self._link = link
         self._spool = spool
         self._metrics = metrics
@@ -304,17 +314,23 @@ class Pusher:
         commands = [pack(b"RPUSH", self._queue_key(stream), frame) for stream, frame in frames]
         stats: dict[tuple[str, int], list[int]] = {}
         errors: list[bytes] = []
+        # Per stats command, in order: what to count back if it fails ((stream, minute), 0 accepted /
+        # 1 rejected, n); None for the EXPIRE and LTRIM that only follow.
+        owed: list[tuple[tuple[str, int], int, int] | None] = []
         if with_stats:
             self._stats_due = time.monotonic() + STATS_EVERY_S
             stats, self._stats = self._stats, {}
             errors, self._errors = self._errors, []
-            for (stream, minute), (accepted, rejected) in stats.items():
-                key = self._keys.stats(stream, minute)
+            for skey, (accepted, rejected) in stats.items():
+                key = self._keys.stats(*skey)
                 if accepted:
                     commands.append(pack(b"HINCRBY", key, b"accepted", accepted))
+                    owed.append((skey, 0, accepted))
                 if rejected:
                     commands.append(pack(b"HINCRBY", key, b"rejected", rejected))
+                    owed.append((skey, 1, rejected))
                 commands.append(pack(b"EXPIRE", key, STATS_TTL_S))
+                owed.append(None)
             if errors:
                 commands.append(pack(b"LPUSH", self._keys.recent_errors(), *errors))
                 commands.append(pack(b"LTRIM", self._keys.recent_errors(), 0, RECENT_ERRORS_MAX - 1))
@@ -327,19 +343,45 @@ class Pusher:
             self._mark_down()
             # Stats are best effort: keep them for the next round (bounded by minutes x streams).
             for skey, (a, r) in stats.items():
-                counts = self._stats.setdefault(skey, [0, 0])
-                counts[0] += a
-                counts[1] += r
+                self._owe(skey, 0, a)
+                self._owe(skey, 1, r)
             self._errors = (errors + self._errors)[:RECENT_ERRORS_MAX]
             return frames
         self._metrics.push(time.perf_counter() - t0)
-        # A refused RPUSH (WRONGTYPE, OOM, ...) is an error reply in its place: that frame goes to the spool.
+        # Each command's result is in its place: a refused RPUSH (WRONGTYPE, OOM, CLUSTERDOWN, a second
+        # MOVED), a cluster node that did not answer (OSError) or a round too few replicas hold
+        # (NotReplicated) fails that frame alone, and it goes to the spool; the others are in Redis.
         failed = [f for f, r in zip(frames, results, strict=False) if isinstance(r, Exception)]
+        if with_stats:
+            self._stats_failed(results[len(frames) :], owed, errors)
         if failed:
             self._mark_down()
         else:
             self._mark_up()
         return failed
+
+    def _stats_failed(
+        self, results: list[Any], owed: list[tuple[tuple[str, int], int, int] | None], errors: list[bytes]
+    ) -> None:
+        """Count back the stats whose command failed, for the next round, as a failed round does.
+
+        NotReplicated is no failure here: Redis applied the command, and counts are for people, so
+        adding them again would count twice what a failover might lose once.
+        """
+        for result, what in zip(results, owed, strict=False):
+            if what is not None and isinstance(result, Exception) and not isinstance(result, NotReplicated):
+                self._owe(*what)
+        if errors:
+            lpush = results[len(owed)]
+            if isinstance(lpush, Exception) and not isinstance(lpush, NotReplicated):
+                self._errors = (errors + self._errors)[:RECENT_ERRORS_MAX]
+
+    def _owe(self, skey: tuple[str, int], column: int, n: int) -> None:
+        if n:
+            counts = self._stats.get(skey)
+            if counts is None:
+                counts = self._stats[skey] = [0, 0]
+            counts[column] += n
 
     def _queue_key(self, stream: str) -> bytes:
         keys = self._queue_keys.get(stream)

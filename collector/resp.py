@@ -21,19 +21,38 @@ OOM) is not raised: it is returned in its command's place, as redis-py's
 URLs: ``redis://``, ``rediss://`` (TLS, certificate and host name verified by
 the system's trust store) and ``unix://``, with user, password and database.
 Other URL options are refused at startup rather than silently ignored.
+
+``wait_replicas = K`` (``redis.min_replicas_ack``): ``WAIT K wait_timeout_ms``
+ends every round, in the same write. When fewer than K replicas acknowledged,
+every command of the round that Redis applied gets :class:`NotReplicated` in
+its place instead of its reply, so the caller treats it as failed (spools the
+frame) although Redis holds it: replication is asynchronous, and a failover to
+a replica that lacks the round would lose it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import Any
+from typing import Any, Protocol
 
 import hiredis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 
 #: What a URL may carry; anything else parse_url yields is an option this client does not implement.
 _URL_KEYS = frozenset(("host", "port", "db", "username", "password", "path", "connection_class"))
+
+
+class NotReplicated(Exception):
+    """The command was applied, but fewer replicas than ``wait_replicas`` acknowledged it in time."""
+
+
+class Link(Protocol):
+    """What the pusher needs of its connection: :class:`RedisLink`, or ``collector.cluster.ClusterLink``."""
+
+    async def call(self, packed: bytes, replies: int) -> list[Any]: ...
+
+    def close(self) -> None: ...
 
 
 def pack(*args: bytes | str | int) -> bytes:
@@ -97,7 +116,7 @@ class _Protocol(asyncio.Protocol):
 class RedisLink:
     """One lazily (re)connected Redis connection for one task's rounds; not shared."""
 
-    def __init__(self, url: str, timeout_s: float) -> None:
+    def __init__(self, url: str, timeout_s: float, *, wait_replicas: int = 0, wait_timeout_ms: int = 0) -> None:
         opts: dict[str, Any] = dict(parse_url(url))
         unknown = set(opts) - _URL_KEYS
         if unknown:
@@ -117,6 +136,9 @@ class RedisLink:
             hello.append(pack("SELECT", int(opts["db"])))
         self._hello = hello
         self._protocol: _Protocol | None = None
+        check_wait(wait_replicas, wait_timeout_ms, timeout_s)
+        self._wait_replicas = wait_replicas
+        self._wait = pack("WAIT", wait_replicas, wait_timeout_ms) if wait_replicas else None
 
     async def call(self, packed: bytes, replies: int) -> list[Any]:
         """Send ``packed`` (``replies`` commands) and return their replies in order.
@@ -126,7 +148,16 @@ class RedisLink:
         protocol = self._protocol
         if protocol is None or protocol.lost:
             protocol = await self._connect()
-        return await self._round(protocol, packed, replies)
+        if self._wait is None:
+            return await self._round(protocol, packed, replies)
+        results = await self._round(protocol, packed + self._wait, replies + 1)
+        acked = results.pop()
+        if not isinstance(acked, int) or acked < self._wait_replicas:
+            short = NotReplicated(
+                f"{self._host}:{self._port}: {acked!r} of {self._wait_replicas} replica(s) acknowledged in time"
+            )
+            results = [r if isinstance(r, Exception) else short for r in results]
+        return results
 
     async def _round(self, protocol: _Protocol, packed: bytes, replies: int) -> list[Any]:
         loop = asyncio.get_running_loop()
@@ -175,6 +206,17 @@ class RedisLink:
             protocol.lost = True
             if protocol.transport is not None:
                 protocol.transport.abort()
+
+
+def check_wait(wait_replicas: int, wait_timeout_ms: int, timeout_s: float) -> None:
+    """Refuse a ``WAIT`` that could block for ever or outlast the round's own timeout."""
+    if wait_replicas < 0:
+        raise ValueError(f"wait_replicas: must be 0 or more, got {wait_replicas}")
+    if wait_replicas and not 0 < wait_timeout_ms < timeout_s * 1000:
+        # WAIT with a timeout of 0 blocks for ever; past timeout_s the link gives up on the server first.
+        raise ValueError(
+            f"wait_timeout_ms: must be above 0 and below redis.timeout_s ({timeout_s:g} s), got {wait_timeout_ms}"
+        )
 
 
 def _expire(waiter: asyncio.Future[list[Any]], timeout_s: float) -> None:

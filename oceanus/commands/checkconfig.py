@@ -9,8 +9,20 @@ from oceanus import config
 from oceanus.errors import ConfigError
 
 
+def _redis_kind(r: config.RedisConfig) -> str:
+    """One instance or a cluster, and what a round's acknowledgement waits for."""
+    if r.cluster:
+        seeds = r.url.partition("://")[2].rpartition("@")[2].count(",") + 1
+        kind = f"cluster, {seeds} seed{'s' if seeds > 1 else ''}"
+    else:
+        kind = "one instance"
+    if r.min_replicas_ack:
+        return f"{kind}; a round counts once {r.min_replicas_ack} replica(s) acknowledged within {r.wait_timeout_ms} ms"
+    return f"{kind}; a round counts once its master answered (no replica acknowledgement)"
+
+
 def describe(cfg: config.Config) -> str:
-    lines = [f"config: {cfg.source}", f"sink: {cfg.sink.kind}", f"redis: {cfg.redis.url}"]
+    lines = [f"config: {cfg.source}", f"sink: {cfg.sink.kind}", f"redis: {cfg.redis.url} ({_redis_kind(cfg.redis)})"]
     for stream in cfg.streams.values():
         lines.append(f"stream {stream.name} (/b/{stream.name}, /e/{stream.name}, mode {stream.mode})")
         for name, field in stream.fields.items():

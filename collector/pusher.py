@@ -139,6 +139,8 @@ class Pusher:
         self._stats: dict[tuple[str, int], list[int]] = {}
         self._errors: list[bytes] = []
         self.redis_up = True
+        # The last failed round was short of replicas (NotReplicated): replays ask before pushing.
+        self._unreplicated = False
         self._retry_at = 0.0
         self._retry_wait = RETRY_BASE_S
         self._stats_due = 0.0
@@ -355,8 +357,10 @@ class Pusher:
         if with_stats:
             self._stats_failed(results[len(frames) :], owed, errors)
         if failed:
+            self._unreplicated = any(isinstance(r, NotReplicated) for r in results[: len(frames)])
             self._mark_down()
         else:
+            self._unreplicated = False
             self._mark_up()
         return failed
 
@@ -409,6 +413,8 @@ class Pusher:
             return
 
         async def push(records: list[Record]) -> None:
+            if self._unreplicated and not await self._replicas_back(records):
+                raise Unavailable("too few replicas acknowledge writes yet")
             failed = await self._push(records, with_stats=False)
             if failed:
                 raise Unavailable("Redis refused a replayed frame")
@@ -418,6 +424,20 @@ class Pusher:
         except (Unavailable, OSError):
             self._mark_down()
         self._update_spool_metrics()
+
+    async def _replicas_back(self, records: list[Record]) -> bool:
+        """Whether the masters of these records' queues have ``min_replicas_ack`` replicas in step again.
+
+        Asked with an ``LLEN`` per queue key, which the link ends with ``WAIT`` like any round:
+        pushing the replay to find out would put another copy of the chunk in Redis at every
+        retry (Redis applies what too few replicas acknowledged) for as long as a replica is away.
+        """
+        keys = {k for stream, _ in records for k in self._queue_keys.get(stream, [self._keys.queue(stream).encode()])}
+        try:
+            results = await self._link.call(b"".join(pack(b"LLEN", k) for k in keys), len(keys))
+        except OSError:
+            return False
+        return not any(isinstance(r, Exception) for r in results)
 
     def _mark_down(self) -> None:
         if self.redis_up:

@@ -64,15 +64,18 @@ STATE_FRAMES = "_frames"
 #: Lua's unpack() is limited by the C stack (LUAI_MAXCSTACK = 8000); push in slices.
 LUA_PUSH_SLICE = 1000
 
-# KEYS: queue, inflight, index, state [, tapped, notify queue].  ARGV: max frames, batch id,
-# now ms [, "1" to copy the frames the notifier's tap has not reached].
-# Returns the claimed frames (empty: nothing waiting, no key created).
+# KEYS: queue, inflight, index, state [, tapped, notify queue] [, lease].  ARGV: max frames,
+# batch id, now ms [, "1"/"0": copy the frames the notifier's tap has not reached, or "" when the
+# two tap keys are absent [, the owner the shard's lease must name]].
+# Returns the claimed frames (empty: nothing waiting, no key created), or nil when the lease
+# names another flusher or none (flusher/leases.py): nothing is touched then.
 # With the two tap keys (the flusher's queues, never the notifier's own): the first `tapped`
 # frames of the queue are in the notify queue already; the popped frames past them are copied
 # there when the stream has rules, and the counter shrinks by what was popped (clamped to the
 # queue's length). `_tapped` records how many of this batch's frames the notify queue has,
 # for a give-back (oceanus/buffer.py, "Who changes P:notify:tapped").
 _CLAIM_LUA = """
+if ARGV[5] and redis.call('GET', KEYS[#KEYS]) ~= ARGV[5] then return false end
 local n = tonumber(ARGV[1])
 local items = redis.call('LRANGE', KEYS[1], 0, n - 1)
 local count = #items
@@ -83,7 +86,7 @@ end
 redis.call('LTRIM', KEYS[1], count, -1)
 redis.call('SADD', KEYS[3], KEYS[2])
 redis.call('HSET', KEYS[4], '_batch_id', ARGV[2], '_claimed_ms', ARGV[3], '_frames', count)
-if #KEYS == 6 then
+if ARGV[4] == '0' or ARGV[4] == '1' then
   local t = tonumber(redis.call('GET', KEYS[5]) or '0')
   local copied = math.min(t, count)
   if ARGV[4] == '1' then
@@ -101,12 +104,13 @@ end
 return items
 """
 
-# KEYS: orphan, new key, index, orphan's heartbeat, orphan state, new state.
+# KEYS: orphan, new key, index, orphan's heartbeat, orphan state, new state [, lease].
 # ARGV: "1" when the orphan is the caller's own (its heartbeat is the caller's and
-# says nothing about the key), else "0".
+# says nothing about the key), else "0" [, the owner the shard's lease must name].
 # Returns the frames now owned under the new key; empty when the owner came back
-# to life or the key vanished (finished by its owner meanwhile).
+# to life or the key vanished (finished by its owner meanwhile), or the lease is another's.
 _RECLAIM_LUA = """
+if ARGV[2] and redis.call('GET', KEYS[7]) ~= ARGV[2] then return {} end
 if ARGV[1] ~= '1' and redis.call('EXISTS', KEYS[4]) == 1 then return {} end
 redis.call('SREM', KEYS[3], KEYS[1])
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -138,6 +142,26 @@ redis.call('DEL', KEYS[4])
 redis.call('SREM', KEYS[3], KEYS[1])
 return moved
 """
+
+
+# KEYS: a claimed in-flight key, its owner's heartbeat in that shard.  ARGV: pid, TTL ms.
+# A flusher whose lease of the shard lapsed (a pause, a partition) asks before it writes a batch
+# of it: 1 = the key is still its own and its heartbeat there is renewed in the same step, so the
+# lease's new holder does not re-claim it while it is written; 0 = re-claimed meanwhile.
+_CONFIRM_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+
+class LeaseLost(Exception):
+    """A claim was refused: the shard's lease names another flusher, or none (it lapsed)."""
+
+    def __init__(self, stream: str, shard: int) -> None:
+        super().__init__(f"stream {stream}: the lease of shard {shard} is not ours")
+        self.stream = stream
+        self.shard = shard
 
 
 def make_owner_id() -> str:
@@ -238,6 +262,7 @@ class Claimer:
         self._claim = client.register_script(_CLAIM_LUA)
         self._reclaim = client.register_script(_RECLAIM_LUA)
         self._give_back = client.register_script(_GIVE_BACK_LUA)
+        self._confirm = client.register_script(_CONFIRM_LUA)
 
     def _next_key(self, stream: str, shard: int) -> str:
         # Sequence numbers start at the clock so a restarted owner with the same
@@ -272,6 +297,27 @@ class Claimer:
             )
         self._beating.add((stream, shard))
 
+    def stop_beating(self, stream: str, shard: int) -> None:
+        """No longer keep a heartbeat in this shard's slot (its lease was released or lost, and no
+        batch of it is held): whatever key of ours is left there becomes the lease holder's orphan.
+        The caller deletes the key itself (flusher/leases.py, in its release script)."""
+        self._beating.discard((stream, shard))
+
+    def holding(self, stream: str, shard: int) -> bool:
+        """True while a batch of this shard is held (claimed, being claimed, or re-claimed)."""
+        head = f"{self.keys.prefix}:inflight:{Keys.tag(stream, shard)}:"
+        return any(k.startswith(head) for k in self._held)
+
+    async def confirm(self, claim: Claim) -> bool:
+        """Is the batch still ours? Asked before a write once the shard's lease may have lapsed;
+        True renews our heartbeat in the shard with the answer (see ``_CONFIRM_LUA``). False: another
+        flusher re-claimed it, and the claim is dropped here without touching Redis."""
+        hb = self.keys.shard_heartbeat(self.owner, claim.stream, claim.shard)
+        if int(await self._confirm(keys=[claim.key, hb], args=[str(os.getpid()), self.heartbeat_ttl_ms])):
+            return True
+        self._held.discard(claim.key)
+        return False
+
     def holds(self, key: str) -> bool:
         """True while ``key`` is a batch this instance works on (claimed, not yet finished or given back)."""
         return key in self._held
@@ -293,7 +339,9 @@ class Claimer:
             self._held.discard(key)
         return frames
 
-    async def claim(self, stream: str, max_frames: int, shard: int = 0) -> Claim | None:
+    async def claim(self, stream: str, max_frames: int, shard: int = 0, *, leased: bool = False) -> Claim | None:
+        """Claim up to ``max_frames`` frames of one shard; None when none wait. ``leased``: only while
+        the shard's lease names this owner, checked in the script (else :class:`LeaseLost`)."""
         await self._beat_in(stream, shard)
         key = self._next_key(stream, shard)
         now_ms = int(time.time() * 1000)
@@ -303,7 +351,14 @@ class Claimer:
         if self.notify_tap is not None:
             keys += [self.keys.notify_tapped(stream, shard), self.keys.notify_queue(stream, shard)]
             args.append("1" if stream in self.notify_tap else "0")
+        if leased:
+            if self.notify_tap is None:
+                args.append("")
+            keys.append(self.keys.lease(stream, shard))
+            args.append(self.owner)
         frames = await self._run_holding(key, self._claim(keys=keys, args=args))
+        if frames is None:
+            raise LeaseLost(stream, shard)
         if not frames:
             return None
         return Claim(stream, key, list(frames), batch_id, now_ms, shard=shard)
@@ -327,27 +382,27 @@ class Claimer:
             alive = await pipe.execute()
         return mine + [k for k, a in zip(others, alive, strict=True) if not a]
 
-    async def reclaim(self, stream: str, orphan: str, shard: int = 0) -> Claim | None:
-        """Take over an orphaned batch of one shard atomically; None if its owner is back or it is gone."""
+    async def reclaim(self, stream: str, orphan: str, shard: int = 0, *, leased: bool = False) -> Claim | None:
+        """Take over an orphaned batch of one shard atomically; None if its owner is back or it is gone
+        (or, ``leased``, if the shard's lease does not name this owner)."""
         own = Keys.owner_of(orphan) == self.owner
         if own and orphan in self._held:
             return None  # taken back meanwhile by a worker of ours: not an orphan
         await self._beat_in(stream, shard)
         key = self._next_key(stream, shard)
-        frames = await self._run_holding(
+        keys = [
+            orphan,
             key,
-            self._reclaim(
-                keys=[
-                    orphan,
-                    key,
-                    self.keys.inflight_index(stream, shard),
-                    self.keys.shard_heartbeat(Keys.owner_of(orphan), stream, shard),
-                    self.keys.state(orphan),
-                    self.keys.state(key),
-                ],
-                args=["1" if own else "0"],
-            ),
-        )
+            self.keys.inflight_index(stream, shard),
+            self.keys.shard_heartbeat(Keys.owner_of(orphan), stream, shard),
+            self.keys.state(orphan),
+            self.keys.state(key),
+        ]
+        args = ["1" if own else "0"]
+        if leased:
+            keys.append(self.keys.lease(stream, shard))
+            args.append(self.owner)
+        frames = await self._run_holding(key, self._reclaim(keys=keys, args=args))
         if not frames:
             return None
         state = await self.load_state(key)

@@ -9,6 +9,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 #: Sink write latency buckets (seconds): DuckDB inserts take milliseconds, BigQuery calls up to tens of seconds.
 WRITE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: The values of ``change`` on oceanus_shard_lease_changes_total (flusher/leases.py).
+LEASE_CHANGES = ("taken", "released", "lost")
 
 
 class FlusherMetrics:
@@ -48,6 +50,15 @@ class FlusherMetrics:
         self.redis_used_memory = Gauge("oceanus_redis_used_memory_bytes", "Redis used_memory", registry=r)
         self.redis_maxmemory = Gauge("oceanus_redis_maxmemory_bytes", "Redis maxmemory (0 = unlimited)", registry=r)
         self.draining = Gauge("oceanus_flusher_draining", "1 after SIGTERM", registry=r)
+        self.shard_leases = Gauge(
+            "oceanus_shard_leases", "Shards of the stream whose lease this flusher holds", ["stream"], registry=r
+        )
+        self.lease_changes = Counter(
+            "oceanus_shard_lease_changes",
+            "Shard leases this flusher took, released (rebalancing, shutdown) or lost (not renewed in time)",
+            ["stream", "change"],
+            registry=r,
+        )
         self.worker_restarts = Counter(
             "oceanus_worker_restarts", "Worker loops restarted after an unexpected exception", ["stream"], registry=r
         )
@@ -64,6 +75,9 @@ class FlusherMetrics:
         self.sink_write_duration.labels(stream)
         self.lag_seconds.labels(stream)
         self.worker_restarts.labels(stream)
+        self.shard_leases.labels(stream)
+        for change in LEASE_CHANGES:
+            self.lease_changes.labels(stream, change)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

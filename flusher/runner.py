@@ -147,22 +147,11 @@ class Flusher:
             await self.sleep(interval)
 
     async def reclaim_orphans(self) -> int:
-        """Hand every orphaned in-flight batch to its stream's worker; returns how many."""
+        """Hand every orphaned in-flight batch of the shards we lease to its stream's worker
+        (each shard's lease holder re-claims in it: flusher/leases.py); returns how many."""
         found = 0
-        for name, worker in self.workers.items():
-            orphans = [(s, k) for s in range(worker.stream.shards) for k in await self.claimer.orphans(name, s)]
-            for shard, key in orphans:
-                claim = await self.claimer.reclaim(name, key, shard)
-                if claim is not None:
-                    found += 1
-                    log.info(
-                        "stream %s: re-claimed orphaned batch %s (%d frames) from %s",
-                        name,
-                        claim.batch_id,
-                        len(claim.frames),
-                        key,
-                    )
-                    worker.reclaimed.append(claim)
+        for worker in self.workers.values():
+            found += await worker.reclaim_orphans()
         return found
 
     async def _reclaim_loop(self) -> None:

@@ -39,8 +39,9 @@ import msgspec
 from redis.exceptions import RedisError
 
 from flusher.batch import BatchBuilder, Built, dead_frame, dead_row, frame_oldest_ms
-from flusher.claim import Claim, RedisWriteState
+from flusher.claim import Claim, LeaseLost, RedisWriteState
 from flusher.controller import BatchController, Outcome
+from flusher.leases import ShardLeases
 from flusher.sinks.base import Batch, Preparable, RowRetry, WriteResult
 from oceanus.config import StreamConfig
 from oceanus.errors import Pacing, PayloadTooLarge, PermanentError, Reason, SinkError
@@ -60,6 +61,10 @@ REDIS_RETRY_MAX_S = 5.0
 
 class _GiveBack(Exception):
     """Shutdown arrived before the sink recorded any progress on this batch."""
+
+
+class _Taken(Exception):
+    """The shard's lease lapsed and its new holder re-claimed the batch: it is no longer ours to write."""
 
 
 #: Exceptions a sink's row encoding raises on a value it cannot convert (an
@@ -151,12 +156,25 @@ class StreamWorker:
         self.crashes: dict[str, int] = {}
         #: The shard looked at first by the next claim: shards take turns, so none waits behind another.
         self.next_shard = 0
+        #: The shards of this stream this flusher drains (flusher/leases.py).
+        self.leases = ShardLeases(
+            flusher.aredis,
+            flusher.keys,
+            flusher.claimer,
+            self.name,
+            stream.shards,
+            flusher.cfg.flusher.heartbeat_ttl_s,
+            flusher.metrics,
+        )
+        #: The batch being written, whose lease is checked before each write (see _write_with_retries).
+        self.writing: Claim | None = None
 
     async def run(self) -> None:
         f = self.f
         f.metrics.batch_target_rows.labels(self.name).set(self.controller.target_rows)
         redis_failures = 0
         crashes = 0
+        leases = asyncio.create_task(self._lease_loop(), name=f"leases-{self.name}")
         try:
             while not f.stopping.is_set():
                 try:
@@ -188,7 +206,45 @@ class StreamWorker:
                 else:
                     crashes = 0
         finally:
+            leases.cancel()
+            await asyncio.gather(leases, return_exceptions=True)
             await self._give_back_ahead()
+            try:
+                await self.leases.release_all()
+            except RedisError as exc:
+                log.warning("stream %s: could not release the shard leases (they lapse): %s", self.name, exc)
+
+    async def _lease_loop(self) -> None:
+        """Keep this flusher's share of the stream's shards; re-claim orphans in shards newly taken."""
+        f = self.f
+        while not f.stopping.is_set():
+            try:
+                taken = await self.leases.tick()
+                if taken:
+                    await self.reclaim_orphans(taken)
+            except RedisError as exc:
+                log.warning("stream %s: shard lease upkeep failed: %s", self.name, exc)
+            await f.sleep(self.leases.interval_s)
+
+    async def reclaim_orphans(self, shards: Sequence[int] | None = None) -> int:
+        """Queue every orphaned batch of the shards we lease (or of ``shards``); returns how many.
+        Only a shard's lease holder re-claims in it."""
+        f = self.f
+        found = 0
+        for shard in self.leases.leased() if shards is None else shards:
+            for key in await f.claimer.orphans(self.name, shard):
+                claim = await f.claimer.reclaim(self.name, key, shard, leased=True)
+                if claim is not None:
+                    found += 1
+                    log.info(
+                        "stream %s: re-claimed orphaned batch %s (%d frames) from %s",
+                        self.name,
+                        claim.batch_id,
+                        len(claim.frames),
+                        key,
+                    )
+                    self.reclaimed.append(claim)
+        return found
 
     async def _give_back_ahead(self) -> None:
         """Shutdown: the batch claimed ahead never reached the sink, so it goes back to the queue head."""
@@ -222,7 +278,7 @@ class StreamWorker:
         shard, waiting = await self._waiting()
         if waiting < want:
             return None  # a partial batch: the main loop lets it linger for company
-        claim = await f.claimer.claim(self.name, want, shard)
+        claim = await self._claim(shard, want)
         if claim is None:
             return None
         self.backlog = waiting > len(claim.frames)
@@ -245,29 +301,41 @@ class StreamWorker:
                 )
         return built
 
+    async def _claim(self, shard: int, want: int) -> Claim | None:
+        try:
+            return await self.f.claimer.claim(self.name, want, shard, leased=True)
+        except LeaseLost:
+            self.leases.lost(shard)
+            return None
+
     async def _waiting(self) -> tuple[int, int]:
-        """The shard to claim from and its frames waiting: the first non-empty one from
-        :attr:`next_shard` on (a batch comes from one shard: one script, one slot)."""
+        """The shard to claim from and its frames waiting: among the shards we lease, the first
+        non-empty one from :attr:`next_shard` on (a batch comes from one shard: one script, one
+        slot). ``(0, 0)`` while we lease none."""
         f = self.f
-        shards = self.stream.shards
-        if shards == 1:
-            return 0, int(await f.aredis.llen(f.keys.queue(self.name)))
+        shards = self.leases.claimable()
+        if not shards:
+            return 0, 0
+        if len(shards) == 1:
+            return shards[0], int(await f.aredis.llen(f.keys.queue(self.name, shards[0])))
         async with f.aredis.pipeline(transaction=False) as pipe:
-            for shard in range(shards):
+            for shard in shards:
                 pipe.llen(f.keys.queue(self.name, shard))
             lengths = await pipe.execute()
-        start = self.next_shard % shards
-        for shard in (*range(start, shards), *range(start)):
-            if lengths[shard]:
-                self.next_shard = shard + 1
-                return shard, int(lengths[shard])
-        return start, 0
+        # Take turns from next_shard on (wrapping): the first leased shard at or after it leads.
+        start = next((i for i, s in enumerate(shards) if s >= self.next_shard), 0)
+        for i in (*range(start, len(shards)), *range(start)):
+            if lengths[i]:
+                self.next_shard = shards[i] + 1
+                return shards[i], int(lengths[i])
+        return shards[start], 0
 
     async def _next_claim(self) -> Claim | None:
         f = self.f
         shard, waiting = await self._waiting()
         queue = f.keys.queue(self.name, shard)
-        f.redis_ok = True
+        if self.leases.held:
+            f.redis_ok = True  # _waiting reached Redis (with no lease it asks nothing)
         if waiting == 0:
             await f.sleep(IDLE_POLL_S)
             return None
@@ -282,7 +350,7 @@ class StreamWorker:
                 if age_s < self.controller.linger_s:
                     await f.sleep(min(IDLE_POLL_S, self.controller.linger_s - age_s))
                     return None
-        claim = await f.claimer.claim(self.name, want, shard)
+        claim = await self._claim(shard, want)
         if claim is not None:
             self.backlog = waiting > len(claim.frames)
         return claim
@@ -290,6 +358,15 @@ class StreamWorker:
     async def _process(self, claim: Claim, built: Built | None = None) -> None:
         try:
             await self._process_claimed(claim, built)
+        except _Taken:
+            # Dropped by Claimer.confirm: the new holder of the shard writes it.
+            self.crashes.pop(claim.key, None)
+            log.warning(
+                "stream %s: batch %s was re-claimed after our lease of shard %d lapsed; not writing it",
+                self.name,
+                claim.batch_id,
+                claim.shard,
+            )
         except RedisError:
             # Still ours (our heartbeat lives, so nobody re-claims it): try again
             # once Redis answers, re-reading its state like a re-claimed batch.
@@ -327,6 +404,7 @@ class StreamWorker:
         # Pipelining: the next batch is claimed and decoded (Python, holding the GIL)
         # while this one is written (the sink's thread, mostly outside the GIL).
         self._claim_ahead()
+        self.writing = claim
         try:
             written = await self._write_part(batch, state, dead)
         except _GiveBack:
@@ -336,6 +414,8 @@ class StreamWorker:
             moved = await f.claimer.give_back(claim)
             log.info("stream %s: gave back %d frames of batch %s to the queue", self.name, moved, claim.batch_id)
             return
+        finally:
+            self.writing = None
         await self._finish(claim, dead)
         f.metrics.rows_written.labels(self.name).inc(written)
         if written and batch.rows:
@@ -493,6 +573,7 @@ class StreamWorker:
                 and not part.begun
             ):
                 raise _GiveBack()
+            await self._check_lease()
             t0 = time.perf_counter()
             try:
                 result: WriteResult = await f.in_thread(f.sink.write, batch, state)
@@ -558,6 +639,15 @@ class StreamWorker:
             hist.observe(elapsed)
             self.controller.observe_write(len(batch.rows), elapsed, Outcome.OK, self.backlog)
             return result
+
+    async def _check_lease(self) -> None:
+        """Before a write: while the shard's lease is surely ours nothing is asked (no round trip);
+        once it may have lapsed, write only if the batch is still ours (else :class:`_Taken`)."""
+        claim = self.writing
+        if claim is None or self.leases.valid(claim.shard):
+            return
+        if not await self.f.claimer.confirm(claim):
+            raise _Taken()
 
     async def _pause(self, seconds: float, *, give_back: bool) -> None:
         """Wait before the next write; at shutdown, give the batch back if ``give_back`` allows."""

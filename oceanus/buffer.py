@@ -16,6 +16,13 @@ of one shard of a stream, literally in braces: ``{pageview}`` for shard 0,
     P:hb:{T}:{owner}             STRING the same heartbeat in one shard's slot, kept for every
                                         shard the owner has claimed in: the re-claim script
                                         reads this one
+    P:lease:{T}                  STRING the flusher that drains this shard (owner id, PX = the
+                                        heartbeat TTL; SET NX to take, renewed with the shard's
+                                        heartbeat, deleted on release: flusher/leases.py); the
+                                        claim and re-claim scripts check it in the shard's slot
+    P:flushers:{stream}          ZSET   the flushers running a stream: owner -> expiry (unix ms),
+                                        refreshed every heartbeat; the live ones divide the
+                                        stream's shards (one key, never in a script with others)
     P:dead:{T}                   LIST   rows the warehouse refused, with its reason (written in
                                         the MULTI that finishes a batch of that shard)
     P:stats:{stream}:{minute}    HASH   collector counters for one UTC minute (``minute`` =
@@ -301,6 +308,14 @@ class Keys:
     def shard_heartbeat(self, owner: str, stream: str, shard: int = 0) -> str:
         """The heartbeat of ``owner`` in one shard's slot, which the re-claim script checks."""
         return f"{self.prefix}:hb:{self.tag(stream, shard)}:{owner}"
+
+    def lease(self, stream: str, shard: int = 0) -> str:
+        """The owner id of the one flusher that drains this shard (flusher/leases.py)."""
+        return f"{self.prefix}:lease:{self.tag(stream, shard)}"
+
+    def flushers(self, stream: str) -> str:
+        """The flushers running ``stream`` (ZSET owner -> expiry ms); untagged: no script reads it."""
+        return f"{self.prefix}:flushers:{stream}"
 
     def dead(self, stream: str, shard: int = 0) -> str:
         return f"{self.prefix}:dead:{self.tag(stream, shard)}"

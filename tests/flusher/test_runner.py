@@ -273,6 +273,7 @@ def test_partial_batch_is_claimed_once_older_than_the_linger(
             worker = flusher.workers["pv"]
             worker.controller._target = 5000
             worker.controller.rows_per_frame = 1
+            assert await worker.leases.tick() == [0]  # the worker claims only in shards it leases
             claim = await worker._next_claim()
             assert (claim is not None) is claimed
             assert await flusher.aredis.llen(keys.queue("pv")) == (0 if claimed else 1)

@@ -94,6 +94,8 @@ def test_reclaim_orphans_counts_and_queues_each_orphan(redis_server: RedisServer
         assert second is not None
         f = Flusher(cfg, DuckDBSink(cfg))
         try:
+            # Only a shard's lease holder re-claims in it.
+            assert await f.workers["pv"].leases.tick() == [0]
             assert await f.reclaim_orphans() == 2
             got = f.workers["pv"].reclaimed
             assert sorted(c.batch_id for c in got) == sorted([first.batch_id, second.batch_id])

@@ -27,7 +27,7 @@ from oceanus.config import Config
 from oceanus.errors import PayloadTooLarge, Reason, SinkError
 from tests.flusher.helpers import STREAMS_TOML, make_config, make_rows, push_frames
 from tests.support.outageproxy import OutageProxy
-from tests.support.servers import RedisServer, free_port
+from tests.support.servers import RedisServer
 
 
 async def _pauses(
@@ -52,15 +52,23 @@ async def _pauses(
         await asyncio.wait_for(task, 10)
 
 
-def test_a_redis_error_pauses_the_worker_doubling_from_0_2_s(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
-    cfg = make_config(f"redis://127.0.0.1:{free_port()}/0", tmp_path / "w.duckdb")
+def test_a_redis_error_pauses_the_worker_doubling_from_0_2_s(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    # The worker claims only in shards it leases: it takes the lease, then Redis goes away
+    # (a TTL far longer than the test, so the lease stays ours by the clock meanwhile).
+    proxy = OutageProxy(redis_server.port).start()
+    cfg = make_config(proxy.url, tmp_path / "w.duckdb", heartbeat_ttl_s=60.0)
 
     async def body() -> list[str]:
         f = Flusher(cfg, DuckDBSink(cfg))
         try:
+            assert await f.workers["pv"].leases.tick() == [0]
+            proxy.down()
             return await _pauses(f, caplog, r"^stream pv: Redis error, retrying in ([0-9.]+)s: ", 3)
         finally:
             await f.close()
+            proxy.stop()
 
     with caplog.at_level(logging.WARNING, logger="oceanus.flusher"):
         assert asyncio.run(body()) == ["0.2", "0.4", "0.8"]
@@ -106,6 +114,7 @@ def test_a_reclaimed_batch_written_with_nothing_queued_leaves_the_batch_size(
         worker = f.workers["pv"]
         assert worker.controller.target_rows == 10  # min_rows
         try:
+            assert await worker.leases.tick() == [0]  # only a shard's lease holder re-claims in it
             assert await f.reclaim_orphans() == 1
             task = asyncio.create_task(worker.run())
             deadline = time.monotonic() + 20

@@ -222,16 +222,53 @@ def mean_batch(port: int) -> float:
     return round(float(total.group(1)) / float(count.group(1)), 1)
 
 
+@contextlib.contextmanager
+def redis_target(tmp: Path, args: argparse.Namespace) -> Iterator[tuple[str, Callable[[], int]]]:
+    """The collector's ``redis.url`` and a count of the pageview rows in Redis afterwards: one
+    redis-server child, or (``--redis cluster``) the tests' local cluster of 3 masters with a
+    replica each (tests/support/cluster.py; every node ``appendfsync always``)."""
+    from oceanus.buffer import Keys
+
+    queues = [Keys().queue("pageview", s) for s in range(args.shards)]
+    if args.redis == "single":
+        with redis_child(tmp / "redis-collector") as rport:
+            yield f"redis://127.0.0.1:{rport}/0", lambda: sum(count_rows(rport, q) for q in queues)
+        return
+    from tests.support.cluster import RedisCluster
+
+    cluster = RedisCluster(tmp).start()
+    try:
+        # Each shard's queue from the master that serves its slot now.
+        yield cluster.url, lambda: sum(count_rows(cluster.node_for_key(q).port, q) for q in queues)
+    finally:
+        cluster.stop()
+
+
+def sharded_config(tmp: Path, args: argparse.Namespace) -> Path:
+    """``--config`` with ``shards = N`` for the pageview stream (a copy; the original is untouched)."""
+    if args.shards == 1:
+        return Path(args.config)
+    text = Path(args.config).read_text()
+    header = "[streams.pageview]\n"
+    if header not in text:
+        raise SystemExit(f"--shards: no {header.strip()} table in {args.config}")
+    out = tmp / "oceanus-sharded.toml"
+    out.write_text(text.replace(header, f"{header}shards = {args.shards}\n", 1))
+    return out
+
+
 def run_collector(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
-    with redis_child(tmp / "redis-collector") as rport:
+    with redis_target(tmp, args) as (redis_url, rows_in_redis):
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("OCEANUS_")}
         env.update(
             {
-                "OCEANUS_REDIS_URL": f"redis://127.0.0.1:{rport}/0",
+                "OCEANUS_REDIS_URL": redis_url,
                 "OCEANUS_COLLECTOR_SPOOL_DIR": f'"{tmp / "spool"}"',
             }
         )
+        if args.min_replicas_ack:
+            env["OCEANUS_REDIS_MIN_REPLICAS_ACK"] = str(args.min_replicas_ack)
         if args.linger_ms is not None:
             env["OCEANUS_COLLECTOR_BATCH_LINGER_MS"] = str(args.linger_ms)
         cmd = [
@@ -240,7 +277,7 @@ def run_collector(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
             "oceanus.cli",
             "collector",
             "--config",
-            str(args.config),
+            str(sharded_config(tmp, args)),
             "--host",
             "127.0.0.1",
             "--port",
@@ -255,11 +292,9 @@ def run_collector(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
             result["mean_batch_events"] = mean_batch(port)
             proc.send_signal(signal.SIGTERM)  # drain, then count what reached Redis
             proc.wait(timeout=60)
-        from oceanus.buffer import Keys
-
         # Warm-up events are in Redis too: compare rows with every 2xx of both runs.
         result["all_ok"] = warm_ok + result["ok"]
-        result["rows_in_redis"] = count_rows(rport, Keys().queue("pageview"))
+        result["rows_in_redis"] = rows_in_redis()
         return result
 
 
@@ -332,6 +367,14 @@ def main(argv: list[str]) -> int:
         default=REPO / "oceanus.toml",
         help="the collector's oceanus.toml (e.g. a copy with more or fewer [rules] to price them)",
     )
+    p.add_argument(
+        "--redis",
+        choices=["single", "cluster"],
+        default="single",
+        help="the collector's Redis: one redis-server, or a local cluster of 3 masters + 3 replicas",
+    )
+    p.add_argument("--shards", type=int, default=1, help="[streams.pageview] shards (spread over the masters)")
+    p.add_argument("--min-replicas-ack", type=int, default=0, help="redis.min_replicas_ack (WAIT K each round)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if shutil.which("wrk") is None:
@@ -351,6 +394,9 @@ def main(argv: list[str]) -> int:
         "seconds": args.seconds,
         "linger_ms": args.linger_ms,
         "config": str(args.config),
+        "redis": args.redis,
+        "shards": args.shards,
+        "min_replicas_ack": args.min_replicas_ack,
     }
     c, b, lg = results.get("collector"), results.get("bare"), results.get("legacy")
     if c:

@@ -19,6 +19,7 @@ import msgspec
 from redis.exceptions import RedisError
 
 from collector.spool import usage as spool_usage
+from oceanus import redisclient
 from oceanus.buffer import FrameError, Keys, decode_frame, row_arrival_ms
 from oceanus.config import Config
 
@@ -32,6 +33,17 @@ STATUS_NOTIFICATIONS_SHOWN = 20
 STATUS_MAX_INFLIGHT_KEYS = 64
 #: Redis work of one status snapshot may take this long before the page says Redis is slow.
 STATUS_REDIS_TIMEOUT_S = 2.0
+
+
+class ShardStatus(msgspec.Struct, kw_only=True):
+    """One shard of a stream (``[streams.X] shards``): its queue and who serves it."""
+
+    shard: int
+    #: ``host:port`` of the master serving the shard's slot on Redis Cluster; "" on one instance.
+    node: str
+    backlog_frames: int
+    #: Rows in those frames, where the reader counted them (``oceanus status``); the page does not.
+    backlog_rows: int | None = None
 
 
 class StreamStatus(msgspec.Struct, kw_only=True):
@@ -52,6 +64,8 @@ class StreamStatus(msgspec.Struct, kw_only=True):
     inflight_batches: int
     #: Age of the oldest event not yet in the warehouse (queue head or a claimed batch).
     oldest_unflushed_s: float | None
+    #: Each shard's part of ``backlog_frames`` (one entry for a stream of one shard).
+    shards: list[ShardStatus] = []
 
 
 class RecentError(msgspec.Struct, kw_only=True):
@@ -108,6 +122,12 @@ class _NotificationItem(msgspec.Struct):
 
 
 _notification_item = msgspec.json.Decoder(_NotificationItem)
+
+
+def shard_nodes(client: Any, keys: Keys, stream: str, shards: int) -> list[str]:
+    """The master serving each shard of ``stream`` (``host:port``; "" on one instance), from the
+    client's slot map: no round trip per key, and the map follows every MOVED."""
+    return [redisclient.node_of(client, keys.queue(stream, shard)) for shard in range(shards)]
 
 
 def spool_status(directory: str | os.PathLike[str]) -> SpoolStatus:
@@ -222,9 +242,12 @@ async def snapshot(cfg: Config, redis: Any, now: float | None = None) -> Snapsho
         # Each shard's queue is estimated from its own ends; the stream shows their sums.
         frames, rows, exact = 0, 0, True
         oldest: list[int | None] = []
+        per_shard: list[ShardStatus] = []
+        nodes = shard_nodes(redis, keys, name, shards[name])
         for shard in range(shards[name]):
             at = base + len(minutes) + 4 * shard
             length = int(results[at])
+            per_shard.append(ShardStatus(shard=shard, node=nodes[shard], backlog_frames=length))
             head = summarize(results[at + 1])
             tail_rows = summarize(results[at + 2]).rows
             if length <= 1:
@@ -252,6 +275,7 @@ async def snapshot(cfg: Config, redis: Any, now: float | None = None) -> Snapsho
                 backlog_rows_exact=exact,
                 inflight_batches=len(inflight[name]),
                 oldest_unflushed_s=unflushed_age_s(now, oldest),
+                shards=per_shard,
             )
         )
     errors: list[RecentError] = []

@@ -73,6 +73,7 @@ class Evaluator:
         self.claimer = claimer
         self.metrics = metrics
         self.keys = NotifyKeys(cfg.redis.key_prefix, cfg.redis.cluster)
+        self.cluster = cfg.redis.cluster
         self.by_stream: dict[str, list[Compiled]] = {}
         for rule in cfg.rules.values():
             if rule.enabled:
@@ -127,7 +128,6 @@ class Evaluator:
         rules = self.by_stream.get(claim.stream, [])
         matched = 0
         async with self.client.pipeline(transaction=False) as pipe:
-            queued = 0
             for frame in claim.frames:
                 try:
                     columns, rows = decode_frame(frame)
@@ -143,12 +143,14 @@ class Evaluator:
                             continue
                         matched += 1
                         self.metrics.matched.labels(c.rule.name).inc()
-                        queued += await self._queue(pipe, c.rule, claim.stream, ev, columns)
-            if queued:
+                        await self._queue(pipe, c.rule, claim.stream, ev, columns)
+            if len(pipe):
                 await pipe.execute()
         return matched
 
-    async def _queue(self, pipe: Any, rule: RuleConfig, stream: str, ev: dict[str, Any], columns: Sequence[str]) -> int:
+    async def _queue(
+        self, pipe: Any, rule: RuleConfig, stream: str, ev: dict[str, Any], columns: Sequence[str]
+    ) -> None:
         eid = str(ev.get("event_id", ""))
         th = rule.threshold
         if th is None:
@@ -156,7 +158,7 @@ class Evaluator:
                 pipe.rpush(
                     self.keys.jobs(ch), self._job(rule, ch, stream, ev, columns, {}, f"{rule.name}:{ch}:{eid}", "event")
                 )
-            return len(rule.channels)
+            return
         group = str(cut(ev.get(th.group_by), 100)) if th.group_by else ""
         extra = {"count": th.count, "window_s": f"{th.window_s:g}", "group": group}
         job_list = [
@@ -165,16 +167,22 @@ class Evaluator:
         ]
         window_ms = max(1, int(th.window_s * 1000))
         event_ms = jobs.decode(job_list[0]).event_ms
-        await self._threshold(
-            keys=[
-                self.keys.threshold(rule.name, group),
-                self.keys.fired(rule.name, group),
-                *(self.keys.jobs(ch) for ch in rule.channels),
-            ],
-            args=[eid, event_ms, window_ms, th.count, *job_list],
-            client=pipe,
-        )
-        return 1
+        keys = [
+            self.keys.threshold(rule.name, group),
+            self.keys.fired(rule.name, group),
+            *(self.keys.jobs(ch) for ch in rule.channels),
+        ]
+        args: list[str | int | bytes] = [eid, event_ms, window_ms, th.count, *job_list]
+        if not self.cluster:
+            await self._threshold(keys=keys, args=args, client=pipe)
+            return
+        # redis-py's cluster pipeline sends EVALSHA without loading the script on the node (and a
+        # promoted replica has none: scripts are not replicated), so on a cluster the script runs on
+        # its own, where a NOSCRIPT reply (nothing ran) is answered by loading it and sending it once
+        # more. The jobs queued before it are sent first, so a channel's jobs keep the events' order.
+        if len(pipe):
+            await pipe.execute()
+        await self._threshold(keys=keys, args=args)
 
     async def round(self) -> int:
         """Tap, then claim and evaluate, once per stream; returns the frames handled.

@@ -39,7 +39,13 @@ import redis.asyncio.cluster as aiocluster
 import redis.cluster as synccluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisClusterException, RedisClusterUnreachableError, SlotNotCoveredError
+from redis.exceptions import (
+    ClusterDownError,
+    RedisClusterException,
+    RedisClusterUnreachableError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.retry import Retry
 
 from oceanus.config import RedisConfig
@@ -76,18 +82,20 @@ def parse_address(text: str, where: str) -> Address:
 
 
 class ClusterUnavailable(redis.ConnectionError):
-    """No master serves a key's slot, or no node answers: an outage while the cluster fails over.
+    """The cluster could not run the command: no master serves the key's slot, no node answers, or
+    a node replied ``CLUSTERDOWN`` / ``TRYAGAIN`` (a failover or a slot migration under way).
 
-    redis-py raises ``SlotNotCoveredError`` and ``RedisClusterUnreachableError`` outside the
-    ``RedisError`` tree; as a ``ConnectionError`` they take the path every caller already has
-    for a Redis that is down (back off, try again). Its other ``RedisClusterException`` s
+    redis-py raises the first two outside the ``RedisError`` tree and the last two as error
+    replies; none ran the command. As a ``ConnectionError`` they take the path every caller
+    already has for a Redis that is down (back off, try again) instead of ending a loop that
+    only expects outages to be connection errors. redis-py's other ``RedisClusterException`` s
     (keys of several slots in one script, ...) are bugs, and stay as they are.
     """
 
 
 #: Everything a synchronous caller (the commands) treats as "Redis did not do it".
 REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, RedisClusterException)
-_OUTAGES = (SlotNotCoveredError, RedisClusterUnreachableError)
+_OUTAGES = (SlotNotCoveredError, RedisClusterUnreachableError, ClusterDownError, TryAgainError)
 
 
 class _ClusterPipeline(aiocluster.ClusterPipeline):

@@ -23,7 +23,7 @@ from pathlib import Path
 import msgspec
 
 from collector import status as read_model
-from oceanus import config
+from oceanus import config, redisclient
 from oceanus.buffer import Keys
 from oceanus.commands import devstate
 from oceanus.commands.query import run_sql
@@ -44,6 +44,8 @@ class StreamStatus(msgspec.Struct, kw_only=True):
     inflight_rows: int | None = None
     oldest_unflushed_age_s: float | None = None
     dead_letters: int | None = None
+    #: Each shard's backlog and the master serving it (one entry for a stream of one shard).
+    shards: list[read_model.ShardStatus] = []
 
 
 class SpoolStatus(msgspec.Struct, kw_only=True):
@@ -85,22 +87,34 @@ def redis_counts(
     redis_url: str, prefix: str, streams: list[str], now: float, shards: Mapping[str, int] | None = None
 ) -> dict[str, StreamStatus]:
     """Backlog, in-flight rows, lag and dead letters per stream, summed over its shards
-    (``shards``: a stream's count when above 1). Raises redis.RedisError."""
-    import redis
-
+    (``shards``: a stream's count when above 1), and each shard's backlog with the master
+    serving it (one instance or a cluster: oceanus/redisclient.py). Raises one of
+    :data:`oceanus.redisclient.REDIS_ERRORS`."""
     keys = Keys(prefix)
-    client = redis.Redis.from_url(redis_url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S)
+    rcfg = config.RedisConfig(url=redis_url, key_prefix=prefix, timeout_s=REDIS_TIMEOUT_S)
+    client = redisclient.sync_client(rcfg)
     out: dict[str, StreamStatus] = {}
     try:
         for name in streams:
             queued, inflight = _Acc(), _Acc()
             nframes = dead = 0
-            for shard in range((shards or {}).get(name, 1)):
+            count = (shards or {}).get(name, 1)
+            nodes = read_model.shard_nodes(client, keys, name, count)
+            per_shard: list[read_model.ShardStatus] = []
+            for shard in range(count):
                 qkey = keys.queue(name, shard)
                 length = int(client.llen(qkey))
+                rows_before = queued.rows
                 for start in range(0, length, SCAN_CHUNK_FRAMES):
                     for item in client.lrange(qkey, start, start + SCAN_CHUNK_FRAMES - 1):
                         queued.add(item)
+                # The map is loaded by the first command: ask for the node after it.
+                node = nodes[shard] or redisclient.node_of(client, qkey)
+                per_shard.append(
+                    read_model.ShardStatus(
+                        shard=shard, node=node, backlog_frames=length, backlog_rows=queued.rows - rows_before
+                    )
+                )
                 for key in client.smembers(keys.inflight_index(name, shard)):
                     for item in client.lrange(key, 0, -1):
                         inflight.add(item)
@@ -112,6 +126,7 @@ def redis_counts(
                 inflight_rows=inflight.rows,
                 oldest_unflushed_age_s=read_model.unflushed_age_s(now, (queued.oldest_ms, inflight.oldest_ms)),
                 dead_letters=dead,
+                shards=per_shard,
             )
     finally:
         client.close()
@@ -174,15 +189,17 @@ def collect(data_dir: Path, config_file: str | None = None) -> Status:
         warehouse=info.duckdb_path if info else str(devstate.warehouse_path(data_dir)),
         streams={name: StreamStatus() for name in streams},
     )
-    if info is not None:
-        import redis
-
+    # The dev stack's Redis while `oceanus dev` runs; else a cluster that `redis.url` names (a
+    # cluster is never the dev stack's, so it is read where it is: each shard and its master).
+    redis_url, prefix = (info.redis_url, info.key_prefix) if info else (cfg.redis.url, cfg.redis.key_prefix)
+    if info is not None or cfg.redis.cluster:
+        status.redis_url = redis_url
         try:
             shards = {name: s.shards for name, s in cfg.streams.items()}
-            counts = redis_counts(info.redis_url, info.key_prefix, streams, time.time(), shards)
+            counts = redis_counts(redis_url, prefix, streams, time.time(), shards)
             status.redis_up = True
             status.streams = counts
-        except redis.RedisError:
+        except redisclient.REDIS_ERRORS:
             status.redis_up = False
     try:
         for name, n in stored_rows(data_dir, streams).items():
@@ -217,6 +234,12 @@ def format_table(status: Status) -> str:
             f"oceanus dev: running (pid {status.pid}); collector {status.collector_url}, "
             f"redis {status.redis_url} ({'up' if status.redis_up else 'NOT ANSWERING'})"
         ]
+    elif status.redis_url:
+        seeds = status.redis_url.rpartition("@")[2]  # never the password
+        lines = [
+            f"oceanus dev: not running on {status.data_dir}; Redis Cluster {seeds} "
+            f"({'up' if status.redis_up else 'NOT ANSWERING'})"
+        ]
     else:
         lines = [
             f"oceanus dev: not running on {status.data_dir}; Redis backlog unknown until it runs "
@@ -235,6 +258,14 @@ def format_table(status: Status) -> str:
         )
         for name, s in status.streams.items()
     ]
+    # A stream of several shards, or on a cluster: a line per shard under it (its backlog, its master).
+    for name, s in status.streams.items():
+        if len(s.shards) > 1 or any(sh.node for sh in s.shards):
+            at = next(i for i, r in enumerate(body) if r[0] == name)
+            body[at + 1 : at + 1] = [
+                (f"  shard {sh.shard}" + (f" @ {sh.node}" if sh.node else ""), "", _n(sh.backlog_rows), "", "", "")
+                for sh in s.shards
+            ]
     widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
     for row in (header, *body):
         # The stream name left-aligned, the numbers right-aligned.

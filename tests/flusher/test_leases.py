@@ -14,11 +14,12 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
 import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
 
 from flusher.claim import Claimer, LeaseLost
 from flusher.leases import ShardLeases, lease_holders, share
@@ -29,6 +30,7 @@ from oceanus.buffer import Keys, encode_frame
 from oceanus.config import Config, StreamConfig
 from oceanus.errors import SinkError
 from tests.flusher.helpers import STREAMS_TOML, RecordingSink, make_config, make_rows
+from tests.support.cluster import RedisCluster
 from tests.support.servers import RedisServer
 
 TTL_S = 1.0
@@ -103,7 +105,7 @@ class Runner:
 
     def __init__(self, cfg: Config, sink: Gated) -> None:
         self.sink = sink
-        self.flusher = Flusher(cfg, sink)  # type: ignore[arg-type]
+        self.flusher = Flusher(cfg, sink)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thawed = threading.Event()
         self.clean: bool | None = None
@@ -211,6 +213,21 @@ def test_leases_spread_as_flushers_join_and_leave(redis_server: RedisServer) -> 
             await client.aclose()
 
     asyncio.run(body())
+
+
+def test_lease_holders_reads_each_shards_holder_for_status(redis_server: RedisServer) -> None:
+    keys = Keys("px")
+    client = redis_server.client()
+    client.set(keys.lease("pv", 0), "host-1-aa")
+    client.set(keys.lease("pv", 2), "host-2-bb")
+    client.set(keys.lease("ev"), "host-2-bb")
+    client.set(Keys("oceanus").lease("pv", 1), "another-prefix")
+    assert lease_holders(client, keys, {"pv": 3, "ev": 1, "none": 2}) == {
+        "pv": ["host-1-aa", None, "host-2-bb"],
+        "ev": ["host-2-bb"],
+        "none": [None, None],
+    }
+    assert lease_holders(client, keys, {}) == {}
 
 
 def test_a_claim_needs_the_lease_in_redis(redis_server: RedisServer) -> None:
@@ -383,3 +400,43 @@ def test_a_paused_flusher_loses_its_lease_and_does_not_write_its_stale_batch(
         inner.close()
     assert not paused.sink.written  # its stale batch was not written: no duplicate to dedupe
     assert _written(runners) == Counter(ids + later)
+
+
+def test_leases_and_leased_claims_run_on_the_cluster(redis_cluster: RedisCluster) -> None:
+    """Take, renew, release and the lease check of claim and re-claim: each script in its shard's
+    slot (redis-py's cluster client refuses keys of several slots), the registry on its own."""
+    keys = Keys("oceanus")
+    frame = encode_frame(["event_id"], [[b"\x01" * 16]])
+
+    async def scenario() -> None:
+        host, port = redis_cluster.addresses[0].split(":")
+        client = aiocluster.RedisCluster(host=host, port=int(port))
+        same = cast(aioredis.Redis, client)  # the cluster client has the same calls
+        try:
+            for shard in range(4):
+                lease = keys.lease("pv", shard)
+                assert client.keyslot(lease) == client.keyslot(keys.queue("pv", shard))
+                await client.rpush(keys.queue("pv", shard), frame, frame)
+            ghost = Claimer(same, keys, "ghost", 60.0)
+            orphan = await ghost.claim("pv", 1, 3)  # never beats: an orphan at once
+            assert orphan is not None
+            me = Claimer(same, keys, "me", 60.0)
+            await me.heartbeat()
+            leases = ShardLeases(same, keys, me, "pv", 4, 60.0)
+            assert await leases.tick() == [0, 1, 2, 3]
+            assert await leases.tick() == []  # renewed, nothing more to take
+            for shard in range(4):
+                claim = await me.claim("pv", 1, shard, leased=True)
+                assert claim is not None
+                assert await me.finish(claim)
+            taken = await me.reclaim("pv", orphan.key, 3, leased=True)
+            assert taken is not None
+            assert await me.finish(taken)
+            await leases.release_all()
+            assert [await client.get(keys.lease("pv", s)) for s in range(4)] == [None] * 4
+            with pytest.raises(LeaseLost):
+                await me.claim("pv", 1, 0, leased=True)
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())

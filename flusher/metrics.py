@@ -49,6 +49,15 @@ class FlusherMetrics:
         self.lag_seconds = Gauge("oceanus_lag_seconds", "Age of the oldest unflushed event", ["stream"], registry=r)
         self.redis_used_memory = Gauge("oceanus_redis_used_memory_bytes", "Redis used_memory", registry=r)
         self.redis_maxmemory = Gauge("oceanus_redis_maxmemory_bytes", "Redis maxmemory (0 = unlimited)", registry=r)
+        #: Redis Cluster only: 1 for the master serving each shard's slot, so that a node's backlog is
+        #: ``oceanus_backlog_items * on (stream, shard) group_left (node) oceanus_shard_node_info``.
+        self.shard_node = Gauge(
+            "oceanus_shard_node_info",
+            "The Redis Cluster master serving a shard's slot (value 1; absent on one Redis)",
+            ["stream", "shard", "node"],
+            registry=r,
+        )
+        self._shard_nodes: dict[tuple[str, str], str] = {}
         self.draining = Gauge("oceanus_flusher_draining", "1 after SIGTERM", registry=r)
         self.shard_leases = Gauge(
             "oceanus_shard_leases", "Shards of the stream whose lease this flusher holds", ["stream"], registry=r
@@ -62,6 +71,20 @@ class FlusherMetrics:
         self.worker_restarts = Counter(
             "oceanus_worker_restarts", "Worker loops restarted after an unexpected exception", ["stream"], registry=r
         )
+
+    def set_shard_node(self, stream: str, shard: int, node: str) -> None:
+        """The master now serving a shard ("" unknown); a failover or resharding moves the series."""
+        key = (stream, str(shard))
+        old = self._shard_nodes.get(key, "")
+        if old == node:
+            return
+        if old:
+            self.shard_node.remove(stream, str(shard), old)
+        if node:
+            self.shard_node.labels(stream, str(shard), node).set(1)
+            self._shard_nodes[key] = node
+        else:
+            self._shard_nodes.pop(key, None)
 
     def init_stream(self, stream: str, shards: int = 1) -> None:
         """Create the labelled series at 0 so dashboards see every stream from the start."""

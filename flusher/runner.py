@@ -188,6 +188,8 @@ class Flusher:
         for i, (name, shard) in enumerate(slots):
             backlog, batches, head = results[3 * i : 3 * i + 3]
             m.backlog_items.labels(name, str(shard)).set(backlog)
+            # From the client's slot map (kept by the reads just made): no round trip per key.
+            m.set_shard_node(name, shard, redisclient.node_of(self.aredis, self.keys.queue(name, shard)))
             inflight[name] += batches
             if head:
                 heads[name].append(head)
@@ -234,8 +236,6 @@ class Flusher:
 
     async def run(self, on_started: Callable[[], Awaitable[None]] | None = None) -> bool:
         """Until :attr:`stopping` is set and the drain is over; False if a write outlived the drain."""
-        if self.upgrade is not None:
-            background.append(asyncio.create_task(self._upgrade_loop(self.upgrade), name="upgrade"))
         await self.in_thread(self.sink.ensure_tables, list(self.cfg.streams.values()))
         self.tables_ready = True
         if self.admin is None:
@@ -247,6 +247,8 @@ class Flusher:
             asyncio.create_task(self._reclaim_loop(), name="reclaim"),
             asyncio.create_task(self._gauge_loop(), name="gauges"),
         ]
+        if self.upgrade is not None:
+            background.append(asyncio.create_task(self._upgrade_loop(self.upgrade), name="upgrade"))
         workers = [asyncio.create_task(w.run(), name=f"stream-{w.name}") for w in self.workers.values()]
         hosted = [
             threading.Thread(target=self._run_hosted, args=(task,), name=f"oceanus-hosted-{i}", daemon=True)

@@ -109,6 +109,7 @@ def test_dashboard_shows_what_operators_need() -> None:
         "oceanus_http_requests_total",
         "oceanus_http_request_duration_seconds_bucket",
         "oceanus_backlog_items",
+        "oceanus_shard_node_info",
         "oceanus_redis_used_memory_bytes",
         "oceanus_lag_seconds",
         "oceanus_rows_written_total",

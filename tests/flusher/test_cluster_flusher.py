@@ -18,6 +18,7 @@ from oceanus.config import Config
 from tests.flusher.helpers import STREAMS_TOML, make_config, make_rows
 from tests.flusher.test_runner import until
 from tests.support.cluster import ClusterNode, RedisCluster
+from tests.support.servers import RedisServer
 
 #: Enough shards that three of them sit on three different masters whatever the slot layout.
 SHARDS = 8
@@ -79,6 +80,17 @@ async def _queues_empty(f: Flusher) -> bool:
     return True
 
 
+def _node_series(f: Flusher, shard: int) -> list[str]:
+    """The ``node`` of every ``oceanus_shard_node_info`` series of one shard of pv."""
+    return [
+        sample.labels["node"]
+        for metric in f.metrics.registry.collect()
+        if metric.name == "oceanus_shard_node_info"
+        for sample in metric.samples
+        if sample.labels["stream"] == "pv" and sample.labels["shard"] == str(shard) and sample.value == 1
+    ]
+
+
 def _rows_written(f: Flusher) -> float:
     return f.metrics.registry.get_sample_value("oceanus_rows_written_total", {"stream": "pv"}) or 0.0
 
@@ -95,6 +107,9 @@ def test_three_shards_on_three_masters_are_drained_once(redis_cluster: RedisClus
             await until(lambda: _drained(flusher, len(pushed)), "every shard drained", timeout=60)
             # The old-layout move is single-instance only: not even started on a cluster.
             assert flusher.upgrade is None
+            await flusher.sample_gauges()
+            for shard, node in shards.items():
+                assert _node_series(flusher, shard) == [node.address]
             assert flusher.metrics.registry.get_sample_value("oceanus_worker_restarts_total", {"stream": "pv"}) in (
                 None,
                 0.0,
@@ -154,9 +169,14 @@ def test_a_master_killed_mid_drain_the_flusher_reconnects_and_writes_each_event_
         try:
             await until(lambda: _some_written(flusher), "the drain under way", timeout=60)
             assert not await _queues_empty(flusher)
-            await asyncio.to_thread(redis_cluster.kill_master, victim)
+            await flusher.sample_gauges()
+            assert _node_series(flusher, victim_shard) == [victim.address]
+            replica = await asyncio.to_thread(redis_cluster.kill_master, victim)
             killed.append(victim)
             await until(lambda: _queues_empty(flusher), "every shard drained after the failover", timeout=90)
+            # The gauge follows the slot to the promoted replica; the dead master's series is gone.
+            await flusher.sample_gauges()
+            assert _node_series(flusher, victim_shard) == [replica.address]
             assert not task.done()  # no crash: the process is still running
             restarts = flusher.metrics.registry.get_sample_value("oceanus_worker_restarts_total", {"stream": "pv"})
             assert restarts in (None, 0.0)  # an outage is a Redis error, never an unexpected one
@@ -178,3 +198,19 @@ def test_a_master_killed_mid_drain_the_flusher_reconnects_and_writes_each_event_
     assert ids <= pushed
     # The shards whose masters lived lose nothing; the failed-over one at most unreplicated pushes.
     assert ids >= set().union(*(per_shard[s] for s in sorted(shards) if s != victim_shard))
+
+
+def test_one_redis_has_no_shard_node_series(redis_server: RedisServer, tmp_path: Path) -> None:
+    streams = STREAMS_TOML.replace("[streams.pv]\n", "[streams.pv]\nshards = 2\n", 1)
+    cfg = make_config(redis_server.url, tmp_path / "w.duckdb", streams)
+
+    async def main() -> None:
+        flusher = Flusher(cfg, DuckDBSink(cfg))
+        try:
+            assert flusher.upgrade is not None  # one instance: the old layout may be there
+            await flusher.sample_gauges()
+            assert [_node_series(flusher, s) for s in range(2)] == [[], []]
+        finally:
+            await flusher.close()
+
+    asyncio.run(main())

@@ -310,6 +310,9 @@ EQUIVALENT: dict[str, dict[str, str]] = {
             " by os._exit, which waits for no thread, daemon or not"
         ),
     },
+    "collector/validate.py": {
+        "1 -> 0 @ if len(funcs) == 1:": "a shortcut: apply() over one transform returns what that transform returns",
+    },
     "collector/resp.py": {
         **{
             f"{d} @ self.expected = 0": (

@@ -91,6 +91,12 @@ CASES: list[tuple[str, Any, bool, Any]] = [
     ('{ type = "int" }', str(INT64_MAX + 1), TEXT, ("type", "outside the signed 64-bit integer range")),
     ('{ type = "int" }', INT64_MIN, JSON, INT64_MIN),
     ('{ type = "int" }', INT64_MIN - 1, JSON, ("type", "outside the signed 64-bit integer range")),
+    # The bounds as numbers, not as the module's names for them: BigQuery INT64, DuckDB BIGINT.
+    ('{ type = "int" }', -9_223_372_036_854_775_808, JSON, -9_223_372_036_854_775_808),
+    ('{ type = "int" }', -9_223_372_036_854_775_809, JSON, ("type", "outside the signed 64-bit integer range")),
+    ('{ type = "int" }', "-9223372036854775809", TEXT, ("type", "outside the signed 64-bit integer range")),
+    ('{ type = "int" }', 9_223_372_036_854_775_807, JSON, 9_223_372_036_854_775_807),
+    ('{ type = "int" }', 9_223_372_036_854_775_808, JSON, ("type", "outside the signed 64-bit integer range")),
     ('{ type = "int" }', "9" * 5000, TEXT, ("type", "outside the signed 64-bit integer range")),
     ('{ type = "int", min = 0, max = 10 }', "0", TEXT, 0),
     ('{ type = "int", min = 0, max = 10 }', "-1", TEXT, ("min", "less than 0")),

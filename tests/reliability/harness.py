@@ -27,13 +27,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import msgspec
 import psutil
+import redis
 
 from collector.spool import usage as spool_usage
 from oceanus import config
 from oceanus.buffer import Keys
+from oceanus.redisclient import sync_client
 from tests.reliability.loadgen import LoadResult, parse_marker
-from tests.support.servers import BigQueryEmulator, RedisServer, as_bytes, free_ports, wait_for
+from tests.support.cluster import RedisCluster
+from tests.support.servers import BigQueryEmulator, RedisServer, as_bytes, free_port, free_ports, wait_for
 from tests.support.sqlwarehouse import SqlWarehouse
 
 REPO = Path(__file__).resolve().parents[2]
@@ -194,7 +198,14 @@ def account(load: LoadResult, rows: list[tuple[str, str]], label: str = "") -> T
 
 
 class Stack:
-    """redis-server + collector + flusher for one scenario, under ``base``."""
+    """redis-server + collector + flusher for one scenario, under ``base``.
+
+    ``cluster``: the collectors and flushers use that Redis Cluster (its ``redis+cluster://``
+    URL) instead of a redis-server of their own; the caller owns it (start, restore, stop).
+    ``shards``: ``[streams.pageview] shards`` (the config is copied under ``base`` with it).
+    Several flushers may run at once (:meth:`start_flusher` gives each its own admin port);
+    they need a warehouse that takes several writers (PostgreSQL, MySQL), not one DuckDB file.
+    """
 
     def __init__(
         self,
@@ -205,10 +216,22 @@ class Stack:
         sink: str = "duckdb",
         env: Mapping[str, str] | None = None,
         flusher_env: Mapping[str, str] | None = None,
+        cluster: RedisCluster | None = None,
+        shards: int = 1,
     ) -> None:
         self.base = base
         base.mkdir(parents=True, exist_ok=True)
         self.redis = RedisServer(base / "redis", appendfsync=appendfsync)
+        self.cluster = cluster
+        self.shards = shards
+        self.config_path = REPO / "oceanus.toml"
+        if shards != 1:
+            self.config_path = base / "oceanus.toml"
+            text = (REPO / "oceanus.toml").read_text()
+            header = "[streams.pageview]\n"
+            if header not in text:
+                raise RuntimeError(f"no {header.strip()} section in oceanus.toml")
+            self.config_path.write_text(text.replace(header, f"{header}shards = {shards}\n", 1))
         self.port, self.admin_port = free_ports(2)
         self.workers = workers
         self.duckdb_path = base / "warehouse.duckdb"
@@ -224,8 +247,11 @@ class Stack:
         self.bq_dataset = "oceanus"
         #: Running collectors by port (a rolling restart uses two).
         self.collectors: dict[int, Proc] = {}
+        #: The flusher started last (the one a scenario kills and replaces).
         self.flusher: Proc | None = None
-        self.cfg = config.load(REPO / "oceanus.toml", env={})
+        #: Every flusher started, by admin port.
+        self.flushers: dict[int, Proc] = {}
+        self.cfg = config.load(self.config_path, env={})
         self.keys = Keys(self.cfg.redis.key_prefix)
         self._runs = 0
 
@@ -237,12 +263,23 @@ class Stack:
     def admin_url(self) -> str:
         return f"http://127.0.0.1:{self.admin_port}"
 
+    @property
+    def redis_url(self) -> str:
+        # The cluster's live nodes now: every one of them is a seed.
+        return self.cluster.url if self.cluster is not None else self.redis.url
+
+    def redis_client(self) -> redis.Redis:
+        """A client for the stack's Redis, a cluster client on a cluster (close it after use)."""
+        if self.cluster is None:
+            return self.redis.client()
+        return sync_client(msgspec.structs.replace(self.cfg.redis, url=self.redis_url), timeout_s=5.0)
+
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OCEANUS_")}
         env.update(
             {
-                "OCEANUS_CONFIG": str(REPO / "oceanus.toml"),
-                "OCEANUS_REDIS_URL": self.redis.url,
+                "OCEANUS_CONFIG": str(self.config_path),
+                "OCEANUS_REDIS_URL": self.redis_url,
                 "OCEANUS_SINK_KIND": self.sink,
                 "OCEANUS_SINK_DUCKDB_PATH": str(self.duckdb_path),
                 "OCEANUS_COLLECTOR_SPOOL_DIR": str(self.spool_dir),
@@ -260,7 +297,8 @@ class Stack:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> Stack:
-        self.redis.start()
+        if self.cluster is None:
+            self.redis.start()
         self.start_flusher()
         self.start_collector()
         return self
@@ -288,13 +326,17 @@ class Stack:
         return proc
 
     def start_flusher(self) -> Proc:
-        self.flusher = Proc("flusher", ["flusher"], {**self.env(), **self.flusher_env}, self._log("flusher"))
-        proc = self.flusher
+        """A flusher on the stack's admin port, or on a free one while another flusher lives there."""
+        running = self.flushers.get(self.admin_port)
+        port = free_port() if running is not None and running.alive() else self.admin_port
+        env = {**self.env(), **self.flusher_env, "OCEANUS_FLUSHER_ADMIN_PORT": str(port)}
+        self.flusher = proc = Proc("flusher", ["flusher"], env, self._log("flusher"))
+        self.flushers[port] = proc
 
         def ready() -> bool:
             if not proc.alive():
                 raise RuntimeError(f"flusher exited: {proc.tail()}")
-            return http_status(self.admin_url + "/healthz") == 200
+            return http_status(f"http://127.0.0.1:{port}/healthz") == 200
 
         wait_for(ready, timeout=READY_TIMEOUT_S, what="flusher /healthz")
         return proc
@@ -314,20 +356,22 @@ class Stack:
         self.redis.start()
 
     def stop(self) -> None:
-        for proc in (*self.collectors.values(), self.flusher):
-            if proc is not None and proc.alive():
+        for proc in (*self.collectors.values(), *self.flushers.values()):
+            if proc.alive():
                 proc.stop()
         self.redis.stop()
 
     # -- draining and reading ---------------------------------------------------------------
 
     def backlog_frames(self) -> int:
-        """Frames still in Redis for the stream: queued plus claimed in flight."""
-        r = self.redis.client()
+        """Frames still in Redis for the stream, every shard: queued plus claimed in flight."""
+        r = self.redis_client()
         try:
-            total = int(r.llen(self.keys.queue(STREAM)))
-            for key in r.smembers(self.keys.inflight_index(STREAM)):
-                total += int(r.llen(key))
+            total = 0
+            for shard in range(self.shards):
+                total += int(r.llen(self.keys.queue(STREAM, shard)))
+                for key in r.smembers(self.keys.inflight_index(STREAM, shard)):
+                    total += int(r.llen(key))
             return total
         finally:
             r.close()
@@ -355,12 +399,16 @@ class Stack:
         every in-flight key with its frames, its owner and whether that owner's heartbeat lives."""
         lines = [f"spool pending bytes={self.spool_pending_bytes()}"]
         try:
-            r = self.redis.client()
+            r = self.redis_client()
         except Exception as exc:  # noqa: BLE001 - a diagnostic must not hide the timeout
             return "\n".join([*lines, f"Redis unreadable: {exc!r}"])
         try:
-            lines.append(f"queue {self.keys.queue(STREAM)}: {r.llen(self.keys.queue(STREAM))} frames")
-            members = sorted(as_bytes(m).decode() for m in r.smembers(self.keys.inflight_index(STREAM)))
+            members: list[str] = []
+            for shard in range(self.shards):
+                queue = self.keys.queue(STREAM, shard)
+                lines.append(f"queue {queue}: {r.llen(queue)} frames")
+                index = self.keys.inflight_index(STREAM, shard)
+                members += sorted(as_bytes(m).decode() for m in r.smembers(index))
             lines.append(f"in-flight keys: {len(members)}")
             for key in members:
                 owner = Keys.owner_of(key)
@@ -400,8 +448,8 @@ class Stack:
                 proc.stop()
         # The collector's drain may have pushed its last frames: wait for those too.
         self.wait_drained()
-        if self.flusher is not None:
-            self.flusher.stop()
+        for flusher in self.flushers.values():
+            flusher.stop()
         tally = account(load, self.warehouse_rows(), label)
         self.redis.stop()
         return tally

@@ -113,6 +113,9 @@ def test_pattern_dollar_is_the_end_of_the_value(validator: StreamValidator) -> N
         ("[^]$]$", "[^]$]\\Z"),
         ("a|b$", "a|b\\Z"),
         ("no", "no"),
+        # A class left open at the very end (the regex compiler refuses it later): no IndexError here.
+        ("a$[", "a\\Z["),
+        ("a$[^", "a\\Z[^"),
     ],
 )
 def test_end_anchored(pattern: str, anchored: str) -> None:

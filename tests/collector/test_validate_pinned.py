@@ -167,6 +167,9 @@ CASES: list[tuple[str, Any, bool, Any]] = [
         TEXT,
         ("max_length", "longer than 6 bytes"),
     ),  # 5 characters, 7 bytes
+    # Seven characters, 22 bytes: over a 21-byte limit though 3 bytes a character would not be.
+    ('{ type = "json", max_length = 21 }', '"' + "\U0001f600" * 5 + '"', TEXT, ("max_length", "longer than 21 bytes")),
+    ('{ type = "json", max_length = 22 }', '"' + "\U0001f600" * 5 + '"', TEXT, '"' + "\U0001f600" * 5 + '"'),
     ('{ type = "json", max_length = 6 }', [1, 23], JSON, "[1,23]"),
     ('{ type = "json", max_length = 6 }', [1, 234], JSON, ("max_length", "longer than 6 bytes")),
     ('{ type = "json", required = true }', "", TEXT, ("required", "is required")),

@@ -97,7 +97,11 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     ),
     "collector/pusher.py": (
         ["tests/collector/test_pusher_drain.py", "tests/collector/test_pusher_refused.py"],
-        ["tests/collector/test_pusher_notify.py", "tests/collector/test_app.py"],
+        [
+            "tests/collector/test_pusher_notify.py",
+            "tests/collector/test_app.py",
+            "tests/collector/test_pusher_replicas.py",
+        ],
     ),
     "collector/resp.py": (["tests/collector/test_resp.py"], ["tests/collector/test_app.py"]),
 }

@@ -31,6 +31,9 @@ log = logging.getLogger("oceanus.notify")
 GAUGES_EVERY_S = 1.0
 #: Longest request head the admin server reads (bytes).
 MAX_HEAD_BYTES = 8192
+#: A channel's worker stopped by a Redis outage starts again after this long, doubling up to the cap (seconds).
+REDIS_RETRY_BASE_S = 0.1
+REDIS_RETRY_MAX_S = 2.0
 
 
 def make_client(cfg: Config) -> aioredis.Redis:
@@ -101,6 +104,22 @@ class Notifier:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), min(ttl / 3, GAUGES_EVERY_S))
 
+    async def _deliver(self, worker: Worker) -> None:
+        """One channel's worker, started again after a Redis outage (a failover, on a cluster) instead of
+        ending with it. Its job in hand stays in its sending list, which the next run takes first; the
+        delivery key drops it if it was sent already."""
+        failures = 0
+        while not self.stopping.is_set():
+            try:
+                await worker.run()
+                return
+            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
+                delay = min(REDIS_RETRY_MAX_S, REDIS_RETRY_BASE_S * 2**failures)
+                failures += 1
+                log.warning("channels.%s: Redis: %s; delivering again in %.1f s", worker.name, exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), delay)
+
     async def _gauges(self) -> None:
         slots = [(s, n) for s in self.evaluator.streams for n in range(self.cfg.streams[s].shards)]
         async with self.client.pipeline(transaction=False) as pipe:
@@ -160,7 +179,7 @@ class Notifier:
         tasks = [
             asyncio.create_task(self._evaluate_loop(), name="notify-evaluate"),
             asyncio.create_task(self._housekeeping(), name="notify-housekeeping"),
-            *(asyncio.create_task(w.run(), name=f"notify-{w.name}") for w in self.workers),
+            *(asyncio.create_task(self._deliver(w), name=f"notify-{w.name}") for w in self.workers),
         ]
         if on_started is not None:
             await on_started()

@@ -316,6 +316,9 @@ EQUIVALENT: dict[str, dict[str, str]] = {
     },
     "collector/validate.py": {
         "1 -> 0 @ if len(funcs) == 1:": "a shortcut: apply() over one transform returns what that transform returns",
+        'return value -> None @ return "null"': (
+            "no check sees None: both validators take a null as absent before calling the field's check"
+        ),
     },
     "collector/resp.py": {
         **{

@@ -224,3 +224,85 @@ def test_flusher_joins_mid_run(tmp_path: Path, redis_cluster: RedisCluster, pg: 
         assert_exactly_once(finish(stack, load, "a flusher joins mid-run"))
     finally:
         stack.stop()
+
+
+# --------------------------------------------------------------------------- drain rate and Redis CPU
+
+#: Unpaced fill: as fast as the collector answers, no flusher running.
+FILL_S = 8.0
+FILL_SENDERS = 16
+#: Idle time sampled before the fill: Redis's own background CPU (cron, cluster bus), subtracted.
+IDLE_S = 3.0
+
+
+def redis_cpu_s(stack: Stack) -> tuple[float, float]:
+    """``used_cpu_user + used_cpu_sys`` so far, summed over (masters, replicas)."""
+    if stack.cluster is None:
+        r = stack.redis.client()
+        try:
+            info = r.info("cpu")
+        finally:
+            r.close()
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"]), 0.0
+    masters = {m.port for m in stack.cluster.masters()}
+    out = [0.0, 0.0]
+    for node in stack.cluster.live_nodes:
+        info = node.info("cpu")
+        out[node.port not in masters] += float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    return out[0], out[1]
+
+
+def measure_drain(stack: Stack, label: str, batch: int) -> Tally:
+    """Fill Redis through the collector with no flusher, then start one flusher and time the drain.
+    Prints events/s of both and Redis CPU per event of both (idle CPU subtracted)."""
+    if stack.cluster is None:
+        stack.redis.start()
+    stack.start_collector()
+    idle0, t_idle = redis_cpu_s(stack), time.monotonic()
+    time.sleep(IDLE_S)  # the idle sample itself
+    idle1 = redis_cpu_s(stack)
+    idle_per_s = [(b - a) / (time.monotonic() - t_idle) for a, b in zip(idle0, idle1, strict=True)]
+
+    def busy(before: tuple[float, float], after: tuple[float, float], seconds: float) -> list[float]:
+        return [max(0.0, b - a - i * seconds) for a, b, i in zip(before, after, idle_per_s, strict=True)]
+
+    cpu0, t0 = redis_cpu_s(stack), time.monotonic()
+    result = Load(stack.port, senders=FILL_SENDERS, duration_s=FILL_S, batch=batch).start().join()
+    wait_for(lambda: stack.spool_pending_bytes() == 0, timeout=60, interval=0.1, what="the spool replayed")
+    cpu1, t1 = redis_cpu_s(stack), time.monotonic()
+    fill = busy(cpu0, cpu1, t1 - t0)
+    backlog = stack.backlog_frames()
+    stack.start_flusher()
+    t2 = time.monotonic()
+    drain_s = stack.wait_drained()
+    cpu2 = redis_cpu_s(stack)
+    drain = busy(cpu1, cpu2, time.monotonic() - t2)
+    tally = stack.finish(result, label)
+    n = max(1, tally.acked)
+    print(
+        f"{label}: fill {n / result.elapsed_s:,.0f} events/s, {n / max(1, backlog):.1f} events per frame, "
+        f"Redis CPU per event written "
+        f"{fill[0] / n * 1e6:.1f} µs masters + {fill[1] / n * 1e6:.1f} µs replicas; "
+        f"drain of {n} events ({backlog} frames) by one flusher {drain_s:.1f}s = {n / drain_s:,.0f} events/s, "
+        f"Redis CPU per event drained {drain[0] / n * 1e6:.1f} µs masters + {drain[1] / n * 1e6:.1f} µs replicas"
+    )
+    return tally
+
+
+def test_drain_rate_and_redis_cpu_one_instance_vs_cluster(tmp_path: Path, redis_cluster: RedisCluster) -> None:
+    """A measurement (reported, no bound asserted beyond exactly-once): one redis-server
+    (``appendfsync always``, ``shards = 1``) against the cluster (every node ``appendfsync
+    always``, ``shards = 3``), alternated; pixel GETs (one event per request) and POSTs of
+    20 events, so the cost per round and per event can be told apart. The flusher writes to DuckDB."""
+    for batch in (1, 20):
+        single = Stack(tmp_path / f"single-{batch}", env=FAST_ENV)
+        try:
+            assert_exactly_once(measure_drain(single, f"one instance, {batch} per request", batch))
+        finally:
+            single.stop()
+        redis_cluster.flush()
+        cluster = Stack(tmp_path / f"cluster-{batch}", env=FAST_ENV, cluster=redis_cluster, shards=3)
+        try:
+            assert_exactly_once(measure_drain(cluster, f"cluster, 3 shards, {batch} per request", batch))
+        finally:
+            cluster.stop()

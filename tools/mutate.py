@@ -316,6 +316,7 @@ EQUIVALENT: dict[str, dict[str, str]] = {
     },
     "collector/validate.py": {
         "1 -> 0 @ if len(funcs) == 1:": "a shortcut: apply() over one transform returns what that transform returns",
+        "return value -> None @ return 0": "_plain_max's 0 is only ever tested for truth: None is as false",
         'return value -> None @ return "null"': (
             "no check sees None: both validators take a null as absent before calling the field's check"
         ),

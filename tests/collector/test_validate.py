@@ -25,6 +25,8 @@ def test_unquote_matches_the_stdlib_on_malformed_text(text: str) -> None:
 
 def test_parse_pairs() -> None:
     assert parse_pairs("a=1&b=x+y&c=%E6%97%A5&&d&a=2") == {"a": "2", "b": "x y", "c": "日", "d": ""}
+    # Keys are decoded like values: with a "+", a "%XX" or both.
+    assert parse_pairs("k+1=a&k%212=b&k+3%21=c&k4=%21") == {"k 1": "a", "k!2": "b", "k 3!": "c", "k4": "!"}
 
 
 @pytest.mark.parametrize(

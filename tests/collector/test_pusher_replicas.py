@@ -74,7 +74,8 @@ async def settled(app: App, timeout_s: float = 20.0) -> None:
 async def test_three_shards_land_on_several_masters(make_config: MakeConfig, redis_cluster: RedisCluster) -> None:
     masters = {redis_cluster.node_for_key(KEYS.queue("pageview", s)).port for s in range(3)}
     assert len(masters) >= 2, "the shard tags {pageview}, {pageview~1}, {pageview~2} share a master"
-    cfg = with_redis(make_config(), shards=3, url=redis_cluster.url)
+    # A generous timeout: seven fsync-always redis-servers share this box with the test.
+    cfg = with_redis(make_config(), shards=3, url=redis_cluster.url, timeout_s=2.0)
     async with running(App(cfg)) as app:
         for i in range(60):
             # One at a time: one round per request, so the rounds take the shards in turn.
@@ -138,7 +139,7 @@ async def test_a_paused_replica_spools_the_round_and_loses_nothing(
     make_config: MakeConfig, redis_cluster: RedisCluster
 ) -> None:
     master = redis_cluster.node_for_key(KEYS.queue("pageview", 0))
-    cfg = with_redis(make_config(), url=redis_cluster.url, timeout_s=1.0, min_replicas_ack=1, wait_timeout_ms=100)
+    cfg = with_redis(make_config(), url=redis_cluster.url, timeout_s=2.0, min_replicas_ack=1, wait_timeout_ms=500)
     async with running(App(cfg)) as app:
         assert app.spool is not None
         assert app.pusher is not None
@@ -159,7 +160,7 @@ async def test_a_paused_replica_spools_the_round_and_loses_nothing(
 async def test_one_redis_without_a_replica_spools_and_with_one_waits(
     make_config: MakeConfig, redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    cfg = with_redis(make_config(), min_replicas_ack=1, wait_timeout_ms=50)
+    cfg = with_redis(make_config(), timeout_s=2.0, min_replicas_ack=1, wait_timeout_ms=500)
     replica = RedisServer(tmp_path / "replica")
     try:
         async with running(App(cfg)) as app:

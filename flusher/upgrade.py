@@ -22,8 +22,9 @@ flushers keep giving batches back to it: :meth:`Upgrade.run` is called every
 there is nothing to move.
 
 Single instance only: the scripts name keys of several slots. The old layout
-never ran on Redis Cluster, so a cluster has nothing to move (the cluster wiring
-skips this step).
+never ran on Redis Cluster, so a cluster has nothing to move: the flusher and the
+notifier do not create an :class:`Upgrade` for a ``redis+cluster://`` URL
+(flusher/runner.py, notifier/runner.py).
 """
 
 from __future__ import annotations

@@ -357,6 +357,15 @@ class CollectorConfig(_Base, frozen=True):
 CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 
 
+def redacted_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``: what logs and command output may show."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, hosts = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{hosts}"
+
+
 class RedisConfig(_Base, frozen=True):
     #: One instance (``redis://``, ``rediss://``, ``unix://``) or a cluster
     #: (``redis+cluster://h1:p1,h2:p2``, TLS ``rediss+cluster://``).

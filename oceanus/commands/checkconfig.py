@@ -22,7 +22,11 @@ def _redis_kind(r: config.RedisConfig) -> str:
 
 
 def describe(cfg: config.Config) -> str:
-    lines = [f"config: {cfg.source}", f"sink: {cfg.sink.kind}", f"redis: {cfg.redis.url} ({_redis_kind(cfg.redis)})"]
+    lines = [
+        f"config: {cfg.source}",
+        f"sink: {cfg.sink.kind}",
+        f"redis: {config.redacted_url(cfg.redis.url)} ({_redis_kind(cfg.redis)})",
+    ]
     for stream in cfg.streams.values():
         lines.append(f"stream {stream.name} (/b/{stream.name}, /e/{stream.name}, mode {stream.mode})")
         for name, field in stream.fields.items():

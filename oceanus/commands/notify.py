@@ -141,7 +141,7 @@ def _dead_cmd(cfg: config.Config, action: str, channel: str | None, limit: int) 
     except redisclient.REDIS_ERRORS as exc:
         from oceanus.errors import OceanusError
 
-        raise OceanusError(f"Redis at {cfg.redis.url}: {exc}") from None
+        raise OceanusError(f"Redis at {config.redacted_url(cfg.redis.url)}: {exc}") from None
     finally:
         client.close()
     return 0

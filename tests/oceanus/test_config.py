@@ -121,3 +121,29 @@ def test_check_config_cli_one_line_error(tmp_path: Path) -> None:
     )
     assert ok.returncode == 0
     assert "stream pageview" in ok.stdout
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:s3cret@h:6379/0", "redis://:***@h:6379/0"),
+        ("rediss://user:s3cret@h:6380/0", "rediss://user:***@h:6380/0"),
+        ("redis+cluster://u:p%40ss@a:7000,b:7001", "redis+cluster://u:***@a:7000,b:7001"),
+        ("redis://user@h:6379/0", "redis://user@h:6379/0"),
+        ("redis://h:6379/0", "redis://h:6379/0"),
+        ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+    ],
+)
+def test_a_redis_password_is_never_shown(url: str, shown: str) -> None:
+    assert config.redacted_url(url) == shown
+
+
+def test_check_config_hides_the_redis_password(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[redis]\nurl = "redis+cluster://oceanus:s3cret@a:7000,b:7001"\n[streams.pv.fields]\na = {}\n')
+    out = subprocess.run(
+        [sys.executable, "-m", "oceanus.cli", "check-config", "--config", str(cfg)], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert "s3cret" not in out.stdout + out.stderr
+    assert "redis: redis+cluster://oceanus:***@a:7000,b:7001 (cluster" in out.stdout

@@ -95,6 +95,11 @@ CASES: list[tuple[str, Any, bool, Any]] = [
     ('{ type = "int" }', -9_223_372_036_854_775_808, JSON, -9_223_372_036_854_775_808),
     ('{ type = "int" }', -9_223_372_036_854_775_809, JSON, ("type", "outside the signed 64-bit integer range")),
     ('{ type = "int" }', "-9223372036854775809", TEXT, ("type", "outside the signed 64-bit integer range")),
+    # map: text only; any other JSON value meets the type check, never the mapping.
+    ('{ type = "string", map = { a = "b" } }', "a", TEXT, "b"),
+    ('{ type = "string", map = { a = "b" } }', "c", TEXT, "c"),
+    ('{ type = "string", map = { a = "b" } }', [1], JSON, ("type", "expected a string, got an array")),
+    ('{ type = "string", map = { a = "b" } }', {"a": 1}, JSON, ("type", "expected a string, got an object")),
     ('{ type = "int" }', 9_223_372_036_854_775_807, JSON, 9_223_372_036_854_775_807),
     ('{ type = "int" }', 9_223_372_036_854_775_808, JSON, ("type", "outside the signed 64-bit integer range")),
     ('{ type = "int" }', "9" * 5000, TEXT, ("type", "outside the signed 64-bit integer range")),

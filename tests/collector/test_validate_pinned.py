@@ -248,3 +248,10 @@ def test_only_a_rule_keeps_a_field_off_the_fast_path() -> None:
     assert check('{ type = "string", transforms = ["lowercase"] }', "B", TEXT) == "b"
     assert check('{ type = "string", max_length = 1 }', "bb", TEXT) == ("max_length", "longer than 1 characters")
     assert check('{ type = "int" }', "b", TEXT) == ("type", "expected an integer (-?[0-9]+)")
+
+
+def test_the_error_header_escapes_every_control_character_and_non_ascii() -> None:
+    # C0 controls (NUL, LF, CR, US) and DEL would break the header line or be dropped by proxies.
+    got = Invalid("a\x1fb\x7f\x00\n\x1e é", "type", "bad\r").header()
+    assert got == "a\\x1fb\\x7f\\x00\\x0a\\x1e \\xe9: type: bad\\x0d"
+    assert Invalid("~ !", "type", "ok").header() == "~ !: type: ok"

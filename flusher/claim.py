@@ -32,6 +32,12 @@ batch is finished or given back); an in-flight key of its own that it does not
 hold is an orphan like any other, and its own re-claim scan takes it back
 (``_RECLAIM_LUA`` with the liveness check waived for the caller's own keys).
 
+A flusher claims and re-claims only in the shards whose lease it holds
+(flusher/leases.py): with ``leased=True`` the claim and re-claim scripts check
+``P:lease:{T}`` (same slot) before touching anything, and :meth:`Claimer.confirm`
+tells a flusher whose lease lapsed whether a batch in its hands is still its own.
+The notifier's claims take no lease.
+
 The flusher's claim and give-back also keep the notifier's tap counter
 (``P:notify:tapped:{T}``, oceanus/buffer.py) true, in the same script as
 the change of the queue's head: a :class:`Claimer` built with ``notify_tap``

@@ -5,6 +5,9 @@ Per stream one :class:`StreamWorker` task::
     claim (or re-claim an orphan) -> decode + normalise (thread) -> sink.write (thread)
         -> finish (delete the claim, dead letters in the same MULTI)
 
+It claims only in the shards of the stream whose lease this flusher holds, and
+keeps its share of them with a task of its own (flusher/leases.py).
+
 Sinks only classify a failure (:mod:`oceanus.errors`); what happens next is
 decided here, and nowhere else:
 
@@ -224,6 +227,9 @@ class StreamWorker:
                     await self.reclaim_orphans(taken)
             except RedisError as exc:
                 log.warning("stream %s: shard lease upkeep failed: %s", self.name, exc)
+            except Exception:
+                # Never let the upkeep end: without it the leases lapse and the stream stops.
+                log.exception("stream %s: shard lease upkeep failed unexpectedly", self.name)
             await f.sleep(self.leases.interval_s)
 
     async def reclaim_orphans(self, shards: Sequence[int] | None = None) -> int:

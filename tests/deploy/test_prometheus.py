@@ -100,6 +100,40 @@ def test_dashboard_queries_parse(tmp_path: Path) -> None:
     _promtool("check", "rules", "dashboard.yml", cwd=tmp_path)
 
 
+@needs_promtool
+def test_the_notify_panel_counts_each_list_once(tmp_path: Path) -> None:
+    """Two notifiers report the same lists: a channel's jobs and dead letters once, a stream's
+    shards once each and summed (a sum over every series would show twice as much)."""
+    panel = next(p for p in m.dashboard()["panels"] if p.get("title") == "Notify backlog and dead letters")
+    exprs = {t["refId"]: t["expr"] for t in panel["targets"]}
+    series = []
+    for instance in ("n:9102", "o:9102"):
+        labels = f'job="oceanus-notify",instance="{instance}"'
+        series += [
+            {"series": f'oceanus_notify_backlog_jobs{{{labels},channel="team"}}', "values": "40x5"},
+            {"series": f'oceanus_notify_dead_letters{{{labels},channel="team"}}', "values": "3x5"},
+            *(
+                {"series": f'oceanus_notify_backlog_frames{{{labels},stream="pageview",shard="{s}"}}', "values": v}
+                for s, v in (("0", "10x5"), ("1", "25x5"), ("2", "7x5"))
+            ),
+        ]
+    # refId: the sample it must give (labels in PromQL form), each list counted once.
+    expected = {"A": ('{channel="team"}', 40), "B": ('{stream="pageview"}', 42), "C": ('{channel="team"}', 3)}
+    assert set(exprs) == set(expected)
+    tests = [
+        {
+            "interval": "1m",
+            "input_series": series,
+            "promql_expr_test": [
+                {"expr": exprs[ref], "eval_time": "3m", "exp_samples": [{"labels": labels, "value": value}]}
+                for ref, (labels, value) in expected.items()
+            ],
+        }
+    ]
+    (tmp_path / "panel_test.yml").write_text(yaml.safe_dump({"rule_files": [], "tests": tests}))
+    assert "SUCCESS" in _promtool("test", "rules", "panel_test.yml", cwd=tmp_path)
+
+
 def test_dashboard_shows_what_operators_need() -> None:
     dash = m.dashboard()
     assert dash["uid"] == "oceanus"

@@ -96,7 +96,11 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
         ["tests/collector/test_legacy.py", "tests/collector/test_app.py"],
     ),
     "collector/pusher.py": (
-        ["tests/collector/test_pusher_drain.py", "tests/collector/test_pusher_refused.py"],
+        [
+            "tests/collector/test_pusher_pinned.py",
+            "tests/collector/test_pusher_drain.py",
+            "tests/collector/test_pusher_refused.py",
+        ],
         [
             "tests/collector/test_pusher_notify.py",
             "tests/collector/test_app.py",

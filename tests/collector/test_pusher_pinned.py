@@ -1,0 +1,54 @@
+"""The collector's writer pinned to the value: when Redis is tried again after a failed round.
+
+A real redis-server behind a proxy that takes it away; the app runs as in production.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import msgspec
+import pytest
+
+from collector.app import App
+from oceanus import config
+from oceanus.buffer import encode_frame
+from tests.collector.asgi import running
+from tests.support.outageproxy import OutageProxy
+from tests.support.servers import RedisServer
+
+pytestmark = pytest.mark.anyio
+
+MakeConfig = Callable[..., config.Config]
+
+
+async def test_redis_is_tried_again_after_0_1_s_doubling_to_2_s(
+    make_config: MakeConfig, redis_server: RedisServer
+) -> None:
+    proxy = OutageProxy(redis_server.port).start()
+    base = make_config()
+    cfg = msgspec.structs.replace(base, redis=msgspec.structs.replace(base.redis, url=proxy.url))
+    frame = [("pageview", encode_frame(["event_id"], [[bytes(16)]]))]
+    try:
+        async with running(App(cfg)) as app:
+            pusher = app.pusher
+            assert pusher is not None
+            assert await pusher._push(frame, with_stats=False) == []
+            proxy.down()
+            waits = []
+            for _ in range(7):
+                assert await pusher._push(frame, with_stats=False) == frame
+                waits.append(round(pusher._retry_at - time.monotonic(), 1))
+                assert pusher.redis_up is False
+            assert waits == [0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0]
+            # Once Redis answers, the next outage starts from 0.1 s again.
+            proxy.up()
+            assert await pusher._push(frame, with_stats=False) == []
+            assert pusher.redis_up is True
+            proxy.down()
+            assert await pusher._push(frame, with_stats=False) == frame
+            assert round(pusher._retry_at - time.monotonic(), 1) == 0.1
+            proxy.up()
+    finally:
+        proxy.stop()

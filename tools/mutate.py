@@ -325,6 +325,11 @@ EQUIVALENT: dict[str, dict[str, str]] = {
             "no check sees None: both validators take a null as absent before calling the field's check"
         ),
     },
+    "collector/pusher.py": {
+        "0.0 -> 1.0 @ self._drain_deadline = 0.0": (
+            "read only once _stopping is set, and drain() sets the deadline before it sets _stopping"
+        ),
+    },
     "collector/resp.py": {
         **{
             f"{d} @ self.expected = 0": (

@@ -5,6 +5,7 @@ A real redis-server behind a proxy that takes it away; the app runs as in produc
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -14,7 +15,7 @@ import pytest
 from collector.app import App
 from oceanus import config
 from oceanus.buffer import encode_frame
-from tests.collector.asgi import running
+from tests.collector.asgi import request, running
 from tests.support.outageproxy import OutageProxy
 from tests.support.servers import RedisServer
 
@@ -52,3 +53,31 @@ async def test_redis_is_tried_again_after_0_1_s_doubling_to_2_s(
             proxy.up()
     finally:
         proxy.stop()
+
+
+async def test_a_full_batch_is_written_at_once_not_after_the_linger(make_config: MakeConfig) -> None:
+    # A 20 s linger: only the batch reaching batch_max_events can explain a write within seconds.
+    async with running(App(make_config(batch_max_events=2, batch_linger_ms=20_000.0))) as app:
+        pusher = app.pusher
+        assert pusher is not None
+        columns = ["event_id"]
+        t0 = time.monotonic()
+        first = pusher.submit("pageview", columns, [[bytes(16)]])
+        while pusher._full is None:  # until the writer lingers for company
+            assert time.monotonic() - t0 < 5.0, "the writer never lingered"
+            await asyncio.sleep(0.001)
+        second = pusher.submit("pageview", columns, [[bytes(16)]])
+        assert first is second
+        await asyncio.wait_for(first, 10)
+        assert time.monotonic() - t0 < 5.0
+
+
+async def test_a_stopped_writer_takes_nothing_more(make_config: MakeConfig) -> None:
+    async with running(App(make_config())) as app:
+        pusher = app.pusher
+        assert pusher is not None
+        assert pusher.stopped is False
+        assert await pusher.drain(5.0) is True
+        assert pusher.stopped is True
+        r = await request(app, "GET", "/b/pageview", "sid=ab01&evt=view")
+        assert r.status == 503

@@ -91,7 +91,10 @@ class Worker:
         metrics: NotifyMetrics,
         stopping: asyncio.Event,
         sleep: Callable[[float], float] = lambda s: random.uniform(0, s),
+        on_pass: Callable[[], None] = lambda: None,
     ) -> None:
+        """``on_pass``: called after each complete pass of :meth:`run` (a job finished, or none waiting),
+        to tell the runner the worker is working (notifier/loops.py)."""
         self.cfg = cfg
         self.name = name
         self.ccfg: ChannelConfig = cfg.channels[name]
@@ -104,6 +107,7 @@ class Worker:
         self.sending = self.keys.sending(name, owner)
         self.rules = [r for r in cfg.rules.values() if name in r.channels and r.enabled]
         self._jitter = sleep
+        self._on_pass = on_pass
         self._return = client.register_script(_RETURN_LUA)
         self._rate = client.register_script(_RATE_LUA)
 
@@ -118,11 +122,13 @@ class Worker:
                 )
             if raw is None:
                 await self._summaries()
+                self._on_pass()
                 await self._wait(self.cfg.notify.poll_s)
                 continue
             done = await self.deliver(raw)
             if done:
                 await self.client.lrem(self.sending, 1, raw)  # type: ignore[arg-type]
+            self._on_pass()
         # Stopping with a job unfinished: back to the head of the queue for the next notifier.
         await self._return(keys=[self.sending, self.keys.jobs(self.name), self.keys.sending_index(self.name)])
 

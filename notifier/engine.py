@@ -80,6 +80,9 @@ class Evaluator:
                 self.by_stream.setdefault(rule.stream, []).append(Compiled(rule))
         self._threshold = client.register_script(_THRESHOLD_LUA)
         self.tap = Tap(client, cfg.redis.key_prefix)
+        #: Batches claimed whose jobs are not written and released yet: held by this notifier (no
+        #: orphan scan takes them back while it lives), so written again here after an error.
+        self._unfinished: list[Claim] = []
 
     @property
     def streams(self) -> list[str]:
@@ -126,7 +129,7 @@ class Evaluator:
     async def evaluate(self, claim: Claim) -> int:
         """Write the jobs of one claimed batch; returns how many events matched."""
         rules = self.by_stream.get(claim.stream, [])
-        matched = 0
+        matched: dict[str, int] = {}
         async with self.client.pipeline(transaction=False) as pipe:
             for frame in claim.frames:
                 try:
@@ -141,12 +144,14 @@ class Evaluator:
                     for c in rules:
                         if not c.match(ev):
                             continue
-                        matched += 1
-                        self.metrics.matched.labels(c.rule.name).inc()
+                        matched[c.rule.name] = matched.get(c.rule.name, 0) + 1
                         await self._queue(pipe, c.rule, claim.stream, ev, columns)
             if len(pipe):
                 await pipe.execute()
-        return matched
+        # Counted once the jobs are written: a batch whose writes failed is evaluated again.
+        for name, n in matched.items():
+            self.metrics.matched.labels(name).inc(n)
+        return sum(matched.values())
 
     async def _queue(
         self, pipe: Any, rule: RuleConfig, stream: str, ev: dict[str, Any], columns: Sequence[str]
@@ -185,23 +190,59 @@ class Evaluator:
         await self._threshold(keys=keys, args=args)
 
     async def round(self) -> int:
-        """Tap, then claim and evaluate, once per stream; returns the frames handled.
+        """Tap, then claim and evaluate, once per shard of each stream; returns the frames handled.
 
         The tap runs every round, so at least every ``notify.poll_s`` (the loop's idle wait):
         that interval is what it adds to a notification's latency.
+
+        An error in one shard (a reply such as OOM or WRONGTYPE, a master down on a cluster) does not
+        keep the others from their round: it is raised once every shard had its turn. A batch whose
+        jobs were not written stays claimed by this notifier and is evaluated again first in the
+        next rounds; its shard claims nothing more meanwhile, so a channel's jobs keep their order
+        and a lasting fault holds one batch per shard, not a growing pile.
         """
         handled = 0
+        errors: list[Exception] = []
         for stream in self.streams:
             # Every shard each round: tap and claim touch one shard's slot each.
             for shard in range(self.cfg.streams[stream].shards):
-                await self.tap.run(stream, shard)
-                claim = await self.claimer.claim(stream, self.cfg.notify.claim_frames, shard)
-                if claim is None:
-                    continue
-                await self.evaluate(claim)
-                await self.claimer.finish(claim)
-                handled += len(claim.frames)
+                try:
+                    handled += await self._shard_round(stream, shard)
+                except Exception as exc:  # noqa: BLE001 - the other shards' turn first; raised below
+                    errors.append(exc)
+        if errors:
+            raise errors[0]
         return handled
+
+    async def _shard_round(self, stream: str, shard: int) -> int:
+        left = [c for c in self._unfinished if c.stream == stream and c.shard == shard]
+        for claim in left:
+            await self._write(claim)
+            self._unfinished.remove(claim)
+        if left:
+            return sum(len(c.frames) for c in left)
+        await self.tap.run(stream, shard)
+        new = await self.claimer.claim(stream, self.cfg.notify.claim_frames, shard)
+        if new is None:
+            return 0
+        await self._write_or_keep(new)
+        return len(new.frames)
+
+    async def _write(self, claim: Claim) -> None:
+        """Evaluate a claimed batch, then release it. Sent again after an error (a release whose reply
+        was lost included): the jobs written twice keep their ids, and the delivery keys drop the
+        second copy; a threshold's script counts an event once."""
+        await self.evaluate(claim)
+        await self.claimer.finish(claim)
+
+    async def _write_or_keep(self, claim: Claim) -> None:
+        """:meth:`_write`; on an error the batch joins ``_unfinished``, for the rounds to write (only
+        they take batches out of it, so a batch is never written by two tasks at once)."""
+        try:
+            await self._write(claim)
+        except BaseException:
+            self._unfinished.append(claim)
+            raise
 
     async def reclaim_orphans(self) -> int:
         n = 0
@@ -212,7 +253,7 @@ class Evaluator:
                 if claim is None:
                     continue
                 log.info("re-evaluating %d frames of %s left by a notifier that stopped", len(claim.frames), stream)
-                await self.evaluate(claim)
-                await self.claimer.finish(claim)
+                # Ours now, and held: if its jobs are not written here, the evaluator's rounds write them.
+                await self._write_or_keep(claim)
                 n += 1
         return n

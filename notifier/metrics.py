@@ -45,6 +45,12 @@ class NotifyMetrics:
         self.corrupt_frames = Counter(
             "oceanus_notify_corrupt_frames", "Frames that did not decode (skipped)", registry=r
         )
+        self.loop_errors = Counter(
+            "oceanus_notify_loop_errors",
+            "Errors that stopped a pass of one of the notifier's loops (started again after a backoff)",
+            ["loop"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

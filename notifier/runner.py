@@ -1,5 +1,6 @@
 """``oceanus notify``: the process. One evaluator loop, one delivery worker per channel, a heartbeat,
 the orphan scan, gauges, and a small admin HTTP server (``/metrics``, ``/healthz``, ``/readyz``).
+Every loop outlives its errors, and /readyz names the ones failing (notifier/loops.py).
 
 SIGTERM: stop claiming, let the round in progress write its jobs and release
 its claim, give each channel's unfinished job back to the head of its list,
@@ -22,6 +23,7 @@ from notifier.channels import make_channel
 from notifier.delivery import Worker, return_orphans
 from notifier.engine import Evaluator
 from notifier.keys import NotifyKeys
+from notifier.loops import LoopState, supervise
 from notifier.metrics import NotifyMetrics
 from oceanus import redisclient
 from oceanus.config import Config
@@ -31,9 +33,6 @@ log = logging.getLogger("oceanus.notify")
 GAUGES_EVERY_S = 1.0
 #: Longest request head the admin server reads (bytes).
 MAX_HEAD_BYTES = 8192
-#: A channel's worker stopped by a Redis outage starts again after this long, doubling up to the cap (seconds).
-REDIS_RETRY_BASE_S = 0.1
-REDIS_RETRY_MAX_S = 2.0
 
 
 def make_client(cfg: Config) -> aioredis.Redis:
@@ -50,7 +49,8 @@ class Notifier:
         self.client = make_client(cfg)
         self.metrics = NotifyMetrics()
         self.stopping = asyncio.Event()
-        self.ready = False
+        #: Set once the first heartbeat is in and the loops start.
+        self.started = False
         self.claimer = Claimer(self.client, self.keys.claim, self.owner, cfg.notify.heartbeat_ttl_s)
         self.evaluator = Evaluator(cfg, self.client, self.claimer, self.metrics)
         # Keys a Redis still holds in the layout before hash tags: the event queues the tap reads
@@ -61,64 +61,69 @@ class Notifier:
             if cfg.redis.cluster
             else Upgrade(self.client, cfg.redis.key_prefix, list(self.evaluator.streams), [self.keys.claim])
         )
+        self.loops = {
+            name: LoopState(name, self.metrics)
+            for name in ("evaluate", "housekeeping", "gauges", *(f"channels.{c}" for c in cfg.channels))
+        }
         self.workers = [
-            Worker(cfg, name, make_channel(name, ch), self.client, self.owner, self.metrics, self.stopping)
+            Worker(
+                cfg,
+                name,
+                make_channel(name, ch),
+                self.client,
+                self.owner,
+                self.metrics,
+                self.stopping,
+                on_pass=self.loops[f"channels.{name}"].ok,
+            )
             for name, ch in cfg.channels.items()
         ]
         self.admin_port = 0
 
+    def loops_failing(self) -> list[str]:
+        """One line per loop between an error and its next complete pass (empty: all working)."""
+        return [state.describe() for state in self.loops.values() if state.errors]
+
     async def _evaluate_loop(self) -> None:
+        state = self.loops["evaluate"]
         while not self.stopping.is_set():
-            try:
-                handled = await self.evaluator.round()
-            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
-                log.warning("Redis: %s; evaluating again shortly", exc)
-                self.ready = False
-                handled = 0
-            else:
-                self.ready = True
+            handled = await self.evaluator.round()
+            state.ok()
             if not handled:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), self.cfg.notify.poll_s)
 
     async def _housekeeping(self) -> None:
+        state = self.loops["housekeeping"]
         ttl = self.cfg.notify.heartbeat_ttl_s
         scan_due = upgrade_due = 0.0
         loop = asyncio.get_running_loop()
         while not self.stopping.is_set():
-            try:
-                await self.claimer.heartbeat()
-                if self.upgrade is not None and loop.time() >= upgrade_due:
-                    upgrade_due = loop.time() + UPGRADE_EVERY_S
-                    if await self.upgrade.run():
-                        scan_due = 0.0  # re-evaluate at once what a stopped notifier of the old layout left
-                if loop.time() >= scan_due:
-                    scan_due = loop.time() + ttl / 2
-                    await self.evaluator.reclaim_orphans()
-                    moved = await return_orphans(self.client, self.cfg, self.owner)
-                    if moved:
-                        log.info("gave %d unfinished deliveries of a stopped notifier back to their queues", moved)
-                await self._gauges()
-            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
-                log.warning("Redis: %s", exc)
+            await self.claimer.heartbeat()
+            if self.upgrade is not None and loop.time() >= upgrade_due:
+                upgrade_due = loop.time() + UPGRADE_EVERY_S
+                if await self.upgrade.run():
+                    scan_due = 0.0  # re-evaluate at once what a stopped notifier of the old layout left
+            if loop.time() >= scan_due:
+                await self.evaluator.reclaim_orphans()
+                moved = await return_orphans(self.client, self.cfg, self.owner)
+                if moved:
+                    log.info("gave %d unfinished deliveries of a stopped notifier back to their queues", moved)
+                # Due again only once a scan went through: after an error the next pass scans.
+                scan_due = loop.time() + ttl / 2
+            state.ok()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), min(ttl / 3, GAUGES_EVERY_S))
 
-    async def _deliver(self, worker: Worker) -> None:
-        """One channel's worker, started again after a Redis outage (a failover, on a cluster) instead of
-        ending with it. Its job in hand stays in its sending list, which the next run takes first; the
-        delivery key drops it if it was sent already."""
-        failures = 0
+    async def _gauge_loop(self) -> None:
+        """Apart from the heartbeat: with Redis refusing writes (OOM) the backlog gauges, which only
+        read, go on showing the queues grow."""
+        state = self.loops["gauges"]
         while not self.stopping.is_set():
-            try:
-                await worker.run()
-                return
-            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
-                delay = min(REDIS_RETRY_MAX_S, REDIS_RETRY_BASE_S * 2**failures)
-                failures += 1
-                log.warning("channels.%s: Redis: %s; delivering again in %.1f s", worker.name, exc, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), delay)
+            await self._gauges()
+            state.ok()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), GAUGES_EVERY_S)
 
     async def _gauges(self) -> None:
         slots = [(s, n) for s in self.evaluator.streams for n in range(self.cfg.streams[s].shards)]
@@ -145,8 +150,7 @@ class Notifier:
             elif path == b"/healthz":
                 status, body, ctype = 200, b"ok\n", b"text/plain"
             elif path == b"/readyz":
-                ok = self.ready and not self.stopping.is_set()
-                status, body, ctype = (200, b"ready\n", b"text/plain") if ok else (503, b"not ready\n", b"text/plain")
+                status, body, ctype = self._readiness()
             else:
                 status, body, ctype = 404, b"not found\n", b"text/plain"
             reason = {200: b"OK", 404: b"Not Found", 503: b"Service Unavailable"}[status]
@@ -161,13 +165,26 @@ class Notifier:
         finally:
             writer.close()
 
+    def _readiness(self) -> tuple[int, bytes, bytes]:
+        """503 while starting, draining, or while a loop keeps failing (its lines say which and why);
+        /healthz stays 200 then: a restart cures none of the faults a loop backs off from."""
+        if not self.started:
+            reasons = ["starting"]
+        elif self.stopping.is_set():
+            reasons = ["draining"]
+        else:
+            reasons = self.loops_failing()
+        if not reasons:
+            return 200, b"ready\n", b"text/plain"
+        return 503, "".join(f"{r}\n" for r in reasons).encode(), b"text/plain; charset=utf-8"
+
     async def run(self, on_started: Callable[[], Awaitable[None]] | None = None) -> None:
         server = await asyncio.start_server(
             self._admin, self.cfg.notify.admin_host, self.cfg.notify.admin_port, limit=MAX_HEAD_BYTES
         )
         self.admin_port = server.sockets[0].getsockname()[1]
         await self.claimer.heartbeat()
-        self.ready = True
+        self.started = True
         log.info(
             "oceanus notify: %d rules on %s, channels %s; admin http://%s:%d/metrics",
             len(self.cfg.rules),
@@ -176,10 +193,17 @@ class Notifier:
             self.cfg.notify.admin_host,
             self.admin_port,
         )
+        bodies: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("evaluate", self._evaluate_loop),
+            ("housekeeping", self._housekeeping),
+            ("gauges", self._gauge_loop),
+            # A worker started again takes first the job left in its sending list; its delivery key
+            # drops it if it was sent already.
+            *((f"channels.{w.name}", w.run) for w in self.workers),
+        ]
         tasks = [
-            asyncio.create_task(self._evaluate_loop(), name="notify-evaluate"),
-            asyncio.create_task(self._housekeeping(), name="notify-housekeeping"),
-            *(asyncio.create_task(self._deliver(w), name=f"notify-{w.name}") for w in self.workers),
+            asyncio.create_task(supervise(self.loops[name], body, self.stopping), name=f"notify-{name}")
+            for name, body in bodies
         ]
         if on_started is not None:
             await on_started()

@@ -51,6 +51,7 @@ def test_alerts_cover_the_promised_conditions() -> None:
         "OceanusSpoolInUse": "oceanus_spool_frames",
         "OceanusRedisMemoryNearMax": "oceanus_redis_maxmemory_bytes",
         "OceanusCollector5xx": "oceanus_http_requests_total",
+        "OceanusNotifyLoopFailing": "oceanus_notify_loop_errors_total",
     }
     for name, metric in wanted.items():
         assert name in alerts, f"missing alert {name}"

@@ -16,6 +16,7 @@ from collector.app import App
 from oceanus import config
 from oceanus.buffer import encode_frame
 from tests.collector.asgi import request, running
+from tests.collector.conftest import frame_count, queued_rows
 from tests.support.outageproxy import OutageProxy
 from tests.support.servers import RedisServer
 
@@ -81,3 +82,22 @@ async def test_a_stopped_writer_takes_nothing_more(make_config: MakeConfig) -> N
         assert pusher.stopped is True
         r = await request(app, "GET", "/b/pageview", "sid=ab01&evt=view")
         assert r.status == 503
+
+
+async def test_events_within_the_linger_share_one_frame(make_config: MakeConfig, redis_server: RedisServer) -> None:
+    # A 600 ms linger: the second event, sent while the writer lingers, joins the first one's frame.
+    async with running(App(make_config(batch_max_events=1000, batch_linger_ms=600.0))) as app:
+        pusher = app.pusher
+        assert pusher is not None
+        columns = ["event_id"]
+        t0 = time.monotonic()
+        first = pusher.submit("pageview", columns, [[bytes(16)]])
+        while pusher._full is None:  # the writer lingers for company
+            assert time.monotonic() - t0 < 0.5, "the writer never lingered"
+            await asyncio.sleep(0.001)
+        second = pusher.submit("pageview", columns, [[bytes(range(16))]])
+        assert first is second
+        await asyncio.wait_for(first, 10)
+        assert time.monotonic() - t0 >= 0.55  # the linger, counted from the first event
+    assert frame_count(redis_server, "pageview") == 1
+    assert len(queued_rows(redis_server, "pageview")) == 2

@@ -326,6 +326,7 @@ EQUIVALENT: dict[str, dict[str, str]] = {
         ),
     },
     "collector/pusher.py": {
+        "return value -> None @ return []": "both callers that read it test it for truth only: None is as empty",
         "0.0 -> 1.0 @ self._drain_deadline = 0.0": (
             "read only once _stopping is set, and drain() sets the deadline before it sets _stopping"
         ),

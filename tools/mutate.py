@@ -327,6 +327,10 @@ EQUIVALENT: dict[str, dict[str, str]] = {
     },
     "collector/pusher.py": {
         "return value -> None @ return []": "both callers that read it test it for truth only: None is as empty",
+        ">= -> > @ with_stats = time.monotonic() >= self._stats_due": (
+            "differs only on a clock reading equal to the float set STATS_EVERY_S earlier, and then only"
+            " moves the stats to the next round, which 'at most every STATS_EVERY_S' allows"
+        ),
         "0.0 -> 1.0 @ self._drain_deadline = 0.0": (
             "read only once _stopping is set, and drain() sets the deadline before it sets _stopping"
         ),

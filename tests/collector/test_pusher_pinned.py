@@ -101,3 +101,38 @@ async def test_events_within_the_linger_share_one_frame(make_config: MakeConfig,
         assert time.monotonic() - t0 >= 0.55  # the linger, counted from the first event
     assert frame_count(redis_server, "pageview") == 1
     assert len(queued_rows(redis_server, "pageview")) == 2
+
+
+async def test_counts_of_a_failed_round_are_written_once_redis_is_back(
+    make_config: MakeConfig, redis_server: RedisServer
+) -> None:
+    proxy = OutageProxy(redis_server.port).start()
+    base = make_config()
+    cfg = msgspec.structs.replace(base, redis=msgspec.structs.replace(base.redis, url=proxy.url))
+    client = redis_server.client()
+
+    def totals() -> dict[str, int]:
+        out: dict[str, int] = {}
+        for key in client.keys("oceanus:stats:*"):
+            for field, value in client.hgetall(key).items():
+                name = field.decode() if isinstance(field, bytes) else field
+                out[name] = out.get(name, 0) + int(value)
+        return out
+
+    try:
+        async with running(App(cfg)) as app:
+            pusher = app.pusher
+            assert pusher is not None
+            proxy.down()
+            # The round fails: the frame goes to the spool, its accepted count back to the next round.
+            await asyncio.wait_for(pusher.submit("pageview", ["event_id"], [[bytes(16)]]), 10)
+            pusher.rejected("pageview", "sid", "required")
+            proxy.up()
+            deadline = time.monotonic() + 10
+            while totals() != {"accepted": 1, "rejected": 1}:
+                assert time.monotonic() < deadline, f"stats {totals()}"
+                await asyncio.sleep(0.02)
+        assert frame_count(redis_server, "pageview") == 1
+    finally:
+        client.close()
+        proxy.stop()

@@ -136,3 +136,27 @@ async def test_counts_of_a_failed_round_are_written_once_redis_is_back(
     finally:
         client.close()
         proxy.stop()
+
+
+async def test_the_shutdown_replay_ends_once_the_spool_is_empty(
+    make_config: MakeConfig, redis_server: RedisServer
+) -> None:
+    proxy = OutageProxy(redis_server.port).start()
+    base = make_config()
+    cfg = msgspec.structs.replace(base, redis=msgspec.structs.replace(base.redis, url=proxy.url))
+    try:
+        async with running(App(cfg)) as app:
+            pusher = app.pusher
+            assert pusher is not None
+            assert app.spool is not None
+            proxy.down()
+            await asyncio.wait_for(pusher.submit("pageview", ["event_id"], [[bytes(16)]]), 10)
+            assert app.spool.pending
+            t0 = time.monotonic()
+            drained = asyncio.create_task(pusher.drain(8.0))
+            proxy.up()  # back within the budget: the replay empties the spool, and the writer stops
+            assert await drained is True
+            assert time.monotonic() - t0 < 4.0
+        assert frame_count(redis_server, "pageview") == 1
+    finally:
+        proxy.stop()

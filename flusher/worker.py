@@ -323,11 +323,14 @@ class StreamWorker:
         if not shards:
             return 0, 0
         if len(shards) == 1:
-            return shards[0], int(await f.aredis.llen(f.keys.queue(self.name, shards[0])))
+            length = int(await f.aredis.llen(f.keys.queue(self.name, shards[0])))
+            f.redis_ok = True  # Redis answered just now
+            return shards[0], length
         async with f.aredis.pipeline(transaction=False) as pipe:
             for shard in shards:
                 pipe.llen(f.keys.queue(self.name, shard))
             lengths = await pipe.execute()
+        f.redis_ok = True
         # Take turns from next_shard on (wrapping): the first leased shard at or after it leads.
         start = next((i for i, s in enumerate(shards) if s >= self.next_shard), 0)
         for i in (*range(start, len(shards)), *range(start)):
@@ -340,8 +343,6 @@ class StreamWorker:
         f = self.f
         shard, waiting = await self._waiting()
         queue = f.keys.queue(self.name, shard)
-        if self.leases.held:
-            f.redis_ok = True  # _waiting reached Redis (with no lease it asks nothing)
         if waiting == 0:
             await f.sleep(IDLE_POLL_S)
             return None

@@ -6,6 +6,7 @@ A real redis-server behind a proxy that takes it away; the app runs as in produc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -160,3 +161,30 @@ async def test_the_shutdown_replay_ends_once_the_spool_is_empty(
         assert frame_count(redis_server, "pageview") == 1
     finally:
         proxy.stop()
+
+
+async def test_a_drain_that_runs_out_of_time_says_so(make_config: MakeConfig) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(65536):
+            pass  # reads every command, answers none
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    base = make_config()
+    # The round waits up to 5 s for a reply; the drain has 0.2 s.
+    redis_cfg = msgspec.structs.replace(base.redis, url=f"redis://127.0.0.1:{port}/0", timeout_s=5.0)
+    cfg = msgspec.structs.replace(base, redis=redis_cfg)
+    app = App(cfg)
+    await app.startup()
+    try:
+        pusher = app.pusher
+        assert pusher is not None
+        pusher.submit("pageview", ["event_id"], [[bytes(16)]])
+        assert await pusher.drain(0.2) is False
+    finally:
+        # The app's own shutdown drains again and meets the writer this drain cancelled.
+        with contextlib.suppress(asyncio.CancelledError):
+            await app.shutdown()
+        server.close()
+        await server.wait_closed()

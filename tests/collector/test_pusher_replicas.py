@@ -139,7 +139,8 @@ async def test_a_paused_replica_spools_the_round_and_loses_nothing(
     make_config: MakeConfig, redis_cluster: RedisCluster
 ) -> None:
     master = redis_cluster.node_for_key(KEYS.queue("pageview", 0))
-    cfg = with_redis(make_config(), url=redis_cluster.url, timeout_s=2.0, min_replicas_ack=1, wait_timeout_ms=500)
+    # A WAIT timeout with room for a loaded box: the unpaused replica must acknowledge within it.
+    cfg = with_redis(make_config(), url=redis_cluster.url, timeout_s=3.0, min_replicas_ack=1, wait_timeout_ms=1500)
     async with running(App(cfg)) as app:
         assert app.spool is not None
         assert app.pusher is not None

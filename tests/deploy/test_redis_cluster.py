@@ -13,6 +13,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -441,6 +442,20 @@ def _pairs(reply: Any) -> dict[bytes, Any]:
 
 
 def _assert_formed(nodes: list[Node], host: str, admin: str, hostnames: set[str]) -> None:
+    """The cluster as formed, once gossip has settled: right after forming, Redis 7.0 may list a
+    replica as a shard of its own for a moment (its shard id not yet learned), so this polls."""
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            _check_formed(nodes, host, admin, hostnames)
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _check_formed(nodes: list[Node], host: str, admin: str, hostnames: set[str]) -> None:
     for node in nodes:
         client = _admin(node, host, admin)
         try:

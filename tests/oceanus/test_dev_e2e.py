@@ -79,7 +79,8 @@ class Dev:
             if proc.poll() is not None:
                 raise AssertionError(f"oceanus dev exited {proc.returncode}:\n{self.output()}")
             info = devstate.read_dev_info(self.data_dir)
-            return info if info is not None and info.pid == proc.pid else None
+            # The banner follows the discovery file: started means both.
+            return info if info is not None and info.pid == proc.pid and "curl" in self.output() else None
 
         self.info = wait_for(ready, timeout=60, what="oceanus dev")
         return self.info

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from tests.support.shopdb import ALLOWED, ShopDB, normalize
 from tests.support.sqlwarehouse import SqlWarehouse
 
 URL_ENV = "SHOP_DB_URL"
+REPO = Path(__file__).resolve().parents[2]
 #: The warehouses an import writes to (``sink.kind``), BigQuery aside (tests/importer/test_import_bigquery.py).
 TARGETS = ("duckdb", "postgres", "mysql")
 
@@ -184,3 +188,33 @@ def assert_same(
 def table_count(cfg: config.Config, sql: str = "SELECT count(*) FROM users") -> int:
     (row,) = read(cfg, sql)
     return int(row[0])
+
+
+def import_process(cfg_path: Path, shop: ShopDB, *args: str) -> subprocess.Popen[str]:
+    """``oceanus import ARGS --config CFG_PATH`` as a process of its own, reading ``shop``."""
+    env = {**os.environ, URL_ENV: shop.url, "OCEANUS_LOG_LEVEL": "INFO"}
+    env.pop("OCEANUS_CONFIG", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "oceanus.cli", "import", *args, "--config", str(cfg_path)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def kill_after_first_batch(cfg_path: Path, shop: ShopDB) -> None:
+    """``oceanus import run``, killed with SIGKILL as soon as it logs its first committed batch."""
+    proc = import_process(cfg_path, shop, "run")
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "batch 1 committed" in line:
+                proc.send_signal(signal.SIGKILL)
+                break
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

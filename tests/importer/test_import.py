@@ -8,8 +8,6 @@ by row; ``users_latest`` holds each key once.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +23,8 @@ from tests.importer.helpers import (
     assert_same,
     column_names,
     import_config,
+    import_process,
+    kill_after_first_batch,
     read,
     relations,
     table_count,
@@ -32,7 +32,6 @@ from tests.importer.helpers import (
 from tests.support.shopdb import ALLOWED, ShopDB
 
 pytestmark = pytest.mark.timeout(120)
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _run(cfg: Config, shop: ShopDB) -> tuple[int, int]:
@@ -93,19 +92,6 @@ def test_full_reload(target: Warehouse, shop: ShopDB) -> None:
     assert table_count(cfg) == 250 + 210
 
 
-def _import_process(cfg_path: Path, shop: ShopDB, *args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, URL_ENV: shop.url, "OCEANUS_LOG_LEVEL": "INFO"}
-    env.pop("OCEANUS_CONFIG", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "oceanus.cli", "import", *args, "--config", str(cfg_path)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def test_killed_after_its_first_batch_then_rerun(tmp_path: Path, target: Warehouse, shop: ShopDB) -> None:
     """SIGKILL right after the first commit: the next run goes on from the stored watermark,
     and the table holds every row exactly once (rows and watermark commit together)."""
@@ -114,22 +100,11 @@ def test_killed_after_its_first_batch_then_rerun(tmp_path: Path, target: Warehou
     cfg_path = tmp_path / "oceanus.toml"
     cfg_path.write_text(target.toml(shop, batch_rows=200))
     cfg = target.config(shop, batch_rows=200)
-    proc = _import_process(cfg_path, shop, "run")
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if "batch 1 committed" in line:
-                proc.send_signal(signal.SIGKILL)
-                break
-        assert proc.wait(timeout=60) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    kill_after_first_batch(cfg_path, shop)
     partial = table_count(cfg)
     assert 200 <= partial < 40_000, "the run was not killed mid-way"
     assert partial % 200 == 0  # whole batches only
-    proc = _import_process(cfg_path, shop, "run")
+    proc = import_process(cfg_path, shop, "run")
     out, err = proc.communicate(timeout=90)
     assert proc.returncode == 0, err
     assert f"import users: {40_000 - partial} rows" in out
@@ -145,7 +120,7 @@ def test_unlisted_columns_never_leave_the_source(tmp_path: Path, target: Warehou
     cfg = target.config(shop)
     logs = ""
     for _ in range(2):
-        proc = _import_process(cfg_path, shop, "run")
+        proc = import_process(cfg_path, shop, "run")
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
         logs += out + err

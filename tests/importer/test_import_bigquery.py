@@ -14,7 +14,7 @@ from importer.runner import run_import
 from importer.targets.bigquery import bigquery_type, ndjson
 from oceanus import config
 from oceanus.errors import SourceError
-from tests.importer.helpers import URL_ENV, assert_same, import_toml
+from tests.importer.helpers import URL_ENV, assert_same, import_toml, kill_after_first_batch
 from tests.support.bq_helpers import emulator_client
 from tests.support.servers import BigQueryEmulator
 from tests.support.shopdb import ALLOWED, ShopDB, normalize
@@ -93,28 +93,13 @@ def test_killed_after_its_first_batch_then_rerun(
 ) -> None:
     """SIGKILL after the first load: the re-run goes on from the stored watermark (at most one
     batch again, whose copies ``_latest`` folds); the view equals the source exactly."""
-    import signal
-
-    from tests.importer.test_import import _import_process
-
     pg_shop.create_users()
     pg_shop.fill(1, 3000)
     text = _toml(tmp_path, pg_shop, bq_emulator, batch_rows=100)
     cfg_path = tmp_path / "oceanus.toml"
     cfg_path.write_text(text)
     cfg = config.loads(text)
-    proc = _import_process(cfg_path, pg_shop, "run")
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if "batch 1 committed" in line:
-                proc.send_signal(signal.SIGKILL)
-                break
-        assert proc.wait(timeout=60) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    kill_after_first_batch(cfg_path, pg_shop)
     partial = len(_latest(bq_emulator, cfg))
     assert 100 <= partial < 3000, "the run was not killed mid-way"
     rows, _ = _run(cfg, pg_shop)

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.importer.helpers import assert_same, import_config, import_toml, table_count
-from tests.importer.test_import import _import_process
+from tests.importer.helpers import assert_same, import_config, import_process, import_toml, table_count
 from tests.support.servers import free_port, wait_for
 from tests.support.shopdb import ShopDB
 
@@ -31,7 +30,7 @@ def test_serve_repeats_and_exports_metrics(tmp_path: Path, pg_shop: ShopDB) -> N
     cfg_path = tmp_path / "oceanus.toml"
     cfg_path.write_text(import_toml(tmp_path / "wh.duckdb", pg_shop, every_s=0.2))
     port = free_port()
-    proc = _import_process(cfg_path, pg_shop, "serve", "--metrics-port", str(port))
+    proc = import_process(cfg_path, pg_shop, "serve", "--metrics-port", str(port))
     try:
         wait_for(lambda: _metric(port, "oceanus_import_rows_total") == 300.0, timeout=30, what="300 rows counted")
         pg_shop.fill(301, 10)
@@ -56,7 +55,7 @@ def test_sigterm_commits_the_current_batch_and_exits(tmp_path: Path, pg_shop: Sh
     pg_shop.fill(1, 40_000)
     cfg_path = tmp_path / "oceanus.toml"
     cfg_path.write_text(import_toml(tmp_path / "wh.duckdb", pg_shop, batch_rows=200))
-    proc = _import_process(cfg_path, pg_shop, "serve", "--metrics-port", "0")
+    proc = import_process(cfg_path, pg_shop, "serve", "--metrics-port", "0")
     try:
         assert proc.stderr is not None
         for line in proc.stderr:

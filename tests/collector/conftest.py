@@ -44,6 +44,11 @@ def queued_rows(server: RedisServer, stream: str) -> list[dict[str, Any]]:
         items = as_bytes_list(client.lrange(Keys().queue(stream), 0, -1))
     finally:
         client.close()
+    return frames_rows(items)
+
+
+def frames_rows(items: list[bytes]) -> list[dict[str, Any]]:
+    """The rows of these list items (frames), in order, as dicts."""
     out: list[dict[str, Any]] = []
     for item in items:
         columns, rows = decode_frame(item)

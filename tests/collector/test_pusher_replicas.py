@@ -16,10 +16,10 @@ import pytest
 
 from collector.app import App
 from oceanus import config
-from oceanus.buffer import Keys, decode_frame
+from oceanus.buffer import Keys
 from oceanus.commands.checkconfig import describe
 from tests.collector.asgi import request, running
-from tests.collector.conftest import queued_rows
+from tests.collector.conftest import frames_rows, queued_rows
 from tests.support.cluster import RedisCluster
 from tests.support.servers import RedisServer, as_bytes_list, wait_for
 
@@ -48,11 +48,7 @@ def cluster_rows(cluster: RedisCluster, shards: int) -> dict[int, list[dict[str,
             items = as_bytes_list(client.lrange(key, 0, -1))
         finally:
             client.close()
-        rows: list[dict[str, Any]] = []
-        for item in items:
-            columns, frame_rows = decode_frame(item)
-            rows.extend(dict(zip(columns, row, strict=True)) for row in frame_rows)
-        out[shard] = rows
+        out[shard] = frames_rows(items)
     return out
 
 

@@ -63,7 +63,8 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from flusher.claim import Claimer
+# The claim module's bytes-or-str reply decoder: replies here are the same client's.
+from flusher.claim import Claimer, _s
 from flusher.metrics import FlusherMetrics
 from oceanus.buffer import Keys
 
@@ -293,7 +294,3 @@ def lease_holders(client: redis.Redis, keys: Keys, shards: Mapping[str, int]) ->
     for (stream, _), value in zip(slots, values, strict=True):
         out[stream].append(None if value is None else _s(value))
     return out
-
-
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)

@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from importer.columns import DELETED, IMPORTED_AT, Column, arrow_type
 from importer.targets.base import LATEST_SUFFIX, STATE_TABLE, ImportState
+from importer.targets.sql import latest_view_sql, naive_utc
 from oceanus.config import Config, ImportConfig
 from oceanus.errors import Reason, SinkError, SourceError, TransientError
 
@@ -55,31 +56,6 @@ def duckdb_type(col: Column) -> str:
             )
         return f"DECIMAL({col.precision},{col.scale})"
     return _TYPES[col.kind]
-
-
-def latest_view_sql(imp: ImportConfig, columns: Sequence[Column]) -> str:
-    """One row per primary key: the newest version, tombstones and soft-deleted rows removed."""
-    cols = ", ".join(_q(c.name) for c in columns)
-    table = _q(imp.name)
-    if imp.mode == "full":
-        # Only the last complete reload: a run killed half-way committed rows the
-        # state does not point at yet, and rows gone from the source are simply absent.
-        return (
-            f"SELECT {cols}, {IMPORTED_AT} FROM {table} WHERE {IMPORTED_AT} = "
-            f"(SELECT full_loaded_at FROM {STATE_TABLE} WHERE name = '{imp.name}') AND NOT {DELETED}"
-        )
-    # A key is read at most once per run (one snapshot), and runs are stamped in
-    # increasing order: the newest ``_imported_at`` is the newest version. A tombstone
-    # written in the same run as a row wins (``_deleted DESC``).
-    return (
-        f"SELECT {cols}, {IMPORTED_AT} FROM (SELECT *, row_number() OVER "
-        f"(PARTITION BY {_q(imp.primary_key)} ORDER BY {IMPORTED_AT} DESC, {DELETED} DESC) AS _oceanus_rn "
-        f"FROM {table}) WHERE _oceanus_rn = 1 AND NOT {DELETED}"
-    )
-
-
-def _naive_utc(value: dt.datetime | None) -> dt.datetime | None:
-    return None if value is None else value.astimezone(dt.UTC).replace(tzinfo=None)
 
 
 def _aware(value: dt.datetime | None) -> dt.datetime | None:
@@ -146,7 +122,7 @@ class DuckDBTarget:
                         "rename the import (a new table) or migrate the column by hand"
                     )
         view = _q(imp.name + LATEST_SUFFIX)
-        self.con.execute(f"CREATE OR REPLACE VIEW {view} AS {latest_view_sql(imp, columns)}")
+        self.con.execute(f"CREATE OR REPLACE VIEW {view} AS {latest_view_sql(imp, columns, _q, '')}")
 
     def load_state(self, imp: ImportConfig) -> ImportState:
         row = self.con.execute(
@@ -169,9 +145,9 @@ class DuckDBTarget:
             [
                 state.name,
                 state.watermark,
-                _naive_utc(state.full_loaded_at),
-                _naive_utc(state.key_diff_at),
-                _naive_utc(state.last_run_at),
+                naive_utc(state.full_loaded_at),
+                naive_utc(state.key_diff_at),
+                naive_utc(state.last_run_at),
                 dt.datetime.now(dt.UTC).replace(tzinfo=None),
             ],
         )
@@ -221,7 +197,7 @@ class DuckDBTarget:
                 f"INSERT INTO {_q(imp.name)} ({pk}, {IMPORTED_AT}, {DELETED}) "
                 f"SELECT l.{pk}, ?, true FROM {_q(imp.name + LATEST_SUFFIX)} l "
                 f"WHERE NOT EXISTS (SELECT 1 FROM _oceanus_keys k WHERE k.k = l.{pk})",
-                [_naive_utc(imported_at)],
+                [naive_utc(imported_at)],
             ).fetchone()
             self._put_state(state)
             con.execute("DROP TABLE _oceanus_keys")

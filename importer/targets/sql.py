@@ -1,6 +1,6 @@
-"""What the two SQL-server targets (PostgreSQL, MySQL/MariaDB) share.
+"""What the SQL targets (DuckDB, PostgreSQL, MySQL/MariaDB) share.
 
-Both keep the DuckDB target's layout and guarantees: the append-only table, the
+The two servers keep the DuckDB target's layout and guarantees: the append-only table, the
 ``<name>_latest`` view written the same way (only the quoting differs), and the
 import's row in ``_oceanus_import_state`` committed in the batch's own
 transaction. Connections, URLs and the failure classifiers are the SQL sinks'
@@ -23,15 +23,20 @@ from oceanus.errors import ConfigError
 
 
 def latest_view_sql(imp: ImportConfig, columns: Sequence[Column], q: Callable[[str], str], prefix: str) -> str:
-    """The DuckDB target's view (importer.targets.duckdb.latest_view_sql) in a server's quoting;
-    ``prefix`` qualifies the table names (``schema.``, or ``""``)."""
+    """One row per primary key: the newest version, tombstones and soft-deleted rows removed; ``q``
+    quotes a name the target's way, ``prefix`` qualifies the table names (``schema.``, or ``""``)."""
     cols = ", ".join(q(c.name) for c in columns)
     table = prefix + q(imp.name)
     if imp.mode == "full":
+        # Only the last complete reload: a run killed half-way committed rows the
+        # state does not point at yet, and rows gone from the source are simply absent.
         return (
             f"SELECT {cols}, {IMPORTED_AT} FROM {table} WHERE {IMPORTED_AT} = "
             f"(SELECT full_loaded_at FROM {prefix}{q(STATE_TABLE)} WHERE name = '{imp.name}') AND NOT {DELETED}"
         )
+    # A key is read at most once per run (one snapshot), and runs are stamped in
+    # increasing order: the newest ``_imported_at`` is the newest version. A tombstone
+    # written in the same run as a row wins (``_deleted DESC``).
     return (
         f"SELECT {cols}, {IMPORTED_AT} FROM (SELECT *, row_number() OVER "
         f"(PARTITION BY {q(imp.primary_key)} ORDER BY {IMPORTED_AT} DESC, {DELETED} DESC) AS _oceanus_rn "

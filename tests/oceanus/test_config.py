@@ -60,6 +60,16 @@ def test_redis_cluster_url_and_replica_acks() -> None:
         with pytest.raises(ConfigError) as info:
             config.loads(f"[redis]\n{body}\n{pv}")
         assert str(info.value) == message
+    # The bounds, at and one past each.
+    top = config.loads(f"[redis]\nmin_replicas_ack = 16\ntimeout_s = 61\nwait_timeout_ms = 60000\n{pv}").redis
+    assert (top.min_replicas_ack, top.wait_timeout_ms) == (16, 60000)
+    for body, message in (
+        ("min_replicas_ack = 17", "redis.min_replicas_ack: Expected `int` <= 16"),
+        ("wait_timeout_ms = 60001", "redis.wait_timeout_ms: Expected `int` <= 60000"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            config.loads(f"[redis]\n{body}\n{pv}")
+        assert str(info.value) == message
     # Without replica acks the WAIT timeout is unused and not held against timeout_s.
     assert config.loads(f"[redis]\nwait_timeout_ms = 5000\n{pv}").redis.wait_timeout_ms == 5000
 

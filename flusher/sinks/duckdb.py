@@ -17,11 +17,16 @@ column, event ids hexed in one ``bytes.hex()``), inserted with one
 ``INSERT ... SELECT`` (one transaction) that skips rows already stored.
 
 Exact dedupe without a key: a replayed row is byte-identical, so an existing
-copy has the same ``received_at``, which lies inside the batch's
-``[min, max]`` of ``received_at``. The insert anti-joins the batch with the
-event ids stored in that range only; ``received_at`` zone maps (exact min/max
-per row group, rows arrive roughly in time order) make that a scan of the
-newest row group or two, not of the table. A ``PRIMARY KEY`` did the same at
+copy has the same ``received_at``. The sink keeps the table's high-water mark,
+the newest ``received_at`` stored (read with ``max()`` when it first writes a
+table, then kept: it is the file's only writer). Rows received after it cannot
+have a stored copy and go straight in, which is every row in the normal case;
+only the others (a replay, or a batch overlapping the last one) are
+anti-joined with the event ids stored in their ``[min, high-water]`` range of
+``received_at``, whose zone maps (exact min/max per row group, rows arrive
+roughly in time order) make that a scan of the newest row group or two, not
+of the table. The anti-join cost ~13 % of a plain insert's CPU when every
+batch paid it (bench/RESULTS.md). A ``PRIMARY KEY`` did the same at
 1.5-2x the insert cost, and DuckDB keeps its ART index in memory: gigabytes
 for a year of pageviews. It is safe because DuckDB lets one process write the
 file and this sink serialises its writes. Tables created by earlier versions
@@ -160,6 +165,9 @@ class DuckDBSink:
         self._reopen_failed = False
         self.reopens = 0
         self._tables: dict[str, list[str]] = {}
+        #: Per table, the newest ``received_at`` stored (µs; None: none), read once and
+        #: then kept by this, the file's only writer; dropped when a write fails.
+        self._high: dict[str, int | None] = {}
 
     def _config(self) -> dict[str, str | bool | int | float | list[str]]:
         settings: dict[str, str | bool | int | float | list[str]] = {}
@@ -319,13 +327,15 @@ class DuckDBSink:
         for _pass in range(ISOLATION_PASSES):
             keep = [i for i in range(len(rows)) if i not in rejected] if rejected else None
             if ready is not None and keep is None:
-                table: pa.Table | None = ready.table
+                unique, bounds = ready.table, ready.bounds
             else:
                 table = self._arrow(batch, rows if keep is None else [rows[i] for i in keep], keep, rejected)
-            if table is None:  # a column had bad values: they are in `rejected` now, rebuild
-                continue
+                if table is None:  # a column had bad values: they are in `rejected` now, rebuild
+                    continue
+                unique = _unique_event_ids(table)
+                bounds = _received_bounds(unique.column("received_at"))
             try:
-                self._insert(batch.stream, _unique_event_ids(table))
+                self._insert(batch.stream, unique, bounds)
             except duckdb.ConversionException as exc:
                 bad = self._bad_json(batch, keep)
                 if not bad:
@@ -335,7 +345,7 @@ class DuckDBSink:
             except duckdb.Error as exc:
                 raise _classify(exc, batch.stream.name) from None
             errors = tuple(RowError(i, reason) for i, reason in sorted(rejected.items()))
-            return WriteResult(written=table.num_rows, rejected=errors)
+            return WriteResult(written=unique.num_rows, rejected=errors)
         raise PermanentError(f"duckdb: could not isolate the invalid rows of {batch.stream.name}")
 
     def _arrow(
@@ -363,27 +373,56 @@ class DuckDBSink:
             arrays.append(arr)
         return pa.Table.from_arrays(arrays, names=names)
 
-    def _insert(self, stream: StreamConfig, table: pa.Table) -> None:
+    def _high_water(self, table: str) -> int | None:
+        """µs since the epoch at or after every ``received_at`` stored in ``table`` (None: none stored)."""
+        if table not in self._high:
+            row = self._con.execute(f"SELECT epoch_us(max(received_at)) FROM {_q(table)}").fetchone()
+            self._high[table] = None if row is None or row[0] is None else int(row[0])
+        return self._high[table]
+
+    def _insert(self, stream: StreamConfig, table: pa.Table, bounds: _Bounds) -> None:
         cols = ", ".join(_q(n) for n in table.column_names)
         name = _q(stream.name)
-        view = f"_oceanus_batch_{threading.get_ident()}"
-        where, params = _received_range(table.column("received_at"))
-        # Rows of the batch whose event_id is already stored (a replayed batch) are
-        # skipped; only the batch's received_at range of the table is looked at.
-        insert = (
-            f"INSERT INTO {name} ({cols}) SELECT {', '.join('b.' + _q(n) for n in table.column_names)} "
-            f"FROM {_q(view)} AS b ANTI JOIN (SELECT event_id FROM {name} WHERE {where}) AS s USING (event_id)"
-        )
-        self._con.register(view, table)
+        view = _q(f"_oceanus_batch_{threading.get_ident()}")
+        lo, hi, nulls = bounds
+        high = self._high_water(stream.name)
+        # A stored copy of a row has its received_at, which is at or before the
+        # high-water mark: rows after it are new and go straight in, and only the
+        # others are anti-joined with the stored event ids of their range.
+        cut = high if high is not None else (lo - 1 if lo is not None else 0)
+        params: list[int] = []
+        if not nulls and lo is not None and lo > cut:
+            insert = f"INSERT INTO {name} ({cols}) SELECT {cols} FROM {view}"
+        else:
+            stored = []
+            if lo is not None and lo <= cut:
+                stored.append("received_at BETWEEN make_timestamp(?::BIGINT) AND make_timestamp(?::BIGINT)")
+                params += [lo, cut]
+            if nulls:
+                stored.append("received_at IS NULL")
+            later = "received_at > make_timestamp(?::BIGINT)"
+            insert = (
+                f"INSERT INTO {name} ({cols}) SELECT {cols} FROM {view} WHERE {later} UNION ALL "
+                f"SELECT {', '.join('b.' + _q(n) for n in table.column_names)} "
+                f"FROM (SELECT * FROM {view} WHERE NOT coalesce({later}, false)) AS b "
+                f"ANTI JOIN (SELECT event_id FROM {name} WHERE {' OR '.join(stored)}) AS s USING (event_id)"
+            )
+            params = [cut, cut, *params]
+        self._con.register(view.strip('"'), table)
+        # Unknown until read again if the insert fails: it may have committed before the error.
+        self._high.pop(stream.name, None)
         try:
             try:
                 self._con.execute(insert, params)
             except duckdb.ConstraintException:
                 # Only on a table of an earlier version, with its key: a row with the same
                 # event_id but another received_at. The key wins, as it always did.
-                self._con.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM {_q(view)} ON CONFLICT DO NOTHING")
+                self._con.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM {view} ON CONFLICT DO NOTHING")
         finally:
-            self._con.unregister(view)
+            self._con.unregister(view.strip('"'))
+        known = [v for v in (high, hi) if v is not None]
+        if known:
+            self._high[stream.name] = max(known)
 
     def _bad_json(self, batch: Batch, keep: list[int] | None) -> dict[int, str]:
         types = dict(column_types(batch.stream))
@@ -483,13 +522,22 @@ class DuckDBSink:
             self._con.close()
 
 
-class _Prepared:
-    """A batch's Arrow table, built by :meth:`DuckDBSink.prepare`."""
+#: A batch's ``received_at`` as µs since the epoch: (min, max, whether some are NULL).
+_Bounds = tuple[int | None, int | None, bool]
 
-    __slots__ = ("rows", "table")
+
+class _Prepared:
+    """A batch's Arrow table, built by :meth:`DuckDBSink.prepare`, with what its insert needs.
+
+    All of it is computed on the thread that prepares the batch, so the writing
+    thread, which holds the write lock, does not wait for the GIL to compute it.
+    """
+
+    __slots__ = ("bounds", "rows", "table")
 
     def __init__(self, table: pa.Table, rows: int) -> None:
-        self.table = table
+        self.table = _unique_event_ids(table)
+        self.bounds = _received_bounds(self.table.column("received_at"))
         self.rows = rows
 
 
@@ -520,14 +568,9 @@ def _unique_event_ids(table: pa.Table) -> pa.Table:
     return table.take(first)
 
 
-def _received_range(column: pa.ChunkedArray) -> tuple[str, list[int]]:
-    """SQL condition on the table's received_at covering every received_at of the batch."""
+def _received_bounds(column: pa.ChunkedArray) -> _Bounds:
     bounds = pc.min_max(column.cast(pa.int64()))
-    lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
-    nulls = " OR received_at IS NULL" if column.null_count else ""
-    if lo is None or hi is None:
-        return "received_at IS NULL", []
-    return f"(received_at BETWEEN make_timestamp(?::BIGINT) AND make_timestamp(?::BIGINT){nulls})", [lo, hi]
+    return bounds["min"].as_py(), bounds["max"].as_py(), column.null_count > 0
 
 
 def _bad_values(name: str, ftype: FieldType, values: Sequence[Any]) -> list[tuple[int, str]]:

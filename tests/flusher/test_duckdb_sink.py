@@ -10,7 +10,7 @@ import pytest
 from flusher.sinks import make_sink
 from flusher.sinks.base import Batch, QueryError
 from flusher.sinks.duckdb import MAX_QUERY_ROWS, DuckDBSink
-from oceanus.errors import ConfigError
+from oceanus.errors import ConfigError, SinkError
 from tests.flusher.helpers import STREAMS_TOML, NoState, make_config, make_rows
 
 
@@ -156,6 +156,73 @@ def test_partial_replay_across_a_time_range_inserts_only_the_new_rows(sink: Duck
     assert got == (40, 40, 38)
     stored = {r[0] for r in sink._con.execute("SELECT event_id FROM pv").fetchall()}
     assert stored == {r[0].hex() for r in rows}
+
+
+def _received(stream_rows: list[list[object]], received: int, start_us: int) -> None:
+    for i, r in enumerate(stream_rows):
+        r[received] = start_us + i
+
+
+def _count(sink: DuckDBSink) -> tuple[int, int]:
+    got = sink._con.execute("SELECT count(*), count(DISTINCT event_id) FROM pv").fetchone()
+    assert got is not None
+    return got[0], got[1]
+
+
+def test_a_replayed_row_received_exactly_at_the_high_water_mark_is_not_inserted_twice(sink: DuckDBSink) -> None:
+    stream = _batch(sink, []).stream
+    rows = make_rows(stream, 11)
+    _received(rows, stream.columns.index("received_at"), 1_700_000_000_000_000)
+    assert sink.write(_batch(sink, rows[:10]), NoState()).written == 10
+    # the newest stored row comes back (a re-pushed frame) with one new row after it
+    assert sink.write(_batch(sink, rows[9:], "b2"), NoState()).written == 2
+    assert _count(sink) == (11, 11)
+
+
+def test_the_high_water_mark_is_read_from_the_file_by_a_new_sink(tmp_path: Path) -> None:
+    cfg = make_config("redis://unused", tmp_path / "w.duckdb")
+    stream = cfg.streams["pv"]
+    rows = make_rows(stream, 30)
+    _received(rows, stream.columns.index("received_at"), 1_700_000_000_000_000)
+    first = DuckDBSink(cfg)
+    first.ensure_tables([stream])
+    first.write(_batch(first, rows[:20]), NoState())
+    first.close()
+    # a flusher restarted after a crash replays the batch it had not released, plus newer rows
+    second = DuckDBSink(cfg)
+    try:
+        second.ensure_tables([stream])
+        second.write(_batch(second, rows[5:], "b2"), NoState())
+        assert _count(second) == (30, 30)
+    finally:
+        second.close()
+
+
+def test_late_rows_older_than_the_high_water_mark_are_inserted_and_then_deduped(sink: DuckDBSink) -> None:
+    stream = _batch(sink, []).stream
+    rows = make_rows(stream, 20)
+    _received(rows, stream.columns.index("received_at"), 1_700_000_000_000_000)
+    sink.write(_batch(sink, rows[10:]), NoState())
+    # a batch older than everything stored (another shard's, say) goes in whole,
+    assert sink.write(_batch(sink, rows[:10], "b2"), NoState()).written == 10
+    # and a replay of both inserts nothing
+    sink.write(_batch(sink, rows, "b3"), NoState())
+    assert _count(sink) == (20, 20)
+
+
+def test_a_failed_insert_forgets_the_high_water_mark(sink: DuckDBSink) -> None:
+    stream = _batch(sink, []).stream
+    rows = make_rows(stream, 10)
+    sink.write(_batch(sink, rows[:5]), NoState())
+    assert sink._high["pv"] is not None
+    # The insert may have committed before its error: the mark is read again, not guessed.
+    sink._con.execute("ALTER TABLE pv RENAME TO pv_moved")
+    with pytest.raises(SinkError):
+        sink.write(_batch(sink, rows[5:], "b2"), NoState())
+    assert "pv" not in sink._high
+    sink._con.execute("ALTER TABLE pv_moved RENAME TO pv")
+    sink.write(_batch(sink, rows, "b3"), NoState())
+    assert _count(sink) == (10, 10)
 
 
 def test_event_ids_of_the_wrong_length_are_rejected_not_misaligned(sink: DuckDBSink) -> None:

@@ -309,6 +309,11 @@ class DuckDBSink:
                     self._reopen()
             return result
 
+    def checkpoint(self) -> None:
+        """Move what the write-ahead log holds into the database file (DuckDB's ``CHECKPOINT``)."""
+        with self._lock:
+            self._con.execute("CHECKPOINT")
+
     def _plan_and_apply(self, stream: StreamConfig) -> None:
         create, added = self._plan(stream)
         self._apply(stream, create, added)

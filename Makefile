@@ -16,7 +16,7 @@ PY_DIRS := oceanus collector flusher importer notifier bench tests loadtest tool
 
 # The image's pins (docker/constraints.txt) hold here too: tests run on the code the image ships,
 # and a release upstream cannot change a build of the same commit.
-$(STAMP): pyproject.toml docker/constraints.txt
+$(STAMP): pyproject.toml docker/constraints.txt flusher/_columns.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,bench,lint]' -c docker/constraints.txt
@@ -33,6 +33,9 @@ system-deps:
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v gcc >/dev/null || missing="$$missing gcc"; \
+	test -f "$$($(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" \
+	  || missing="$$missing python3-dev"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \

@@ -20,7 +20,8 @@ alternates them (ceiling, flusher, ceiling, ...) K times and reports medians.
 
 ``stage_cpu_us_per_row`` splits the flusher's CPU by stage, from timers the
 bench wraps around the flusher's own calls (per batch, never per row):
-``claim`` (the claim script's round trip), ``decode`` (frames -> rows),
+``claim`` (the claim script's round trip), ``decode`` (frames -> rows, or
+straight to an Arrow table by the native decoder, flusher/_columns.c),
 ``arrow`` (the sink's ``prepare``), ``insert`` (the sink's ``write``: the
 insert and its dedupe) and ``finish`` (the MULTI that drops the claim). The
 synchronous stages run on worker threads and are timed with that thread's
@@ -55,6 +56,7 @@ from typing import Any
 import msgspec
 import pyarrow as pa
 
+from flusher import columns
 from flusher.runner import Flusher
 from flusher.sinks.common import arrow_types, column_types
 from flusher.sinks.duckdb import DuckDBSink
@@ -375,6 +377,8 @@ def run_duckdb(rows: int, frame_rows: int, max_rows: int | None, repeat: int = 1
         "duckdb_ceiling_cpu_us_per_row": round(statistics.median(c["cpu_us_per_row"] for c in ceilings), 2),
         "ceiling_batch_rows": CEILING_BATCH_ROWS,
         "ratio_vs_ceiling": round(flusher_rps / ceiling_rps, 3),
+        # Frames decoded by flusher/_columns.c (False: a build without a C compiler, the Python path).
+        "native_decoder": columns.AVAILABLE,
         "stage_cpu_us_per_row": stage_cpu,
         "stage_wall_us_per_row": stage_wall,
         "redis_claim_us_per_row": round(sum(d["redis_claim_s"] for d in drains) / total_rows * 1e6, 2),

@@ -25,6 +25,7 @@ from typing import Any
 
 import msgspec
 
+from flusher import columns
 from flusher.sinks.base import Batch
 from oceanus.buffer import FrameError, event_id_hex, frame_payload, row_arrival_ms
 from oceanus.config import EXTRA_COLUMN, StreamConfig
@@ -153,7 +154,20 @@ class BatchBuilder:
             plan = self._plans[key] = _Plan(key, self.columns)
         return plan
 
-    def build(self, batch_id: str, frames: Sequence[bytes]) -> Built:
+    def build(self, batch_id: str, frames: Sequence[bytes], layout: columns.Layout | None = None) -> Built:
+        """The frames as one batch; with a ``layout``, as an Arrow table too when the native decoder takes them."""
+        if layout is not None and frames:
+            table = columns.decode(layout, frames)
+            if table is not None:
+                rows = columns.LazyRows(table.num_rows, lambda: self._build(batch_id, frames).batch.rows)
+                nbytes = int(sum(map(len, frames)) * _expansion(frames[0]))
+                batch = Batch(
+                    stream=self.stream, batch_id=batch_id, columns=self.columns, rows=rows, nbytes=nbytes, arrow=table
+                )
+                return Built(batch=batch, dead=[])
+        return self._build(batch_id, frames)
+
+    def _build(self, batch_id: str, frames: Sequence[bytes]) -> Built:
         rows: list[Sequence[Any]] = []
         dead: list[bytes] = []
         name = self.stream.name

@@ -45,7 +45,7 @@ from flusher.batch import BatchBuilder, Built, dead_frame, dead_row, frame_oldes
 from flusher.claim import Claim, LeaseLost, RedisWriteState
 from flusher.controller import BatchController, Outcome
 from flusher.leases import ShardLeases
-from flusher.sinks.base import Batch, Preparable, RowRetry, WriteResult
+from flusher.sinks.base import Batch, Preparable, RowRetry, TakesArrow, WriteResult
 from oceanus.config import StreamConfig
 from oceanus.errors import Pacing, PayloadTooLarge, PermanentError, Reason, SinkError
 
@@ -148,6 +148,8 @@ class StreamWorker:
         self.stream = stream
         self.name = stream.name
         self.builder = BatchBuilder(stream)
+        #: Frames -> Arrow natively for a sink that takes Arrow tables (None: the Python path only).
+        self.layout = flusher.sink.arrow_layout(stream) if isinstance(flusher.sink, TakesArrow) else None
         self.controller = BatchController(stream.batch)
         self.reclaimed: collections.deque[Claim] = collections.deque()
         #: More frames were waiting than the last claim took: the controller may grow.
@@ -293,8 +295,8 @@ class StreamWorker:
 
     def _build(self, claim: Claim) -> Built:
         """Decode the frames and let the sink do its connection-free work (worker thread)."""
-        built = self.builder.build(claim.batch_id, claim.frames)
         sink = self.f.sink
+        built = self.builder.build(claim.batch_id, claim.frames, self.layout)
         if isinstance(sink, Preparable):
             try:
                 built.batch = sink.prepare(built.batch)

@@ -10,12 +10,15 @@ batch's :class:`WriteState`, which the flusher persists beside the claim.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import msgspec
 
 from oceanus.config import StreamConfig
 from oceanus.errors import QueryError, QueryTimeout, Reason
+
+if TYPE_CHECKING:
+    from flusher.columns import Layout
 
 __all__ = [
     "Batch",
@@ -50,6 +53,9 @@ class Batch(msgspec.Struct, frozen=True, kw_only=True):
     nbytes: int = 0
     #: What the sink's :meth:`Preparable.prepare` derived from ``rows`` (its own type), or None.
     prepared: Any = None
+    #: The rows as a ``pyarrow.Table`` of the stream's table columns (event ids as hex),
+    #: when the native decoder built it (:mod:`flusher.columns`) for a :class:`TakesArrow` sink.
+    arrow: Any = None
 
 
 class RowError(msgspec.Struct, frozen=True):
@@ -132,6 +138,17 @@ class Preparable(Protocol):
     """
 
     def prepare(self, batch: Batch) -> Batch: ...
+
+
+@runtime_checkable
+class TakesArrow(Protocol):
+    """A sink whose ``prepare`` uses ``Batch.arrow``: the flusher decodes its frames natively when it can.
+
+    ``arrow_layout`` says how the stream's frame columns map to the sink's Arrow
+    table (:class:`flusher.columns.Layout`), or None to always decode in Python.
+    """
+
+    def arrow_layout(self, stream: StreamConfig) -> Layout | None: ...
 
 
 @runtime_checkable

@@ -73,6 +73,7 @@ import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from flusher.columns import Layout
 from flusher.sinks.base import Batch, QueryResult, RowError, WriteResult, WriteState
 from flusher.sinks.common import DEDUP_VIEW_SUFFIX, LegacyColumn, arrow_types, column_types, legacy_columns, plain
 from oceanus.config import Config, FieldType, StreamConfig
@@ -168,6 +169,7 @@ class DuckDBSink:
         #: Per table, the newest ``received_at`` stored (µs; None: none), read once and
         #: then kept by this, the file's only writer; dropped when a write fails.
         self._high: dict[str, int | None] = {}
+        self._layouts: dict[str, Layout | None] = {}
 
     def _config(self) -> dict[str, str | bool | int | float | list[str]]:
         settings: dict[str, str | bool | int | float | list[str]] = {}
@@ -318,8 +320,24 @@ class DuckDBSink:
         create, added = self._plan(stream)
         self._apply(stream, create, added)
 
+    def arrow_layout(self, stream: StreamConfig) -> Layout | None:
+        """The stream's frame columns as this sink's Arrow table (:class:`~flusher.sinks.base.TakesArrow`)."""
+        if stream.name not in self._layouts:
+            types = dict(column_types(stream))
+            try:
+                layout: Layout | None = Layout(
+                    stream.columns, [_ARROW[types[c]] if c in types else None for c in stream.columns]
+                )
+            except ValueError:
+                layout = None
+            self._layouts[stream.name] = layout
+        return self._layouts[stream.name]
+
     def prepare(self, batch: Batch) -> Batch:
         """The Arrow table of a batch whose values all convert, built outside the write lock."""
+        if batch.arrow is not None and batch.arrow.num_rows == len(batch.rows):
+            # Built by the native decoder from the frames, in this sink's layout.
+            return msgspec.structs.replace(batch, prepared=_Prepared(batch.arrow, len(batch.rows)))
         table = self._arrow(batch, batch.rows, None, {}) if batch.rows else None
         return batch if table is None else msgspec.structs.replace(batch, prepared=_Prepared(table, len(batch.rows)))
 

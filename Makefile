@@ -16,7 +16,7 @@ PY_DIRS := oceanus collector flusher importer notifier bench tests loadtest tool
 
 # The image's pins (docker/constraints.txt) hold here too: tests run on the code the image ships,
 # and a release upstream cannot change a build of the same commit.
-$(STAMP): pyproject.toml docker/constraints.txt flusher/_columns.c
+$(STAMP): pyproject.toml docker/constraints.txt flusher/_columns.c collector/_query.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,bench,lint]' -c docker/constraints.txt

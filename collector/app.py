@@ -41,7 +41,7 @@ from collector.pusher import Pusher, Unavailable, make_redis
 from collector.ratelimit import TokenBuckets, per_worker, retry_after
 from collector.resp import Link, RedisLink
 from collector.spool import Spool
-from collector.validate import Invalid, StreamValidator, compile_streams, parse_pairs
+from collector.validate import Invalid, StreamValidator, compile_streams, parse_query
 from oceanus.buffer import EventIds
 from oceanus.config import Config
 
@@ -288,8 +288,7 @@ class App:
         refused = self._admit(name, scope, ip, 1)
         if refused is not None:
             return await self._refuse(name, send, refused, pixel=True)
-        query = scope["query_string"].decode("utf-8", "replace")
-        event: dict[str, Any] = parse_pairs(query)
+        event: dict[str, Any] = parse_query(scope["query_string"])
         try:
             row = self._row(validator, event, True, ip, ua, device)
         except Invalid as exc:
@@ -444,7 +443,7 @@ class App:
         if not body.strip():
             raise Invalid("body", "required", "the body is empty")
         if content_type.startswith(b"application/x-www-form-urlencoded") and body.lstrip()[:1] not in (b"{", b"["):
-            return [parse_pairs(body.decode("utf-8", "replace"))], True, False
+            return [parse_query(body)], True, False
         data = self._decode_json(body, counted=encoding == b"gzip")
         if type(data) is list:
             if len(data) > self._max_batch:

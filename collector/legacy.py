@@ -28,7 +28,7 @@ from prometheus_client import Counter
 from collector import status, web
 from collector._types import Receive, Scope, Send
 from collector.pusher import Unavailable
-from collector.validate import Invalid, StreamValidator, make_validator, parse_pairs
+from collector.validate import Invalid, StreamValidator, make_validator, parse_query
 from oceanus.config import AliasKind, Config
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ class StreamRoute:
         pixel = self.kind in ("pixel", "gaze")
         name = self.stream
         ip, ua, device = app._client(scope)
-        event: dict[str, Any] = parse_pairs(scope["query_string"].decode("utf-8", "replace"))
+        event: dict[str, Any] = parse_query(scope["query_string"])
         debug = event.pop("debug", None) is not None and self.debug.allows(ip)
         admit_ip = ip
         gated: Scope | None = scope
@@ -310,7 +310,7 @@ async def _backlog(app: App, scope: Scope, method: str, receive: Receive, send: 
         return await _plain(send, 503, b"503 server error\n", [])
     lists = {s.name: s.backlog_rows for s in snap.streams}
     total = sum(lists.values())
-    query = parse_pairs(scope["query_string"].decode("utf-8", "replace"))
+    query = parse_query(scope["query_string"])
     if "debug" in query:
         ip = app._client(scope)[0]
         if DebugNets(cfg.collector.debug_networks).allows(ip):

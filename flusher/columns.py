@@ -23,6 +23,7 @@ without Arrow, a write that must isolate a bad row, a split batch).
 
 from __future__ import annotations
 
+import logging
 import types
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, overload
@@ -36,6 +37,8 @@ try:
     from flusher import _columns
 except ImportError:  # pragma: no cover - a build without a C compiler
     _columns = None
+
+log = logging.getLogger(__name__)
 
 #: Whether the extension is built (the bench reports it).
 AVAILABLE = _columns is not None
@@ -81,19 +84,23 @@ def decode(layout: Layout, frames: Sequence[bytes]) -> pa.Table | None:
         payloads = [frame_payload(f) for f in frames]
     except FrameError:
         return None
-    out = _columns.decode(payloads, layout.names, layout.kinds)
-    if out is None:
+    try:
+        out = _columns.decode(payloads, layout.names, layout.kinds)
+        if out is None:
+            return None
+        rows, buffers = out
+        arrays = []
+        column_buffers = (b for b in buffers if b is not None)
+        for (_name, arrow), (nulls, validity, offsets, data) in zip(layout.table_columns, column_buffers, strict=True):
+            bufs = [None if validity is None else pa.py_buffer(validity)]
+            if offsets is not None:
+                bufs.append(pa.py_buffer(offsets))
+            bufs.append(pa.py_buffer(data))
+            arrays.append(pa.Array.from_buffers(arrow, rows, bufs, null_count=nulls))
+        return pa.Table.from_arrays(arrays, names=[n for n, _ in layout.table_columns])
+    except Exception:  # a bug here must not stop the stream: the Python path decodes the batch
+        log.warning("the native decoder failed on a batch; decoding it in Python", exc_info=True)
         return None
-    rows, buffers = out
-    arrays = []
-    column_buffers = (b for b in buffers if b is not None)
-    for (_name, arrow), (nulls, validity, offsets, data) in zip(layout.table_columns, column_buffers, strict=True):
-        bufs = [None if validity is None else pa.py_buffer(validity)]
-        if offsets is not None:
-            bufs.append(pa.py_buffer(offsets))
-        bufs.append(pa.py_buffer(data))
-        arrays.append(pa.Array.from_buffers(arrow, rows, bufs, null_count=nulls))
-    return pa.Table.from_arrays(arrays, names=[n for n, _ in layout.table_columns])
 
 
 class LazyRows(Sequence[Sequence[Any]]):

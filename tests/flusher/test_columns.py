@@ -216,3 +216,19 @@ def test_the_builder_gives_a_lazy_batch_with_its_table(sink: DuckDBSink, stream:
     fallback = BatchBuilder(stream).build("b2", [*frames, *_with(stream, "n", "7")], layout)
     assert fallback.batch.arrow is None
     assert len(fallback.batch.rows) == 43
+
+
+def test_a_failing_decoder_leaves_the_batch_to_the_python_path(
+    sink: DuckDBSink, stream: StreamConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Broken:
+        @staticmethod
+        def decode(*_args: object) -> object:
+            raise MemoryError("no room")
+
+    monkeypatch.setattr(columns, "_columns", Broken)
+    frames = [encode_frame(stream.columns, make_rows(stream, 4))]
+    built = BatchBuilder(stream).build("b", frames, sink.arrow_layout(stream))
+    assert built.batch.arrow is None
+    assert len(built.batch.rows) == 4
+    assert built.dead == []

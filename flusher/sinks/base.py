@@ -30,6 +30,7 @@ __all__ = [
     "RowError",
     "RowRetry",
     "Sink",
+    "TakesArrow",
     "WriteResult",
     "WriteState",
 ]

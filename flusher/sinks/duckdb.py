@@ -414,15 +414,15 @@ class DuckDBSink:
         # others are anti-joined with the stored event ids of their range.
         cut = high if high is not None else (lo - 1 if lo is not None else 0)
         params: list[int] = []
-        if not nulls and lo is not None and lo > cut:
+        stored = []
+        if lo is not None and lo <= cut:
+            stored.append("received_at BETWEEN make_timestamp(?::BIGINT) AND make_timestamp(?::BIGINT)")
+            params += [lo, cut]
+        if nulls:
+            stored.append("received_at IS NULL")
+        if not stored:  # every row is after the mark (or there is none)
             insert = f"INSERT INTO {name} ({cols}) SELECT {cols} FROM {view}"
         else:
-            stored = []
-            if lo is not None and lo <= cut:
-                stored.append("received_at BETWEEN make_timestamp(?::BIGINT) AND make_timestamp(?::BIGINT)")
-                params += [lo, cut]
-            if nulls:
-                stored.append("received_at IS NULL")
             later = "received_at > make_timestamp(?::BIGINT)"
             insert = (
                 f"INSERT INTO {name} ({cols}) SELECT {cols} FROM {view} WHERE {later} UNION ALL "

@@ -375,3 +375,15 @@ def test_checkpoint_empties_the_write_ahead_log(sink: DuckDBSink) -> None:
     sink.checkpoint()
     assert not wal.exists() or wal.stat().st_size == 0
     assert _count(sink) == (20, 20)
+
+
+def test_a_batch_whose_every_row_is_refused_writes_nothing_and_fails_nothing(sink: DuckDBSink) -> None:
+    stream = _batch(sink, []).stream
+    rows = make_rows(stream, 3)
+    sink.write(_batch(sink, rows[:1]), NoState())  # the table has a high-water mark
+    for row in rows[1:]:
+        row[stream.columns.index("jsn")] = "{not json"
+    result = sink.write(_batch(sink, rows[1:], "b2"), NoState())
+    assert result.written == 0
+    assert [e.index for e in result.rejected] == [0, 1]
+    assert _count(sink) == (1, 1)

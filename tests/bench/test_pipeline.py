@@ -171,8 +171,10 @@ def test_a_paced_script_keeps_its_rate_and_its_count_bound(tmp_path: Path) -> No
     oids = _oids(targets)
     assert len(set(oids)) == len(oids)
     steps = [pipeline.parse_marker(o)[0] for o in oids]
-    # 100/s for 2 s, give or take the start and the last slots.
-    assert 170 <= steps.count(9) <= 204
+    # 100/s for 2 s, give or take the start and the last slots. wrk's main thread sleeps for the
+    # duration and then raises a flag that each thread reads on its 100 ms rate timer, so a run
+    # lasts up to 2.1 s: 210 slots, plus one request in flight per connection.
+    assert 170 <= steps.count(9) <= 214
     # The bound is checked before each request: at most one more per other connection.
     assert 50 <= steps.count(10) <= 53
 

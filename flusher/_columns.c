@@ -303,6 +303,9 @@ static int take_value(rd_t *r, col_t *c, int64_t row) {
                 memcpy(&f, &b32, 4);
                 d = f;
             } else if (rd_int(r, t, &v) == 0) {
+                /* Past 2^53 an int has no exact double: pyarrow refuses it, and so does this. */
+                if (v > (INT64_C(1) << 53) || v < -(INT64_C(1) << 53))
+                    return -1;
                 d = (double)v;
             } else {
                 return -1;

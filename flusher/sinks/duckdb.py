@@ -128,7 +128,10 @@ def _value_ok(ftype: FieldType, value: Any) -> bool:
     if ftype in ("int", "timestamp"):
         return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
     if ftype == "float":
-        return isinstance(value, int | float) and not isinstance(value, bool)
+        if isinstance(value, bool):
+            return False
+        # pyarrow refuses an int no double holds exactly: that row, not the batch.
+        return isinstance(value, float) or (isinstance(value, int) and -(2**53) <= value <= 2**53)
     return isinstance(value, bool)
 
 

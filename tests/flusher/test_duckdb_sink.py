@@ -387,3 +387,12 @@ def test_a_batch_whose_every_row_is_refused_writes_nothing_and_fails_nothing(sin
     assert result.written == 0
     assert [e.index for e in result.rejected] == [0, 1]
     assert _count(sink) == (1, 1)
+
+
+def test_an_int_no_double_holds_in_a_float_field_is_refused_per_row(sink: DuckDBSink) -> None:
+    stream = _batch(sink, []).stream
+    rows = make_rows(stream, 3)
+    rows[1][stream.columns.index("score")] = 2**53 + 1  # an old frame or an import, never the collector
+    result = sink.write(_batch(sink, rows), NoState())
+    assert result.written == 2
+    assert [e.index for e in result.rejected] == [1]

@@ -172,7 +172,6 @@ class DuckDBSink:
         #: Per table, the newest ``received_at`` stored (µs; None: none), read once and
         #: then kept by this, the file's only writer; dropped when a write fails.
         self._high: dict[str, int | None] = {}
-        self._layouts: dict[str, Layout | None] = {}
 
     def _config(self) -> dict[str, str | bool | int | float | list[str]]:
         settings: dict[str, str | bool | int | float | list[str]] = {}
@@ -324,17 +323,15 @@ class DuckDBSink:
         self._apply(stream, create, added)
 
     def arrow_layout(self, stream: StreamConfig) -> Layout | None:
-        """The stream's frame columns as this sink's Arrow table (:class:`~flusher.sinks.base.TakesArrow`)."""
-        if stream.name not in self._layouts:
-            types = dict(column_types(stream))
-            try:
-                layout: Layout | None = Layout(
-                    stream.columns, [_ARROW[types[c]] if c in types else None for c in stream.columns]
-                )
-            except ValueError:
-                layout = None
-            self._layouts[stream.name] = layout
-        return self._layouts[stream.name]
+        """The stream's frame columns as this sink's Arrow table (:class:`~flusher.sinks.base.TakesArrow`).
+
+        Built once per stream by its worker, which keeps it.
+        """
+        types = dict(column_types(stream))
+        try:
+            return Layout(stream.columns, [_ARROW[types[c]] if c in types else None for c in stream.columns])
+        except ValueError:
+            return None
 
     def prepare(self, batch: Batch) -> Batch:
         """The Arrow table of a batch whose values all convert, built outside the write lock."""
@@ -409,7 +406,8 @@ class DuckDBSink:
     def _insert(self, stream: StreamConfig, table: pa.Table, bounds: _Bounds) -> None:
         cols = ", ".join(_q(n) for n in table.column_names)
         name = _q(stream.name)
-        view = _q(f"_oceanus_batch_{threading.get_ident()}")
+        view_name = f"_oceanus_batch_{threading.get_ident()}"
+        view = _q(view_name)
         lo, hi, nulls = bounds
         high = self._high_water(stream.name)
         # A stored copy of a row has its received_at, which is at or before the
@@ -434,7 +432,7 @@ class DuckDBSink:
                 f"ANTI JOIN (SELECT event_id FROM {name} WHERE {' OR '.join(stored)}) AS s USING (event_id)"
             )
             params = [cut, cut, *params]
-        self._con.register(view.strip('"'), table)
+        self._con.register(view_name, table)
         # Unknown until read again if the insert fails: it may have committed before the error.
         self._high.pop(stream.name, None)
         try:
@@ -445,7 +443,7 @@ class DuckDBSink:
                 # event_id but another received_at. The key wins, as it always did.
                 self._con.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM {view} ON CONFLICT DO NOTHING")
         finally:
-            self._con.unregister(view.strip('"'))
+            self._con.unregister(view_name)
         known = [v for v in (high, hi) if v is not None]
         if known:
             self._high[stream.name] = max(known)

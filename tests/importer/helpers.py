@@ -204,15 +204,20 @@ def import_process(cfg_path: Path, shop: ShopDB, *args: str) -> subprocess.Popen
     )
 
 
+def signal_at(proc: subprocess.Popen[str], marker: str, sig: signal.Signals) -> None:
+    """Send ``sig`` to ``proc`` as soon as a line of its stderr contains ``marker``."""
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if marker in line:
+            proc.send_signal(sig)
+            return
+
+
 def kill_after_first_batch(cfg_path: Path, shop: ShopDB) -> None:
     """``oceanus import run``, killed with SIGKILL as soon as it logs its first committed batch."""
     proc = import_process(cfg_path, shop, "run")
     try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if "batch 1 committed" in line:
-                proc.send_signal(signal.SIGKILL)
-                break
+        signal_at(proc, "batch 1 committed", signal.SIGKILL)
         assert proc.wait(timeout=60) == -signal.SIGKILL
     finally:
         if proc.poll() is None:

@@ -24,7 +24,7 @@ from oceanus.buffer import Keys
 from oceanus.commands import devstate
 from oceanus.commands.query import QueryError, run_sql_at
 from tests.flusher.helpers import make_config_text, push_frames
-from tests.importer.helpers import URL_ENV, assert_same, import_toml, table_count
+from tests.importer.helpers import URL_ENV, assert_same, import_toml, signal_at, table_count
 from tests.support.servers import RedisServer, wait_for
 from tests.support.shopdb import ShopDB
 
@@ -123,11 +123,7 @@ def test_flusher_killed_mid_import_then_restarted(tmp_path: Path, redis_server: 
     cfg = config.loads(text)
     proc = _flusher(cfg_path, pg_shop)
     try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if "import users: batch 1 committed" in line:
-                proc.send_signal(signal.SIGKILL)
-                break
+        signal_at(proc, "import users: batch 1 committed", signal.SIGKILL)
         assert proc.wait(timeout=60) == -signal.SIGKILL
     finally:
         _stop(proc)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.importer.helpers import assert_same, import_config, import_process, import_toml, table_count
+from tests.importer.helpers import assert_same, import_config, import_process, import_toml, signal_at, table_count
 from tests.support.servers import free_port, wait_for
 from tests.support.shopdb import ShopDB
 
@@ -57,11 +57,7 @@ def test_sigterm_commits_the_current_batch_and_exits(tmp_path: Path, pg_shop: Sh
     cfg_path.write_text(import_toml(tmp_path / "wh.duckdb", pg_shop, batch_rows=200))
     proc = import_process(cfg_path, pg_shop, "serve", "--metrics-port", "0")
     try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if "batch 1 committed" in line:
-                proc.send_signal(signal.SIGTERM)
-                break
+        signal_at(proc, "batch 1 committed", signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:

@@ -287,3 +287,13 @@ def test_corrupted_payloads_are_declined_or_decoded_as_the_python_path_decodes_t
         assert _same(native, python), bytes(payload).hex()
         compared += 1
     assert compared > 500  # the mutations must reach the values, not only break the framing
+
+
+@pytest.mark.parametrize(("arrays", "taken"), [(32, True), (33, False)])
+def test_a_skipped_value_nests_at_most_32_arrays_deep(arrays: int, taken: bool) -> None:
+    layout = columns.Layout(("event_id", "junk"), [pa.string(), None])
+    value: Any = 1
+    for _ in range(arrays):
+        value = [value]
+    frame = _raw_frame(msgspec.msgpack.encode((["event_id", "junk"], [[b"\x00" * 16, value]])))
+    assert (columns.decode(layout, [frame]) is not None) is taken

@@ -6,13 +6,26 @@ pageview beacon (≈170-byte row) and a real redis-server child (AOF on,
 
 - ``collector``: ``oceanus collector`` (granian + uvloop, durable ack);
 - ``bare``: a granian ASGI app that only answers the GIF (bench/baselines/bare.py);
+- ``bare_ack``: the bare app plus a durable ack and nothing else: each request's
+  query string in a micro-batched RPUSH to its own redis-server child, answered
+  when Redis replied (bench/baselines/bare_ack.py) -- the floor for any collector
+  whose 2xx means "stored", on the same cores;
 - ``legacy``: the 2016 shape, falcon + gunicorn gevent + one redis-py RPUSH per
   request (bench/baselines/legacy.py).
 
-The last stdout line (``--json``) holds collector_rps, bare_rps, legacy_rps,
-ratio_vs_bare, ratio_vs_legacy, p99_ms (the collector's) and lost: 2xx
-responses minus rows found in Redis after the collector drained (must be <= 0;
-negative when wrk gave up on requests the collector still wrote).
+``--repeat N`` runs the whole set N times in turn (collector, bare, bare_ack, ...
+each time), so that every ratio compares runs minutes apart at most; each
+figure is then the median over the rounds and each ratio the median of the
+rounds' ratios (the bare app's own rate moves by ±15 % from run to run on a
+small shared box, more than most changes to the collector do).
+
+The last stdout line (``--json``) holds collector_rps, bare_rps, bare_ack_rps,
+legacy_rps, ratio_vs_bare, ratio_vs_legacy, p99_ms (the collector's), the p99
+ratios p99_vs_bare, p99_vs_bare_ack and bare_ack_p99_vs_bare, ``rounds`` (each
+round's rps and p99 per server) and lost: 2xx responses minus rows found in
+Redis after the collector drained, summed over the rounds (must be <= 0;
+negative when wrk gave up on requests the collector still wrote); bare_ack_lost
+is the same count for the floor app.
 """
 
 from __future__ import annotations
@@ -25,6 +38,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -326,6 +340,43 @@ def run_bare(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         return wrk(url, args.seconds, args.connections, args.threads)
 
 
+def run_bare_ack(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    with redis_child(tmp / "redis-bare-ack") as rport:
+        port = free_port()
+        env = dict(os.environ, BARE_ACK_REDIS_URL=f"redis://127.0.0.1:{rport}/0")
+        cmd = [
+            sys.executable,
+            "-m",
+            "granian",
+            "--interface",
+            "asgi",
+            "--loop",
+            "uvloop",
+            "--workers",
+            str(args.workers),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-ws",
+            "--log-level",
+            "warning",
+            "bench.baselines.bare_ack:app",
+        ]
+        url = f"http://127.0.0.1:{port}/b/pageview?{PAGEVIEW_QUERY}"
+        # Readiness is a real request, so it is an item in Redis too.
+        with server(cmd, env, url, tmp / "bare_ack.log"):
+            warm_ok = wrk(url, args.warmup, args.connections, args.threads)["ok"] if args.warmup else 0
+            result = wrk(url, args.seconds, args.connections, args.threads)
+        import redis
+
+        client = redis.Redis(port=rport)
+        stored = int(client.llen("bench:bare_ack"))
+        client.close()
+        result["lost"] = warm_ok + result["ok"] - stored
+        return result
+
+
 def run_legacy(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     with redis_child(tmp / "redis-legacy") as rport:
         port = free_port()
@@ -352,6 +403,56 @@ def run_legacy(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
             return wrk(url, args.seconds, args.connections, args.threads)
 
 
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def summarize(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Each figure's median over the rounds, and each ratio the median of the rounds' own ratios
+    (a ratio within a round compares runs taken moments apart)."""
+    out: dict[str, Any] = {}
+
+    def runs(name: str) -> list[dict[str, Any]]:
+        return [r[name] for r in rounds if name in r]
+
+    def ratio(a: str, b: str, field: str) -> float | None:
+        values = [r[a][field] / r[b][field] for r in rounds if a in r and b in r and r[b][field]]
+        return round(_median(values), 3) if values else None
+
+    c, b, ack, lg = runs("collector"), runs("bare"), runs("bare_ack"), runs("legacy")
+    if c:
+        out.update(
+            collector_rps=round(_median([r["rps"] for r in c])),
+            p99_ms=_median([r["p99_ms"] for r in c]),
+            collector_non2xx=sum(r["non2xx"] for r in c),
+            mean_batch_events=_median([r["mean_batch_events"] for r in c]),
+            lost=sum(r["all_ok"] - r["rows_in_redis"] for r in c),
+        )
+    if b:
+        out["bare_rps"] = round(_median([r["rps"] for r in b]))
+        out["bare_p99_ms"] = _median([r["p99_ms"] for r in b])
+    if ack:
+        out["bare_ack_rps"] = round(_median([r["rps"] for r in ack]))
+        out["bare_ack_p99_ms"] = _median([r["p99_ms"] for r in ack])
+        out["bare_ack_lost"] = sum(r["lost"] for r in ack)
+    if lg:
+        out["legacy_rps"] = round(_median([r["rps"] for r in lg]))
+        out["legacy_p99_ms"] = _median([r["p99_ms"] for r in lg])
+    for key, (a, base, field, digits) in {
+        "ratio_vs_bare": ("collector", "bare", "rps", 3),
+        "ratio_vs_bare_ack": ("collector", "bare_ack", "rps", 3),
+        "ratio_vs_legacy": ("collector", "legacy", "rps", 2),
+        "p99_vs_bare": ("collector", "bare", "p99_ms", 3),
+        "p99_vs_bare_ack": ("collector", "bare_ack", "p99_ms", 3),
+        "bare_ack_p99_vs_bare": ("bare_ack", "bare", "p99_ms", 3),
+    }.items():
+        value = ratio(a, base, field)
+        if value is not None:
+            out[key] = round(value, digits)
+    out["rounds"] = [{name: {"rps": round(r["rps"]), "p99_ms": r["p99_ms"]} for name, r in rd.items()} for rd in rounds]
+    return out
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m bench collector", description=__doc__.split("\n")[0])
     p.add_argument("--seconds", type=float, default=10.0, help="measured wrk run per server")
@@ -360,7 +461,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--threads", type=int, default=1, help="wrk threads (1 leaves the CPU to the servers)")
     p.add_argument("--linger-ms", type=float, default=None, help="collector.batch_linger_ms override")
-    p.add_argument("--only", choices=["collector", "bare", "legacy"], action="append")
+    p.add_argument("--only", choices=["collector", "bare", "bare_ack", "legacy"], action="append")
+    p.add_argument("--repeat", type=int, default=1, help="rounds of the whole set, in turn; medians reported")
     p.add_argument(
         "--config",
         type=Path,
@@ -380,44 +482,32 @@ def main(argv: list[str]) -> int:
     if shutil.which("wrk") is None:
         log("wrk is not installed (make system-deps installs it with apt)")
         return 2
-    todo = args.only or ["collector", "bare", "legacy"]
-    runners = {"collector": run_collector, "bare": run_bare, "legacy": run_legacy}
-    results: dict[str, dict[str, Any]] = {}
+    todo = args.only or ["collector", "bare", "bare_ack", "legacy"]
+    runners = {"collector": run_collector, "bare": run_bare, "bare_ack": run_bare_ack, "legacy": run_legacy}
+    rounds: list[dict[str, dict[str, Any]]] = []
     with tempfile.TemporaryDirectory(prefix="oceanus-bench-") as d:
-        for name in todo:
-            log(f"{name}: {args.seconds:g}s at c{args.connections}, {args.workers} workers ...")
-            results[name] = runners[name](Path(d), args)
-            log(f"{name}: {json.dumps(results[name])}")
+        for n in range(max(1, args.repeat)):
+            results: dict[str, dict[str, Any]] = {}
+            for name in todo:
+                log(f"{name}: {args.seconds:g}s at c{args.connections}, {args.workers} workers (round {n + 1}) ...")
+                # Each run its own directory: a Redis child's AOF must hold that run's rows only.
+                run_dir = Path(d) / f"{name}-{n}"
+                run_dir.mkdir()
+                results[name] = runners[name](run_dir, args)
+                log(f"{name}: {json.dumps(results[name])}")
+            rounds.append(results)
     out: dict[str, Any] = {
         "workers": args.workers,
         "connections": args.connections,
         "seconds": args.seconds,
+        "repeat": max(1, args.repeat),
         "linger_ms": args.linger_ms,
         "config": str(args.config),
         "redis": args.redis,
         "shards": args.shards,
         "min_replicas_ack": args.min_replicas_ack,
     }
-    c, b, lg = results.get("collector"), results.get("bare"), results.get("legacy")
-    if c:
-        out.update(
-            collector_rps=round(c["rps"]),
-            p99_ms=c["p99_ms"],
-            collector_non2xx=c["non2xx"],
-            mean_batch_events=c["mean_batch_events"],
-        )
-    if b:
-        out["bare_rps"] = round(b["rps"])
-        out["bare_p99_ms"] = b["p99_ms"]
-    if lg:
-        out["legacy_rps"] = round(lg["rps"])
-        out["legacy_p99_ms"] = lg["p99_ms"]
-    if c and b:
-        out["ratio_vs_bare"] = round(c["rps"] / b["rps"], 3)
-    if c and lg:
-        out["ratio_vs_legacy"] = round(c["rps"] / lg["rps"], 2)
-    if c:
-        out["lost"] = c["all_ok"] - c["rows_in_redis"]
+    out.update(summarize(rounds))
     if args.json:
         print(json.dumps(out))
     else:

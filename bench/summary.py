@@ -30,6 +30,9 @@ HEADLINES: dict[str, list[tuple[str, str]]] = {
         ("ratio vs 2016 shape", "ratio_vs_legacy"),
         ("collector p99 ms", "p99_ms"),
         ("bare p99 ms", "bare_p99_ms"),
+        ("p99 vs bare", "p99_vs_bare"),
+        ("p99 vs durable-ack floor", "p99_vs_bare_ack"),
+        ("floor p99 vs bare", "bare_ack_p99_vs_bare"),
     ],
     "flusher": [
         ("rows/s", "rows_per_s"),

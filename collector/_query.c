@@ -14,6 +14,13 @@
  * invalid sequences replaced, and a repeated key keeps its last value. For
  * anything else (a raw non-ASCII byte, '%zz', a lone '%') it returns None and
  * the caller uses parse_pairs, which owns those cases.
+ *
+ * fields() goes one step further for a stream's pixel: the same pairs go
+ * straight into the stream's field slots (no dict, no pops), and the one check
+ * most fields have -- a non-empty string within max_length -- is made here.
+ * What it cannot settle (a field with other rules, an empty or over-long value,
+ * a required field that is absent) it lists for the Python checks, in field
+ * order, so the first failure is the one StreamValidator.values would raise.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -54,6 +61,20 @@ static PyObject *decode_part(const unsigned char *s, Py_ssize_t n, char *scratch
     return PyUnicode_DecodeUTF8(scratch, o, "replace");
 }
 
+/* ASCII only, and every '%' starts a well-formed escape. */
+static int well_formed(const unsigned char *s, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (s[i] >= 0x80)
+            return 0;
+        if (s[i] == '%') {
+            if (i + 2 >= n || hexval(s[i + 1]) < 0 || hexval(s[i + 2]) < 0)
+                return 0;
+            i += 2;
+        }
+    }
+    return 1;
+}
+
 static PyObject *parse(PyObject *self, PyObject *arg) {
     if (!PyBytes_Check(arg)) {
         PyErr_SetString(PyExc_TypeError, "parse() takes bytes");
@@ -61,15 +82,8 @@ static PyObject *parse(PyObject *self, PyObject *arg) {
     }
     const unsigned char *s = (const unsigned char *)PyBytes_AS_STRING(arg);
     Py_ssize_t n = PyBytes_GET_SIZE(arg);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (s[i] >= 0x80)
-            Py_RETURN_NONE;
-        if (s[i] == '%') {
-            if (i + 2 >= n || hexval(s[i + 1]) < 0 || hexval(s[i + 2]) < 0)
-                Py_RETURN_NONE;
-            i += 2;
-        }
-    }
+    if (!well_formed(s, n))
+        Py_RETURN_NONE;
     PyObject *out = PyDict_New();
     if (!out || n == 0)
         return out;
@@ -105,8 +119,122 @@ static PyObject *parse(PyObject *self, PyObject *arg) {
     return out;
 }
 
+static PyObject *fields(PyObject *self, PyObject *args) {
+    PyObject *raw, *index, *plain, *required;
+    if (!PyArg_ParseTuple(args, "SO!O!O!:fields", &raw, &PyDict_Type, &index, &PyTuple_Type, &plain, &PyTuple_Type,
+                          &required))
+        return NULL;
+    Py_ssize_t nf = PyTuple_GET_SIZE(plain);
+    if (PyTuple_GET_SIZE(required) != nf) {
+        PyErr_SetString(PyExc_ValueError, "fields(): plain and required differ in length");
+        return NULL;
+    }
+    const unsigned char *s = (const unsigned char *)PyBytes_AS_STRING(raw);
+    Py_ssize_t n = PyBytes_GET_SIZE(raw);
+    if (!well_formed(s, n))
+        Py_RETURN_NONE;
+    PyObject *out = PyList_New(nf);
+    if (!out)
+        return NULL;
+    for (Py_ssize_t i = 0; i < nf; i++) {
+        Py_INCREF(Py_None);
+        PyList_SET_ITEM(out, i, Py_None);
+    }
+    PyObject *rest = NULL, *todo = NULL;
+    char small[512];
+    char *scratch = n <= (Py_ssize_t)sizeof(small) ? small : PyMem_Malloc((size_t)n);
+    if (!scratch) {
+        Py_DECREF(out);
+        return PyErr_NoMemory();
+    }
+    int failed = 0;
+    Py_ssize_t start = 0;
+    while (!failed && start <= n) {
+        Py_ssize_t end = start;
+        while (end < n && s[end] != '&')
+            end++;
+        if (end > start) {
+            Py_ssize_t eq = start;
+            while (eq < end && s[eq] != '=')
+                eq++;
+            PyObject *key = decode_part(s + start, eq - start, scratch);
+            PyObject *value = key ? decode_part(s + eq + (eq < end), end - eq - (eq < end), scratch) : NULL;
+            if (!key || !value) {
+                failed = 1;
+            } else {
+                /* A field's slot (the last of repeated keys wins, as in a dict), or the unknown keys'
+                 * dict, made on first use. */
+                PyObject *pos = PyDict_GetItemWithError(index, key);
+                if (pos != NULL) {
+                    Py_ssize_t i = PyLong_AsSsize_t(pos);
+                    if (i < 0 || i >= nf) {
+                        if (!PyErr_Occurred())
+                            PyErr_SetString(PyExc_ValueError, "fields(): an index position is out of range");
+                        failed = 1;
+                    } else {
+                        PyObject *old = PyList_GET_ITEM(out, i);
+                        Py_INCREF(value);
+                        PyList_SET_ITEM(out, i, value);
+                        Py_DECREF(old);
+                    }
+                } else if (PyErr_Occurred()) {
+                    failed = 1;
+                } else if (rest == NULL && (rest = PyDict_New()) == NULL) {
+                    failed = 1;
+                } else if (PyDict_SetItem(rest, key, value) < 0) {
+                    failed = 1;
+                }
+            }
+            Py_XDECREF(key);
+            Py_XDECREF(value);
+        }
+        start = end + 1;
+    }
+    if (scratch != small)
+        PyMem_Free(scratch);
+    /* What the Python checks must see: in field order, every slot this did not settle. */
+    if (!failed && (todo = PyList_New(0)) == NULL)
+        failed = 1;
+    for (Py_ssize_t i = 0; !failed && i < nf; i++) {
+        PyObject *v = PyList_GET_ITEM(out, i);
+        Py_ssize_t max = PyLong_AsSsize_t(PyTuple_GET_ITEM(plain, i));
+        int req = PyObject_IsTrue(PyTuple_GET_ITEM(required, i));
+        if ((max == -1 && PyErr_Occurred()) || req < 0) {
+            failed = 1;
+            break;
+        }
+        int settled;
+        if (v == Py_None) {
+            settled = !req;
+        } else {
+            Py_ssize_t len = PyUnicode_GET_LENGTH(v);
+            settled = max > 0 && len > 0 && len <= max;
+        }
+        if (!settled) {
+            PyObject *at = PyLong_FromSsize_t(i);
+            if (!at || PyList_Append(todo, at) < 0)
+                failed = 1;
+            Py_XDECREF(at);
+        }
+    }
+    if (failed) {
+        Py_DECREF(out);
+        Py_XDECREF(rest);
+        Py_XDECREF(todo);
+        return NULL;
+    }
+    if (rest == NULL) {
+        Py_INCREF(Py_None);
+        rest = Py_None;
+    }
+    return Py_BuildValue("(NNN)", out, todo, rest);
+}
+
 static PyMethodDef methods[] = {
     {"parse", parse, METH_O, "parse(query: bytes) -> dict[str, str] | None: a beacon query string, or None."},
+    {"fields", fields, METH_VARARGS,
+     "fields(query, index, plain, required) -> (values, todo, unknown | None) | None: a query split into a "
+     "stream's field slots."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -288,9 +288,8 @@ class App:
         refused = self._admit(name, scope, ip, 1)
         if refused is not None:
             return await self._refuse(name, send, refused, pixel=True)
-        event: dict[str, Any] = parse_query(scope["query_string"])
         try:
-            row = self._row(validator, event, True, ip, ua, device)
+            row = self._stamp(validator.query_values(scope["query_string"]), ip, ua, device)
         except Invalid as exc:
             self._rejected(name, exc)
             return await self._error(send, 400, exc.field, exc.rule, exc.detail, pixel=True)
@@ -566,7 +565,10 @@ class App:
     def _row(
         self, validator: StreamValidator, event: dict[str, Any], from_text: bool, ip: str, ua: str, device: str
     ) -> list[Any]:
-        values = validator.values(event, from_text)
+        return self._stamp(validator.values(event, from_text), ip, ua, device)
+
+    def _stamp(self, values: list[Any], ip: str, ua: str, device: str) -> list[Any]:
+        """The row: the server's columns (event id, received_at, ip, user agent, device), then ``values``."""
         now_ns = time.time_ns()
         store = self._ip_store
         return [self._ids.new(now_ns), now_ns // 1000, ip if store is None else store(ip), ua, device, *values]

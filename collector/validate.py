@@ -485,7 +485,17 @@ def _plain_max(f: FieldConfig) -> int:
 class StreamValidator:
     """The compiled rules of one stream."""
 
-    __slots__ = ("_fields", "_max_extra_bytes", "_max_extra_depth", "_max_extra_keys", "columns", "name")
+    __slots__ = (
+        "_fields",
+        "_index",
+        "_max_extra_bytes",
+        "_max_extra_depth",
+        "_max_extra_keys",
+        "_plain",
+        "_required",
+        "columns",
+        "name",
+    )
 
     def __init__(self, stream: StreamConfig, collector: CollectorConfig) -> None:
         self.name = stream.name
@@ -498,6 +508,39 @@ class StreamValidator:
         self._max_extra_keys = collector.max_extra_keys
         self._max_extra_bytes = collector.max_extra_bytes
         self._max_extra_depth = collector.max_extra_depth
+        # For query_values: each field's slot, and what the C side may settle alone.
+        self._index = {name: i for i, (name, *_) in enumerate(self._fields)}
+        self._plain = tuple(plain_max for *_, plain_max in self._fields)
+        self._required = tuple(required for _, _, required, _, _ in self._fields)
+
+    def query_values(self, raw: bytes) -> list[Any]:
+        """``values(parse_query(raw), True)``: a pixel's query string straight into the field values.
+
+        collector/_query.c splits the query into the fields' slots and settles every field whose
+        only rule is its length (or that is absent and optional); the rest goes through the same
+        checks as in :meth:`values`, in field order, so a bad query raises the same
+        :class:`Invalid`. A query the C side does not take (see :func:`parse_query`), or a build
+        without it, goes the whole way through :meth:`values`.
+        """
+        fast = _query.fields(raw, self._index, self._plain, self._required) if _query is not None else None
+        if fast is None:
+            return self.values(parse_query(raw), True)
+        out: list[Any]
+        todo: list[int]
+        unknown: dict[str, str] | None
+        out, todo, unknown = fast
+        fields = self._fields
+        for i in todo:
+            name, check, required, empty_is_absent, _ = fields[i]
+            v = out[i]
+            if v is None or (empty_is_absent and v == ""):
+                if required:
+                    raise Invalid(name, "required", "is required")
+                out[i] = None
+                continue
+            out[i] = check(v, True)
+        out.append(self._extra(unknown) if unknown else None)
+        return out
 
     def values(self, event: dict[str, Any], from_text: bool) -> list[Any]:
         """The stream's field values in column order, then ``extra``.
@@ -598,6 +641,10 @@ class MappedValidator(StreamValidator):
                 self._fields, stream.fields.values(), strict=True
             )
         )
+
+    def query_values(self, raw: bytes) -> list[Any]:
+        # Aliases, maps, nulls and defaults act on the whole event first: no shortcut here.
+        return self.values(parse_query(raw), True)
 
     def values(self, event: dict[str, Any], from_text: bool) -> list[Any]:
         out: list[Any] = []

@@ -312,9 +312,9 @@ def run_collector(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         return result
 
 
-def run_bare(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
-    port = free_port()
-    cmd = [
+def granian_cmd(target: str, port: int, args: argparse.Namespace) -> list[str]:
+    """A baseline app under granian with the collector's loop and worker count."""
+    return [
         sys.executable,
         "-m",
         "granian",
@@ -331,8 +331,13 @@ def run_bare(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         "--no-ws",
         "--log-level",
         "warning",
-        "bench.baselines.bare:app",
+        target,
     ]
+
+
+def run_bare(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    port = free_port()
+    cmd = granian_cmd("bench.baselines.bare:app", port, args)
     url = f"http://127.0.0.1:{port}/b/pageview?{PAGEVIEW_QUERY}"
     with server(cmd, dict(os.environ), url, tmp / "bare.log"):
         if args.warmup:
@@ -344,25 +349,7 @@ def run_bare_ack(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     with redis_child(tmp / "redis-bare-ack") as rport:
         port = free_port()
         env = dict(os.environ, BARE_ACK_REDIS_URL=f"redis://127.0.0.1:{rport}/0")
-        cmd = [
-            sys.executable,
-            "-m",
-            "granian",
-            "--interface",
-            "asgi",
-            "--loop",
-            "uvloop",
-            "--workers",
-            str(args.workers),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-ws",
-            "--log-level",
-            "warning",
-            "bench.baselines.bare_ack:app",
-        ]
+        cmd = granian_cmd("bench.baselines.bare_ack:app", port, args)
         url = f"http://127.0.0.1:{port}/b/pageview?{PAGEVIEW_QUERY}"
         # Readiness is a real request, so it is an item in Redis too.
         with server(cmd, env, url, tmp / "bare_ack.log"):

@@ -75,6 +75,45 @@ static int well_formed(const unsigned char *s, Py_ssize_t n) {
     return 1;
 }
 
+/* Calls take(ctx, key, value) for each pair of a well-formed query, in order: '&' separates pairs
+ * (empty ones skipped), the first '=' splits key from value (no '=': empty value). take returns -1
+ * with an exception set to stop; so does this. */
+typedef int (*take_pair)(void *ctx, PyObject *key, PyObject *value);
+
+static int each_pair(const unsigned char *s, Py_ssize_t n, take_pair take, void *ctx) {
+    char small[512];
+    char *scratch = n <= (Py_ssize_t)sizeof(small) ? small : PyMem_Malloc((size_t)n);
+    if (!scratch) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    int rc = 0;
+    Py_ssize_t start = 0;
+    while (rc == 0 && start <= n) {
+        Py_ssize_t end = start;
+        while (end < n && s[end] != '&')
+            end++;
+        if (end > start) {
+            Py_ssize_t eq = start;
+            while (eq < end && s[eq] != '=')
+                eq++;
+            PyObject *key = decode_part(s + start, eq - start, scratch);
+            PyObject *value = key ? decode_part(s + eq + (eq < end), end - eq - (eq < end), scratch) : NULL;
+            rc = !key || !value ? -1 : take(ctx, key, value);
+            Py_XDECREF(key);
+            Py_XDECREF(value);
+        }
+        start = end + 1;
+    }
+    if (scratch != small)
+        PyMem_Free(scratch);
+    return rc;
+}
+
+static int into_dict(void *ctx, PyObject *key, PyObject *value) {
+    return PyDict_SetItem((PyObject *)ctx, key, value);
+}
+
 static PyObject *parse(PyObject *self, PyObject *arg) {
     if (!PyBytes_Check(arg)) {
         PyErr_SetString(PyExc_TypeError, "parse() takes bytes");
@@ -85,38 +124,39 @@ static PyObject *parse(PyObject *self, PyObject *arg) {
     if (!well_formed(s, n))
         Py_RETURN_NONE;
     PyObject *out = PyDict_New();
-    if (!out || n == 0)
-        return out;
-    char small[512];
-    char *scratch = n <= (Py_ssize_t)sizeof(small) ? small : PyMem_Malloc((size_t)n);
-    if (!scratch) {
-        Py_DECREF(out);
-        return PyErr_NoMemory();
-    }
-    Py_ssize_t start = 0;
-    while (start <= n) {
-        Py_ssize_t end = start;
-        while (end < n && s[end] != '&')
-            end++;
-        if (end > start) {
-            Py_ssize_t eq = start;
-            while (eq < end && s[eq] != '=')
-                eq++;
-            PyObject *key = decode_part(s + start, eq - start, scratch);
-            PyObject *value = key ? decode_part(s + eq + (eq < end), end - eq - (eq < end), scratch) : NULL;
-            int failed = !key || !value || PyDict_SetItem(out, key, value) < 0;
-            Py_XDECREF(key);
-            Py_XDECREF(value);
-            if (failed) {
-                Py_CLEAR(out);
-                break;
-            }
-        }
-        start = end + 1;
-    }
-    if (scratch != small)
-        PyMem_Free(scratch);
+    if (out && each_pair(s, n, into_dict, out) < 0)
+        Py_CLEAR(out);
     return out;
+}
+
+/* fields(): the slots being filled, and the unknown keys' dict, made on first use. */
+typedef struct {
+    PyObject *index, *out, *rest;
+    Py_ssize_t nf;
+} slots;
+
+/* A field's slot (the last of repeated keys wins, as in a dict), or the unknown keys' dict. */
+static int into_slot(void *ctx, PyObject *key, PyObject *value) {
+    slots *f = ctx;
+    PyObject *pos = PyDict_GetItemWithError(f->index, key);
+    if (pos == NULL) {
+        if (PyErr_Occurred())
+            return -1;
+        if (f->rest == NULL && (f->rest = PyDict_New()) == NULL)
+            return -1;
+        return PyDict_SetItem(f->rest, key, value);
+    }
+    Py_ssize_t i = PyLong_AsSsize_t(pos);
+    if (i < 0 || i >= f->nf) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "fields(): an index position is out of range");
+        return -1;
+    }
+    PyObject *old = PyList_GET_ITEM(f->out, i);
+    Py_INCREF(value);
+    PyList_SET_ITEM(f->out, i, value);
+    Py_DECREF(old);
+    return 0;
 }
 
 static PyObject *fields(PyObject *self, PyObject *args) {
@@ -133,70 +173,18 @@ static PyObject *fields(PyObject *self, PyObject *args) {
     Py_ssize_t n = PyBytes_GET_SIZE(raw);
     if (!well_formed(s, n))
         Py_RETURN_NONE;
-    PyObject *out = PyList_New(nf);
-    if (!out)
+    slots f = {index, PyList_New(nf), NULL, nf};
+    if (!f.out)
         return NULL;
     for (Py_ssize_t i = 0; i < nf; i++) {
         Py_INCREF(Py_None);
-        PyList_SET_ITEM(out, i, Py_None);
+        PyList_SET_ITEM(f.out, i, Py_None);
     }
-    PyObject *rest = NULL, *todo = NULL;
-    char small[512];
-    char *scratch = n <= (Py_ssize_t)sizeof(small) ? small : PyMem_Malloc((size_t)n);
-    if (!scratch) {
-        Py_DECREF(out);
-        return PyErr_NoMemory();
-    }
-    int failed = 0;
-    Py_ssize_t start = 0;
-    while (!failed && start <= n) {
-        Py_ssize_t end = start;
-        while (end < n && s[end] != '&')
-            end++;
-        if (end > start) {
-            Py_ssize_t eq = start;
-            while (eq < end && s[eq] != '=')
-                eq++;
-            PyObject *key = decode_part(s + start, eq - start, scratch);
-            PyObject *value = key ? decode_part(s + eq + (eq < end), end - eq - (eq < end), scratch) : NULL;
-            if (!key || !value) {
-                failed = 1;
-            } else {
-                /* A field's slot (the last of repeated keys wins, as in a dict), or the unknown keys'
-                 * dict, made on first use. */
-                PyObject *pos = PyDict_GetItemWithError(index, key);
-                if (pos != NULL) {
-                    Py_ssize_t i = PyLong_AsSsize_t(pos);
-                    if (i < 0 || i >= nf) {
-                        if (!PyErr_Occurred())
-                            PyErr_SetString(PyExc_ValueError, "fields(): an index position is out of range");
-                        failed = 1;
-                    } else {
-                        PyObject *old = PyList_GET_ITEM(out, i);
-                        Py_INCREF(value);
-                        PyList_SET_ITEM(out, i, value);
-                        Py_DECREF(old);
-                    }
-                } else if (PyErr_Occurred()) {
-                    failed = 1;
-                } else if (rest == NULL && (rest = PyDict_New()) == NULL) {
-                    failed = 1;
-                } else if (PyDict_SetItem(rest, key, value) < 0) {
-                    failed = 1;
-                }
-            }
-            Py_XDECREF(key);
-            Py_XDECREF(value);
-        }
-        start = end + 1;
-    }
-    if (scratch != small)
-        PyMem_Free(scratch);
+    PyObject *todo = NULL;
+    int failed = each_pair(s, n, into_slot, &f) < 0 || (todo = PyList_New(0)) == NULL;
     /* What the Python checks must see: in field order, every slot this did not settle. */
-    if (!failed && (todo = PyList_New(0)) == NULL)
-        failed = 1;
     for (Py_ssize_t i = 0; !failed && i < nf; i++) {
-        PyObject *v = PyList_GET_ITEM(out, i);
+        PyObject *v = PyList_GET_ITEM(f.out, i);
         Py_ssize_t max = PyLong_AsSsize_t(PyTuple_GET_ITEM(plain, i));
         int req = PyObject_IsTrue(PyTuple_GET_ITEM(required, i));
         if ((max == -1 && PyErr_Occurred()) || req < 0) {
@@ -218,16 +206,16 @@ static PyObject *fields(PyObject *self, PyObject *args) {
         }
     }
     if (failed) {
-        Py_DECREF(out);
-        Py_XDECREF(rest);
+        Py_DECREF(f.out);
+        Py_XDECREF(f.rest);
         Py_XDECREF(todo);
         return NULL;
     }
-    if (rest == NULL) {
+    if (f.rest == NULL) {
         Py_INCREF(Py_None);
-        rest = Py_None;
+        f.rest = Py_None;
     }
-    return Py_BuildValue("(NNN)", out, todo, rest);
+    return Py_BuildValue("(NNN)", f.out, todo, f.rest);
 }
 
 static PyMethodDef methods[] = {

@@ -1,4 +1,4 @@
-"""Micro-benchmarks of the per-event work: parse + validate + encode, per stream.
+"""Micro-benchmarks of the per-event work: parse + validate + encode, per stream, as the pixel does it.
 
 They run as plain tests under ``--benchmark-disable`` (``make test``) and time
 with ``pytest tests/collector/test_bench_pipeline.py --benchmark-enable``.
@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from collector.validate import StreamValidator, parse_pairs
+from collector.validate import StreamValidator, parse_query
 from oceanus import config
 from oceanus.buffer import EventIds, decode_frame, encode_frame
 
@@ -34,13 +34,13 @@ BATCH = 32
 def _pipeline(cfg: config.Config, stream: str) -> Callable[[], bytes]:
     validator = StreamValidator(cfg.streams[stream], cfg.collector)
     ids = EventIds()
-    query = QUERIES[stream]
+    query = QUERIES[stream].encode()
     columns = cfg.streams[stream].columns
 
     def run() -> bytes:
         rows: list[list[Any]] = []
         for _ in range(BATCH):
-            values = validator.values(parse_pairs(query), True)
+            values = validator.query_values(query)
             rows.append([ids.new(), 1_700_000_000_000_000, "198.51.100.7", "Mozilla/5.0", "pc", *values])
         return encode_frame(columns, rows)
 
@@ -55,3 +55,16 @@ def test_bench_parse_validate_encode(benchmark: Any, default_config: config.Conf
     assert len(rows) == BATCH
     assert list(columns) == list(default_config.streams[stream].columns)
     assert all(row[-1] is None or msgspec.json.decode(row[-1]) for row in rows)
+
+
+@pytest.mark.parametrize("path", ["query_values", "values_of_parse_query"])
+@pytest.mark.parametrize("stream", sorted(QUERIES))
+def test_bench_query_to_values(benchmark: Any, default_config: config.Config, stream: str, path: str) -> None:
+    """One event's query to its field values: the pixel's path, and the dict-then-values path it replaced."""
+    validator = StreamValidator(default_config.streams[stream], default_config.collector)
+    query = QUERIES[stream].encode()
+    if path == "query_values":
+        values = benchmark(validator.query_values, query)
+    else:
+        values = benchmark(lambda: validator.values(parse_query(query), True))
+    assert values == validator.values(parse_query(query), True)

@@ -44,6 +44,10 @@ class ShardStatus(msgspec.Struct, kw_only=True):
     backlog_frames: int
     #: Rows in those frames, where the reader counted them (``oceanus status``); the page does not.
     backlog_rows: int | None = None
+    #: The flusher that drains the shard: the owner id in its lease (flusher/leases.py). None: no
+    #: flusher holds it now (none runs the stream, or the holder died and its lease has not been
+    #: taken over yet), so its backlog waits.
+    flusher: str | None = None
 
 
 class StreamStatus(msgspec.Struct, kw_only=True):
@@ -175,8 +179,17 @@ def _rates(counts: list[tuple[int, int]], now: float) -> tuple[float, float]:
 
 
 def _per_stream(minutes: range, shards: int) -> int:
-    """Replies per stream in :func:`_fetch`'s first round: the counters, then 4 per shard."""
-    return len(minutes) + 4 * shards
+    """Replies per stream in :func:`_fetch`'s first round: the counters, then 5 per shard."""
+    return len(minutes) + _PER_SHARD * shards
+
+
+#: Replies per shard in :func:`_fetch`'s first round: LLEN, head, tail, in-flight set, lease.
+_PER_SHARD = 5
+
+
+def _text(value: Any) -> str | None:
+    """A Redis string reply as text (None stays None)."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 async def _fetch(
@@ -193,17 +206,16 @@ async def _fetch(
             pipe.lindex(keys.queue(name, shard), 0)
             pipe.lindex(keys.queue(name, shard), -1)
             pipe.smembers(keys.inflight_index(name, shard))
+            pipe.get(keys.lease(name, shard))
     pipe.lrange(keys.recent_errors(), 0, STATUS_ERRORS_SHOWN - 1)
     pipe.lrange(keys.notify_recent(), 0, STATUS_NOTIFICATIONS_SHOWN - 1)
     results = list(await pipe.execute())
     inflight: dict[str, list[str]] = {}
     base = 0
     for name in names:
-        members = [m for s in range(shards[name]) for m in results[base + len(minutes) + 4 * s + 3]]
+        members = [m for s in range(shards[name]) for m in results[base + len(minutes) + _PER_SHARD * s + 3]]
         base += _per_stream(minutes, shards[name])
-        inflight[name] = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)[
-            :STATUS_MAX_INFLIGHT_KEYS
-        ]
+        inflight[name] = sorted(str(_text(m)) for m in members)[:STATUS_MAX_INFLIGHT_KEYS]
     heads: list[Any] = []
     if any(inflight.values()):
         pipe = redis.pipeline(transaction=False)
@@ -245,9 +257,11 @@ async def snapshot(cfg: Config, redis: Any, now: float | None = None) -> Snapsho
         per_shard: list[ShardStatus] = []
         nodes = shard_nodes(redis, keys, name, shards[name])
         for shard in range(shards[name]):
-            at = base + len(minutes) + 4 * shard
+            at = base + len(minutes) + _PER_SHARD * shard
             length = int(results[at])
-            per_shard.append(ShardStatus(shard=shard, node=nodes[shard], backlog_frames=length))
+            per_shard.append(
+                ShardStatus(shard=shard, node=nodes[shard], backlog_frames=length, flusher=_text(results[at + 4]))
+            )
             head = summarize(results[at + 1])
             tail_rows = summarize(results[at + 2]).rows
             if length <= 1:

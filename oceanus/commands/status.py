@@ -23,6 +23,7 @@ from pathlib import Path
 import msgspec
 
 from collector import status as read_model
+from flusher.leases import lease_holders
 from oceanus import config, redisclient
 from oceanus.buffer import Keys
 from oceanus.commands import devstate
@@ -44,7 +45,8 @@ class StreamStatus(msgspec.Struct, kw_only=True):
     inflight_rows: int | None = None
     oldest_unflushed_age_s: float | None = None
     dead_letters: int | None = None
-    #: Each shard's backlog and the master serving it (one entry for a stream of one shard).
+    #: Each shard's backlog, the master serving it and the flusher draining it (one entry for a
+    #: stream of one shard).
     shards: list[read_model.ShardStatus] = []
 
 
@@ -100,6 +102,7 @@ def redis_counts(
             nframes = dead = 0
             count = (shards or {}).get(name, 1)
             nodes = read_model.shard_nodes(client, keys, name, count)
+            holders = lease_holders(client, keys, {name: count})[name]
             per_shard: list[read_model.ShardStatus] = []
             for shard in range(count):
                 qkey = keys.queue(name, shard)
@@ -112,7 +115,11 @@ def redis_counts(
                 node = nodes[shard] or redisclient.node_of(client, qkey)
                 per_shard.append(
                     read_model.ShardStatus(
-                        shard=shard, node=node, backlog_frames=length, backlog_rows=queued.rows - rows_before
+                        shard=shard,
+                        node=node,
+                        backlog_frames=length,
+                        backlog_rows=queued.rows - rows_before,
+                        flusher=holders[shard],
                     )
                 )
                 for key in client.smembers(keys.inflight_index(name, shard)):
@@ -228,6 +235,20 @@ def _age(value: float | None) -> str:
     return f"{value / 3600:.1f} h"
 
 
+#: The flusher cell of a shard no flusher holds: its backlog waits until one takes it.
+NO_FLUSHER = "none"
+
+
+def _drained_by(shards: list[read_model.ShardStatus]) -> str:
+    """A stream's flusher cell: its one shard's holder, or how many of its shards are held."""
+    if not shards:
+        return ""  # Redis not read
+    if len(shards) == 1:
+        return shards[0].flusher or NO_FLUSHER
+    held = sum(1 for sh in shards if sh.flusher)
+    return f"{held} of {len(shards)} shards held"
+
+
 def format_table(status: Status) -> str:
     if status.running:
         lines = [
@@ -246,7 +267,7 @@ def format_table(status: Status) -> str:
             "(it is kept in the AOF and flushed on the next start)"
         ]
     lines.append(f"warehouse: {status.warehouse}" + (f" ({status.warehouse_error})" if status.warehouse_error else ""))
-    header = ("stream", "rows stored", "backlog rows", "in flight rows", "oldest unflushed", "dead letters")
+    header = ("stream", "rows stored", "backlog rows", "in flight rows", "oldest unflushed", "dead letters", "flusher")
     body = [
         (
             name,
@@ -255,22 +276,33 @@ def format_table(status: Status) -> str:
             _n(s.inflight_rows),
             _age(s.oldest_unflushed_age_s),
             _n(s.dead_letters),
+            _drained_by(s.shards),
         )
         for name, s in status.streams.items()
     ]
-    # A stream of several shards, or on a cluster: a line per shard under it (its backlog, its master).
+    # A stream of several shards, or on a cluster: a line per shard under it (its backlog, its master,
+    # its flusher).
     for name, s in status.streams.items():
         if len(s.shards) > 1 or any(sh.node for sh in s.shards):
             at = next(i for i, r in enumerate(body) if r[0] == name)
             body[at + 1 : at + 1] = [
-                (f"  shard {sh.shard}" + (f" @ {sh.node}" if sh.node else ""), "", _n(sh.backlog_rows), "", "", "")
+                (
+                    f"  shard {sh.shard}" + (f" @ {sh.node}" if sh.node else ""),
+                    "",
+                    _n(sh.backlog_rows),
+                    "",
+                    "",
+                    "",
+                    sh.flusher or NO_FLUSHER,
+                )
                 for sh in s.shards
             ]
     widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
+    last = len(header) - 1
     for row in (header, *body):
-        # The stream name left-aligned, the numbers right-aligned.
-        cells = [v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths, strict=True))]
-        lines.append("  ".join(cells))
+        # The stream name and the flusher left-aligned, the numbers right-aligned.
+        cells = [v.ljust(w) if i in (0, last) else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths, strict=True))]
+        lines.append("  ".join(cells).rstrip())
     sp = status.spool
     frames = "" if sp.frames is None else f"{sp.frames:,} frames, "
     where = "frames from the collector, bytes on disk" if sp.source == "collector" else "on disk"

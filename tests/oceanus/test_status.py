@@ -10,6 +10,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from collector.status import ShardStatus
 from oceanus import cli
 from oceanus.buffer import EventIds, Keys, encode_frame
 from oceanus.commands import devstate, status
@@ -116,3 +117,43 @@ def test_metric_values_reads_unlabelled_samples() -> None:
         "oceanus_spool_bytes": 42.0,
         "oceanus_spool_frames": 2.0,
     }
+
+
+def test_each_stream_names_the_flusher_holding_its_lease(
+    stack: Path, redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The lease as a flusher holds it (flusher/leases.py): its owner id, with a TTL.
+    r = redis_server.client()
+    r.set(Keys("oceanus").lease("pageview", 0), "box-4242-a1b2c3", px=30_000)
+    r.close()
+    st = status.collect(stack)
+    assert [sh.flusher for sh in st.streams["pageview"].shards] == ["box-4242-a1b2c3"]
+    assert [sh.flusher for sh in st.streams["form"].shards] == [None]
+    assert cli.main(["status", "--data-dir", str(stack), "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["streams"]["pageview"]["shards"][0]["flusher"] == "box-4242-a1b2c3"
+    assert cli.main(["status", "--data-dir", str(stack)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(ln for ln in lines if ln.startswith("stream"))
+    assert header.split()[-1] == "flusher"
+    assert next(ln for ln in lines if ln.startswith("pageview")).split()[-1] == "box-4242-a1b2c3"
+    # No flusher holds form's shard: its backlog would wait.
+    assert next(ln for ln in lines if ln.startswith("form")).split()[-1] == status.NO_FLUSHER
+
+
+def test_a_sharded_stream_counts_its_held_shards_and_names_each_holder() -> None:
+    shards = [
+        ShardStatus(shard=0, node="", backlog_frames=1, backlog_rows=4, flusher="f-1-aa"),
+        ShardStatus(shard=1, node="", backlog_frames=2, backlog_rows=9, flusher=None),
+        ShardStatus(shard=2, node="", backlog_frames=0, backlog_rows=0, flusher="f-2-bb"),
+    ]
+    st = status.Status(
+        running=True,
+        data_dir="/d",
+        redis_up=True,
+        streams={"pageview": status.StreamStatus(rows_stored=1, backlog_rows=13, shards=shards)},
+    )
+    lines = status.format_table(st).splitlines()
+    assert next(ln for ln in lines if ln.startswith("pageview")).endswith("2 of 3 shards held")
+    per_shard = [ln.split() for ln in lines if ln.strip().startswith("shard ")]
+    assert [(s[1], s[2], s[-1]) for s in per_shard] == [("0", "4", "f-1-aa"), ("1", "9", "none"), ("2", "0", "f-2-bb")]

@@ -27,14 +27,21 @@ def _config_file(cluster: RedisCluster, tmp_path: Path) -> Path:
     return path
 
 
+#: Who holds each shard's lease in the filled cluster (None: no flusher holds it).
+HOLDERS = {0: "f-1-aa", 1: None, 2: "f-2-bb", 3: "f-1-aa"}
+
+
 def _fill(cluster: RedisCluster, keys: Keys) -> dict[int, int]:
-    """Shard s of pageview gets s + 1 frames of 2 rows; returns rows per shard."""
+    """Shard s of pageview gets s + 1 frames of 2 rows and its lease as in HOLDERS; returns rows per shard."""
     host, port = cluster.addresses[0].split(":")
     client = redis.cluster.RedisCluster(host=host, port=int(port))
     now_us = time.time_ns() // 1000
     try:
         for s in range(SHARDS):
             client.rpush(keys.queue("pageview", s), *(frame(2, now_us - 1_000_000 * i) for i in range(s + 1)))
+            holder = HOLDERS[s]
+            if holder is not None:
+                client.set(keys.lease("pageview", s), holder, px=60_000)
     finally:
         client.close()
     return {s: 2 * (s + 1) for s in range(SHARDS)}
@@ -59,14 +66,15 @@ def test_oceanus_status_shows_each_shards_backlog_and_master_on_a_cluster(
     assert got.redis_up
     pv = got.streams["pageview"]
     assert (pv.backlog_frames, pv.backlog_rows) == (sum(range(1, SHARDS + 1)), sum(rows.values()))
-    assert [(sh.shard, sh.node, sh.backlog_frames, sh.backlog_rows) for sh in pv.shards] == [
-        (s, nodes[s], s + 1, rows[s]) for s in range(SHARDS)
+    assert [(sh.shard, sh.node, sh.backlog_frames, sh.backlog_rows, sh.flusher) for sh in pv.shards] == [
+        (s, nodes[s], s + 1, rows[s], HOLDERS[s]) for s in range(SHARDS)
     ]
     table = status.format_table(got)
     for s in range(SHARDS):
         line = next(ln for ln in table.splitlines() if ln.strip().startswith(f"shard {s} @"))
         assert line.split()[:4] == ["shard", str(s), "@", nodes[s]]
-        assert line.split()[-1] == str(rows[s])
+        assert line.split()[-2:] == [str(rows[s]), HOLDERS[s] or status.NO_FLUSHER]
+    assert next(ln for ln in table.splitlines() if ln.startswith("pageview")).endswith("3 of 4 shards held")
     assert "Redis Cluster" in table.splitlines()[0]
 
     # The page's read model: the same shards and masters, from the page's own client.
@@ -81,6 +89,6 @@ def test_oceanus_status_shows_each_shards_backlog_and_master_on_a_cluster(
     assert snap.redis_up
     spv = next(st for st in snap.streams if st.name == "pageview")
     assert spv.backlog_frames == sum(range(1, SHARDS + 1))
-    assert [(sh.shard, sh.node, sh.backlog_frames) for sh in spv.shards] == [
-        (s, nodes[s], s + 1) for s in range(SHARDS)
+    assert [(sh.shard, sh.node, sh.backlog_frames, sh.flusher) for sh in spv.shards] == [
+        (s, nodes[s], s + 1, HOLDERS[s]) for s in range(SHARDS)
     ]

@@ -390,41 +390,24 @@ def run_legacy(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
             return wrk(url, args.seconds, args.connections, args.threads)
 
 
-def _median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
 def summarize(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
     """Each figure's median over the rounds, and each ratio the median of the rounds' own ratios
     (a ratio within a round compares runs taken moments apart)."""
     out: dict[str, Any] = {}
-
-    def runs(name: str) -> list[dict[str, Any]]:
-        return [r[name] for r in rounds if name in r]
-
-    def ratio(a: str, b: str, field: str) -> float | None:
-        values = [r[a][field] / r[b][field] for r in rounds if a in r and b in r and r[b][field]]
-        return round(_median(values), 3) if values else None
-
-    c, b, ack, lg = runs("collector"), runs("bare"), runs("bare_ack"), runs("legacy")
-    if c:
+    runs = {name: [r[name] for r in rounds if name in r] for name in ("collector", "bare", "bare_ack", "legacy")}
+    for name, done in runs.items():
+        if done:
+            out[f"{name}_rps"] = round(statistics.median(r["rps"] for r in done))
+            out["p99_ms" if name == "collector" else f"{name}_p99_ms"] = statistics.median(r["p99_ms"] for r in done)
+    if runs["collector"]:
+        c = runs["collector"]
         out.update(
-            collector_rps=round(_median([r["rps"] for r in c])),
-            p99_ms=_median([r["p99_ms"] for r in c]),
             collector_non2xx=sum(r["non2xx"] for r in c),
-            mean_batch_events=_median([r["mean_batch_events"] for r in c]),
+            mean_batch_events=statistics.median(r["mean_batch_events"] for r in c),
             lost=sum(r["all_ok"] - r["rows_in_redis"] for r in c),
         )
-    if b:
-        out["bare_rps"] = round(_median([r["rps"] for r in b]))
-        out["bare_p99_ms"] = _median([r["p99_ms"] for r in b])
-    if ack:
-        out["bare_ack_rps"] = round(_median([r["rps"] for r in ack]))
-        out["bare_ack_p99_ms"] = _median([r["p99_ms"] for r in ack])
-        out["bare_ack_lost"] = sum(r["lost"] for r in ack)
-    if lg:
-        out["legacy_rps"] = round(_median([r["rps"] for r in lg]))
-        out["legacy_p99_ms"] = _median([r["p99_ms"] for r in lg])
+    if runs["bare_ack"]:
+        out["bare_ack_lost"] = sum(r["lost"] for r in runs["bare_ack"])
     for key, (a, base, field, digits) in {
         "ratio_vs_bare": ("collector", "bare", "rps", 3),
         "ratio_vs_bare_ack": ("collector", "bare_ack", "rps", 3),
@@ -433,9 +416,9 @@ def summarize(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
         "p99_vs_bare_ack": ("collector", "bare_ack", "p99_ms", 3),
         "bare_ack_p99_vs_bare": ("bare_ack", "bare", "p99_ms", 3),
     }.items():
-        value = ratio(a, base, field)
-        if value is not None:
-            out[key] = round(value, digits)
+        values = [r[a][field] / r[base][field] for r in rounds if a in r and base in r and r[base][field]]
+        if values:
+            out[key] = round(statistics.median(values), digits)
     out["rounds"] = [{name: {"rps": round(r["rps"]), "p99_ms": r["p99_ms"]} for name, r in rd.items()} for rd in rounds]
     return out
 

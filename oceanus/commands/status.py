@@ -96,13 +96,15 @@ def redis_counts(
     rcfg = config.RedisConfig(url=redis_url, key_prefix=prefix, timeout_s=REDIS_TIMEOUT_S)
     client = redisclient.sync_client(rcfg)
     out: dict[str, StreamStatus] = {}
+    counts = {name: (shards or {}).get(name, 1) for name in streams}
     try:
+        # Every shard's lease holder in one pipelined round.
+        holders = lease_holders(client, keys, counts)
         for name in streams:
             queued, inflight = _Acc(), _Acc()
             nframes = dead = 0
-            count = (shards or {}).get(name, 1)
+            count = counts[name]
             nodes = read_model.shard_nodes(client, keys, name, count)
-            holders = lease_holders(client, keys, {name: count})[name]
             per_shard: list[read_model.ShardStatus] = []
             for shard in range(count):
                 qkey = keys.queue(name, shard)
@@ -119,7 +121,7 @@ def redis_counts(
                         node=node,
                         backlog_frames=length,
                         backlog_rows=queued.rows - rows_before,
-                        flusher=holders[shard],
+                        flusher=holders[name][shard],
                     )
                 )
                 for key in client.smembers(keys.inflight_index(name, shard)):

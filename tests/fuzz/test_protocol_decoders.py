@@ -14,6 +14,7 @@ import gzip
 import json
 import os
 import string
+import uuid
 from collections.abc import Iterator
 from datetime import UTC
 from typing import Any
@@ -21,7 +22,7 @@ from urllib.parse import urlencode
 
 import msgspec
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from collector.protocols import segment, snowplow
@@ -194,6 +195,8 @@ entities = st.lists(
     eid=st.uuids(),
     stms=st.tuples(st.integers(0, 10**13), st.integers(0, 10**13)),
 )
+# The retry that arrives in the last 5 s of the hour: still within the window of an own time 5 s before NOW.
+@example(data=None, contexts=[], padded=True, eid=uuid.UUID(int=7), stms=(0, HOUR_US - 1))
 def test_self_describing_events_round_trip_in_every_base64_form(
     data: Any, contexts: list[dict[str, Any]], padded: bool, eid: Any, stms: tuple[int, int]
 ) -> None:
@@ -289,3 +292,12 @@ def test_protocol_routes_answer_2xx_or_a_4xx_naming_the_field(
         body = gzip.compress(body)
     assert_answer(keyed_driver.request("POST", path, body=body, headers=headers))
     assert_answer(keyed_driver.request("GET", "/i", query=urlencode({k: str(v) for k, v in query.items()}).encode()))
+
+
+def test_an_own_time_counts_up_to_the_window_either_side_of_arrival_and_not_a_microsecond_past() -> None:
+    own = NOW_US - 5_000_000
+    for arrival in (own + HOUR_US, own - HOUR_US):  # at the window, late and early
+        assert placement_us(own, arrival, HOUR_US) == own
+    for arrival in (own + HOUR_US + 1, own - HOUR_US - 1):  # one past: the arrival time is used
+        assert placement_us(own, arrival, HOUR_US) == arrival
+    assert placement_us(None, NOW_US, HOUR_US) == NOW_US
